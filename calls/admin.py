@@ -1,0 +1,62 @@
+"""Admin: call records, read-only, with transcript, turns and events on the detail page."""
+from __future__ import annotations
+
+from django.contrib import admin
+
+from .models import Call, CallEvent, CallTurn, TranscriptEntry
+
+
+class ReadOnlyInline(admin.TabularInline):
+    extra = 0
+    can_delete = False
+    show_change_link = False
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+
+class TranscriptInline(ReadOnlyInline):
+    model = TranscriptEntry
+    fields = ("timestamp", "speaker", "text", "is_final")
+    readonly_fields = fields
+    verbose_name_plural = "transcript"
+
+
+class TurnInline(ReadOnlyInline):
+    model = CallTurn
+    fields = ("started_at", "prompt", "status", "transcript", "turn_latency_ms", "listen_wait_ms", "error")
+    readonly_fields = fields
+
+
+class EventInline(ReadOnlyInline):
+    model = CallEvent
+    fields = ("occurred_at", "type", "dedupe_key", "payload")
+    readonly_fields = fields
+
+
+@admin.register(Call)
+class CallAdmin(admin.ModelAdmin):
+    list_display = ("id", "started_at", "direction", "from_number", "to_number", "state", "end_reason", "provider")
+    list_filter = ("state", "direction", "provider", ("started_at", admin.DateFieldListFilter))
+    date_hierarchy = "started_at"
+    search_fields = ("id", "provider_call_id", "from_number", "to_number", "session_key")
+    ordering = ("-started_at",)
+    inlines = (TranscriptInline, TurnInline, EventInline)
+    fieldsets = (
+        (None, {"fields": ("id", "provider", "provider_call_id", "direction", "state", "end_reason")}),
+        ("Parties", {"fields": ("from_number", "to_number", "agent_id", "session_key")}),
+        ("Times", {"fields": ("started_at", "answered_at", "ended_at", "max_duration_deadline", "notify_hangup_at")}),
+        ("Metadata", {"fields": ("metadata",)}),
+    )
+
+    def get_readonly_fields(self, request, obj=None):
+        return [field.name for field in Call._meta.fields]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False

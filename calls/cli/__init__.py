@@ -1,0 +1,1 @@
+"""The pieces behind `manage.py voicecall`: setup checks, latency stats, tail, doctor."""

@@ -1,0 +1,75 @@
+"""Cross-field rules of the call config (behaviour.md §1.7), all reported together."""
+from __future__ import annotations
+
+import os
+
+from .schema import VoiceCallConfig
+
+STREAMING_CARRIERS = ("twilio", "telnyx", "plivo")
+REALTIME_CARRIERS = ("twilio", "telnyx", "mock")
+FUNNEL_PORTS = (443, 8443, 10000)
+LOOPBACK_BINDS = ("127.0.0.1", "::1", "localhost")
+UNSAFE_SKIP_ENV = "VOICECALL_UNSAFE_ALLOW_SKIP_SIGNATURE_VERIFICATION"
+
+
+def cross_field_errors(cfg: VoiceCallConfig) -> list[str]:
+    """Every rule the config breaks, as "<path>: <message>" lines (empty when disabled)."""
+    if not cfg.enabled:
+        return []
+    errors: list[str] = []
+    provider = cfg.provider
+    if not provider:
+        errors.append("provider: required when enabled (telnyx, twilio, plivo or mock)")
+    if not cfg.from_number and provider != "mock":
+        hint = " (or set TWILIO_FROM_NUMBER)" if provider == "twilio" else ""
+        errors.append(f"fromNumber: required{hint}")
+
+    required = {
+        "telnyx": [("apiKey", "TELNYX_API_KEY"), ("connectionId", "TELNYX_CONNECTION_ID")],
+        "twilio": [("accountSid", "TWILIO_ACCOUNT_SID"), ("authToken", "TWILIO_AUTH_TOKEN")],
+        "plivo": [("authId", "PLIVO_AUTH_ID"), ("authToken", "PLIVO_AUTH_TOKEN")],
+    }
+    if provider == "telnyx" and not cfg.skip_signature_verification:
+        required["telnyx"].append(("publicKey", "TELNYX_PUBLIC_KEY"))
+    block = getattr(cfg, provider, None) if provider in required else None
+    for key, env_name in required.get(provider or "", []):
+        if block is None or _get_camel(block, key) is None:
+            errors.append(f"{provider}.{key}: required (or set {env_name})")
+
+    if cfg.realtime.enabled:
+        if cfg.inbound_policy == "disabled":
+            errors.append('realtime.enabled: requires an inboundPolicy other than "disabled"')
+        if cfg.streaming.enabled:
+            errors.append("realtime.enabled: cannot be used together with streaming.enabled")
+        if provider and provider not in REALTIME_CARRIERS:
+            errors.append(f"realtime.enabled: requires provider {_or(REALTIME_CARRIERS)}")
+    if cfg.streaming.enabled and provider and provider not in STREAMING_CARRIERS:
+        errors.append(f"streaming.enabled: requires provider {_or(STREAMING_CARRIERS)}")
+    if cfg.tailscale.mode == "funnel" and cfg.tailscale.port not in FUNNEL_PORTS:
+        errors.append(f"tailscale.port: funnel accepts only {_or(tuple(map(str, FUNNEL_PORTS)))}")
+    if cfg.skip_signature_verification and not _skip_allowed(cfg):
+        errors.append(
+            "skipSignatureVerification: only allowed with a loopback serve.bind and no "
+            f"publicUrl, tunnel or tailscale (or set {UNSAFE_SKIP_ENV}=1)"
+        )
+    return errors
+
+
+def _skip_allowed(cfg: VoiceCallConfig) -> bool:
+    if os.environ.get(UNSAFE_SKIP_ENV, "").strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    return (
+        cfg.serve.bind in LOOPBACK_BINDS
+        and not cfg.public_url
+        and cfg.tunnel.provider == "none"
+        and cfg.tailscale.mode == "off"
+    )
+
+
+def _get_camel(block, camel_key: str):
+    snake = "".join("_" + c.lower() if c.isupper() else c for c in camel_key)
+    return getattr(block, snake)
+
+
+def _or(items: tuple[str, ...]) -> str:
+    return ", ".join(items[:-1]) + " or " + items[-1]

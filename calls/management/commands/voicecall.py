@@ -1,0 +1,209 @@
+"""`python manage.py voicecall <command>`: operate calls from the shell (behaviour.md §7)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from django.conf import settings
+from django.core.management.base import BaseCommand
+
+from calls import background
+from calls.cli.doctor import DoctorError, doctor, doctor_text
+from calls.cli.follow import follow_calls, follow_file
+from calls.cli.setup import setup_checks, setup_json, setup_text
+from calls.cli.stats import latency_from_db, latency_from_file
+from calls.config import get_config
+from calls.errors import InvalidRequest, VoiceCallError
+from calls.selectors import call_find, call_record, live_calls
+from calls.services import call_continue, call_end, call_initiate, call_send_dtmf, call_speak
+
+SMOKE_MESSAGE = "Voice call smoke test."
+
+
+def decimal_int(flag: str, minimum: int):
+    """argparse type: a plain decimal integer ≥ minimum (no 0x10, 1e3, or 2.5)."""
+
+    def parse(value: str) -> int:
+        text = value.strip()
+        if not text.isdigit():
+            raise argparse.ArgumentTypeError(f"Invalid numeric value for {flag}: {value}")
+        number = int(text)
+        if number < minimum:
+            raise argparse.ArgumentTypeError(f"{flag} must be at least {minimum}, got {value}")
+        return number
+
+    return parse
+
+
+class Command(BaseCommand):
+    help = "Place and control voice calls, check setup, follow records and latency."
+    # Config problems are answered by each command itself, not as system-check noise.
+    requires_system_checks: list = []
+
+    def add_arguments(self, parser) -> None:
+        sub = parser.add_subparsers(dest="command", required=True, metavar="<command>")
+
+        p = sub.add_parser("setup", help="Check that the gateway can place and take calls")
+        p.add_argument("--json", action="store_true", help="Print the checks as JSON")
+
+        p = sub.add_parser("smoke", help="Run setup checks, and optionally place one live call")
+        p.add_argument("-t", "--to", help="Number to call (E.164)")
+        p.add_argument("--message", default=SMOKE_MESSAGE, help="What to say")
+        p.add_argument("--mode", default="notify", help="notify or conversation")
+        p.add_argument("--yes", action="store_true", help="Really place the call")
+        p.add_argument("--json", action="store_true")
+
+        p = sub.add_parser("call", help="Place an outbound call")
+        p.add_argument("-m", "--message", required=True, help="Message to speak when the call connects")
+        p.add_argument("-t", "--to", help="Number to call (E.164; default: toNumber)")
+        p.add_argument("--mode", default="conversation", help="notify (hang up after the message) or conversation")
+
+        p = sub.add_parser("start", help="Place an outbound call (alias of call)")
+        p.add_argument("--to", required=True, help="Number to call (E.164)")
+        p.add_argument("--message", help="Message to speak when the call connects")
+        p.add_argument("--mode", default="conversation", help="notify or conversation")
+
+        p = sub.add_parser("continue", help="Speak, then wait for and print the caller's answer")
+        p.add_argument("--call-id", required=True)
+        p.add_argument("--message", required=True)
+
+        p = sub.add_parser("speak", help="Speak on a live call")
+        p.add_argument("--call-id", required=True)
+        p.add_argument("--message", required=True)
+
+        p = sub.add_parser("dtmf", help="Send DTMF digits on a live call")
+        p.add_argument("--call-id", required=True)
+        p.add_argument("--digits", required=True)
+
+        p = sub.add_parser("end", help="Hang up a call")
+        p.add_argument("--call-id", required=True)
+
+        p = sub.add_parser("status", help="Show one call, or all live calls")
+        p.add_argument("--call-id")
+        p.add_argument("--json", action="store_true", help="(output is always JSON)")
+
+        p = sub.add_parser("tail", help="Follow call records as they change")
+        p.add_argument("--file", help="Follow this log file instead of the database")
+        p.add_argument("--since", type=decimal_int("--since", 0), default=25, help="Print the last N first (25)")
+        p.add_argument("--poll", type=decimal_int("--poll", 50), default=250, help="Poll interval in ms (250)")
+
+        p = sub.add_parser("latency", help="Turn latency and listen wait percentiles")
+        p.add_argument("--file", help="Read a calls.jsonl file instead of the database")
+        p.add_argument("--last", type=decimal_int("--last", 1), default=200, help="Use the last N turns/records (200)")
+
+        p = sub.add_parser("doctor", help="Find (and with --fix rewrite) legacy config keys")
+        p.add_argument("--fix", action="store_true", help="Rewrite the config file (a .bak copy is kept)")
+
+    def handle(self, *args, command: str, **options) -> None:
+        # A standalone runtime: side effects run here, now, not in a pool that exits with us.
+        background.set_mode("inline")
+        try:
+            getattr(self, "cmd_" + command.replace("-", "_"))(**options)
+        except (VoiceCallError, DoctorError) as exc:
+            self.stderr.write(str(exc))
+            sys.exit(1)
+        except KeyboardInterrupt:
+            pass
+
+    def out(self, data) -> None:
+        self.stdout.write(json.dumps(data, indent=2, ensure_ascii=False))
+
+    # --- setup -------------------------------------------------------------------------
+
+    def cmd_setup(self, *, json: bool = False, **_) -> None:
+        checks = setup_checks(get_config())
+        if json:
+            self.out(setup_json(checks))
+        else:
+            self.stdout.write(setup_text(checks))
+        if not all(c.ok for c in checks):
+            sys.exit(1)
+
+    def cmd_smoke(self, *, to, message, mode, yes, json: bool = False, **_) -> None:
+        checks = setup_checks(get_config())
+        setup = setup_json(checks)
+        if not setup["ok"]:
+            self.out({"ok": False, "setup": setup}) if json else self.stdout.write(setup_text(checks))
+            sys.exit(1)
+        if not to:
+            result, text = {"ok": True, "setup": setup, "liveCall": False}, "live-call: skipped (pass --to and --yes to place one)"
+        elif not yes:
+            result = {"ok": True, "setup": setup, "liveCall": False, "wouldCall": to}
+            text = f"live-call: dry run for {to} (add --yes to place it)"
+        else:
+            call = call_initiate(to=to, message=message, mode=mode)
+            result = {"ok": True, "setup": setup, "liveCall": True, "callId": str(call.pk)}
+            text = f"live-call: started {call.pk}"
+        if json:
+            self.out(result)
+        else:
+            self.stdout.write(setup_text(checks) + "\n" + text)
+
+    # --- calls -------------------------------------------------------------------------
+
+    def cmd_call(self, *, message, to, mode, **_) -> None:
+        to = to or get_config().config.to_number
+        if not to:
+            raise InvalidRequest("Missing --to and no toNumber configured")
+        call = call_initiate(to=to, message=message, mode=mode)
+        self.out({"callId": str(call.pk)})
+
+    def cmd_start(self, *, to, message, mode, **_) -> None:
+        call = call_initiate(to=to, message=message, mode=mode)
+        self.out({"callId": str(call.pk)})
+
+    def cmd_continue(self, *, call_id, message, **_) -> None:
+        transcript = call_continue(call_id=call_id, prompt=message)
+        self.out({"success": True, "transcript": transcript})
+
+    def cmd_speak(self, *, call_id, message, **_) -> None:
+        call_speak(call_id=call_id, text=message)
+        self.out({"success": True})
+
+    def cmd_dtmf(self, *, call_id, digits, **_) -> None:
+        call_send_dtmf(call_id=call_id, digits=digits)
+        self.out({"success": True})
+
+    def cmd_end(self, *, call_id, **_) -> None:
+        call_end(call_id=call_id)
+        self.out({"success": True})
+
+    def cmd_status(self, *, call_id=None, **_) -> None:
+        if call_id is None:
+            self.out({"found": True, "calls": [call_record(call) for call in live_calls()]})
+            return
+        call = call_find(call_id)
+        self.out(call_record(call) if call else {"found": False})
+
+    # --- records -----------------------------------------------------------------------
+
+    def cmd_tail(self, *, file, since, poll, **_) -> None:
+        def write(line: str) -> None:
+            self.stdout.write(line)
+            self.stdout.flush()
+
+        if file:
+            path = Path(file).expanduser()
+            if not path.is_file():
+                raise InvalidRequest(f"No log file at {path}")
+            follow_file(path, write, since=since, poll_ms=poll, stop=lambda: False)
+        else:
+            follow_calls(write, since=since, poll_ms=poll, stop=lambda: False)
+
+    def cmd_latency(self, *, file, last, **_) -> None:
+        if file:
+            path = Path(file).expanduser()
+            if not path.is_file():
+                raise InvalidRequest(f"No log file at {path}")
+            self.out(latency_from_file(path, last))
+        else:
+            self.out(latency_from_db(last))
+
+    def cmd_doctor(self, *, fix, **_) -> None:
+        if not settings.VOICECALL_CONFIG:
+            self.stdout.write("No config file (VOICECALL_CONFIG is not set): nothing to check.")
+            return
+        report = doctor(Path(settings.VOICECALL_CONFIG).expanduser(), fix=fix)
+        self.stdout.write(doctor_text(report))

@@ -1,0 +1,187 @@
+"""Call records and everything that happens on a call: events, transcript, turns, replay keys."""
+from __future__ import annotations
+
+import uuid
+
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+from .states import END_REASONS, FORWARD_ORDER, TERMINAL_STATES, CallState
+
+STATE_CHOICES = [(state.value, state.value) for state in (*FORWARD_ORDER, *sorted(TERMINAL_STATES))]
+END_REASON_CHOICES = [(reason.value, reason.value) for reason in sorted(END_REASONS)]
+
+
+class Direction(models.TextChoices):
+    OUTBOUND = "outbound"
+    INBOUND = "inbound"
+
+
+class Speaker(models.TextChoices):
+    BOT = "bot"
+    USER = "user"
+
+
+class CallQuerySet(models.QuerySet):
+    def live(self) -> CallQuerySet:
+        """Calls not yet in a terminal state (they count against maxConcurrentCalls)."""
+        return self.exclude(state__in=[s.value for s in TERMINAL_STATES])
+
+
+class Call(models.Model):
+    """One phone call. Written before the carrier is contacted; never deleted by the gateway."""
+
+    id = models.UUIDField("call id", primary_key=True, default=uuid.uuid4, editable=False)
+    provider = models.CharField("carrier", max_length=16)
+    provider_call_id = models.CharField("carrier call id", max_length=128, null=True, blank=True)
+    direction = models.CharField(max_length=8, choices=Direction.choices)
+    state = models.CharField(max_length=16, choices=STATE_CHOICES, default=CallState.INITIATED.value)
+    from_number = models.CharField("from", max_length=64)
+    to_number = models.CharField("to", max_length=64)
+    session_key = models.CharField(max_length=255, blank=True, default="")
+    agent_id = models.CharField(max_length=128, blank=True, default="")
+    started_at = models.DateTimeField(default=timezone.now)
+    answered_at = models.DateTimeField(null=True, blank=True)
+    ended_at = models.DateTimeField(null=True, blank=True)
+    end_reason = models.CharField(max_length=16, choices=END_REASON_CHOICES, blank=True, default="")
+    # Free-form, with the reference's keys (initialMessage, mode, numberRouteKey, turnCount, ...).
+    metadata = models.JSONField(default=dict, blank=True)
+
+    # Deadlines live on the row so any process's sweep can enforce them.
+    max_duration_deadline = models.DateTimeField(null=True, blank=True)
+    notify_hangup_at = models.DateTimeField(null=True, blank=True)
+    # In-flight claims: one greeting playback and one hang-up at a time, across processes.
+    greeting_claimed_at = models.DateTimeField(null=True, blank=True)
+    hangup_claimed_at = models.DateTimeField(null=True, blank=True)
+
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects = CallQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-started_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["provider", "provider_call_id"],
+                condition=Q(provider_call_id__isnull=False),
+                name="call_unique_provider_call_id",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["provider_call_id"], name="call_provider_call_id"),
+            models.Index(fields=["state", "started_at"], name="call_state_started"),
+            models.Index(fields=["max_duration_deadline"], name="call_max_duration_deadline"),
+            models.Index(fields=["notify_hangup_at"], name="call_notify_hangup_at"),
+            models.Index(fields=["updated_at"], name="call_updated_at"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.direction} {self.from_number} → {self.to_number} ({self.state})"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+
+class CallEvent(models.Model):
+    """A normalized event applied to a call. The unique dedupe key makes replays no-ops."""
+
+    call = models.ForeignKey(Call, on_delete=models.CASCADE, related_name="events")
+    type = models.CharField(max_length=32)
+    dedupe_key = models.CharField(max_length=255, null=True, blank=True, unique=True)
+    payload = models.JSONField(default=dict)
+    occurred_at = models.DateTimeField()
+    received_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"{self.type} @ {self.occurred_at:%H:%M:%S}"
+
+
+class TranscriptEntry(models.Model):
+    """One thing said on the call: by the bot (after it was played) or by the caller (final text)."""
+
+    call = models.ForeignKey(Call, on_delete=models.CASCADE, related_name="transcript_entries")
+    timestamp = models.DateTimeField(default=timezone.now)
+    speaker = models.CharField(max_length=4, choices=Speaker.choices)
+    text = models.TextField()
+    is_final = models.BooleanField(default=True)
+
+    class Meta:
+        ordering = ["id"]
+        verbose_name_plural = "transcript entries"
+
+    def __str__(self) -> str:
+        return f"{self.speaker}: {self.text[:60]}"
+
+
+class TurnStatus(models.TextChoices):
+    PENDING = "pending"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    TIMEOUT = "timeout"
+
+
+class CallTurn(models.Model):
+    """One `continue` turn: speak a prompt, listen, wait for the caller's final transcript."""
+
+    call = models.ForeignKey(Call, on_delete=models.CASCADE, related_name="turns")
+    token = models.CharField(max_length=64)
+    prompt = models.TextField(blank=True, default="")
+    status = models.CharField(max_length=10, choices=TurnStatus.choices, default=TurnStatus.PENDING)
+    started_at = models.DateTimeField(default=timezone.now)
+    listen_started_at = models.DateTimeField(null=True, blank=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+    deadline = models.DateTimeField(null=True, blank=True)
+    transcript = models.TextField(blank=True, default="")
+    error = models.TextField(blank=True, default="")
+    turn_latency_ms = models.PositiveIntegerField(null=True, blank=True)
+    listen_wait_ms = models.PositiveIntegerField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["call"],
+                condition=Q(status="pending"),
+                name="turn_one_pending_per_call",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["status", "deadline"], name="turn_status_deadline"),
+            models.Index(fields=["completed_at"], name="turn_completed_at"),
+        ]
+
+    def __str__(self) -> str:
+        return f"turn {self.pk} ({self.status})"
+
+
+class ProcessedWebhook(models.Model):
+    """A verified webhook request already handled: its key, the first answer, and when to forget it."""
+
+    key = models.CharField(max_length=255, primary_key=True)
+    provider = models.CharField(max_length=16)
+    status_code = models.PositiveSmallIntegerField(default=200)
+    content_type = models.CharField(max_length=100, default="text/plain")
+    body = models.TextField(blank=True, default="")
+    headers = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+
+    class Meta:
+        indexes = [models.Index(fields=["expires_at"], name="webhook_expires_at")]
+
+    def __str__(self) -> str:
+        return self.key
+
+
+class GatewayLock(models.Model):
+    """Named rows locked with SELECT ... FOR UPDATE to serialize work across processes."""
+
+    name = models.CharField(max_length=64, primary_key=True)
+
+    def __str__(self) -> str:
+        return self.name

@@ -1,0 +1,76 @@
+"""The call runtime: the config in force plus the carrier built from it, or why there is none."""
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from providers.carriers.base import CarrierBackend
+from providers.registry import carrier_class
+
+from .config import LoadedConfig, VoiceCallConfig, get_config, on_config_change
+from .errors import SetupIncomplete, VoiceCallDisabled
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CallRuntime:
+    loaded: LoadedConfig
+    carrier: CarrierBackend
+
+    @property
+    def config(self) -> VoiceCallConfig:
+        return self.loaded.config
+
+    def webhook_url(self) -> str:
+        return webhook_url(self.config)
+
+
+_lock = threading.Lock()
+_runtime: CallRuntime | None = None
+
+
+def get_runtime() -> CallRuntime:
+    """The runtime for the config in force; raises VoiceCallDisabled or SetupIncomplete."""
+    global _runtime
+    loaded = get_config()
+    if not loaded.enabled:
+        raise VoiceCallDisabled()
+    if loaded.errors:
+        raise SetupIncomplete(loaded.errors)
+    runtime = _runtime
+    if runtime is not None and runtime.loaded is loaded:
+        return runtime
+    with _lock:
+        if _runtime is None or _runtime.loaded is not loaded:
+            carrier = carrier_class(loaded.config.provider)(loaded.config)
+            _runtime = CallRuntime(loaded=loaded, carrier=carrier)
+        return _runtime
+
+
+def reset_runtime() -> None:
+    global _runtime
+    with _lock:
+        if _runtime is not None:
+            _runtime.carrier.close()
+        _runtime = None
+
+
+on_config_change(reset_runtime)
+
+
+def webhook_url(config: VoiceCallConfig) -> str:
+    """Where carriers send webhooks: publicUrl (its own path, or serve.path), else the local listener."""
+    if config.public_url:
+        parts = urlsplit(config.public_url)
+        if parts.path and parts.path != "/":
+            return config.public_url
+        return f"{parts.scheme}://{parts.netloc}{config.webhook_path()}"
+    host = config.serve.bind
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"http://{host}:{config.serve.port}{config.webhook_path()}"

@@ -1,0 +1,79 @@
+"""The embedded mode's sweeper: a thread in the gateway that enforces deadlines and reaps stale calls.
+
+It sleeps until the next deadline on the database (at most one second, so deadlines written
+by other processes are seen) and wakes early when this process writes a new one. In the
+distributed mode Celery beat runs the same sweeps instead.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from django.db import connections
+
+from . import background
+from .errors import VoiceCallError
+
+log = logging.getLogger(__name__)
+
+MAX_SLEEP_SECONDS = 1.0
+MIN_SLEEP_SECONDS = 0.02
+PURGE_INTERVAL_SECONDS = 600
+
+
+class Sweeper(threading.Thread):
+    def __init__(self) -> None:
+        super().__init__(name="voicecall-sweeper", daemon=True)
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._next_reap = 0.0
+        self._next_purge = 0.0
+
+    def wake(self, *_args) -> None:
+        self._wake.set()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        self.join(timeout)
+
+    def run(self) -> None:
+        background.on_deadline(self.wake)
+        log.info("sweeper started")
+        try:
+            while not self._stop.is_set():
+                delay = self.tick()
+                self._wake.wait(delay)
+                self._wake.clear()
+        finally:
+            connections.close_all()
+
+    def tick(self) -> float:
+        """One pass; returns how long to sleep before the next."""
+        from .services import deadlines_sweep, next_deadline, processed_webhooks_purge, stale_calls_reap
+        from .services.sweeps import REAP_INTERVAL_SECONDS
+
+        try:
+            deadlines_sweep()
+            clock = time.monotonic()
+            if clock >= self._next_reap:
+                self._next_reap = clock + REAP_INTERVAL_SECONDS
+                stale_calls_reap()
+            if clock >= self._next_purge:
+                self._next_purge = clock + PURGE_INTERVAL_SECONDS
+                processed_webhooks_purge()
+            upcoming = next_deadline()
+        except VoiceCallError as exc:
+            log.debug("sweep skipped: %s", exc)  # setup incomplete or disabled
+            return MAX_SLEEP_SECONDS
+        except Exception:
+            log.exception("sweep failed")
+            connections.close_all()
+            return MAX_SLEEP_SECONDS
+        if upcoming is None:
+            return MAX_SLEEP_SECONDS
+        from django.utils import timezone
+
+        seconds = (upcoming - timezone.now()).total_seconds()
+        return max(MIN_SLEEP_SECONDS, min(MAX_SLEEP_SECONDS, seconds))

@@ -1,0 +1,122 @@
+"""Pieces every call service shares: lookups, state changes, finalize, transcript, time."""
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from datetime import datetime, timedelta, timezone as dt_timezone
+
+from django.db import transaction
+from django.utils import timezone
+
+from .. import background
+from ..errors import CallHasEnded, CallNotConnected, CallNotFound
+from ..models import Call, CallTurn, Speaker, TranscriptEntry, TurnStatus
+from ..states import next_state
+
+log = logging.getLogger("calls.services")
+
+
+def now() -> datetime:
+    return timezone.now()
+
+
+def to_ms(value: datetime | None) -> int | None:
+    return None if value is None else int(value.timestamp() * 1000)
+
+
+def from_ms(value: int) -> datetime:
+    return datetime.fromtimestamp(value / 1000, tz=dt_timezone.utc)
+
+
+def call_lookup(ref: str, *, for_update: bool = False) -> Call | None:
+    """Find a call by our id, else by the carrier's id (newest first)."""
+    if not ref:
+        return None
+    calls = Call.objects.select_for_update() if for_update else Call.objects.all()
+    try:
+        call = calls.filter(pk=uuid.UUID(str(ref))).first()
+    except ValueError:
+        call = None
+    if call is None:
+        call = calls.filter(provider_call_id=ref).order_by("-started_at").first()
+    return call
+
+
+def call_connected(ref: str, *, for_update: bool = False) -> Call:
+    """A live call with a carrier id, or the reference's error for why not."""
+    call = call_lookup(ref, for_update=for_update)
+    if call is None:
+        raise CallNotFound()
+    if not call.provider_call_id:
+        raise CallNotConnected()
+    if call.is_terminal:
+        raise CallHasEnded()
+    return call
+
+
+def move_to(call: Call, target: str) -> bool:
+    """Apply the transition rule; True when the state changed."""
+    new = next_state(call.state, target)
+    changed = new != call.state
+    call.state = new.value
+    return changed
+
+
+def set_answered(call: Call, answered_at: datetime, max_duration_seconds: int) -> None:
+    """Record the answer time (once) and arm the max-duration deadline from it."""
+    if call.answered_at is not None:
+        return
+    call.answered_at = answered_at
+    call.max_duration_deadline = answered_at + timedelta(seconds=max_duration_seconds)
+    background.deadline_set(call.max_duration_deadline)
+
+
+def finalize(call: Call, reason: str, *, ended_at: datetime | None = None, turn_error: str | None = None) -> bool:
+    """End the call record: terminal state, end reason, deadlines cleared, waiting turn failed.
+
+    Saves the call. Returns False when the call had already ended.
+    """
+    if call.is_terminal:
+        return False
+    call.state = next_state(call.state, reason).value
+    call.end_reason = reason
+    call.ended_at = ended_at or now()
+    call.max_duration_deadline = None
+    call.notify_hangup_at = None
+    call.save()
+    failed = CallTurn.objects.filter(call=call, status=TurnStatus.PENDING).update(
+        status=TurnStatus.FAILED, error=turn_error or f"Call ended: {reason}", completed_at=now()
+    )
+    if failed:
+        turn_changed()
+    log.info("call %s ended: %s", call.pk, reason)
+    return True
+
+
+def add_transcript(call: Call, speaker: str, text: str, *, at: datetime | None = None) -> TranscriptEntry:
+    return TranscriptEntry.objects.create(
+        call=call, speaker=Speaker(speaker), text=text, is_final=True, timestamp=at or now()
+    )
+
+
+# --- waiting for a turn to finish --------------------------------------------------------
+# Turn results are in the database; this condition only wakes waiters in this process early.
+# Waiters also re-read the row on a short interval so results written elsewhere are seen.
+_turn_condition = threading.Condition()
+TURN_POLL_SECONDS = 0.2
+
+
+def turn_changed() -> None:
+    """Wake local turn waiters after the current transaction commits."""
+
+    def notify() -> None:
+        with _turn_condition:
+            _turn_condition.notify_all()
+
+    transaction.on_commit(notify)
+
+
+def wait_for_turn_change(timeout: float) -> None:
+    with _turn_condition:
+        _turn_condition.wait(timeout=min(timeout, TURN_POLL_SECONDS))

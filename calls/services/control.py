@@ -1,0 +1,404 @@
+"""Call operations every surface uses: initiate, speak, continue, end, dtmf, and the greeting."""
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.db import IntegrityError, transaction
+
+from providers.carriers.base import DialRequest
+from routing.routes import effective_tts, preferred_voice, route_for_key
+from routing.validators import E164, E164_MESSAGE
+
+from .. import background
+from ..errors import (
+    CallFailed,
+    CallNotFound,
+    CapacityReached,
+    CarrierError,
+    InvalidRequest,
+    TranscriptTimeout,
+    TurnInProgress,
+    UnsupportedByCarrier,
+    VoiceCallError,
+)
+from ..models import Call, CallTurn, Direction, GatewayLock, TurnStatus
+from ..runtime import CallRuntime, get_runtime
+from ..session_keys import explicit_session_key, session_key_for_call
+from ..states import CallState
+from .common import (
+    add_transcript,
+    call_connected,
+    call_lookup,
+    finalize,
+    log,
+    move_to,
+    now,
+    turn_changed,
+    wait_for_turn_change,
+)
+
+DTMF_PATTERN = re.compile(r"^[0-9*#wWpP,]+$")
+DTMF_MESSAGE = "digits may only contain digits, *, #, comma, w, p"
+MODES = ("notify", "conversation")
+# A hang-up or greeting claim older than this is treated as abandoned (its process died).
+CLAIM_TTL = timedelta(seconds=30)
+# A call still without a carrier id this long after it was written is a dial that never finished.
+DIAL_GRACE = timedelta(seconds=60)
+
+
+def _carrier_call(action: str, func, **kwargs):
+    """Run a carrier request; any failure becomes CarrierError with the carrier's message."""
+    try:
+        return func(**kwargs)
+    except VoiceCallError:
+        raise
+    except Exception as exc:  # carriers raise their own errors; surfaces need one shape
+        log.warning("carrier %s failed: %s", action, exc)
+        raise CarrierError(str(exc) or f"{action} failed") from exc
+
+
+def _voice_for(runtime: CallRuntime, call: Call) -> str | None:
+    route = route_for_key(runtime.config, call.metadata.get("numberRouteKey")) if call.direction == Direction.INBOUND else None
+    return preferred_voice(effective_tts(runtime.config, route))
+
+
+# --- outbound ------------------------------------------------------------------------------
+
+
+def call_initiate(
+    *,
+    to: str,
+    message: str | None = None,
+    mode: str | None = None,
+    dtmf_sequence: str | None = None,
+    session_key: str | None = None,
+    requester_session_key: str | None = None,
+    agent_id: str | None = None,
+) -> Call:
+    """Place an outbound call. The record is written (and counted) before the carrier is asked.
+
+    Raises InvalidRequest, CapacityReached, SetupIncomplete..., or CallFailed (record kept, failed).
+    """
+    runtime = get_runtime()
+    config = runtime.config
+    mode = mode if mode in MODES else config.outbound.default_mode
+    if dtmf_sequence is not None:
+        if not DTMF_PATTERN.match(dtmf_sequence):
+            raise InvalidRequest(f"dtmfSequence: {DTMF_MESSAGE}")
+        if mode != "conversation":
+            raise InvalidRequest("dtmfSequence requires conversation mode")
+    if not to or not E164.match(to):
+        raise InvalidRequest(f"to: {E164_MESSAGE}")
+    webhook_url = runtime.webhook_url()
+    from_number = config.effective_from_number()
+    if not from_number:
+        raise InvalidRequest("fromNumber not configured")
+    agent = agent_id or config.agent_id
+
+    with transaction.atomic():
+        # One admission at a time across processes: count and insert under the same lock.
+        GatewayLock.objects.select_for_update().get_or_create(name="admission")
+        if Call.objects.live().count() >= config.max_concurrent_calls:
+            raise CapacityReached(config.max_concurrent_calls)
+        call = Call(provider=runtime.carrier.name, direction=Direction.OUTBOUND, from_number=from_number, to_number=to, agent_id=agent)
+        call.session_key = (
+            explicit_session_key(session_key, agent_id=agent)
+            if session_key is not None
+            else session_key_for_call(
+                scope=config.session_scope, agent_id=agent, direction="outbound",
+                from_number=from_number, to_number=to, call_id=str(call.pk),
+            )
+        )
+        call.metadata = {"mode": mode}
+        if message:
+            call.metadata["initialMessage"] = message
+        if requester_session_key:
+            call.metadata["requesterSessionKey"] = requester_session_key
+        call.save()
+
+    dial = DialRequest(
+        call_id=str(call.pk), from_number=from_number, to_number=to, webhook_url=webhook_url,
+        mode=mode, initial_message=message, voice=_voice_for(runtime, call), dtmf_sequence=dtmf_sequence,
+    )
+    try:
+        result = _carrier_call("initiate", runtime.carrier.initiate_call, dial=dial)
+    except CarrierError as exc:
+        with transaction.atomic():
+            failed = Call.objects.select_for_update().get(pk=call.pk)
+            finalize(failed, CallState.FAILED)
+        raise CallFailed(exc.message, call_id=str(call.pk)) from exc
+
+    with transaction.atomic():
+        call = Call.objects.select_for_update().get(pk=call.pk)
+        call.provider_call_id = call.provider_call_id or result.provider_call_id
+        call.save()
+        ended_meanwhile = call.is_terminal
+    if ended_meanwhile:
+        # Ended while we were dialing (e.g. `end` raced the dial): do not leave the line up.
+        background.submit("calls.carrier_hangup", call_id=str(call.pk), reason=call.end_reason or "hangup-bot")
+    log.info("outbound call %s to %s placed (%s, %s)", call.pk, to, result.provider_call_id, mode)
+    return call
+
+
+# --- speaking and listening ----------------------------------------------------------------
+
+
+def call_speak(*, call_id: str, text: str) -> None:
+    """Say `text` on a live call; the bot transcript entry is written only once it was played."""
+    if not text or not text.strip():
+        raise InvalidRequest("message required")
+    runtime = get_runtime()
+    with transaction.atomic():
+        call = call_connected(call_id, for_update=True)
+        move_to(call, CallState.SPEAKING)
+        call.save()
+    try:
+        _carrier_call(
+            "speak", runtime.carrier.play_tts, call_id=str(call.pk), provider_call_id=call.provider_call_id,
+            text=text, voice=_voice_for(runtime, call), locale=None,
+        )
+    except CarrierError:
+        with transaction.atomic():
+            call = Call.objects.select_for_update().get(pk=call.pk)
+            move_to(call, CallState.LISTENING)
+            call.save()
+        raise
+    add_transcript(call, "bot", text)
+
+
+def call_continue(*, call_id: str, prompt: str) -> str:
+    """Speak `prompt`, listen, and return the caller's next final transcript."""
+    if not prompt or not prompt.strip():
+        raise InvalidRequest("message required")
+    runtime = get_runtime()
+    config = runtime.config
+    try:
+        with transaction.atomic():
+            call = call_connected(call_id, for_update=True)
+            if CallTurn.objects.filter(call=call, status=TurnStatus.PENDING).exists():
+                raise TurnInProgress()
+            token = uuid.uuid4().hex if runtime.carrier.uses_turn_tokens else ""
+            turn = CallTurn.objects.create(call=call, token=token, prompt=prompt, started_at=now())
+    except IntegrityError:
+        raise TurnInProgress() from None
+
+    try:
+        call_speak(call_id=str(call.pk), text=prompt)
+        with transaction.atomic():
+            call = Call.objects.select_for_update().get(pk=call.pk)
+            turn.refresh_from_db()
+            if turn.status != TurnStatus.PENDING:
+                return _turn_result(turn, config.transcript_timeout_ms)
+            move_to(call, CallState.LISTENING)
+            call.save()
+            turn.listen_started_at = now()
+            turn.deadline = turn.listen_started_at + timedelta(milliseconds=config.transcript_timeout_ms)
+            turn.save(update_fields=["listen_started_at", "deadline"])
+            background.deadline_set(turn.deadline)
+        _carrier_call(
+            "listen", runtime.carrier.start_listening, call_id=str(call.pk), provider_call_id=call.provider_call_id,
+            turn_token=token or None, language=None,
+        )
+    except VoiceCallError as exc:
+        CallTurn.objects.filter(pk=turn.pk, status=TurnStatus.PENDING).update(
+            status=TurnStatus.FAILED, error=exc.message, completed_at=now(), deadline=None
+        )
+        raise
+
+    try:
+        return _wait_for_turn(turn, config.transcript_timeout_ms)
+    finally:
+        try:
+            runtime.carrier.stop_listening(call_id=str(call.pk), provider_call_id=call.provider_call_id)
+        except Exception as exc:  # best effort, as in the reference
+            log.info("stop listening on %s failed: %s", call.pk, exc)
+
+
+def _wait_for_turn(turn: CallTurn, timeout_ms: int) -> str:
+    deadline = turn.deadline
+    while True:
+        turn.refresh_from_db()
+        if turn.status != TurnStatus.PENDING:
+            return _turn_result(turn, timeout_ms)
+        remaining = (deadline - now()).total_seconds()
+        if remaining <= 0:
+            turn_timeout(turn.pk, timeout_ms)
+            continue
+        wait_for_turn_change(remaining)
+
+
+def turn_timeout(turn_id: int, timeout_ms: int) -> bool:
+    """Mark a waiting turn as timed out (only if it is still waiting)."""
+    updated = CallTurn.objects.filter(pk=turn_id, status=TurnStatus.PENDING).update(
+        status=TurnStatus.TIMEOUT, error=TranscriptTimeout(timeout_ms).message, completed_at=now(), deadline=None
+    )
+    if updated:
+        turn_changed()
+    return bool(updated)
+
+
+def _turn_result(turn: CallTurn, timeout_ms: int) -> str:
+    if turn.status == TurnStatus.COMPLETED:
+        return turn.transcript
+    if turn.status == TurnStatus.TIMEOUT:
+        raise TranscriptTimeout(timeout_ms)
+    raise VoiceCallError(turn.error or "continue failed")
+
+
+# --- ending ------------------------------------------------------------------------------
+
+
+def call_end(*, call_id: str, reason: str = CallState.HANGUP_BOT.value) -> None:
+    """Hang up and finalize. Ending an ended call succeeds; concurrent ends hang up once."""
+    runtime = get_runtime()
+    give_up = time.monotonic() + CLAIM_TTL.total_seconds()
+    while True:
+        with transaction.atomic():
+            call = call_lookup(call_id, for_update=True)
+            if call is None:
+                raise CallNotFound()
+            if call.is_terminal:
+                return
+            if not call.provider_call_id and now() - call.started_at > DIAL_GRACE:
+                finalize(call, reason)  # the dial never completed: nothing to hang up
+                return
+            claim = call.hangup_claimed_at
+            if call.provider_call_id and (claim is None or now() - claim > CLAIM_TTL):
+                call.hangup_claimed_at = now()
+                call.save(update_fields=["hangup_claimed_at"])
+                break
+        if time.monotonic() > give_up:
+            raise CarrierError("end failed: another hang-up of this call did not finish")
+        time.sleep(0.1)  # another request is hanging up this call (or the dial is in flight)
+
+    try:
+        _carrier_call("hangup", runtime.carrier.hangup_call, call_id=str(call.pk), provider_call_id=call.provider_call_id, reason=reason)
+    except CarrierError:
+        Call.objects.filter(pk=call.pk).update(hangup_claimed_at=None)
+        raise
+    with transaction.atomic():
+        call = Call.objects.select_for_update().get(pk=call.pk)
+        call.hangup_claimed_at = None
+        if not finalize(call, reason):
+            call.save(update_fields=["hangup_claimed_at"])
+
+
+def call_send_dtmf(*, call_id: str, digits: str) -> None:
+    if not digits or not DTMF_PATTERN.match(digits):
+        raise InvalidRequest(DTMF_MESSAGE)
+    runtime = get_runtime()
+    call = call_connected(call_id)
+    if not runtime.carrier.supports_dtmf_send:
+        raise UnsupportedByCarrier(f"{runtime.carrier.name} does not support outbound DTMF")
+    _carrier_call("dtmf", runtime.carrier.send_dtmf, call_id=str(call.pk), provider_call_id=call.provider_call_id, digits=digits)
+
+
+# --- the greeting / initial message (behaviour.md §2.8) ------------------------------------
+
+
+@dataclass(frozen=True)
+class GreetingDecision:
+    speak: bool
+    why: str
+
+
+def greeting_decision(runtime: CallRuntime, call: Call) -> GreetingDecision:
+    """Whether the initial message is spoken as soon as the call is answered."""
+    if not call.metadata.get("initialMessage"):
+        return GreetingDecision(False, "nothing to say")
+    mode = call.metadata.get("mode", "conversation")
+    config = runtime.config
+    if mode == "notify":
+        return GreetingDecision(True, "notify")
+    if mode != "conversation":
+        return GreetingDecision(False, f"unknown mode {mode!r}")
+    if config.realtime.enabled:
+        return GreetingDecision(False, "the realtime model's opening turn speaks it")
+    if config.streaming.enabled and runtime.carrier.supports_media_streams:
+        return GreetingDecision(False, "spoken when the media stream's transcription is ready")
+    return GreetingDecision(True, "conversation")
+
+
+@background.job("calls.call_answered")
+def on_call_answered(*, call_id: str) -> None:
+    runtime = get_runtime()
+    call = call_lookup(call_id)
+    if call is None or call.is_terminal:
+        return
+    decision = greeting_decision(runtime, call)
+    log.info("call %s answered; greeting: %s", call.pk, decision.why)
+    if decision.speak:
+        initial_message_speak(call_id=call_id)
+
+
+def initial_message_speak(*, call_id: str) -> bool:
+    """Speak the stored initial message once; keep it for a retry if playback fails."""
+    runtime = get_runtime()
+    with transaction.atomic():
+        call = call_lookup(call_id, for_update=True)
+        if call is None or call.is_terminal or not call.metadata.get("initialMessage"):
+            return False
+        claim = call.greeting_claimed_at
+        if claim is not None and now() - claim < CLAIM_TTL:
+            return False  # another trigger is speaking it right now
+        call.greeting_claimed_at = now()
+        call.save(update_fields=["greeting_claimed_at"])
+    message = call.metadata["initialMessage"]
+    try:
+        call_speak(call_id=call_id, text=message)
+    except VoiceCallError as exc:
+        Call.objects.filter(pk=call.pk).update(greeting_claimed_at=None)
+        log.warning("initial message on %s failed (kept for a retry): %s", call.pk, exc)
+        return False
+
+    listen = False
+    with transaction.atomic():
+        call = Call.objects.select_for_update().get(pk=call.pk)
+        call.greeting_claimed_at = None
+        call.metadata = {k: v for k, v in call.metadata.items() if k != "initialMessage"}
+        if not call.is_terminal:
+            if call.metadata.get("mode", "conversation") == "notify":
+                call.notify_hangup_at = now() + timedelta(seconds=runtime.config.outbound.notify_hangup_delay_sec)
+                background.deadline_set(call.notify_hangup_at)
+            else:
+                move_to(call, CallState.LISTENING)
+                listen = not runtime.config.streaming.enabled
+        call.save()
+    if listen:
+        try:
+            runtime.carrier.start_listening(call_id=call_id, provider_call_id=call.provider_call_id, turn_token=None, language=None)
+        except Exception as exc:
+            log.warning("start listening on %s after the greeting failed: %s", call.pk, exc)
+    return True
+
+
+@background.job("calls.answer")
+def answer_inbound(*, call_id: str) -> None:
+    runtime = get_runtime()
+    call = call_lookup(call_id)
+    if call is not None and not call.is_terminal and call.provider_call_id:
+        _carrier_call("answer", runtime.carrier.answer_call, call_id=call_id, provider_call_id=call.provider_call_id)
+
+
+@background.job("calls.reject_hangup")
+def reject_hangup(*, call_id: str) -> None:
+    """Hang up an inbound call the policy refused (its record is already terminal)."""
+    carrier_hangup(call_id=call_id, reason=CallState.HANGUP_BOT.value)
+
+
+@background.job("calls.carrier_hangup")
+def carrier_hangup(*, call_id: str, reason: str) -> None:
+    """Ask the carrier to hang up without touching the record (it is already final)."""
+    runtime = get_runtime()
+    call = call_lookup(call_id)
+    if call is not None and call.provider_call_id:
+        _carrier_call("hangup", runtime.carrier.hangup_call, call_id=call_id, provider_call_id=call.provider_call_id, reason=reason)
+
+
+@background.job("calls.end")
+def end_job(*, call_id: str, reason: str) -> None:
+    call_end(call_id=call_id, reason=reason)

@@ -1,0 +1,208 @@
+"""Applying normalized events to calls, in the reference's order (behaviour.md §2.4)."""
+from __future__ import annotations
+
+from enum import StrEnum
+
+from django.db import IntegrityError, transaction
+
+from routing.policy import inbound_allowed
+from routing.routes import greeting_for, match_route
+
+from .. import background
+from ..events import (
+    CallActive,
+    CallAnswered,
+    CallDtmf,
+    CallEnded,
+    CallError,
+    CallInitiated,
+    CallRinging,
+    CallSilence,
+    CallSpeaking,
+    CallSpeech,
+    NormalizedEvent,
+)
+from ..models import Call, CallEvent, CallTurn, Direction, TurnStatus
+from ..runtime import CallRuntime, get_runtime
+from ..session_keys import session_key_for_call
+from ..states import CallState
+from .common import add_transcript, call_lookup, finalize, from_ms, log, move_to, now, set_answered, to_ms, turn_changed
+
+
+class EventOutcome(StrEnum):
+    PROCESSED = "processed"
+    DUPLICATE = "duplicate"  # its dedupe key was seen before: nothing happened
+    REJECTED = "rejected"  # an inbound call the policy refused: recorded and hung up once
+    UNKNOWN_CALL = "unknown-call"  # no such call and not enough to create one; a retry may succeed
+
+
+def event_process(event: NormalizedEvent) -> EventOutcome:
+    """Apply one event. Idempotent per dedupe key, across processes (unique key in the database)."""
+    runtime = get_runtime()
+    for attempt in range(3):
+        try:
+            with transaction.atomic():
+                return _process(runtime, event)
+        except IntegrityError:
+            # A concurrent delivery of the same event (dedupe key) or the same new inbound call
+            # (carrier call id) committed first; looking again sees its result.
+            if CallEvent.objects.filter(dedupe_key=event.key).exists():
+                return EventOutcome.DUPLICATE
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _process(runtime: CallRuntime, event: NormalizedEvent) -> EventOutcome:
+    if CallEvent.objects.filter(dedupe_key=event.key).exists():
+        return EventOutcome.DUPLICATE
+
+    call = call_lookup(event.call_id, for_update=True)
+    if call is None and event.provider_call_id:
+        call = call_lookup(event.provider_call_id, for_update=True)
+    if call is None and event.provider_call_id and event.direction:
+        call = _create_webhook_call(runtime, event)
+        if call.state == CallState.HANGUP_BOT:
+            _record(call, event)
+            background.submit("calls.reject_hangup", call_id=str(call.pk))
+            return EventOutcome.REJECTED
+    if call is None:
+        log.warning("event %s for unknown call %s ignored", event.type, event.call_id)
+        return EventOutcome.UNKNOWN_CALL
+
+    if event.provider_call_id and event.provider_call_id != call.provider_call_id:
+        _rekey(call, event.provider_call_id)
+    _record(call, event)
+    if not call.is_terminal:
+        _apply(runtime, call, event)
+    call.save()
+    return EventOutcome.PROCESSED
+
+
+def _record(call: Call, event: NormalizedEvent) -> None:
+    # A retryable error is not remembered as processed, so a redelivery is applied again.
+    retryable = isinstance(event, CallError) and event.retryable
+    CallEvent.objects.create(
+        call=call,
+        type=event.type,
+        dedupe_key=None if retryable else event.key,
+        payload=event.to_dict(),
+        occurred_at=from_ms(event.timestamp),
+    )
+
+
+def _rekey(call: Call, provider_call_id: str) -> None:
+    """Adopt the carrier's newer id for this call (e.g. Plivo request UUID → call UUID)."""
+    taken = Call.objects.filter(provider=call.provider, provider_call_id=provider_call_id).exclude(pk=call.pk)
+    if taken.exists():
+        log.warning("not re-keying call %s: %s already belongs to another call", call.pk, provider_call_id)
+        return
+    call.provider_call_id = provider_call_id
+
+
+def _create_webhook_call(runtime: CallRuntime, event: NormalizedEvent) -> Call:
+    """A call first seen in a webhook: inbound (policy applies) or an outbound call we do not know."""
+    config = runtime.config
+    direction = Direction(event.direction)
+    call = Call(
+        provider=runtime.carrier.name,
+        provider_call_id=event.provider_call_id,
+        direction=direction,
+        state=CallState.RINGING.value,
+        from_number=event.from_number or "unknown",
+        to_number=event.to_number or config.from_number or "unknown",
+        agent_id=config.agent_id,
+        started_at=now(),
+    )
+    if direction == Direction.INBOUND and not inbound_allowed(
+        policy=config.inbound_policy, allow_from=config.allow_from, caller=event.from_number
+    ):
+        log.info("inbound call from %s rejected by inboundPolicy %s", event.from_number, config.inbound_policy)
+        call.state = call.end_reason = CallState.HANGUP_BOT.value
+        call.ended_at = call.started_at
+        call.metadata = {"rejectionReason": "inbound-policy"}
+        call.save()
+        return call
+    if direction == Direction.INBOUND:
+        matched = match_route(config, event.to_number)
+        route_key, route = matched if matched else (None, None)
+        if route and route.agent_id:
+            call.agent_id = route.agent_id
+        call.metadata = {"initialMessage": greeting_for(config, route)}
+        if route_key:
+            call.metadata["numberRouteKey"] = route_key
+    call.session_key = session_key_for_call(
+        scope=config.session_scope,
+        agent_id=call.agent_id,
+        direction=direction,
+        from_number=call.from_number,
+        to_number=call.to_number,
+        call_id=str(call.pk),
+    )
+    call.save()
+    log.info("%s call %s created from webhook (%s)", direction, call.pk, event.provider_call_id)
+    return call
+
+
+def _apply(runtime: CallRuntime, call: Call, event: NormalizedEvent) -> None:
+    config = runtime.config
+    if isinstance(event, CallInitiated):
+        move_to(call, CallState.INITIATED)
+        if call.direction == Direction.INBOUND and runtime.carrier.supports_answer:
+            background.submit("calls.answer", call_id=str(call.pk))
+    elif isinstance(event, CallRinging):
+        move_to(call, CallState.RINGING)
+    elif isinstance(event, CallAnswered):
+        set_answered(call, from_ms(event.timestamp), config.max_duration_seconds)
+        move_to(call, CallState.ANSWERED)
+        background.submit("calls.call_answered", call_id=str(call.pk))
+    elif isinstance(event, CallActive):
+        move_to(call, CallState.ACTIVE)
+    elif isinstance(event, CallSpeaking):
+        move_to(call, CallState.SPEAKING)
+        set_answered(call, from_ms(event.timestamp), config.max_duration_seconds)
+    elif isinstance(event, CallSpeech):
+        _apply_speech(runtime, call, event)
+    elif isinstance(event, CallEnded):
+        finalize(call, event.reason, ended_at=from_ms(event.timestamp))
+    elif isinstance(event, CallError):
+        if not event.retryable:
+            finalize(call, CallState.ERROR, turn_error=f"Call error: {event.error}")
+    elif isinstance(event, (CallSilence, CallDtmf)):
+        pass  # recorded only
+
+
+def _apply_speech(runtime: CallRuntime, call: Call, event: CallSpeech) -> None:
+    text = event.transcript.strip()
+    if event.is_final and text:
+        turn = CallTurn.objects.filter(call=call, status=TurnStatus.PENDING).first()
+        if turn is not None and turn.token and event.turn_token != turn.token:
+            # A stale or replayed result from an earlier turn must not complete this one.
+            log.warning("speech for call %s ignored: turn token %r does not match", call.pk, event.turn_token)
+            return
+        add_transcript(call, "user", text, at=from_ms(event.timestamp))
+        if turn is not None:
+            _complete_turn(call, turn, text)
+    move_to(call, CallState.LISTENING)
+    set_answered(call, from_ms(event.timestamp), runtime.config.max_duration_seconds)
+
+
+def _complete_turn(call: Call, turn: CallTurn, text: str) -> None:
+    """Finish a waiting `continue` turn and record its latencies on the turn and the call."""
+    finished = now()
+    turn.status = TurnStatus.COMPLETED
+    turn.transcript = text
+    turn.completed_at = finished
+    turn.turn_latency_ms = max(0, to_ms(finished) - to_ms(turn.started_at))
+    listen_from = turn.listen_started_at or turn.started_at
+    turn.listen_wait_ms = max(0, to_ms(finished) - to_ms(listen_from))
+    turn.deadline = None
+    turn.save()
+    call.metadata = {
+        **call.metadata,
+        "turnCount": int(call.metadata.get("turnCount", 0)) + 1,
+        "lastTurnLatencyMs": turn.turn_latency_ms,
+        "lastTurnListenWaitMs": turn.listen_wait_ms,
+        "lastTurnCompletedAt": to_ms(finished),
+    }
+    turn_changed()

@@ -1,0 +1,164 @@
+"""Periodic work: enforce deadlines, reap stale calls, restore calls after a restart, forget old replay keys."""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from django.db import transaction
+from django.db.models import Min
+
+from .. import background
+from ..config import get_config
+from ..models import Call, CallTurn, ProcessedWebhook, TurnStatus
+from ..runtime import get_runtime
+from ..states import CONVERSATION_STATES, CallState
+from .common import finalize, log, now
+from .control import DIAL_GRACE, turn_timeout
+
+REAP_INTERVAL_SECONDS = 30
+RETRY_DELAY = timedelta(seconds=5)
+# Deadline columns on Call and the end reason each one ends the call with.
+CALL_DEADLINES = {"max_duration_deadline": CallState.TIMEOUT.value, "notify_hangup_at": CallState.HANGUP_BOT.value}
+
+
+def deadlines_sweep(at: datetime | None = None) -> int:
+    """End calls whose max duration or notify hang-up time has come; time out waiting turns.
+
+    Each due deadline is claimed with a conditional UPDATE, so concurrent sweepers in several
+    processes act on it once. The hang-up itself runs as a background job.
+    """
+    at = at or now()
+    acted = 0
+    for column, reason in CALL_DEADLINES.items():
+        due = Call.objects.live().filter(**{f"{column}__lte": at}).values_list("pk", flat=True)
+        for call_id in list(due):
+            claimed = Call.objects.filter(pk=call_id, **{f"{column}__lte": at}).update(**{column: None})
+            if claimed:
+                acted += 1
+                log.info("call %s: %s reached, ending (%s)", call_id, column, reason)
+                background.submit("calls.deadline_end", call_id=str(call_id), reason=reason, column=column)
+    timeout_ms = _transcript_timeout_ms()
+    for turn_id in list(CallTurn.objects.filter(status=TurnStatus.PENDING, deadline__lte=at).values_list("pk", flat=True)):
+        acted += turn_timeout(turn_id, timeout_ms)
+    return acted
+
+
+@background.job("calls.deadline_end")
+def deadline_end(*, call_id: str, reason: str, column: str) -> None:
+    """End a call for a deadline; on failure put the deadline back a little later to retry."""
+    from .control import call_end
+
+    try:
+        call_end(call_id=call_id, reason=reason)
+    except Exception as exc:
+        log.warning("ending call %s for %s failed, retrying: %s", call_id, column, exc)
+        retry_at = now() + RETRY_DELAY
+        Call.objects.live().filter(pk=call_id).update(**{column: retry_at})
+        background.deadline_set(retry_at)
+
+
+def next_deadline() -> datetime | None:
+    """The earliest pending deadline of any kind (the embedded scheduler sleeps until then)."""
+    live = Call.objects.live().aggregate(a=Min("max_duration_deadline"), b=Min("notify_hangup_at"))
+    turn = CallTurn.objects.filter(status=TurnStatus.PENDING).aggregate(c=Min("deadline"))
+    candidates = [value for value in (live["a"], live["b"], turn["c"]) if value is not None]
+    return min(candidates) if candidates else None
+
+
+def stale_calls_reap(at: datetime | None = None) -> int:
+    """End calls that never got answered within staleCallReaperSeconds (0 disables).
+
+    Answered calls and calls in a live conversation state (speaking, listening) are left alone.
+    """
+    seconds = get_runtime().config.stale_call_reaper_seconds
+    if seconds <= 0:
+        return 0
+    cutoff = (at or now()) - timedelta(seconds=seconds)
+    stale = (
+        Call.objects.live()
+        .filter(answered_at__isnull=True, started_at__lt=cutoff)
+        .exclude(state__in=[s.value for s in CONVERSATION_STATES])
+        .values_list("pk", flat=True)
+    )
+    count = 0
+    for call_id in list(stale):
+        log.info("reaping stale call %s (unanswered for more than %ss)", call_id, seconds)
+        background.submit("calls.end", call_id=str(call_id), reason=CallState.HANGUP_BOT.value)
+        count += 1
+    return count
+
+
+def processed_webhooks_purge(at: datetime | None = None) -> int:
+    deleted, _ = ProcessedWebhook.objects.filter(expires_at__lt=at or now()).delete()
+    return deleted
+
+
+@dataclass
+class RestoreReport:
+    """What restore did with each live call it found."""
+
+    kept: list[str] = field(default_factory=list)
+    failed_dials: list[str] = field(default_factory=list)
+    expired: list[str] = field(default_factory=list)
+    ended_at_carrier: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        return (
+            f"kept {len(self.kept)}, ended {len(self.ended_at_carrier)} that the carrier reports over, "
+            f"timed out {len(self.expired)} past maxDurationSeconds, failed {len(self.failed_dials)} unfinished dials"
+        )
+
+
+def calls_restore() -> RestoreReport:
+    """Check every live call after a restart against the carrier (behaviour.md §2.7).
+
+    Deadlines are already on the rows, so kept calls need nothing more; this ends the calls
+    that cannot still be up.
+    """
+    runtime = get_runtime()
+    config = runtime.config
+    report = RestoreReport()
+    current = now()
+    max_age = timedelta(seconds=config.max_duration_seconds)
+    to_check: list[Call] = []
+    for call in Call.objects.live().order_by("started_at"):
+        if not call.provider_call_id:
+            if current - call.started_at > DIAL_GRACE:
+                _finalize_by_id(call.pk, CallState.FAILED.value)
+                report.failed_dials.append(str(call.pk))
+            continue
+        if current - call.started_at > max_age:
+            _finalize_by_id(call.pk, CallState.TIMEOUT.value)
+            background.submit("calls.carrier_hangup", call_id=str(call.pk), reason=CallState.TIMEOUT.value)
+            report.expired.append(str(call.pk))
+            continue
+        to_check.append(call)
+
+    def status(call: Call):
+        try:
+            return runtime.carrier.get_call_status(call.provider_call_id)
+        except Exception as exc:
+            log.info("status of %s unavailable (relying on its deadlines): %s", call.pk, exc)
+            return None
+
+    with ThreadPoolExecutor(max_workers=8, thread_name_prefix="voicecall-restore") as pool:
+        statuses = list(pool.map(status, to_check))
+    for call, result in zip(to_check, statuses):
+        if result is not None and result.is_terminal:
+            _finalize_by_id(call.pk, CallState.COMPLETED.value)
+            report.ended_at_carrier.append(str(call.pk))
+        else:
+            report.kept.append(str(call.pk))
+    log.info("restore: %s", report.summary())
+    return report
+
+
+def _finalize_by_id(call_id, reason: str) -> None:
+    with transaction.atomic():
+        call = Call.objects.select_for_update().get(pk=call_id)
+        finalize(call, reason)
+
+
+def _transcript_timeout_ms() -> int:
+    return get_config().config.transcript_timeout_ms

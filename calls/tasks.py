@@ -1,0 +1,46 @@
+"""Celery tasks (distributed mode): the same jobs and sweeps the embedded gateway runs itself."""
+from __future__ import annotations
+
+import logging
+
+from celery import shared_task
+
+from .errors import VoiceCallError
+
+log = logging.getLogger(__name__)
+
+
+@shared_task(name="calls.run_job", acks_late=True)
+def run_job_task(name: str, kwargs: dict) -> None:
+    from .background import run_job
+
+    run_job(name, kwargs)
+
+
+@shared_task(name="calls.sweep_deadlines")
+def sweep_deadlines_task() -> int:
+    from .services import deadlines_sweep
+
+    try:
+        return deadlines_sweep()
+    except VoiceCallError as exc:
+        log.debug("sweep skipped: %s", exc)
+        return 0
+
+
+@shared_task(name="calls.reap_stale_calls")
+def reap_stale_calls_task() -> int:
+    from .services import stale_calls_reap
+
+    try:
+        return stale_calls_reap()
+    except VoiceCallError as exc:
+        log.debug("reap skipped: %s", exc)
+        return 0
+
+
+@shared_task(name="calls.purge_processed_webhooks")
+def purge_processed_webhooks_task() -> int:
+    from .services import processed_webhooks_purge
+
+    return processed_webhooks_purge()

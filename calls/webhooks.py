@@ -1,0 +1,193 @@
+"""The carrier webhook endpoint as a raw ASGI app, so checks run in the reference's order (behaviour.md §3.6):
+
+method → signature headers present (401 before the body is read) → per-IP in-flight cap (429)
+→ body size (413) and read timeout (408) → signature verification (401) → replay check
+→ parse (400 names the problem) → process events → the carrier's answer.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from asgiref.sync import sync_to_async
+from django.db import IntegrityError, close_old_connections
+
+from providers.carriers.base import WebhookParseError, WebhookRequest, WebhookResult, WebhookVerification
+
+from .errors import VoiceCallError
+from .models import ProcessedWebhook
+from .runtime import CallRuntime, get_runtime
+from .services import EventOutcome, event_process
+from .services.common import now
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 64 * 1024
+BODY_TIMEOUT_SECONDS = 5.0
+MAX_IN_FLIGHT_PER_IP = 8
+REPLAY_WINDOW = timedelta(minutes=10)
+
+
+@dataclass
+class Answer:
+    status: int
+    body: str
+    content_type: str = "text/plain; charset=utf-8"
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class BodyError(Exception):
+    def __init__(self, answer: Answer) -> None:
+        self.answer = answer
+
+
+class WebhookApp:
+    """ASGI app for POST {serve.path}."""
+
+    def __init__(self) -> None:
+        self.in_flight: dict[str, int] = defaultdict(int)
+
+    async def __call__(self, scope, receive, send) -> None:
+        answer = await self._answer(scope, receive)
+        headers = [(b"content-type", answer.content_type.encode())]
+        headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in answer.headers.items()]
+        body = answer.body.encode("utf-8")
+        headers.append((b"content-length", str(len(body)).encode()))
+        await send({"type": "http.response.start", "status": answer.status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def _answer(self, scope, receive) -> Answer:
+        if scope["method"] != "POST":
+            return Answer(405, "Method Not Allowed", headers={"Allow": "POST"})
+        try:
+            runtime = get_runtime()
+        except VoiceCallError as exc:
+            return Answer(503, exc.message)
+        headers = _headers(scope)
+        if not runtime.config.skip_signature_verification and not runtime.carrier.has_signature_headers(headers):
+            return Answer(401, "Unauthorized")
+        client = (scope.get("client") or ("unknown", 0))[0] or "unknown"
+        if self.in_flight[client] >= MAX_IN_FLIGHT_PER_IP:
+            return Answer(429, "Too Many Requests")
+        self.in_flight[client] += 1
+        try:
+            body = await _read_body(receive, headers)
+            request = WebhookRequest(
+                method=scope["method"],
+                path=scope["path"],
+                query_string=scope.get("query_string", b"").decode("latin-1"),
+                headers=headers,
+                body=body,
+                remote_addr=None if client == "unknown" else client,
+                scheme=scope.get("scheme", "http"),
+            )
+            return await sync_to_async(_handle_in_thread, thread_sensitive=False)(runtime, request)
+        except BodyError as exc:
+            return exc.answer
+        except Exception:
+            log.exception("webhook failed")
+            return Answer(500, "Internal Server Error")
+        finally:
+            self.in_flight[client] -= 1
+            if not self.in_flight[client]:
+                del self.in_flight[client]
+
+
+def _headers(scope) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for raw_name, raw_value in scope.get("headers", []):
+        name, value = raw_name.decode("latin-1").lower(), raw_value.decode("latin-1")
+        headers[name] = f"{headers[name]}, {value}" if name in headers else value
+    return headers
+
+
+async def _read_body(receive, headers: dict[str, str]) -> bytes:
+    declared = headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise BodyError(Answer(400, "Content-Length is not a number"))
+        if int(declared) > MAX_BODY_BYTES:
+            raise BodyError(Answer(413, "Payload Too Large"))
+
+    async def collect() -> bytes:
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise BodyError(Answer(400, "Client disconnected"))
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                raise BodyError(Answer(413, "Payload Too Large"))
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+    try:
+        return await asyncio.wait_for(collect(), BODY_TIMEOUT_SECONDS)
+    except asyncio.TimeoutError:
+        raise BodyError(Answer(408, "Request Timeout")) from None
+
+
+def _handle_in_thread(runtime: CallRuntime, request: WebhookRequest) -> Answer:
+    close_old_connections()
+    try:
+        return handle_webhook(runtime, request)
+    finally:
+        close_old_connections()
+
+
+def handle_webhook(runtime: CallRuntime, request: WebhookRequest) -> Answer:
+    """Verify, de-duplicate, parse and process one carrier request (sync; runs in a worker thread)."""
+    carrier = runtime.carrier
+    verification = _verify(runtime, request)
+    if not verification.ok or not verification.request_key:
+        log.warning("webhook rejected: %s", verification.reason or "no request key")
+        return Answer(401, "Unauthorized")
+    key = verification.request_key
+
+    first = ProcessedWebhook.objects.filter(key=key, expires_at__gt=now()).first()
+    if first is not None:
+        log.info("replayed webhook %s answered with its first response", key)
+        return Answer(first.status_code, first.body, first.content_type, dict(first.headers))
+
+    try:
+        result = carrier.parse_webhook(request, request_key=key)
+    except WebhookParseError as exc:
+        return Answer(400, str(exc))
+    outcomes = [event_process(event) for event in result.events]
+    answer = _answer_from(result)
+    if EventOutcome.UNKNOWN_CALL in outcomes:
+        return answer  # not remembered: the carrier's retry may find the call then
+    try:
+        ProcessedWebhook.objects.get_or_create(
+            key=key,
+            defaults={
+                "provider": carrier.name,
+                "status_code": answer.status,
+                "content_type": answer.content_type,
+                "body": answer.body,
+                "headers": answer.headers,
+                "expires_at": now() + REPLAY_WINDOW,
+            },
+        )
+    except IntegrityError:
+        pass  # a concurrent delivery stored the first answer
+    return answer
+
+
+def _verify(runtime: CallRuntime, request: WebhookRequest) -> WebhookVerification:
+    if runtime.config.skip_signature_verification:
+        digest = hashlib.sha256(
+            b"\n".join([request.method.encode(), f"{request.path}?{request.query_string}".encode(), request.body])
+        ).hexdigest()
+        return WebhookVerification(ok=True, request_key=f"{runtime.carrier.name}:skip:{digest}")
+    return runtime.carrier.verify_webhook(request)
+
+
+def _answer_from(result: WebhookResult) -> Answer:
+    return Answer(result.status_code, result.body, result.content_type, dict(result.headers))

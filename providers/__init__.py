@@ -1,0 +1,1 @@
+"""Pluggable backends: carriers (and, later, speech and responder providers), looked up by name."""

@@ -1,0 +1,1 @@
+"""Telephony carriers: one backend per carrier behind the interface in base.py."""

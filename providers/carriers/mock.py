@@ -1,0 +1,117 @@
+"""The mock carrier: no network, JSON webhook events, and an outbox of every request for tests.
+
+Webhook body: {"events": [...]} or {"event": {...}}; each event needs "type" and "callId"
+(behaviour.md §3.4). Every control request is appended to `outbox` instead of being sent.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from calls.events import EventFormatError, event_from_dict
+
+from .base import (
+    CarrierBackend,
+    DialRequest,
+    DialResult,
+    ProviderCallStatus,
+    WebhookParseError,
+    WebhookRequest,
+    WebhookResult,
+    WebhookVerification,
+)
+
+
+@dataclass(frozen=True)
+class CarrierRequest:
+    """One thing the gateway asked the mock carrier to do."""
+
+    action: str
+    provider_call_id: str | None
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+# Like django.core.mail.outbox: tests read and clear it.
+outbox: list[CarrierRequest] = []
+_outbox_lock = threading.Lock()
+
+
+def reset_outbox() -> None:
+    with _outbox_lock:
+        outbox.clear()
+
+
+def outbox_actions(provider_call_id: str | None = None) -> list[str]:
+    """The actions recorded so far (optionally for one call), in order."""
+    return [r.action for r in outbox if provider_call_id is None or r.provider_call_id == provider_call_id]
+
+
+class MockCarrier(CarrierBackend):
+    name = "mock"
+    supports_dtmf_send = True
+
+    def _record(self, action: str, provider_call_id: str | None, **params: Any) -> None:
+        with _outbox_lock:
+            outbox.append(CarrierRequest(action, provider_call_id, params))
+
+    def verify_webhook(self, request: WebhookRequest) -> WebhookVerification:
+        # Nothing to verify; the body hash still gives replays a stable key.
+        return WebhookVerification(ok=True, request_key="mock:" + hashlib.sha256(request.body).hexdigest())
+
+    def parse_webhook(self, request: WebhookRequest, *, request_key: str) -> WebhookResult:
+        try:
+            data = json.loads(request.body.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise WebhookParseError(f"body: not valid JSON ({exc})") from None
+        if isinstance(data, dict) and isinstance(data.get("events"), list):
+            raw_events, where = data["events"], "events"
+        elif isinstance(data, dict) and "event" in data:
+            raw_events, where = [data["event"]], None
+        else:
+            raise WebhookParseError('body: expected {"events": [...]} or {"event": {...}}')
+        events = []
+        for index, raw in enumerate(raw_events):
+            label = f"{where}[{index}]" if where else "event"
+            try:
+                events.append(event_from_dict(raw, where=label, default_dedupe_key=f"{request_key}:{index}"))
+            except EventFormatError as exc:
+                raise WebhookParseError(str(exc)) from None
+        return WebhookResult(events=events)
+
+    def initiate_call(self, dial: DialRequest) -> DialResult:
+        provider_call_id = f"mock-{dial.call_id}"
+        self._record(
+            "initiate_call",
+            provider_call_id,
+            to=dial.to_number,
+            from_=dial.from_number,
+            webhook_url=dial.webhook_url,
+            mode=dial.mode,
+            initial_message=dial.initial_message,
+            dtmf_sequence=dial.dtmf_sequence,
+        )
+        return DialResult(provider_call_id=provider_call_id)
+
+    def hangup_call(self, *, call_id: str, provider_call_id: str, reason: str) -> None:
+        self._record("hangup_call", provider_call_id, reason=reason)
+
+    def play_tts(self, *, call_id: str, provider_call_id: str, text: str, voice: str | None, locale: str | None) -> None:
+        self._record("play_tts", provider_call_id, text=text, voice=voice, locale=locale)
+
+    def start_listening(self, *, call_id: str, provider_call_id: str, turn_token: str | None, language: str | None) -> None:
+        self._record("start_listening", provider_call_id, turn_token=turn_token, language=language)
+
+    def stop_listening(self, *, call_id: str, provider_call_id: str) -> None:
+        self._record("stop_listening", provider_call_id)
+
+    def send_dtmf(self, *, call_id: str, provider_call_id: str, digits: str) -> None:
+        self._record("send_dtmf", provider_call_id, digits=digits)
+
+    def get_call_status(self, provider_call_id: str) -> ProviderCallStatus:
+        self._record("get_call_status", provider_call_id)
+        if any(marker in provider_call_id for marker in ("stale", "ended", "completed")):
+            return ProviderCallStatus(status="completed", is_terminal=True)
+        return ProviderCallStatus(status="in-progress", is_terminal=False)

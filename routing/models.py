@@ -1,0 +1,57 @@
+"""Per-number routes and allowlisted callers, managed in the admin beside the config file's own."""
+from __future__ import annotations
+
+from django.db import models
+
+from .validators import validate_e164
+
+
+class NumberRoute(models.Model):
+    """Overrides for inbound calls dialed to `number` (the config's `numbers` keys, editable here).
+
+    A route here wins over a config route for the same number.
+    """
+
+    number = models.CharField(max_length=16, unique=True, validators=[validate_e164], help_text="E.164, e.g. +15550001234")
+    inbound_greeting = models.TextField(blank=True, default="")
+    agent_id = models.CharField(max_length=128, blank=True, default="")
+    response_model = models.CharField(max_length=200, blank=True, default="", help_text="provider/model")
+    response_system_prompt = models.TextField(blank=True, default="")
+    response_timeout_ms = models.PositiveIntegerField(null=True, blank=True)
+    tts = models.JSONField(default=dict, blank=True, help_text="Deep-merged over the global tts config")
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["number"]
+
+    def __str__(self) -> str:
+        return self.number
+
+    def as_route_config(self) -> dict:
+        """The route in the config's camelCase shape (only the fields that are set)."""
+        data = {
+            "inboundGreeting": self.inbound_greeting or None,
+            "agentId": self.agent_id or None,
+            "responseModel": self.response_model or None,
+            "responseSystemPrompt": self.response_system_prompt or None,
+            "responseTimeoutMs": self.response_timeout_ms,
+            "tts": self.tts or None,
+        }
+        return {key: value for key, value in data.items() if value is not None}
+
+
+class AllowedCaller(models.Model):
+    """A caller let in when inboundPolicy is allowlist or pairing (added to the config's allowFrom)."""
+
+    number = models.CharField(max_length=16, unique=True, validators=[validate_e164], help_text="E.164, e.g. +15550001234")
+    label = models.CharField(max_length=200, blank=True, default="")
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["number"]
+
+    def __str__(self) -> str:
+        return f"{self.number} {self.label}".strip()

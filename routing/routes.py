@@ -1,0 +1,79 @@
+"""Per-number routes: which route a dialed number matches, and the config a routed call runs with."""
+from __future__ import annotations
+
+from typing import Any
+
+from calls.config.merge import deep_merge
+from calls.config.schema import NumberRoute, TtsConfig, VoiceCallConfig
+
+from .models import NumberRoute as NumberRouteRow
+from .validators import digits_only
+
+FALLBACK_GREETING = "Hello! How can I help you today?"
+VOICE_KEYS = ("speakerVoice", "speakerVoiceId", "voice", "voiceId")
+
+
+def all_routes(config: VoiceCallConfig) -> dict[str, NumberRoute]:
+    """Config routes, overlaid by enabled admin routes for the same number."""
+    routes = dict(config.numbers)
+    for row in NumberRouteRow.objects.filter(enabled=True):
+        routes[row.number] = NumberRoute.model_validate(row.as_route_config())
+    return routes
+
+
+def match_route(config: VoiceCallConfig, dialed: str | None) -> tuple[str, NumberRoute] | None:
+    """Exact key first, else the first key whose digits equal the dialed number's digits."""
+    if not dialed:
+        return None
+    routes = all_routes(config)
+    if dialed in routes:
+        return dialed, routes[dialed]
+    wanted = digits_only(dialed)
+    for key, route in routes.items():
+        if wanted and digits_only(key) == wanted:
+            return key, route
+    return None
+
+
+def route_for_key(config: VoiceCallConfig, key: str | None) -> NumberRoute | None:
+    """The route stored on a call (metadata.numberRouteKey), looked up again by its key."""
+    if not key:
+        return None
+    return all_routes(config).get(key)
+
+
+def greeting_for(config: VoiceCallConfig, route: NumberRoute | None) -> str:
+    """Route greeting → global inboundGreeting → the fallback text."""
+    return (route and route.inbound_greeting) or config.inbound_greeting or FALLBACK_GREETING
+
+
+def effective_tts(config: VoiceCallConfig, route: NumberRoute | None) -> dict[str, Any]:
+    """The global tts with the route's tts deep-merged over it (camelCase dict)."""
+    base = config.tts.model_dump(by_alias=True, exclude_none=True) if config.tts else {}
+    if route and route.tts:
+        base = deep_merge(base, route.tts.model_dump(by_alias=True, exclude_none=True))
+    return base
+
+
+def preferred_voice(tts: dict[str, Any]) -> str | None:
+    """The voice for a call: providers[provider] → first of speakerVoice, speakerVoiceId, voice, voiceId."""
+    provider = tts.get("provider")
+    block = (tts.get("providers") or {}).get(provider) if provider else None
+    if not isinstance(block, dict):
+        return None
+    for key in VOICE_KEYS:
+        if block.get(key):
+            return block[key]
+    return None
+
+
+def validate_route_tts(data: Any) -> list[str]:
+    """Errors for a route's tts JSON (used by the admin form), in config path form."""
+    from calls.config.loader import format_validation_errors
+    from pydantic import ValidationError
+
+    try:
+        TtsConfig.model_validate(data or {})
+    except ValidationError as exc:
+        return format_validation_errors(exc, "tts.")
+    return []

@@ -1,0 +1,56 @@
+"""Shared fixtures: a config in force, the mock carrier's outbox, and helpers to drive calls."""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import pytest
+
+from calls import background
+from calls.config import use_config
+from providers.carriers import mock
+
+
+@pytest.fixture(autouse=True)
+def _clean_state():
+    """Each test starts with an empty outbox, default config and inline background jobs."""
+    mock.reset_outbox()
+    background.set_mode(None)
+    with use_config({}):
+        yield
+    mock.reset_outbox()
+
+
+@pytest.fixture
+def configure():
+    """Put a config in force for the rest of the test: configure({...}, env={...})."""
+    stack = []
+
+    def apply(data: dict[str, Any] | None = None, env: dict[str, str] | None = None):
+        manager = use_config(data or {}, environ=env or {})
+        loaded = manager.__enter__()
+        stack.append(manager)
+        return loaded
+
+    yield apply
+    while stack:
+        stack.pop().__exit__(None, None, None)
+
+
+@pytest.fixture
+def outbox():
+    return mock.outbox
+
+
+def events_body(*events: dict[str, Any]) -> bytes:
+    return json.dumps({"events": list(events)}).encode()
+
+
+@pytest.fixture
+def asgi():
+    """An httpx client speaking to the real ASGI application (no socket)."""
+    from voicecall_project.asgi import application
+
+    transport = httpx.ASGITransport(app=application, client=("10.0.0.7", 5555))
+    return httpx.AsyncClient(transport=transport, base_url="http://gateway.test")

@@ -1,0 +1,63 @@
+"""ASGI entry point: the carrier webhook path goes to the webhook app, everything else to Django."""
+from __future__ import annotations
+
+import os
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "voicecall_project.settings")
+django_application = get_asgi_application()
+
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402  (needs Django set up)
+from django.conf import settings  # noqa: E402
+
+from calls.config import get_config  # noqa: E402
+from calls.config.schema import normalize_path  # noqa: E402
+from calls.webhooks import WebhookApp  # noqa: E402
+
+
+class GatewayHttp:
+    """Sends POST {serve.path} (slashes normalized) to the webhook pipeline, the rest to Django."""
+
+    def __init__(self, webhook_app, django_app) -> None:
+        self.webhook_app = webhook_app
+        self.django_app = django_app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if settings.VOICECALL_AUTOSTART_SERVICES:
+            from calls.gateway import start_gateway_services
+
+            start_gateway_services()
+        if normalize_path(scope["path"]) == get_config().config.webhook_path():
+            return await self.webhook_app(scope, receive, send)
+        return await self.django_app(scope, receive, send)
+
+
+class Lifespan:
+    """ASGI lifespan for servers that send it (uvicorn, hypercorn); Daphne starts services itself."""
+
+    async def __call__(self, scope, receive, send) -> None:
+        from asgiref.sync import sync_to_async
+
+        from calls.gateway import start_gateway_services, stop_gateway_services
+
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await sync_to_async(start_gateway_services, thread_sensitive=False)()
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await sync_to_async(stop_gateway_services, thread_sensitive=False)()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+websocket_routes: list = []  # media and realtime streams register here
+
+application = ProtocolTypeRouter(
+    {
+        "http": GatewayHttp(WebhookApp(), django_application),
+        "websocket": URLRouter(websocket_routes),
+        "lifespan": Lifespan(),
+    }
+)

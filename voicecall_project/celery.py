@@ -1,0 +1,18 @@
+"""The Celery app for the distributed mode: workers run background jobs, beat runs the sweeps."""
+from __future__ import annotations
+
+import os
+
+from celery import Celery
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "voicecall_project.settings")
+
+app = Celery("voicecall")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.autodiscover_tasks(["calls"])
+app.conf.beat_schedule = {
+    # Deadlines are also scheduled at their exact time when written; this catches the rest.
+    "sweep-deadlines": {"task": "calls.sweep_deadlines", "schedule": 1.0},
+    "reap-stale-calls": {"task": "calls.reap_stale_calls", "schedule": 30.0},
+    "purge-replay-keys": {"task": "calls.purge_processed_webhooks", "schedule": 600.0},
+}

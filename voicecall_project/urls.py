@@ -1,0 +1,15 @@
+"""HTTP routes served by Django (the carrier webhook path is routed in asgi.py)."""
+from django.contrib import admin
+from django.urls import path
+
+from calls import views
+
+admin.site.site_header = "Voice-call gateway"
+admin.site.site_title = "Voice-call gateway"
+admin.site.index_title = "Calls, routes and allowlists"
+
+urlpatterns = [
+    path("healthz", views.healthz, name="healthz"),
+    path("readyz", views.readyz, name="readyz"),
+    path("admin/", admin.site.urls),
+]
