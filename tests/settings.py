@@ -9,3 +9,9 @@ os.environ["VOICECALL_CONFIG"] = ""
 from voicecall_project.settings import *  # noqa: E402,F401,F403
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":  # noqa: F405
+    # A file, not shared-cache memory: threads in tests then wait on locks like in production.
+    import tempfile
+
+    DATABASES["default"]["TEST"] = {"NAME": os.path.join(tempfile.mkdtemp(prefix="voicecall-test-"), "test.sqlite3")}  # noqa: F405

@@ -98,6 +98,7 @@ def call_initiate(
     if not from_number:
         raise InvalidRequest("fromNumber not configured")
     agent = agent_id or config.agent_id
+    explicit_key = explicit_session_key(session_key, agent_id=agent) if session_key is not None else None
 
     with transaction.atomic():
         # One admission at a time across processes: count and insert under the same lock.
@@ -105,13 +106,9 @@ def call_initiate(
         if Call.objects.live().count() >= config.max_concurrent_calls:
             raise CapacityReached(config.max_concurrent_calls)
         call = Call(provider=runtime.carrier.name, direction=Direction.OUTBOUND, from_number=from_number, to_number=to, agent_id=agent)
-        call.session_key = (
-            explicit_session_key(session_key, agent_id=agent)
-            if session_key is not None
-            else session_key_for_call(
-                scope=config.session_scope, agent_id=agent, direction="outbound",
-                from_number=from_number, to_number=to, call_id=str(call.pk),
-            )
+        call.session_key = explicit_key or session_key_for_call(
+            scope=config.session_scope, agent_id=agent, direction="outbound",
+            from_number=from_number, to_number=to, call_id=str(call.pk),
         )
         call.metadata = {"mode": mode}
         if message:
