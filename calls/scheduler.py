@@ -26,7 +26,7 @@ class Sweeper(threading.Thread):
     def __init__(self) -> None:
         super().__init__(name="voicecall-sweeper", daemon=True)
         self._wake = threading.Event()
-        self._stop = threading.Event()
+        self._stopping = threading.Event()
         self._next_reap = 0.0
         self._next_purge = 0.0
 
@@ -34,7 +34,7 @@ class Sweeper(threading.Thread):
         self._wake.set()
 
     def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
+        self._stopping.set()
         self._wake.set()
         self.join(timeout)
 
@@ -42,7 +42,7 @@ class Sweeper(threading.Thread):
         background.on_deadline(self.wake)
         log.info("sweeper started")
         try:
-            while not self._stop.is_set():
+            while not self._stopping.is_set():
                 delay = self.tick()
                 self._wake.wait(delay)
                 self._wake.clear()

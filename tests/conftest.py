@@ -53,4 +53,4 @@ def asgi():
     from voicecall_project.asgi import application
 
     transport = httpx.ASGITransport(app=application, client=("10.0.0.7", 5555))
-    return httpx.AsyncClient(transport=transport, base_url="http://gateway.test")
+    return httpx.AsyncClient(transport=transport, base_url="http://localhost")

@@ -1,0 +1,230 @@
+"""A whole mock call, from placement to hang-up: through the ASGI app in-process, and through a real
+gateway process on a real socket driven by the CLI (the README's flow)."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from asgiref.sync import sync_to_async
+
+from calls.models import Call
+from calls.services import call_continue, call_end, call_initiate
+from providers.carriers import mock
+from tests.conftest import events_body
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_complete_call_through_the_asgi_app(asgi):
+    call = await sync_to_async(call_initiate)(to="+15550001111", message="Hi, this is the clinic.", mode="conversation")
+    cid = str(call.pk)
+
+    async def post(*events):
+        response = await asgi.post("/voice/webhook", content=events_body(*events))
+        assert response.status_code == 200, response.text
+
+    await post({"type": "call.ringing", "callId": cid, "id": "e1"}, {"type": "call.answered", "callId": cid, "id": "e2"})
+    await post({"type": "call.speech", "callId": call.provider_call_id, "transcript": "Hello?", "id": "e3"})
+
+    # An agent turn: speak, then wait for the caller's answer that arrives as a webhook.
+    turn = asyncio_thread(lambda: call_continue(call_id=cid, prompt="Can you come on Tuesday?"))
+    await wait_until(lambda: Call.objects.get(pk=cid).turns.filter(listen_started_at__isnull=False).exists())
+    await post({"type": "call.speech", "callId": cid, "transcript": "Yes, Tuesday works.", "confidence": 0.93, "id": "e4"})
+    assert turn.join() == "Yes, Tuesday works."
+
+    await post({"type": "call.dtmf", "callId": cid, "digits": "1", "id": "e5"})
+    await post({"type": "call.speech", "callId": cid, "transcript": "Yes, Tuesday works.", "id": "e4"})  # replayed id
+    await sync_to_async(call_end)(call_id=cid)
+    await post({"type": "call.ended", "callId": cid, "reason": "completed", "id": "e6"})  # carrier confirms later
+
+    call = await sync_to_async(Call.objects.get)(pk=cid)
+    assert (call.state, call.end_reason) == ("hangup-bot", "hangup-bot")
+    events = await sync_to_async(lambda: list(call.events.values_list("type", "dedupe_key")))()
+    assert events == [
+        ("call.ringing", "e1"),
+        ("call.answered", "e2"),
+        ("call.speech", "e3"),
+        ("call.speech", "e4"),
+        ("call.dtmf", "e5"),
+        ("call.ended", "e6"),
+    ]
+    transcript = await sync_to_async(lambda: list(call.transcript_entries.values_list("speaker", "text")))()
+    assert transcript == [
+        ("bot", "Hi, this is the clinic."),
+        ("user", "Hello?"),
+        ("bot", "Can you come on Tuesday?"),
+        ("user", "Yes, Tuesday works."),
+    ]
+    turn_row = await sync_to_async(call.turns.get)()
+    assert turn_row.status == "completed" and turn_row.turn_latency_ms is not None
+    assert call.metadata["turnCount"] == 1
+    assert mock.outbox_actions(call.provider_call_id) == [
+        "initiate_call", "play_tts", "start_listening", "play_tts", "start_listening", "stop_listening", "hangup_call",
+    ]
+
+
+class asyncio_thread:
+    """Run a blocking service call in a thread; join() returns its result or raises its error."""
+
+    def __init__(self, func):
+        self.result = self.error = None
+
+        def run():
+            from django.db import connection
+
+            try:
+                self.result = func()
+            except Exception as exc:
+                self.error = exc
+            finally:
+                connection.close()
+
+        self.thread = threading.Thread(target=run)
+        self.thread.start()
+
+    def join(self, timeout=10):
+        self.thread.join(timeout)
+        if self.error:
+            raise self.error
+        return self.result
+
+
+async def wait_until(predicate, timeout=5.0):
+    import asyncio
+
+    deadline = time.monotonic() + timeout
+    while not await sync_to_async(predicate)():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached")
+        await asyncio.sleep(0.02)
+
+
+# --- the real thing: a gateway process on a socket, the CLI in other processes ----------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Gateway:
+    base: str
+    env: dict
+    dir: Path
+
+    def cli(self, *args: str) -> dict:
+        """Run `manage.py voicecall ...` in its own process and parse its JSON output."""
+        result = subprocess.run([sys.executable, "manage.py", "voicecall", *args], cwd=ROOT, env=self.env,
+                                capture_output=True, text=True, timeout=60)
+        if result.returncode:
+            raise AssertionError(result.stderr)
+        return json.loads(result.stdout)
+
+    def post(self, *events: dict) -> None:
+        response = httpx.post(f"{self.base}/voice/webhook", content=events_body(*events))
+        assert response.status_code == 200, response.text
+
+    def log(self) -> str:
+        return (self.dir / "gateway.log").read_text()
+
+
+@pytest.fixture
+def gateway(tmp_path):
+    """`manage.py gateway` on a free port with its own SQLite file, as the README runs it."""
+    port = free_port()
+    config = tmp_path / "voicecall.json5"
+    config.write_text(
+        "// mock carrier on a test port\n"
+        f"{{serve: {{port: {port}}}, outbound: {{notifyHangupDelaySec: 1}}, maxConcurrentCalls: 3,}}\n"
+    )
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "voicecall_project.settings",
+        "VOICECALL_DATA_DIR": str(tmp_path),
+        "VOICECALL_CONFIG": str(config),
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'gateway.sqlite3'}",
+        "PYTHONUNBUFFERED": "1",
+    }
+    env.pop("REDIS_URL", None)
+    env.pop("VOICECALL_BACKGROUND", None)
+    env.pop("VOICECALL_EMBEDDED_SCHEDULER", None)
+    env.pop("VOICECALL_AUTOSTART_SERVICES", None)
+    subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
+    log = open(tmp_path / "gateway.log", "w")
+    process = subprocess.Popen([sys.executable, "manage.py", "gateway"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if httpx.get(f"{base}/healthz", timeout=0.5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError("gateway did not start:\n" + (tmp_path / "gateway.log").read_text())
+            time.sleep(0.1)
+
+        yield Gateway(base=base, env=env, dir=tmp_path)
+    finally:
+        process.terminate()
+        process.wait(10)
+        log.close()
+
+
+def test_readme_flow_on_a_real_gateway(gateway):
+    gw = gateway
+    assert httpx.get(f"{gw.base}/readyz").json() == {"ready": True, "provider": "mock"}
+
+    call_id = gw.cli("call", "--to", "+15550001111", "--message", "Hello")["callId"]
+    status = gw.cli("status", "--call-id", call_id)
+    assert (status["state"], status["to"], status["metadata"]["initialMessage"]) == ("initiated", "+15550001111", "Hello")
+
+    gw.post({"type": "call.answered", "callId": call_id})
+    # The greeting is spoken by the gateway's background worker right after the answer.
+    wait_for(lambda: gw.cli("status", "--call-id", call_id)["transcript"], gw)
+    assert gw.cli("status", "--call-id", call_id)["transcript"][0]["text"] == "Hello"
+
+    # `continue` in one process; the caller's answer arrives through the gateway's webhook.
+    waiting = subprocess.Popen(
+        [sys.executable, "manage.py", "voicecall", "continue", "--call-id", call_id, "--message", "Anything else?"],
+        cwd=ROOT, env=gw.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    wait_for(lambda: len(gw.cli("status", "--call-id", call_id)["transcript"]) == 2, gw)
+    time.sleep(0.3)
+    gw.post({"type": "call.speech", "callId": call_id, "transcript": "No, thank you."})
+    out, err = waiting.communicate(timeout=20)
+    assert waiting.returncode == 0, err
+    assert json.loads(out) == {"success": True, "transcript": "No, thank you."}
+
+    assert gw.cli("end", "--call-id", call_id) == {"success": True}
+    final = gw.cli("status", "--call-id", call_id)
+    assert (final["state"], final["endReason"]) == ("hangup-bot", "hangup-bot")
+    assert [t["speaker"] for t in final["transcript"]] == ["bot", "bot", "user"]
+    latency = gw.cli("latency")
+    assert latency["turnsScanned"] == 1 and latency["turnLatency"]["count"] == 1
+
+    # A notify call: the gateway's embedded sweeper hangs up notifyHangupDelaySec after the message.
+    notify_id = gw.cli("call", "--to", "+15550002222", "--message", "Your order shipped", "--mode", "notify")["callId"]
+    gw.post({"type": "call.answered", "callId": notify_id})
+    wait_for(lambda: gw.cli("status", "--call-id", notify_id)["state"] == "hangup-bot", gw)
+
+
+def wait_for(predicate, gw: Gateway, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached; gateway log:\n" + gw.log())
+        time.sleep(0.2)
