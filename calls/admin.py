@@ -58,5 +58,8 @@ class CallAdmin(admin.ModelAdmin):
     def has_add_permission(self, request) -> bool:
         return False
 
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False  # records are written by the gateway only; the page is view-only
+
     def has_delete_permission(self, request, obj=None) -> bool:
         return False

@@ -48,9 +48,15 @@ def events_body(*events: dict[str, Any]) -> bytes:
 
 
 @pytest.fixture
-def asgi():
+async def asgi():
     """An httpx client speaking to the real ASGI application (no socket)."""
+    from asgiref.sync import sync_to_async
+    from django.db import connections
+
     from voicecall_project.asgi import application
 
     transport = httpx.ASGITransport(app=application, client=("10.0.0.7", 5555))
-    return httpx.AsyncClient(transport=transport, base_url="http://localhost")
+    async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
+        yield client
+    # The test's own sync_to_async calls ran on a worker thread; close its connection there.
+    await sync_to_async(connections.close_all)()

@@ -15,3 +15,7 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":  # noqa: F405
     import tempfile
 
     DATABASES["default"]["TEST"] = {"NAME": os.path.join(tempfile.mkdtemp(prefix="voicecall-test-"), "test.sqlite3")}  # noqa: F405
+else:
+    # Threads (webhook handlers, the sweeper, a Celery worker) close their connections after
+    # each unit of work, so the test database can be dropped at the end.
+    DATABASES["default"]["CONN_MAX_AGE"] = 0  # noqa: F405

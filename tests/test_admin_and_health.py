@@ -1,0 +1,94 @@
+"""Admin pages (calls read-only, routes and allowlist editable with validation) and health endpoints."""
+from __future__ import annotations
+
+import pytest
+from django.urls import reverse
+
+from calls.events import CallAnswered, CallSpeech
+from calls.models import Call
+from calls.services import call_initiate, event_process
+from routing.models import AllowedCaller, NumberRoute
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def staff(client, django_user_model):
+    user = django_user_model.objects.create_superuser("admin", "admin@example.com", "pw")
+    client.force_login(user)
+    return client
+
+
+def test_call_list_and_filters(staff, configure):
+    configure({"maxConcurrentCalls": 5, "inboundPolicy": "open"})
+    outbound = call_initiate(to="+15550001111")
+    event_process(CallAnswered(call_id=str(outbound.pk)))
+    event_process(CallAnswered(call_id="CA-in", provider_call_id="CA-in", direction="inbound", from_number="+15557777777"))
+    url = reverse("admin:calls_call_changelist")
+    page = staff.get(url)
+    assert page.status_code == 200
+    assert str(outbound.pk) in page.content.decode()
+    inbound_only = staff.get(url, {"direction": "inbound"}).content.decode()
+    assert "+15557777777" in inbound_only and str(outbound.pk) not in inbound_only
+    by_state = staff.get(url, {"state": "answered"}).content.decode()
+    assert str(outbound.pk) in by_state
+    assert staff.get(url, {"provider": "mock"}).status_code == 200
+    assert str(outbound.pk) in staff.get(url, {"started_at__gte": "2000-01-01 00:00:00+00:00"}).content.decode()
+    assert str(outbound.pk) not in staff.get(url, {"started_at__lt": "2000-01-01 00:00:00+00:00"}).content.decode()
+
+
+def test_call_detail_is_read_only_with_transcript_and_events(staff):
+    call = call_initiate(to="+15550001111", message="Hi there", mode="conversation")
+    event_process(CallAnswered(call_id=str(call.pk)))
+    event_process(CallSpeech(call_id=str(call.pk), transcript="Who is this?"))
+    page = staff.get(reverse("admin:calls_call_change", args=[call.pk]))
+    html = page.content.decode()
+    assert page.status_code == 200
+    assert "Hi there" in html and "Who is this?" in html and "call.answered" in html
+    assert 'name="_save"' not in html  # nothing to save: read-only
+    response = staff.post(reverse("admin:calls_call_change", args=[call.pk]), {"state": "completed"})
+    assert response.status_code == 403
+    assert Call.objects.get(pk=call.pk).state == "listening"
+    assert staff.get(reverse("admin:calls_call_add")).status_code == 403
+
+
+def test_number_route_validation(staff):
+    url = reverse("admin:routing_numberroute_add")
+    bad = staff.post(url, {"number": "555-1234", "tts": "{}", "enabled": "on"})
+    assert bad.status_code == 200
+    assert "Expected E.164 format, e.g. +15550001234" in bad.content.decode()
+    bad_tts = staff.post(url, {"number": "+15550009999", "tts": '{"timeoutMs": 5}', "enabled": "on"})
+    assert "tts.timeoutMs: must be between 1000 and 120000" in bad_tts.content.decode()
+    good = staff.post(url, {"number": "+15550009999", "inbound_greeting": "Hi from sales", "tts": "{}", "enabled": "on"})
+    assert good.status_code == 302
+    assert NumberRoute.objects.get().inbound_greeting == "Hi from sales"
+
+
+def test_allowed_caller_validation(staff):
+    url = reverse("admin:routing_allowedcaller_add")
+    assert "Expected E.164" in staff.post(url, {"number": "+0123", "enabled": "on"}).content.decode()
+    assert staff.post(url, {"number": "+15557654321", "label": "Alice", "enabled": "on"}).status_code == 302
+    assert AllowedCaller.objects.get().label == "Alice"
+
+
+def test_admin_requires_login(client):
+    response = client.get(reverse("admin:calls_call_changelist"))
+    assert response.status_code == 302 and "/admin/login/" in response["Location"]
+
+
+def test_healthz(client):
+    assert client.get("/healthz").json() == {"status": "ok"}
+
+
+def test_readyz_ready_and_not_ready(client, configure):
+    assert client.get("/readyz").json() == {"ready": True, "provider": "mock"}
+    configure({"provider": "telnyx", "fromNumber": "+15550000000"})
+    response = client.get("/readyz")
+    assert response.status_code == 503
+    assert response.json()["errors"] == [
+        "telnyx.apiKey: required (or set TELNYX_API_KEY)",
+        "telnyx.connectionId: required (or set TELNYX_CONNECTION_ID)",
+        "telnyx.publicKey: required (or set TELNYX_PUBLIC_KEY)",
+    ]
+    configure({"enabled": False})
+    assert client.get("/readyz").json()["errors"] == ["voice calls are disabled (enabled: false)"]
