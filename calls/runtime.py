@@ -45,7 +45,11 @@ def get_runtime() -> CallRuntime:
         return runtime
     with _lock:
         if _runtime is None or _runtime.loaded is not loaded:
-            carrier = carrier_class(loaded.config.provider)(loaded.config)
+            try:
+                backend = carrier_class(loaded.config.provider)
+            except KeyError as exc:
+                raise SetupIncomplete([f"provider: {exc.args[0]}"]) from None
+            carrier = backend(loaded.config)
             _runtime = CallRuntime(loaded=loaded, carrier=carrier)
         return _runtime
 

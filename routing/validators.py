@@ -10,7 +10,7 @@ E164_MESSAGE = "Expected E.164 format, e.g. +15550001234"
 
 
 def validate_e164(value: str) -> None:
-    if not isinstance(value, str) or not E164.match(value):
+    if not isinstance(value, str) or not E164.fullmatch(value):
         raise ValidationError(E164_MESSAGE, code="e164")
 
 

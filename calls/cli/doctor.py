@@ -44,6 +44,8 @@ def doctor(path: Path, *, fix: bool) -> DoctorReport:
             block = entry.get("config", {})
         except (KeyError, TypeError, AttributeError):
             raise DoctorError(f"{path}: plugins.entries.voice-call is missing") from None
+        if not isinstance(block, dict):
+            raise DoctorError(f"{path}: plugins.entries.voice-call.config must be an object")
         new_block, changes = migrate_block(block, WRAPPER_PREFIX)
         if isinstance(data.get("tts"), dict):
             changes += migrate_tts(data["tts"], "tts.")

@@ -18,9 +18,11 @@ def follow_calls(write: Write, *, since: int, poll_ms: int, stop: Stop) -> None:
     """Print the last `since` call records, then each record again whenever it changes."""
     recent = list(Call.objects.order_by("-updated_at", "-pk")[:since])[::-1]
     for call in recent:
-        write(json.dumps(call_record(call)))
-    mark = recent[-1].updated_at if recent else None
-    seen = {(c.pk, c.updated_at) for c in recent}
+        write(_line(call))
+    # Start from the newest record even when none was printed (--since 0): only changes follow.
+    newest = Call.objects.order_by("-updated_at").values_list("updated_at", flat=True).first()
+    mark = newest
+    seen = set(Call.objects.filter(updated_at=newest).values_list("pk", "updated_at")) if newest else set()
     while not stop():
         time.sleep(poll_ms / 1000)
         changed = Call.objects.order_by("updated_at", "pk")
@@ -31,9 +33,13 @@ def follow_calls(write: Write, *, since: int, poll_ms: int, stop: Stop) -> None:
                 continue
             seen.add((call.pk, call.updated_at))
             mark = call.updated_at
-            write(json.dumps(call_record(call)))
+            write(_line(call))
         if mark is not None:
             seen = {entry for entry in seen if entry[1] >= mark}
+
+
+def _line(call: Call) -> str:
+    return json.dumps(call_record(call), ensure_ascii=False)
 
 
 def follow_file(path: Path, write: Write, *, since: int, poll_ms: int, stop: Stop) -> None:
@@ -56,6 +62,7 @@ def follow_file(path: Path, write: Write, *, since: int, poll_ms: int, stop: Sto
         try:
             stat = path.stat()
         except FileNotFoundError:
+            inode, offset, pending = None, 0, b""  # whatever appears next is a new file
             continue
         if stat.st_ino != inode or stat.st_size < offset:
             inode, offset, pending = stat.st_ino, 0, b""

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ipaddress
+import socket
 from dataclasses import asdict, dataclass
 from urllib.parse import urlsplit
 
@@ -69,9 +70,8 @@ def is_local_host(host: str) -> bool:
     host = host.strip("[]").lower().rstrip(".")
     if not host:
         return True
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
+    address = _parse_address(host)
+    if address is None:
         return host == "localhost" or host.endswith((".localhost", ".local", ".internal", ".lan")) or "." not in host
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
         address = address.ipv4_mapped
@@ -84,6 +84,20 @@ def is_local_host(host: str) -> bool:
         or address.is_multicast
         or (address.version == 4 and address in CGNAT)
     )
+
+
+def _parse_address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """An IP address in any form URL parsers accept (127.1, 0x7f.0.0.1, 0177.0.0.1), else None."""
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    if all(part and (part.isdigit() or part.startswith("0x")) for part in host.split(".")):
+        try:
+            return ipaddress.IPv4Address(socket.inet_aton(host))
+        except OSError:
+            return None
+    return None
 
 
 def setup_json(checks: list[Check]) -> dict:

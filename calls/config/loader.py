@@ -104,7 +104,7 @@ def load_config_data(
         )
         warnings += [f"  {change}" for change in changes]
 
-    errors = []
+    errors: list[str] = []
     if core_tts is not None:
         core_errors = _validation_errors(TtsConfig, core_tts, "tts.")
         errors += core_errors
@@ -116,18 +116,18 @@ def load_config_data(
         config = VoiceCallConfig.model_validate(block)
     except ValidationError as exc:
         errors += format_validation_errors(exc, prefix, env_sources)
-        return LoadedConfig(config=_fallback_config(block), errors=errors, warnings=warnings, path=path)
+        config = _fallback_config(block)
+    disabled = not entry_enabled or block.get("enabled") is False
+    if disabled:
+        config = config.model_copy(update={"enabled": False})
+    elif not config.provider:
+        config = config.model_copy(update={"provider": "mock"})
     if errors:
         return LoadedConfig(config=config, errors=errors, warnings=warnings, path=path)
 
-    if not entry_enabled:
-        config = config.model_copy(update={"enabled": False})
-    if config.enabled and not config.provider:
-        config = config.model_copy(update={"provider": "mock"})
-
-    errors += [prefix + message for message in cross_field_errors(config)]
+    errors += [prefix + message for message in cross_field_errors(config, environ)]
     if config.enabled:
-        errors += [prefix + message for message in resolve_secrets(config)]
+        errors += [prefix + message for message in resolve_secrets(config, environ)]
     if config.skip_signature_verification:
         warnings.append(
             "SECURITY WARNING: skipSignatureVerification is on; webhooks are accepted without "
@@ -164,7 +164,8 @@ def _unwrap(data: dict[str, Any], warnings: list[str]):
 def _apply_env_fallbacks(block: dict[str, Any], environ: Mapping[str, str]) -> dict[str, str]:
     """Fill missing credentials from the environment; returns {config path: variable used}."""
     used: dict[str, str] = {}
-    provider = block.get("provider") or "mock"
+    provider = block.get("provider")
+    provider = provider if isinstance(provider, str) else "mock"
     for section, key, variable in CARRIER_ENV.get(provider, []) + TUNNEL_ENV:
         value = environ.get(variable, "").strip()
         if not value:
@@ -229,12 +230,12 @@ def _message(error: dict[str, Any]) -> str:
     return msg.replace("Input should be", "must be").replace("List should have", "must have")
 
 
-def resolve_secrets(config: BaseModel) -> list[str]:
+def resolve_secrets(config: BaseModel, environ: Mapping[str, str] | None = None) -> list[str]:
     """Resolve every credential now so a missing variable or file is reported with its path."""
     errors: list[str] = []
     for path, secret in iter_secrets(config):
         try:
-            secret.resolve()
+            secret.resolve(environ)
         except SecretError as exc:
             errors.append(f"{path}: {exc}")
     return errors
@@ -254,6 +255,14 @@ def iter_secrets(node: Any, path: str = ""):
     elif isinstance(node, list):
         for index, value in enumerate(node):
             yield from iter_secrets(value, f"{path}[{index}]")
+
+
+def _validation_errors(model: type[BaseModel], data: Any, prefix: str) -> list[str]:
+    try:
+        model.model_validate(data)
+    except ValidationError as exc:
+        return format_validation_errors(exc, prefix)
+    return []
 
 
 def _fallback_config(block: dict[str, Any]) -> VoiceCallConfig:

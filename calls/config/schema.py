@@ -21,7 +21,7 @@ from routing.validators import E164_MESSAGE
 from .secrets import Secret, parse_secret
 
 def _e164(value: str) -> str:
-    if not E164_PATTERN.match(value):
+    if not E164_PATTERN.fullmatch(value):
         raise ValueError(E164_MESSAGE)
     return value
 
@@ -86,7 +86,6 @@ class Section(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
         alias_generator=to_camel,
-        populate_by_name=True,
         arbitrary_types_allowed=True,
         validate_default=False,
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,10 +50,10 @@ class Secret:
         """A safe description of where the value comes from (never the value)."""
         return self.ref.describe() if self.ref else "inline"
 
-    def resolve(self) -> str:
+    def resolve(self, environ: Mapping[str, str] | None = None) -> str:
         """Read the value now (env/file) and remember it; raises SecretError naming what is missing."""
         if self._resolved is None:
-            self._resolved = self.literal if self.ref is None else _read_ref(self.ref)
+            self._resolved = self.literal if self.ref is None else _read_ref(self.ref, os.environ if environ is None else environ)
         return self._resolved
 
     def reveal(self) -> str:
@@ -67,7 +68,7 @@ def parse_secret(value: Any) -> Secret:
     if isinstance(value, str):
         if not value.strip():
             raise SecretError("must not be empty")
-        match = ENV_TEMPLATE.match(value.strip())
+        match = ENV_TEMPLATE.fullmatch(value.strip())
         if match:
             return Secret(ref=SecretRef(source="env", id=match.group(1)))
         if value.strip().startswith("${"):
@@ -92,10 +93,10 @@ def _parse_ref(value: dict[str, Any]) -> SecretRef:
         raise SecretError('SecretRef source must be "env" or "file"')
     if not isinstance(ref_id, str) or not ref_id:
         raise SecretError("SecretRef id is required")
-    if provider is not None and (not isinstance(provider, str) or not PROVIDER_NAME.match(provider)):
+    if provider is not None and (not isinstance(provider, str) or not PROVIDER_NAME.fullmatch(provider)):
         raise SecretError("SecretRef provider must match ^[a-z][a-z0-9_-]{0,63}$")
     if source == "env":
-        if not ENV_ID.match(ref_id):
+        if not ENV_ID.fullmatch(ref_id):
             raise SecretError("SecretRef env id must match ^[A-Z][A-Z0-9_]{0,127}$")
         if pointer is not None:
             raise SecretError('SecretRef pointer is only valid with source "file"')
@@ -107,9 +108,9 @@ def _parse_ref(value: dict[str, Any]) -> SecretRef:
     return SecretRef(source=source, id=ref_id, pointer=pointer, provider=provider)
 
 
-def _read_ref(ref: SecretRef) -> str:
+def _read_ref(ref: SecretRef, environ: Mapping[str, str]) -> str:
     if ref.source == "env":
-        value = os.environ.get(ref.id, "")
+        value = environ.get(ref.id, "")
         if not value:
             raise SecretError(f"environment variable {ref.id} is not set")
         return value

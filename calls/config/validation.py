@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 from .schema import VoiceCallConfig
 
@@ -12,7 +13,7 @@ LOOPBACK_BINDS = ("127.0.0.1", "::1", "localhost")
 UNSAFE_SKIP_ENV = "VOICECALL_UNSAFE_ALLOW_SKIP_SIGNATURE_VERIFICATION"
 
 
-def cross_field_errors(cfg: VoiceCallConfig) -> list[str]:
+def cross_field_errors(cfg: VoiceCallConfig, environ: Mapping[str, str] | None = None) -> list[str]:
     """Every rule the config breaks, as "<path>: <message>" lines (empty when disabled)."""
     if not cfg.enabled:
         return []
@@ -47,7 +48,7 @@ def cross_field_errors(cfg: VoiceCallConfig) -> list[str]:
         errors.append(f"streaming.enabled: requires provider {_or(STREAMING_CARRIERS)}")
     if cfg.tailscale.mode == "funnel" and cfg.tailscale.port not in FUNNEL_PORTS:
         errors.append(f"tailscale.port: funnel accepts only {_or(tuple(map(str, FUNNEL_PORTS)))}")
-    if cfg.skip_signature_verification and not _skip_allowed(cfg):
+    if cfg.skip_signature_verification and not _skip_allowed(cfg, os.environ if environ is None else environ):
         errors.append(
             "skipSignatureVerification: only allowed with a loopback serve.bind and no "
             f"publicUrl, tunnel or tailscale (or set {UNSAFE_SKIP_ENV}=1)"
@@ -55,8 +56,8 @@ def cross_field_errors(cfg: VoiceCallConfig) -> list[str]:
     return errors
 
 
-def _skip_allowed(cfg: VoiceCallConfig) -> bool:
-    if os.environ.get(UNSAFE_SKIP_ENV, "").strip().lower() in ("1", "true", "yes", "on"):
+def _skip_allowed(cfg: VoiceCallConfig, environ: Mapping[str, str]) -> bool:
+    if environ.get(UNSAFE_SKIP_ENV, "").strip().lower() in ("1", "true", "yes", "on"):
         return True
     return (
         cfg.serve.bind in LOOPBACK_BINDS

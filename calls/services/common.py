@@ -95,9 +95,13 @@ def finalize(call: Call, reason: str, *, ended_at: datetime | None = None, turn_
 
 
 def add_transcript(call: Call, speaker: str, text: str, *, at: datetime | None = None) -> TranscriptEntry:
-    return TranscriptEntry.objects.create(
-        call=call, speaker=Speaker(speaker), text=text, is_final=True, timestamp=at or now()
-    )
+    with transaction.atomic():
+        entry = TranscriptEntry.objects.create(
+            call=call, speaker=Speaker(speaker), text=text, is_final=True, timestamp=at or now()
+        )
+        # The record changed: followers of updated_at (tail) must see the new line.
+        Call.objects.filter(pk=call.pk).update(updated_at=now())
+    return entry
 
 
 # --- waiting for a turn to finish --------------------------------------------------------

@@ -87,11 +87,11 @@ def call_initiate(
     config = runtime.config
     mode = mode if mode in MODES else config.outbound.default_mode
     if dtmf_sequence is not None:
-        if not DTMF_PATTERN.match(dtmf_sequence):
+        if not DTMF_PATTERN.fullmatch(dtmf_sequence):
             raise InvalidRequest(f"dtmfSequence: {DTMF_MESSAGE}")
         if mode != "conversation":
             raise InvalidRequest("dtmfSequence requires conversation mode")
-    if not to or not E164.match(to):
+    if not to or not E164.fullmatch(to):
         raise InvalidRequest(f"to: {E164_MESSAGE}")
     webhook_url = runtime.webhook_url()
     from_number = config.effective_from_number()
@@ -285,7 +285,7 @@ def call_end(*, call_id: str, reason: str = CallState.HANGUP_BOT.value) -> None:
 
 
 def call_send_dtmf(*, call_id: str, digits: str) -> None:
-    if not digits or not DTMF_PATTERN.match(digits):
+    if not digits or not DTMF_PATTERN.fullmatch(digits):
         raise InvalidRequest(DTMF_MESSAGE)
     runtime = get_runtime()
     call = call_connected(call_id)

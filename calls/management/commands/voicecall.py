@@ -27,7 +27,7 @@ def decimal_int(flag: str, minimum: int):
 
     def parse(value: str) -> int:
         text = value.strip()
-        if not text.isdigit():
+        if not (text.isascii() and text.isdigit()):
             raise argparse.ArgumentTypeError(f"Invalid numeric value for {flag}: {value}")
         number = int(text)
         if number < minimum:
