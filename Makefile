@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 RUNTIME_STAMP := $(VENV)/.runtime-$(shell cat requirements.txt | cksum | cut -d' ' -f1)
 TEST_STAMP := $(VENV)/.test-$(shell cat requirements.txt requirements-test.txt | cksum | cut -d' ' -f1)
 
-.PHONY: serve test migrate
+.PHONY: serve test migrate bench
 
 serve: $(RUNTIME_STAMP)
 	$(PY) manage.py migrate --noinput
@@ -13,6 +13,9 @@ serve: $(RUNTIME_STAMP)
 
 test: $(TEST_STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: $(TEST_STAMP)
+	$(PY) bench/webhook_events.py $(BENCH_ARGS)
 
 migrate: $(RUNTIME_STAMP)
 	$(PY) manage.py migrate --noinput

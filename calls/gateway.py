@@ -14,6 +14,10 @@ _lock = threading.Lock()
 _sweeper = None
 
 
+def services_started() -> bool:
+    return _started
+
+
 def start_gateway_services() -> bool:
     """Idempotent; returns True the first time. Safe to call from any thread."""
     global _started, _sweeper

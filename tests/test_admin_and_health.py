@@ -46,6 +46,7 @@ def test_call_detail_is_read_only_with_transcript_and_events(staff):
     assert page.status_code == 200
     assert "Hi there" in html and "Who is this?" in html and "call.answered" in html
     assert 'name="_save"' not in html  # nothing to save: read-only
+    assert "Timeline" in html and "caller said" in html and "bot said" in html
     response = staff.post(reverse("admin:calls_call_change", args=[call.pk]), {"state": "completed"})
     assert response.status_code == 403
     assert Call.objects.get(pk=call.pk).state == "listening"

@@ -11,7 +11,10 @@ django_application = get_asgi_application()
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402  (needs Django set up)
 from django.conf import settings  # noqa: E402
 
+from asgiref.sync import sync_to_async  # noqa: E402
+
 from calls.config import get_config  # noqa: E402
+from calls.gateway import services_started, start_gateway_services  # noqa: E402
 from calls.config.schema import normalize_path  # noqa: E402
 from calls.webhooks import WebhookApp  # noqa: E402
 
@@ -24,10 +27,9 @@ class GatewayHttp:
         self.django_app = django_app
 
     async def __call__(self, scope, receive, send) -> None:
-        if settings.VOICECALL_AUTOSTART_SERVICES:
-            from calls.gateway import start_gateway_services
-
-            start_gateway_services()
+        if settings.VOICECALL_AUTOSTART_SERVICES and not services_started():
+            # Served by a plain `daphne ...asgi:application`: start restore and the sweeper now.
+            await sync_to_async(start_gateway_services, thread_sensitive=False)()
         if normalize_path(scope["path"]) == get_config().config.webhook_path():
             return await self.webhook_app(scope, receive, send)
         return await self.django_app(scope, receive, send)
@@ -37,9 +39,7 @@ class Lifespan:
     """ASGI lifespan for servers that send it (uvicorn, hypercorn); Daphne starts services itself."""
 
     async def __call__(self, scope, receive, send) -> None:
-        from asgiref.sync import sync_to_async
-
-        from calls.gateway import start_gateway_services, stop_gateway_services
+        from calls.gateway import stop_gateway_services
 
         while True:
             message = await receive()
