@@ -17,26 +17,27 @@ def run_job_task(name: str, kwargs: dict) -> None:
     run_job(name, kwargs)
 
 
+def _when_ready(sweep) -> int:
+    """Run a sweep; while setup is incomplete or calls are disabled there is nothing to do."""
+    try:
+        return sweep()
+    except VoiceCallError as exc:
+        log.debug("%s skipped: %s", sweep.__name__, exc)
+        return 0
+
+
 @shared_task(name="calls.sweep_deadlines")
 def sweep_deadlines_task() -> int:
     from .services import deadlines_sweep
 
-    try:
-        return deadlines_sweep()
-    except VoiceCallError as exc:
-        log.debug("sweep skipped: %s", exc)
-        return 0
+    return _when_ready(deadlines_sweep)
 
 
 @shared_task(name="calls.reap_stale_calls")
 def reap_stale_calls_task() -> int:
     from .services import stale_calls_reap
 
-    try:
-        return stale_calls_reap()
-    except VoiceCallError as exc:
-        log.debug("reap skipped: %s", exc)
-        return 0
+    return _when_ready(stale_calls_reap)
 
 
 @shared_task(name="calls.purge_processed_webhooks")

@@ -43,6 +43,34 @@ def outbox():
     return mock.outbox
 
 
+def admit_concurrently(attempts: int) -> list[str]:
+    """Place `attempts` calls from as many threads at once; returns "ok"/"full" per attempt."""
+    import threading
+
+    from django.db import connection
+
+    from calls.errors import CapacityReached
+    from calls.services import call_initiate
+
+    results: list[str] = []
+
+    def place(index: int) -> None:
+        try:
+            call_initiate(to=f"+1555000{index:04d}")
+            results.append("ok")
+        except CapacityReached:
+            results.append("full")
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=place, args=(i,)) for i in range(attempts)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results
+
+
 def events_body(*events: dict[str, Any]) -> bytes:
     return json.dumps({"events": list(events)}).encode()
 

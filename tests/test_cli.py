@@ -1112,8 +1112,10 @@ def test_follow_calls_prints_the_bot_line_of_a_speak(monkeypatch):
             saw_speaking.set()
 
     polls_after_speak = []
+    following = threading.Event()
 
     def stop() -> bool:
+        following.set()  # the follower has taken its starting point
         if spoke.is_set():
             polls_after_speak.append(1)
         return len(polls_after_speak) > 5
@@ -1134,6 +1136,7 @@ def test_follow_calls_prints_the_bot_line_of_a_speak(monkeypatch):
     monkeypatch.setattr(MockCarrier, "play_tts", slow_play)
     follower = threading.Thread(target=follow, daemon=True)
     follower.start()
+    assert following.wait(timeout=10)
     call_speak(call_id=call_id, text="Thanks for waiting")
     spoke.set()
     follower.join(timeout=10)

@@ -80,29 +80,10 @@ def test_jobs_and_sweeps_run_on_a_real_celery_worker(celery_worker_thread, confi
 
 
 def test_admission_lock_holds_across_connections(configure):
-    """Two database connections admitting at once still respect maxConcurrentCalls (row lock)."""
-    import threading
-
-    from calls.errors import CapacityReached
+    """Several database connections admitting at once still respect maxConcurrentCalls (row lock)."""
     from calls.models import Call
-    from calls.services import call_initiate
+    from tests.conftest import admit_concurrently
 
     configure({"maxConcurrentCalls": 2})
-    outcomes = []
-
-    def place(i):
-        try:
-            call_initiate(to=f"+1555000{i:04d}")
-            outcomes.append("ok")
-        except CapacityReached:
-            outcomes.append("full")
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=place, args=(i,)) for i in range(6)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert outcomes.count("ok") == 2
+    assert admit_concurrently(6).count("ok") == 2
     assert Call.objects.live().count() == 2

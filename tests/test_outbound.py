@@ -24,6 +24,7 @@ from calls.events import CallAnswered, CallEnded, CallSpeech
 from calls.models import Call, CallTurn, TurnStatus
 from calls.services import call_continue, call_end, call_initiate, call_send_dtmf, call_speak, event_process
 from providers.carriers import mock
+from tests.conftest import admit_concurrently
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -114,25 +115,7 @@ def test_concurrency_limit_counts_live_calls(configure):
 
 def test_concurrent_admissions_never_exceed_the_limit(configure):
     configure({"maxConcurrentCalls": 3})
-    results = []
-
-    def place(index):
-        try:
-            call_initiate(to=f"+1555000{index:04d}")
-            results.append("ok")
-        except CapacityReached:
-            results.append("full")
-        finally:
-            from django.db import connection
-
-            connection.close()
-
-    threads = [threading.Thread(target=place, args=(i,)) for i in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert results.count("ok") == 3
+    assert admit_concurrently(8).count("ok") == 3
     assert Call.objects.live().count() == 3
 
 
