@@ -105,6 +105,11 @@ def on_deadline(listener: Callable[[datetime], None]) -> None:
     _deadline_listeners.append(listener)
 
 
+def off_deadline(listener: Callable[[datetime], None]) -> None:
+    if listener in _deadline_listeners:
+        _deadline_listeners.remove(listener)
+
+
 def deadline_set(when: datetime) -> None:
     """Call after writing a deadline: wakes the sweeper so it fires on time, not on the next tick."""
 

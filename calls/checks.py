@@ -10,7 +10,7 @@ from .config import get_config
 def voicecall_config_check(app_configs=None, **kwargs):
     loaded = get_config()
     messages = [
-        checks.Warning(error, hint="The gateway starts, but places and answers no calls until this is fixed.", id="voicecall.E001")
+        checks.Warning(error, hint="The gateway starts, but places and answers no calls until this is fixed.", id="voicecall.W001")
         for error in loaded.errors
     ]
     return messages

@@ -47,6 +47,7 @@ class Sweeper(threading.Thread):
                 self._wake.wait(delay)
                 self._wake.clear()
         finally:
+            background.off_deadline(self.wake)
             connections.close_all()
 
     def tick(self) -> float:
