@@ -93,3 +93,9 @@ def test_readyz_ready_and_not_ready(client, configure):
     ]
     configure({"enabled": False})
     assert client.get("/readyz").json()["errors"] == ["voice calls are disabled (enabled: false)"]
+
+
+async def test_admin_static_files_are_served_by_the_gateway(asgi):
+    response = await asgi.get("/static/admin/css/base.css")
+    assert response.status_code == 200
+    assert "text/css" in response.headers["content-type"]
