@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from datetime import datetime
@@ -94,10 +95,9 @@ def _get_executor() -> ThreadPoolExecutor:
 
 def drain(timeout: float = 10.0) -> None:
     """Wait for submitted thread-pool jobs to finish (tests, shutdown)."""
-    deadline = timeout
-    while _pending and deadline > 0:
-        done, _ = wait(list(_pending), timeout=min(deadline, 1.0))
-        deadline -= 1.0
+    deadline = time.monotonic() + timeout
+    while _pending and time.monotonic() < deadline:
+        wait(list(_pending), timeout=max(0.0, deadline - time.monotonic()))
 
 
 def on_deadline(listener: Callable[[datetime], None]) -> None:

@@ -61,8 +61,8 @@ def _process(runtime: CallRuntime, event: NormalizedEvent) -> EventOutcome:
     if call is None and event.provider_call_id:
         call = call_lookup(event.provider_call_id, for_update=True)
     if call is None and event.provider_call_id and event.direction:
-        call = _create_webhook_call(runtime, event)
-        if call.state == CallState.HANGUP_BOT:
+        call, rejected = _create_webhook_call(runtime, event)
+        if rejected:
             _record(call, event)
             background.submit("calls.reject_hangup", call_id=str(call.pk))
             return EventOutcome.REJECTED
@@ -100,8 +100,11 @@ def _rekey(call: Call, provider_call_id: str) -> None:
     call.provider_call_id = provider_call_id
 
 
-def _create_webhook_call(runtime: CallRuntime, event: NormalizedEvent) -> Call:
-    """A call first seen in a webhook: inbound (policy applies) or an outbound call we do not know."""
+def _create_webhook_call(runtime: CallRuntime, event: NormalizedEvent) -> tuple[Call, bool]:
+    """A call first seen in a webhook: inbound (policy applies) or an outbound call we do not know.
+
+    Returns the new record and whether the inbound policy rejected it (then it is already ended).
+    """
     config = runtime.config
     direction = Direction(event.direction)
     call = Call(
@@ -122,7 +125,7 @@ def _create_webhook_call(runtime: CallRuntime, event: NormalizedEvent) -> Call:
         call.ended_at = call.started_at
         call.metadata = {"rejectionReason": "inbound-policy"}
         call.save()
-        return call
+        return call, True
     if direction == Direction.INBOUND:
         matched = match_route(config, event.to_number)
         route_key, route = matched if matched else (None, None)
@@ -141,7 +144,7 @@ def _create_webhook_call(runtime: CallRuntime, event: NormalizedEvent) -> Call:
     )
     call.save()
     log.info("%s call %s created from webhook (%s)", direction, call.pk, event.provider_call_id)
-    return call
+    return call, False
 
 
 def _apply(runtime: CallRuntime, call: Call, event: NormalizedEvent) -> None:
