@@ -107,6 +107,14 @@ class CallError(NormalizedEvent):
     retryable: bool = False
 
 
+@dataclass(frozen=True, kw_only=True)
+class CallAmd(NormalizedEvent):
+    """Answering-machine detection's verdict (human, machine_start, fax, unknown, ...)."""
+
+    type: ClassVar[str] = "call.amd"
+    answered_by: str = "unknown"
+
+
 EVENT_TYPES: dict[str, type[NormalizedEvent]] = {
     cls.type: cls
     for cls in (
@@ -120,6 +128,7 @@ EVENT_TYPES: dict[str, type[NormalizedEvent]] = {
         CallDtmf,
         CallEnded,
         CallError,
+        CallAmd,
     )
 }
 
@@ -132,6 +141,7 @@ _CAMEL = {
     "to_number": "to",
     "is_final": "isFinal",
     "duration_ms": "durationMs",
+    "answered_by": "answeredBy",
 }
 _SNAKE = {camel: snake for snake, camel in _CAMEL.items()}
 _OPTIONAL_STRINGS = ("id", "providerCallId", "dedupeKey", "turnToken", "from", "to")
@@ -212,6 +222,8 @@ def _type_fields(cls: type[NormalizedEvent], data: dict[str, Any], where: str) -
         if reason not in END_REASONS:
             raise EventFormatError(f"{where}.reason: must be one of {', '.join(sorted(END_REASONS))}")
         out["reason"] = reason
+    elif cls is CallAmd and "answeredBy" in data:
+        out["answered_by"] = _string(data["answeredBy"], f"{where}.answeredBy") or "unknown"
     elif cls is CallError:
         if "error" in data:
             out["error"] = _string(data["error"], f"{where}.error") or "unknown error"

@@ -164,6 +164,8 @@ class ProcessedWebhook(models.Model):
 
     key = models.CharField(max_length=255, primary_key=True)
     provider = models.CharField(max_length=16)
+    # The call the request was about, so the keys kept per call can be capped.
+    call = models.ForeignKey(Call, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     status_code = models.PositiveSmallIntegerField(default=200)
     content_type = models.CharField(max_length=100, default="text/plain")
     body = models.TextField(blank=True, default="")
@@ -172,10 +174,28 @@ class ProcessedWebhook(models.Model):
     expires_at = models.DateTimeField()
 
     class Meta:
-        indexes = [models.Index(fields=["expires_at"], name="webhook_expires_at")]
+        indexes = [
+            models.Index(fields=["expires_at"], name="webhook_expires_at"),
+            models.Index(fields=["call", "created_at"], name="webhook_call_created"),
+        ]
 
     def __str__(self) -> str:
         return self.key
+
+
+class CarrierDocument(models.Model):
+    """A document a carrier fetches later by token (e.g. the Plivo XML that speaks on a live call)."""
+
+    token = models.CharField(max_length=64, primary_key=True)
+    call = models.ForeignKey(Call, on_delete=models.CASCADE, related_name="carrier_documents")
+    body = models.TextField()
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        indexes = [models.Index(fields=["created_at"], name="document_created_at")]
+
+    def __str__(self) -> str:
+        return f"document {self.token[:8]} for {self.call_id}"
 
 
 class GatewayLock(models.Model):

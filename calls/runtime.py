@@ -49,7 +49,9 @@ def get_runtime() -> CallRuntime:
                 backend = carrier_class(loaded.config.provider)
             except KeyError as exc:
                 raise SetupIncomplete([f"provider: {exc.args[0]}"]) from None
-            carrier = backend(loaded.config)
+            from .documents import DatabaseDocuments
+
+            carrier = backend(loaded.config, documents=DatabaseDocuments())
             _runtime = CallRuntime(loaded=loaded, carrier=carrier)
         return _runtime
 

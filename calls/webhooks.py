@@ -16,13 +16,22 @@ from datetime import timedelta
 from asgiref.sync import sync_to_async
 from django.db import IntegrityError, close_old_connections
 
-from providers.carriers.base import WebhookParseError, WebhookRequest, WebhookResult, WebhookVerification
+from providers.carriers.base import (
+    CallView,
+    WebhookAnswer,
+    WebhookParseError,
+    WebhookRequest,
+    WebhookVerification,
+)
 
+from . import background
+from .documents import document_for, stream_token
 from .errors import VoiceCallError
-from .models import ProcessedWebhook
+from .models import Call, CallTurn, ProcessedWebhook, TurnStatus
 from .runtime import CallRuntime, get_runtime
 from .services import EventOutcome, event_process
-from .services.common import now
+from .services.common import call_lookup, now
+from .services.control import call_voice, initial_message_delivered
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +39,11 @@ MAX_BODY_BYTES = 64 * 1024
 BODY_TIMEOUT_SECONDS = 5.0
 MAX_IN_FLIGHT_PER_IP = 8
 REPLAY_WINDOW = timedelta(minutes=10)
+# Caps on remembered requests, so a flood of valid requests cannot grow the table without bound.
+MAX_KEYS_PER_CALL = 500
+MAX_KEYS = 10_000
+GLOBAL_CAP_EVERY = 64  # inserts between checks of the global cap
+HOLD_MUSIC_PATH = "/voice/hold-music"
 
 
 @dataclass
@@ -52,13 +66,22 @@ class WebhookApp:
         self.in_flight: dict[str, int] = defaultdict(int)
 
     async def __call__(self, scope, receive, send) -> None:
-        answer = await self._answer(scope, receive)
+        await self._send(send, await self._answer(scope, receive))
+
+    @staticmethod
+    async def _send(send, answer: Answer) -> None:
         headers = [(b"content-type", answer.content_type.encode())]
         headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in answer.headers.items()]
         body = answer.body.encode("utf-8")
         headers.append((b"content-length", str(len(body)).encode()))
         await send({"type": "http.response.start", "status": answer.status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+    async def hold_music(self, scope, receive, send) -> None:
+        """GET or POST /voice/hold-music: what callers on hold hear (Twilio's Enqueue waitUrl)."""
+        from providers.carriers.twilio.twiml import hold_music
+
+        await self._send(send, Answer(200, hold_music(), "application/xml"))
 
     async def _answer(self, scope, receive) -> Answer:
         if scope["method"] != "POST":
@@ -146,7 +169,11 @@ def handle_webhook(runtime: CallRuntime, request: WebhookRequest) -> Answer:
     carrier = runtime.carrier
     verification = _verify(runtime, request)
     if not verification.ok or not verification.request_key:
-        log.warning("webhook rejected: %s", verification.reason or "no request key")
+        # Never the body or headers: they may carry tokens. The reason names what failed.
+        log.warning(
+            "%s webhook from %s refused: %s", carrier.name, request.remote_addr or "unknown",
+            verification.reason or "no request key",
+        )
         return Answer(401, "Unauthorized")
     key = verification.request_key
 
@@ -156,19 +183,59 @@ def handle_webhook(runtime: CallRuntime, request: WebhookRequest) -> Answer:
         return Answer(first.status_code, first.body, first.content_type, dict(first.headers))
 
     try:
-        result = carrier.parse_webhook(request, request_key=key)
+        parsed = carrier.parse_webhook(request, request_key=key)
     except WebhookParseError as exc:
+        log.warning("%s webhook refused as malformed: %s", carrier.name, exc)
         return Answer(400, str(exc))
-    outcomes = [event_process(event) for event in result.events]
-    answer = _answer_from(result)
+    outcomes = [event_process(event, hangup_rejected=False) for event in parsed.events]
+    rejected = EventOutcome.REJECTED in outcomes
+    call = call_lookup(parsed.call_ref) if parsed.call_ref else None
+    answer = carrier.answer_webhook(parsed, call=call_view(runtime, call, rejected=rejected, document_token=parsed.document_token))
+    if call is not None and answer.greeting_delivered:
+        initial_message_delivered(call_id=str(call.pk))
+    if rejected and call is not None and not answer.rejects_call:
+        background.submit("calls.reject_hangup", call_id=str(call.pk))
     if EventOutcome.UNKNOWN_CALL in outcomes:
-        return answer  # not remembered: the carrier's retry may find the call then
+        return _answer_from(answer)  # not remembered: the carrier's retry may find the call then
+    _remember(key, carrier.name, call, answer)
+    return _answer_from(answer)
+
+
+def call_view(runtime: CallRuntime, call: Call | None, *, rejected: bool, document_token: str | None) -> CallView | None:
+    """The read-only view of a call a carrier builds its answer from."""
+    if call is None:
+        return None
+    call_id = str(call.pk)
+    pending = CallTurn.objects.filter(call=call, status=TurnStatus.PENDING).values_list("token", flat=True).first()
+    return CallView(
+        call_id=call_id,
+        provider_call_id=call.provider_call_id,
+        direction=call.direction,
+        state=call.state,
+        mode=call.metadata.get("mode", "conversation"),
+        ended=call.is_terminal,
+        rejected=rejected,
+        initial_message=call.metadata.get("initialMessage") or None,
+        voice=call_voice(runtime, call),
+        pending_turn_token=pending,
+        document=document_for(call_id, document_token),
+        stream_token=stream_token(call_id),
+    )
+
+
+_inserts = 0
+
+
+def _remember(key: str, provider: str, call: Call | None, answer: WebhookAnswer) -> None:
+    """Keep the first answer for replays, within the per-call and global caps (oldest go first)."""
+    global _inserts
     try:
         ProcessedWebhook.objects.get_or_create(
             key=key,
             defaults={
-                "provider": carrier.name,
-                "status_code": answer.status,
+                "provider": provider,
+                "call": call,
+                "status_code": answer.status_code,
                 "content_type": answer.content_type,
                 "body": answer.body,
                 "headers": answer.headers,
@@ -176,8 +243,18 @@ def handle_webhook(runtime: CallRuntime, request: WebhookRequest) -> Answer:
             },
         )
     except IntegrityError:
-        pass  # a concurrent delivery stored the first answer
-    return answer
+        return  # a concurrent delivery stored the first answer
+    if call is not None:
+        _trim(ProcessedWebhook.objects.filter(call=call), MAX_KEYS_PER_CALL)
+    _inserts += 1
+    if _inserts % GLOBAL_CAP_EVERY == 0:
+        _trim(ProcessedWebhook.objects.all(), MAX_KEYS)
+
+
+def _trim(queryset, keep: int) -> None:
+    surplus = list(queryset.order_by("-created_at", "-key").values_list("key", flat=True)[keep:])
+    if surplus:
+        ProcessedWebhook.objects.filter(key__in=surplus).delete()
 
 
 def _verify(runtime: CallRuntime, request: WebhookRequest) -> WebhookVerification:
@@ -189,5 +266,5 @@ def _verify(runtime: CallRuntime, request: WebhookRequest) -> WebhookVerificatio
     return runtime.carrier.verify_webhook(request)
 
 
-def _answer_from(result: WebhookResult) -> Answer:
-    return Answer(result.status_code, result.body, result.content_type, dict(result.headers))
+def _answer_from(answer: WebhookAnswer) -> Answer:
+    return Answer(answer.status_code, answer.body, answer.content_type, dict(answer.headers))

@@ -5,6 +5,9 @@ from django.utils.module_loading import import_string
 
 CARRIERS: dict[str, str] = {
     "mock": "providers.carriers.mock.MockCarrier",
+    "twilio": "providers.carriers.twilio.TwilioCarrier",
+    "telnyx": "providers.carriers.telnyx.TelnyxCarrier",
+    "plivo": "providers.carriers.plivo.PlivoCarrier",
 }
 
 

@@ -27,7 +27,7 @@ TWILIO_OK = {
 TELNYX_OK = {
     "provider": "telnyx",
     "fromNumber": "+15550001234",
-    "telnyx": {"apiKey": "key", "connectionId": "conn", "publicKey": "pub"},
+    "telnyx": {"apiKey": "key", "connectionId": "conn", "publicKey": "6V+ijUIGWzSGMEkNE16GqgFX2wg64KS7vEetLZ0yjv4="},
 }
 PLIVO_OK = {
     "provider": "plivo",
@@ -910,7 +910,7 @@ def test_no_cross_field_rules_when_disabled():
 # --- environment fallbacks ------------------------------------------------------------------
 
 TWILIO_ENV = {"TWILIO_ACCOUNT_SID": "ACenv", "TWILIO_AUTH_TOKEN": "envtoken", "TWILIO_FROM_NUMBER": "+15550002222"}
-TELNYX_ENV = {"TELNYX_API_KEY": "envkey", "TELNYX_CONNECTION_ID": "envconn", "TELNYX_PUBLIC_KEY": "envpub"}
+TELNYX_ENV = {"TELNYX_API_KEY": "envkey", "TELNYX_CONNECTION_ID": "envconn", "TELNYX_PUBLIC_KEY": "O4g+eD8J03XRpecDWUUQ3gZJypXS0rnMSoDZZqjwidI="}
 PLIVO_ENV = {"PLIVO_AUTH_ID": "MAenv", "PLIVO_AUTH_TOKEN": "envtoken"}
 
 
@@ -928,7 +928,7 @@ def test_telnyx_credentials_from_env():
     assert (cfg.telnyx.api_key.reveal(), cfg.telnyx.connection_id, cfg.telnyx.public_key.reveal()) == (
         "envkey",
         "envconn",
-        "envpub",
+        "O4g+eD8J03XRpecDWUUQ3gZJypXS0rnMSoDZZqjwidI=",
     )
 
 

@@ -18,11 +18,11 @@ from asgiref.sync import sync_to_async  # noqa: E402
 from calls.config import get_config  # noqa: E402
 from calls.gateway import services_started, start_gateway_services  # noqa: E402
 from calls.config.schema import normalize_path  # noqa: E402
-from calls.webhooks import WebhookApp  # noqa: E402
+from calls.webhooks import HOLD_MUSIC_PATH, WebhookApp  # noqa: E402
 
 
 class GatewayHttp:
-    """Sends POST {serve.path} (slashes normalized) to the webhook pipeline, the rest to Django."""
+    """Sends {serve.path} (slashes normalized) and the hold music to the webhook app, the rest to Django."""
 
     def __init__(self, webhook_app, django_app) -> None:
         self.webhook_app = webhook_app
@@ -32,7 +32,10 @@ class GatewayHttp:
         if settings.VOICECALL_AUTOSTART_SERVICES and not services_started():
             # Served by a plain `daphne ...asgi:application`: start restore and the sweeper now.
             await sync_to_async(start_gateway_services, thread_sensitive=False)()
-        if normalize_path(scope["path"]) == get_config().config.webhook_path():
+        path = normalize_path(scope["path"])
+        if path == HOLD_MUSIC_PATH:
+            return await self.webhook_app.hold_music(scope, receive, send)
+        if path == get_config().config.webhook_path():
             return await self.webhook_app(scope, receive, send)
         return await self.django_app(scope, receive, send)
 

@@ -9,7 +9,7 @@ from datetime import timedelta
 
 from django.db import IntegrityError, transaction
 
-from providers.carriers.base import DialRequest
+from providers.carriers.base import DialRequest, Prompt
 from routing.routes import effective_tts, preferred_voice, route_for_key
 from routing.validators import E164, E164_MESSAGE
 
@@ -61,7 +61,8 @@ def _carrier_call(action: str, func, **kwargs):
         raise CarrierError(str(exc) or f"{action} failed") from exc
 
 
-def _voice_for(runtime: CallRuntime, call: Call) -> str | None:
+def call_voice(runtime: CallRuntime, call: Call) -> str | None:
+    """The preferred TTS voice of the call's effective config (its number route for inbound)."""
     route = route_for_key(runtime.config, call.metadata.get("numberRouteKey")) if call.direction == Direction.INBOUND else None
     return preferred_voice(effective_tts(runtime.config, route))
 
@@ -111,6 +112,8 @@ def call_initiate(
             from_number=from_number, to_number=to, call_id=str(call.pk),
         )
         call.metadata = {"mode": mode}
+        if dtmf_sequence and not runtime.carrier.dials_with_dtmf:
+            call.metadata["dtmfSequence"] = dtmf_sequence  # sent as soon as the call is answered
         if message:
             call.metadata["initialMessage"] = message
         if requester_session_key:
@@ -119,7 +122,7 @@ def call_initiate(
 
     dial = DialRequest(
         call_id=str(call.pk), from_number=from_number, to_number=to, webhook_url=webhook_url,
-        mode=mode, initial_message=message, voice=_voice_for(runtime, call), dtmf_sequence=dtmf_sequence,
+        mode=mode, initial_message=message, voice=call_voice(runtime, call), dtmf_sequence=dtmf_sequence,
     )
     try:
         result = _carrier_call("initiate", runtime.carrier.initiate_call, dial=dial)
@@ -156,7 +159,7 @@ def call_speak(*, call_id: str, text: str) -> None:
     try:
         _carrier_call(
             "speak", runtime.carrier.play_tts, call_id=str(call.pk), provider_call_id=call.provider_call_id,
-            text=text, voice=_voice_for(runtime, call), locale=None,
+            text=text, voice=call_voice(runtime, call), locale=None,
         )
     except CarrierError:
         with transaction.atomic():
@@ -183,6 +186,8 @@ def call_continue(*, call_id: str, prompt: str) -> str:
     except IntegrityError:
         raise TurnInProgress() from None
 
+    if runtime.carrier.listens_with_prompt:
+        return _continue_with_prompt(runtime, call, turn, prompt)
     try:
         call_speak(call_id=str(call.pk), text=prompt)
         with transaction.atomic():
@@ -206,6 +211,37 @@ def call_continue(*, call_id: str, prompt: str) -> str:
         )
         raise
 
+    try:
+        return _wait_for_turn(turn, config.transcript_timeout_ms)
+    finally:
+        try:
+            runtime.carrier.stop_listening(call_id=str(call.pk), provider_call_id=call.provider_call_id)
+        except Exception as exc:  # best effort, as in the reference
+            log.info("stop listening on %s failed: %s", call.pk, exc)
+
+
+def _continue_with_prompt(runtime: CallRuntime, call: Call, turn: CallTurn, prompt: str) -> str:
+    """One carrier request says the prompt and listens: a separate speak would be cut off by the listen."""
+    config = runtime.config
+    try:
+        with transaction.atomic():
+            call = call_connected(str(call.pk), for_update=True)
+            move_to(call, CallState.LISTENING)
+            call.save()
+            turn.listen_started_at = now()
+            turn.deadline = turn.listen_started_at + timedelta(milliseconds=config.transcript_timeout_ms)
+            turn.save(update_fields=["listen_started_at", "deadline"])
+            background.deadline_set(turn.deadline)
+        _carrier_call(
+            "listen", runtime.carrier.start_listening, call_id=str(call.pk), provider_call_id=call.provider_call_id,
+            turn_token=turn.token or None, language=None, prompt=Prompt(prompt, call_voice(runtime, call)),
+        )
+    except VoiceCallError as exc:
+        CallTurn.objects.filter(pk=turn.pk, status=TurnStatus.PENDING).update(
+            status=TurnStatus.FAILED, error=exc.message, completed_at=now(), deadline=None
+        )
+        raise
+    add_transcript(call, "bot", prompt)
     try:
         return _wait_for_turn(turn, config.transcript_timeout_ms)
     finally:
@@ -301,6 +337,8 @@ def call_send_dtmf(*, call_id: str, digits: str) -> None:
 class GreetingDecision:
     speak: bool
     why: str
+    # The carrier already plays it (sent with the dial): record it as spoken without a request.
+    spoken_by_carrier: bool = False
 
 
 def greeting_decision(runtime: CallRuntime, call: Call) -> GreetingDecision:
@@ -309,6 +347,13 @@ def greeting_decision(runtime: CallRuntime, call: Call) -> GreetingDecision:
         return GreetingDecision(False, "nothing to say")
     mode = call.metadata.get("mode", "conversation")
     config = runtime.config
+    carrier = runtime.carrier
+    if mode == "notify" and carrier.notify_in_dial:
+        return GreetingDecision(False, "sent with the dial request", spoken_by_carrier=True)
+    if mode in ("notify", "conversation") and carrier.greets_in_answer and not (
+        mode == "conversation" and (config.realtime.enabled or (config.streaming.enabled and carrier.supports_media_streams))
+    ):
+        return GreetingDecision(False, "the answer to the carrier's answer webhook carries it")
     if mode == "notify":
         return GreetingDecision(True, "notify")
     if mode != "conversation":
@@ -326,10 +371,44 @@ def on_call_answered(*, call_id: str) -> None:
     call = call_lookup(call_id)
     if call is None or call.is_terminal:
         return
+    digits = call.metadata.get("dtmfSequence")
+    if digits:
+        _send_answer_dtmf(runtime, call, digits)
     decision = greeting_decision(runtime, call)
     log.info("call %s answered; greeting: %s", call.pk, decision.why)
-    if decision.speak:
+    if decision.spoken_by_carrier:
+        initial_message_delivered(call_id=call_id)
+    elif decision.speak:
         initial_message_speak(call_id=call_id)
+
+
+def _send_answer_dtmf(runtime: CallRuntime, call: Call, digits: str) -> None:
+    """Digits the dial could not carry, sent once right after the answer (e.g. an extension)."""
+    with transaction.atomic():
+        locked = Call.objects.select_for_update().get(pk=call.pk)
+        if locked.metadata.get("dtmfSequence") != digits:
+            return  # another trigger sent them
+        locked.metadata = {k: v for k, v in locked.metadata.items() if k != "dtmfSequence"}
+        locked.save(update_fields=["metadata", "updated_at"])
+    try:
+        _carrier_call("dtmf", runtime.carrier.send_dtmf, call_id=str(call.pk), provider_call_id=call.provider_call_id, digits=digits)
+    except VoiceCallError as exc:
+        log.warning("sending the dial digits on %s failed: %s", call.pk, exc)
+
+
+def initial_message_delivered(*, call_id: str) -> bool:
+    """The carrier played the initial message (with the dial or in a webhook answer): record it once."""
+    with transaction.atomic():
+        call = call_lookup(call_id, for_update=True)
+        if call is None or call.is_terminal or not call.metadata.get("initialMessage"):
+            return False
+        message = call.metadata["initialMessage"]
+        call.metadata = {k: v for k, v in call.metadata.items() if k != "initialMessage"}
+        if call.metadata.get("mode", "conversation") != "notify":
+            move_to(call, CallState.LISTENING)
+        call.save()
+        add_transcript(call, "bot", message)
+    return True
 
 
 def initial_message_speak(*, call_id: str) -> bool:
@@ -345,6 +424,9 @@ def initial_message_speak(*, call_id: str) -> bool:
         call.greeting_claimed_at = now()
         call.save(update_fields=["greeting_claimed_at"])
     message = call.metadata["initialMessage"]
+    conversation = call.metadata.get("mode", "conversation") != "notify"
+    if conversation and runtime.carrier.listens_with_prompt and not runtime.config.streaming.enabled:
+        return _greet_and_listen(runtime, call, message)
     try:
         call_speak(call_id=call_id, text=message)
     except VoiceCallError as exc:
@@ -371,6 +453,20 @@ def initial_message_speak(*, call_id: str) -> bool:
         except Exception as exc:
             log.warning("start listening on %s after the greeting failed: %s", call.pk, exc)
     return True
+
+
+def _greet_and_listen(runtime: CallRuntime, call: Call, message: str) -> bool:
+    try:
+        _carrier_call(
+            "listen", runtime.carrier.start_listening, call_id=str(call.pk), provider_call_id=call.provider_call_id,
+            turn_token=None, language=None, prompt=Prompt(message, call_voice(runtime, call)),
+        )
+    except VoiceCallError as exc:
+        Call.objects.filter(pk=call.pk).update(greeting_claimed_at=None)
+        log.warning("initial message on %s failed (kept for a retry): %s", call.pk, exc)
+        return False
+    Call.objects.filter(pk=call.pk).update(greeting_claimed_at=None)
+    return initial_message_delivered(call_id=str(call.pk))
 
 
 @background.job("calls.answer")

@@ -11,6 +11,7 @@ from routing.routes import greeting_for, match_route
 from .. import background
 from ..events import (
     CallActive,
+    CallAmd,
     CallAnswered,
     CallDtmf,
     CallEnded,
@@ -36,13 +37,17 @@ class EventOutcome(StrEnum):
     UNKNOWN_CALL = "unknown-call"  # no such call and not enough to create one; a retry may succeed
 
 
-def event_process(event: NormalizedEvent) -> EventOutcome:
-    """Apply one event. Idempotent per dedupe key, across processes (unique key in the database)."""
+def event_process(event: NormalizedEvent, *, hangup_rejected: bool = True) -> EventOutcome:
+    """Apply one event. Idempotent per dedupe key, across processes (unique key in the database).
+
+    An inbound call the policy refuses is hung up once, unless `hangup_rejected` is False (the
+    caller refuses it another way, e.g. in its answer to the carrier).
+    """
     runtime = get_runtime()
     for attempt in range(3):
         try:
             with transaction.atomic():
-                return _process(runtime, event)
+                return _process(runtime, event, hangup_rejected=hangup_rejected)
         except IntegrityError:
             # A concurrent delivery of the same event (dedupe key) or the same new inbound call
             # (carrier call id) committed first; looking again sees its result.
@@ -53,7 +58,7 @@ def event_process(event: NormalizedEvent) -> EventOutcome:
     raise AssertionError("unreachable")
 
 
-def _process(runtime: CallRuntime, event: NormalizedEvent) -> EventOutcome:
+def _process(runtime: CallRuntime, event: NormalizedEvent, *, hangup_rejected: bool) -> EventOutcome:
     if CallEvent.objects.filter(dedupe_key=event.key).exists():
         return EventOutcome.DUPLICATE
 
@@ -64,7 +69,8 @@ def _process(runtime: CallRuntime, event: NormalizedEvent) -> EventOutcome:
         call, rejected = _create_webhook_call(runtime, event)
         if rejected:
             _record(call, event)
-            background.submit("calls.reject_hangup", call_id=str(call.pk))
+            if hangup_rejected:
+                background.submit("calls.reject_hangup", call_id=str(call.pk))
             return EventOutcome.REJECTED
     if call is None:
         log.warning("event %s for unknown call %s ignored", event.type, event.call_id)
@@ -171,6 +177,10 @@ def _apply(runtime: CallRuntime, call: Call, event: NormalizedEvent) -> None:
     elif isinstance(event, CallError):
         if not event.retryable:
             finalize(call, CallState.ERROR, turn_error=f"Call error: {event.error}")
+    elif isinstance(event, CallAmd):
+        # The first verdict is kept apart: later ones (e.g. end of greeting) refine but do not replace it.
+        call.metadata = {**call.metadata, "answeredBy": event.answered_by}
+        call.metadata.setdefault("answeredByFirst", event.answered_by)
     elif isinstance(event, (CallSilence, CallDtmf)):
         pass  # recorded only
 

@@ -2,13 +2,14 @@
 
 A backend is built once per config by the call runtime. Its REST methods are called from
 service code (worker threads or Celery tasks, never the event loop) and raise CarrierError
-on failure. Webhook methods get a WebhookRequest and never touch the database: they turn the
-carrier's request into normalized events plus the answer the carrier expects.
+on failure. Webhook methods never touch the database: `parse_webhook` turns a verified request
+into normalized events; once they are applied, `answer_webhook` gets a read-only view of the
+call and returns the document the carrier expects (TwiML, Plivo XML, or a plain 200).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 from urllib.parse import parse_qsl
 
 from calls.errors import UnsupportedByCarrier
@@ -37,6 +38,15 @@ class WebhookRequest:
     def header(self, name: str) -> str | None:
         return self.headers.get(name.lower())
 
+    def form_pairs(self) -> list[tuple[str, str]]:
+        """The body as form fields, repeated names kept in order; ValueError if it is not UTF-8."""
+        text = self.body.decode("utf-8")
+        return parse_qsl(text, keep_blank_values=True)
+
+    def form(self) -> dict[str, str]:
+        """The body as form fields (the last value of a repeated name wins)."""
+        return dict(self.form_pairs())
+
 
 @dataclass(frozen=True)
 class WebhookVerification:
@@ -47,14 +57,67 @@ class WebhookVerification:
 
 
 @dataclass
-class WebhookResult:
-    """What a webhook produced: events to process and the answer to send back."""
+class ParsedWebhook:
+    """A verified request, read: its events, and what `answer_webhook` needs to know later."""
 
     events: list[NormalizedEvent] = field(default_factory=list)
+    # Our call id or the carrier's: the call the answer is about (looked up after processing).
+    call_ref: str | None = None
+    # A document stored earlier for this call (e.g. Plivo's speak XML), named in the request.
+    document_token: str | None = None
+    # Carrier-private facts for building the answer (request kind, flow, turn token, ...).
+    facts: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CallView:
+    """What the answer may depend on, read after the request's events were applied."""
+
+    call_id: str
+    provider_call_id: str | None
+    direction: str
+    state: str
+    mode: str
+    ended: bool
+    rejected: bool = False  # the inbound policy refused this call in this request
+    initial_message: str | None = None  # the greeting / notify message not yet spoken
+    voice: str | None = None  # the preferred TTS voice of the call's effective config
+    # The token of the turn waiting for speech ("" when it has none); None when no turn waits.
+    pending_turn_token: str | None = None
+    document: str | None = None  # the stored document named by ParsedWebhook.document_token
+    stream_token: str | None = None  # authenticates this call's media stream connection
+    media_streams_active: int = 0  # media streams open on the gateway (for the hold answer)
+
+
+@dataclass
+class WebhookAnswer:
+    """The HTTP answer for the carrier."""
+
     status_code: int = 200
     body: str = "OK"
     content_type: str = "text/plain; charset=utf-8"
     headers: dict[str, str] = field(default_factory=dict)
+    # The answer speaks the call's initial message itself: record it as spoken.
+    greeting_delivered: bool = False
+    # The answer refuses the call itself, so no separate hang-up request is needed.
+    rejects_call: bool = False
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """Words to say before listening (carriers whose listen request would cut off a separate speak)."""
+
+    text: str
+    voice: str | None = None
+    locale: str | None = None
+
+
+class DocumentStore(Protocol):
+    """Where a backend keeps a document to serve on a later webhook of the same call."""
+
+    def put(self, call_id: str, body: str) -> str:
+        """Store `body`; returns the token the later request names it by."""
+        ...
 
 
 class WebhookParseError(ValueError):
@@ -96,9 +159,9 @@ TERMINAL_PROVIDER_STATUSES = {
 }
 
 
-def normalize_provider_status(raw: str | None) -> ProviderCallStatus:
+def normalize_provider_status(raw: object) -> ProviderCallStatus:
     """Map a carrier's call status (case and spaces ignored) to a ProviderCallStatus."""
-    status = (raw or "").strip().lower() or "unknown"
+    status = (raw.strip().lower() if isinstance(raw, str) else "") or "unknown"
     if status in TERMINAL_PROVIDER_STATUSES:
         return ProviderCallStatus(status=TERMINAL_PROVIDER_STATUSES[status], is_terminal=True)
     return ProviderCallStatus(status=status, is_terminal=False, is_unknown=status == "unknown")
@@ -116,9 +179,19 @@ class CarrierBackend:
     # Groups of headers; a request must carry every header of at least one group before its
     # body is read (empty: no pre-auth header gate).
     signature_header_groups: ClassVar[tuple[tuple[str, ...], ...]] = ()
+    # A listen request replaces what is playing, so the words before it travel with it (Prompt).
+    listens_with_prompt: ClassVar[bool] = False
+    # The answer to the webhook that answers a call can carry the initial message itself.
+    greets_in_answer: ClassVar[bool] = False
+    # A notify call's message is sent with the dial request (played by the carrier on answer).
+    notify_in_dial: ClassVar[bool] = False
+    # Digits to dial after connecting (dtmfSequence) travel with the dial request; otherwise they
+    # are sent with send_dtmf once the call is answered.
+    dials_with_dtmf: ClassVar[bool] = False
 
-    def __init__(self, config: VoiceCallConfig) -> None:
+    def __init__(self, config: VoiceCallConfig, *, documents: DocumentStore | None = None) -> None:
         self.config = config
+        self.documents = documents
 
     def has_signature_headers(self, headers: dict[str, str]) -> bool:
         if not self.signature_header_groups:
@@ -131,9 +204,13 @@ class CarrierBackend:
         """Must: check the carrier's signature and return the request's replay key."""
         raise NotImplementedError
 
-    def parse_webhook(self, request: WebhookRequest, *, request_key: str) -> WebhookResult:
-        """Must: turn a verified request into events and the carrier's expected answer."""
+    def parse_webhook(self, request: WebhookRequest, *, request_key: str) -> ParsedWebhook:
+        """Must: turn a verified request into events (WebhookParseError when malformed)."""
         raise NotImplementedError
+
+    def answer_webhook(self, parsed: ParsedWebhook, *, call: CallView | None) -> WebhookAnswer:
+        """The answer once the events are applied; `call` is None when no call was found."""
+        return WebhookAnswer()
 
     # --- call control (REST) --------------------------------------------------------------
 
@@ -149,8 +226,19 @@ class CarrierBackend:
         """Must: speak `text` on the call and return when the carrier accepted it."""
         raise NotImplementedError
 
-    def start_listening(self, *, call_id: str, provider_call_id: str, turn_token: str | None, language: str | None) -> None:
-        """Must: start collecting the caller's speech (final transcripts arrive as call.speech)."""
+    def start_listening(
+        self,
+        *,
+        call_id: str,
+        provider_call_id: str,
+        turn_token: str | None,
+        language: str | None,
+        prompt: Prompt | None = None,
+    ) -> None:
+        """Must: start collecting the caller's speech (final transcripts arrive as call.speech).
+
+        `prompt` is given only to carriers with `listens_with_prompt`: say it, then listen.
+        """
         raise NotImplementedError
 
     def stop_listening(self, *, call_id: str, provider_call_id: str) -> None:

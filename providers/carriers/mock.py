@@ -15,12 +15,13 @@ from calls.events import EventFormatError, event_from_dict
 
 from .base import (
     CarrierBackend,
+    ParsedWebhook,
+    Prompt,
     DialRequest,
     DialResult,
     ProviderCallStatus,
     WebhookParseError,
     WebhookRequest,
-    WebhookResult,
     WebhookVerification,
 )
 
@@ -52,6 +53,7 @@ def outbox_actions(provider_call_id: str | None = None) -> list[str]:
 class MockCarrier(CarrierBackend):
     name = "mock"
     supports_dtmf_send = True
+    dials_with_dtmf = True
 
     def _record(self, action: str, provider_call_id: str | None, **params: Any) -> None:
         with _outbox_lock:
@@ -61,7 +63,7 @@ class MockCarrier(CarrierBackend):
         # Nothing to verify; the body hash still gives replays a stable key.
         return WebhookVerification(ok=True, request_key="mock:" + hashlib.sha256(request.body).hexdigest())
 
-    def parse_webhook(self, request: WebhookRequest, *, request_key: str) -> WebhookResult:
+    def parse_webhook(self, request: WebhookRequest, *, request_key: str) -> ParsedWebhook:
         try:
             data = json.loads(request.body.decode("utf-8"))
         except (UnicodeDecodeError, ValueError) as exc:
@@ -79,7 +81,7 @@ class MockCarrier(CarrierBackend):
                 events.append(event_from_dict(raw, where=label, default_dedupe_key=f"{request_key}:{index}"))
             except EventFormatError as exc:
                 raise WebhookParseError(str(exc)) from None
-        return WebhookResult(events=events)
+        return ParsedWebhook(events=events)
 
     def initiate_call(self, dial: DialRequest) -> DialResult:
         provider_call_id = f"mock-{dial.call_id}"
@@ -101,7 +103,15 @@ class MockCarrier(CarrierBackend):
     def play_tts(self, *, call_id: str, provider_call_id: str, text: str, voice: str | None, locale: str | None) -> None:
         self._record("play_tts", provider_call_id, text=text, voice=voice, locale=locale)
 
-    def start_listening(self, *, call_id: str, provider_call_id: str, turn_token: str | None, language: str | None) -> None:
+    def start_listening(
+        self,
+        *,
+        call_id: str,
+        provider_call_id: str,
+        turn_token: str | None,
+        language: str | None,
+        prompt: Prompt | None = None,
+    ) -> None:
         self._record("start_listening", provider_call_id, turn_token=turn_token, language=language)
 
     def stop_listening(self, *, call_id: str, provider_call_id: str) -> None:

@@ -1,0 +1,118 @@
+"""REST requests to a carrier over httpx: one pinned host, quoted ids, and the carrier's errors as CarrierError."""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import httpx
+
+from calls.errors import CarrierError
+
+log = logging.getLogger("providers")
+
+TIMEOUT = httpx.Timeout(10.0, connect=5.0)
+
+
+class CarrierHttpError(CarrierError):
+    """The carrier answered with an error status; `code` is the carrier's own error code, if any."""
+
+    def __init__(self, message: str, *, status: int, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+def segment(value: str) -> str:
+    """One path segment: everything quoted, so an id can never change the path or the host."""
+    return quote(str(value), safe="")
+
+
+class CarrierHttp:
+    """A small REST client bound to one base URL. Requests may only go to that host (SSRF guard)."""
+
+    def __init__(
+        self,
+        *,
+        carrier: str,
+        base_url: str,
+        error_reader: Callable[[httpx.Response], tuple[str, str | None]],
+        auth: httpx.Auth | tuple[str, str] | None = None,
+        headers: dict[str, str] | None = None,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.carrier = carrier
+        self.base_url = base_url.rstrip("/")
+        parts = urlsplit(self.base_url)
+        self._origin = (parts.scheme, parts.netloc)
+        self._read_error = error_reader
+        self._client = httpx.Client(
+            auth=auth,
+            headers={"Accept": "application/json", "User-Agent": "voicecall-gateway", **(headers or {})},
+            timeout=TIMEOUT,
+            follow_redirects=False,
+            transport=transport,
+        )
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        form: Iterable[tuple[str, str]] | None = None,
+        json: Any = None,
+        tolerate: Iterable[int] = (),
+        retry_codes: Iterable[str] = (),
+        retry_delays: tuple[float, ...] = (),
+    ) -> httpx.Response | None:
+        """Send one request; returns the response, or None for a tolerated error status.
+
+        `retry_codes` with `retry_delays`: carrier error codes worth retrying after each delay.
+        """
+        url = self.base_url + path
+        parts = urlsplit(url)
+        if (parts.scheme, parts.netloc) != self._origin:
+            raise CarrierError(f"{self.carrier}: refusing a request outside {self.base_url}")
+        attempts = (0.0, *retry_delays)
+        for attempt, delay in enumerate(attempts):
+            if delay:
+                time.sleep(delay)
+            try:
+                response = self._client.request(method, url, data=list(form) if form is not None else None, json=json)
+            except httpx.HTTPError as exc:
+                raise CarrierError(f"{self.carrier} {method} {path}: {type(exc).__name__}: {exc}") from exc
+            if response.is_success:
+                return response
+            if response.status_code in tuple(tolerate):
+                return None
+            message, code = self._read_error(response)
+            error = CarrierHttpError(
+                f"{self.carrier} {method} {path} failed ({response.status_code}"
+                + (f", code {code}" if code else "") + f"): {message}",
+                status=response.status_code,
+                code=code,
+            )
+            if code is not None and code in tuple(retry_codes) and attempt < len(attempts) - 1:
+                log.info("%s; retrying", error.message)
+                continue
+            raise error
+        raise AssertionError("unreachable")
+
+    def json(self, response: httpx.Response) -> dict[str, Any]:
+        """The response body as a JSON object, or CarrierError naming what came back."""
+        try:
+            data = response.json()
+        except ValueError:
+            raise CarrierError(f"{self.carrier}: expected JSON, got {response.text[:200]!r}") from None
+        if not isinstance(data, dict):
+            raise CarrierError(f"{self.carrier}: expected a JSON object, got {type(data).__name__}")
+        return data
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def response_text(response: httpx.Response, limit: int = 200) -> str:
+    return response.text[:limit] if response.text else response.reason_phrase

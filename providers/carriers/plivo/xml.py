@@ -1,0 +1,59 @@
+"""Plivo XML documents the gateway answers with or transfers a live call to (behaviour.md §3.3)."""
+from __future__ import annotations
+
+from xml.sax.saxutils import escape, quoteattr
+
+DEFAULT_LANGUAGE = "en-US"
+KEEPALIVE_WAIT_SECONDS = 300
+LISTEN_TIMEOUT_SECONDS = 30
+
+
+def _attrs(**attributes: str | int | None) -> str:
+    return "".join(f" {name}={quoteattr(str(value))}" for name, value in attributes.items() if value is not None)
+
+
+def response(*elements: str) -> str:
+    return "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response>" + "".join(elements) + "</Response>"
+
+
+def speak_element(text: str, *, language: str | None, voice: str | None = None) -> str:
+    # Only Plivo's own voices (WOMAN/MAN) and Polly voices are valid; others fall back to the default.
+    valid_voice = voice if voice and (voice in ("WOMAN", "MAN") or voice.startswith("Polly.")) else None
+    return f"<Speak{_attrs(voice=valid_voice, language=language or DEFAULT_LANGUAGE)}>{escape(text)}</Speak>"
+
+
+def redirect(url: str) -> str:
+    return f"<Redirect{_attrs(method='POST')}>{escape(url)}</Redirect>"
+
+
+def speak(text: str, *, language: str | None, voice: str | None, then: str) -> str:
+    """Say text, then fetch `then` so the call never runs out of XML."""
+    return response(speak_element(text, language=language, voice=voice), redirect(then))
+
+
+def listen(action: str, *, language: str | None, relisten_url: str, prompt: str | None = None,
+           voice: str | None = None, prompt_language: str | None = None) -> str:
+    """Listen for speech or keys (optionally after a prompt); with no input, fetch relisten_url."""
+    inner = speak_element(prompt, language=prompt_language, voice=voice) if prompt else ""
+    attributes = _attrs(
+        inputType="dtmf speech", method="POST", action=action, language=language or DEFAULT_LANGUAGE,
+        executionTimeout=LISTEN_TIMEOUT_SECONDS, speechEndTimeout="auto", redirect="true",
+    )
+    return response(f"<GetInput{attributes}>{inner}</GetInput>", redirect(relisten_url))
+
+
+def keepalive(url: str) -> str:
+    return response(f"<Wait{_attrs(length=KEEPALIVE_WAIT_SECONDS)}/>", redirect(url))
+
+
+def notify(text: str, *, language: str | None, voice: str | None, hangup_delay_sec: int) -> str:
+    wait = f"<Wait{_attrs(length=hangup_delay_sec)}/>" if hangup_delay_sec > 0 else ""
+    return response(speak_element(text, language=language, voice=voice), wait, "<Hangup/>")
+
+
+def reject() -> str:
+    return response(f"<Hangup{_attrs(reason='rejected')}/>")
+
+
+def hangup() -> str:
+    return response("<Hangup/>")

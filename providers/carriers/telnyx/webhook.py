@@ -1,0 +1,218 @@
+"""Telnyx Call Control webhooks: Ed25519 signature checks and JSON events → normalized events."""
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import logging
+import time
+from datetime import datetime
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import load_der_public_key, load_pem_public_key
+
+from calls.events import (
+    CallActive,
+    CallAmd,
+    CallAnswered,
+    CallDtmf,
+    CallEnded,
+    CallInitiated,
+    CallRinging,
+    CallSpeaking,
+    CallSpeech,
+    NormalizedEvent,
+)
+
+from ..base import ParsedWebhook, WebhookParseError, WebhookRequest, WebhookVerification
+
+log = logging.getLogger("providers")
+
+SIGNATURE_HEADER = "telnyx-signature-ed25519"
+TIMESTAMP_HEADER = "telnyx-timestamp"
+TOLERANCE_SECONDS = 300
+
+HANGUP_CAUSES = {
+    "normal_clearing": "completed",
+    "normal_unspecified": "completed",
+    "originator_cancel": "hangup-bot",
+    "call_rejected": "busy",
+    "user_busy": "busy",
+    "no_answer": "no-answer",
+    "no_user_response": "no-answer",
+    "timeout": "no-answer",
+    "destination_out_of_order": "failed",
+    "network_out_of_order": "failed",
+    "service_unavailable": "failed",
+    "recovery_on_timer_expire": "failed",
+    "not_found": "failed",
+    "machine_detected": "voicemail",
+    "fax_detected": "voicemail",
+    "user_hangup": "hangup-user",
+    "subscriber_absent": "hangup-user",
+    "time_limit": "timeout",
+}
+DIRECTIONS = {"incoming": "inbound", "inbound": "inbound", "outgoing": "outbound", "outbound": "outbound"}
+SIMPLE_EVENTS = {
+    "call.initiated": CallInitiated,
+    "call.ringing": CallRinging,
+    "call.answered": CallAnswered,
+    "call.bridged": CallActive,
+}
+AMD_EVENTS = ("call.machine.detection.ended", "call.machine.premium.detection.ended")
+ACKNOWLEDGED_ONLY = ("streaming.started", "streaming.stopped", "streaming.failed", "call.speak.ended")
+
+
+class PublicKeyError(ValueError):
+    """telnyx.publicKey cannot be read as an Ed25519 public key."""
+
+
+def load_public_key(text: str) -> Ed25519PublicKey:
+    """An Ed25519 public key from PEM, base64 of the 32 raw bytes, or base64 DER (SPKI)."""
+    text = text.strip()
+    if not text:
+        raise PublicKeyError("telnyx.publicKey is empty")
+    try:
+        if text.startswith("-----BEGIN"):
+            key = load_pem_public_key(text.encode("ascii"))
+        else:
+            raw = _b64decode(text)
+            key = Ed25519PublicKey.from_public_bytes(raw) if len(raw) == 32 else load_der_public_key(raw)
+    except (ValueError, TypeError, binascii.Error) as exc:
+        raise PublicKeyError(f"telnyx.publicKey is not an Ed25519 public key ({exc})") from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise PublicKeyError("telnyx.publicKey is not an Ed25519 key")
+    return key
+
+
+def _b64decode(text: str) -> bytes:
+    """Standard or URL-safe base64, padding optional; binascii.Error on anything else."""
+    cleaned = text.strip().replace("-", "+").replace("_", "/")
+    cleaned += "=" * (-len(cleaned) % 4)
+    return base64.b64decode(cleaned, validate=True)
+
+
+def verify(request: WebhookRequest, public_key: Ed25519PublicKey | None, *, now: float | None = None) -> WebhookVerification:
+    if public_key is None:
+        return WebhookVerification(ok=False, reason="Missing telnyx.publicKey")
+    signature_text = (request.header(SIGNATURE_HEADER) or "").strip()
+    timestamp = (request.header(TIMESTAMP_HEADER) or "").strip()
+    if not signature_text or not timestamp:
+        return WebhookVerification(ok=False, reason="missing telnyx-signature-ed25519 or telnyx-timestamp")
+    if not timestamp.isdigit():
+        return WebhookVerification(ok=False, reason="telnyx-timestamp is not whole seconds")
+    skew = abs((time.time() if now is None else now) - int(timestamp))
+    if skew > TOLERANCE_SECONDS:
+        return WebhookVerification(ok=False, reason=f"Timestamp too old or too new ({int(skew)}s off)")
+    try:
+        signature = _b64decode(signature_text)
+    except (binascii.Error, ValueError):
+        return WebhookVerification(ok=False, reason="telnyx-signature-ed25519 is not base64")
+    if len(signature) != 64:
+        return WebhookVerification(ok=False, reason="telnyx-signature-ed25519 has the wrong length")
+    try:
+        public_key.verify(signature, timestamp.encode("ascii") + b"|" + request.body)
+    except InvalidSignature:
+        return WebhookVerification(ok=False, reason="telnyx-signature-ed25519 does not match")
+    material = b"\n".join([timestamp.encode(), signature_text.encode(), request.body])
+    return WebhookVerification(ok=True, request_key="telnyx:" + hashlib.sha256(material).hexdigest())
+
+
+def decode_client_state(value: Any) -> str | None:
+    """Our call id from client_state (strict base64 of UTF-8 text), or None."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        decoded = base64.b64decode(value, validate=True).decode("utf-8").strip()
+    except (binascii.Error, ValueError):
+        log.warning("telnyx client_state %r is not base64 text; ignored", value[:40])
+        return None
+    return decoded or None
+
+
+def encode_client_state(call_id: str) -> str:
+    return base64.b64encode(call_id.encode("utf-8")).decode("ascii")
+
+
+def _timestamp_ms(value: Any) -> int | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return int(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() * 1000)
+    except ValueError:
+        return None
+
+
+def _text(payload: dict[str, Any], name: str) -> str | None:
+    value = payload.get(name)
+    return value.strip() or None if isinstance(value, str) else None
+
+
+def parse(request: WebhookRequest, *, request_key: str) -> ParsedWebhook:
+    try:
+        envelope = json.loads(request.body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise WebhookParseError(f"body: not valid JSON ({exc})") from None
+    data = envelope.get("data") if isinstance(envelope, dict) else None
+    if not isinstance(data, dict) or not isinstance(data.get("event_type"), str):
+        return ParsedWebhook()  # nothing we act on; acknowledged so Telnyx does not retry
+    event_type = data["event_type"]
+    payload = data.get("payload") if isinstance(data.get("payload"), dict) else {}
+    control_id = _text(payload, "call_control_id")
+    call_id = decode_client_state(payload.get("client_state")) or control_id
+    if not call_id:
+        log.warning("telnyx %s without call_control_id acknowledged and ignored", event_type)
+        return ParsedWebhook(facts={"event_type": event_type})
+    common: dict[str, Any] = {
+        "call_id": call_id,
+        "provider_call_id": control_id,
+        "direction": DIRECTIONS.get(str(payload.get("direction", "")).lower()),
+        "from_number": _text(payload, "from"),
+        "to_number": _text(payload, "to"),
+        # Telnyx redelivers with a new signature but the same event id: dedupe on the id.
+        "dedupe_key": f"telnyx:event:{data['id']}" if isinstance(data.get("id"), str) and data["id"] else f"{request_key}:0",
+    }
+    occurred = _timestamp_ms(data.get("occurred_at"))
+    if occurred is not None:
+        common["timestamp"] = occurred
+    event = _event(event_type, payload, common)
+    return ParsedWebhook(events=[event] if event else [], call_ref=call_id, facts={"event_type": event_type})
+
+
+def _event(event_type: str, payload: dict[str, Any], common: dict[str, Any]) -> NormalizedEvent | None:
+    if event_type in SIMPLE_EVENTS:
+        return SIMPLE_EVENTS[event_type](**common)
+    if event_type == "call.speak.started":
+        return CallSpeaking(**common, text=_text(payload, "text") or "")
+    if event_type == "call.transcription":
+        return _speech(payload, common)
+    if event_type == "call.hangup":
+        cause = str(payload.get("hangup_cause") or "").lower()
+        if cause not in HANGUP_CAUSES:
+            log.warning("telnyx hangup_cause %r not known; call ended as completed", cause)
+        return CallEnded(**common, reason=HANGUP_CAUSES.get(cause, "completed"))
+    if event_type == "call.dtmf.received":
+        digit = _text(payload, "digit")
+        return CallDtmf(**common, digits=digit) if digit else None
+    if event_type in AMD_EVENTS:
+        result = _text(payload, "result")
+        return CallAmd(**common, answered_by=result) if result else None
+    if event_type not in ACKNOWLEDGED_ONLY:
+        log.info("telnyx event %s acknowledged and ignored", event_type)
+    return None
+
+
+def _speech(payload: dict[str, Any], common: dict[str, Any]) -> CallSpeech | None:
+    data = payload.get("transcription_data") if isinstance(payload.get("transcription_data"), dict) else {}
+    transcript = _text(data, "transcript") or _text(payload, "transcription")
+    if not transcript:
+        return None
+    is_final = data.get("is_final", True)
+    confidence = data.get("confidence")
+    if not isinstance(confidence, (int, float)) or isinstance(confidence, bool) or not 0 <= confidence <= 1:
+        confidence = None
+    return CallSpeech(**common, transcript=transcript, is_final=is_final if isinstance(is_final, bool) else True,
+                      confidence=None if confidence is None else float(confidence))

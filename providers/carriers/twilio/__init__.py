@@ -1,0 +1,166 @@
+"""Twilio Programmable Voice: REST control, signed form webhooks and TwiML answers."""
+from __future__ import annotations
+
+import logging
+from urllib.parse import urlsplit
+
+from ..base import (
+    CallView,
+    CarrierBackend,
+    DialRequest,
+    DialResult,
+    ParsedWebhook,
+    ProviderCallStatus,
+    Prompt,
+    WebhookAnswer,
+    WebhookRequest,
+    WebhookVerification,
+)
+from ..dtmf import twilio_digits
+from ..urls import gateway_webhook_url, with_query
+from . import twiml, webhook
+from .rest import TwilioRest
+
+log = logging.getLogger("providers")
+
+XML = "application/xml"
+
+
+class TwilioCarrier(CarrierBackend):
+    name = "twilio"
+    supports_dtmf_send = True
+    supports_media_streams = True
+    uses_turn_tokens = True
+    signature_header_groups = ((webhook.SIGNATURE_HEADER,),)
+    listens_with_prompt = True
+    greets_in_answer = True
+    notify_in_dial = True
+    dials_with_dtmf = True
+
+    def __init__(self, config, *, documents=None, transport=None) -> None:
+        super().__init__(config, documents=documents)
+        settings = config.twilio
+        self.auth_token = settings.auth_token.reveal() if settings and settings.auth_token else ""
+        self.rest = TwilioRest(
+            account_sid=settings.account_sid if settings else "",
+            auth_token=self.auth_token,
+            region=settings.region if settings else "us1",
+            base_url=settings.base_url if settings else None,
+            transport=transport,
+        )
+
+    # --- URLs Twilio calls back ------------------------------------------------------------
+
+    def _url(self, call_id: str, **params: str | None) -> str:
+        return with_query(gateway_webhook_url(self.config), callId=call_id, **params)
+
+    def stream_url(self) -> str | None:
+        """wss://<public host><streamPath>, when streaming is on and the public URL is known."""
+        if not (self.config.streaming.enabled and self.config.public_url):
+            return None
+        parts = urlsplit(self.config.public_url)
+        scheme = "wss" if parts.scheme == "https" else "ws"
+        return f"{scheme}://{parts.netloc}{self.config.normalize_path(self.config.streaming.stream_path)}"
+
+    def hold_music_url(self) -> str:
+        parts = urlsplit(gateway_webhook_url(self.config))
+        return f"{parts.scheme}://{parts.netloc}/voice/hold-music"
+
+    # --- webhooks --------------------------------------------------------------------------
+
+    def verify_webhook(self, request: WebhookRequest) -> WebhookVerification:
+        return webhook.verify(self.config, request, self.auth_token)
+
+    def parse_webhook(self, request: WebhookRequest, *, request_key: str) -> ParsedWebhook:
+        return webhook.parse(request, request_key=request_key)
+
+    def answer_webhook(self, parsed: ParsedWebhook, *, call: CallView | None) -> WebhookAnswer:
+        kind = parsed.facts.get("kind")
+        if kind in ("status", "amd") or call is None:
+            return self._xml(twiml.response())
+        if call.rejected:
+            return WebhookAnswer(body=twiml.reject(), content_type=XML, rejects_call=True)
+        if call.ended:
+            return self._xml(twiml.hangup())
+        cid = call.call_id
+        stream_url = self.stream_url()
+        if stream_url and kind == "voice" and call.stream_token:
+            if call.direction == "inbound" and call.media_streams_active > 0:
+                return self._xml(twiml.hold(self.hold_music_url()))
+            return self._xml(twiml.stream(stream_url, token=call.stream_token))
+        if parsed.facts.get("answering") and call.initial_message and call.mode == "conversation":
+            document = twiml.listen(
+                self._url(cid, turnToken=call.pending_turn_token or None), language=None,
+                relisten_url=self._url(cid, flow="relisten"), prompt=call.initial_message, voice=call.voice,
+            )
+            return WebhookAnswer(body=document, content_type=XML, greeting_delivered=True)
+        return self._xml(self._idle(call))
+
+    def _idle(self, call: CallView) -> str:
+        """While nothing is being said: listen if the call is listening, else hold the line."""
+        if call.state == "listening":
+            return twiml.listen(
+                self._url(call.call_id, turnToken=call.pending_turn_token or None), language=None,
+                relisten_url=self._url(call.call_id, flow="relisten"),
+            )
+        return twiml.keepalive(self._url(call.call_id, flow="keepalive"))
+
+    @staticmethod
+    def _xml(document: str) -> WebhookAnswer:
+        return WebhookAnswer(body=document, content_type=XML)
+
+    # --- call control ----------------------------------------------------------------------
+
+    def initiate_call(self, dial: DialRequest) -> DialResult:
+        twiml_document = None
+        if dial.mode == "notify" and dial.initial_message:
+            # Sent with the dial, so the first words never wait on a webhook round trip.
+            twiml_document = twiml.notify(
+                dial.initial_message, voice=dial.voice, language=None,
+                hangup_delay_sec=self.config.outbound.notify_hangup_delay_sec,
+            )
+        elif dial.dtmf_sequence:
+            twiml_document = twiml.play_digits(twilio_digits(dial.dtmf_sequence), then=with_query(dial.webhook_url, callId=dial.call_id))
+        data = self.rest.create_call(
+            to=dial.to_number,
+            from_=dial.from_number,
+            status_callback=with_query(dial.webhook_url, callId=dial.call_id, type="status"),
+            url=with_query(dial.webhook_url, callId=dial.call_id),
+            twiml=twiml_document,
+        )
+        status = "queued" if data.get("status") == "queued" else "initiated"
+        return DialResult(provider_call_id=data["sid"], status=status)
+
+    def hangup_call(self, *, call_id: str, provider_call_id: str, reason: str) -> None:
+        self.rest.hangup(provider_call_id)
+
+    def play_tts(self, *, call_id: str, provider_call_id: str, text: str, voice: str | None, locale: str | None) -> None:
+        document = twiml.speak(
+            text, voice=voice, language=locale,
+            reply_action=self._url(call_id), keepalive_url=self._url(call_id, flow="keepalive"),
+        )
+        self.rest.update_twiml(provider_call_id, document)
+
+    def start_listening(self, *, call_id: str, provider_call_id: str, turn_token: str | None, language: str | None,
+                        prompt: Prompt | None = None) -> None:
+        document = twiml.listen(
+            self._url(call_id, turnToken=turn_token), language=language,
+            relisten_url=self._url(call_id, flow="relisten"),
+            prompt=prompt.text if prompt else None,
+            voice=prompt.voice if prompt else None,
+            prompt_language=prompt.locale if prompt else None,
+        )
+        self.rest.update_twiml(provider_call_id, document)
+
+    def stop_listening(self, *, call_id: str, provider_call_id: str) -> None:
+        """Nothing to do: a <Gather> ends by itself with the caller's answer."""
+
+    def send_dtmf(self, *, call_id: str, provider_call_id: str, digits: str) -> None:
+        self.rest.update_twiml(provider_call_id, twiml.play_digits(twilio_digits(digits), then=self._url(call_id, flow="keepalive")))
+
+    def get_call_status(self, provider_call_id: str) -> ProviderCallStatus:
+        return self.rest.status(provider_call_id)
+
+    def close(self) -> None:
+        self.rest.close()
+

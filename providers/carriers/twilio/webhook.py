@@ -1,0 +1,158 @@
+"""Twilio webhooks: X-Twilio-Signature verification and form parameters → normalized events."""
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import logging
+import re
+from typing import TYPE_CHECKING
+
+from calls.events import (
+    CallAmd,
+    CallAnswered,
+    CallDtmf,
+    CallEnded,
+    CallInitiated,
+    CallRinging,
+    CallSpeech,
+    NormalizedEvent,
+)
+
+from ..base import ParsedWebhook, WebhookParseError, WebhookRequest, WebhookVerification
+from ..public_url import UntrustedHost, signed_url_candidates
+from ..urls import public_webhook_url
+
+if TYPE_CHECKING:
+    from calls.config import VoiceCallConfig
+
+log = logging.getLogger("providers")
+
+SIGNATURE_HEADER = "x-twilio-signature"
+DEFAULT_CONFIDENCE = 0.9
+PLAIN_DECIMAL = re.compile(r"^(?:0|1|0?\.\d+|[01]\.\d+)$")
+STATUS_EVENTS = {"initiated": CallInitiated, "ringing": CallRinging, "in-progress": CallAnswered, "answered": CallAnswered}
+END_REASONS = {"completed": "completed", "busy": "busy", "no-answer": "no-answer", "failed": "failed", "canceled": "hangup-bot"}
+DIRECTIONS = {"inbound": "inbound", "outbound-api": "outbound", "outbound-dial": "outbound"}
+# Requests the gateway itself scheduled (redirects) that only fetch TwiML: no status events.
+FETCH_FLOWS = ("keepalive", "relisten")
+
+
+def _canonical(params: list[tuple[str, str]]) -> str:
+    """Twilio's parameter string: names sorted, each distinct value sorted, as name+value."""
+    by_name: dict[str, set[str]] = {}
+    for name, value in params:
+        by_name.setdefault(name, set()).add(value)
+    return "".join(name + value for name in sorted(by_name) for value in sorted(by_name[name]))
+
+
+def signature(auth_token: str, url: str, params: list[tuple[str, str]]) -> str:
+    digest = hmac.new(auth_token.encode("utf-8"), (url + _canonical(params)).encode("utf-8"), hashlib.sha1).digest()
+    return base64.b64encode(digest).decode("ascii")
+
+
+def verify(config: VoiceCallConfig, request: WebhookRequest, auth_token: str) -> WebhookVerification:
+    provided = request.header(SIGNATURE_HEADER)
+    if not provided:
+        return WebhookVerification(ok=False, reason="missing X-Twilio-Signature")
+    query = request.query
+    if "bodySHA256" in query:
+        # JSON-body webhooks: the body is bound by its hash in the (signed) URL.
+        actual = hashlib.sha256(request.body).hexdigest()
+        if not hmac.compare_digest(actual, query["bodySHA256"].lower()):
+            return WebhookVerification(ok=False, reason="bodySHA256 does not match the body")
+        params: list[tuple[str, str]] = []
+    else:
+        try:
+            params = request.form_pairs()
+        except ValueError:
+            return WebhookVerification(ok=False, reason="body is not UTF-8 form data")
+    try:
+        candidates = signed_url_candidates(config, request, public_base=public_webhook_url(config))
+    except UntrustedHost as exc:
+        return WebhookVerification(ok=False, reason=str(exc))
+    for url in candidates:
+        if hmac.compare_digest(signature(auth_token, url, params).encode(), provided.strip().encode()):
+            material = "\n".join([url, "&".join(f"{k}={v}" for k, v in sorted(params)), provided.strip()])
+            return WebhookVerification(ok=True, request_key="twilio:req:" + hashlib.sha256(material.encode()).hexdigest())
+    return WebhookVerification(ok=False, reason="X-Twilio-Signature does not match")
+
+
+def _confidence(raw: str | None) -> float:
+    # Only plain decimals in [0, 1]; anything else (1e-3, NaN, "high") gets the default.
+    if raw and PLAIN_DECIMAL.match(raw.strip()):
+        value = float(raw)
+        if 0 <= value <= 1:
+            return value
+    return DEFAULT_CONFIDENCE
+
+
+def request_kind(query: dict[str, str], params: dict[str, str]) -> str:
+    """status | amd | keepalive | relisten | gather (an input result) | voice (a TwiML fetch)."""
+    if query.get("type") in ("status", "amd"):
+        return query["type"]
+    if query.get("flow") in FETCH_FLOWS:
+        return query["flow"]
+    if "SpeechResult" in params or "Digits" in params:
+        return "gather"
+    return "voice"
+
+
+def parse(request: WebhookRequest, *, request_key: str) -> ParsedWebhook:
+    if "bodySHA256" in request.query:
+        raise WebhookParseError("body: JSON webhooks are not voice call webhooks (expected form data)")
+    try:
+        params = request.form()
+    except ValueError:
+        raise WebhookParseError("body: not UTF-8 form data") from None
+    query = request.query
+    call_sid = params.get("CallSid", "").strip() or None
+    call_id = (query.get("callId") or "").strip() or call_sid
+    if not call_id:
+        raise WebhookParseError("CallSid: required")
+    kind = request_kind(query, params)
+    raw_direction = params.get("Direction", "").strip().lower()
+    direction = DIRECTIONS.get(raw_direction)
+    status = params.get("CallStatus", "").strip().lower()
+    common = {
+        "call_id": call_id,
+        "provider_call_id": call_sid,
+        "direction": direction,
+        "from_number": params.get("From") or None,
+        "to_number": params.get("To") or None,
+        "turn_token": query.get("turnToken") or None,
+    }
+    events: list[NormalizedEvent] = []
+
+    def add(cls, **fields) -> None:
+        events.append(cls(**common, **fields, dedupe_key=f"{request_key}:{len(events)}"))
+
+    speech = params.get("SpeechResult", "").strip()
+    if kind == "amd":
+        if params.get("AnsweredBy"):
+            add(CallAmd, answered_by=params["AnsweredBy"].strip())
+    elif speech:
+        add(CallSpeech, transcript=speech, is_final=True, confidence=_confidence(params.get("Confidence")))
+    elif params.get("Digits"):
+        add(CallDtmf, digits=params["Digits"])
+    elif kind in FETCH_FLOWS:
+        pass
+    elif status in END_REASONS:
+        add(CallEnded, reason=END_REASONS[status])
+    elif status in STATUS_EVENTS:
+        add(STATUS_EVENTS[status])
+        if direction == "inbound" and kind == "voice" and status == "ringing":
+            # Twilio answers an inbound call by running the TwiML we return for this request.
+            add(CallAnswered)
+    elif not status and direction == "inbound" and kind == "voice":
+        add(CallInitiated)
+    elif status and status != "queued":
+        log.info("twilio CallStatus %r for %s ignored", status, call_id)
+    facts = {
+        "kind": kind,
+        "status": status,
+        "direction": direction,
+        "turn_token": query.get("turnToken") or None,
+        "answering": kind == "voice" and (status == "in-progress" or (direction == "inbound" and status in ("ringing", ""))),
+    }
+    return ParsedWebhook(events=events, call_ref=call_id, facts=facts)
