@@ -108,6 +108,13 @@ class CallError(NormalizedEvent):
 
 
 @dataclass(frozen=True, kw_only=True)
+class CallSpoken(NormalizedEvent):
+    """The carrier finished playing what the gateway asked it to say."""
+
+    type: ClassVar[str] = "call.spoken"
+
+
+@dataclass(frozen=True, kw_only=True)
 class CallAmd(NormalizedEvent):
     """Answering-machine detection's verdict (human, machine_start, fax, unknown, ...)."""
 
@@ -128,6 +135,7 @@ EVENT_TYPES: dict[str, type[NormalizedEvent]] = {
         CallDtmf,
         CallEnded,
         CallError,
+        CallSpoken,
         CallAmd,
     )
 }

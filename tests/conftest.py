@@ -88,3 +88,11 @@ async def asgi():
         yield client
     # The test's own sync_to_async calls ran on a worker thread; close its connection there.
     await sync_to_async(connections.close_all)()
+
+
+@pytest.fixture
+def live_gateway(transactional_db) -> str:
+    """Base URL of the real gateway (Daphne) on a loopback port; see tests/live_gateway.py."""
+    from tests.live_gateway import live_gateway_url
+
+    return live_gateway_url()

@@ -441,7 +441,11 @@ def initial_message_speak(*, call_id: str) -> bool:
         call.metadata = {k: v for k, v in call.metadata.items() if k != "initialMessage"}
         if not call.is_terminal:
             if call.metadata.get("mode", "conversation") == "notify":
-                call.notify_hangup_at = now() + timedelta(seconds=runtime.config.outbound.notify_hangup_delay_sec)
+                delay = timedelta(seconds=runtime.config.outbound.notify_hangup_delay_sec)
+                if runtime.carrier.reports_speech_end:
+                    # The carrier says when playback ends (call.spoken); until then assume slow speech.
+                    delay += spoken_duration_estimate(message)
+                call.notify_hangup_at = now() + delay
                 background.deadline_set(call.notify_hangup_at)
             else:
                 move_to(call, CallState.LISTENING)
@@ -453,6 +457,11 @@ def initial_message_speak(*, call_id: str) -> bool:
         except Exception as exc:
             log.warning("start listening on %s after the greeting failed: %s", call.pk, exc)
     return True
+
+
+def spoken_duration_estimate(text: str) -> timedelta:
+    """An upper bound for how long text takes to say (about 8 characters a second, at least 5 s)."""
+    return timedelta(seconds=max(5.0, len(text) / 8))
 
 
 def _greet_and_listen(runtime: CallRuntime, call: Call, message: str) -> bool:

@@ -1,6 +1,7 @@
 """Applying normalized events to calls, in the reference's order (behaviour.md §2.4)."""
 from __future__ import annotations
 
+from datetime import timedelta
 from enum import StrEnum
 
 from django.db import IntegrityError, transaction
@@ -21,6 +22,7 @@ from ..events import (
     CallSilence,
     CallSpeaking,
     CallSpeech,
+    CallSpoken,
     NormalizedEvent,
 )
 from ..models import Call, CallEvent, CallTurn, Direction, TurnStatus
@@ -177,12 +179,25 @@ def _apply(runtime: CallRuntime, call: Call, event: NormalizedEvent) -> None:
     elif isinstance(event, CallError):
         if not event.retryable:
             finalize(call, CallState.ERROR, turn_error=f"Call error: {event.error}")
+    elif isinstance(event, CallSpoken):
+        _notify_message_played(config, call)
     elif isinstance(event, CallAmd):
         # The first verdict is kept apart: later ones (e.g. end of greeting) refine but do not replace it.
         call.metadata = {**call.metadata, "answeredBy": event.answered_by}
         call.metadata.setdefault("answeredByFirst", event.answered_by)
     elif isinstance(event, (CallSilence, CallDtmf)):
         pass  # recorded only
+
+
+def _notify_message_played(config, call: Call) -> None:
+    """A notify call's message finished playing: hang up after the configured delay from now.
+
+    Until this arrives the hang-up waits on a generous estimate, so a long message is never cut.
+    """
+    if call.metadata.get("mode") != "notify" or call.metadata.get("initialMessage") or call.notify_hangup_at is None:
+        return
+    call.notify_hangup_at = min(call.notify_hangup_at, now() + timedelta(seconds=config.outbound.notify_hangup_delay_sec))
+    background.deadline_set(call.notify_hangup_at)
 
 
 def _apply_speech(runtime: CallRuntime, call: Call, event: CallSpeech) -> None:

@@ -185,6 +185,8 @@ class CarrierBackend:
     greets_in_answer: ClassVar[bool] = False
     # A notify call's message is sent with the dial request (played by the carrier on answer).
     notify_in_dial: ClassVar[bool] = False
+    # The carrier reports when speech it was asked to play has finished (a call.spoken event).
+    reports_speech_end: ClassVar[bool] = False
     # Digits to dial after connecting (dtmfSequence) travel with the dial request; otherwise they
     # are sent with send_dtmf once the call is answered.
     dials_with_dtmf: ClassVar[bool] = False

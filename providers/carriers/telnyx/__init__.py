@@ -40,7 +40,7 @@ class TelnyxCarrier(CarrierBackend):
     name = "telnyx"
     supports_answer = True
     supports_dtmf_send = True
-    supports_media_streams = True
+    reports_speech_end = True
     signature_header_groups = ((webhook.SIGNATURE_HEADER, webhook.TIMESTAMP_HEADER),)
 
     def __init__(self, config, *, documents=None, transport=None) -> None:

@@ -24,6 +24,7 @@ from calls.events import (
     CallRinging,
     CallSpeaking,
     CallSpeech,
+    CallSpoken,
     NormalizedEvent,
 )
 
@@ -63,7 +64,7 @@ SIMPLE_EVENTS = {
     "call.bridged": CallActive,
 }
 AMD_EVENTS = ("call.machine.detection.ended", "call.machine.premium.detection.ended")
-ACKNOWLEDGED_ONLY = ("streaming.started", "streaming.stopped", "streaming.failed", "call.speak.ended")
+ACKNOWLEDGED_ONLY = ("streaming.started", "streaming.stopped", "streaming.failed")
 
 
 class PublicKeyError(ValueError):
@@ -187,6 +188,8 @@ def _event(event_type: str, payload: dict[str, Any], common: dict[str, Any]) -> 
         return SIMPLE_EVENTS[event_type](**common)
     if event_type == "call.speak.started":
         return CallSpeaking(**common, text=_text(payload, "text") or "")
+    if event_type == "call.speak.ended":
+        return CallSpoken(**common)
     if event_type == "call.transcription":
         return _speech(payload, common)
     if event_type == "call.hangup":

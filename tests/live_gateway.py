@@ -1,0 +1,43 @@
+"""The real ASGI application served by Daphne on a loopback port, in this process, for end-to-end tests.
+
+One server for the whole session (Twisted's reactor runs once per process). It shares this
+process's config and database, so tests configure it with the usual fixtures; they must use
+transactional database access, since requests are served on other threads.
+"""
+from __future__ import annotations
+
+import threading
+import time
+
+_server = None
+_url: str | None = None
+
+
+def live_gateway_url() -> str:
+    """Start Daphne on 127.0.0.1:<free port> once; returns its base URL."""
+    global _server, _url
+    if _url is not None:
+        return _url
+    from daphne.server import Server
+
+    from voicecall_project.asgi import application
+
+    ready = threading.Event()
+    _server = Server(
+        application=application,
+        endpoints=["tcp:port=0:interface=127.0.0.1"],
+        signal_handlers=False,
+        ready_callable=ready.set,
+        verbosity=0,
+    )
+    threading.Thread(target=_server.run, name="live-gateway", daemon=True).start()
+    if not ready.wait(10):
+        raise RuntimeError("the live gateway did not start")
+    deadline = time.monotonic() + 10
+    while not _server.listening_addresses:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the live gateway did not bind a port")
+        time.sleep(0.01)
+    host, port = _server.listening_addresses[0]
+    _url = f"http://{host}:{port}"
+    return _url
