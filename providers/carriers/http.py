@@ -5,7 +5,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 import httpx
 
@@ -26,8 +26,12 @@ class CarrierHttpError(CarrierError):
 
 
 def segment(value: str) -> str:
-    """One path segment: everything quoted, so an id can never change the path or the host."""
-    return quote(str(value), safe="")
+    """One path segment: '/', '?', '#' and '%' quoted, so an id can never change the path or host.
+
+    RFC 3986 path characters stay as they are (as the carriers' SDKs send them): Telnyx ids
+    look like "v3:…" and the colon must reach the API literally.
+    """
+    return quote(str(value), safe="!$&'()*+,;=:@")
 
 
 class CarrierHttp:
@@ -76,11 +80,14 @@ class CarrierHttp:
         if (parts.scheme, parts.netloc) != self._origin:
             raise CarrierError(f"{self.carrier}: refusing a request outside {self.base_url}")
         attempts = (0.0, *retry_delays)
+        # Form bodies are encoded here so a repeated field (StatusCallbackEvent) keeps every value.
+        content = urlencode(list(form)).encode() if form is not None else None
+        headers = {"Content-Type": "application/x-www-form-urlencoded"} if form is not None else None
         for attempt, delay in enumerate(attempts):
             if delay:
                 time.sleep(delay)
             try:
-                response = self._client.request(method, url, data=list(form) if form is not None else None, json=json)
+                response = self._client.request(method, url, content=content, json=json, headers=headers)
             except httpx.HTTPError as exc:
                 raise CarrierError(f"{self.carrier} {method} {path}: {type(exc).__name__}: {exc}") from exc
             if response.is_success:
