@@ -65,7 +65,7 @@ def _process(runtime: CallRuntime, event: NormalizedEvent, *, hangup_rejected: b
         return EventOutcome.DUPLICATE
 
     call = call_lookup(event.call_id, for_update=True)
-    if call is None and event.provider_call_id:
+    if call is None and event.provider_call_id and event.provider_call_id != event.call_id:
         call = call_lookup(event.provider_call_id, for_update=True)
     if call is None and event.provider_call_id and event.direction:
         call, rejected = _create_webhook_call(runtime, event)
