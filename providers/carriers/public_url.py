@@ -46,14 +46,24 @@ def ip_in(ip: str | None, entries: list[str]) -> bool:
         return False
     for entry in entries:
         if "/" in entry:
-            try:
-                if ipaddress.ip_address(address) in ipaddress.ip_network(entry.strip(), strict=False):
-                    return True
-            except ValueError:
-                continue
+            network = _network(entry)
+            if network is not None and ipaddress.ip_address(address) in network:
+                return True
         elif normalize_ip(entry) == address:
             return True
     return False
+
+
+def _network(entry: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+    """A CIDR entry; an IPv4-mapped IPv6 range (::ffff:10.0.0.0/120) becomes its IPv4 range."""
+    try:
+        network = ipaddress.ip_network(entry.strip(), strict=False)
+    except ValueError:
+        return None
+    mapped = getattr(network.network_address, "ipv4_mapped", None)
+    if mapped is not None and network.prefixlen >= 96:
+        return ipaddress.IPv4Network((mapped, network.prefixlen - 96), strict=False)
+    return network
 
 
 def is_loopback(ip: str | None) -> bool:

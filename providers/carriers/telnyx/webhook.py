@@ -6,6 +6,7 @@ import binascii
 import hashlib
 import json
 import logging
+import math
 import time
 from datetime import datetime
 from typing import Any
@@ -103,11 +104,11 @@ def verify(request: WebhookRequest, public_key: Ed25519PublicKey | None, *, now:
     timestamp = (request.header(TIMESTAMP_HEADER) or "").strip()
     if not signature_text or not timestamp:
         return WebhookVerification(ok=False, reason="missing telnyx-signature-ed25519 or telnyx-timestamp")
-    if not timestamp.isdigit():
+    if not (timestamp.isascii() and timestamp.isdigit()):  # "²" is a digit to str.isdigit
         return WebhookVerification(ok=False, reason="telnyx-timestamp is not whole seconds")
     skew = abs((time.time() if now is None else now) - int(timestamp))
     if skew > TOLERANCE_SECONDS:
-        return WebhookVerification(ok=False, reason=f"Timestamp too old or too new ({int(skew)}s off)")
+        return WebhookVerification(ok=False, reason=f"Timestamp too old or too new ({math.ceil(skew)}s off)")
     try:
         signature = _b64decode(signature_text)
     except (binascii.Error, ValueError):
@@ -118,7 +119,8 @@ def verify(request: WebhookRequest, public_key: Ed25519PublicKey | None, *, now:
         public_key.verify(signature, timestamp.encode("ascii") + b"|" + request.body)
     except InvalidSignature:
         return WebhookVerification(ok=False, reason="telnyx-signature-ed25519 does not match")
-    material = b"\n".join([timestamp.encode(), signature_text.encode(), request.body])
+    # The decoded signature, so re-encoding it (padding, base64url) cannot make a new replay key.
+    material = b"\n".join([timestamp.encode(), signature, request.body])
     return WebhookVerification(ok=True, request_key="telnyx:" + hashlib.sha256(material).hexdigest())
 
 

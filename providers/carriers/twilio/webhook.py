@@ -58,8 +58,8 @@ def verify(config: VoiceCallConfig, request: WebhookRequest, auth_token: str) ->
     query = request.query
     if "bodySHA256" in query:
         # JSON-body webhooks: the body is bound by its hash in the (signed) URL.
-        actual = hashlib.sha256(request.body).hexdigest()
-        if not hmac.compare_digest(actual, query["bodySHA256"].lower()):
+        actual = hashlib.sha256(request.body).hexdigest().encode()
+        if not hmac.compare_digest(actual, query["bodySHA256"].lower().encode("utf-8")):
             return WebhookVerification(ok=False, reason="bodySHA256 does not match the body")
         params: list[tuple[str, str]] = []
     else:
