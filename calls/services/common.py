@@ -14,6 +14,9 @@ from ..errors import CallHasEnded, CallNotConnected, CallNotFound
 from ..models import Call, CallTurn, Speaker, TranscriptEntry, TurnStatus
 from ..states import next_state
 
+# A hang-up or greeting claim older than this is treated as abandoned (its process died).
+CLAIM_TTL = timedelta(seconds=30)
+
 log = logging.getLogger("calls.services")
 
 

@@ -30,6 +30,7 @@ from ..runtime import CallRuntime, get_runtime
 from ..session_keys import explicit_session_key, session_key_for_call
 from ..states import CallState
 from .common import (
+    CLAIM_TTL,
     add_transcript,
     call_connected,
     call_lookup,
@@ -44,8 +45,6 @@ from .common import (
 DTMF_PATTERN = re.compile(r"^[0-9*#wWpP,]+$")
 DTMF_MESSAGE = "digits may only contain digits, *, #, comma, w, p"
 MODES = ("notify", "conversation")
-# A hang-up or greeting claim older than this is treated as abandoned (its process died).
-CLAIM_TTL = timedelta(seconds=30)
 # A call still without a carrier id this long after it was written is a dial that never finished.
 DIAL_GRACE = timedelta(seconds=60)
 
@@ -302,7 +301,9 @@ def call_end(*, call_id: str, reason: str = CallState.HANGUP_BOT.value) -> None:
             claim = call.hangup_claimed_at
             if call.provider_call_id and (claim is None or now() - claim > CLAIM_TTL):
                 call.hangup_claimed_at = now()
-                call.save(update_fields=["hangup_claimed_at"])
+                # If the carrier's end webhook arrives before our request returns, it keeps this reason.
+                call.metadata = {**call.metadata, "hangupReason": reason}
+                call.save(update_fields=["hangup_claimed_at", "metadata"])
                 break
         if time.monotonic() > give_up:
             raise CarrierError("end failed: another hang-up of this call did not finish")

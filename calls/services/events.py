@@ -29,7 +29,7 @@ from ..models import Call, CallEvent, CallTurn, Direction, TurnStatus
 from ..runtime import CallRuntime, get_runtime
 from ..session_keys import session_key_for_call
 from ..states import CallState
-from .common import add_transcript, call_lookup, finalize, from_ms, log, move_to, now, set_answered, to_ms, turn_changed
+from .common import CLAIM_TTL, add_transcript, call_lookup, finalize, from_ms, log, move_to, now, set_answered, to_ms, turn_changed
 
 
 class EventOutcome(StrEnum):
@@ -175,7 +175,7 @@ def _apply(runtime: CallRuntime, call: Call, event: NormalizedEvent) -> None:
     elif isinstance(event, CallSpeech):
         _apply_speech(runtime, call, event)
     elif isinstance(event, CallEnded):
-        finalize(call, event.reason, ended_at=from_ms(event.timestamp))
+        finalize(call, _end_reason(call, event), ended_at=from_ms(event.timestamp))
     elif isinstance(event, CallError):
         if not event.retryable:
             finalize(call, CallState.ERROR, turn_error=f"Call error: {event.error}")
@@ -187,6 +187,15 @@ def _apply(runtime: CallRuntime, call: Call, event: NormalizedEvent) -> None:
         call.metadata.setdefault("answeredByFirst", event.answered_by)
     elif isinstance(event, (CallSilence, CallDtmf)):
         pass  # recorded only
+
+
+def _end_reason(call: Call, event: CallEnded) -> str:
+    """The carrier's reason, unless our own hang-up of this call is in flight: then ours."""
+    claim = call.hangup_claimed_at
+    requested = call.metadata.get("hangupReason")
+    if claim is not None and requested and now() - claim < CLAIM_TTL:
+        return requested
+    return event.reason
 
 
 def _notify_message_played(config, call: Call) -> None:

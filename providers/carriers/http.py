@@ -31,7 +31,10 @@ def segment(value: str) -> str:
     RFC 3986 path characters stay as they are (as the carriers' SDKs send them): Telnyx ids
     look like "v3:…" and the colon must reach the API literally.
     """
-    return quote(str(value), safe="!$&'()*+,;=:@")
+    text = str(value)
+    if text and text.strip(".") == "":
+        return text.replace(".", "%2E")  # "." and ".." would be read as dot segments and leave the path
+    return quote(text, safe="!$&'()*+,;=:@")
 
 
 class CarrierHttp:
