@@ -1,6 +1,7 @@
 """Normalized call events: the frozen dataclasses every carrier parser produces (behaviour.md §2.3)."""
 from __future__ import annotations
 
+import hashlib
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -11,6 +12,10 @@ from .states import END_REASONS
 
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+MAX_KEY_LENGTH = 255  # CallEvent.dedupe_key
+LAST_MILLISECOND = 253_402_300_800_000  # 10000-01-01: later times cannot be stored
 
 
 class EventFormatError(ValueError):
@@ -35,8 +40,11 @@ class NormalizedEvent:
 
     @property
     def key(self) -> str:
-        """The replay key: the explicit dedupe key, else the event id."""
-        return self.dedupe_key or self.id
+        """The replay key: the explicit dedupe key, else the event id (hashed when over 255 chars)."""
+        key = self.dedupe_key or self.id
+        if len(key) > MAX_KEY_LENGTH:
+            return "sha256:" + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+        return key
 
     def to_dict(self) -> dict[str, Any]:
         """The event in the reference's camelCase JSON shape."""
@@ -190,7 +198,7 @@ def event_from_dict(data: Any, *, where: str = "event", default_dedupe_key: str 
         kwargs["dedupe_key"] = default_dedupe_key
     if "timestamp" in data:
         timestamp = data["timestamp"]
-        if not _is_number(timestamp) or timestamp < 0:
+        if not _is_number(timestamp) or not 0 <= timestamp < LAST_MILLISECOND:
             raise EventFormatError(f"{where}.timestamp: must be milliseconds since the epoch")
         kwargs["timestamp"] = int(timestamp)
     direction = data.get("direction")

@@ -184,6 +184,7 @@ def handle_webhook(runtime: CallRuntime, request: WebhookRequest) -> Answer:
 
     try:
         parsed = carrier.parse_webhook(request, request_key=key)
+        _check_lengths(parsed)
     except WebhookParseError as exc:
         log.warning("%s webhook refused as malformed: %s", carrier.name, exc)
         return Answer(400, str(exc))
@@ -199,6 +200,16 @@ def handle_webhook(runtime: CallRuntime, request: WebhookRequest) -> Answer:
         return _answer_from(answer)  # not remembered: the carrier's retry may find the call then
     _remember(key, carrier.name, call, answer)
     return _answer_from(answer)
+
+
+MAX_CARRIER_ID = Call._meta.get_field("provider_call_id").max_length
+
+
+def _check_lengths(parsed) -> None:
+    """A carrier call id must fit its column; anything longer is not a real carrier's id."""
+    for event in parsed.events:
+        if event.provider_call_id and len(event.provider_call_id) > MAX_CARRIER_ID:
+            raise WebhookParseError(f"carrier call id: longer than {MAX_CARRIER_ID} characters")
 
 
 def call_view(runtime: CallRuntime, call: Call | None, *, rejected: bool, document_token: str | None) -> CallView | None:

@@ -32,6 +32,9 @@ from ..states import CallState
 from .common import CLAIM_TTL, add_transcript, call_lookup, finalize, from_ms, log, move_to, now, set_answered, to_ms, turn_changed
 
 
+FIELD_LIMIT = Call._meta.get_field("from_number").max_length
+
+
 class EventOutcome(StrEnum):
     PROCESSED = "processed"
     DUPLICATE = "duplicate"  # its dedupe key was seen before: nothing happened
@@ -120,8 +123,9 @@ def _create_webhook_call(runtime: CallRuntime, event: NormalizedEvent) -> tuple[
         provider_call_id=event.provider_call_id,
         direction=direction,
         state=CallState.RINGING.value,
-        from_number=event.from_number or "unknown",
-        to_number=event.to_number or config.from_number or "unknown",
+        # Display values (a SIP URI may be long): clipped to the column, never refused.
+        from_number=(event.from_number or "unknown")[:FIELD_LIMIT],
+        to_number=(event.to_number or config.from_number or "unknown")[:FIELD_LIMIT],
         agent_id=config.agent_id,
         started_at=now(),
     )

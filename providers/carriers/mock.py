@@ -68,6 +68,8 @@ class MockCarrier(CarrierBackend):
             data = json.loads(request.body.decode("utf-8"))
         except (UnicodeDecodeError, ValueError) as exc:
             raise WebhookParseError(f"body: not valid JSON ({exc})") from None
+        except RecursionError:
+            raise WebhookParseError("body: JSON nested too deeply") from None
         if isinstance(data, dict) and isinstance(data.get("events"), list):
             raw_events, where = data["events"], "events"
         elif isinstance(data, dict) and "event" in data:

@@ -8,7 +8,7 @@ import json
 import logging
 import math
 import time
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_der_public_key, load_pem_public_key
 
 from calls.events import (
+    LAST_MILLISECOND,
     CallActive,
     CallAmd,
     CallAnswered,
@@ -144,9 +145,14 @@ def _timestamp_ms(value: Any) -> int | None:
     if not isinstance(value, str):
         return None
     try:
-        return int(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() * 1000)
-    except ValueError:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=timezone.utc)
+        # Round-trip through UTC so a time at the edge of the calendar is refused here, not later.
+        milliseconds = int(moment.astimezone(timezone.utc).timestamp() * 1000)
+    except (ValueError, OverflowError, OSError):
         return None
+    return milliseconds if 0 <= milliseconds < LAST_MILLISECOND else None
 
 
 def _text(payload: dict[str, Any], name: str) -> str | None:
@@ -159,6 +165,8 @@ def parse(request: WebhookRequest, *, request_key: str) -> ParsedWebhook:
         envelope = json.loads(request.body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise WebhookParseError(f"body: not valid JSON ({exc})") from None
+    except RecursionError:
+        raise WebhookParseError("body: JSON nested too deeply") from None
     data = envelope.get("data") if isinstance(envelope, dict) else None
     if not isinstance(data, dict) or not isinstance(data.get("event_type"), str):
         return ParsedWebhook()  # nothing we act on; acknowledged so Telnyx does not retry

@@ -4,6 +4,8 @@ from __future__ import annotations
 import logging
 from urllib.parse import urlsplit
 
+from calls.config.schema import normalize_path
+
 from ..base import (
     CallView,
     CarrierBackend,
@@ -60,7 +62,7 @@ class TwilioCarrier(CarrierBackend):
             return None
         parts = urlsplit(self.config.public_url)
         scheme = "wss" if parts.scheme == "https" else "ws"
-        return f"{scheme}://{parts.netloc}{self.config.normalize_path(self.config.streaming.stream_path)}"
+        return f"{scheme}://{parts.netloc}{normalize_path(self.config.streaming.stream_path)}"
 
     def hold_music_url(self) -> str:
         parts = urlsplit(gateway_webhook_url(self.config))

@@ -146,6 +146,7 @@ def parse(request: WebhookRequest, *, request_key: str) -> ParsedWebhook:
             add(CallAnswered)
     elif not status and direction == "inbound" and kind == "voice":
         add(CallInitiated)
+        add(CallAnswered)  # answered by the TwiML we return, as with CallStatus=ringing
     elif status and status != "queued":
         log.info("twilio CallStatus %r for %s ignored", status, call_id)
     facts = {

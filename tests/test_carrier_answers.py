@@ -1,0 +1,507 @@
+"""What each carrier answers a webhook with (TwiML, Plivo XML, plain 200), read back with an XML parser.
+
+The parsed requests come from the golden fixtures (tests/fixtures/<carrier>/), the calls are
+hand-built CallViews, and the backends are built from a config whose publicUrl is
+https://gw.example.com/voice/webhook, so every URL in an answer is predictable.
+"""
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+import pytest
+
+from calls.config import load_config_data
+from providers.carriers.base import CallView, ParsedWebhook, WebhookRequest
+from providers.carriers.plivo import PlivoCarrier
+from providers.carriers.telnyx import TelnyxCarrier
+from providers.carriers.twilio import TwilioCarrier
+
+FIXTURES = Path(__file__).parent / "fixtures"
+PUBLIC_URL = "https://gw.example.com/voice/webhook"
+CALL_ID = "7f3e2a1c-5b9d-4e8f-a2c4-6d1b3e5f7a90"
+# The Ed25519 public key of private key bytes(range(32)) (raw, base64): the Telnyx config is complete.
+TELNYX_PUBLIC_KEY = "A6EHv/POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg="
+NASTY = 'Tom & Jerry say "hi" <b>loudly</b> & it\'s > 3 o\'clock'
+
+
+def config_data(provider: str, **extra) -> dict:
+    return {
+        "provider": provider,
+        "fromNumber": "+15105550100",
+        "publicUrl": PUBLIC_URL,
+        "twilio": {"accountSid": "AC0123456789abcdef0123456789abcdef", "authToken": "twilio-token", "baseUrl": "http://127.0.0.1:9"},
+        "plivo": {"authId": "MAXXXXXXXXXXXXXXXXXX", "authToken": "plivo-token", "baseUrl": "http://127.0.0.1:9"},
+        "telnyx": {"apiKey": "KEY-test", "connectionId": "1684641123236054244",
+                   "publicKey": TELNYX_PUBLIC_KEY, "baseUrl": "http://127.0.0.1:9"},
+        **extra,
+    }
+
+
+def config(provider: str, **extra):
+    loaded = load_config_data(config_data(provider, **extra), environ={})
+    assert not loaded.errors, loaded.errors
+    return loaded.config
+
+
+@pytest.fixture
+def twilio():
+    backend = TwilioCarrier(config("twilio"))
+    yield backend
+    backend.close()
+
+
+@pytest.fixture
+def streaming_twilio():
+    backend = TwilioCarrier(config("twilio", streaming={"enabled": True, "provider": "openai"}))
+    yield backend
+    backend.close()
+
+
+@pytest.fixture
+def plivo():
+    backend = PlivoCarrier(config("plivo", outbound={"notifyHangupDelaySec": 5}))
+    yield backend
+    backend.close()
+
+
+def parsed_fixture(backend, name: str) -> ParsedWebhook:
+    case = json.loads((FIXTURES / backend.name / f"{name}.json").read_text())
+    spec = case["request"]
+    body = json.dumps(spec["body"]).encode() if backend.name == "telnyx" else urlencode([tuple(p) for p in spec["body"]]).encode()
+    request = WebhookRequest(method=spec["method"], path="/voice/webhook", query_string=spec["query"],
+                             headers={"content-type": spec["content_type"]}, body=body)
+    return backend.parse_webhook(request, request_key="answer-test")
+
+
+def view(**fields) -> CallView:
+    defaults = dict(call_id=CALL_ID, provider_call_id="CAf1e2d3c4b5a69788796a5b4c3d2e1f00", direction="outbound",
+                    state="answered", mode="conversation", ended=False)
+    return CallView(**{**defaults, **fields})
+
+
+def xml(answer) -> ET.Element:
+    root = ET.fromstring(answer.body)
+    assert root.tag == "Response"
+    return root
+
+
+def tags(root: ET.Element) -> list[str]:
+    return [child.tag for child in root]
+
+
+def query_of(url: str) -> dict[str, list[str]]:
+    parts = urlsplit(url)
+    assert f"{parts.scheme}://{parts.netloc}{parts.path}" == PUBLIC_URL
+    return parse_qs(parts.query)
+
+
+# --- Twilio ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["status_completed", "status_in_progress", "status_ringing", "amd_machine", "amd_human",
+                                  "stream_started_callback", "status_queued"])
+def test_twilio_status_and_amd_callbacks_get_an_empty_response(twilio, name):
+    answer = twilio.answer_webhook(parsed_fixture(twilio, name), call=view(initial_message="Hello", state="listening"))
+    root = xml(answer)
+    assert list(root) == [] and not (root.text or "").strip()
+    assert answer.status_code == 200 and answer.content_type == "application/xml"
+    assert not answer.greeting_delivered and not answer.rejects_call
+
+
+@pytest.mark.parametrize("name", ["inbound_voice_request", "outbound_url_fetch", "gather_speech"])
+def test_twilio_without_a_call_answers_empty(twilio, name):
+    root = xml(twilio.answer_webhook(parsed_fixture(twilio, name), call=None))
+    assert list(root) == []
+
+
+def test_twilio_rejected_inbound_call_is_refused_in_the_answer(twilio):
+    answer = twilio.answer_webhook(
+        parsed_fixture(twilio, "inbound_voice_request"),
+        call=view(direction="inbound", state="hangup-bot", ended=True, rejected=True, initial_message="Hi"),
+    )
+    root = xml(answer)
+    assert tags(root) == ["Reject"]
+    assert root[0].attrib == {"reason": "rejected"}
+    assert answer.rejects_call is True and answer.greeting_delivered is False
+
+
+@pytest.mark.parametrize("name", ["outbound_url_fetch", "gather_speech", "keepalive_fetch", "relisten_fetch"])
+def test_twilio_ended_call_is_hung_up(twilio, name):
+    answer = twilio.answer_webhook(parsed_fixture(twilio, name), call=view(state="completed", ended=True, initial_message="Hi"))
+    root = xml(answer)
+    assert tags(root) == ["Hangup"] and root[0].attrib == {}
+    assert not answer.rejects_call and not answer.greeting_delivered
+
+
+def _assert_greeting_gather(answer, text: str, voice: str, turn_token: str | None):
+    root = xml(answer)
+    assert tags(root) == ["Gather", "Redirect"]
+    gather, redirect = root
+    assert gather.get("input") == "speech dtmf"
+    assert gather.get("method") == "POST"
+    action = query_of(gather.get("action"))
+    assert action["callId"] == [CALL_ID]
+    assert action.get("turnToken") == ([turn_token] if turn_token else None)
+    assert tags(gather) == ["Say"]
+    assert gather[0].get("voice") == voice
+    assert gather[0].text == text
+    assert redirect.get("method") == "POST"
+    assert query_of(redirect.text) == {"callId": [CALL_ID], "flow": ["relisten"]}
+    assert answer.greeting_delivered is True and answer.rejects_call is False
+
+
+@pytest.mark.parametrize(
+    "voice,polly",
+    [("alloy", "Polly.Joanna"), ("echo", "Polly.Matthew"), ("fable", "Polly.Amy"), ("onyx", "Polly.Brian"),
+     ("nova", "Polly.Salli"), ("shimmer", "Polly.Kimberly"), ("ALLOY", "Polly.Joanna"), ("Polly.Ivy", "Polly.Ivy"),
+     ("Google.en-US-Neural2-F", "Google.en-US-Neural2-F"), (None, "Polly.Joanna"), ("marin", "Polly.Joanna")],
+)
+def test_twilio_answering_conversation_greets_inside_a_gather(twilio, voice, polly):
+    answer = twilio.answer_webhook(
+        parsed_fixture(twilio, "outbound_url_fetch"),
+        call=view(initial_message="Hello, this is the clinic.", voice=voice, pending_turn_token="turn-42"),
+    )
+    _assert_greeting_gather(answer, "Hello, this is the clinic.", polly, "turn-42")
+
+
+def test_twilio_inbound_voice_request_greets_without_a_turn_token(twilio):
+    answer = twilio.answer_webhook(
+        parsed_fixture(twilio, "inbound_voice_request"),
+        call=view(direction="inbound", state="answered", initial_message="Thanks for calling.", pending_turn_token=None),
+    )
+    _assert_greeting_gather(answer, "Thanks for calling.", "Polly.Joanna", None)
+
+
+def test_twilio_empty_pending_token_is_left_out_of_the_action(twilio):
+    answer = twilio.answer_webhook(parsed_fixture(twilio, "outbound_url_fetch"), call=view(initial_message="Hi", pending_turn_token=""))
+    _assert_greeting_gather(answer, "Hi", "Polly.Joanna", None)
+
+
+def test_twilio_xml_special_characters_round_trip(twilio):
+    answer = twilio.answer_webhook(parsed_fixture(twilio, "outbound_url_fetch"),
+                                   call=view(initial_message=NASTY, pending_turn_token='a&b"<c>'))
+    _assert_greeting_gather(answer, NASTY, "Polly.Joanna", 'a&b"<c>')
+
+
+def test_twilio_gather_result_is_not_the_answering_request(twilio):
+    answer = twilio.answer_webhook(parsed_fixture(twilio, "gather_speech"), call=view(initial_message="Hi"))
+    assert answer.greeting_delivered is False
+    assert tags(xml(answer)) == ["Pause", "Redirect"]
+
+
+def test_twilio_notify_message_is_not_greeted_in_the_answer(twilio):
+    """A notify call's message went with the dial request (inline TwiML)."""
+    answer = twilio.answer_webhook(parsed_fixture(twilio, "outbound_url_fetch"), call=view(mode="notify", initial_message="Hi"))
+    assert answer.greeting_delivered is False
+    assert tags(xml(answer)) == ["Pause", "Redirect"]
+
+
+@pytest.mark.parametrize("name", ["gather_speech", "relisten_fetch", "keepalive_fetch", "outbound_url_fetch"])
+def test_twilio_listening_call_gets_the_listen_document(twilio, name):
+    answer = twilio.answer_webhook(parsed_fixture(twilio, name), call=view(state="listening", pending_turn_token="turn-7"))
+    root = xml(answer)
+    assert tags(root) == ["Gather", "Redirect"]
+    gather, redirect = root
+    assert list(gather) == []  # nothing said before listening
+    assert gather.get("input") == "speech dtmf"
+    assert query_of(gather.get("action")) == {"callId": [CALL_ID], "turnToken": ["turn-7"]}
+    assert query_of(redirect.text) == {"callId": [CALL_ID], "flow": ["relisten"]}
+    assert answer.greeting_delivered is False
+
+
+@pytest.mark.parametrize("state", ["answered", "active", "speaking", "ringing"])
+def test_twilio_otherwise_keeps_the_line_alive(twilio, state):
+    answer = twilio.answer_webhook(parsed_fixture(twilio, "keepalive_fetch"), call=view(state=state))
+    root = xml(answer)
+    assert tags(root) == ["Pause", "Redirect"]
+    assert root[0].attrib == {"length": "30"}
+    assert root[1].get("method") == "POST"
+    assert query_of(root[1].text) == {"callId": [CALL_ID], "flow": ["keepalive"]}
+
+
+@pytest.mark.parametrize("name,direction", [("outbound_url_fetch", "outbound"), ("inbound_voice_request", "inbound")])
+def test_twilio_streaming_connects_a_media_stream_with_its_token(streaming_twilio, name, direction):
+    answer = streaming_twilio.answer_webhook(
+        parsed_fixture(streaming_twilio, name),
+        call=view(direction=direction, stream_token="tok/+=&<x>", initial_message="Hi"),
+    )
+    root = xml(answer)
+    assert tags(root) == ["Connect"]
+    assert tags(root[0]) == ["Stream"]
+    stream = root[0][0]
+    assert stream.get("url") == "wss://gw.example.com/voice/stream"
+    assert "?" not in stream.get("url")  # Twilio drops query strings from stream URLs
+    assert [(p.tag, p.attrib) for p in stream] == [("Parameter", {"name": "token", "value": "tok/+=&<x>"})]
+    assert answer.greeting_delivered is False
+
+
+def test_twilio_inbound_call_while_a_stream_is_active_is_put_on_hold(streaming_twilio):
+    answer = streaming_twilio.answer_webhook(
+        parsed_fixture(streaming_twilio, "inbound_voice_request"),
+        call=view(direction="inbound", stream_token="tok", media_streams_active=1),
+    )
+    root = xml(answer)
+    assert tags(root) == ["Say", "Enqueue"]
+    assert root[0].attrib == {"voice": "alice"}
+    assert root[0].text.startswith("Please hold")
+    assert root[1].get("waitUrl") == "https://gw.example.com/voice/hold-music"
+    assert root[1].text == "hold-queue"
+
+
+def test_twilio_outbound_call_is_not_held_while_streams_are_active(streaming_twilio):
+    answer = streaming_twilio.answer_webhook(
+        parsed_fixture(streaming_twilio, "outbound_url_fetch"),
+        call=view(direction="outbound", stream_token="tok", media_streams_active=3),
+    )
+    assert tags(xml(answer)) == ["Connect"]
+
+
+@pytest.mark.parametrize("name", ["gather_speech", "keepalive_fetch"])
+def test_twilio_streaming_is_only_answered_to_voice_requests(streaming_twilio, name):
+    answer = streaming_twilio.answer_webhook(parsed_fixture(streaming_twilio, name), call=view(stream_token="tok"))
+    assert tags(xml(answer)) == ["Pause", "Redirect"]
+
+
+def test_twilio_streaming_needs_a_public_url():
+    backend = TwilioCarrier(config("twilio", publicUrl=None, streaming={"enabled": True, "provider": "openai"}))
+    try:
+        assert backend.stream_url() is None
+        answer = backend.answer_webhook(parsed_fixture(backend, "outbound_url_fetch"), call=view(stream_token="tok"))
+        assert tags(xml(answer)) == ["Pause", "Redirect"]
+    finally:
+        backend.close()
+
+
+def test_twilio_stream_url_follows_the_public_url_scheme_and_stream_path():
+    backend = TwilioCarrier(config("twilio", publicUrl="http://gw.example.com:8080/hooks/voice",
+                                   streaming={"enabled": True, "provider": "openai", "streamPath": "media"}))
+    try:
+        assert backend.stream_url() == "ws://gw.example.com:8080/media"
+    finally:
+        backend.close()
+
+
+# --- Plivo -------------------------------------------------------------------------------------
+
+
+def test_plivo_hangup_callback_gets_an_empty_response(plivo):
+    answer = plivo.answer_webhook(parsed_fixture(plivo, "hangup_completed"), call=view(state="completed", ended=True))
+    assert list(xml(answer)) == []
+    assert answer.content_type == "text/xml"
+
+
+def test_plivo_without_a_call_answers_empty(plivo):
+    assert list(xml(plivo.answer_webhook(parsed_fixture(plivo, "answer_inbound"), call=None))) == []
+
+
+def test_plivo_rejected_inbound_call_is_hung_up_in_the_answer(plivo):
+    answer = plivo.answer_webhook(parsed_fixture(plivo, "answer_inbound"),
+                                  call=view(direction="inbound", state="hangup-bot", ended=True, rejected=True))
+    root = xml(answer)
+    assert tags(root) == ["Hangup"] and root[0].attrib == {"reason": "rejected"}
+    assert answer.rejects_call is True
+
+
+def test_plivo_ended_call_is_hung_up(plivo):
+    answer = plivo.answer_webhook(parsed_fixture(plivo, "getinput_speech"), call=view(state="busy", ended=True))
+    root = xml(answer)
+    assert tags(root) == ["Hangup"] and root[0].attrib == {}
+    assert not answer.rejects_call
+
+
+def test_plivo_notify_answer_speaks_waits_and_hangs_up(plivo):
+    answer = plivo.answer_webhook(parsed_fixture(plivo, "answer_outbound"),
+                                  call=view(mode="notify", initial_message=NASTY, voice="Polly.Joanna"))
+    root = xml(answer)
+    assert tags(root) == ["Speak", "Wait", "Hangup"]
+    assert root[0].text == NASTY
+    assert root[0].get("voice") == "Polly.Joanna"
+    assert root[1].attrib == {"length": "5"}
+    assert answer.greeting_delivered is True
+
+
+def test_plivo_notify_without_a_hangup_delay_hangs_up_at_once():
+    backend = PlivoCarrier(config("plivo", outbound={"notifyHangupDelaySec": 0}))
+    try:
+        answer = backend.answer_webhook(parsed_fixture(backend, "answer_outbound"), call=view(mode="notify", initial_message="Bye"))
+        assert tags(xml(answer)) == ["Speak", "Hangup"]
+    finally:
+        backend.close()
+
+
+@pytest.mark.parametrize("name", ["answer_outbound", "answer_inbound"])
+def test_plivo_answering_conversation_greets_inside_getinput(plivo, name):
+    answer = plivo.answer_webhook(parsed_fixture(plivo, name), call=view(initial_message=NASTY, voice="alloy", pending_turn_token="turn-9"))
+    root = xml(answer)
+    assert tags(root) == ["GetInput", "Redirect"]
+    get_input, redirect = root
+    assert set(get_input.get("inputType").split()) == {"speech", "dtmf"}
+    assert get_input.get("method") == "POST"
+    assert query_of(get_input.get("action")) == {"provider": ["plivo"], "flow": ["getinput"], "callId": [CALL_ID], "turnToken": ["turn-9"]}
+    assert tags(get_input) == ["Speak"]
+    assert get_input[0].text == NASTY
+    assert get_input[0].get("voice") is None  # an OpenAI voice name is not a Plivo voice
+    assert query_of(redirect.text) == {"provider": ["plivo"], "flow": ["relisten"], "callId": [CALL_ID]}
+    assert answer.greeting_delivered is True
+
+
+def test_plivo_stored_document_is_served_verbatim(plivo):
+    document = '<?xml version="1.0" encoding="UTF-8"?><Response><Speak language="en-GB">Stored &amp; served</Speak><Wait length="300"/></Response>'
+    parsed = parsed_fixture(plivo, "xml_speak_fetch")
+    assert parsed.document_token == "kq3B0x4vTzvC5bL9h2mS1w"
+    answer = plivo.answer_webhook(parsed, call=view(state="speaking", document=document, initial_message="Hi"))
+    assert answer.body == document
+    assert answer.content_type == "text/xml"
+    assert answer.greeting_delivered is False
+
+
+def test_plivo_stored_document_flow_without_the_document_keeps_the_line(plivo):
+    answer = plivo.answer_webhook(parsed_fixture(plivo, "xml_speak_fetch"), call=view(state="speaking", document=None))
+    assert tags(xml(answer)) == ["Wait", "Redirect"]
+
+
+def test_plivo_listening_call_gets_getinput_without_a_prompt(plivo):
+    answer = plivo.answer_webhook(parsed_fixture(plivo, "keepalive_fetch"), call=view(state="listening", pending_turn_token=None))
+    root = xml(answer)
+    assert tags(root) == ["GetInput", "Redirect"]
+    assert list(root[0]) == []
+    assert query_of(root[0].get("action")) == {"provider": ["plivo"], "flow": ["getinput"], "callId": [CALL_ID]}
+
+
+@pytest.mark.parametrize("name", ["keepalive_fetch", "getinput_dtmf", "ring_url", "machine_detection_human"])
+def test_plivo_otherwise_keeps_the_line_alive(plivo, name):
+    answer = plivo.answer_webhook(parsed_fixture(plivo, name), call=view(state="active"))
+    root = xml(answer)
+    assert tags(root) == ["Wait", "Redirect"]
+    assert root[0].attrib == {"length": "300"}
+    assert query_of(root[1].text) == {"provider": ["plivo"], "flow": ["keepalive"], "callId": [CALL_ID]}
+    assert answer.greeting_delivered is False
+
+
+# --- Telnyx --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["call_initiated_incoming", "call_answered", "call_hangup_normal_clearing", "unknown_event_type"])
+@pytest.mark.parametrize("call", [None, view(), view(state="completed", ended=True), view(rejected=True, ended=True, state="hangup-bot"),
+                                  view(initial_message="Hi", mode="notify")])
+def test_telnyx_answers_plain_200(name, call):
+    backend = TelnyxCarrier(config("telnyx"))
+    try:
+        answer = backend.answer_webhook(parsed_fixture(backend, name), call=call)
+    finally:
+        backend.close()
+    assert (answer.status_code, answer.body) == (200, "OK")
+    assert answer.content_type.startswith("text/plain")
+    assert not answer.greeting_delivered and not answer.rejects_call
+
+
+# --- the hold music, through the real ASGI application ---------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+async def test_hold_music_is_served_to_any_method(asgi, method):
+    response = await asgi.request(method, "/voice/hold-music")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("application/xml")
+    root = ET.fromstring(response.text)
+    assert root.tag == "Response"
+    assert tags(root) == ["Say", "Play"]
+    assert root[0].attrib == {"voice": "alice"}
+    assert root[0].text == "All agents are currently busy. Please hold."
+    assert root[1].get("loop") == "0"
+    assert root[1].text.startswith("https://") and root[1].text.endswith("/BusyStrings.mp3")
+
+
+async def test_hold_music_path_ignores_a_trailing_slash(asgi):
+    response = await asgi.get("/voice/hold-music/")
+    assert response.status_code == 200 and "<Play" in response.text
+
+
+def test_hold_answer_points_at_the_hold_music_path_the_gateway_serves(streaming_twilio):
+    from calls.webhooks import HOLD_MUSIC_PATH
+
+    assert urlsplit(streaming_twilio.hold_music_url()).path == HOLD_MUSIC_PATH
+
+
+# --- through the webhook handler: the answer and what it records --------------------------------
+
+
+def _fixture_request(carrier: str, name: str, *, sign_with: str | None = None) -> WebhookRequest:
+    case = json.loads((FIXTURES / carrier / f"{name}.json").read_text())
+    spec = case["request"]
+    pairs = [tuple(p) for p in spec["body"]]
+    headers = {"content-type": spec["content_type"]}
+    if sign_with:
+        from twilio.request_validator import RequestValidator  # the SDK as an independent signer
+
+        url = PUBLIC_URL + (f"?{spec['query']}" if spec["query"] else "")
+        headers["x-twilio-signature"] = RequestValidator(sign_with).compute_signature(url, dict(pairs))
+    return WebhookRequest(method="POST", path="/voice/webhook", query_string=spec["query"], headers=headers,
+                          body=urlencode(pairs).encode(), remote_addr="203.0.113.9", scheme="https")
+
+
+@pytest.fixture
+def carrier_requests(monkeypatch):
+    """Carrier REST calls the handler's background jobs make, recorded instead of sent."""
+    sent: list[tuple[str, str]] = []
+    for cls in (TwilioCarrier, PlivoCarrier):
+        for method in ("hangup_call", "play_tts", "start_listening", "send_dtmf"):
+            monkeypatch.setattr(cls, method, lambda self, *a, _m=method, **kw: sent.append((self.name, _m)))
+    return sent
+
+
+@pytest.mark.django_db(transaction=True)
+def test_twilio_inbound_call_refused_by_policy_is_rejected_by_the_answer_alone(configure, carrier_requests):
+    from calls.models import Call
+    from calls.runtime import get_runtime
+    from calls.webhooks import handle_webhook
+
+    configure(config_data("twilio", inboundPolicy="disabled"))
+    answer = handle_webhook(get_runtime(), _fixture_request("twilio", "inbound_voice_request", sign_with="twilio-token"))
+    assert answer.status == 200
+    root = ET.fromstring(answer.body)
+    assert tags(root) == ["Reject"] and root[0].get("reason") == "rejected"
+    call = Call.objects.get()
+    assert (call.state, call.end_reason, call.metadata.get("rejectionReason")) == ("hangup-bot", "hangup-bot", "inbound-policy")
+    assert carrier_requests == []  # <Reject> refuses the call: no separate hang-up request
+
+
+@pytest.mark.django_db(transaction=True)
+def test_twilio_inbound_greeting_is_spoken_by_the_answer_and_recorded(configure, carrier_requests):
+    from calls.models import Call, TranscriptEntry
+    from calls.runtime import get_runtime
+    from calls.webhooks import handle_webhook
+
+    configure(config_data("twilio", inboundPolicy="open", inboundGreeting=NASTY))
+    answer = handle_webhook(get_runtime(), _fixture_request("twilio", "inbound_voice_request", sign_with="twilio-token"))
+    assert answer.status == 200 and answer.content_type == "application/xml"
+    root = ET.fromstring(answer.body)
+    assert tags(root) == ["Gather", "Redirect"]
+    assert root[0][0].tag == "Say" and root[0][0].text == NASTY
+    call = Call.objects.get()
+    assert query_of(root[0].get("action"))["callId"] == [str(call.pk)]
+    assert call.state == "listening" and "initialMessage" not in call.metadata
+    assert list(TranscriptEntry.objects.values_list("speaker", "text")) == [("bot", NASTY)]
+    assert carrier_requests == []  # spoken by the answer, not by a REST request
+
+
+@pytest.mark.django_db(transaction=True)
+def test_plivo_inbound_greeting_is_spoken_by_the_answer_and_recorded(configure, carrier_requests):
+    from calls.models import Call, TranscriptEntry
+    from calls.runtime import get_runtime
+    from calls.webhooks import handle_webhook
+
+    configure(config_data("plivo", inboundPolicy="open", inboundGreeting="Welcome to Plivo.", skipSignatureVerification=True),
+              env={"VOICECALL_UNSAFE_ALLOW_SKIP_SIGNATURE_VERIFICATION": "1"})
+    answer = handle_webhook(get_runtime(), _fixture_request("plivo", "answer_inbound"))
+    assert answer.status == 200 and answer.content_type == "text/xml"
+    root = ET.fromstring(answer.body)
+    assert tags(root) == ["GetInput", "Redirect"]
+    assert root[0][0].tag == "Speak" and root[0][0].text == "Welcome to Plivo."
+    call = Call.objects.get()
+    assert (call.direction, call.provider_call_id, call.state) == ("inbound", "3a2e4c5d-7b8f-4e1a-9c0d-2b3f4e5a6b7c", "listening")
+    assert list(TranscriptEntry.objects.values_list("speaker", "text")) == [("bot", "Welcome to Plivo.")]
+    assert carrier_requests == []
