@@ -184,7 +184,7 @@ def handle_webhook(runtime: CallRuntime, request: WebhookRequest) -> Answer:
 
     try:
         parsed = carrier.parse_webhook(request, request_key=key)
-        _check_lengths(parsed)
+        _check_storable(parsed)
     except WebhookParseError as exc:
         log.warning("%s webhook refused as malformed: %s", carrier.name, exc)
         return Answer(400, str(exc))
@@ -205,9 +205,15 @@ def handle_webhook(runtime: CallRuntime, request: WebhookRequest) -> Answer:
 MAX_CARRIER_ID = Call._meta.get_field("provider_call_id").max_length
 
 
-def _check_lengths(parsed) -> None:
-    """A carrier call id must fit its column; anything longer is not a real carrier's id."""
+def _check_storable(parsed) -> None:
+    """Refuse what no database column can hold: NUL characters (PostgreSQL) and over-long carrier ids."""
+    for name, value in (("callId", parsed.call_ref), ("doc", parsed.document_token)):
+        if value and "\x00" in value:
+            raise WebhookParseError(f"{name}: contains a NUL character")
     for event in parsed.events:
+        for name, value in event.to_dict().items():
+            if isinstance(value, str) and "\x00" in value:
+                raise WebhookParseError(f"{name}: contains a NUL character")
         if event.provider_call_id and len(event.provider_call_id) > MAX_CARRIER_ID:
             raise WebhookParseError(f"carrier call id: longer than {MAX_CARRIER_ID} characters")
 

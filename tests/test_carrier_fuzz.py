@@ -716,3 +716,24 @@ def test_twilio_inbound_call_greeted_by_the_answer_is_answered(configure):
     call = Call.objects.get()
     assert call.state == "listening"
     assert call.answered_at is not None and call.max_duration_deadline is not None
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("carrier, body", [
+    ("twilio", b"CallSid=%00&CallStatus=ringing&Direction=inbound"),
+    ("twilio", b"CallSid=CA1&CallStatus=in-progress&SpeechResult=hi%00there"),
+    ("plivo", b"CallUUID=abc&Speech=hi%00&Direction=inbound"),
+    ("telnyx", b'{"data": {"event_type": "call.transcription", "id": "e1", "payload": {"call_control_id": "v3:x",'
+               b' "transcription_data": {"transcript": "hi\\u0000"}}}}'),
+])
+def test_nul_characters_are_refused_with_400_and_store_nothing(configure, carrier, body):
+    """PostgreSQL cannot store NUL in text or JSON: such a request is malformed, not a 500."""
+    from calls.models import Call, CallEvent
+    from calls.runtime import get_runtime
+    from calls.webhooks import handle_webhook
+
+    configure(carrier_config(carrier, "open"), env=UNSAFE_SKIP)
+    content_type = "application/json" if carrier == "telnyx" else "application/x-www-form-urlencoded"
+    answer = handle_webhook(get_runtime(), make_request("", body, content_type=content_type))
+    assert answer.status == 400 and "NUL" in answer.body
+    assert not Call.objects.exists() and not CallEvent.objects.exists()
