@@ -196,27 +196,16 @@ def call_continue(*, call_id: str, prompt: str) -> str:
                 return _turn_result(turn, config.transcript_timeout_ms)
             move_to(call, CallState.LISTENING)
             call.save()
-            turn.listen_started_at = now()
-            turn.deadline = turn.listen_started_at + timedelta(milliseconds=config.transcript_timeout_ms)
-            turn.save(update_fields=["listen_started_at", "deadline"])
-            background.deadline_set(turn.deadline)
+            _start_listen_clock(turn, config.transcript_timeout_ms)
         _carrier_call(
             "listen", runtime.carrier.start_listening, call_id=str(call.pk), provider_call_id=call.provider_call_id,
             turn_token=token or None, language=None,
         )
     except VoiceCallError as exc:
-        CallTurn.objects.filter(pk=turn.pk, status=TurnStatus.PENDING).update(
-            status=TurnStatus.FAILED, error=exc.message, completed_at=now(), deadline=None
-        )
+        _fail_turn(turn, exc)
         raise
 
-    try:
-        return _wait_for_turn(turn, config.transcript_timeout_ms)
-    finally:
-        try:
-            runtime.carrier.stop_listening(call_id=str(call.pk), provider_call_id=call.provider_call_id)
-        except Exception as exc:  # best effort, as in the reference
-            log.info("stop listening on %s failed: %s", call.pk, exc)
+    return _await_turn(runtime, call, turn)
 
 
 def _continue_with_prompt(runtime: CallRuntime, call: Call, turn: CallTurn, prompt: str) -> str:
@@ -227,26 +216,40 @@ def _continue_with_prompt(runtime: CallRuntime, call: Call, turn: CallTurn, prom
             call = call_connected(str(call.pk), for_update=True)
             move_to(call, CallState.LISTENING)
             call.save()
-            turn.listen_started_at = now()
-            turn.deadline = turn.listen_started_at + timedelta(milliseconds=config.transcript_timeout_ms)
-            turn.save(update_fields=["listen_started_at", "deadline"])
-            background.deadline_set(turn.deadline)
+            _start_listen_clock(turn, config.transcript_timeout_ms)
         _carrier_call(
             "listen", runtime.carrier.start_listening, call_id=str(call.pk), provider_call_id=call.provider_call_id,
             turn_token=turn.token or None, language=None, prompt=Prompt(prompt, call_voice(runtime, call)),
         )
     except VoiceCallError as exc:
-        CallTurn.objects.filter(pk=turn.pk, status=TurnStatus.PENDING).update(
-            status=TurnStatus.FAILED, error=exc.message, completed_at=now(), deadline=None
-        )
+        _fail_turn(turn, exc)
         raise
     add_transcript(call, "bot", prompt)
+    return _await_turn(runtime, call, turn)
+
+
+def _start_listen_clock(turn: CallTurn, timeout_ms: int) -> None:
+    """Listening starts now: the transcript wait is measured and bounded from here."""
+    turn.listen_started_at = now()
+    turn.deadline = turn.listen_started_at + timedelta(milliseconds=timeout_ms)
+    turn.save(update_fields=["listen_started_at", "deadline"])
+    background.deadline_set(turn.deadline)
+
+
+def _fail_turn(turn: CallTurn, error: VoiceCallError) -> None:
+    CallTurn.objects.filter(pk=turn.pk, status=TurnStatus.PENDING).update(
+        status=TurnStatus.FAILED, error=error.message, completed_at=now(), deadline=None
+    )
+
+
+def _await_turn(runtime: CallRuntime, call: Call, turn: CallTurn) -> str:
+    """Wait for the turn's transcript, then stop listening (best effort, as in the reference)."""
     try:
-        return _wait_for_turn(turn, config.transcript_timeout_ms)
+        return _wait_for_turn(turn, runtime.config.transcript_timeout_ms)
     finally:
         try:
             runtime.carrier.stop_listening(call_id=str(call.pk), provider_call_id=call.provider_call_id)
-        except Exception as exc:  # best effort, as in the reference
+        except Exception as exc:  # a carrier failure here must not hide the turn's result
             log.info("stop listening on %s failed: %s", call.pk, exc)
 
 

@@ -120,6 +120,18 @@ class DocumentStore(Protocol):
         ...
 
 
+class EventList(list):
+    """The events of one request: fields they all share, and dedupe keys "<key prefix>:<index>"."""
+
+    def __init__(self, key_prefix: str, **common: Any) -> None:
+        super().__init__()
+        self.key_prefix = key_prefix
+        self.common = common
+
+    def add(self, cls: type[NormalizedEvent], **fields: Any) -> None:
+        self.append(cls(**self.common, **fields, dedupe_key=f"{self.key_prefix}:{len(self)}"))
+
+
 class WebhookParseError(ValueError):
     """The request is verified but malformed; answered 400 with this message."""
 

@@ -11,9 +11,12 @@ import httpx
 
 from calls.errors import CarrierError
 
+from .base import ProviderCallStatus
+
 log = logging.getLogger("providers")
 
 TIMEOUT = httpx.Timeout(10.0, connect=5.0)
+UNKNOWN_STATUS = ProviderCallStatus(status="unknown", is_terminal=False, is_unknown=True)
 
 
 class CarrierHttpError(CarrierError):
@@ -119,6 +122,16 @@ class CarrierHttp:
         if not isinstance(data, dict):
             raise CarrierError(f"{self.carrier}: expected a JSON object, got {type(data).__name__}")
         return data
+
+    def status_lookup(self, path: str, read: Callable[[dict[str, Any]], ProviderCallStatus]) -> ProviderCallStatus:
+        """GET a call's status for restore: 404 means over; any failure means "unknown", never an error."""
+        try:
+            response = self.request("GET", path, tolerate=(404,))
+            if response is None:
+                return ProviderCallStatus(status="not-found", is_terminal=True)
+            return read(self.json(response))
+        except CarrierError:
+            return UNKNOWN_STATUS
 
     def close(self) -> None:
         self._client.close()

@@ -66,21 +66,16 @@ class PlivoRest:
         self.http.request("POST", f"/Call/{segment(call_uuid)}/DTMF/", json={"digits": digits, "leg": "aleg"})
 
     def status(self, call_uuid: str) -> ProviderCallStatus:
-        try:
-            response = self.http.request("GET", f"/Call/{segment(call_uuid)}/", tolerate=(404,))
-        except CarrierError:
-            return ProviderCallStatus(status="unknown", is_terminal=False, is_unknown=True)
-        if response is None:
-            return ProviderCallStatus(status="not-found", is_terminal=True)
-        try:
-            raw = self.http.json(response).get("call_status")
-        except CarrierError:
-            return ProviderCallStatus(status="unknown", is_terminal=False, is_unknown=True)
-        status = raw.strip().lower() if isinstance(raw, str) else ""
-        if status in TERMINAL_STATUSES:
-            normalized = normalize_provider_status(status)
-            return normalized if normalized.is_terminal else ProviderCallStatus(status=status, is_terminal=True)
-        return normalize_provider_status(status)
+        return self.http.status_lookup(f"/Call/{segment(call_uuid)}/", _call_status)
 
     def close(self) -> None:
         self.http.close()
+
+
+def _call_status(data: dict[str, Any]) -> ProviderCallStatus:
+    raw = data.get("call_status")
+    status = raw.strip().lower() if isinstance(raw, str) else ""
+    if status in TERMINAL_STATUSES:
+        normalized = normalize_provider_status(status)
+        return normalized if normalized.is_terminal else ProviderCallStatus(status=status, is_terminal=True)
+    return normalize_provider_status(status)

@@ -10,9 +10,9 @@ import re
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlsplit
 
-from calls.events import CallAmd, CallAnswered, CallDtmf, CallEnded, CallRinging, CallSpeech, NormalizedEvent
+from calls.events import CallAmd, CallAnswered, CallDtmf, CallEnded, CallRinging, CallSpeech
 
-from ..base import ParsedWebhook, WebhookParseError, WebhookRequest, WebhookVerification
+from ..base import EventList, ParsedWebhook, WebhookParseError, WebhookRequest, WebhookVerification
 from ..public_url import UntrustedHost, signed_url_candidates
 from ..urls import public_webhook_url
 
@@ -138,18 +138,16 @@ def parse(request: WebhookRequest, *, request_key: str) -> ParsedWebhook:
     # Redeliveries carry a new nonce but the same content; events dedupe on the content.
     content = "\n".join([request.method, request.path, request.query_string, "&".join(f"{k}={v}" for k, v in sorted(pairs))])
     content_key = "plivo:req:" + hashlib.sha256(content.encode()).hexdigest()
-    common = {
-        "call_id": call_id,
-        "provider_call_id": provider_call_id,
-        "direction": direction,
-        "from_number": params.get("From") or None,
-        "to_number": params.get("To") or None,
-        "turn_token": query.get("turnToken") or None,
-    }
-    events: list[NormalizedEvent] = []
-
-    def add(cls, **fields) -> None:
-        events.append(cls(**common, **fields, dedupe_key=f"{content_key}:{len(events)}"))
+    events = EventList(
+        content_key,
+        call_id=call_id,
+        provider_call_id=provider_call_id,
+        direction=direction,
+        from_number=params.get("From") or None,
+        to_number=params.get("To") or None,
+        turn_token=query.get("turnToken") or None,
+    )
+    add = events.add
 
     transcript = next((params[name].strip() for name in TRANSCRIPT_FIELDS if params.get(name, "").strip()), "")
     answering = flow == "answer" or (flow is None and params.get("Event") == "StartApp")

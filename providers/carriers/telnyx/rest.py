@@ -9,7 +9,7 @@ import httpx
 from calls.errors import CarrierError
 
 from ..base import ProviderCallStatus
-from ..http import CarrierHttp, CarrierHttpError, response_text, segment
+from ..http import UNKNOWN_STATUS, CarrierHttp, CarrierHttpError, response_text, segment
 
 BASE_URL = "https://api.telnyx.com/v2"
 DIAL_TIMEOUT_SECONDS = 30
@@ -59,20 +59,15 @@ class TelnyxRest:
                 raise
 
     def status(self, call_control_id: str) -> ProviderCallStatus:
-        try:
-            response = self.http.request("GET", f"/calls/{segment(call_control_id)}", tolerate=(404,))
-        except CarrierError:
-            return ProviderCallStatus(status="unknown", is_terminal=False, is_unknown=True)
-        if response is None:
-            return ProviderCallStatus(status="not-found", is_terminal=True)
-        try:
-            data = self.http.json(response).get("data")
-        except CarrierError:
-            data = None
-        alive = data.get("is_alive") if isinstance(data, dict) else None
-        if not isinstance(alive, bool):
-            return ProviderCallStatus(status="unknown", is_terminal=False, is_unknown=True)
-        return ProviderCallStatus(status="in-progress" if alive else "completed", is_terminal=not alive)
+        return self.http.status_lookup(f"/calls/{segment(call_control_id)}", _alive_status)
 
     def close(self) -> None:
         self.http.close()
+
+
+def _alive_status(body: dict[str, Any]) -> ProviderCallStatus:
+    data = body.get("data")
+    alive = data.get("is_alive") if isinstance(data, dict) else None
+    if not isinstance(alive, bool):
+        return UNKNOWN_STATUS
+    return ProviderCallStatus(status="in-progress" if alive else "completed", is_terminal=not alive)

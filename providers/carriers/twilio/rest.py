@@ -72,16 +72,7 @@ class TwilioRest:
                 raise
 
     def status(self, call_sid: str) -> ProviderCallStatus:
-        try:
-            response = self.http.request("GET", f"/Calls/{segment(call_sid)}.json", tolerate=(404,))
-        except CarrierError:
-            return ProviderCallStatus(status="unknown", is_terminal=False, is_unknown=True)
-        if response is None:
-            return ProviderCallStatus(status="not-found", is_terminal=True)
-        try:
-            return normalize_provider_status(self.http.json(response).get("status"))
-        except CarrierError:
-            return ProviderCallStatus(status="unknown", is_terminal=False, is_unknown=True)
+        return self.http.status_lookup(f"/Calls/{segment(call_sid)}.json", lambda data: normalize_provider_status(data.get("status")))
 
     def close(self) -> None:
         self.http.close()

@@ -16,10 +16,9 @@ from calls.events import (
     CallInitiated,
     CallRinging,
     CallSpeech,
-    NormalizedEvent,
 )
 
-from ..base import ParsedWebhook, WebhookParseError, WebhookRequest, WebhookVerification
+from ..base import EventList, ParsedWebhook, WebhookParseError, WebhookRequest, WebhookVerification
 from ..public_url import UntrustedHost, signed_url_candidates
 from ..urls import public_webhook_url
 
@@ -114,18 +113,16 @@ def parse(request: WebhookRequest, *, request_key: str) -> ParsedWebhook:
     raw_direction = params.get("Direction", "").strip().lower()
     direction = DIRECTIONS.get(raw_direction)
     status = params.get("CallStatus", "").strip().lower()
-    common = {
-        "call_id": call_id,
-        "provider_call_id": call_sid,
-        "direction": direction,
-        "from_number": params.get("From") or None,
-        "to_number": params.get("To") or None,
-        "turn_token": query.get("turnToken") or None,
-    }
-    events: list[NormalizedEvent] = []
-
-    def add(cls, **fields) -> None:
-        events.append(cls(**common, **fields, dedupe_key=f"{request_key}:{len(events)}"))
+    events = EventList(
+        request_key,
+        call_id=call_id,
+        provider_call_id=call_sid,
+        direction=direction,
+        from_number=params.get("From") or None,
+        to_number=params.get("To") or None,
+        turn_token=query.get("turnToken") or None,
+    )
+    add = events.add
 
     speech = params.get("SpeechResult", "").strip()
     if kind == "amd":
