@@ -5,14 +5,10 @@ import base64
 import hashlib
 import hmac
 import secrets
-from datetime import timedelta
 
 from django.conf import settings
 
 from .models import CarrierDocument
-from .services.common import now
-
-DOCUMENT_TTL = timedelta(hours=1)
 
 
 class DatabaseDocuments:
@@ -29,11 +25,6 @@ def document_for(call_id: str, token: str | None) -> str | None:
     if not token:
         return None
     return CarrierDocument.objects.filter(token=token, call_id=call_id).values_list("body", flat=True).first()
-
-
-def documents_purge() -> int:
-    deleted, _ = CarrierDocument.objects.filter(created_at__lt=now() - DOCUMENT_TTL).delete()
-    return deleted
 
 
 def stream_token(call_id: str) -> str:

@@ -165,6 +165,20 @@ def test_purge_forgets_expired_replay_keys():
     assert list(ProcessedWebhook.objects.values_list("key", flat=True)) == ["new"]
 
 
+def test_purge_forgets_carrier_documents_after_an_hour():
+    from calls.documents import DatabaseDocuments, document_for
+    from calls.models import CarrierDocument
+
+    call = make_call(provider_call_id="mock-docs", age_seconds=10)
+    old = DatabaseDocuments().put(str(call.pk), "<Response><Speak>old</Speak></Response>")
+    fresh = DatabaseDocuments().put(str(call.pk), "<Response><Speak>fresh</Speak></Response>")
+    CarrierDocument.objects.filter(token=old).update(created_at=timezone.now() - timedelta(hours=1, seconds=1))
+    assert processed_webhooks_purge() == 1
+    assert document_for(str(call.pk), old) is None
+    assert document_for(str(call.pk), fresh) == "<Response><Speak>fresh</Speak></Response>"
+    assert document_for("00000000-0000-0000-0000-000000000000", fresh) is None  # another call's token finds nothing
+
+
 def test_embedded_sweeper_thread_fires_a_deadline_on_time(settings, configure):
     """The real sweeper thread: a notify hang-up 1 s after the greeting happens about 1 s later."""
     settings.VOICECALL_BACKGROUND = "thread"

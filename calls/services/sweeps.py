@@ -10,7 +10,7 @@ from django.db.models import Min
 
 from .. import background
 from ..config import get_config
-from ..models import Call, CallTurn, ProcessedWebhook, TurnStatus
+from ..models import Call, CallTurn, CarrierDocument, ProcessedWebhook, TurnStatus
 from ..runtime import get_runtime
 from ..states import CONVERSATION_STATES, CallState
 from .common import finalize, log, now
@@ -89,9 +89,16 @@ def stale_calls_reap(at: datetime | None = None) -> int:
     return count
 
 
+# Documents a carrier fetches (Plivo's speak XML) are fetched within seconds; an hour is generous.
+DOCUMENT_TTL = timedelta(hours=1)
+
+
 def processed_webhooks_purge(at: datetime | None = None) -> int:
-    deleted, _ = ProcessedWebhook.objects.filter(expires_at__lt=at or now()).delete()
-    return deleted
+    """Forget expired replay records and old carrier documents; returns how many rows went."""
+    moment = at or now()
+    deleted, _ = ProcessedWebhook.objects.filter(expires_at__lt=moment).delete()
+    documents, _ = CarrierDocument.objects.filter(created_at__lt=moment - DOCUMENT_TTL).delete()
+    return deleted + documents
 
 
 @dataclass
