@@ -352,21 +352,18 @@ def greeting_decision(runtime: CallRuntime, call: Call) -> GreetingDecision:
     mode = call.metadata.get("mode", "conversation")
     config = runtime.config
     carrier = runtime.carrier
-    if mode == "notify" and carrier.notify_in_dial:
-        return GreetingDecision(False, "sent with the dial request", spoken_by_carrier=True)
-    if mode in ("notify", "conversation") and carrier.greets_in_answer and not (
-        mode == "conversation" and (config.realtime.enabled or (config.streaming.enabled and carrier.supports_media_streams))
-    ):
-        return GreetingDecision(False, "the answer to the carrier's answer webhook carries it")
+    in_answer = GreetingDecision(False, "the answer to the carrier's answer webhook carries it")
     if mode == "notify":
-        return GreetingDecision(True, "notify")
+        if carrier.notify_in_dial:
+            return GreetingDecision(False, "sent with the dial request", spoken_by_carrier=True)
+        return in_answer if carrier.greets_in_answer else GreetingDecision(True, "notify")
     if mode != "conversation":
         return GreetingDecision(False, f"unknown mode {mode!r}")
     if config.realtime.enabled:
         return GreetingDecision(False, "the realtime model's opening turn speaks it")
-    if config.streaming.enabled and runtime.carrier.supports_media_streams:
+    if config.streaming.enabled and carrier.supports_media_streams:
         return GreetingDecision(False, "spoken when the media stream's transcription is ready")
-    return GreetingDecision(True, "conversation")
+    return in_answer if carrier.greets_in_answer else GreetingDecision(True, "conversation")
 
 
 @background.job("calls.call_answered")
@@ -434,9 +431,7 @@ def initial_message_speak(*, call_id: str) -> bool:
     try:
         call_speak(call_id=call_id, text=message)
     except VoiceCallError as exc:
-        Call.objects.filter(pk=call.pk).update(greeting_claimed_at=None)
-        log.warning("initial message on %s failed (kept for a retry): %s", call.pk, exc)
-        return False
+        return _greeting_failed(call, exc)
 
     listen = False
     with transaction.atomic():
@@ -475,11 +470,16 @@ def _greet_and_listen(runtime: CallRuntime, call: Call, message: str) -> bool:
             turn_token=None, language=None, prompt=Prompt(message, call_voice(runtime, call)),
         )
     except VoiceCallError as exc:
-        Call.objects.filter(pk=call.pk).update(greeting_claimed_at=None)
-        log.warning("initial message on %s failed (kept for a retry): %s", call.pk, exc)
-        return False
+        return _greeting_failed(call, exc)
     Call.objects.filter(pk=call.pk).update(greeting_claimed_at=None)
     return initial_message_delivered(call_id=str(call.pk))
+
+
+def _greeting_failed(call: Call, error: VoiceCallError) -> bool:
+    """Release the greeting claim and keep the message, so a later trigger retries it."""
+    Call.objects.filter(pk=call.pk).update(greeting_claimed_at=None)
+    log.warning("initial message on %s failed (kept for a retry): %s", call.pk, error)
+    return False
 
 
 @background.job("calls.answer")
