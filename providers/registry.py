@@ -22,3 +22,37 @@ def carrier_class(name: str):
         return import_string(CARRIERS[name])
     except KeyError:
         raise KeyError(f"no carrier backend registered for {name!r} (known: {', '.join(sorted(CARRIERS))})") from None
+
+
+# Streaming transcription, in the order used to pick one when `streaming.provider` is unset:
+# the first configured cloud provider, else the offline one.
+TRANSCRIPTION: dict[str, str] = {
+    "openai": "providers.transcription.openai.OpenAITranscription",
+    "deepgram": "providers.transcription.deepgram.DeepgramTranscription",
+    "elevenlabs": "providers.transcription.elevenlabs.ElevenLabsTranscription",
+    "mistral": "providers.transcription.mistral.MistralTranscription",
+    "xai": "providers.transcription.xai.XaiTranscription",
+    "local": "providers.transcription.local.LocalTranscription",
+}
+
+# Telephony TTS, in fallback order after the configured provider.
+TTS: dict[str, str] = {
+    "openai": "providers.tts.openai.OpenAITts",
+    "elevenlabs": "providers.tts.elevenlabs.ElevenLabsTts",
+    "microsoft": "providers.tts.microsoft.MicrosoftTts",
+    "local": "providers.tts.local.LocalTts",
+}
+
+
+def transcription_class(name: str):
+    try:
+        return import_string(TRANSCRIPTION[name])
+    except KeyError:
+        raise KeyError(f"no transcription provider registered for {name!r} (known: {', '.join(TRANSCRIPTION)})") from None
+
+
+def tts_class(name: str):
+    try:
+        return import_string(TTS[name])
+    except KeyError:
+        raise KeyError(f"no TTS provider registered for {name!r} (known: {', '.join(TTS)})") from None
