@@ -9,3 +9,4 @@ class CallsConfig(AppConfig):
 
     def ready(self) -> None:
         from . import checks  # noqa: F401  (registers the config system check)
+        from . import conversation  # noqa: F401  (registers its background job)

@@ -47,10 +47,14 @@ class Call(models.Model):
     end_reason = models.CharField(max_length=16, choices=END_REASON_CHOICES, blank=True, default="")
     # Free-form, with the reference's keys (initialMessage, mode, numberRouteKey, turnCount, ...).
     metadata = models.JSONField(default=dict, blank=True)
+    # The number route this inbound call matched, resolved once at creation and used all call long.
+    route = models.JSONField(null=True, blank=True)
 
     # Deadlines live on the row so any process's sweep can enforce them.
     max_duration_deadline = models.DateTimeField(null=True, blank=True)
     notify_hangup_at = models.DateTimeField(null=True, blank=True)
+    # Set when the call's media stream dropped; a reconnect clears it, otherwise the call ends.
+    stream_grace_deadline = models.DateTimeField(null=True, blank=True)
     # In-flight claims: one greeting playback and one hang-up at a time, across processes.
     greeting_claimed_at = models.DateTimeField(null=True, blank=True)
     hangup_claimed_at = models.DateTimeField(null=True, blank=True)
@@ -205,3 +209,99 @@ class GatewayLock(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class MediaStreamQuerySet(models.QuerySet):
+    def open(self):
+        return self.filter(closed_at__isnull=True)
+
+
+class MediaStream(models.Model):
+    """One media WebSocket of a call: registered on `start`, closed on `stop` or disconnect."""
+
+    call = models.ForeignKey(Call, on_delete=models.CASCADE, related_name="media_streams")
+    stream_id = models.CharField("carrier stream id", max_length=128)
+    carrier = models.CharField(max_length=16)
+    opened_at = models.DateTimeField(default=timezone.now)
+    closed_at = models.DateTimeField(null=True, blank=True)
+    close_reason = models.CharField(max_length=64, blank=True, default="")
+    # Counters kept by the stream: frames in/out, drops by cause, playback marks.
+    stats = models.JSONField(default=dict, blank=True)
+
+    objects = MediaStreamQuerySet.as_manager()
+
+    class Meta:
+        indexes = [models.Index(fields=["call", "closed_at"], name="media_stream_open")]
+
+    def __str__(self) -> str:
+        return f"stream {self.stream_id} of {self.call_id}"
+
+
+class ConversationSession(models.Model):
+    """An agent's memory of one conversation, by session key (per phone, per call or main)."""
+
+    key = models.CharField(max_length=255, unique=True)
+    agent_id = models.CharField(max_length=128, blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-updated_at"]
+
+    def __str__(self) -> str:
+        return self.key
+
+
+class MessageRole(models.TextChoices):
+    USER = "user"
+    ASSISTANT = "assistant"
+
+
+class SessionMessage(models.Model):
+    """One line of a session's memory: what the caller said, or what the caller heard back."""
+
+    session = models.ForeignKey(ConversationSession, on_delete=models.CASCADE, related_name="messages")
+    call = models.ForeignKey(Call, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    role = models.CharField(max_length=16, choices=MessageRole.choices)
+    text = models.TextField()
+    # When it was said: history is in speaking order, whichever job wrote its row first.
+    spoken_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["spoken_at", "id"]
+        indexes = [models.Index(fields=["session", "spoken_at"])]
+
+
+class ReplyStatus(models.TextChoices):
+    PENDING = "pending"  # being made or spoken
+    SPOKEN = "spoken"
+    INTERRUPTED = "interrupted"  # the caller talked over it; only the heard part counts
+    SUPERSEDED = "superseded"  # newer caller speech came first: discarded, never spoken further
+    SILENT = "silent"  # nothing to say (empty spoken value, or a silent fallback)
+    FAILED = "failed"  # the responder failed; the fallback line (if any) was said
+
+
+class ReplyTurn(models.Model):
+    """One automatic reply to the caller: their words, what was said back, and how long it took."""
+
+    call = models.ForeignKey(Call, on_delete=models.CASCADE, related_name="replies")
+    transcript = models.TextField()
+    user_message = models.ForeignKey(SessionMessage, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    status = models.CharField(max_length=16, choices=ReplyStatus.choices, default=ReplyStatus.PENDING)
+    responder = models.CharField(max_length=16, blank=True, default="")
+    model = models.CharField(max_length=200, blank=True, default="")
+    reply = models.TextField(blank=True, default="")  # what the caller heard
+    error = models.TextField(blank=True, default="")
+    heard_at = models.DateTimeField()  # when the caller's final transcript arrived
+    completed_at = models.DateTimeField(null=True, blank=True)
+    # Milliseconds from heard_at: first text from the responder, first words sent to the line, all done.
+    first_text_ms = models.PositiveIntegerField(null=True, blank=True)
+    first_audio_ms = models.PositiveIntegerField(null=True, blank=True)
+    total_ms = models.PositiveIntegerField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["heard_at", "id"]
+        indexes = [models.Index(fields=["call", "status"])]
+
+    def __str__(self) -> str:
+        return f"reply {self.pk} on {self.call_id}: {self.status}"

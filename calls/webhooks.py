@@ -27,7 +27,7 @@ from providers.carriers.base import (
 from . import background
 from .documents import document_for, stream_token
 from .errors import VoiceCallError
-from .models import Call, CallTurn, ProcessedWebhook, TurnStatus
+from .models import Call, CallTurn, MediaStream, ProcessedWebhook, TurnStatus
 from .runtime import CallRuntime, get_runtime
 from .services import EventOutcome, event_process
 from .services.common import call_lookup, now
@@ -151,8 +151,9 @@ async def _read_body(receive, headers: dict[str, str]) -> bytes:
                 return b"".join(chunks)
 
     try:
-        return await asyncio.wait_for(collect(), BODY_TIMEOUT_SECONDS)
-    except asyncio.TimeoutError:
+        async with asyncio.timeout(BODY_TIMEOUT_SECONDS):
+            return await collect()
+    except TimeoutError:
         raise BodyError(Answer(408, "Request Timeout")) from None
 
 
@@ -237,6 +238,8 @@ def call_view(runtime: CallRuntime, call: Call | None, *, rejected: bool, docume
         pending_turn_token=pending,
         document=document_for(call_id, document_token),
         stream_token=stream_token(call_id),
+        # Streams of other calls: with as many as calls allowed, a new caller waits on hold.
+        media_streams_active=MediaStream.objects.open().exclude(call=call).count(),
     )
 
 

@@ -465,7 +465,7 @@ def test_twilio_inbound_call_refused_by_policy_is_rejected_by_the_answer_alone(c
     root = ET.fromstring(answer.body)
     assert tags(root) == ["Reject"] and root[0].get("reason") == "rejected"
     call = Call.objects.get()
-    assert (call.state, call.end_reason, call.metadata.get("rejectionReason")) == ("hangup-bot", "hangup-bot", "inbound-policy")
+    assert (call.state, call.end_reason, call.metadata.get("rejectionReason")) == ("hangup-bot", "hangup-bot", "inbound-disabled")
     assert carrier_requests == []  # <Reject> refuses the call: no separate hang-up request
 
 

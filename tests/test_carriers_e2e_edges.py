@@ -262,7 +262,7 @@ def assert_rejected_record(provider_call_id: str) -> Call:
     (call,) = Call.objects.filter(provider_call_id=provider_call_id)
     assert call.direction == "inbound" and call.from_number == CALLER
     assert (call.state, call.end_reason) == ("hangup-bot", "hangup-bot")
-    assert call.metadata.get("rejectionReason") == "inbound-policy"
+    assert call.metadata.get("rejectionReason") == "not-allowlisted"
     assert transcript(call) == []
     return call
 

@@ -154,7 +154,7 @@ DEFAULTS = [
     ("realtime.agent_context.files", ["SOUL.md", "IDENTITY.md", "USER.md"]),
     ("tts", None),
     ("store", None),
-    ("agent_id", "main"),
+    ("agent_id", None),  # resolved_agent_id(): the sole agent, else "main"
     ("response_model", None),
     ("response_system_prompt", None),
     ("response_timeout_ms", 30000),

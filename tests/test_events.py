@@ -96,7 +96,7 @@ def test_inbound_rejected_by_default_policy_is_recorded_and_hung_up_once(outbox)
     assert event_process(inbound_event()) == EventOutcome.REJECTED
     call = Call.objects.get(provider_call_id="CA-in-1")
     assert (call.state, call.end_reason, call.direction) == ("hangup-bot", "hangup-bot", "inbound")
-    assert call.metadata == {"rejectionReason": "inbound-policy"}
+    assert call.metadata == {"rejectionReason": "inbound-disabled"}
     assert mock.outbox_actions("CA-in-1") == ["hangup_call"]
     # A later event for the same carrier call does not hang up again or reopen the call.
     assert event_process(inbound_event(CallRinging)) == EventOutcome.PROCESSED

@@ -10,7 +10,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "voicecall_project.settings")
 # The admin's CSS and JS are served by the gateway itself, so it needs no web server in front.
 django_application = ASGIStaticFilesHandler(get_asgi_application())
 
-from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402  (needs Django set up)
+from channels.routing import ProtocolTypeRouter  # noqa: E402  (needs Django set up)
 from django.conf import settings  # noqa: E402
 
 from asgiref.sync import sync_to_async  # noqa: E402
@@ -57,12 +57,24 @@ class Lifespan:
                 return
 
 
-websocket_routes: list = []  # media and realtime streams register here
+class GatewayWebsocket:
+    """Media streams at streaming.streamPath (read per connection, so config reloads apply); others 404."""
+
+    def __init__(self) -> None:
+        from calls.streams.media import MediaStreamConsumer
+
+        self.media = MediaStreamConsumer.as_asgi()
+
+    async def __call__(self, scope, receive, send) -> None:
+        if normalize_path(scope["path"]) == normalize_path(get_config().config.streaming.stream_path):
+            return await self.media(scope, receive, send)
+        await send({"type": "websocket.close"})  # refused before the upgrade completes
+
 
 application = ProtocolTypeRouter(
     {
         "http": GatewayHttp(WebhookApp(), django_application),
-        "websocket": URLRouter(websocket_routes),
+        "websocket": GatewayWebsocket(),
         "lifespan": Lifespan(),
     }
 )

@@ -11,6 +11,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    SerializationInfo,
     Strict,
 )
 from pydantic.alias_generators import to_camel
@@ -72,11 +73,17 @@ NonEmptyStr = Annotated[str, Strict(), AfterValidator(_non_empty)]
 Unit = Annotated[float, Strict(), _between(0, 1)]
 Flag = Annotated[bool, Strict()]
 HttpUrl = Annotated[str, Strict(), AfterValidator(_http_url)]
+def _dump_secret(secret: Secret, info: SerializationInfo) -> Any:
+    # JSON output (admin, RPC, setup) shows only where it comes from; a Python dump (e.g. a
+    # route's tts merged over the global one) keeps the Secret itself, never a dict of its fields.
+    return secret.describe() if info.mode == "json" else secret
+
+
 # A credential: plain string, "${ENV}" or {source, id}. Serialized only as its description.
 Credential = Annotated[
     Secret,
     BeforeValidator(_secret),
-    PlainSerializer(lambda s: s.describe(), return_type=str, when_used="json"),
+    PlainSerializer(_dump_secret, when_used="always"),
 ]
 
 
@@ -293,10 +300,23 @@ class AgentIdentity(OpenSection):
     creature: str | None = None
 
 
-class ResponderConfig(OpenSection):
+class ResponderConfig(Section):
+    """agents.<id>.responder: how the agent's replies are made (SPEC §8)."""
+
     type: Literal["llm", "webhook", "scripted"] = "llm"
+    # llm: the agent's own `provider/model`, used when neither the route nor responseModel names one.
+    model: NonEmptyStr | None = None
+    temperature: Annotated[float, _between(0, 2)] | None = None
+    max_tokens: PositiveInt | None = None
+    # webhook: the agent service's URL and the shared secret its requests are signed with.
     url: HttpUrl | None = None
-    timeout_ms: PositiveInt | None = None
+    secret: Credential | None = None
+    # scripted: said in order, then the last one repeats; "{transcript}" is the caller's words.
+    replies: list[str] = Field(default_factory=list)
+    # What the caller hears when no reply can be made (unset: a short apology; "": silence).
+    fallback_text: str | None = None
+    # How many earlier messages of the session go with each turn.
+    history_messages: NonNegativeInt = 20
 
 
 class AgentConfig(Section):
@@ -307,7 +327,9 @@ class AgentConfig(Section):
 
 
 class ModelProviderConfig(Section):
-    base_url: HttpUrl
+    """models.providers.<id>: an OpenAI-compatible endpoint (base URL optional for well-known ids)."""
+
+    base_url: HttpUrl | None = None
     api_key: Credential | None = None
 
 
@@ -350,12 +372,21 @@ class VoiceCallConfig(Section):
     realtime: RealtimeConfig = Field(default_factory=RealtimeConfig)
     tts: TtsConfig | None = None
     store: str | None = None
-    agent_id: NonEmptyStr = "main"
+    # Unset: the only configured agent, or "main" when none is (resolved_agent_id()).
+    agent_id: NonEmptyStr | None = None
     response_model: NonEmptyStr | None = None
     response_system_prompt: str | None = None
     response_timeout_ms: PositiveInt = 30000
     agents: dict[str, AgentConfig] = Field(default_factory=dict)
     models: ModelsConfig = Field(default_factory=ModelsConfig)
+
+    def resolved_agent_id(self) -> str:
+        """agentId, else the sole configured agent, else "main" (several agents need an explicit one)."""
+        if self.agent_id:
+            return self.agent_id
+        if len(self.agents) == 1:
+            return next(iter(self.agents))
+        return "main"
 
     def realtime_stream_path(self) -> str:
         """realtime.streamPath, or the path derived from serve.path as the reference does."""

@@ -5,7 +5,7 @@ import json
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +33,19 @@ class SecretRef:
         return f"{where}#{self.pointer}" if self.pointer else where
 
 
-@dataclass(eq=False)
 class Secret:
-    """A credential from the config. Its value never appears in repr, str or JSON output."""
+    """A credential from the config. Its value never appears in repr, str or JSON output.
 
-    literal: str | None = None
-    ref: SecretRef | None = None
-    _resolved: str | None = field(default=None, repr=False)
+    A plain class, not a dataclass: serializers that take dataclasses apart (pydantic's Python
+    dumps) would otherwise turn it into a dict holding the value.
+    """
+
+    __slots__ = ("literal", "ref", "_resolved")
+
+    def __init__(self, literal: str | None = None, ref: SecretRef | None = None) -> None:
+        self.literal = literal
+        self.ref = ref
+        self._resolved: str | None = None
 
     def __repr__(self) -> str:
         return f"Secret({self.describe()})"

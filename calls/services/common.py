@@ -87,7 +87,9 @@ def finalize(call: Call, reason: str, *, ended_at: datetime | None = None, turn_
     call.ended_at = ended_at or now()
     call.max_duration_deadline = None
     call.notify_hangup_at = None
+    call.stream_grace_deadline = None
     call.save()
+    _close_streams_on_commit(str(call.pk))
     failed = CallTurn.objects.filter(call=call, status=TurnStatus.PENDING).update(
         status=TurnStatus.FAILED, error=turn_error or f"Call ended: {reason}", completed_at=now()
     )
@@ -95,6 +97,17 @@ def finalize(call: Call, reason: str, *, ended_at: datetime | None = None, turn_
         turn_changed()
     log.info("call %s ended: %s", call.pk, reason)
     return True
+
+
+def _close_streams_on_commit(call_id: str) -> None:
+    """An ended call's media stream (in whichever process holds it) is closed."""
+    from ..config import get_config
+
+    if not get_config().config.streaming.enabled:
+        return
+    from ..streams.commands import stream_send
+
+    transaction.on_commit(lambda: stream_send(call_id, {"type": "stream.close", "reason": "call ended"}))
 
 
 def add_transcript(call: Call, speaker: str, text: str, *, at: datetime | None = None) -> TranscriptEntry:

@@ -10,7 +10,7 @@ from datetime import timedelta
 from django.db import IntegrityError, transaction
 
 from providers.carriers.base import DialRequest, Prompt
-from routing.routes import effective_tts, preferred_voice, route_for_key
+from routing.routes import call_route, effective_tts, preferred_voice
 from routing.validators import E164, E164_MESSAGE
 
 from .. import background
@@ -25,7 +25,7 @@ from ..errors import (
     UnsupportedByCarrier,
     VoiceCallError,
 )
-from ..models import Call, CallTurn, Direction, GatewayLock, TurnStatus
+from ..models import Call, CallTurn, Direction, GatewayLock, MediaStream, TurnStatus
 from ..runtime import CallRuntime, get_runtime
 from ..session_keys import explicit_session_key, session_key_for_call
 from ..states import CallState
@@ -60,10 +60,13 @@ def _carrier_call(action: str, func, **kwargs):
         raise CarrierError(str(exc) or f"{action} failed") from exc
 
 
+def call_uses_stream(call: Call) -> bool:
+    return _uses_stream(get_runtime(), call)
+
+
 def call_voice(runtime: CallRuntime, call: Call) -> str | None:
     """The preferred TTS voice of the call's effective config (its number route for inbound)."""
-    route = route_for_key(runtime.config, call.metadata.get("numberRouteKey")) if call.direction == Direction.INBOUND else None
-    return preferred_voice(effective_tts(runtime.config, route))
+    return preferred_voice(effective_tts(runtime.config, call_route(runtime.config, call)))
 
 
 # --- outbound ------------------------------------------------------------------------------
@@ -97,7 +100,7 @@ def call_initiate(
     from_number = config.effective_from_number()
     if not from_number:
         raise InvalidRequest("fromNumber not configured")
-    agent = agent_id or config.agent_id
+    agent = agent_id or config.resolved_agent_id()
     explicit_key = explicit_session_key(session_key, agent_id=agent) if session_key is not None else None
 
     with transaction.atomic():
@@ -146,27 +149,105 @@ def call_initiate(
 # --- speaking and listening ----------------------------------------------------------------
 
 
-def call_speak(*, call_id: str, text: str) -> None:
-    """Say `text` on a live call; the bot transcript entry is written only once it was played."""
+def call_speak(*, call_id: str, text: str, interruptible: bool = True) -> str:
+    """Say `text` on a live call; the bot transcript entry is written only once it was played.
+
+    With a media stream attached, the stream plays it and only what the caller heard is kept.
+    Returns the playback outcome: played, interrupted or skipped.
+    """
     if not text or not text.strip():
         raise InvalidRequest("message required")
     runtime = get_runtime()
-    with transaction.atomic():
-        call = call_connected(call_id, for_update=True)
-        move_to(call, CallState.SPEAKING)
-        call.save()
+    call, on_stream = speaking_begin(call_id)
+    if on_stream:
+        return _speak_on_stream(runtime, call, text, interruptible)
     try:
         _carrier_call(
             "speak", runtime.carrier.play_tts, call_id=str(call.pk), provider_call_id=call.provider_call_id,
             text=text, voice=call_voice(runtime, call), locale=None,
         )
     except CarrierError:
-        with transaction.atomic():
-            call = Call.objects.select_for_update().get(pk=call.pk)
-            move_to(call, CallState.LISTENING)
-            call.save()
+        _back_to_listening(call)
         raise
     add_transcript(call, "bot", text)
+    return "played"
+
+
+def speaking_begin(call_id: str) -> tuple[Call, bool]:
+    """The call is about to hear something: state speaking. Returns it and whether a stream plays it."""
+    with transaction.atomic():
+        call = call_connected(call_id, for_update=True)
+        move_to(call, CallState.SPEAKING)
+        call.save()
+        return call, _uses_stream(get_runtime(), call)
+
+
+def speaking_end(call: Call) -> None:
+    """Back to listening once speech is over (unless the call moved on, e.g. ended)."""
+    _back_to_listening(call)
+
+
+def call_reply_say(*, call_id: str, text: str) -> str:
+    """Say `text` to the caller and keep listening for their answer, on whichever path the call uses.
+
+    With a media stream the stream listens all the time; a carrier that listens with a prompt
+    gets one request that says and listens (a separate speak would be cut off by the listen).
+    Returns the playback outcome.
+    """
+    if not text or not text.strip():
+        raise InvalidRequest("message required")
+    runtime = get_runtime()
+    call = call_connected(call_id)
+    if _uses_stream(runtime, call) or not runtime.carrier.listens_with_prompt:
+        return call_speak(call_id=call_id, text=text)
+    with transaction.atomic():
+        call = call_connected(call_id, for_update=True)
+        move_to(call, CallState.LISTENING)
+        call.save()
+    _carrier_call(
+        "listen", runtime.carrier.start_listening, call_id=str(call.pk), provider_call_id=call.provider_call_id,
+        turn_token=None, language=None, prompt=Prompt(text, call_voice(runtime, call)),
+    )
+    add_transcript(call, "bot", text)
+    return "played"
+
+
+def _uses_stream(runtime: CallRuntime, call: Call) -> bool:
+    """Whether the call's audio goes through a media stream (then never through TwiML <Say>)."""
+    return (
+        runtime.config.streaming.enabled
+        and runtime.carrier.supports_media_streams
+        and MediaStream.objects.open().filter(call=call).exists()
+    )
+
+
+def _speak_on_stream(runtime: CallRuntime, call: Call, text: str, interruptible: bool) -> str:
+    from ..streams.commands import StreamUnavailable, stream_speak
+
+    timeout = (runtime.config.tts.timeout_ms if runtime.config.tts and runtime.config.tts.timeout_ms else 8000) / 1000
+    # Long enough for slow speech of the whole text plus synthesis and the final mark.
+    budget = timeout + spoken_duration_estimate(text).total_seconds() * 2 + 5
+    try:
+        result = stream_speak(str(call.pk), text, call_voice(runtime, call), interruptible=interruptible, timeout=budget)
+    except StreamUnavailable as exc:
+        _back_to_listening(call)
+        raise CarrierError(f"media stream not reachable: {exc}") from exc
+    outcome = result.get("outcome", "failed")
+    if outcome == "failed":
+        _back_to_listening(call)
+        raise CarrierError(result.get("error") or "playback failed")
+    heard = text if outcome == "played" else (result.get("heard") or "")
+    if heard:
+        add_transcript(call, "bot", heard)
+    _back_to_listening(call)
+    return outcome
+
+
+def _back_to_listening(call: Call) -> None:
+    with transaction.atomic():
+        locked = Call.objects.select_for_update().get(pk=call.pk)
+        if move_to(locked, CallState.LISTENING):
+            locked.save()
 
 
 def call_continue(*, call_id: str, prompt: str) -> str:
@@ -180,12 +261,15 @@ def call_continue(*, call_id: str, prompt: str) -> str:
             call = call_connected(call_id, for_update=True)
             if CallTurn.objects.filter(call=call, status=TurnStatus.PENDING).exists():
                 raise TurnInProgress()
-            token = uuid.uuid4().hex if runtime.carrier.uses_turn_tokens else ""
+            # A media stream listens all the time: its transcripts answer the turn, with no
+            # carrier listen request (which would end the stream) and no per-turn token.
+            on_stream = _uses_stream(runtime, call)
+            token = uuid.uuid4().hex if runtime.carrier.uses_turn_tokens and not on_stream else ""
             turn = CallTurn.objects.create(call=call, token=token, prompt=prompt, started_at=now())
     except IntegrityError:
         raise TurnInProgress() from None
 
-    if runtime.carrier.listens_with_prompt:
+    if runtime.carrier.listens_with_prompt and not on_stream:
         return _continue_with_prompt(runtime, call, turn, prompt)
     try:
         call_speak(call_id=str(call.pk), text=prompt)
@@ -197,14 +281,17 @@ def call_continue(*, call_id: str, prompt: str) -> str:
             move_to(call, CallState.LISTENING)
             call.save()
             _start_listen_clock(turn, config.transcript_timeout_ms)
-        _carrier_call(
-            "listen", runtime.carrier.start_listening, call_id=str(call.pk), provider_call_id=call.provider_call_id,
-            turn_token=token or None, language=None,
-        )
+        if not on_stream:
+            _carrier_call(
+                "listen", runtime.carrier.start_listening, call_id=str(call.pk), provider_call_id=call.provider_call_id,
+                turn_token=token or None, language=None,
+            )
     except VoiceCallError as exc:
         _fail_turn(turn, exc)
         raise
 
+    if on_stream:
+        return _wait_for_turn(turn, config.transcript_timeout_ms)
     return _await_turn(runtime, call, turn)
 
 
@@ -428,8 +515,10 @@ def initial_message_speak(*, call_id: str) -> bool:
     conversation = call.metadata.get("mode", "conversation") != "notify"
     if conversation and runtime.carrier.listens_with_prompt and not runtime.config.streaming.enabled:
         return _greet_and_listen(runtime, call, message)
+    # An outbound conversation's greeting is not cut by the callee's "hello?" (behaviour.md §2.13).
+    interruptible = not (conversation and call.direction == Direction.OUTBOUND)
     try:
-        call_speak(call_id=call_id, text=message)
+        call_speak(call_id=call_id, text=message, interruptible=interruptible)
     except VoiceCallError as exc:
         return _greeting_failed(call, exc)
 
@@ -480,6 +569,11 @@ def _greeting_failed(call: Call, error: VoiceCallError) -> bool:
     Call.objects.filter(pk=call.pk).update(greeting_claimed_at=None)
     log.warning("initial message on %s failed (kept for a retry): %s", call.pk, error)
     return False
+
+
+@background.job("calls.greeting")
+def greeting_job(*, call_id: str) -> None:
+    initial_message_speak(call_id=call_id)
 
 
 @background.job("calls.answer")

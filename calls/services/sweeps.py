@@ -19,7 +19,11 @@ from .control import DIAL_GRACE, turn_timeout
 REAP_INTERVAL_SECONDS = 30
 RETRY_DELAY = timedelta(seconds=5)
 # Deadline columns on Call and the end reason each one ends the call with.
-CALL_DEADLINES = {"max_duration_deadline": CallState.TIMEOUT.value, "notify_hangup_at": CallState.HANGUP_BOT.value}
+CALL_DEADLINES = {
+    "max_duration_deadline": CallState.TIMEOUT.value,
+    "notify_hangup_at": CallState.HANGUP_BOT.value,
+    "stream_grace_deadline": CallState.HANGUP_BOT.value,
+}
 
 
 def deadlines_sweep(at: datetime | None = None) -> int:
@@ -60,9 +64,9 @@ def deadline_end(*, call_id: str, reason: str, column: str) -> None:
 
 def next_deadline() -> datetime | None:
     """The earliest pending deadline of any kind (the embedded scheduler sleeps until then)."""
-    live = Call.objects.live().aggregate(a=Min("max_duration_deadline"), b=Min("notify_hangup_at"))
-    turn = CallTurn.objects.filter(status=TurnStatus.PENDING).aggregate(c=Min("deadline"))
-    candidates = [value for value in (live["a"], live["b"], turn["c"]) if value is not None]
+    live = Call.objects.live().aggregate(**{column: Min(column) for column in CALL_DEADLINES})
+    turn = CallTurn.objects.filter(status=TurnStatus.PENDING).aggregate(turn=Min("deadline"))
+    candidates = [value for value in (*live.values(), turn["turn"]) if value is not None]
     return min(candidates) if candidates else None
 
 

@@ -16,6 +16,8 @@ from calls.errors import UnsupportedByCarrier
 
 if TYPE_CHECKING:
     from calls.config import VoiceCallConfig
+
+    from .media import MediaCodec
     from calls.events import NormalizedEvent
 
 
@@ -186,6 +188,8 @@ class CarrierBackend:
     supports_dtmf_send: ClassVar[bool] = False
     supports_answer: ClassVar[bool] = False
     supports_media_streams: ClassVar[bool] = False
+    # The carrier's media-stream frame format (providers/carriers/media.py), when it streams.
+    media_codec: ClassVar[type[MediaCodec] | None] = None
     # Carriers that echo a per-turn token back with speech results (Twilio's Gather action URL).
     uses_turn_tokens: ClassVar[bool] = False
     # Groups of headers; a request must carry every header of at least one group before its

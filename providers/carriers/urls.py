@@ -1,7 +1,9 @@
-"""Building the gateway's own webhook URLs with extra query parameters for a carrier to call back."""
+"""The gateway's own URLs a carrier is told to use: webhooks (with extra query parameters) and the media stream."""
 from __future__ import annotations
 
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from calls.config.schema import normalize_path
 
 
 def with_query(url: str, **params: str | None) -> str:
@@ -25,3 +27,12 @@ def gateway_webhook_url(config) -> str:
     from calls.runtime import webhook_url
 
     return webhook_url(config)
+
+
+def media_stream_url(config) -> str | None:
+    """ws(s)://<public host><streaming.streamPath>, when streaming is on and the public URL is known."""
+    if not (config.streaming.enabled and config.public_url):
+        return None
+    parts = urlsplit(config.public_url)
+    scheme = "wss" if parts.scheme == "https" else "ws"
+    return f"{scheme}://{parts.netloc}{normalize_path(config.streaming.stream_path)}"

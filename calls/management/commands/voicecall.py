@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import asdict
 import sys
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 
 from calls import background
+from calls.cli import simulate as simulate_cli
 from calls.cli.doctor import DoctorError, doctor, doctor_text
 from calls.cli.follow import follow_calls, follow_file
 from calls.cli.setup import setup_checks, setup_json, setup_text
@@ -92,6 +94,9 @@ class Command(BaseCommand):
         p = sub.add_parser("latency", help="Turn latency and listen wait percentiles")
         p.add_argument("--file", help="Read a calls.jsonl file instead of the database")
         p.add_argument("--last", type=decimal_int("--last", 1), default=200, help="Use the last N turns/records (200)")
+
+        p = sub.add_parser("simulate", help="Play a carrier's side of calls against the running gateway")
+        simulate_cli.add_arguments(p, decimal_int)
 
         p = sub.add_parser("doctor", help="Find (and with --fix rewrite) legacy config keys")
         p.add_argument("--fix", action="store_true", help="Rewrite the config file (a .bak copy is kept)")
@@ -200,6 +205,13 @@ class Command(BaseCommand):
             self.out(latency_from_file(path, last))
         else:
             self.out(latency_from_db(last))
+
+    def cmd_simulate(self, *, json: bool = False, **options) -> None:
+        report = simulate_cli.run(get_config(), options)
+        if json:
+            self.out({"summary": report.summary(), "calls": [asdict(call) for call in report.calls]})
+        else:
+            self.stdout.write(simulate_cli.report_text(report))
 
     def cmd_doctor(self, *, fix, **_) -> None:
         if not settings.VOICECALL_CONFIG:

@@ -1,4 +1,4 @@
-"""Plivo Voice: REST control, V3-signed form webhooks and Plivo XML answers (speech via GetInput)."""
+"""Plivo Voice: REST control, V3-signed form webhooks and Plivo XML answers (speech via GetInput or a media stream)."""
 from __future__ import annotations
 
 from ..base import (
@@ -14,8 +14,9 @@ from ..base import (
     WebhookVerification,
 )
 from ..dtmf import with_w_pauses
-from ..urls import gateway_webhook_url, with_query
+from ..urls import gateway_webhook_url, media_stream_url, with_query
 from . import webhook, xml
+from .media import PlivoMediaCodec
 from .rest import PlivoRest, dialable
 
 XML = "text/xml"
@@ -24,6 +25,8 @@ XML = "text/xml"
 class PlivoCarrier(CarrierBackend):
     name = "plivo"
     supports_dtmf_send = True
+    supports_media_streams = True
+    media_codec = PlivoMediaCodec
     uses_turn_tokens = True
     signature_header_groups = (webhook.V3_HEADERS, webhook.V2_HEADERS)
     listens_with_prompt = True
@@ -62,6 +65,10 @@ class PlivoCarrier(CarrierBackend):
             return self._xml(xml.hangup())
         if flow in ("xml-speak", "xml-listen") and call.document:
             return self._xml(call.document)
+        stream_url = media_stream_url(self.config)
+        if stream_url and parsed.facts.get("answering") and call.mode == "conversation" and call.stream_token:
+            # The stream speaks the greeting once its transcription is ready, so it is not delivered here.
+            return self._xml(xml.stream(stream_url, token=call.stream_token))
         if parsed.facts.get("answering") and call.initial_message:
             if call.mode == "notify":
                 document = xml.notify(call.initial_message, language=None, voice=call.voice,

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from xml.sax.saxutils import escape, quoteattr
 
+from .media import extra_headers
+
 DEFAULT_LANGUAGE = "en-US"
 KEEPALIVE_WAIT_SECONDS = 300
 LISTEN_TIMEOUT_SECONDS = 30
@@ -49,6 +51,17 @@ def keepalive(url: str) -> str:
 def notify(text: str, *, language: str | None, voice: str | None, hangup_delay_sec: int) -> str:
     wait = f"<Wait{_attrs(length=hangup_delay_sec)}/>" if hangup_delay_sec > 0 else ""
     return response(speak_element(text, language=language, voice=voice), wait, "<Hangup/>")
+
+
+def stream(url: str, *, token: str) -> str:
+    """Hand the call to a two-way μ-law media stream; the call stays up until the socket closes.
+
+    Plivo streams L16 unless told otherwise. The token rides in extraHeaders, which Plivo echoes in
+    the stream's start frame (hex-encoded: the attribute allows only letters and digits).
+    """
+    attributes = _attrs(bidirectional="true", keepCallAlive="true", contentType="audio/x-mulaw;rate=8000",
+                        extraHeaders=extra_headers(token=token))
+    return response(f"<Stream{attributes}>{escape(url)}</Stream>")
 
 
 def reject() -> str:

@@ -1,4 +1,4 @@
-"""Telnyx Call Control v2: REST commands, Ed25519-signed JSON webhooks (answered with a plain 200)."""
+"""Telnyx Call Control v2: REST commands, Ed25519-signed JSON webhooks (answered with a plain 200), media streams."""
 from __future__ import annotations
 
 import logging
@@ -14,7 +14,9 @@ from ..base import (
     WebhookVerification,
 )
 from ..dtmf import with_w_pauses
+from ..urls import media_stream_url
 from . import webhook
+from .media import TelnyxMediaCodec
 from .rest import DIAL_TIMEOUT_SECONDS, TelnyxRest
 
 log = logging.getLogger("providers")
@@ -40,6 +42,8 @@ class TelnyxCarrier(CarrierBackend):
     name = "telnyx"
     supports_answer = True
     supports_dtmf_send = True
+    supports_media_streams = True
+    media_codec = TelnyxMediaCodec
     reports_speech_end = True
     signature_header_groups = ((webhook.SIGNATURE_HEADER, webhook.TIMESTAMP_HEADER),)
 
@@ -65,8 +69,28 @@ class TelnyxCarrier(CarrierBackend):
     def parse_webhook(self, request: WebhookRequest, *, request_key: str) -> ParsedWebhook:
         return webhook.parse(request, request_key=request_key)
 
+    def stream_fields(self, call_id: str) -> dict[str, str]:
+        """The dial/answer fields that open the call's media stream (none unless streaming is on and reachable).
+
+        rtp mode with PCMU both ways is what the stream codec speaks: Telnyx would otherwise stream
+        the call's own codec and expect MP3 files back.
+        """
+        url = media_stream_url(self.config)
+        if url is None:
+            return {}
+        from calls.documents import stream_token  # derived from the call id, so any process can check it
+
+        return {
+            "stream_url": url,
+            "stream_track": "inbound_track",
+            "stream_codec": "PCMU",
+            "stream_bidirectional_mode": "rtp",
+            "stream_bidirectional_codec": "PCMU",
+            "stream_auth_token": stream_token(call_id),
+        }
+
     def initiate_call(self, dial: DialRequest) -> DialResult:
-        control_id = self.rest.dial({
+        body = {
             "connection_id": self.connection_id,
             "to": dial.to_number,
             "from": dial.from_number,
@@ -74,14 +98,18 @@ class TelnyxCarrier(CarrierBackend):
             "webhook_url_method": "POST",
             "client_state": webhook.encode_client_state(dial.call_id),
             "timeout_secs": DIAL_TIMEOUT_SECONDS,
-        })
-        return DialResult(provider_call_id=control_id)
+        }
+        if dial.mode == "conversation":
+            body.update(self.stream_fields(dial.call_id))
+        return DialResult(provider_call_id=self.rest.dial(body))
 
     def answer_call(self, *, call_id: str, provider_call_id: str) -> None:
         # A fixed command id makes a repeated answer harmless; client_state ties later events to our id.
+        # Only inbound calls are answered, and those are always conversations: they get the stream.
         self.rest.command(provider_call_id, "answer", {
             "command_id": f"voicecall-answer-{call_id}",
             "client_state": webhook.encode_client_state(call_id),
+            **self.stream_fields(call_id),
         })
 
     def hangup_call(self, *, call_id: str, provider_call_id: str, reason: str) -> None:

@@ -4,8 +4,6 @@ from __future__ import annotations
 import logging
 from urllib.parse import urlsplit
 
-from calls.config.schema import normalize_path
-
 from ..base import (
     CallView,
     CarrierBackend,
@@ -19,8 +17,9 @@ from ..base import (
     WebhookVerification,
 )
 from ..dtmf import twilio_digits
-from ..urls import gateway_webhook_url, with_query
+from ..urls import gateway_webhook_url, media_stream_url, with_query
 from . import twiml, webhook
+from .media import TwilioMediaCodec
 from .rest import TwilioRest
 
 log = logging.getLogger("providers")
@@ -32,6 +31,7 @@ class TwilioCarrier(CarrierBackend):
     name = "twilio"
     supports_dtmf_send = True
     supports_media_streams = True
+    media_codec = TwilioMediaCodec
     uses_turn_tokens = True
     signature_header_groups = ((webhook.SIGNATURE_HEADER,),)
     listens_with_prompt = True
@@ -57,12 +57,7 @@ class TwilioCarrier(CarrierBackend):
         return with_query(gateway_webhook_url(self.config), callId=call_id, **params)
 
     def stream_url(self) -> str | None:
-        """wss://<public host><streamPath>, when streaming is on and the public URL is known."""
-        if not (self.config.streaming.enabled and self.config.public_url):
-            return None
-        parts = urlsplit(self.config.public_url)
-        scheme = "wss" if parts.scheme == "https" else "ws"
-        return f"{scheme}://{parts.netloc}{normalize_path(self.config.streaming.stream_path)}"
+        return media_stream_url(self.config)
 
     def hold_music_url(self) -> str:
         parts = urlsplit(gateway_webhook_url(self.config))
@@ -87,7 +82,7 @@ class TwilioCarrier(CarrierBackend):
         cid = call.call_id
         stream_url = self.stream_url()
         if stream_url and kind == "voice" and call.stream_token:
-            if call.direction == "inbound" and call.media_streams_active > 0:
+            if call.direction == "inbound" and call.media_streams_active >= self.config.max_concurrent_calls:
                 return self._xml(twiml.hold(self.hold_music_url()))
             return self._xml(twiml.stream(stream_url, token=call.stream_token))
         if parsed.facts.get("answering") and call.initial_message and call.mode == "conversation":

@@ -1,0 +1,122 @@
+"""Services a media stream calls: open (authenticate, register), ready, transcripts, DTMF, close (grace)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from django.db import transaction
+
+from routing.routes import call_route, effective_tts
+
+from .. import background
+from ..documents import stream_token_valid
+from ..events import CallDtmf, CallSpeech
+from ..models import Call, MediaStream
+from ..runtime import get_runtime
+from .common import call_lookup, log, now
+from .events import event_process
+from .replies import replies_interrupted
+
+DISCONNECT_GRACE = timedelta(milliseconds=2000)
+
+
+class StreamRefused(Exception):
+    """The stream may not attach to a call; the message is the close reason sent to the carrier."""
+
+
+@dataclass(frozen=True)
+class StreamCall:
+    """What a stream needs to know about its call, read once at start."""
+
+    call_id: str
+    stream_pk: int
+    provider_call_id: str
+    direction: str
+    mode: str
+    tts: dict[str, Any] = field(default_factory=dict)
+    language: str | None = None
+
+
+def stream_open(*, provider_call_id: str, stream_id: str, token: str | None) -> StreamCall:
+    """Attach a stream to its live call, if the token is the call's; replaces an older stream."""
+    runtime = get_runtime()
+    with transaction.atomic():
+        call = call_lookup(provider_call_id, for_update=True)
+        if call is None or call.is_terminal or call.provider != runtime.carrier.name:
+            raise StreamRefused("Unknown call")
+        if not token or not stream_token_valid(str(call.pk), token):
+            log.warning("media stream for call %s refused: bad or missing stream token", call.pk)
+            raise StreamRefused("Unknown call")
+        replaced = MediaStream.objects.open().filter(call=call).update(closed_at=now(), close_reason="replaced")
+        stream = MediaStream.objects.create(call=call, stream_id=stream_id[:128], carrier=runtime.carrier.name)
+        if call.stream_grace_deadline is not None:
+            call.stream_grace_deadline = None  # a reconnect within the grace keeps the call
+            call.save(update_fields=["stream_grace_deadline", "updated_at"])
+    if replaced:
+        log.info("call %s: stream %s replaces %d older stream(s)", call.pk, stream_id, replaced)
+    route = call_route(runtime.config, call)
+    return StreamCall(
+        call_id=str(call.pk), stream_pk=stream.pk, provider_call_id=call.provider_call_id or provider_call_id,
+        direction=call.direction, mode=call.metadata.get("mode", "conversation"), tts=effective_tts(runtime.config, route),
+    )
+
+
+def stream_ready(*, call_id: str) -> None:
+    """Transcription is listening: now the greeting may be spoken (behaviour.md §4.5)."""
+    call = call_lookup(call_id)
+    if call is None or call.is_terminal or not call.metadata.get("initialMessage"):
+        return
+    background.submit("calls.greeting", call_id=call_id)
+
+
+def stream_transcript(*, call_id: str, stream_id: str, sequence: int, text: str, heard_ms: int | None = None) -> None:
+    """A final transcript from the stream: a waiting turn takes it, else the call may auto-reply."""
+    call = call_lookup(call_id)
+    if call is None or call.is_terminal:
+        return
+    fields = {"timestamp": heard_ms} if heard_ms else {}
+    event_process(CallSpeech(
+        call_id=call_id, provider_call_id=call.provider_call_id, transcript=text, is_final=True,
+        dedupe_key=f"stream-transcript-{stream_id}-{sequence}", **fields,
+    ))
+
+
+def stream_speech_started(*, call_id: str, since_ms: int) -> None:
+    """The caller started talking: replies to what they said before are superseded (behaviour.md §2.13)."""
+    replies_interrupted(call_id=call_id, since_ms=since_ms)
+
+
+def stream_dtmf(*, call_id: str, stream_id: str, sequence: int, digit: str) -> None:
+    call = call_lookup(call_id)
+    if call is None or call.is_terminal:
+        return
+    event_process(CallDtmf(call_id=call_id, provider_call_id=call.provider_call_id, digits=digit,
+                           dedupe_key=f"stream-dtmf-{stream_id}-{sequence}"))
+
+
+def stream_closed(*, stream_pk: int, reason: str, stats: dict[str, Any]) -> None:
+    """Record the stream's end; if it was the call's current stream, start the disconnect grace."""
+    with transaction.atomic():
+        stream = MediaStream.objects.select_for_update().filter(pk=stream_pk).first()
+        if stream is None:
+            return
+        was_current = stream.closed_at is None
+        if was_current:
+            stream.closed_at = now()
+            stream.close_reason = reason[:64]
+        stream.stats = stats
+        stream.save()
+        if not was_current or MediaStream.objects.open().filter(call_id=stream.call_id).exists():
+            return
+        call = Call.objects.select_for_update().filter(pk=stream.call_id).first()
+        if call is None or call.is_terminal:
+            return
+        # Only the current stream starts the timer; a reconnect before it fires keeps the call.
+        call.stream_grace_deadline = now() + DISCONNECT_GRACE
+        call.save(update_fields=["stream_grace_deadline", "updated_at"])
+        background.deadline_set(call.stream_grace_deadline)
+
+
+def open_stream_count(call: Call) -> int:
+    return MediaStream.objects.open().filter(call=call).count()

@@ -1,0 +1,150 @@
+"""Commands to a call's media stream from any process, through the channel layer (group per call).
+
+Service code runs in worker threads, Celery workers or CLI processes; the stream lives in
+whichever gateway process the carrier's WebSocket landed on. Every stream joins the group
+`call_group(call_id)`, so a group message reaches it wherever it is. `speak` waits for the
+stream to accept (proof that one is alive) and then for the playback's outcome on a reply channel.
+
+The in-memory layer (embedded mode) is bound to the gateway's event loop, so from other threads
+its coroutines run on that loop; with Redis any thread may use the layer directly.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import uuid
+from typing import Any
+
+from asgiref.sync import async_to_sync
+from channels.layers import InMemoryChannelLayer, get_channel_layer
+
+log = logging.getLogger(__name__)
+
+ACCEPT_TIMEOUT = 3.0
+
+_loop: asyncio.AbstractEventLoop | None = None
+_loop_lock = threading.Lock()
+
+
+class StreamUnavailable(Exception):
+    """No live media stream answered for this call."""
+
+
+class PlaybackRefused(Exception):
+    """The stream answered but would not queue the playback (queue full, closing); says why."""
+
+
+def call_group(call_id: str) -> str:
+    return f"voicecall.call.{call_id}"
+
+
+def bind_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """Remember the event loop media streams run on in this process (for the in-memory layer)."""
+    global _loop
+    with _loop_lock:
+        _loop = loop
+
+
+def _run(coro_factory, timeout: float | None = None):
+    """Run a channel-layer coroutine from a sync thread, on the right loop for the layer in use."""
+    layer = get_channel_layer()
+    if isinstance(layer, InMemoryChannelLayer):
+        loop = _loop
+        if loop is None or loop.is_closed():
+            raise StreamUnavailable("no media streams run in this process")
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            raise RuntimeError("stream commands must not be called on the event loop thread")
+        future = asyncio.run_coroutine_threadsafe(coro_factory(layer), loop)
+        try:
+            return future.result(timeout)
+        except TimeoutError:
+            future.cancel()
+            raise
+    async def bounded(layer_):
+        try:
+            async with asyncio.timeout(timeout):
+                return await coro_factory(layer_)
+        finally:
+            # channels_redis removes a received message from its backup queue in a task of its own;
+            # this loop ends when we return, and a cancelled clean-up hands the same message to the
+            # next receive on the channel. Let those tasks finish first.
+            loop = asyncio.get_running_loop()
+            # The layer is shared by threads, each with its own loop: only this loop's tasks.
+            cleaners = [task for task in list(getattr(layer_, "receive_cleaners", ())) if task.get_loop() is loop]
+            if cleaners:
+                await asyncio.gather(*cleaners, return_exceptions=True)
+
+    return async_to_sync(bounded)(layer)
+
+
+def stream_send(call_id: str, message: dict[str, Any]) -> bool:
+    """Fire-and-forget a command to the call's stream (clear, close); False if it could not be sent."""
+    try:
+        _run(lambda layer: layer.group_send(call_group(call_id), message), timeout=ACCEPT_TIMEOUT)
+        return True
+    except StreamUnavailable:
+        return False
+    except Exception as exc:
+        log.info("stream command %s for %s not sent: %s", message.get("type"), call_id, exc)
+        return False
+
+
+def stream_enqueue(call_id: str, text: str, voice: str | None, *, interruptible: bool = True,
+                   group: str | None = None) -> str:
+    """Queue `text` on the call's stream; returns the reply channel its outcome will arrive on.
+
+    Returns once the stream accepted it, so several calls from one thread keep their order.
+    Raises StreamUnavailable when no stream answers within ACCEPT_TIMEOUT, PlaybackRefused when
+    the stream will not queue it.
+    """
+
+    async def offer(layer):
+        # A plain channel, not a process-local "!" one: the Redis layer lets only one event loop
+        # receive its process-local channels, and the stream's consumer loop already does.
+        reply = f"voicecall.reply.{uuid.uuid4().hex}"
+        await layer.group_send(call_group(call_id), {
+            "type": "stream.speak", "text": text, "voice": voice, "interruptible": interruptible, "reply_to": reply,
+            "group": group,
+        })
+        try:
+            async with asyncio.timeout(ACCEPT_TIMEOUT):
+                accepted = await layer.receive(reply)
+        except TimeoutError:
+            raise StreamUnavailable("no media stream accepted the playback") from None
+        if accepted.get("type") != "stream.accepted":
+            raise PlaybackRefused(accepted.get("error") or "the media stream refused the playback")
+        return reply
+
+    return _run(offer, timeout=ACCEPT_TIMEOUT + 1)
+
+
+def stream_outcome(reply: str, *, timeout: float) -> dict[str, Any]:
+    """Wait for the playback outcome of a stream_enqueue (see Playback results)."""
+
+    async def receive(layer):
+        while True:
+            message = await layer.receive(reply)
+            if message.get("type") != "stream.accepted":  # a redelivered acceptance is not the outcome
+                return message
+
+    try:
+        return _run(receive, timeout=timeout)
+    except TimeoutError:
+        return {"type": "stream.result", "outcome": "failed", "error": f"playback did not finish within {timeout:.0f} s"}
+
+
+def stream_speak(call_id: str, text: str, voice: str | None, *, interruptible: bool = True, timeout: float) -> dict[str, Any]:
+    """Play `text` on the call's stream and wait for the outcome message (see Playback results).
+
+    Raises StreamUnavailable when no stream accepts within ACCEPT_TIMEOUT.
+    """
+    try:
+        reply = stream_enqueue(call_id, text, voice, interruptible=interruptible)
+    except PlaybackRefused as exc:
+        return {"type": "stream.result", "outcome": "failed", "error": str(exc)}
+    return stream_outcome(reply, timeout=timeout)

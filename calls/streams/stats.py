@@ -1,0 +1,58 @@
+"""Per-stream counters and a fixed-size latency histogram (no per-frame allocation)."""
+from __future__ import annotations
+
+from collections import Counter
+
+BUCKET_MS = 0.5
+MAX_MS = 2000.0
+
+
+class LatencyHistogram:
+    """Milliseconds in 0.5 ms buckets up to 2 s (anything above lands in the last bucket)."""
+
+    def __init__(self) -> None:
+        self.counts = [0] * (int(MAX_MS / BUCKET_MS) + 1)
+        self.total = 0
+        self.max_ms = 0.0
+
+    def add(self, ms: float) -> None:
+        index = int(ms / BUCKET_MS) if ms > 0 else 0
+        self.counts[min(index, len(self.counts) - 1)] += 1
+        self.total += 1
+        if ms > self.max_ms:
+            self.max_ms = ms
+
+    def percentile(self, p: float) -> float:
+        """Upper edge of the bucket holding the p-th percentile (0 when empty)."""
+        if not self.total:
+            return 0.0
+        rank = max(1, round(self.total * p / 100))
+        seen = 0
+        for index, count in enumerate(self.counts):
+            seen += count
+            if seen >= rank:
+                return min((index + 1) * BUCKET_MS, self.max_ms)
+        return self.max_ms
+
+    def summary(self) -> dict[str, float]:
+        return {"n": self.total, "p50": self.percentile(50), "p99": self.percentile(99), "max": round(self.max_ms, 2)}
+
+
+class StreamStats:
+    """What one media stream did: frames in and out, drops by cause, and timing."""
+
+    def __init__(self) -> None:
+        self.counters: Counter[str] = Counter()
+        self.inbound_lag = LatencyHistogram()  # how far behind real time inbound audio was handled
+        self.pacing = LatencyHistogram()  # how late each outbound frame left, against its 20 ms slot
+
+    def drop(self, cause: str) -> None:
+        self.counters[f"dropped_{cause}"] += 1
+        self.counters["dropped"] += 1
+
+    def as_dict(self) -> dict:
+        return {
+            **dict(self.counters),
+            "inboundLagMs": self.inbound_lag.summary(),
+            "pacingLateMs": self.pacing.summary(),
+        }
