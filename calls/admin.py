@@ -1,9 +1,9 @@
-"""Admin: call records, read-only, with transcript, turns and events on the detail page."""
+"""Admin: call records, read-only, with transcript, turns, replies and events; conversation sessions."""
 from __future__ import annotations
 
 from django.contrib import admin
 
-from .models import Call, CallEvent, CallTurn, TranscriptEntry
+from .models import Call, CallEvent, CallTurn, ConversationSession, ReplyTurn, SessionMessage, TranscriptEntry
 
 
 class ReadOnlyInline(admin.TabularInline):
@@ -29,6 +29,13 @@ class TurnInline(ReadOnlyInline):
     model = CallTurn
     fields = ("started_at", "prompt", "status", "transcript", "turn_latency_ms", "listen_wait_ms", "error")
     readonly_fields = fields
+
+
+class ReplyInline(ReadOnlyInline):
+    model = ReplyTurn
+    fields = ("heard_at", "transcript", "status", "reply", "first_text_ms", "first_audio_ms", "total_ms", "error")
+    readonly_fields = fields
+    verbose_name_plural = "automatic replies (latencies in ms from the caller's last word)"
 
 
 class EventInline(ReadOnlyInline):
@@ -58,6 +65,16 @@ def call_timeline(call: Call) -> list[dict]:
         }
         for t in call.turns.all()
     ]
+    rows += [
+        {
+            "at": r.completed_at or r.heard_at,
+            "kind": "reply",
+            "label": f"reply {r.status}",
+            "detail": f"first words after {r.first_audio_ms} ms, done after {r.total_ms} ms"
+            if r.first_audio_ms is not None else (r.error or ""),
+        }
+        for r in call.replies.all()
+    ]
     rows.sort(key=lambda row: row["at"])
     for row in rows:
         row["offset"] = (row["at"] - call.started_at).total_seconds()
@@ -78,10 +95,10 @@ class CallAdmin(admin.ModelAdmin):
     date_hierarchy = "started_at"
     search_fields = ("id", "provider_call_id", "from_number", "to_number", "session_key")
     ordering = ("-started_at",)
-    inlines = (TranscriptInline, TurnInline, EventInline)
+    inlines = (TranscriptInline, TurnInline, ReplyInline, EventInline)
     fieldsets = (
         (None, {"fields": ("id", "provider", "provider_call_id", "direction", "state", "end_reason")}),
-        ("Parties", {"fields": ("from_number", "to_number", "agent_id", "session_key")}),
+        ("Parties", {"fields": ("from_number", "to_number", "agent_id", "session_key", "route")}),
         ("Times", {"fields": ("started_at", "answered_at", "ended_at", "max_duration_deadline", "notify_hangup_at")}),
         ("Metadata", {"fields": ("metadata",)}),
     )
@@ -101,4 +118,24 @@ class CallAdmin(admin.ModelAdmin):
         return False  # records are written by the gateway only; the page is view-only
 
     def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
+class SessionMessageInline(ReadOnlyInline):
+    model = SessionMessage
+    fields = ("spoken_at", "role", "text", "call")
+    readonly_fields = fields
+    verbose_name_plural = "memory"
+
+
+@admin.register(ConversationSession)
+class ConversationSessionAdmin(admin.ModelAdmin):
+    """Each session's memory; deleting a session makes the agent forget that conversation."""
+
+    list_display = ("key", "agent_id", "updated_at", "created_at")
+    search_fields = ("key",)
+    inlines = (SessionMessageInline,)
+    readonly_fields = ("key", "agent_id", "created_at", "updated_at")
+
+    def has_add_permission(self, request) -> bool:
         return False

@@ -1,10 +1,10 @@
-"""Admin: per-number routes and allowlisted callers, with E.164 and tts validation."""
+"""Admin: per-number routes (the config file's shown beside them), allowlisted callers, pairing codes."""
 from __future__ import annotations
 
 from django import forms
 from django.contrib import admin
 
-from .models import AllowedCaller, NumberRoute
+from .models import AllowedCaller, NumberRoute, PairingCode
 from .routes import validate_route_tts
 
 
@@ -28,9 +28,52 @@ class NumberRouteAdmin(admin.ModelAdmin):
     list_filter = ("enabled",)
     search_fields = ("number", "agent_id", "inbound_greeting")
 
+    def changelist_view(self, request, extra_context=None):
+        from calls.config import get_config
+
+        config = get_config().config
+        admin_numbers = set(NumberRoute.objects.filter(enabled=True).values_list("number", flat=True))
+        config_routes = [
+            {"number": number, "overridden": number in admin_numbers,
+             "settings": route.model_dump(by_alias=True, exclude_none=True, mode="json")}
+            for number, route in sorted(config.numbers.items())
+        ]
+        extra_context = {**(extra_context or {}), "config_routes": config_routes}
+        return super().changelist_view(request, extra_context)
+
 
 @admin.register(AllowedCaller)
 class AllowedCallerAdmin(admin.ModelAdmin):
     list_display = ("number", "label", "enabled", "created_at")
     list_filter = ("enabled",)
     search_fields = ("number", "label")
+
+
+class UsableFilter(admin.SimpleListFilter):
+    title = "usable"
+    parameter_name = "usable"
+
+    def lookups(self, request, model_admin):
+        return (("yes", "Usable"), ("no", "Used or expired"))
+
+    def queryset(self, request, queryset):
+        if self.value() == "yes":
+            return queryset.usable()
+        if self.value() == "no":
+            return queryset.exclude(pk__in=queryset.usable().values("pk"))
+        return queryset
+
+
+@admin.register(PairingCode)
+class PairingCodeAdmin(admin.ModelAdmin):
+    """Create a code, read it to the caller; it works once, until it expires (inboundPolicy "pairing")."""
+
+    list_display = ("code", "label", "usable", "expires_at", "used_at", "used_by", "created_at")
+    list_filter = (UsableFilter,)
+    search_fields = ("code", "label", "used_by")
+    readonly_fields = ("code", "used_at", "used_by", "created_at")
+    fields = ("code", "label", "expires_at", "used_at", "used_by", "created_at")
+
+    @admin.display(boolean=True)
+    def usable(self, obj: PairingCode) -> bool:
+        return obj.usable

@@ -1,7 +1,11 @@
 """Per-number routes and allowlisted callers, managed in the admin beside the config file's own."""
 from __future__ import annotations
 
+import secrets
+from datetime import timedelta
+
 from django.db import models
+from django.utils import timezone
 
 from .validators import validate_e164
 
@@ -55,3 +59,53 @@ class AllowedCaller(models.Model):
 
     def __str__(self) -> str:
         return f"{self.number} {self.label}".strip()
+
+
+PAIRING_CODE_DIGITS = 6
+PAIRING_CODE_LIFETIME = timedelta(hours=24)
+
+
+def new_pairing_code() -> str:
+    return f"{secrets.randbelow(10 ** PAIRING_CODE_DIGITS):0{PAIRING_CODE_DIGITS}d}"
+
+
+def pairing_code_expiry():
+    return timezone.now() + PAIRING_CODE_LIFETIME
+
+
+class PairingCodeQuerySet(models.QuerySet):
+    def usable(self) -> PairingCodeQuerySet:
+        return self.filter(used_at__isnull=True, expires_at__gt=timezone.now())
+
+
+class PairingCode(models.Model):
+    """A one-time code an unknown caller keys in or says to join the allowlist (inboundPolicy pairing)."""
+
+    code = models.CharField(max_length=PAIRING_CODE_DIGITS, unique=True, default=new_pairing_code,
+                            help_text="Give this to the caller; it works once.")
+    label = models.CharField(max_length=200, blank=True, default="", help_text="Who it is for (becomes the allowlist label)")
+    expires_at = models.DateTimeField(default=pairing_code_expiry)
+    used_at = models.DateTimeField(null=True, blank=True)
+    used_by = models.CharField(max_length=16, blank=True, default="", help_text="The number that paired with it")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = PairingCodeQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.code} {self.label}".strip()
+
+    @property
+    def usable(self) -> bool:
+        return self.used_at is None and self.expires_at > timezone.now()
+
+    def save(self, *args, **kwargs) -> None:
+        # A fresh random code may collide with an old one: draw again rather than fail the form.
+        if self._state.adding:
+            for _ in range(10):
+                if not PairingCode.objects.filter(code=self.code).exists():
+                    break
+                self.code = new_pairing_code()
+        super().save(*args, **kwargs)

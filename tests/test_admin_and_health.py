@@ -99,3 +99,44 @@ async def test_admin_static_files_are_served_by_the_gateway(asgi):
     response = await asgi.get("/static/admin/css/base.css")
     assert response.status_code == 200
     assert "text/css" in response.headers["content-type"]
+
+
+def test_config_routes_are_shown_beside_admin_routes(staff, configure):
+    configure({"numbers": {
+        "+15550001111": {"inboundGreeting": "Config sales", "tts": {"providers": {"openai": {"apiKey": "sk-secret-value"}}}},
+        "+15550002222": {"inboundGreeting": "Config support"},
+    }})
+    NumberRoute.objects.create(number="+15550001111", inbound_greeting="Admin sales")
+    html = staff.get(reverse("admin:routing_numberroute_changelist")).content.decode()
+    assert "Routes from the config file" in html
+    table = html[html.index('id="config-routes"'):]
+    assert "Config sales" in table and "Config support" in table
+    assert "no: the admin route wins" in table and table.count("<td>yes</td>") == 1
+    assert "sk-secret-value" not in html  # credentials are described, never shown
+
+
+def test_pairing_codes_are_made_in_the_admin(staff):
+    from routing.models import PairingCode
+
+    response = staff.post(reverse("admin:routing_pairingcode_add"), {
+        "label": "Grandma", "expires_at_0": "2099-01-01", "expires_at_1": "00:00:00"})
+    assert response.status_code == 302, response.content.decode()[:2000]
+    created = PairingCode.objects.get()
+    assert created.label == "Grandma" and len(created.code) == 6 and created.usable
+    listing = staff.get(reverse("admin:routing_pairingcode_changelist"), {"usable": "yes"}).content.decode()
+    assert created.code in listing
+    assert created.code not in staff.get(reverse("admin:routing_pairingcode_changelist"), {"usable": "no"}).content.decode()
+
+
+def test_replies_and_session_memory_are_visible(staff, configure):
+    configure({"inboundPolicy": "open", "agents": {"main": {"responder": {"type": "scripted", "replies": ["Scripted answer."]}}}})
+    event_process(CallAnswered(call_id="CA-in", provider_call_id="CA-in", direction="inbound", from_number="+15557777777"))
+    call = Call.objects.get(provider_call_id="CA-in")
+    event_process(CallSpeech(call_id=str(call.pk), transcript="A question."))
+    html = staff.get(reverse("admin:calls_call_change", args=[call.pk])).content.decode()
+    assert "automatic replies" in html.lower() and "Scripted answer." in html and "reply spoken" in html
+    from calls.models import ConversationSession
+
+    session = ConversationSession.objects.get()
+    page = staff.get(reverse("admin:calls_conversationsession_change", args=[session.pk])).content.decode()
+    assert "A question." in page and "Scripted answer." in page

@@ -48,11 +48,49 @@ def cross_field_errors(cfg: VoiceCallConfig, environ: Mapping[str, str] | None =
         errors.append(f"streaming.enabled: requires provider {_or(STREAMING_CARRIERS)}")
     if cfg.tailscale.mode == "funnel" and cfg.tailscale.port not in FUNNEL_PORTS:
         errors.append(f"tailscale.port: funnel accepts only {_or(tuple(map(str, FUNNEL_PORTS)))}")
+    errors.extend(_conversation_errors(cfg))
     if cfg.skip_signature_verification and not _skip_allowed(cfg, os.environ if environ is None else environ):
         errors.append(
             "skipSignatureVerification: only allowed with a loopback serve.bind and no "
             f"publicUrl, tunnel or tailscale (or set {UNSAFE_SKIP_ENV}=1)"
         )
+    return errors
+
+
+def _conversation_errors(cfg: VoiceCallConfig) -> list[str]:
+    """Agents, responders and models must name things that exist (SPEC §8)."""
+    from providers.responders.models import KNOWN_PROVIDERS, model_problem
+
+    errors: list[str] = []
+    agents = sorted(cfg.agents)
+    if cfg.agent_id is None and len(agents) > 1:
+        errors.append(f"agentId: required when several agents are configured ({', '.join(agents)})")
+    owners = [("agentId", cfg.agent_id)] + [(f"numbers.{key}.agentId", route.agent_id) for key, route in cfg.numbers.items()]
+    for path, agent_id in owners:
+        if agents and agent_id and agent_id not in cfg.agents:
+            errors.append(f"{path}: no agent {agent_id!r} in agents ({', '.join(agents)})")
+    models = [("responseModel", cfg.response_model)]
+    models += [(f"numbers.{key}.responseModel", route.response_model) for key, route in cfg.numbers.items()]
+    for agent_id, agent in cfg.agents.items():
+        responder = agent.responder
+        if responder is None:
+            continue
+        path = f"agents.{agent_id}.responder"
+        models.append((f"{path}.model", responder.model))
+        if responder.type == "webhook":
+            if not responder.url:
+                errors.append(f"{path}.url: required for a webhook responder")
+            if responder.secret is None:
+                errors.append(f"{path}.secret: required for a webhook responder (its requests are signed with it)")
+        if responder.type == "scripted" and not responder.replies:
+            errors.append(f"{path}.replies: a scripted responder needs at least one reply")
+    for path, value in models:
+        problem = model_problem(value, cfg.models.providers) if value else None
+        if problem:
+            errors.append(f"{path}: {problem}")
+    for provider_id, block in cfg.models.providers.items():
+        if not block.base_url and provider_id not in KNOWN_PROVIDERS:
+            errors.append(f"models.providers.{provider_id}.baseUrl: required (no default for {provider_id!r})")
     return errors
 
 

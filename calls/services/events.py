@@ -6,8 +6,8 @@ from enum import StrEnum
 
 from django.db import IntegrityError, transaction
 
-from routing.policy import inbound_allowed
-from routing.routes import greeting_for, match_route
+from routing.policy import inbound_decision
+from routing.routes import greeting_for, match_route, route_snapshot
 
 from .. import background
 from ..events import (
@@ -29,6 +29,8 @@ from ..models import Call, CallEvent, CallTurn, Direction, TurnStatus
 from ..runtime import CallRuntime, get_runtime
 from ..session_keys import session_key_for_call
 from ..states import CallState
+from .pairing import PAIRING_PROMPT, pairing_admission, pairing_input
+from .replies import conversational, reply_requested
 from .common import CLAIM_TTL, add_transcript, call_lookup, finalize, from_ms, log, move_to, now, set_answered, to_ms, turn_changed
 
 
@@ -126,26 +128,30 @@ def _create_webhook_call(runtime: CallRuntime, event: NormalizedEvent) -> tuple[
         # Display values (a SIP URI may be long): clipped to the column, never refused.
         from_number=(event.from_number or "unknown")[:FIELD_LIMIT],
         to_number=(event.to_number or config.from_number or "unknown")[:FIELD_LIMIT],
-        agent_id=config.agent_id,
+        agent_id=config.resolved_agent_id(),
         started_at=now(),
     )
-    if direction == Direction.INBOUND and not inbound_allowed(
-        policy=config.inbound_policy, allow_from=config.allow_from, caller=event.from_number
-    ):
-        log.info("inbound call from %s rejected by inboundPolicy %s", event.from_number, config.inbound_policy)
-        call.state = call.end_reason = CallState.HANGUP_BOT.value
-        call.ended_at = call.started_at
-        call.metadata = {"rejectionReason": "inbound-policy"}
-        call.save()
-        return call, True
     if direction == Direction.INBOUND:
+        decision = inbound_decision(policy=config.inbound_policy, allow_from=config.allow_from, caller=event.from_number)
+        reason = decision.reason if not decision.allowed else (pairing_admission(event.from_number) if decision.pairing else "")
+        if reason:
+            log.info("inbound call from %s rejected (inboundPolicy %s): %s", event.from_number, config.inbound_policy, reason)
+            call.state = call.end_reason = CallState.HANGUP_BOT.value
+            call.ended_at = call.started_at
+            call.metadata = {"rejectionReason": reason}
+            call.save()
+            return call, True
         matched = match_route(config, event.to_number)
         route_key, route = matched if matched else (None, None)
         if route and route.agent_id:
             call.agent_id = route.agent_id
         call.metadata = {"initialMessage": greeting_for(config, route)}
+        if decision.pairing:
+            # The greeting waits until the caller has paired; first they are asked for the code.
+            call.metadata.update(initialMessage=PAIRING_PROMPT, pairing={"attempts": 0, "digits": ""})
         if route_key:
             call.metadata["numberRouteKey"] = route_key
+            call.route = route_snapshot(route_key, route)
     call.session_key = session_key_for_call(
         scope=config.session_scope,
         agent_id=call.agent_id,
@@ -189,7 +195,10 @@ def _apply(runtime: CallRuntime, call: Call, event: NormalizedEvent) -> None:
         # The first verdict is kept apart: later ones (e.g. end of greeting) refine but do not replace it.
         call.metadata = {**call.metadata, "answeredBy": event.answered_by}
         call.metadata.setdefault("answeredByFirst", event.answered_by)
-    elif isinstance(event, (CallSilence, CallDtmf)):
+    elif isinstance(event, CallDtmf):
+        if call.metadata.get("pairing"):
+            pairing_input(call, digits=event.digits)
+    elif isinstance(event, CallSilence):
         pass  # recorded only
 
 
@@ -221,9 +230,14 @@ def _apply_speech(runtime: CallRuntime, call: Call, event: CallSpeech) -> None:
             # A stale or replayed result from an earlier turn must not complete this one.
             log.warning("speech for call %s ignored: turn token %r does not match", call.pk, event.turn_token)
             return
-        add_transcript(call, "user", text, at=from_ms(event.timestamp))
+        heard_at = from_ms(event.timestamp)
+        add_transcript(call, "user", text, at=heard_at)
         if turn is not None:
             _complete_turn(call, turn, text)
+        elif call.metadata.get("pairing"):
+            pairing_input(call, text=text)
+        elif conversational(call):
+            reply_requested(call, text, heard_at=heard_at)
     move_to(call, CallState.LISTENING)
     set_answered(call, from_ms(event.timestamp), runtime.config.max_duration_seconds)
 

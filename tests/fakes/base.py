@@ -21,6 +21,7 @@ import httpx
 __all__ = [
     "Delivery",
     "FakeServer",
+    "LoopbackHttpFake",
     "Recorded",
     "Reply",
     "add_query",
@@ -470,3 +471,50 @@ class FakeServer:
             if url.startswith(public):
                 return local + url[len(public):]
         return url
+
+
+class LoopbackHttpFake:
+    """An HTTP fake on 127.0.0.1:<random port>, served from a thread; usable as a context manager.
+
+    Subclasses call `super().__init__()` and implement `handler_class()`, a BaseHTTPRequestHandler
+    subclass whose requests reach the fake as `self.fake`. `_release` is set when the fake stops,
+    so handlers that stall on purpose wake up and finish.
+    """
+
+    thread_name = "fake-http"
+
+    def __init__(self) -> None:
+        self._release = threading.Event()
+        self._httpd: ThreadingHTTPServer | None = None
+
+    def handler_class(self) -> type:
+        raise NotImplementedError
+
+    def start(self):
+        if self._httpd is None:
+            self._release.clear()
+            handler = type(f"{type(self).__name__}Handler", (self.handler_class(),), {"fake": self})
+            self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+            self._httpd.daemon_threads = True
+            threading.Thread(target=self._httpd.serve_forever, args=(0.02,), name=self.thread_name, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self._release.set()
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    @property
+    def origin(self) -> str:
+        """http://127.0.0.1:<port> (raises when the fake is not running)."""
+        if self._httpd is None:
+            raise RuntimeError(f"{type(self).__name__} is not started")
+        return f"http://127.0.0.1:{self._httpd.server_address[1]}"

@@ -1,0 +1,55 @@
+"""Reply requests: the caller's finished words start an automatic reply and supersede older ones."""
+from __future__ import annotations
+
+from datetime import datetime
+
+from routing.routes import call_route
+
+from .. import background
+from ..memory import remember
+from ..models import Call, MessageRole, ReplyStatus, ReplyTurn
+from ..runtime import get_runtime
+from .common import from_ms, log, now
+
+
+def conversational(call: Call) -> bool:
+    """Whether the call answers the caller by itself: inbound and conversation-mode calls do, when
+    something can answer — a responder for the call's agent, or a responseModel (config or route).
+
+    Without one the call only listens, and whoever drives it (`continue`) does the talking.
+    """
+    if call.direction != "inbound" and call.metadata.get("mode") != "conversation":
+        return False
+    config = get_runtime().config
+    agent = config.agents.get(call.agent_id or config.resolved_agent_id())
+    if agent is not None and agent.responder is not None:
+        return True
+    route = call_route(config, call)
+    return bool(config.response_model or (route and route.response_model))
+
+
+def reply_requested(call: Call, text: str, *, heard_at: datetime) -> ReplyTurn:
+    """The caller finished saying `text`: remember it, supersede older replies, start a new one.
+
+    Runs inside the event's transaction; the job starts after it commits.
+    """
+    superseded = ReplyTurn.objects.filter(call=call, status=ReplyStatus.PENDING).update(
+        status=ReplyStatus.SUPERSEDED, completed_at=now())
+    if superseded:
+        log.info("call %s: newer caller speech supersedes %d pending repl%s", call.pk, superseded,
+                 "y" if superseded == 1 else "ies")
+    message = remember(call, MessageRole.USER, text, at=heard_at)
+    reply = ReplyTurn.objects.create(call=call, transcript=text, user_message=message, heard_at=heard_at)
+    background.submit("calls.auto_reply", reply_id=reply.pk)
+    return reply
+
+
+def replies_interrupted(*, call_id: str, since_ms: int) -> int:
+    """The caller started talking at `since_ms`: replies to what they said before are superseded."""
+    since = from_ms(since_ms)
+    return ReplyTurn.objects.filter(call_id=call_id, status=ReplyStatus.PENDING, heard_at__lt=since).update(
+        status=ReplyStatus.SUPERSEDED, completed_at=now())
+
+
+def still_current(reply_id: int) -> bool:
+    return ReplyTurn.objects.filter(pk=reply_id, status=ReplyStatus.PENDING).exists()
