@@ -305,3 +305,31 @@ class ReplyTurn(models.Model):
 
     def __str__(self) -> str:
         return f"reply {self.pk} on {self.call_id}: {self.status}"
+
+
+class OperationStatus(models.TextChoices):
+    PENDING = "pending"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+class ContinueOperation(models.Model):
+    """One `voicecall.continue.start`: stored so any gateway process can answer `.continue.result`."""
+
+    id = models.UUIDField("operation id", primary_key=True, default=uuid.uuid4, editable=False)
+    call = models.ForeignKey(Call, on_delete=models.CASCADE, related_name="continue_operations")
+    message = models.TextField()
+    status = models.CharField(max_length=16, choices=OperationStatus.choices, default=OperationStatus.PENDING)
+    transcript = models.TextField(null=True, blank=True)
+    error = models.TextField(blank=True, default="")
+    poll_timeout_ms = models.PositiveIntegerField()
+    created_at = models.DateTimeField(default=timezone.now)
+    # A pending operation past this time is reported failed (its process may have died).
+    deadline = models.DateTimeField()
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["status", "completed_at"]), models.Index(fields=["deadline"])]
+
+    def __str__(self) -> str:
+        return f"continue {self.pk} ({self.status})"

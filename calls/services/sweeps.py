@@ -6,11 +6,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from django.db import transaction
-from django.db.models import Min
+from django.db.models import Min, Q
 
 from .. import background
 from ..config import get_config
-from ..models import Call, CallTurn, CarrierDocument, ProcessedWebhook, TurnStatus
+from ..models import Call, CallTurn, CarrierDocument, ContinueOperation, OperationStatus, ProcessedWebhook, TurnStatus
 from ..runtime import get_runtime
 from ..states import CONVERSATION_STATES, CallState
 from .common import finalize, log, now
@@ -95,14 +95,24 @@ def stale_calls_reap(at: datetime | None = None) -> int:
 
 # Documents a carrier fetches (Plivo's speak XML) are fetched within seconds; an hour is generous.
 DOCUMENT_TTL = timedelta(hours=1)
+OPERATION_TTL = timedelta(minutes=5)
 
 
 def processed_webhooks_purge(at: datetime | None = None) -> int:
-    """Forget expired replay records and old carrier documents; returns how many rows went."""
+    """Forget expired replay records, old carrier documents and finished continue operations.
+
+    Returns how many rows went. A continue operation is kept 5 minutes after it finished (or,
+    abandoned while pending, after its deadline) so a slow poller still reads its result.
+    """
     moment = at or now()
     deleted, _ = ProcessedWebhook.objects.filter(expires_at__lt=moment).delete()
     documents, _ = CarrierDocument.objects.filter(created_at__lt=moment - DOCUMENT_TTL).delete()
-    return deleted + documents
+    cutoff = moment - OPERATION_TTL
+    operations = ContinueOperation.objects.filter(
+        Q(completed_at__lt=cutoff) | Q(status=OperationStatus.PENDING, deadline__lt=cutoff)
+    )
+    finished, _ = operations.delete()
+    return deleted + documents + finished
 
 
 @dataclass
