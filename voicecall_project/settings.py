@@ -5,6 +5,9 @@ from pathlib import Path
 
 import environ
 
+from calls.rpc_tokens import parse_rpc_tokens
+from voicecall_project.secret_files import secret_file
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
@@ -16,29 +19,9 @@ DATA_DIR.mkdir(parents=True, exist_ok=True)
 
 
 
-def _local_secret_key() -> str:
-    """Without SECRET_KEY, a random key kept in the data directory (so restarts keep sessions and tokens)."""
-    import os
-    import secrets
-
-    path = DATA_DIR / "secret_key"
-    if not path.exists():
-        # Written aside and linked into place, so concurrent first starts agree on one key.
-        temporary = DATA_DIR / f".secret_key.{os.getpid()}"
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(secrets.token_urlsafe(50))
-        try:
-            os.link(temporary, path)
-        except FileExistsError:
-            pass
-        finally:
-            temporary.unlink()
-    return path.read_text().strip()
-
-
 # Distributed deployments must set SECRET_KEY: every process has to agree on it.
-SECRET_KEY = env("SECRET_KEY", default="") or _local_secret_key()
+# Without it, a random key kept in the data directory (so restarts keep sessions).
+SECRET_KEY = env("SECRET_KEY", default="") or secret_file(DATA_DIR / "secret_key", 50)
 DEBUG = env.bool("DEBUG", default=False)
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
@@ -141,6 +124,14 @@ VOICECALL_EMBEDDED_SCHEDULER = env.bool(
 )
 # Start the gateway's background services on the first ASGI request when the server did not.
 VOICECALL_AUTOSTART_SERVICES = env.bool("VOICECALL_AUTOSTART_SERVICES", default=True)
+
+# Bearer tokens for POST /voice/rpc: comma-separated "scope:token" entries, scope read or write
+# (write includes read). Checked here so a bad entry stops every process with a message naming it.
+VOICECALL_RPC_TOKENS = parse_rpc_tokens(env("VOICECALL_RPC_TOKENS", default=""))
+# Where the CLI finds the running gateway's RPC (default: http://<serve.bind>:<serve.port>).
+VOICECALL_GATEWAY_URL = env("VOICECALL_GATEWAY_URL", default="")
+# The token the CLI sends; default: the first write token above, else the local token file.
+VOICECALL_RPC_TOKEN = env("VOICECALL_RPC_TOKEN", default="")
 
 # Path of the call config file (JSON or JSON5); unset means defaults with the mock carrier.
 VOICECALL_CONFIG = env("VOICECALL_CONFIG", default="")

@@ -2,7 +2,7 @@
 from django.contrib import admin
 from django.urls import path
 
-from calls import views
+from calls import rpc, tools, views
 
 admin.site.site_header = "Voice-call gateway"
 admin.site.site_title = "Voice-call gateway"
@@ -11,5 +11,7 @@ admin.site.index_title = "Calls, routes and allowlists"
 urlpatterns = [
     path("healthz", views.healthz, name="healthz"),
     path("readyz", views.readyz, name="readyz"),
+    path("voice/rpc", rpc.rpc_view, name="rpc"),
+    path("voice/tools/voice_call.json", tools.tool_document_view, name="voice-call-tool"),
     path("admin/", admin.site.urls),
 ]

@@ -22,6 +22,6 @@ class Command(BaseCommand):
         bind = bind or serve.bind
         port = port or serve.port
         start_gateway_services()
-        self.stdout.write(f"Voice-call gateway on http://{bind}:{port} (admin at /admin/, webhooks at {serve.path})")
+        self.stdout.write(f"Voice-call gateway on http://{bind}:{port} (admin at /admin/, webhooks at {serve.path}, RPC at /voice/rpc)")
         self.stdout.flush()
         CommandLineInterface().run(["-b", bind, "-p", str(port), "voicecall_project.asgi:application"])
