@@ -5,6 +5,8 @@ os.environ["VOICECALL_BACKGROUND"] = "inline"
 os.environ["VOICECALL_EMBEDDED_SCHEDULER"] = "false"
 os.environ["VOICECALL_AUTOSTART_SERVICES"] = "false"
 os.environ["VOICECALL_CONFIG"] = ""
+# The CLI runs standalone unless a test points it at a gateway it started.
+os.environ["VOICECALL_GATEWAY_URL"] = "off"
 
 from voicecall_project.settings import *  # noqa: E402,F401,F403
 

@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from datetime import timedelta
+from datetime import timezone as dt_timezone
 from pathlib import Path
 
 import pytest
@@ -701,9 +702,15 @@ def test_unknown_call_is_not_found(args, outbox):
 def test_ended_call_has_ended(args, outbox):
     call_id = start_call(TO)
     run("end", "--call-id", call_id)
+    ended_at = Call.objects.get(pk=call_id).ended_at.astimezone(dt_timezone.utc)
     outbox.clear()
     command, *rest = args
-    assert run_error(command, "--call-id", call_id, *rest) == "Call has ended"
+    if command == "dtmf":
+        assert run_error(command, "--call-id", call_id, *rest) == "Call has ended"
+    else:  # speak and continue say why, as the command service does
+        stamp = ended_at.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ended_at.microsecond // 1000:03d}Z"
+        expected = f"call is not active (last state=hangup-bot, endReason=hangup-bot, endedAt={stamp})"
+        assert run_error(command, "--call-id", call_id, *rest) == expected
     assert outbox == []
     assert not CallTurn.objects.exists()
 

@@ -18,8 +18,9 @@ from calls.cli.setup import setup_checks, setup_json, setup_text
 from calls.cli.stats import latency_from_db, latency_from_file
 from calls.config import get_config
 from calls.errors import InvalidRequest, VoiceCallError
+from calls import commands
+from calls.cli.gateway import GatewayUnreachable, continue_via_gateway, placement_timeout_s, rpc_call
 from calls.selectors import call_find, call_record, live_calls
-from calls.services import call_continue, call_end, call_initiate, call_send_dtmf, call_speak
 
 SMOKE_MESSAGE = "Voice call smoke test."
 
@@ -138,44 +139,70 @@ class Command(BaseCommand):
             result = {"ok": True, "setup": setup, "liveCall": False, "wouldCall": to}
             text = f"live-call: dry run for {to} (add --yes to place it)"
         else:
-            call = call_initiate(to=to, message=message, mode=mode)
-            result = {"ok": True, "setup": setup, "liveCall": True, "callId": str(call.pk)}
-            text = f"live-call: started {call.pk}"
+            call_id = self.place_call("voicecall.start", to=to, message=message, mode=mode)
+            result = {"ok": True, "setup": setup, "liveCall": True, "callId": call_id}
+            text = f"live-call: started {call_id}"
         if json:
             self.out(result)
         else:
             self.stdout.write(setup_text(checks) + "\n" + text)
 
-    # --- calls -------------------------------------------------------------------------
+    # --- calls: through the running gateway when it answers, standalone otherwise ----------
+
+    def delegate(self, via_gateway, standalone):
+        """What the running gateway answers, or `standalone()` when no gateway can be reached.
+
+        Never binds a port: the standalone runtime talks to the carrier and the database only.
+        """
+        try:
+            return via_gateway()
+        except GatewayUnreachable as exc:
+            if not exc.quiet:
+                self.stderr.write(f"voicecall: {exc}; running standalone")
+            return standalone()
+
+    def place_call(self, method: str, *, to, message, mode) -> str:
+        mode = mode if mode in commands.MODES else None  # the reference: an unknown mode means the default
+        result = self.delegate(
+            lambda: rpc_call(method, {"to": to, "message": message, "mode": mode}, timeout=placement_timeout_s()),
+            lambda: commands.initiate(to=to, message=message, mode=mode),
+        )
+        return result["callId"]
 
     def cmd_call(self, *, message, to, mode, **_) -> None:
         to = to or get_config().config.to_number
         if not to:
             raise InvalidRequest("Missing --to and no toNumber configured")
-        call = call_initiate(to=to, message=message, mode=mode)
-        self.out({"callId": str(call.pk)})
+        self.out({"callId": self.place_call("voicecall.initiate", to=to, message=message, mode=mode)})
 
     def cmd_start(self, *, to, message, mode, **_) -> None:
-        call = call_initiate(to=to, message=message, mode=mode)
-        self.out({"callId": str(call.pk)})
+        self.out({"callId": self.place_call("voicecall.start", to=to, message=message, mode=mode)})
 
     def cmd_continue(self, *, call_id, message, **_) -> None:
-        transcript = call_continue(call_id=call_id, prompt=message)
-        self.out({"success": True, "transcript": transcript})
+        self.out(self.delegate(
+            lambda: continue_via_gateway(call_id, message), lambda: commands.continue_call(call_id, message)
+        ))
 
     def cmd_speak(self, *, call_id, message, **_) -> None:
-        call_speak(call_id=call_id, text=message)
-        self.out({"success": True})
+        result = self.delegate(
+            lambda: rpc_call("voicecall.speak", {"callId": call_id, "message": message}),
+            lambda: commands.speak(call_id, message),
+        )
+        if result.get("success") is False:
+            raise VoiceCallError(result.get("error") or "speak failed")
+        self.out(result)
 
     def cmd_dtmf(self, *, call_id, digits, **_) -> None:
-        call_send_dtmf(call_id=call_id, digits=digits)
-        self.out({"success": True})
+        self.out(self.delegate(
+            lambda: rpc_call("voicecall.dtmf", {"callId": call_id, "digits": digits}),
+            lambda: commands.send_dtmf(call_id, digits),
+        ))
 
     def cmd_end(self, *, call_id, **_) -> None:
-        call_end(call_id=call_id)
-        self.out({"success": True})
+        self.out(self.delegate(lambda: rpc_call("voicecall.end", {"callId": call_id}), lambda: commands.end(call_id)))
 
     def cmd_status(self, *, call_id=None, **_) -> None:
+        # A read of the shared store: the full record (transcript, metadata) with or without a gateway.
         if call_id is None:
             self.out({"found": True, "calls": [call_record(call) for call in live_calls()]})
             return
