@@ -634,3 +634,23 @@ def test_an_agent_drives_a_whole_call_with_the_tool_document_and_rpc(live_gatewa
     assert tool({"action": "get_status", "callId": call_id})["call"]["endReason"] == "hangup-bot"
     spoken = [r.params["text"] for r in outbox if r.action == "play_tts"]
     assert spoken == ["Hi, this is the clinic.", "Which day suits you?", "Booked for Thursday."]
+
+
+def test_speak_with_realtime_on_and_no_fallback_reports_the_missing_bridge(rpc, outbox, monkeypatch):
+    from types import SimpleNamespace
+
+    from calls import commands
+    from calls.runtime import get_runtime
+
+    call_id = answered_call(rpc)
+    outbox.clear()
+    config = get_runtime().config
+    realtime_on = config.model_copy(update={"realtime": config.realtime.model_copy(update={"enabled": True})})
+    monkeypatch.setattr(commands, "get_runtime", lambda: SimpleNamespace(config=realtime_on))
+    assert result_of(rpc("voicecall.speak", {"callId": call_id, "message": "Hi", "allowTwimlFallback": False})) == {
+        "success": False, "error": "Realtime bridge is not active",
+    }
+    assert outbox == []
+    # Fallback allowed (the default): the carrier's own TTS says it.
+    assert result_of(rpc("voicecall.speak", {"callId": call_id, "message": "Hi"})) == {"success": True}
+    assert [r.action for r in outbox] == ["play_tts"]
