@@ -15,8 +15,6 @@ from .selectors import call_find, call_summary, live_calls
 from .services import call_continue, call_end, call_initiate, call_send_dtmf, call_speak
 from .services.common import call_lookup
 
-MODES = ("notify", "conversation")
-
 
 class CommandInputError(InvalidRequest):
     """A required input is missing, or the call is not active: the caller must change the request."""
@@ -47,7 +45,7 @@ def initiate(
     config = get_runtime().config
     to = require(to or config.to_number, missing_to)
     call = call_initiate(
-        to=to, message=message, mode=mode if mode in MODES else None, dtmf_sequence=dtmf_sequence,
+        to=to, message=message, mode=mode, dtmf_sequence=dtmf_sequence,
         session_key=session_key, requester_session_key=requester_session_key, agent_id=agent_id,
     )
     return {"callId": str(call.pk), "initiated": True}

@@ -21,10 +21,11 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from . import commands, operations, tools
-from .commands import CommandInputError, MODES
+from .commands import CommandInputError
 from .config import get_config
 from .errors import VoiceCallError
 from .rpc_tokens import AuthError, RpcToken, authenticate
+from .services.control import MODES
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +60,13 @@ def invalid_params(message: str) -> RpcError:
 
 @dataclass(frozen=True)
 class Method:
-    scope: str  # the narrowest token scope allowed to call it
+    scope: str | Callable[[dict[str, Any]], str]  # the narrowest token scope allowed, or how to tell from the params
     params: dict[str, type] | None  # name → str or bool; None: free-form (the tool checks its own)
     handler: Callable[[dict[str, Any]], Any]
     fallback: str  # the failure text when a service error has none
+
+    def scope_for(self, params: dict[str, Any]) -> str:
+        return self.scope(params) if callable(self.scope) else self.scope
 
 
 def _mode(params: dict[str, Any]) -> str | None:
@@ -129,7 +133,7 @@ METHODS: dict[str, Method] = {
         "read", {"callId": str, "sid": str}, lambda p: commands.status(p.get("callId") or p.get("sid")), "status failed"
     ),
     # The agent tool over RPC: its own {error: ...} results, never a JSON-RPC error for bad input.
-    "voicecall.tool": Method("read", None, tools.execute, "tool failed"),
+    "voicecall.tool": Method(tools.required_scope, None, tools.execute, "tool failed"),
 }
 
 
@@ -138,7 +142,8 @@ def checked_params(name: str, method: Method, raw: Any) -> dict[str, Any]:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise invalid_params(f"params must be an object of named params, not {type(raw).__name__ if not isinstance(raw, list) else 'an array'}")
+        kind = "an array" if isinstance(raw, list) else type(raw).__name__
+        raise invalid_params(f"params must be an object of named params, not {kind}")
     if method.params is None:
         return raw
     params: dict[str, Any] = {}
@@ -158,19 +163,13 @@ def checked_params(name: str, method: Method, raw: Any) -> dict[str, Any]:
     return params
 
 
-def required_scope(method: Method, params: dict[str, Any]) -> str:
-    if method.handler is tools.execute:
-        return tools.required_scope(params)
-    return method.scope
-
-
 def call_method(name: str, raw_params: Any, token: RpcToken) -> Any:
     """Run one method (in a worker thread); raises RpcError for anything but a result."""
     method = METHODS.get(name)
     if method is None:
         raise RpcError(METHOD_NOT_FOUND, f"Method not found: {name}", "METHOD_NOT_FOUND")
     params = checked_params(name, method, raw_params)
-    scope = required_scope(method, params)
+    scope = method.scope_for(params)
     if not token.allows(scope):
         raise RpcError(FORBIDDEN, f"{name} needs a token with the {scope} scope", "FORBIDDEN")
     close_old_connections()

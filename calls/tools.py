@@ -10,7 +10,10 @@ from typing import Any
 from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed, JsonResponse
 
 from . import commands
+from routing.validators import E164
+
 from .errors import VoiceCallError
+from .services.control import DTMF_PATTERN, MODES
 
 log = logging.getLogger(__name__)
 
@@ -25,12 +28,9 @@ TOOL_DESCRIPTION = (
 
 ACTIONS = ("initiate_call", "continue_call", "speak_to_user", "send_dtmf", "end_call", "get_status")
 READ_ACTIONS = ("get_status",)
-CALL_MODES = commands.MODES
 LEGACY_MODES = ("call", "status")
 CALL_ID_PLACEHOLDER = "CALL_ID"
 
-E164_PATTERN = r"^\+[1-9]\d{1,14}$"
-DIGITS_PATTERN = r"^[0-9*#wWpP,]+$"
 
 ACTION_DESCRIPTIONS = {
     "initiate_call": "Place an outbound call; returns its callId.",
@@ -59,17 +59,17 @@ def _string(description: str, **extra: Any) -> dict[str, Any]:
 FIELDS: dict[str, dict[str, Any]] = {
     "to": _string(
         "E.164 number to call, e.g. +15550001234; defaults to the configured toNumber",
-        pattern=E164_PATTERN,
+        pattern=E164.pattern,
     ),
     "mode": _string(
         "notify: say the message, then hang up; conversation: say the message and keep the call open "
         "for continue_call, speak_to_user and send_dtmf. Defaults to the configured outbound mode",
-        enum=list(CALL_MODES),
+        enum=list(MODES),
     ),
     "dtmfSequence": _string(
         "Keypad digits to press once the call connects, e.g. ww1234# (0-9, *, #; w, p or a comma "
         "pause); only with mode conversation",
-        pattern=DIGITS_PATTERN,
+        pattern=DTMF_PATTERN.pattern,
     ),
     "sessionKey": _string(
         "Conversation session to attach the call to, e.g. my-thread; defaults to one per phone "
@@ -86,7 +86,7 @@ FIELDS: dict[str, dict[str, Any]] = {
     ),
     "digits": _string(
         "Keypad digits to press now, e.g. 1 or 12#: 0-9, *, #, and w, p or a comma for a pause",
-        pattern=DIGITS_PATTERN,
+        pattern=DTMF_PATTERN.pattern,
     ),
 }
 
@@ -322,11 +322,10 @@ def _dispatch(arguments: Any, *, session_key: str | None, agent_id: str | None) 
 
 
 def _initiate(arguments: dict[str, Any], *, session_key: str | None, agent_id: str | None, missing_to: str = "to required") -> dict[str, Any]:
-    mode = _text(arguments, "mode")
     return commands.initiate(
         to=_text(arguments, "to"),
         message=_text(arguments, "message"),
-        mode=mode if mode in CALL_MODES else None,
+        mode=_text(arguments, "mode"),  # an unknown mode means the configured default
         dtmf_sequence=_text(arguments, "dtmfSequence"),
         session_key=_text(arguments, "sessionKey"),
         requester_session_key=(session_key or "").strip() or _text(arguments, "requesterSessionKey"),

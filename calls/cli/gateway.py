@@ -22,6 +22,7 @@ POLL_INTERVAL_S = 1.0
 POLL_BUFFER_MS = 40_000
 DIAL_GRACE_MS = 5_000
 OFF = "off"
+RPC_PATH = "/voice/rpc"
 
 
 class GatewayUnreachable(Exception):
@@ -46,12 +47,13 @@ def gateway_url() -> str | None:
     if configured.lower() == OFF:
         return None
     if configured:
-        return configured.rstrip("/") + ("" if configured.rstrip("/").endswith("/voice/rpc") else "/voice/rpc")
+        base = configured.rstrip("/")
+        return base if base.endswith(RPC_PATH) else base + RPC_PATH
     serve = get_config().config.serve
     host = serve.bind if serve.bind not in ("", "0.0.0.0", "::") else "127.0.0.1"
     if ":" in host:
         host = f"[{host}]"
-    return f"http://{host}:{serve.port}/voice/rpc"
+    return f"http://{host}:{serve.port}{RPC_PATH}"
 
 
 def placement_timeout_s() -> float:

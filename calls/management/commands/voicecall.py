@@ -21,6 +21,7 @@ from calls.errors import InvalidRequest, VoiceCallError
 from calls import commands
 from calls.cli.gateway import GatewayUnreachable, continue_via_gateway, placement_timeout_s, rpc_call
 from calls.selectors import call_find, call_record, live_calls
+from calls.services.control import MODES
 
 SMOKE_MESSAGE = "Voice call smoke test."
 
@@ -162,7 +163,7 @@ class Command(BaseCommand):
             return standalone()
 
     def place_call(self, method: str, *, to, message, mode) -> str:
-        mode = mode if mode in commands.MODES else None  # the reference: an unknown mode means the default
+        mode = mode if mode in MODES else None  # the reference: an unknown mode means the default
         result = self.delegate(
             lambda: rpc_call(method, {"to": to, "message": message, "mode": mode}, timeout=placement_timeout_s()),
             lambda: commands.initiate(to=to, message=message, mode=mode),
