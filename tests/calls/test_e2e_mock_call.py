@@ -21,7 +21,7 @@ from calls.services import call_continue, call_end, call_initiate
 from providers.carriers import mock
 from tests.conftest import events_body
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.paths import ROOT
 
 
 @pytest.mark.django_db(transaction=True)

@@ -31,7 +31,7 @@ from providers.carriers.plivo import webhook as plivo_webhook
 from providers.carriers.telnyx import webhook as telnyx_webhook
 from providers.carriers.twilio import webhook as twilio_webhook
 
-FIXTURES = Path(__file__).parent / "fixtures"
+from tests.paths import FIXTURES
 CARRIERS = ("twilio", "telnyx", "plivo")
 PARSERS = {"twilio": twilio_webhook.parse, "telnyx": telnyx_webhook.parse, "plivo": plivo_webhook.parse}
 FILES = sorted(path for carrier in CARRIERS for path in (FIXTURES / carrier).glob("*.json"))

@@ -19,7 +19,7 @@ from providers.carriers.plivo import PlivoCarrier
 from providers.carriers.telnyx import TelnyxCarrier
 from providers.carriers.twilio import TwilioCarrier
 
-FIXTURES = Path(__file__).parent / "fixtures"
+from tests.paths import FIXTURES
 PUBLIC_URL = "https://gw.example.com/voice/webhook"
 CALL_ID = "7f3e2a1c-5b9d-4e8f-a2c4-6d1b3e5f7a90"
 # The Ed25519 public key of private key bytes(range(32)) (raw, base64): the Telnyx config is complete.

@@ -29,7 +29,7 @@ from calls.models import Call, CallTurn, TurnStatus
 from calls.services import call_speak, event_process
 from calls.services.common import to_ms
 
-MAIN = Path(__file__).resolve().parent.parent
+from tests.paths import ROOT as MAIN
 TO = "+15550001111"
 TO_2 = "+15550002222"
 TWILIO_OK = {

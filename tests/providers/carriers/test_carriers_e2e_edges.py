@@ -1,6 +1,6 @@
 """Whole-call edge cases through each carrier's local fake and the live gateway.
 
-Same set-up as tests/test_carriers_e2e.py (fake carrier REST API + signed webhooks against the
+Same set-up as tests/providers/carriers/test_carriers_e2e.py (fake carrier REST API + signed webhooks against the
 real gateway on a socket): greetings in the answer, pre-connect digits, unanswered outcomes,
 the caller hanging up, inbound policy rejections, redelivered and out-of-order events,
 restore after a restart, the Twilio "not in progress yet" retry and concurrent ends.
@@ -22,7 +22,7 @@ from calls.models import Call
 from calls.runtime import get_runtime
 from calls.services import call_continue, call_end, call_initiate, call_speak, calls_restore
 from tests.fakes import FakePlivo, FakeTelnyx, FakeTwilio
-from tests.test_carriers_e2e import CALLER, FROM, Background, carrier_config, query_of, transcript, wait_until
+from tests.providers.carriers.test_carriers_e2e import CALLER, FROM, Background, carrier_config, query_of, transcript, wait_until
 
 TO = "+15550001111"
 ALLOWED_ONLY = "+15550009999"

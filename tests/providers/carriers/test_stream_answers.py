@@ -21,11 +21,12 @@ from providers.carriers.base import WebhookRequest
 from providers.carriers.plivo import PlivoCarrier
 from providers.carriers.plivo.media import PlivoMediaCodec
 from providers.carriers.telnyx import TelnyxCarrier
+from tests.paths import FIXTURES
 from providers.carriers.telnyx.rest import TelnyxRest
 from providers.carriers.twilio import TwilioCarrier
 from tests.fakes import FakeTelnyx
-from tests.test_carrier_answers import CALL_ID, NASTY, config, config_data, parsed_fixture, tags, view, xml
-from tests.test_carrier_rest import dial, fresh, serve, transport
+from tests.providers.carriers.test_carrier_answers import CALL_ID, NASTY, config, config_data, parsed_fixture, tags, view, xml
+from tests.providers.carriers.test_carrier_rest import dial, fresh, serve, transport
 
 STREAMING = {"enabled": True, "provider": "openai"}
 STREAM_URL = "wss://gw.example.com/voice/stream"
@@ -298,7 +299,7 @@ def telnyx_request(event_type: str, **payload) -> WebhookRequest:
 
 
 def plivo_answer_request() -> WebhookRequest:
-    case = json.loads((Path(__file__).parent / "fixtures" / "plivo" / "answer_inbound.json").read_text())
+    case = json.loads((FIXTURES / "plivo" / "answer_inbound.json").read_text())
     spec = case["request"]
     return WebhookRequest(method="POST", path="/voice/webhook", query_string=spec["query"],
                           headers={"content-type": spec["content_type"]},
@@ -428,7 +429,7 @@ def test_twilio_inbound_call_while_another_call_streams_is_put_on_hold(configure
     from calls.runtime import get_runtime
     from calls.services.common import now
     from calls.webhooks import handle_webhook
-    from tests.test_carrier_answers import _fixture_request
+    from tests.providers.carriers.test_carrier_answers import _fixture_request
 
     configure(config_data("twilio", inboundPolicy="open", streaming=STREAMING))
     busy = Call.objects.create(id=OTHER_CALL_ID, provider="twilio", provider_call_id="CA" + "1" * 32, direction="inbound",

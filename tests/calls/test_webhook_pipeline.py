@@ -146,7 +146,7 @@ async def call_app(app, *, headers=(), body_parts=(b"",), client=("10.0.0.1", 1)
 
 
 async def test_missing_signature_header_is_401_before_reading_the_body(monkeypatch):
-    register_carrier("mock", "tests.test_webhook_pipeline.SignedMock")
+    register_carrier("mock", "tests.calls.test_webhook_pipeline.SignedMock")
     from calls.runtime import reset_runtime
 
     reset_runtime()

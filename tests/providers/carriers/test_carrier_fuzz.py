@@ -32,7 +32,7 @@ from providers.carriers.plivo import webhook as plivo_webhook
 from providers.carriers.telnyx import webhook as telnyx_webhook
 from providers.carriers.twilio import webhook as twilio_webhook
 
-FIXTURES = Path(__file__).parent / "fixtures"
+from tests.paths import FIXTURES
 PARSERS = {"twilio": twilio_webhook.parse, "telnyx": telnyx_webhook.parse, "plivo": plivo_webhook.parse}
 PUBLIC_URL = "https://gw.example.com/voice/webhook"
 UNSAFE_SKIP = {"VOICECALL_UNSAFE_ALLOW_SKIP_SIGNATURE_VERIFICATION": "1"}

@@ -24,7 +24,7 @@ from calls.events import CallAnswered, CallEnded, CallSpeech
 from calls.models import Call, CallTurn, TurnStatus
 from calls.rpc_tokens import parse_rpc_tokens
 from calls.services import event_process
-from tests.test_cli import CommandThread, _listening_turn, _wait_until
+from tests.calls.cli.test_cli import CommandThread, _listening_turn, _wait_until
 
 TO = "+15550001111"
 TO_2 = "+15550002222"

@@ -25,8 +25,9 @@ from providers.tts.elevenlabs import ElevenLabsTts
 from providers.tts.microsoft import MicrosoftTts
 from providers.tts.openai import OpenAITts
 from tests.fakes.ai.tts import TONE_HZ, FakeTts
+from tests.paths import FIXTURES
 
-MP3_FIXTURE = Path(__file__).parent / "fixtures" / "audio" / "tone_440hz_500ms_24k.mp3"
+MP3_FIXTURE = FIXTURES / "audio" / "tone_440hz_500ms_24k.mp3"
 TOLERANCE_MS = 40
 TEXT = "Hello, this is your appointment reminder."  # 41 characters → 1640 ms from the fake
 CHAIN_LOGGER = "providers.tts.base"
