@@ -28,7 +28,7 @@ RULES: tuple[tuple[tuple[str, ...], str], ...] = (
     ),
     (
         ("tunnel.provider", "tunnel.ngrokAuthToken", "tunnel.ngrokDomain"),
-        "the gateway does not start a tunnel; expose it yourself and set publicUrl",
+        "the gateway does not start a tunnel; run it yourself and set publicUrl",
     ),
     (
         ("tailscale.*",),
@@ -51,6 +51,10 @@ RULES: tuple[tuple[tuple[str, ...], str], ...] = (
         "phone calls speak through tts.provider and tts.providers only",
     ),
     (
+        ("tts.providers.*.language", "numbers.*.tts.providers.*.language"),
+        "no TTS provider reads a language setting (elevenlabs takes languageCode)",
+    ),
+    (
         tuple(f"agents.*.identity.{key}" for key in ("emoji", "vibe", "theme", "creature")),
         "only identity.name (the agent's name in its prompt) is used",
     ),
@@ -61,6 +65,8 @@ def unbuilt_settings(config: BaseModel, prefix: str = "") -> list[str]:
     """One warning per reason, naming each key set to a non-default value that has no effect yet."""
     found: dict[str, list[str]] = {}
     for path in set_paths(config):
+        if path == "tunnel.provider" and _ngrok_loopback_rule(config):
+            continue
         reason = _reason(path)
         if reason is not None:
             found.setdefault(reason, []).append(prefix + path)
@@ -71,6 +77,12 @@ def unbuilt_settings(config: BaseModel, prefix: str = "") -> list[str]:
             verbs = "is accepted but has" if len(paths) == 1 else "are accepted but have"
             lines.append(f"{', '.join(paths)} {verbs} no effect yet: {reason}")
     return lines
+
+
+def _ngrok_loopback_rule(config: Any) -> bool:
+    """tunnel.provider "ngrok" does count when it switches on the ngrok loopback rule."""
+    tunnel = getattr(config, "tunnel", None)
+    return bool(tunnel and tunnel.provider == "ngrok" and tunnel.allow_ngrok_free_tier_loopback_bypass)
 
 
 def _reason(path: str) -> str | None:

@@ -60,7 +60,8 @@ def test_each_reason_gets_its_own_line_in_rule_order():
         "publicUrl": "https://voice.example.com/voice/webhook",
     })
     assert [line.split(" ", 1)[0] for line in lines] == ["tunnel.provider,", "tailscale.mode", "silenceTimeoutMs", "store"]
-    assert "expose it yourself and set publicUrl" in lines[0]
+    assert lines[0].startswith("tunnel.provider, tunnel.ngrokDomain are accepted but have no effect yet: "
+                               "the gateway does not start a tunnel; run it yourself and set publicUrl")
     assert lines[3] == ("store is accepted but has no effect yet: calls are kept in the database "
                         "(DATABASE_URL), not in a store directory")
 
@@ -98,3 +99,14 @@ def test_the_gateway_logs_them_at_startup(caplog):
     with caplog.at_level("WARNING"):
         report_config(loaded)
     assert any(r.getMessage().startswith("store is accepted but has no effect yet") for r in caplog.records)
+
+
+def test_tunnel_provider_ngrok_counts_when_it_switches_on_the_loopback_rule():
+    assert unbuilt({"tunnel": {"provider": "ngrok", "allowNgrokFreeTierLoopbackBypass": True}}) == []
+    (line,) = unbuilt({"tunnel": {"provider": "ngrok"}})
+    assert line.startswith("tunnel.provider is accepted but has no effect yet")
+
+
+def test_a_tts_language_is_named():
+    (line,) = unbuilt({"tts": {"provider": "openai", "providers": {"openai": {"language": "de"}}}})
+    assert line.startswith("tts.providers.openai.language is accepted but has no effect yet")
