@@ -26,8 +26,12 @@ from pydantic_core import PydanticUndefined
 from . import schema
 from .schema import VoiceCallConfig
 
-DOC_PATH = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
-REGENERATE = ".venv/bin/python -m calls.config.reference --write"
+ROOT = Path(__file__).resolve().parents[2]
+DOC_PATH = ROOT / "docs" / "configuration.md"
+# Named from where the modules are, so that the page stays right if they move.
+MODULE = __spec__.name if __spec__ is not None else __name__
+SCHEMA_FILE = Path(schema.__file__).resolve().relative_to(ROOT).as_posix()
+REGENERATE = f".venv/bin/python -m {MODULE} --write"
 
 # The schema's named value types, as the page shows them.
 TYPE_NAMES: list[tuple[Any, str]] = [
@@ -47,7 +51,7 @@ PLAIN_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean", 
 HEADER = """\
 # Configuration reference
 
-<!-- Generated from calls/config/schema.py by `{regenerate}`. Do not edit by hand. -->
+<!-- Generated from {schema_file} by `{regenerate}`. Do not edit by hand. -->
 
 The call config is the file named by `VOICECALL_CONFIG`, JSON or JSON5. It holds the same keys
 as the OpenClaw `voice-call` plugin's config block, either bare or inside the whole
@@ -65,7 +69,7 @@ startup and never printed. An **E.164 number** matches `^\\+[1-9]\\d{{1,14}}$`. 
 booleans are strict (`"5"` is not 5). **unset** means the key has no value and the behaviour in
 its description applies.
 
-Keys marked "Accepted, no effect yet" load so that a reference config works unchanged, and the
+Keys marked "Accepted, no effect yet" load so that a plugin config works unchanged, and the
 gateway names each one you set in a startup warning (see
 [compatibility](compatibility.md#accepted-but-not-built-yet)). Deployment settings that are not
 part of this file (database, Redis, tokens) are environment variables: see
@@ -77,7 +81,7 @@ def render() -> str:
     """The whole page, as docs/configuration.md should hold it."""
     sections: list[str] = []
     _sections(VoiceCallConfig, "", sections, _home_paths(VoiceCallConfig))
-    return HEADER.format(regenerate=REGENERATE) + "".join(sections)
+    return HEADER.format(regenerate=REGENERATE, schema_file=SCHEMA_FILE) + "".join(sections)
 
 
 def _home_paths(root: type[BaseModel]) -> dict[type[BaseModel], str]:
@@ -206,7 +210,7 @@ def _cell(text: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m calls.config.reference", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=f"python -m {MODULE}", description=__doc__.splitlines()[0])
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--write", action="store_true", help=f"write {DOC_PATH.name} in docs/")
     group.add_argument("--check", action="store_true", help="exit 1 when docs/configuration.md is stale")

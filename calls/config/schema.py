@@ -161,7 +161,7 @@ class ServeConfig(Section):
 
 class TailscaleConfig(Section):
     mode: Literal["off", "serve", "funnel"] = "off"
-    """Tailscale exposure as in the reference (off, serve, funnel). Accepted, no effect yet: the gateway
+    """Tailscale exposure as in the OpenClaw plugin (off, serve, funnel). Accepted, no effect yet: the gateway
     does not run tailscale serve or funnel; expose it yourself and set publicUrl."""
     path: NonEmptyStr = "/voice/webhook"
     """Path tailscale would serve. Accepted, no effect yet."""
@@ -172,7 +172,7 @@ class TailscaleConfig(Section):
 
 class TunnelConfig(Section):
     provider: Literal["none", "ngrok", "tailscale-serve", "tailscale-funnel"] = "none"
-    """Tunnel as in the reference (none, ngrok, tailscale-serve, tailscale-funnel). The gateway does not
+    """Tunnel as in the OpenClaw plugin (none, ngrok, tailscale-serve, tailscale-funnel). The gateway does not
     start one: run it yourself and set publicUrl. ngrok also enables allowNgrokFreeTierLoopbackBypass."""
     ngrok_auth_token: Credential | None = None
     """ngrok auth token. Accepted, no effect yet (no tunnel is started). Env fallback: NGROK_AUTHTOKEN."""
@@ -541,7 +541,7 @@ class VoiceCallConfig(Section):
     stale_call_reaper_seconds: NonNegativeInt = 120
     """End calls that were never answered this many seconds after they started; 0 disables."""
     silence_timeout_ms: PositiveInt = 800
-    """Declared by the reference but read nowhere there either. Accepted, no effect yet: end of speech
+    """Declared by the OpenClaw plugin but read nowhere there either. Accepted, no effect yet: end of speech
     is set per transcription provider (streaming.providers.<id>.silenceDurationMs)."""
     transcript_timeout_ms: PositiveInt = 180000
     """How long a continue turn waits for the caller's answer ("Timed out waiting for transcript after
@@ -574,7 +574,7 @@ class VoiceCallConfig(Section):
     """Text-to-speech for media streams; a top-level tts outside the plugins entry is the base it
     deep-merges over."""
     store: str | None = None
-    """The reference's store directory. Accepted, no effect yet: calls are kept in the database."""
+    """The OpenClaw plugin's store directory. Accepted, no effect yet: calls are kept in the database."""
     agent_id: NonEmptyStr | None = None
     """Agent that owns calls and their sessions; unset: the only configured agent, else main (several
     agents need an explicit one)."""

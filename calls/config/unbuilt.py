@@ -3,7 +3,7 @@
 `unbuilt_settings(config)` names every such key the user actually set (a value other than its
 default), grouped by reason, one line per reason. The loader adds these lines to the loaded
 config's warnings, which the gateway logs at startup. When a feature gets built, remove its
-rule here. See docs/compatibility.md, "Accepted but not built yet".
+rule here (docs/compatibility.md, Accepted but not built yet).
 """
 from __future__ import annotations
 
