@@ -224,8 +224,8 @@ class StreamingProviderConfig(OpenSection):
 
 class StreamingConfig(Section):
     enabled: Flag = False
-    """Give conversation calls a bidirectional media stream: the caller is transcribed live and replies are
-    played as paced 20 ms μ-law frames."""
+    """Give inbound calls and conversation-mode outbound calls a bidirectional media stream: the caller is
+    transcribed live and replies are played as paced 20 ms μ-law frames."""
     provider: NonEmptyStr | None = None
     """Transcription provider id (openai, deepgram, elevenlabs, mistral, xai, local). Unset: the first
     cloud provider with a key, else local."""
