@@ -1,4 +1,4 @@
-"""Automatic replies (behaviour.md §2.13, §6): the caller's words → the agent's responder → speech.
+"""Automatic replies (docs/compatibility.md, Barge-in and automatic replies; Spoken-output contract): the caller's words → the agent's responder → speech.
 
 A final transcript that no `continue` turn is waiting for becomes a ReplyTurn (and a line of
 session memory) and a `calls.auto_reply` job. Newer caller speech supersedes older replies: a

@@ -1,4 +1,4 @@
-"""Normalized call events: the frozen dataclasses every carrier parser produces (behaviour.md §2.3)."""
+"""Normalized call events: the frozen dataclasses every carrier parser produces (docs/compatibility.md, Normalized events)."""
 from __future__ import annotations
 
 import hashlib

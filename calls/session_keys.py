@@ -1,4 +1,4 @@
-"""Agent session keys for calls (behaviour.md §1.6)."""
+"""Agent session keys for calls (docs/compatibility.md, Session keys)."""
 from __future__ import annotations
 
 from routing.validators import digits_only

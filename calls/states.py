@@ -1,4 +1,4 @@
-"""Call states and the one transition rule every state change goes through (behaviour.md §2.2)."""
+"""Call states and the one transition rule every state change goes through (docs/compatibility.md, States and transitions)."""
 from __future__ import annotations
 
 from enum import StrEnum

@@ -26,7 +26,7 @@ DEBUG = env.bool("DEBUG", default=False)
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
-# The two run modes (SPEC §2): REDIS_URL switches on channels-redis and Celery.
+# The two run modes (docs/operations.md, Run modes): REDIS_URL switches on channels-redis and Celery.
 REDIS_URL = env("REDIS_URL", default="")
 VOICECALL_MODE = "distributed" if REDIS_URL else "embedded"
 

@@ -1,4 +1,4 @@
-"""Legacy config keys and their rewrite to the current keys (behaviour.md §1.8), shared by the loader and doctor."""
+"""Legacy config keys and their rewrite to the current keys (docs/compatibility.md, Legacy keys and doctor --fix), shared by the loader and doctor."""
 from __future__ import annotations
 
 import copy

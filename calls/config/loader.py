@@ -15,6 +15,7 @@ from .legacy import migrate_block, migrate_tts
 from .merge import deep_merge
 from .schema import TtsConfig, VoiceCallConfig
 from .secrets import Secret, SecretError
+from .unbuilt import unbuilt_settings
 from .validation import cross_field_errors
 
 WRAPPER_PREFIX = "plugins.entries.voice-call.config."
@@ -136,6 +137,7 @@ def load_config_data(
             "SECURITY WARNING: skipSignatureVerification is on; webhooks are accepted without "
             "checking the carrier's signature. Use this for local testing only."
         )
+    warnings += unbuilt_settings(config, prefix)
     return LoadedConfig(config=config, errors=errors, warnings=warnings, path=path)
 
 

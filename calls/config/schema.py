@@ -95,6 +95,8 @@ class Section(BaseModel):
         alias_generator=to_camel,
         arbitrary_types_allowed=True,
         validate_default=False,
+        # The docstring under each field is its description in docs/configuration.md.
+        use_attribute_docstrings=True,
     )
 
 
@@ -106,120 +108,209 @@ class OpenSection(Section):
 
 class TelnyxConfig(Section):
     api_key: Credential | None = None
+    """Telnyx API v2 key for Call Control requests. Env fallback: TELNYX_API_KEY."""
     connection_id: NonEmptyStr | None = None
+    """Call Control application (connection) id that outbound calls are placed on. Env fallback:
+    TELNYX_CONNECTION_ID."""
     public_key: Credential | None = None
+    """The account's Ed25519 public key (base64, base64url, PEM or DER) that webhook signatures are checked
+    against; required unless skipSignatureVerification. Env fallback: TELNYX_PUBLIC_KEY."""
     base_url: HttpUrl | None = None
+    """REST base URL (default https://api.telnyx.com/v2); tests point it at a local fake."""
 
 
 class TwilioConfig(Section):
     account_sid: NonEmptyStr | None = None
+    """Account SID (AC…). Env fallback: TWILIO_ACCOUNT_SID."""
     auth_token: Credential | None = None
+    """Auth token: authenticates REST requests and signs webhooks (HMAC-SHA1). Env fallback:
+    TWILIO_AUTH_TOKEN."""
     region: Literal["us1", "ie1", "au1"] = "us1"
+    """Twilio region whose REST host is used: us1 (api.twilio.com), ie1 or au1."""
     base_url: HttpUrl | None = None
+    """REST host, e.g. https://api.twilio.com (overrides region); tests point it at a local fake."""
 
 
 class PlivoConfig(Section):
     auth_id: NonEmptyStr | None = None
+    """Auth ID (MA…). Env fallback: PLIVO_AUTH_ID."""
     auth_token: Credential | None = None
+    """Auth token: authenticates REST requests and signs webhooks (V3, V2). Env fallback: PLIVO_AUTH_TOKEN."""
     base_url: HttpUrl | None = None
+    """REST base URL (default https://api.plivo.com/v1); tests point it at a local fake."""
 
 
 class OutboundConfig(Section):
     default_mode: Literal["notify", "conversation"] = "notify"
+    """Mode of an outbound call whose request names none (or an unknown one): notify says the message and
+    hangs up; conversation says it and keeps the call open."""
     notify_hangup_delay_sec: NonNegativeInt = 3
+    """Seconds between the end of a notify call's message and the hang-up."""
 
 
 class ServeConfig(Section):
     port: Port = 3334
+    """Port the gateway listens on (`manage.py gateway`, `make serve`); also the default port of
+    VOICECALL_GATEWAY_URL."""
     bind: NonEmptyStr = "127.0.0.1"
+    """Address the gateway listens on. The CLI reaches a gateway bound to 0.0.0.0 or :: at 127.0.0.1."""
     path: NonEmptyStr = "/voice/webhook"
+    """Path of the carrier webhook; a trailing or missing leading slash is ignored. publicUrl without a
+    path uses it."""
 
 
 class TailscaleConfig(Section):
     mode: Literal["off", "serve", "funnel"] = "off"
+    """Tailscale exposure as in the OpenClaw plugin (off, serve, funnel). Accepted, no effect yet: the gateway
+    does not run tailscale serve or funnel; expose it yourself and set publicUrl."""
     path: NonEmptyStr = "/voice/webhook"
+    """Path tailscale would serve. Accepted, no effect yet."""
     port: Port = 443
+    """Port tailscale would serve on; with mode funnel it must be 443, 8443 or 10000. Accepted, no effect
+    yet."""
 
 
 class TunnelConfig(Section):
     provider: Literal["none", "ngrok", "tailscale-serve", "tailscale-funnel"] = "none"
+    """Tunnel as in the OpenClaw plugin (none, ngrok, tailscale-serve, tailscale-funnel). The gateway does not
+    start one: run it yourself and set publicUrl. ngrok also enables allowNgrokFreeTierLoopbackBypass."""
     ngrok_auth_token: Credential | None = None
+    """ngrok auth token. Accepted, no effect yet (no tunnel is started). Env fallback: NGROK_AUTHTOKEN."""
     ngrok_domain: NonEmptyStr | None = None
+    """ngrok domain. Accepted, no effect yet (no tunnel is started). Env fallback: NGROK_DOMAIN."""
     allow_ngrok_free_tier_loopback_bypass: Flag = False
+    """With tunnel.provider ngrok and a loopback serve.bind, trust forwarded headers from a loopback peer
+    when rebuilding the signed URL. Never skips the signature check."""
 
 
 class WebhookSecurityConfig(Section):
     allowed_hosts: list[NonEmptyStr] = Field(default_factory=list)
+    """Hosts a forwarded Host header may name; setting it (or trustForwardingHeaders) lets forwarded
+    headers from trustedProxyIPs count."""
     trust_forwarding_headers: Flag = False
+    """Let forwarded headers (X-Forwarded-Proto, X-Forwarded-Host, …) from trustedProxyIPs count without an
+    allowedHosts list."""
     trusted_proxy_ips: list[NonEmptyStr] = Field(default_factory=list, alias="trustedProxyIPs")
+    """Proxy addresses or CIDR ranges whose forwarded headers count when rebuilding the URL the carrier
+    signed."""
 
 
 class StreamingProviderConfig(OpenSection):
     api_key: Credential | None = None
+    """The provider's API key; unset: its usual environment variable (OPENAI_API_KEY, DEEPGRAM_API_KEY,
+    ELEVENLABS_API_KEY, MISTRAL_API_KEY, XAI_API_KEY). local needs none."""
     model: NonEmptyStr | None = None
+    """Recognition model (openai gpt-4o-transcribe, deepgram nova-3, elevenlabs scribe_v2_realtime, mistral
+    voxtral-mini-transcribe-realtime-2602 by default)."""
     language: NonEmptyStr | None = None
+    """Language hint passed to the recognizer."""
     base_url: HttpUrl | None = None
+    """The provider's origin (http(s) is turned into ws(s)); tests point it at a local fake."""
     endpoint: NonEmptyStr | None = None
+    """xai: the full WebSocket URL (default wss://api.x.ai/v1/stt)."""
     silence_duration_ms: PositiveInt | None = None
+    """Silence that ends an utterance (default 800); deepgram uses it when endpointingMs is unset."""
     vad_threshold: Unit | None = None
+    """openai: server VAD threshold, 0 to 1 (default 0.5)."""
     encoding: NonEmptyStr | None = None
+    """xai: audio encoding sent (default mulaw)."""
     sample_rate: PositiveInt | None = None
+    """xai: sample rate; must be 8000, the phone line's rate."""
     endpointing_ms: PositiveInt | None = None
+    """deepgram, xai: end-of-utterance silence in ms (default 800)."""
     interim_results: Flag | None = None
+    """xai: ask for partial transcripts (default true)."""
 
 
 class StreamingConfig(Section):
     enabled: Flag = False
+    """Give inbound calls and conversation-mode outbound calls a bidirectional media stream: the caller is
+    transcribed live and replies are played as paced 20 ms μ-law frames."""
     provider: NonEmptyStr | None = None
+    """Transcription provider id (openai, deepgram, elevenlabs, mistral, xai, local). Unset: the first
+    cloud provider with a key, else local."""
     stream_path: NonEmptyStr = "/voice/stream"
+    """Path of the media WebSocket the carrier connects to."""
     providers: dict[str, StreamingProviderConfig] = Field(default_factory=dict)
+    """Settings per transcription provider id; keys beyond those listed pass through to the provider (e.g.
+    local: maxDecoders, energyThreshold)."""
     pre_start_timeout_ms: PositiveInt = 5000
+    """A socket that sends no start frame within this time is closed."""
     max_pending_connections: PositiveInt = 32
+    """Sockets allowed to wait for their start frame at once, in one process."""
     max_pending_connections_per_ip: PositiveInt = 4
+    """Sockets allowed to wait for their start frame at once from one address."""
     max_connections: PositiveInt = 128
+    """Media sockets open at once in one process; more are refused at the handshake (HTTP 403)."""
 
 
 class ToolParameters(Section):
     model_config = ConfigDict(alias_generator=None)
 
     type: Literal["object"]
+    """Always "object"."""
     properties: dict[str, Any] = Field(default_factory=dict)
+    """JSON Schema of each argument."""
     required: list[str] | None = None
+    """Names of the required arguments."""
 
 
 class RealtimeTool(Section):
     type: Literal["function"]
+    """Always "function"."""
     name: NonEmptyStr
+    """Tool name the model calls."""
     description: str | None = None
+    """What the tool does, for the model."""
     parameters: ToolParameters
+    """The tool's arguments as a JSON Schema object."""
 
 
 class FastContextConfig(Section):
     enabled: Flag = False
+    """Answer the model from stored transcripts and session memory before consulting the agent. Accepted,
+    no effect yet."""
     timeout_ms: PositiveInt = 800
+    """Time budget of a fast-context search. Accepted, no effect yet."""
     max_results: PositiveInt = 3
+    """Results a fast-context search returns. Accepted, no effect yet."""
     sources: Annotated[
         list[Literal["memory", "sessions"]], Field(min_length=1)
     ] = Field(default_factory=lambda: ["memory", "sessions"])
+    """Where fast context searches: memory, sessions. Accepted, no effect yet."""
     fallback_to_consult: Flag = False
+    """Consult the agent when fast context finds nothing. Accepted, no effect yet."""
 
 
 class AgentContextConfig(Section):
     enabled: Flag = False
+    """Put the agent's identity and workspace files into the realtime instructions. Accepted, no effect
+    yet."""
     max_chars: PositiveInt = 6000
+    """Cap on the agent context's length. Accepted, no effect yet."""
     include_identity: Flag = True
+    """Include the agent's identity. Accepted, no effect yet."""
     include_workspace_files: Flag = True
+    """Include the workspace files. Accepted, no effect yet."""
     files: list[NonEmptyStr] = Field(default_factory=lambda: ["SOUL.md", "IDENTITY.md", "USER.md"])
+    """Workspace-relative files to include. Accepted, no effect yet."""
 
 
 class RealtimeProviderConfig(OpenSection):
     api_key: Credential | None = None
+    """The realtime provider's API key. Accepted, no effect yet."""
     model: NonEmptyStr | None = None
+    """Realtime model. Accepted, no effect yet."""
     voice: NonEmptyStr | None = None
+    """Realtime voice. Accepted, no effect yet."""
     base_url: HttpUrl | None = None
+    """The provider's origin. Accepted, no effect yet."""
     silence_duration_ms: PositiveInt | None = None
+    """Silence that ends the caller's turn. Accepted, no effect yet."""
     start_sensitivity: NonEmptyStr | None = None
+    """Google: speech start sensitivity. Accepted, no effect yet."""
     end_sensitivity: NonEmptyStr | None = None
+    """Google: speech end sensitivity. Accepted, no effect yet."""
 
 
 ThinkingLevel = Literal[
@@ -229,40 +320,74 @@ ThinkingLevel = Literal[
 
 class RealtimeConfig(Section):
     enabled: Flag = False
+    """Bridge call audio to a realtime voice model. The bridge is not built yet: this only stops the
+    greeting being spoken where the model's opening turn would say it, and makes speak with
+    allowTwimlFallback false fail. Needs inboundPolicy other than disabled, streaming off, and provider
+    twilio, telnyx or mock."""
     provider: NonEmptyStr | None = None
+    """Realtime provider id (openai, google). Accepted, no effect yet."""
     stream_path: NonEmptyStr | None = None
+    """Path of the realtime WebSocket; unset: derived from serve.path (/voice/webhook gives
+    /voice/stream/realtime). Accepted, no effect yet."""
     instructions: str | None = None
+    """System instructions of the realtime model. Accepted, no effect yet."""
     tool_policy: Literal["safe-read-only", "owner", "none"] = "safe-read-only"
+    """Which agent tools the realtime model may use: safe-read-only, owner, none. Accepted, no effect yet."""
     consult_policy: Literal["auto", "substantive", "always"] = "auto"
+    """When the realtime model consults the agent: auto, substantive, always. Accepted, no effect yet."""
     consult_thinking_level: ThinkingLevel | None = None
+    """Thinking level of agent consults. Accepted, no effect yet."""
     consult_fast_mode: Flag | None = None
+    """Fast mode for agent consults. Accepted, no effect yet."""
     tools: list[RealtimeTool] = Field(default_factory=list)
+    """Extra function tools offered to the realtime model. Accepted, no effect yet."""
     fast_context: FastContextConfig = Field(default_factory=FastContextConfig)
+    """Fast answers from stored transcripts and memory. Accepted, no effect yet."""
     agent_context: AgentContextConfig = Field(default_factory=AgentContextConfig)
+    """Agent identity and workspace files in the instructions. Accepted, no effect yet."""
     providers: dict[str, RealtimeProviderConfig] = Field(default_factory=dict)
+    """Settings per realtime provider id. Accepted, no effect yet."""
 
 
 class TtsProviderConfig(OpenSection):
     api_key: Credential | None = None
+    """The provider's API key; unset: OPENAI_API_KEY or ELEVENLABS_API_KEY. local and microsoft need none."""
     model: NonEmptyStr | None = None
+    """Synthesis model (openai, elevenlabs) or, for local, a Piper voice model file."""
     model_id: NonEmptyStr | None = None
+    """elevenlabs: model id (used when model is unset)."""
     voice: NonEmptyStr | None = None
+    """Voice name or id; with speakerVoice, speakerVoiceId and voiceId, the first one set is also the voice
+    the carrier's own speech uses."""
     voice_id: NonEmptyStr | None = None
+    """Voice id (elevenlabs)."""
     speaker_voice: NonEmptyStr | None = None
+    """Preferred voice for the call, checked first."""
     speaker_voice_id: NonEmptyStr | None = None
+    """Preferred voice id for the call, checked second."""
     base_url: HttpUrl | None = None
+    """The provider's HTTP origin; tests point it at a local fake."""
     language: NonEmptyStr | None = None
+    """Language of the voice. Accepted, no effect yet (elevenlabs takes languageCode)."""
 
 
 class TtsModelOverrides(Section):
     enabled: Flag | None = None
+    """Core TTS setting of the host app. Accepted, no effect yet."""
     allow_text: Flag | None = None
+    """Core TTS setting of the host app. Accepted, no effect yet."""
     allow_provider: Flag | None = None
+    """Core TTS setting of the host app. Accepted, no effect yet."""
     allow_voice: Flag | None = None
+    """Core TTS setting of the host app. Accepted, no effect yet."""
     allow_model_id: Flag | None = None
+    """Core TTS setting of the host app. Accepted, no effect yet."""
     allow_voice_settings: Flag | None = None
+    """Core TTS setting of the host app. Accepted, no effect yet."""
     allow_normalization: Flag | None = None
+    """Core TTS setting of the host app. Accepted, no effect yet."""
     allow_seed: Flag | None = None
+    """Core TTS setting of the host app. Accepted, no effect yet."""
 
 
 TtsTimeout = Annotated[int, Strict(), _between(1000, 120000)]
@@ -270,115 +395,200 @@ TtsTimeout = Annotated[int, Strict(), _between(1000, 120000)]
 
 class TtsConfig(Section):
     provider: Literal["openai", "elevenlabs", "microsoft", "local"] | None = None
+    """TTS provider tried first on media streams (openai, elevenlabs, microsoft, local); the others with a
+    block follow, then any usable one, the offline local voice last. microsoft has no phone audio and is
+    skipped."""
     providers: dict[str, TtsProviderConfig] = Field(default_factory=dict)
+    """Settings per TTS provider id; keys beyond those listed pass through to the provider (e.g. elevenlabs
+    voiceSettings, local lengthScale)."""
     timeout_ms: TtsTimeout | None = None
+    """Time allowed for one synthesis before the next provider is tried; unset: 8000."""
     auto: Literal["off", "always", "inbound", "tagged"] | None = None
+    """Core TTS setting of the host app. Accepted, no effect yet."""
     enabled: Flag | None = None
+    """Core TTS setting of the host app. Accepted, no effect yet."""
     mode: Literal["final", "all"] | None = None
+    """Core TTS setting of the host app. Accepted, no effect yet."""
     summary_model: str | None = None
+    """Core TTS setting of the host app. Accepted, no effect yet."""
     model_overrides: TtsModelOverrides | None = None
+    """Core TTS setting of the host app. Accepted, no effect yet."""
     prefs_path: str | None = None
+    """Core TTS setting of the host app. Accepted, no effect yet."""
     max_text_length: PositiveInt | None = None
+    """Core TTS setting of the host app. Accepted, no effect yet."""
 
 
 class NumberRoute(Section):
     """Overrides for calls dialed to one of our numbers (inbound only)."""
 
     inbound_greeting: str | None = None
+    """Greeting for calls to this number (else the global inboundGreeting)."""
     tts: TtsConfig | None = None
+    """TTS settings for calls to this number, deep-merged over the global tts."""
     agent_id: NonEmptyStr | None = None
+    """Agent that answers calls to this number; must be a configured agent."""
     response_model: NonEmptyStr | None = None
+    """provider/model for replies on this number."""
     response_system_prompt: str | None = None
+    """System prompt for replies on this number."""
     response_timeout_ms: PositiveInt | None = None
+    """Reply timeout on this number."""
 
 
 class AgentIdentity(OpenSection):
     name: str | None = None
+    """The agent's name, used in its prompt when agents.<id>.name is unset."""
     emoji: str | None = None
+    """Accepted, no effect yet."""
     vibe: str | None = None
+    """Accepted, no effect yet."""
     theme: str | None = None
+    """Accepted, no effect yet."""
     creature: str | None = None
+    """Accepted, no effect yet."""
 
 
 class ResponderConfig(Section):
-    """agents.<id>.responder: how the agent's replies are made (SPEC §8)."""
+    """agents.<id>.responder: how the agent's replies are made."""
 
     type: Literal["llm", "webhook", "scripted"] = "llm"
-    # llm: the agent's own `provider/model`, used when neither the route nor responseModel names one.
+    """How replies are made: llm (an OpenAI-compatible Chat Completions endpoint), webhook (POST each turn
+    to your agent service) or scripted (fixed replies, offline)."""
     model: NonEmptyStr | None = None
+    """llm: the agent's own provider/model, used when neither the route nor responseModel names one."""
     temperature: Annotated[float, _between(0, 2)] | None = None
+    """llm: sampling temperature, 0 to 2."""
     max_tokens: PositiveInt | None = None
-    # webhook: the agent service's URL and the shared secret its requests are signed with.
+    """llm: max_tokens of each completion."""
     url: HttpUrl | None = None
+    """webhook: the agent service's URL."""
     secret: Credential | None = None
-    # scripted: said in order, then the last one repeats; "{transcript}" is the caller's words.
+    """webhook: shared secret each request is signed with (X-Voicecall-Signature, HMAC-SHA256)."""
     replies: list[str] = Field(default_factory=list)
-    # What the caller hears when no reply can be made (unset: a short apology; "": silence).
+    """scripted: said in order, then the last one repeats; "{transcript}" is the caller's words."""
     fallback_text: str | None = None
-    # How many earlier messages of the session go with each turn.
+    """What the caller hears when no reply can be made; unset: a short apology; "": silence."""
     history_messages: NonNegativeInt = 20
+    """How many earlier messages of the session go with each turn."""
 
 
 class AgentConfig(Section):
     name: str | None = None
+    """Display name, used in the agent's prompt."""
     identity: AgentIdentity | None = None
+    """Identity fields as in the host app; only name is used."""
     workspace: str | None = None
+    """Folder whose IDENTITY.md, SOUL.md and USER.md go into the agent's prompt (~ expanded)."""
     responder: ResponderConfig | None = None
+    """How this agent's replies are made. Unset: an llm responder when responseModel (or the route's) is set,
+    else calls only listen and whoever drives them with continue does the talking."""
 
 
 class ModelProviderConfig(Section):
     """models.providers.<id>: an OpenAI-compatible endpoint (base URL optional for well-known ids)."""
 
     base_url: HttpUrl | None = None
+    """The endpoint's base URL (…/v1); optional for openai, xai, mistral, google and ollama."""
     api_key: Credential | None = None
+    """The endpoint's API key."""
 
 
 class ModelsConfig(Section):
     providers: dict[str, ModelProviderConfig] = Field(default_factory=dict)
+    """OpenAI-compatible model endpoints by provider id, the part before the slash in responseModel."""
 
 
 CarrierName = Literal["telnyx", "twilio", "plivo", "mock"]
 
 
 class VoiceCallConfig(Section):
-    """The whole `voice-call` config block (SPEC §3, behaviour.md §1)."""
+    """The whole `voice-call` config block (reference: docs/configuration.md)."""
 
     enabled: Flag = True
+    """Voice calls on or off. The plugins wrapper's enabled: false also turns them off."""
     provider: CarrierName | None = None
+    """The carrier: twilio, telnyx, plivo or mock (no network). Unset while enabled: mock. Legacy "log"
+    means mock."""
     telnyx: TelnyxConfig | None = None
+    """Telnyx Call Control v2 credentials."""
     twilio: TwilioConfig | None = None
+    """Twilio Programmable Voice credentials."""
     plivo: PlivoConfig | None = None
+    """Plivo Voice API credentials."""
     from_number: E164 | None = None
+    """Caller id of outbound calls; required unless provider is mock (which uses +15550000000). Twilio env
+    fallback: TWILIO_FROM_NUMBER."""
     to_number: E164 | None = None
+    """Default number to call when a command, RPC call or tool call names none."""
     session_scope: Literal["per-phone", "per-call", "main"] = "per-phone"
+    """Which conversation memory a call joins: per-phone (agent:<id>:voice:<digits>), per-call, or main
+    (the agent's main session)."""
     numbers: dict[E164, NumberRoute] = Field(default_factory=dict)
+    """Per dialed number (inbound calls only): greeting, tts, agent and reply settings. Admin routes for
+    the same number win."""
     inbound_policy: Literal["disabled", "allowlist", "pairing", "open"] = "disabled"
+    """Who may call in: disabled (reject all), allowlist, pairing (unknown callers must give an admin-made
+    one-time code), open."""
     allow_from: list[E164] = Field(default_factory=list)
+    """Numbers allowed to call in (with the admin's allowlist), compared digits-only."""
     inbound_greeting: str | None = None
+    """What inbound calls hear first; unset: "Hello! How can I help you today?"."""
     outbound: OutboundConfig = Field(default_factory=OutboundConfig)
+    """Outbound call defaults."""
     max_duration_seconds: PositiveInt = 300
+    """Hard cap on a call's length from its answer; the call is then ended with reason timeout."""
     stale_call_reaper_seconds: NonNegativeInt = 120
+    """End calls that were never answered this many seconds after they started; 0 disables."""
     silence_timeout_ms: PositiveInt = 800
+    """Declared by the OpenClaw plugin but read nowhere there either. Accepted, no effect yet: end of speech
+    is set per transcription provider (streaming.providers.<id>.silenceDurationMs)."""
     transcript_timeout_ms: PositiveInt = 180000
+    """How long a continue turn waits for the caller's answer ("Timed out waiting for transcript after
+    <ms>ms")."""
     ring_timeout_ms: PositiveInt = 30000
+    """Plivo: ring time before giving up (hangup_on_ring, in whole seconds). Also sets the CLI's wait when
+    it places a call through the gateway. Twilio and Telnyx dial with a fixed 30 s."""
     max_concurrent_calls: PositiveInt = 1
+    """Outbound admission limit (live calls); Twilio also puts inbound streamed calls on hold when other
+    calls' streams fill it."""
     serve: ServeConfig = Field(default_factory=ServeConfig)
+    """Where the gateway listens and the webhook path."""
     tailscale: TailscaleConfig = Field(default_factory=TailscaleConfig)
+    """Tailscale exposure (accepted, not started by the gateway)."""
     tunnel: TunnelConfig = Field(default_factory=TunnelConfig)
+    """Tunnel settings (accepted; no tunnel is started)."""
     webhook_security: WebhookSecurityConfig = Field(default_factory=WebhookSecurityConfig)
+    """Which forwarded headers count when rebuilding the URL the carrier signed."""
     public_url: HttpUrl | None = None
+    """The public URL carriers call and sign (its path, or serve.path when it has none). Behind a proxy,
+    set it."""
     skip_signature_verification: Flag = False
+    """Accept webhooks without checking signatures; local testing only. Logs a security warning, and is
+    refused with a public URL unless VOICECALL_UNSAFE_ALLOW_SKIP_SIGNATURE_VERIFICATION=1."""
     streaming: StreamingConfig = Field(default_factory=StreamingConfig)
+    """Media streams and live transcription."""
     realtime: RealtimeConfig = Field(default_factory=RealtimeConfig)
+    """Realtime voice bridge (accepted; not built yet)."""
     tts: TtsConfig | None = None
+    """Text-to-speech for media streams; a top-level tts outside the plugins entry is the base it
+    deep-merges over."""
     store: str | None = None
-    # Unset: the only configured agent, or "main" when none is (resolved_agent_id()).
+    """The OpenClaw plugin's store directory. Accepted, no effect yet: calls are kept in the database."""
     agent_id: NonEmptyStr | None = None
+    """Agent that owns calls and their sessions; unset: the only configured agent, else main (several
+    agents need an explicit one)."""
     response_model: NonEmptyStr | None = None
+    """provider/model for automatic replies; a bare name means openai/<name>. Unset: the agent responder's
+    model."""
     response_system_prompt: str | None = None
+    """System prompt for automatic replies; unset: generated from the agent's name and workspace files."""
     response_timeout_ms: PositiveInt = 30000
+    """Time allowed for one reply before the fallback line is said."""
     agents: dict[str, AgentConfig] = Field(default_factory=dict)
+    """Agents by id: name, identity, workspace folder and responder."""
     models: ModelsConfig = Field(default_factory=ModelsConfig)
+    """Model endpoints for responseModel and llm responders."""
 
     def resolved_agent_id(self) -> str:
         """agentId, else the sole configured agent, else "main" (several agents need an explicit one)."""

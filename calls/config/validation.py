@@ -1,4 +1,4 @@
-"""Cross-field rules of the call config (behaviour.md §1.7), all reported together."""
+"""Cross-field rules of the call config (docs/compatibility.md, Provider validation), all reported together."""
 from __future__ import annotations
 
 import os
@@ -58,7 +58,7 @@ def cross_field_errors(cfg: VoiceCallConfig, environ: Mapping[str, str] | None =
 
 
 def _conversation_errors(cfg: VoiceCallConfig) -> list[str]:
-    """Agents, responders and models must name things that exist (SPEC §8)."""
+    """Agents, responders and models must name things that exist."""
     from providers.responders.models import KNOWN_PROVIDERS, model_problem
 
     errors: list[str] = []

@@ -1,4 +1,4 @@
-"""Applying normalized events to calls, in the reference's order (behaviour.md §2.4)."""
+"""Applying normalized events to calls, in the reference's order (docs/compatibility.md, Event processing)."""
 from __future__ import annotations
 
 from datetime import timedelta

@@ -63,7 +63,7 @@ def stream_open(*, provider_call_id: str, stream_id: str, token: str | None) -> 
 
 
 def stream_ready(*, call_id: str) -> None:
-    """Transcription is listening: now the greeting may be spoken (behaviour.md §4.5)."""
+    """Transcription is listening: now the greeting may be spoken (docs/compatibility.md, Transcription)."""
     call = call_lookup(call_id)
     if call is None or call.is_terminal or not call.metadata.get("initialMessage"):
         return
@@ -83,7 +83,7 @@ def stream_transcript(*, call_id: str, stream_id: str, sequence: int, text: str,
 
 
 def stream_speech_started(*, call_id: str, since_ms: int) -> None:
-    """The caller started talking: replies to what they said before are superseded (behaviour.md §2.13)."""
+    """The caller started talking: replies to what they said before are superseded (docs/compatibility.md, Barge-in and automatic replies)."""
     replies_interrupted(call_id=call_id, since_ms=since_ms)
 
 

@@ -132,7 +132,7 @@ class RestoreReport:
 
 
 def calls_restore() -> RestoreReport:
-    """Check every live call after a restart against the carrier (behaviour.md §2.7).
+    """Check every live call after a restart against the carrier (docs/compatibility.md, Restore after restart).
 
     Deadlines are already on the rows, so kept calls need nothing more; this ends the calls
     that cannot still be up.

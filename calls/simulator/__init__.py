@@ -1,4 +1,4 @@
-"""The carrier simulator: plays Twilio's side of phone calls against a running gateway (SPEC §5).
+"""The carrier simulator: plays Twilio's side of phone calls against a running gateway.
 
 It sends signed voice webhooks, follows the TwiML to the media stream, speaks a caller script
 as real-time 20 ms μ-law frames made with the offline TTS, plays back what the gateway sends as

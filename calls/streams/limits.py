@@ -1,4 +1,4 @@
-"""Media WebSocket admission in this process (behaviour.md §4.1): total, pending, and pending per IP."""
+"""Media WebSocket admission in this process (docs/compatibility.md, Media streams): total, pending, and pending per IP."""
 from __future__ import annotations
 
 from collections import Counter

@@ -1,4 +1,4 @@
-"""The media-stream WebSocket consumer (behaviour.md §4): carrier audio in, transcription, paced TTS out.
+"""The media-stream WebSocket consumer (docs/compatibility.md, Media streams): carrier audio in, transcription, paced TTS out.
 
 One consumer per carrier WebSocket. Until a valid `start` it is "pending" and counted against
 the caps; `start` authenticates it with the call's stream token and joins the call's group, so

@@ -1,4 +1,4 @@
-"""A stream's TTS playback queue (behaviour.md §2.14, §4.4): one utterance at a time, paced, marked.
+"""A stream's TTS playback queue (docs/compatibility.md, Playback and pacing): one utterance at a time, paced, marked.
 
 Each utterance is synthesized while silence frames keep the line warm, sent as 160-byte μ-law
 frames on an absolute 20 ms clock, and followed by marks. The carrier echoes a mark once the audio
@@ -232,7 +232,7 @@ class Playback:
         audio_started_at: float | None = None
         mark_seq = itertools.count(1)
         try:
-            # Silence goes out at once and every 20 ms until speech arrives (behaviour.md §4.4);
+            # Silence goes out at once and every 20 ms until speech arrives (docs/compatibility.md, Playback and pacing);
             # the first frame takes the first 20 ms slot.
             pacer.start()
             await pacer.wait()
@@ -287,7 +287,7 @@ class Playback:
             return PlaybackResult(Outcome.PLAYED, heard=entry.text, played_ms=total_ms, total_ms=total_ms,
                                   first_audio_ms=_ms_between(started_at, audio_started_at))
         except Exception as exc:
-            # Whatever was sent cannot be taken back except by clearing it (behaviour.md §4.4).
+            # Whatever was sent cannot be taken back except by clearing it (docs/compatibility.md, Playback and pacing).
             if sent:
                 try:
                     await self.send(self.frames.clear())

@@ -1,7 +1,7 @@
 """The mock carrier: no network, JSON webhook events, and an outbox of every request for tests.
 
 Webhook body: {"events": [...]} or {"event": {...}}; each event needs "type" and "callId"
-(behaviour.md §3.4). Every control request is appended to `outbox` instead of being sent.
+(docs/compatibility.md, Carrier requests). Every control request is appended to `outbox` instead of being sent.
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 Carriers sign the public URL they called, which differs from what this process sees behind a proxy
 or tunnel. Forwarded headers are attacker-controlled unless they come from a trusted proxy, so they
-are honoured only then (behaviour.md §3.5); a bad host never weakens the signature check itself.
+are honoured only then (docs/compatibility.md, Webhook security); a bad host never weakens the signature check itself.
 """
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ may block on I/O, must give up by `turn.deadline` (monotonic seconds) and raise 
 with a message naming the responder for every failure (timeouts, HTTP errors, bad bodies).
 
 `follows_contract` says whether the text is raw model output under the spoken-output contract
-(behaviour.md §6, extracted by providers/responders/spoken.py) or already the exact words to say.
+(extracted by providers/responders/spoken.py; docs/compatibility.md, Spoken-output contract) or already the exact words to say.
 """
 from __future__ import annotations
 

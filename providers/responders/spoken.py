@@ -10,7 +10,7 @@ from dataclasses import dataclass
 logger = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------------------------------------
-# Prompt text (behaviour.md §6)
+# Prompt text (docs/compatibility.md, Spoken-output contract)
 # ---------------------------------------------------------------------------------------------
 
 OUTPUT_CONTRACT = "\n".join(
@@ -102,7 +102,7 @@ def turn_prompt(transcript: Sequence[tuple[str, str]], user_message: str) -> str
 
 
 # ---------------------------------------------------------------------------------------------
-# Extraction (behaviour.md §6): JSON first, then a tolerant inline scan, then cleaned plain text
+# Extraction (docs/compatibility.md, Spoken-output contract): JSON first, then a tolerant inline scan, then cleaned plain text
 # ---------------------------------------------------------------------------------------------
 
 

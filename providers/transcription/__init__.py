@@ -1,1 +1,1 @@
-"""Streaming speech-to-text providers for media streams (behaviour.md §4.5, ai-providers.md §2, §4)."""
+"""Streaming speech-to-text providers for media streams (docs/compatibility.md, Transcription)."""

@@ -11,7 +11,7 @@ sent before `connect()` finished is queued) and reports through its listener:
 
 Cloud providers speak WebSocket: subclass WebsocketSession and implement `url`, `headers`,
 `configure`, `audio_message` and `handle`; connecting with a timeout, a bounded send queue and
-reconnects with backoff (5 tries, 1 s × 2^(n−1), as behaviour.md §4.5) are done here once.
+reconnects with backoff (5 tries, 1 s × 2^(n−1); docs/compatibility.md, Transcription) are done here once.
 """
 from __future__ import annotations
 

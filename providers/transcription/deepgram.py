@@ -1,4 +1,4 @@
-"""Deepgram live transcription (`/v1/listen`, Nova models; ai-providers.md §4.1) as a streaming transcription provider."""
+"""Deepgram live transcription (`/v1/listen`, Nova models) as a streaming transcription provider."""
 from __future__ import annotations
 
 import json

@@ -1,4 +1,4 @@
-"""ElevenLabs Scribe realtime speech-to-text (ai-providers.md §4.2) as a streaming transcription provider.
+"""ElevenLabs Scribe realtime speech-to-text as a streaming transcription provider.
 
 Error reports are sorted three ways:
 - auth_error, quota_exceeded, unaccepted_terms(_error): a new connection would fail the same

@@ -1,4 +1,4 @@
-"""Mistral realtime transcription (Voxtral; ai-providers.md §4.3) as a streaming transcription provider.
+"""Mistral realtime transcription (Voxtral) as a streaming transcription provider.
 
 The model streams text but finds no turn ends, so the gateway's energy VAD does: it reports the
 speech start, and at the end of speech the session sends `input_audio.flush`. The turn's final

@@ -1,4 +1,4 @@
-"""OpenAI realtime transcription session (GA shape, ai-providers.md §2) as a streaming transcription provider."""
+"""OpenAI realtime transcription session (GA shape) as a streaming transcription provider."""
 from __future__ import annotations
 
 import json

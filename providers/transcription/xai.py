@@ -1,4 +1,4 @@
-"""xAI speech-to-text WebSocket (ai-providers.md §4.4) as a streaming transcription provider."""
+"""xAI speech-to-text WebSocket as a streaming transcription provider."""
 from __future__ import annotations
 
 import logging

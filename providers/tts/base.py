@@ -3,7 +3,7 @@
 Subclass TtsProvider: set `name`, `api_key_env` (None when no key is needed) and implement
 `output_format()` and `stream()`, an async iterator of audio chunks in that format, yielded as
 they arrive so playback starts before synthesis ends. Providers that cannot produce telephony
-audio set `telephony = False` and are skipped by the chain (behaviour.md §1.4).
+audio set `telephony = False` and are skipped by the chain (docs/compatibility.md, Speech providers).
 
 The chain tries providers in order until one yields audio; one warning names `from`, `to` and
 `attempts`. A failure after audio started is not retried: that utterance fails.

@@ -12,7 +12,7 @@ from providers.tts.http import post_stream, require_api_key
 
 DEFAULT_MODEL = "eleven_flash_v2_5"  # the low-latency model; first audio matters most on a call
 OUTPUT_FORMAT = "ulaw_8000"
-# config key → request field, for the optional top-level fields (behaviour.md §1.4)
+# config key → request field, for the optional top-level fields (docs/compatibility.md, Speech providers)
 OPTIONAL_FIELDS = {
     "seed": "seed",
     "languageCode": "language_code",

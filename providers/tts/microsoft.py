@@ -15,7 +15,7 @@ PASSED_OPTIONS = ("rate", "volume", "pitch", "proxy")
 class MicrosoftTts(TtsProvider):
     name = "microsoft"
     api_key_env = None
-    # The service serves only MP3 at 24 kHz (behaviour.md §1.4): the chain skips it for phone audio.
+    # The service serves only MP3 at 24 kHz (docs/compatibility.md, Speech providers): the chain skips it for phone audio.
     telephony = False
 
     def output_format(self) -> AudioFormat:

@@ -1,4 +1,4 @@
-"""OpenAI text-to-speech (POST /v1/audio/speech), streamed as raw PCM16 24 kHz (ai-providers.md §5.1)."""
+"""OpenAI text-to-speech (POST /v1/audio/speech), streamed as raw PCM16 24 kHz."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator

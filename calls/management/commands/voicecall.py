@@ -1,4 +1,4 @@
-"""`python manage.py voicecall <command>`: operate calls from the shell (behaviour.md §7)."""
+"""`python manage.py voicecall <command>`: operate calls from the shell (docs/compatibility.md, CLI)."""
 from __future__ import annotations
 
 import argparse

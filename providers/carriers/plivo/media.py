@@ -1,4 +1,4 @@
-"""Plivo audio stream frames (carriers.md §3.6): start/media/dtmf/playedStream/clearedAudio in, playAudio/checkpoint/clearAudio out."""
+"""Plivo audio stream frames: start/media/dtmf/playedStream/clearedAudio in, playAudio/checkpoint/clearAudio out."""
 from __future__ import annotations
 
 import base64

@@ -1,4 +1,4 @@
-"""Plivo XML documents the gateway answers with or transfers a live call to (behaviour.md §3.3)."""
+"""Plivo XML documents the gateway answers with or transfers a live call to (docs/compatibility.md, Carrier requests)."""
 from __future__ import annotations
 
 from xml.sax.saxutils import escape, quoteattr

@@ -1,4 +1,4 @@
-"""Telnyx media streaming frames (carriers.md §2.6): connected, start, media, mark, dtmf, error, stop; media/mark/clear out."""
+"""Telnyx media streaming frames: connected, start, media, mark, dtmf, error, stop; media/mark/clear out."""
 from __future__ import annotations
 
 import base64

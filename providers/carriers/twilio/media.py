@@ -1,4 +1,4 @@
-"""Twilio Media Streams frames (carriers.md §1.7): connected, start, media, mark, dtmf, stop; media/mark/clear out."""
+"""Twilio Media Streams frames: connected, start, media, mark, dtmf, stop; media/mark/clear out."""
 from __future__ import annotations
 
 import base64

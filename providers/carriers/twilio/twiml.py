@@ -1,4 +1,4 @@
-"""TwiML documents the gateway answers with or pushes into live calls (behaviour.md §3.1)."""
+"""TwiML documents the gateway answers with or pushes into live calls (docs/compatibility.md, Carrier requests)."""
 from __future__ import annotations
 
 from xml.sax.saxutils import escape, quoteattr

@@ -1,0 +1,112 @@
+"""Keys that are accepted but have no effect yet are named in the config's warnings, once per reason."""
+from __future__ import annotations
+
+from calls.config.loader import load_config_data
+from calls.config.schema import VoiceCallConfig
+from calls.config.unbuilt import set_paths, unbuilt_settings
+
+PREFIX = "plugins.entries.voice-call.config."
+
+
+def unbuilt(data):
+    loaded = load_config_data(data, environ={})
+    assert loaded.errors == []
+    return [w for w in loaded.warnings if "no effect yet" in w]
+
+
+def test_defaults_warn_about_nothing():
+    assert unbuilt({}) == []
+    assert unbuilt_settings(VoiceCallConfig()) == []
+
+
+def test_keys_set_to_their_default_value_are_not_named():
+    assert unbuilt({
+        "realtime": {"enabled": False, "toolPolicy": "safe-read-only", "fastContext": {"enabled": False}},
+        "silenceTimeoutMs": 800,
+        "tunnel": {"provider": "none"},
+        "tailscale": {"mode": "off", "port": 443},
+    }) == []
+
+
+def test_keys_that_work_are_not_named():
+    assert unbuilt({
+        "provider": "twilio", "fromNumber": "+15550001234", "twilio": {"accountSid": "AC1", "authToken": "tok"},
+        "streaming": {"enabled": True, "provider": "local", "providers": {"local": {"silenceDurationMs": 600}}},
+        "tts": {"provider": "local", "timeoutMs": 5000},
+        "agents": {"main": {"name": "Ada", "identity": {"name": "Ada"}, "responder": {"type": "scripted", "replies": ["Hi"]}}},
+        "maxDurationSeconds": 60,
+        "webhookSecurity": {"trustForwardingHeaders": True},
+    }) == []
+
+
+def test_realtime_enabled_is_named_with_what_it_means():
+    (line,) = unbuilt({"realtime": {"enabled": True}, "inboundPolicy": "open"})
+    assert line.startswith("realtime.enabled is accepted but has no effect yet: the realtime voice bridge is not built")
+
+
+def test_other_realtime_keys_are_named_together():
+    (line,) = unbuilt({"realtime": {"provider": "openai", "instructions": "Be brief.",
+                                    "providers": {"openai": {"voice": "alloy"}}}})
+    assert line.startswith("realtime.provider, realtime.instructions, realtime.providers.openai.voice "
+                           "are accepted but have no effect yet: the realtime voice bridge is not built")
+
+
+def test_each_reason_gets_its_own_line_in_rule_order():
+    lines = unbuilt({
+        "store": "~/calls",
+        "silenceTimeoutMs": 500,
+        "tunnel": {"provider": "ngrok", "ngrokDomain": "x.ngrok.app"},
+        "tailscale": {"mode": "funnel"},
+        "publicUrl": "https://voice.example.com/voice/webhook",
+    })
+    assert [line.split(" ", 1)[0] for line in lines] == ["tunnel.provider,", "tailscale.mode", "silenceTimeoutMs", "store"]
+    assert lines[0].startswith("tunnel.provider, tunnel.ngrokDomain are accepted but have no effect yet: "
+                               "the gateway does not start a tunnel; run it yourself and set publicUrl")
+    assert lines[3] == ("store is accepted but has no effect yet: calls are kept in the database "
+                        "(DATABASE_URL), not in a store directory")
+
+
+def test_paths_inside_routes_and_agents_name_the_number_and_the_agent():
+    lines = unbuilt({
+        "tts": {"provider": "local", "auto": "always"},
+        "numbers": {"+15550001111": {"tts": {"modelOverrides": {"allowVoice": True}}}},
+        "agents": {"main": {"identity": {"name": "Ada", "emoji": "🙂"}}},
+    })
+    assert lines == [
+        "numbers.+15550001111.tts.modelOverrides.allowVoice, tts.auto are accepted but have no effect yet: "
+        "phone calls speak through tts.provider and tts.providers only",
+        "agents.main.identity.emoji is accepted but has no effect yet: "
+        "only identity.name (the agent's name in its prompt) is used",
+    ]
+
+
+def test_the_wrapper_prefix_is_kept_as_in_errors():
+    data = {"plugins": {"entries": {"voice-call": {"config": {"silenceTimeoutMs": 500}}}}}
+    (line,) = unbuilt(data)
+    assert line.startswith(PREFIX + "silenceTimeoutMs is accepted")
+
+
+def test_set_paths_lists_only_non_default_leaves():
+    config = VoiceCallConfig.model_validate({"serve": {"port": 4000}, "realtime": {"tools": [
+        {"type": "function", "name": "lookup", "parameters": {"type": "object"}}]}})
+    assert sorted(set_paths(config)) == ["realtime.tools", "serve.port"]
+
+
+def test_the_gateway_logs_them_at_startup(caplog):
+    from calls.gateway import report_config
+
+    loaded = load_config_data({"store": "~/calls"}, environ={})
+    with caplog.at_level("WARNING"):
+        report_config(loaded)
+    assert any(r.getMessage().startswith("store is accepted but has no effect yet") for r in caplog.records)
+
+
+def test_tunnel_provider_ngrok_counts_when_it_switches_on_the_loopback_rule():
+    assert unbuilt({"tunnel": {"provider": "ngrok", "allowNgrokFreeTierLoopbackBypass": True}}) == []
+    (line,) = unbuilt({"tunnel": {"provider": "ngrok"}})
+    assert line.startswith("tunnel.provider is accepted but has no effect yet")
+
+
+def test_a_tts_language_is_named():
+    (line,) = unbuilt({"tts": {"provider": "openai", "providers": {"openai": {"language": "de"}}}})
+    assert line.startswith("tts.providers.openai.language is accepted but has no effect yet")
