@@ -25,20 +25,13 @@ from providers.responders.spoken import SpokenStream, default_base_prompt, syste
 from routing.routes import call_route
 
 from . import background
+from .clock import now, to_ms
 from .errors import VoiceCallError
 from .memory import history, remember
 from .models import Call, MessageRole, ReplyStatus, ReplyTurn, TranscriptEntry
 from .runtime import get_runtime
-from .services.common import add_transcript, now, to_ms
-from .services.control import (
-    call_end,
-    call_reply_say,
-    call_uses_stream,
-    call_voice,
-    speaking_begin,
-    speaking_end,
-)
-from .services.replies import still_current
+from .selectors import call_uses_stream, call_voice, reply_is_current
+from .services import call_end, call_reply_say, speaking_begin, speaking_end, transcript_add
 from .streams.commands import PlaybackRefused, StreamUnavailable, stream_enqueue, stream_outcome
 
 log = logging.getLogger(__name__)
@@ -185,7 +178,7 @@ def _run_reply(call: Call, reply: ReplyTurn, plan: ReplyPlan) -> None:
             # Checked before speaking and every so often while generating: a superseded reply's
             # generation is stopped, not read to its end.
             if sentences or time.monotonic() >= next_check:
-                if not still_current(reply.pk):
+                if not reply_is_current(reply_id=reply.pk):
                     return _discard(voice, reply, first_text_ms)
                 next_check = time.monotonic() + SUPERSEDED_CHECK_SECONDS
             for sentence in sentences:
@@ -202,7 +195,7 @@ def _run_reply(call: Call, reply: ReplyTurn, plan: ReplyPlan) -> None:
         close = getattr(pieces, "close", None)
         if close is not None:
             close()  # a discarded reply's HTTP stream is closed, not read to the end
-    if not still_current(reply.pk):
+    if not reply_is_current(reply_id=reply.pk):
         return _discard(voice, reply, first_text_ms)
     for sentence in rest:
         voice.say(sentence)
@@ -244,7 +237,7 @@ def _record_heard(reply: ReplyTurn, voice: Voice, heard: str) -> None:
 def _speak_fallback(call: Call, reply: ReplyTurn, fallback: str, error: str, *, first_text_ms: int | None = None) -> None:
     """The responder failed: the caller hears the fallback line (or nothing), the call goes on."""
     voice = _voice_for(call, reply)
-    if fallback and still_current(reply.pk):
+    if fallback and reply_is_current(reply_id=reply.pk):
         voice.say(fallback)
         voice.finish()
     _settle(reply, ReplyStatus.FAILED, voice, error=error, first_text_ms=first_text_ms)
@@ -274,7 +267,7 @@ def _ms_between(start: datetime, end: datetime | None) -> int | None:
 
 
 def _voice_for(call: Call, reply: ReplyTurn) -> Voice:
-    return StreamVoice(call, group=f"reply-{reply.pk}") if call_uses_stream(call) else CarrierVoice(call)
+    return StreamVoice(call, group=f"reply-{reply.pk}") if call_uses_stream(call=call) else CarrierVoice(call)
 
 
 # --- saying it -------------------------------------------------------------------------------
@@ -315,7 +308,7 @@ class StreamVoice(Voice):
         self.heard: list[str] = []
         self.outcome = "played"
         self.stopped = False
-        self.voice = call_voice(get_runtime(), call)
+        self.voice = call_voice(call=call)
 
     def say(self, sentence: str) -> None:
         while len(self.pending) >= MAX_QUEUED_SENTENCES and not self.stopped:
@@ -324,7 +317,7 @@ class StreamVoice(Voice):
             return
         if not self.started:
             try:
-                speaking_begin(self.call_id)
+                speaking_begin(call_id=self.call_id)
             except VoiceCallError as exc:
                 self._stop("failed", str(exc))
                 return
@@ -366,8 +359,8 @@ class StreamVoice(Voice):
         heard = " ".join(self.heard)
         if self.started:
             if heard:
-                add_transcript(self.call, "bot", heard, at=self.first_audio_at)
-            speaking_end(self.call)
+                transcript_add(call=self.call, speaker="bot", text=heard, at=self.first_audio_at)
+            speaking_end(call=self.call)
         return heard, self.outcome
 
 

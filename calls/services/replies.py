@@ -9,7 +9,8 @@ from .. import background
 from ..memory import remember
 from ..models import Call, MessageRole, ReplyStatus, ReplyTurn
 from ..runtime import get_runtime
-from .common import from_ms, log, now
+from ..clock import from_ms, now
+from .common import log
 
 
 def conversational(call: Call) -> bool:
@@ -49,7 +50,3 @@ def replies_interrupted(*, call_id: str, since_ms: int) -> int:
     since = from_ms(since_ms)
     return ReplyTurn.objects.filter(call_id=call_id, status=ReplyStatus.PENDING, heard_at__lt=since).update(
         status=ReplyStatus.SUPERSEDED, completed_at=now())
-
-
-def still_current(reply_id: int) -> bool:
-    return ReplyTurn.objects.filter(pk=reply_id, status=ReplyStatus.PENDING).exists()
