@@ -5,15 +5,17 @@ Selectors never write. Projections are in the reference's JSON shapes (camelCase
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Any
 
 from providers.carriers.base import CallView
+from providers.responders.base import HistoryMessage
 from routing.routes import call_route, effective_tts, preferred_voice
 
 from .clock import to_ms
 from .documents import document_for, stream_token
 from .errors import CallHasEnded, CallNotConnected, CallNotFound
-from .models import Call, CallTurn, MediaStream, ReplyStatus, ReplyTurn, TurnStatus
+from .models import Call, CallTurn, MediaStream, ReplyStatus, ReplyTurn, SessionMessage, TranscriptEntry, TurnStatus
 from .runtime import get_runtime
 
 # --- lookups --------------------------------------------------------------------------------
@@ -50,6 +52,36 @@ def calls_live() -> list[Call]:
     return list(Call.objects.live().order_by("started_at"))
 
 
+def calls_recently_updated(*, limit: int) -> list[Call]:
+    """The `limit` most recently updated calls, oldest of them first."""
+    return list(Call.objects.order_by("-updated_at", "-pk")[:limit])[::-1]
+
+
+def calls_last_update() -> tuple[datetime | None, set[tuple[Any, datetime]]]:
+    """The newest update time of any call, and the (id, updated_at) of the calls updated then."""
+    newest = Call.objects.order_by("-updated_at").values_list("updated_at", flat=True).first()
+    if newest is None:
+        return None, set()
+    return newest, set(Call.objects.filter(updated_at=newest).values_list("pk", "updated_at"))
+
+
+def calls_updated_since(*, mark: datetime | None) -> list[Call]:
+    """Calls updated at or after `mark` (every call without one), in update order."""
+    changed = Call.objects.order_by("updated_at", "pk")
+    if mark is not None:
+        changed = changed.filter(updated_at__gte=mark)
+    return list(changed)
+
+
+def turn_latencies(*, last: int) -> list[tuple[int | None, int | None]]:
+    """(turn latency, listen wait) in ms of the last `last` completed turns, newest first."""
+    return list(
+        CallTurn.objects.filter(status=TurnStatus.COMPLETED)
+        .order_by("-completed_at", "-id")
+        .values_list("turn_latency_ms", "listen_wait_ms")[:last]
+    )
+
+
 def call_voice(*, call: Call) -> str | None:
     """The preferred TTS voice of the call's effective config (its number route for inbound)."""
     config = get_runtime().config
@@ -66,9 +98,40 @@ def call_uses_stream(*, call: Call) -> bool:
     )
 
 
+def call_transcript_lines(*, call: Call) -> list[tuple[str, str]]:
+    """The call's transcript so far as (speaker, text), in order."""
+    return list(TranscriptEntry.objects.filter(call=call).values_list("speaker", "text"))
+
+
+# --- automatic replies and conversation memory --------------------------------------------------
+
+
+def reply_find(*, reply_id: int) -> ReplyTurn | None:
+    """A reply with its call and the caller's message it answers."""
+    return ReplyTurn.objects.select_related("call", "user_message").filter(pk=reply_id).first()
+
+
 def reply_is_current(*, reply_id: int) -> bool:
     """Whether an automatic reply is still wanted (no newer caller speech superseded it)."""
     return ReplyTurn.objects.filter(pk=reply_id, status=ReplyStatus.PENDING).exists()
+
+
+def replies_before_count(*, reply: ReplyTurn) -> int:
+    """How many replies the call had before this one, superseded or not."""
+    return ReplyTurn.objects.filter(call_id=reply.call_id, pk__lt=reply.pk).count()
+
+
+def session_history(*, call: Call, before: SessionMessage | None, limit: int) -> tuple[HistoryMessage, ...]:
+    """Up to `limit` of the call's session's latest messages said before `before` (oldest first)."""
+    if limit <= 0 or not call.session_key:
+        return ()
+    messages = SessionMessage.objects.filter(session__key=call.session_key)
+    if before is not None:
+        messages = messages.filter(spoken_at__lte=before.spoken_at).exclude(pk=before.pk)
+        # Equal timestamps: only rows written earlier count as before.
+        messages = messages.exclude(spoken_at=before.spoken_at, pk__gt=before.pk)
+    latest = list(messages.order_by("-spoken_at", "-id").values_list("role", "text")[:limit])
+    return tuple(HistoryMessage(role=role, text=text) for role, text in reversed(latest))
 
 
 # --- the view a carrier builds its answer from ---------------------------------------------------

@@ -22,6 +22,7 @@ from .dtmf import DTMF_MESSAGE, DTMF_PATTERN, call_send_dtmf
 from .ending import call_end
 from .events import EventOutcome, event_process
 from .greeting import GreetingDecision, greeting_decision, initial_message_delivered, initial_message_speak
+from .memory import session_message_add
 from .operations import (
     ContinueOperationState,
     OperationNotFound,
@@ -29,6 +30,7 @@ from .operations import (
     continue_operation_start,
     continue_operations_wait,
 )
+from .replies import reply_settle
 from .speech import call_reply_say, call_speak, speaking_begin, speaking_end
 from .streams import (
     StreamCall,
@@ -93,7 +95,9 @@ __all__ = [
     "input_required",
     "next_deadline",
     "processed_webhooks_purge",
+    "reply_settle",
     "runtime_ready",
+    "session_message_add",
     "speaking_begin",
     "speaking_end",
     "stale_calls_reap",
