@@ -219,39 +219,30 @@ def _without_none(data: dict[str, Any]) -> dict[str, Any]:
 
 def call_timeline(*, call: Call) -> list[dict]:
     """Events, spoken lines, turns and replies of a call in time order, as seconds from its start."""
-    rows = [
-        {"at": e.occurred_at, "kind": "event", "label": e.type, "detail": _event_detail(e.payload)}
-        for e in call.events.all()
-    ]
+    rows = [_row(e.occurred_at, "event", e.type, _event_detail(e.payload)) for e in call.events.all()]
     rows += [
-        {"at": t.timestamp, "kind": t.speaker, "label": "bot said" if t.speaker == "bot" else "caller said", "detail": t.text}
+        _row(t.timestamp, t.speaker, "bot said" if t.speaker == "bot" else "caller said", t.text)
         for t in call.transcript_entries.all()
     ]
     rows += [
-        {
-            "at": t.completed_at or t.started_at,
-            "kind": "turn",
-            "label": f"turn {t.status}",
-            "detail": f"latency {t.turn_latency_ms} ms, listen wait {t.listen_wait_ms} ms"
-            if t.turn_latency_ms is not None
-            else t.error,
-        }
+        _row(t.completed_at or t.started_at, "turn", f"turn {t.status}",
+             f"latency {t.turn_latency_ms} ms, listen wait {t.listen_wait_ms} ms" if t.turn_latency_ms is not None else t.error)
         for t in call.turns.all()
     ]
     rows += [
-        {
-            "at": r.completed_at or r.heard_at,
-            "kind": "reply",
-            "label": f"reply {r.status}",
-            "detail": f"first words after {r.first_audio_ms} ms, done after {r.total_ms} ms"
-            if r.first_audio_ms is not None else (r.error or ""),
-        }
+        _row(r.completed_at or r.heard_at, "reply", f"reply {r.status}",
+             f"first words after {r.first_audio_ms} ms, done after {r.total_ms} ms"
+             if r.first_audio_ms is not None else (r.error or ""))
         for r in call.replies.all()
     ]
     rows.sort(key=lambda row: row["at"])
     for row in rows:
         row["offset"] = (row["at"] - call.started_at).total_seconds()
     return rows
+
+
+def _row(at: datetime, kind: str, label: str, detail: str) -> dict:
+    return {"at": at, "kind": kind, "label": label, "detail": detail}
 
 
 def _event_detail(payload: dict) -> str:

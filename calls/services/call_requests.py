@@ -92,24 +92,13 @@ def call_active_id(*, call_id: str | None, message: str | None, missing: str = C
     return str(call.pk)
 
 
-def call_initiate_request(
-    *,
-    to: str | None = None,
-    message: str | None = None,
-    mode: str | None = None,
-    dtmf_sequence: str | None = None,
-    session_key: str | None = None,
-    requester_session_key: str | None = None,
-    agent_id: str | None = None,
-    missing_to: str = "to required",
-) -> CallPlaced:
-    """Place a call to `to`, or to the configured toNumber when none is given."""
+def call_initiate_request(*, to: str | None = None, missing_to: str = "to required", **options: str | None) -> CallPlaced:
+    """Place a call to `to`, or to the configured toNumber when none is given.
+
+    `options` are call_initiate's other keywords (message, mode, dtmf_sequence, session keys, agent_id).
+    """
     config = get_runtime().config
-    to = input_required(to or config.to_number, message=missing_to)
-    call = call_initiate(
-        to=to, message=message, mode=mode, dtmf_sequence=dtmf_sequence,
-        session_key=session_key, requester_session_key=requester_session_key, agent_id=agent_id,
-    )
+    call = call_initiate(to=input_required(to or config.to_number, message=missing_to), **options)
     return CallPlaced(call_id=str(call.pk))
 
 
