@@ -12,7 +12,7 @@ from .. import background
 from ..clock import now
 from ..errors import VoiceCallError
 from ..models import Call, Direction
-from ..runtime import get_runtime
+from ..runtime import CallRuntime, get_runtime
 from ..selectors import call_find, call_voice
 from ..states import CallState
 from .common import CLAIM_TTL, carrier_request, log, move_to, transcript_add
@@ -66,7 +66,7 @@ def on_call_answered(*, call_id: str) -> None:
         initial_message_speak(call_id=call_id)
 
 
-def _send_answer_dtmf(runtime, call: Call, digits: str) -> None:
+def _send_answer_dtmf(runtime: CallRuntime, call: Call, digits: str) -> None:
     """Digits the dial could not carry, sent once right after the answer (e.g. an extension)."""
     with transaction.atomic():
         locked = Call.objects.select_for_update().get(pk=call.pk)
@@ -143,7 +143,7 @@ def initial_message_speak(*, call_id: str) -> bool:
     return True
 
 
-def _greet_and_listen(runtime, call: Call, message: str) -> bool:
+def _greet_and_listen(runtime: CallRuntime, call: Call, message: str) -> bool:
     try:
         carrier_request(
             "listen", runtime.carrier.start_listening, call_id=str(call.pk), provider_call_id=call.provider_call_id,

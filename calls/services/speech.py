@@ -9,7 +9,7 @@ from providers.carriers.base import Prompt
 
 from ..errors import CarrierError, InvalidRequest
 from ..models import Call
-from ..runtime import get_runtime
+from ..runtime import CallRuntime, get_runtime
 from ..selectors import call_connected, call_uses_stream, call_voice
 from ..states import CallState
 from .common import back_to_listening, carrier_request, move_to, transcript_add
@@ -82,7 +82,7 @@ def call_reply_say(*, call_id: str, text: str) -> str:
     return "played"
 
 
-def _speak_on_stream(runtime, call: Call, text: str, interruptible: bool) -> str:
+def _speak_on_stream(runtime: CallRuntime, call: Call, text: str, interruptible: bool) -> str:
     from ..streams.commands import StreamUnavailable, stream_speak
 
     timeout = (runtime.config.tts.timeout_ms if runtime.config.tts and runtime.config.tts.timeout_ms else 8000) / 1000

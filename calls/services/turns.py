@@ -12,7 +12,7 @@ from .. import background
 from ..clock import now
 from ..errors import InvalidRequest, TranscriptTimeout, TurnInProgress, VoiceCallError
 from ..models import Call, CallTurn, TurnStatus
-from ..runtime import get_runtime
+from ..runtime import CallRuntime, get_runtime
 from ..selectors import call_connected, call_uses_stream, call_voice
 from ..states import CallState
 from .common import carrier_request, log, move_to, transcript_add, turn_changed, wait_for_turn_change
@@ -64,7 +64,7 @@ def call_continue(*, call_id: str, prompt: str) -> str:
     return _await_turn(runtime, call, turn)
 
 
-def _continue_with_prompt(runtime, call: Call, turn: CallTurn, prompt: str) -> str:
+def _continue_with_prompt(runtime: CallRuntime, call: Call, turn: CallTurn, prompt: str) -> str:
     """One carrier request says the prompt and listens: a separate speak would be cut off by the listen."""
     config = runtime.config
     try:
@@ -98,7 +98,7 @@ def _fail_turn(turn: CallTurn, error: VoiceCallError) -> None:
     )
 
 
-def _await_turn(runtime, call: Call, turn: CallTurn) -> str:
+def _await_turn(runtime: CallRuntime, call: Call, turn: CallTurn) -> str:
     """Wait for the turn's transcript, then stop listening (best effort, as in the reference)."""
     try:
         return _wait_for_turn(turn, runtime.config.transcript_timeout_ms)
