@@ -4,6 +4,7 @@ from __future__ import annotations
 from django.contrib import admin
 
 from .models import Call, CallEvent, CallTurn, ConversationSession, ReplyTurn, SessionMessage, TranscriptEntry
+from .selectors import call_timeline
 
 
 class ReadOnlyInline(admin.TabularInline):
@@ -44,50 +45,6 @@ class EventInline(ReadOnlyInline):
     readonly_fields = fields
 
 
-def call_timeline(call: Call) -> list[dict]:
-    """Events, spoken lines and turns of a call in time order, as seconds from its start."""
-    rows = [
-        {"at": e.occurred_at, "kind": "event", "label": e.type, "detail": _event_detail(e.payload)}
-        for e in call.events.all()
-    ]
-    rows += [
-        {"at": t.timestamp, "kind": t.speaker, "label": "bot said" if t.speaker == "bot" else "caller said", "detail": t.text}
-        for t in call.transcript_entries.all()
-    ]
-    rows += [
-        {
-            "at": t.completed_at or t.started_at,
-            "kind": "turn",
-            "label": f"turn {t.status}",
-            "detail": f"latency {t.turn_latency_ms} ms, listen wait {t.listen_wait_ms} ms"
-            if t.turn_latency_ms is not None
-            else t.error,
-        }
-        for t in call.turns.all()
-    ]
-    rows += [
-        {
-            "at": r.completed_at or r.heard_at,
-            "kind": "reply",
-            "label": f"reply {r.status}",
-            "detail": f"first words after {r.first_audio_ms} ms, done after {r.total_ms} ms"
-            if r.first_audio_ms is not None else (r.error or ""),
-        }
-        for r in call.replies.all()
-    ]
-    rows.sort(key=lambda row: row["at"])
-    for row in rows:
-        row["offset"] = (row["at"] - call.started_at).total_seconds()
-    return rows
-
-
-def _event_detail(payload: dict) -> str:
-    for key in ("transcript", "digits", "reason", "error", "text"):
-        if payload.get(key):
-            return str(payload[key])
-    return ""
-
-
 @admin.register(Call)
 class CallAdmin(admin.ModelAdmin):
     list_display = ("id", "started_at", "direction", "from_number", "to_number", "state", "end_reason", "provider")
@@ -105,7 +62,7 @@ class CallAdmin(admin.ModelAdmin):
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         call = self.get_object(request, object_id)
-        extra_context = {**(extra_context or {}), "timeline": call_timeline(call) if call else []}
+        extra_context = {**(extra_context or {}), "timeline": call_timeline(call=call) if call else []}
         return super().change_view(request, object_id, form_url, extra_context)
 
     def get_readonly_fields(self, request, obj=None):

@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from django.db import transaction
-
 from providers.responders import responder_for
 from providers.responders.base import Hangup, Responder, ResponderError, Turn
 from providers.responders.models import DEFAULT_MODEL, ModelError, resolve_model
@@ -25,20 +23,28 @@ from providers.responders.spoken import SpokenStream, default_base_prompt, syste
 from routing.routes import call_route
 
 from . import background
+from .clock import now, to_ms
 from .errors import VoiceCallError
-from .memory import history, remember
-from .models import Call, MessageRole, ReplyStatus, ReplyTurn, TranscriptEntry
+from .models import Call, MessageRole, ReplyStatus, ReplyTurn
 from .runtime import get_runtime
-from .services.common import add_transcript, now, to_ms
-from .services.control import (
-    call_end,
-    call_reply_say,
+from .selectors import (
+    call_transcript_lines,
     call_uses_stream,
     call_voice,
+    replies_before_count,
+    reply_find,
+    reply_is_current,
+    session_history,
+)
+from .services import (
+    call_end,
+    call_reply_say,
+    reply_settle,
+    session_message_add,
     speaking_begin,
     speaking_end,
+    transcript_add,
 )
-from .services.replies import still_current
 from .streams.commands import PlaybackRefused, StreamUnavailable, stream_enqueue, stream_outcome
 
 log = logging.getLogger(__name__)
@@ -65,7 +71,7 @@ class ReplyPlan:
 
 @background.job("calls.auto_reply")
 def auto_reply(*, reply_id: int) -> None:
-    reply = ReplyTurn.objects.select_related("call", "user_message").filter(pk=reply_id).first()
+    reply = reply_find(reply_id=reply_id)
     if reply is None or reply.status != ReplyStatus.PENDING:
         return
     call = reply.call
@@ -102,18 +108,18 @@ def plan_reply(call: Call, reply: ReplyTurn) -> ReplyPlan:
         base = default_base_prompt(agent_name, call.from_number)
     workspace = _workspace_context(agent.workspace if agent else None)
     timeout_ms = (route.response_timeout_ms if route else None) or config.response_timeout_ms
-    spoken = list(TranscriptEntry.objects.filter(call=call).values_list("speaker", "text"))
+    spoken = call_transcript_lines(call=call)
     limit = settings.history_messages if settings else DEFAULT_HISTORY_MESSAGES
     turn = Turn(
         call_id=str(call.pk), agent_id=agent_id, session_key=call.session_key, direction=call.direction,
         from_number=call.from_number, to_number=call.to_number, transcript=reply.transcript,
-        history=history(call, before=reply.user_message, limit=limit),
+        history=session_history(call=call, before=reply.user_message, limit=limit),
         system_prompt=system_prompt("\n\n".join(part for part in (workspace, base) if part)),
         user_message=turn_prompt(spoken, reply.transcript), model=model,
         deadline=time.monotonic() + timeout_ms / 1000,
         # Every earlier caller utterance counts, superseded or not: the n-th utterance gets the
         # n-th scripted reply however the replies' races went.
-        replies_so_far=ReplyTurn.objects.filter(call=call, pk__lt=reply.pk).count(),
+        replies_so_far=replies_before_count(reply=reply),
         agent_name=agent_name,
     )
     fallback = settings.fallback_text if settings and settings.fallback_text is not None else FALLBACK_TEXT
@@ -185,7 +191,7 @@ def _run_reply(call: Call, reply: ReplyTurn, plan: ReplyPlan) -> None:
             # Checked before speaking and every so often while generating: a superseded reply's
             # generation is stopped, not read to its end.
             if sentences or time.monotonic() >= next_check:
-                if not still_current(reply.pk):
+                if not reply_is_current(reply_id=reply.pk):
                     return _discard(voice, reply, first_text_ms)
                 next_check = time.monotonic() + SUPERSEDED_CHECK_SECONDS
             for sentence in sentences:
@@ -202,7 +208,7 @@ def _run_reply(call: Call, reply: ReplyTurn, plan: ReplyPlan) -> None:
         close = getattr(pieces, "close", None)
         if close is not None:
             close()  # a discarded reply's HTTP stream is closed, not read to the end
-    if not still_current(reply.pk):
+    if not reply_is_current(reply_id=reply.pk):
         return _discard(voice, reply, first_text_ms)
     for sentence in rest:
         voice.say(sentence)
@@ -238,13 +244,13 @@ def _finish(voice: Voice, reply: ReplyTurn, status: str, first_text_ms: int | No
 
 def _record_heard(reply: ReplyTurn, voice: Voice, heard: str) -> None:
     if heard:
-        remember(reply.call, MessageRole.ASSISTANT, heard, at=voice.first_audio_at or now())
+        session_message_add(call=reply.call, role=MessageRole.ASSISTANT, text=heard, at=voice.first_audio_at or now())
 
 
 def _speak_fallback(call: Call, reply: ReplyTurn, fallback: str, error: str, *, first_text_ms: int | None = None) -> None:
     """The responder failed: the caller hears the fallback line (or nothing), the call goes on."""
     voice = _voice_for(call, reply)
-    if fallback and still_current(reply.pk):
+    if fallback and reply_is_current(reply_id=reply.pk):
         voice.say(fallback)
         voice.finish()
     _settle(reply, ReplyStatus.FAILED, voice, error=error, first_text_ms=first_text_ms)
@@ -254,17 +260,10 @@ def _settle(reply: ReplyTurn, status: str, voice: Voice | None = None, *, text: 
             first_text_ms: int | None = None, force: bool = False) -> str:
     """Write the reply's outcome; a reply superseded meanwhile keeps that status. Returns the status."""
     first_audio_at = voice.first_audio_at if voice else None
-    fields = {
-        "reply": text, "error": error[:2000], "first_text_ms": first_text_ms,
-        "first_audio_ms": _ms_between(reply.heard_at, first_audio_at),
-        "total_ms": _since(to_ms(reply.heard_at)), "completed_at": now(),
-    }
-    with transaction.atomic():
-        current = ReplyTurn.objects.select_for_update().get(pk=reply.pk)
-        if force or current.status == ReplyStatus.PENDING:
-            fields["status"] = status
-        ReplyTurn.objects.filter(pk=reply.pk).update(**fields)
-    return fields.get("status", current.status)
+    return reply_settle(
+        reply_id=reply.pk, status=status, reply=text, error=error, first_text_ms=first_text_ms,
+        first_audio_ms=_ms_between(reply.heard_at, first_audio_at), total_ms=_since(to_ms(reply.heard_at)), force=force,
+    )
 
 
 def _ms_between(start: datetime, end: datetime | None) -> int | None:
@@ -274,7 +273,7 @@ def _ms_between(start: datetime, end: datetime | None) -> int | None:
 
 
 def _voice_for(call: Call, reply: ReplyTurn) -> Voice:
-    return StreamVoice(call, group=f"reply-{reply.pk}") if call_uses_stream(call) else CarrierVoice(call)
+    return StreamVoice(call, group=f"reply-{reply.pk}") if call_uses_stream(call=call) else CarrierVoice(call)
 
 
 # --- saying it -------------------------------------------------------------------------------
@@ -315,7 +314,7 @@ class StreamVoice(Voice):
         self.heard: list[str] = []
         self.outcome = "played"
         self.stopped = False
-        self.voice = call_voice(get_runtime(), call)
+        self.voice = call_voice(call=call)
 
     def say(self, sentence: str) -> None:
         while len(self.pending) >= MAX_QUEUED_SENTENCES and not self.stopped:
@@ -324,7 +323,7 @@ class StreamVoice(Voice):
             return
         if not self.started:
             try:
-                speaking_begin(self.call_id)
+                speaking_begin(call_id=self.call_id)
             except VoiceCallError as exc:
                 self._stop("failed", str(exc))
                 return
@@ -366,8 +365,8 @@ class StreamVoice(Voice):
         heard = " ".join(self.heard)
         if self.started:
             if heard:
-                add_transcript(self.call, "bot", heard, at=self.first_audio_at)
-            speaking_end(self.call)
+                transcript_add(call=self.call, speaker="bot", text=heard, at=self.first_audio_at)
+            speaking_end(call=self.call)
         return heard, self.outcome
 
 

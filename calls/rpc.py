@@ -1,4 +1,4 @@
-"""POST /voice/rpc: JSON-RPC 2.0 (single and batch) over the shared commands, behind bearer tokens.
+"""POST /voice/rpc: JSON-RPC 2.0 (single and batch) over the call services, behind bearer tokens.
 
 Error codes: -32700 parse error, -32600 invalid request, -32601 unknown method, -32602 invalid
 params (and the reference's INVALID_REQUEST input errors), -32000 operational failure (the
@@ -20,12 +20,11 @@ from django.db import close_old_connections
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from . import commands, operations, tools
-from .commands import CommandInputError
+from . import selectors, services, tools
 from .config import get_config
 from .errors import VoiceCallError
 from .rpc_tokens import AuthError, RpcToken, authenticate
-from .services.control import MODES
+from .services import MODES, InputRejected
 
 log = logging.getLogger(__name__)
 
@@ -83,25 +82,25 @@ def _agent(params: dict[str, Any]) -> str | None:
     config = get_config().config
     known = {name.lower(): name for name in (*config.agents, config.resolved_agent_id())}
     if agent.lower() not in known:
-        raise CommandInputError("agentId requires a trusted plugin caller and a valid agent id")
+        raise InputRejected("agentId requires a trusted plugin caller and a valid agent id")
     return known[agent.lower()]
 
 
 def _initiate(p: dict[str, Any]) -> dict[str, Any]:
-    commands.require(p.get("message"), "message required")
-    return commands.initiate(
+    services.input_required(p.get("message"), message="message required")
+    return services.call_initiate_request(
         to=p.get("to"), message=p["message"], mode=_mode(p), dtmf_sequence=p.get("dtmfSequence"),
         session_key=p.get("sessionKey"), requester_session_key=p.get("requesterSessionKey"),
-    )
+    ).as_dict()
 
 
 def _start(p: dict[str, Any]) -> dict[str, Any]:
     agent = _agent(p)
-    commands.require(p.get("to"), "to required")
-    return commands.initiate(
+    services.input_required(p.get("to"), message="to required")
+    return services.call_initiate_request(
         to=p["to"], message=p.get("message"), mode=_mode(p), dtmf_sequence=p.get("dtmfSequence"),
         session_key=p.get("sessionKey"), requester_session_key=p.get("requesterSessionKey"), agent_id=agent,
-    )
+    ).as_dict()
 
 
 _CALL_MESSAGE = {"callId": str, "message": str}
@@ -111,26 +110,38 @@ METHODS: dict[str, Method] = {
     "voicecall.initiate": Method("write", _INITIATE, _initiate, "initiate failed"),
     "voicecall.start": Method("write", {**_INITIATE, "agentId": str}, _start, "initiate failed"),
     "voicecall.continue": Method(
-        "write", _CALL_MESSAGE, lambda p: commands.continue_call(p.get("callId"), p.get("message")), "continue failed"
+        "write", _CALL_MESSAGE,
+        lambda p: services.call_continue_request(call_id=p.get("callId"), message=p.get("message")).as_dict(),
+        "continue failed",
     ),
     "voicecall.continue.start": Method(
-        "write", _CALL_MESSAGE, lambda p: operations.continue_start(p.get("callId"), p.get("message")), "continue failed"
+        "write", _CALL_MESSAGE,
+        lambda p: services.continue_operation_start(call_id=p.get("callId"), message=p.get("message")).as_dict(),
+        "continue failed",
     ),
     "voicecall.continue.result": Method(
-        "read", {"operationId": str}, lambda p: operations.continue_result(p.get("operationId")), "continue failed"
+        "read", {"operationId": str},
+        lambda p: services.continue_operation_result(operation_id=p.get("operationId")).as_dict(),
+        "continue failed",
     ),
     "voicecall.speak": Method(
         "write",
         {**_CALL_MESSAGE, "allowTwimlFallback": bool},
-        lambda p: commands.speak(p.get("callId"), p.get("message"), allow_twiml_fallback=p.get("allowTwimlFallback") is not False),
+        lambda p: services.call_speak_request(
+            call_id=p.get("callId"), message=p.get("message"), allow_twiml_fallback=p.get("allowTwimlFallback") is not False,
+        ).as_dict(),
         "speak failed",
     ),
     "voicecall.dtmf": Method(
-        "write", {"callId": str, "digits": str}, lambda p: commands.send_dtmf(p.get("callId"), p.get("digits")), "dtmf failed"
+        "write", {"callId": str, "digits": str},
+        lambda p: services.call_send_dtmf_request(call_id=p.get("callId"), digits=p.get("digits")).as_dict(),
+        "dtmf failed",
     ),
-    "voicecall.end": Method("write", {"callId": str}, lambda p: commands.end(p.get("callId")), "end failed"),
+    "voicecall.end": Method(
+        "write", {"callId": str}, lambda p: services.call_end_request(call_id=p.get("callId")).as_dict(), "end failed"
+    ),
     "voicecall.status": Method(
-        "read", {"callId": str, "sid": str}, lambda p: commands.status(p.get("callId") or p.get("sid")), "status failed"
+        "read", {"callId": str, "sid": str}, lambda p: selectors.call_status(ref=p.get("callId") or p.get("sid")), "status failed"
     ),
     # The agent tool over RPC: its own {error: ...} results, never a JSON-RPC error for bad input.
     "voicecall.tool": Method(tools.required_scope, None, tools.execute, "tool failed"),
@@ -175,10 +186,10 @@ def call_method(name: str, raw_params: Any, token: RpcToken) -> Any:
     close_old_connections()
     try:
         return method.handler(params)
-    except CommandInputError as exc:
+    except InputRejected as exc:
         raise invalid_params(exc.message) from None
     except VoiceCallError as exc:
-        error = RpcError(UNAVAILABLE, commands.failure_message(exc, method.fallback), "UNAVAILABLE")
+        error = RpcError(UNAVAILABLE, services.failure_message(exc, method.fallback), "UNAVAILABLE")
         raise error from None
     except RpcError:
         raise

@@ -52,8 +52,7 @@ class Sweeper(threading.Thread):
 
     def tick(self) -> float:
         """One pass; returns how long to sleep before the next."""
-        from .services import deadlines_sweep, next_deadline, processed_webhooks_purge, stale_calls_reap
-        from .services.sweeps import REAP_INTERVAL_SECONDS
+        from .services import REAP_INTERVAL_SECONDS, deadlines_sweep, next_deadline, processed_webhooks_purge, stale_calls_reap
 
         try:
             deadlines_sweep()

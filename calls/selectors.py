@@ -1,15 +1,167 @@
-"""Read-only views of calls in the reference's JSON shapes (camelCase, times in epoch ms)."""
+"""Every read of call state: lookups, the view carriers answer from, status projections, the admin timeline.
+
+Selectors never write. Projections are in the reference's JSON shapes (camelCase, times in epoch ms).
+"""
 from __future__ import annotations
 
+import uuid
+from datetime import datetime
 from typing import Any
 
-from .models import Call
-from .services.common import call_lookup, to_ms
+from providers.carriers.base import CallView
+from providers.responders.base import HistoryMessage
+from routing.routes import call_route, effective_tts, preferred_voice
+
+from .clock import to_ms
+from .documents import document_for, stream_token
+from .errors import CallHasEnded, CallNotConnected, CallNotFound
+from .models import Call, CallTurn, MediaStream, ReplyStatus, ReplyTurn, SessionMessage, TranscriptEntry, TurnStatus
+from .runtime import get_runtime
+
+# --- lookups --------------------------------------------------------------------------------
 
 
-def call_find(ref: str) -> Call | None:
-    """A call by our id or the carrier's id."""
-    return call_lookup(ref)
+def call_find(*, ref: str | None, for_update: bool = False) -> Call | None:
+    """A call by our id, else by the carrier's id (newest first). `for_update` locks the row."""
+    if not ref:
+        return None
+    calls = Call.objects.select_for_update() if for_update else Call.objects.all()
+    try:
+        call = calls.filter(pk=uuid.UUID(str(ref))).first()
+    except ValueError:
+        call = None
+    if call is None:
+        call = calls.filter(provider_call_id=ref).order_by("-started_at").first()
+    return call
+
+
+def call_connected(*, ref: str, for_update: bool = False) -> Call:
+    """A live call with a carrier id, or the reference's error for why not."""
+    call = call_find(ref=ref, for_update=for_update)
+    if call is None:
+        raise CallNotFound()
+    if not call.provider_call_id:
+        raise CallNotConnected()
+    if call.is_terminal:
+        raise CallHasEnded()
+    return call
+
+
+def calls_live() -> list[Call]:
+    """Calls not yet ended, oldest first."""
+    return list(Call.objects.live().order_by("started_at"))
+
+
+def calls_recently_updated(*, limit: int) -> list[Call]:
+    """The `limit` most recently updated calls, oldest of them first."""
+    return list(Call.objects.order_by("-updated_at", "-pk")[:limit])[::-1]
+
+
+def calls_last_update() -> tuple[datetime | None, set[tuple[Any, datetime]]]:
+    """The newest update time of any call, and the (id, updated_at) of the calls updated then."""
+    newest = Call.objects.order_by("-updated_at").values_list("updated_at", flat=True).first()
+    if newest is None:
+        return None, set()
+    return newest, set(Call.objects.filter(updated_at=newest).values_list("pk", "updated_at"))
+
+
+def calls_updated_since(*, mark: datetime | None) -> list[Call]:
+    """Calls updated at or after `mark` (every call without one), in update order."""
+    changed = Call.objects.order_by("updated_at", "pk")
+    if mark is not None:
+        changed = changed.filter(updated_at__gte=mark)
+    return list(changed)
+
+
+def turn_latencies(*, last: int) -> list[tuple[int | None, int | None]]:
+    """(turn latency, listen wait) in ms of the last `last` completed turns, newest first."""
+    return list(
+        CallTurn.objects.filter(status=TurnStatus.COMPLETED)
+        .order_by("-completed_at", "-id")
+        .values_list("turn_latency_ms", "listen_wait_ms")[:last]
+    )
+
+
+def call_voice(*, call: Call) -> str | None:
+    """The preferred TTS voice of the call's effective config (its number route for inbound)."""
+    config = get_runtime().config
+    return preferred_voice(effective_tts(config, call_route(config, call)))
+
+
+def call_uses_stream(*, call: Call) -> bool:
+    """Whether the call's audio goes through a media stream (then never through TwiML <Say>)."""
+    runtime = get_runtime()
+    return (
+        runtime.config.streaming.enabled
+        and runtime.carrier.supports_media_streams
+        and MediaStream.objects.open().filter(call=call).exists()
+    )
+
+
+def call_transcript_lines(*, call: Call) -> list[tuple[str, str]]:
+    """The call's transcript so far as (speaker, text), in order."""
+    return list(TranscriptEntry.objects.filter(call=call).values_list("speaker", "text"))
+
+
+# --- automatic replies and conversation memory --------------------------------------------------
+
+
+def reply_find(*, reply_id: int) -> ReplyTurn | None:
+    """A reply with its call and the caller's message it answers."""
+    return ReplyTurn.objects.select_related("call", "user_message").filter(pk=reply_id).first()
+
+
+def reply_is_current(*, reply_id: int) -> bool:
+    """Whether an automatic reply is still wanted (no newer caller speech superseded it)."""
+    return ReplyTurn.objects.filter(pk=reply_id, status=ReplyStatus.PENDING).exists()
+
+
+def replies_before_count(*, reply: ReplyTurn) -> int:
+    """How many replies the call had before this one, superseded or not."""
+    return ReplyTurn.objects.filter(call_id=reply.call_id, pk__lt=reply.pk).count()
+
+
+def session_history(*, call: Call, before: SessionMessage | None, limit: int) -> tuple[HistoryMessage, ...]:
+    """Up to `limit` of the call's session's latest messages said before `before` (oldest first)."""
+    if limit <= 0 or not call.session_key:
+        return ()
+    messages = SessionMessage.objects.filter(session__key=call.session_key)
+    if before is not None:
+        messages = messages.filter(spoken_at__lte=before.spoken_at).exclude(pk=before.pk)
+        # Equal timestamps: only rows written earlier count as before.
+        messages = messages.exclude(spoken_at=before.spoken_at, pk__gt=before.pk)
+    latest = list(messages.order_by("-spoken_at", "-id").values_list("role", "text")[:limit])
+    return tuple(HistoryMessage(role=role, text=text) for role, text in reversed(latest))
+
+
+# --- the view a carrier builds its answer from ---------------------------------------------------
+
+
+def call_view(*, call: Call | None, rejected: bool, document_token: str | None) -> CallView | None:
+    """The read-only view of a call a carrier builds its answer from."""
+    if call is None:
+        return None
+    call_id = str(call.pk)
+    pending = CallTurn.objects.filter(call=call, status=TurnStatus.PENDING).values_list("token", flat=True).first()
+    return CallView(
+        call_id=call_id,
+        provider_call_id=call.provider_call_id,
+        direction=call.direction,
+        state=call.state,
+        mode=call.metadata.get("mode", "conversation"),
+        ended=call.is_terminal,
+        rejected=rejected,
+        initial_message=call.metadata.get("initialMessage") or None,
+        voice=call_voice(call=call),
+        pending_turn_token=pending,
+        document=document_for(call_id, document_token),
+        stream_token=stream_token(call_id),
+        # Streams of other calls: with as many as calls allowed, a new caller waits on hold.
+        media_streams_active=MediaStream.objects.open().exclude(call=call).count(),
+    )
+
+
+# --- status projections ------------------------------------------------------------------------
 
 
 def call_record(call: Call) -> dict[str, Any]:
@@ -49,9 +201,52 @@ def call_summary(call: Call) -> dict[str, Any]:
     )
 
 
-def live_calls() -> list[Call]:
-    return list(Call.objects.live().order_by("started_at"))
+def call_status(*, ref: str | None = None) -> dict[str, Any]:
+    """What the RPC's and the tool's status answer: one call's summary, or every live call's."""
+    get_runtime()  # the setup/disabled error comes first, as for every call operation
+    if not ref:
+        return {"found": True, "calls": [call_summary(call) for call in calls_live()]}
+    call = call_find(ref=ref)
+    return {"found": True, "call": call_summary(call)} if call else {"found": False}
 
 
 def _without_none(data: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in data.items() if value is not None}
+
+
+# --- the admin timeline ---------------------------------------------------------------------------
+
+
+def call_timeline(*, call: Call) -> list[dict]:
+    """Events, spoken lines, turns and replies of a call in time order, as seconds from its start."""
+    rows = [_row(e.occurred_at, "event", e.type, _event_detail(e.payload)) for e in call.events.all()]
+    rows += [
+        _row(t.timestamp, t.speaker, "bot said" if t.speaker == "bot" else "caller said", t.text)
+        for t in call.transcript_entries.all()
+    ]
+    rows += [
+        _row(t.completed_at or t.started_at, "turn", f"turn {t.status}",
+             f"latency {t.turn_latency_ms} ms, listen wait {t.listen_wait_ms} ms" if t.turn_latency_ms is not None else t.error)
+        for t in call.turns.all()
+    ]
+    rows += [
+        _row(r.completed_at or r.heard_at, "reply", f"reply {r.status}",
+             f"first words after {r.first_audio_ms} ms, done after {r.total_ms} ms"
+             if r.first_audio_ms is not None else (r.error or ""))
+        for r in call.replies.all()
+    ]
+    rows.sort(key=lambda row: row["at"])
+    for row in rows:
+        row["offset"] = (row["at"] - call.started_at).total_seconds()
+    return rows
+
+
+def _row(at: datetime, kind: str, label: str, detail: str) -> dict:
+    return {"at": at, "kind": kind, "label": label, "detail": detail}
+
+
+def _event_detail(payload: dict) -> str:
+    for key in ("transcript", "digits", "reason", "error", "text"):
+        if payload.get(key):
+            return str(payload[key])
+    return ""

@@ -9,11 +9,11 @@ from typing import Any
 
 from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed, JsonResponse
 
-from . import commands
 from routing.validators import E164
 
+from . import selectors, services
 from .errors import VoiceCallError
-from .services.control import DTMF_PATTERN, MODES
+from .services import DTMF_PATTERN, MODES
 
 log = logging.getLogger(__name__)
 
@@ -265,15 +265,15 @@ def execute(arguments: Any, *, session_key: str | None = None, agent_id: str | N
     action = arguments.get("action") if isinstance(arguments, dict) else None
     name = action if isinstance(action, str) else "legacy"
     try:
-        commands.runtime_ready()
+        services.runtime_ready()
         result = _dispatch(arguments, session_key=session_key, agent_id=agent_id)
         if result.get("success") is False:
             result = {"error": result.get("error") or f"{_verb(name)} failed"}
     except VoiceCallError as exc:
-        result = {"error": commands.failure_message(exc, f"{_verb(name)} failed")}
+        result = {"error": services.failure_message(exc, f"{_verb(name)} failed")}
     except Exception as exc:  # the agent gets an error result, never a traceback
         log.exception("%s tool action %s failed", TOOL_NAME, name)
-        result = {"error": commands.failure_message(exc, f"{_verb(name)} failed")}
+        result = {"error": services.failure_message(exc, f"{_verb(name)} failed")}
     return _result(result)
 
 
@@ -322,7 +322,7 @@ def _dispatch(arguments: Any, *, session_key: str | None, agent_id: str | None) 
 
 
 def _initiate(arguments: dict[str, Any], *, session_key: str | None, agent_id: str | None, missing_to: str = "to required") -> dict[str, Any]:
-    return commands.initiate(
+    return services.call_initiate_request(
         to=_text(arguments, "to"),
         message=_text(arguments, "message"),
         mode=_text(arguments, "mode"),  # an unknown mode means the configured default
@@ -331,7 +331,7 @@ def _initiate(arguments: dict[str, Any], *, session_key: str | None, agent_id: s
         requester_session_key=(session_key or "").strip() or _text(arguments, "requesterSessionKey"),
         agent_id=agent_id,
         missing_to=missing_to,
-    )
+    ).as_dict()
 
 
 def _initiate_call(arguments: dict[str, Any], *, session_key: str | None, agent_id: str | None) -> dict[str, Any]:
@@ -341,26 +341,26 @@ def _initiate_call(arguments: dict[str, Any], *, session_key: str | None, agent_
 
 
 def _continue_call(arguments: dict[str, Any], **_: Any) -> dict[str, Any]:
-    return commands.continue_call(_text(arguments, "callId"), _text(arguments, "message"))
+    return services.call_continue_request(call_id=_text(arguments, "callId"), message=_text(arguments, "message")).as_dict()
 
 
 def _speak_to_user(arguments: dict[str, Any], **_: Any) -> dict[str, Any]:
-    return commands.speak(_text(arguments, "callId"), _text(arguments, "message"))
+    return services.call_speak_request(call_id=_text(arguments, "callId"), message=_text(arguments, "message")).as_dict()
 
 
 def _send_dtmf(arguments: dict[str, Any], **_: Any) -> dict[str, Any]:
-    return commands.send_dtmf(_text(arguments, "callId"), _text(arguments, "digits"))
+    return services.call_send_dtmf_request(call_id=_text(arguments, "callId"), digits=_text(arguments, "digits")).as_dict()
 
 
 def _end_call(arguments: dict[str, Any], **_: Any) -> dict[str, Any]:
-    return commands.end(_text(arguments, "callId"))
+    return services.call_end_request(call_id=_text(arguments, "callId")).as_dict()
 
 
 def _get_status(arguments: dict[str, Any], **_: Any) -> dict[str, Any]:
     call_id = _text(arguments, "callId")
     if not call_id:
         return {"error": "callId required"}
-    return commands.status(call_id)
+    return selectors.call_status(ref=call_id)
 
 
 def _legacy(arguments: dict[str, Any], *, session_key: str | None, agent_id: str | None) -> dict[str, Any]:
@@ -368,7 +368,7 @@ def _legacy(arguments: dict[str, Any], *, session_key: str | None, agent_id: str
         sid = _text(arguments, "sid")
         if not sid:
             return {"error": "sid required for status"}
-        return commands.status(sid)
+        return selectors.call_status(ref=sid)
     # The legacy form's mode is call|status, not a call mode: the call gets the configured default.
     return _initiate({**arguments, "mode": None}, session_key=session_key, agent_id=agent_id, missing_to="to required for call")
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..models import Call
-from ..selectors import call_record
+from ..selectors import call_record, calls_last_update, calls_recently_updated, calls_updated_since
 
 Write = Callable[[str], None]
 Stop = Callable[[], bool]
@@ -16,19 +16,13 @@ Stop = Callable[[], bool]
 
 def follow_calls(write: Write, *, since: int, poll_ms: int, stop: Stop) -> None:
     """Print the last `since` call records, then each record again whenever it changes."""
-    recent = list(Call.objects.order_by("-updated_at", "-pk")[:since])[::-1]
-    for call in recent:
+    for call in calls_recently_updated(limit=since):
         write(_line(call))
     # Start from the newest record even when none was printed (--since 0): only changes follow.
-    newest = Call.objects.order_by("-updated_at").values_list("updated_at", flat=True).first()
-    mark = newest
-    seen = set(Call.objects.filter(updated_at=newest).values_list("pk", "updated_at")) if newest else set()
+    mark, seen = calls_last_update()
     while not stop():
         time.sleep(poll_ms / 1000)
-        changed = Call.objects.order_by("updated_at", "pk")
-        if mark is not None:
-            changed = changed.filter(updated_at__gte=mark)
-        for call in changed:
+        for call in calls_updated_since(mark=mark):
             if (call.pk, call.updated_at) in seen:
                 continue
             seen.add((call.pk, call.updated_at))

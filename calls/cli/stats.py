@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ..models import CallTurn, TurnStatus
+from ..selectors import turn_latencies
 
 PERCENTILES = (50, 90, 95, 99)
 
@@ -34,11 +34,7 @@ def summarize(values: list[float]) -> dict[str, float]:
 
 def latency_from_db(last: int) -> dict[str, Any]:
     """Stats over the last `last` completed turns (every turn counted once)."""
-    turns = list(
-        CallTurn.objects.filter(status=TurnStatus.COMPLETED)
-        .order_by("-completed_at", "-id")
-        .values_list("turn_latency_ms", "listen_wait_ms")[:last]
-    )
+    turns = turn_latencies(last=last)
     return {
         "turnsScanned": len(turns),
         "turnLatency": summarize([t for t, _ in turns if t is not None]),

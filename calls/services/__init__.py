@@ -1,15 +1,49 @@
-"""The one API every surface calls (CLI, RPC, agent tool, admin, webhooks, Celery)."""
-from .control import (
-    call_continue,
-    call_end,
-    call_initiate,
-    call_send_dtmf,
-    call_speak,
-    greeting_decision,
-    initial_message_speak,
+"""The one write API every surface calls (CLI, RPC, agent tool, admin, webhooks, media streams, Celery).
+
+Import from this package, not from its modules: the modules split the work by concern.
+"""
+from .call_requests import (
+    ActionResult,
+    CallPlaced,
+    InputRejected,
+    TurnHeard,
+    call_continue_request,
+    call_end_request,
+    call_initiate_request,
+    call_send_dtmf_request,
+    call_speak_request,
+    failure_message,
+    input_required,
+    runtime_ready,
 )
+from .common import transcript_add
+from .dialing import MODES, call_initiate
+from .dtmf import DTMF_MESSAGE, DTMF_PATTERN, call_send_dtmf
+from .ending import call_end
 from .events import EventOutcome, event_process
+from .greeting import GreetingDecision, greeting_decision, initial_message_delivered, initial_message_speak
+from .memory import session_message_add
+from .operations import (
+    ContinueOperationState,
+    OperationNotFound,
+    continue_operation_result,
+    continue_operation_start,
+    continue_operations_wait,
+)
+from .replies import reply_settle
+from .speech import call_reply_say, call_speak, speaking_begin, speaking_end
+from .streams import (
+    StreamCall,
+    StreamRefused,
+    stream_closed,
+    stream_dtmf,
+    stream_open,
+    stream_ready,
+    stream_speech_started,
+    stream_transcript,
+)
 from .sweeps import (
+    REAP_INTERVAL_SECONDS,
     RestoreReport,
     calls_restore,
     deadlines_sweep,
@@ -17,21 +51,62 @@ from .sweeps import (
     processed_webhooks_purge,
     stale_calls_reap,
 )
+from .turns import call_continue
+from .webhooks import WebhookReply, webhook_process
 
 __all__ = [
+    "DTMF_MESSAGE",
+    "DTMF_PATTERN",
+    "MODES",
+    "REAP_INTERVAL_SECONDS",
+    "ActionResult",
+    "CallPlaced",
+    "ContinueOperationState",
     "EventOutcome",
+    "GreetingDecision",
+    "InputRejected",
+    "OperationNotFound",
     "RestoreReport",
+    "StreamCall",
+    "StreamRefused",
+    "TurnHeard",
+    "WebhookReply",
     "call_continue",
+    "call_continue_request",
     "call_end",
+    "call_end_request",
     "call_initiate",
+    "call_initiate_request",
+    "call_reply_say",
     "call_send_dtmf",
+    "call_send_dtmf_request",
     "call_speak",
+    "call_speak_request",
     "calls_restore",
+    "continue_operation_result",
+    "continue_operation_start",
+    "continue_operations_wait",
     "deadlines_sweep",
     "event_process",
+    "failure_message",
     "greeting_decision",
+    "initial_message_delivered",
     "initial_message_speak",
+    "input_required",
     "next_deadline",
     "processed_webhooks_purge",
+    "reply_settle",
+    "runtime_ready",
+    "session_message_add",
+    "speaking_begin",
+    "speaking_end",
     "stale_calls_reap",
+    "stream_closed",
+    "stream_dtmf",
+    "stream_open",
+    "stream_ready",
+    "stream_speech_started",
+    "stream_transcript",
+    "transcript_add",
+    "webhook_process",
 ]

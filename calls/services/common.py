@@ -1,18 +1,17 @@
-"""Pieces every call service shares: lookups, state changes, finalize, transcript, time."""
+"""Pieces every call service shares: state changes, finalize, transcript lines, carrier requests, turn wake-ups."""
 from __future__ import annotations
 
 import logging
 import threading
-import uuid
-from datetime import datetime, timedelta, timezone as dt_timezone
+from datetime import datetime, timedelta
 
 from django.db import transaction
-from django.utils import timezone
 
 from .. import background
-from ..errors import CallHasEnded, CallNotConnected, CallNotFound
+from ..clock import now
+from ..errors import CarrierError, VoiceCallError
 from ..models import Call, CallTurn, Speaker, TranscriptEntry, TurnStatus
-from ..states import next_state
+from ..states import CallState, next_state
 
 # A hang-up or greeting claim older than this is treated as abandoned (its process died).
 CLAIM_TTL = timedelta(seconds=30)
@@ -20,42 +19,15 @@ CLAIM_TTL = timedelta(seconds=30)
 log = logging.getLogger("calls.services")
 
 
-def now() -> datetime:
-    return timezone.now()
-
-
-def to_ms(value: datetime | None) -> int | None:
-    return None if value is None else int(value.timestamp() * 1000)
-
-
-def from_ms(value: int) -> datetime:
-    return datetime.fromtimestamp(value / 1000, tz=dt_timezone.utc)
-
-
-def call_lookup(ref: str, *, for_update: bool = False) -> Call | None:
-    """Find a call by our id, else by the carrier's id (newest first)."""
-    if not ref:
-        return None
-    calls = Call.objects.select_for_update() if for_update else Call.objects.all()
+def carrier_request(action: str, func, **kwargs):
+    """Run a carrier request; any failure becomes CarrierError with the carrier's message."""
     try:
-        call = calls.filter(pk=uuid.UUID(str(ref))).first()
-    except ValueError:
-        call = None
-    if call is None:
-        call = calls.filter(provider_call_id=ref).order_by("-started_at").first()
-    return call
-
-
-def call_connected(ref: str, *, for_update: bool = False) -> Call:
-    """A live call with a carrier id, or the reference's error for why not."""
-    call = call_lookup(ref, for_update=for_update)
-    if call is None:
-        raise CallNotFound()
-    if not call.provider_call_id:
-        raise CallNotConnected()
-    if call.is_terminal:
-        raise CallHasEnded()
-    return call
+        return func(**kwargs)
+    except VoiceCallError:
+        raise
+    except Exception as exc:  # carriers raise their own errors; surfaces need one shape
+        log.warning("carrier %s failed: %s", action, exc)
+        raise CarrierError(str(exc) or f"{action} failed") from exc
 
 
 def move_to(call: Call, target: str) -> bool:
@@ -64,6 +36,14 @@ def move_to(call: Call, target: str) -> bool:
     changed = new != call.state
     call.state = new.value
     return changed
+
+
+def back_to_listening(call: Call) -> None:
+    """Back to listening once speech is over (unless the call moved on, e.g. ended)."""
+    with transaction.atomic():
+        locked = Call.objects.select_for_update().get(pk=call.pk)
+        if move_to(locked, CallState.LISTENING):
+            locked.save()
 
 
 def set_answered(call: Call, answered_at: datetime, max_duration_seconds: int) -> None:
@@ -99,6 +79,13 @@ def finalize(call: Call, reason: str, *, ended_at: datetime | None = None, turn_
     return True
 
 
+def finalize_by_id(call_id, reason: str) -> None:
+    """Finalize the call with this primary key, under its row lock."""
+    with transaction.atomic():
+        call = Call.objects.select_for_update().get(pk=call_id)
+        finalize(call, reason)
+
+
 def _close_streams_on_commit(call_id: str) -> None:
     """An ended call's media stream (in whichever process holds it) is closed."""
     from ..config import get_config
@@ -110,7 +97,8 @@ def _close_streams_on_commit(call_id: str) -> None:
     transaction.on_commit(lambda: stream_send(call_id, {"type": "stream.close", "reason": "call ended"}))
 
 
-def add_transcript(call: Call, speaker: str, text: str, *, at: datetime | None = None) -> TranscriptEntry:
+def transcript_add(*, call: Call, speaker: str, text: str, at: datetime | None = None) -> TranscriptEntry:
+    """A final transcript line of the call (the bot's words once played, the caller's once heard)."""
     with transaction.atomic():
         entry = TranscriptEntry.objects.create(
             call=call, speaker=Speaker(speaker), text=text, is_final=True, timestamp=at or now()

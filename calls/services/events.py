@@ -10,6 +10,7 @@ from routing.policy import inbound_decision
 from routing.routes import greeting_for, match_route, route_snapshot
 
 from .. import background
+from ..clock import from_ms, now, to_ms
 from ..events import (
     CallActive,
     CallAmd,
@@ -29,9 +30,10 @@ from ..models import Call, CallEvent, CallTurn, Direction, TurnStatus
 from ..runtime import CallRuntime, get_runtime
 from ..session_keys import session_key_for_call
 from ..states import CallState
+from ..selectors import call_find
+from .common import CLAIM_TTL, finalize, log, move_to, set_answered, transcript_add, turn_changed
 from .pairing import PAIRING_PROMPT, pairing_admission, pairing_input
 from .replies import conversational, reply_requested
-from .common import CLAIM_TTL, add_transcript, call_lookup, finalize, from_ms, log, move_to, now, set_answered, to_ms, turn_changed
 
 
 FIELD_LIMIT = Call._meta.get_field("from_number").max_length
@@ -69,9 +71,9 @@ def _process(runtime: CallRuntime, event: NormalizedEvent, *, hangup_rejected: b
     if CallEvent.objects.filter(dedupe_key=event.key).exists():
         return EventOutcome.DUPLICATE
 
-    call = call_lookup(event.call_id, for_update=True)
+    call = call_find(ref=event.call_id, for_update=True)
     if call is None and event.provider_call_id and event.provider_call_id != event.call_id:
-        call = call_lookup(event.provider_call_id, for_update=True)
+        call = call_find(ref=event.provider_call_id, for_update=True)
     if call is None and event.provider_call_id and event.direction:
         call, rejected = _create_webhook_call(runtime, event)
         if rejected:
@@ -231,7 +233,7 @@ def _apply_speech(runtime: CallRuntime, call: Call, event: CallSpeech) -> None:
             log.warning("speech for call %s ignored: turn token %r does not match", call.pk, event.turn_token)
             return
         heard_at = from_ms(event.timestamp)
-        add_transcript(call, "user", text, at=heard_at)
+        transcript_add(call=call, speaker="user", text=text, at=heard_at)
         if turn is not None:
             _complete_turn(call, turn, text)
         elif call.metadata.get("pairing"):

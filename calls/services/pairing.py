@@ -17,7 +17,11 @@ from .. import background
 from ..errors import VoiceCallError
 from ..models import Call
 from ..runtime import get_runtime
-from .common import log, now
+from ..clock import now
+from ..selectors import call_uses_stream
+from .common import log
+from .ending import call_end
+from .speech import call_reply_say, call_speak, spoken_duration_estimate
 
 PAIRING_PROMPT = "This number is not registered yet. Please enter or say your pairing code."
 RETRY_LINE = "Sorry, that code did not work. Please try again."
@@ -72,8 +76,6 @@ def pairing_input(call: Call, *, text: str | None = None, digits: str | None = N
 
 @background.job("calls.pairing_retry")
 def pairing_retry(*, call_id: str) -> None:
-    from .control import call_reply_say
-
     try:
         call_reply_say(call_id=call_id, text=RETRY_LINE)
     except VoiceCallError as exc:
@@ -83,12 +85,10 @@ def pairing_retry(*, call_id: str) -> None:
 @background.job("calls.pairing_failed")
 def pairing_failed(*, call_id: str) -> None:
     """Say goodbye, then hang up once: after playback on a stream, after its estimated length otherwise."""
-    from .control import call_end, call_speak, call_uses_stream, spoken_duration_estimate
-
     call = Call.objects.filter(pk=call_id).first()
     if call is None or call.is_terminal:
         return
-    on_stream = call_uses_stream(call)
+    on_stream = call_uses_stream(call=call)
     try:
         call_speak(call_id=call_id, text=FAILED_LINE)
     except VoiceCallError as exc:

@@ -3,13 +3,16 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from django.db import transaction
+
 from routing.routes import call_route
 
 from .. import background
-from ..memory import remember
+from ..clock import from_ms, now
 from ..models import Call, MessageRole, ReplyStatus, ReplyTurn
 from ..runtime import get_runtime
-from .common import from_ms, log, now
+from .common import log
+from .memory import session_message_add
 
 
 def conversational(call: Call) -> bool:
@@ -38,7 +41,7 @@ def reply_requested(call: Call, text: str, *, heard_at: datetime) -> ReplyTurn:
     if superseded:
         log.info("call %s: newer caller speech supersedes %d pending repl%s", call.pk, superseded,
                  "y" if superseded == 1 else "ies")
-    message = remember(call, MessageRole.USER, text, at=heard_at)
+    message = session_message_add(call=call, role=MessageRole.USER, text=text, at=heard_at)
     reply = ReplyTurn.objects.create(call=call, transcript=text, user_message=message, heard_at=heard_at)
     background.submit("calls.auto_reply", reply_id=reply.pk)
     return reply
@@ -51,5 +54,16 @@ def replies_interrupted(*, call_id: str, since_ms: int) -> int:
         status=ReplyStatus.SUPERSEDED, completed_at=now())
 
 
-def still_current(reply_id: int) -> bool:
-    return ReplyTurn.objects.filter(pk=reply_id, status=ReplyStatus.PENDING).exists()
+def reply_settle(*, reply_id: int, status: str, reply: str = "", error: str = "", first_text_ms: int | None = None,
+                 first_audio_ms: int | None = None, total_ms: int | None = None, force: bool = False) -> str:
+    """Write the reply's outcome; a reply superseded meanwhile keeps that status. Returns the status."""
+    fields = {
+        "reply": reply, "error": error[:2000], "first_text_ms": first_text_ms, "first_audio_ms": first_audio_ms,
+        "total_ms": total_ms, "completed_at": now(),
+    }
+    with transaction.atomic():
+        current = ReplyTurn.objects.select_for_update().get(pk=reply_id)
+        if force or current.status == ReplyStatus.PENDING:
+            fields["status"] = status
+        ReplyTurn.objects.filter(pk=reply_id).update(**fields)
+    return fields.get("status", current.status)

@@ -10,11 +10,13 @@ from django.db import transaction
 from routing.routes import call_route, effective_tts
 
 from .. import background
+from ..clock import now
 from ..documents import stream_token_valid
 from ..events import CallDtmf, CallSpeech
 from ..models import Call, MediaStream
 from ..runtime import get_runtime
-from .common import call_lookup, log, now
+from ..selectors import call_find
+from .common import log
 from .events import event_process
 from .replies import replies_interrupted
 
@@ -42,7 +44,7 @@ def stream_open(*, provider_call_id: str, stream_id: str, token: str | None) -> 
     """Attach a stream to its live call, if the token is the call's; replaces an older stream."""
     runtime = get_runtime()
     with transaction.atomic():
-        call = call_lookup(provider_call_id, for_update=True)
+        call = call_find(ref=provider_call_id, for_update=True)
         if call is None or call.is_terminal or call.provider != runtime.carrier.name:
             raise StreamRefused("Unknown call")
         if not token or not stream_token_valid(str(call.pk), token):
@@ -64,7 +66,7 @@ def stream_open(*, provider_call_id: str, stream_id: str, token: str | None) -> 
 
 def stream_ready(*, call_id: str) -> None:
     """Transcription is listening: now the greeting may be spoken (docs/compatibility.md, Transcription)."""
-    call = call_lookup(call_id)
+    call = call_find(ref=call_id)
     if call is None or call.is_terminal or not call.metadata.get("initialMessage"):
         return
     background.submit("calls.greeting", call_id=call_id)
@@ -72,7 +74,7 @@ def stream_ready(*, call_id: str) -> None:
 
 def stream_transcript(*, call_id: str, stream_id: str, sequence: int, text: str, heard_ms: int | None = None) -> None:
     """A final transcript from the stream: a waiting turn takes it, else the call may auto-reply."""
-    call = call_lookup(call_id)
+    call = call_find(ref=call_id)
     if call is None or call.is_terminal:
         return
     fields = {"timestamp": heard_ms} if heard_ms else {}
@@ -88,7 +90,7 @@ def stream_speech_started(*, call_id: str, since_ms: int) -> None:
 
 
 def stream_dtmf(*, call_id: str, stream_id: str, sequence: int, digit: str) -> None:
-    call = call_lookup(call_id)
+    call = call_find(ref=call_id)
     if call is None or call.is_terminal:
         return
     event_process(CallDtmf(call_id=call_id, provider_call_id=call.provider_call_id, digits=digit,
@@ -116,7 +118,3 @@ def stream_closed(*, stream_pk: int, reason: str, stats: dict[str, Any]) -> None
         call.stream_grace_deadline = now() + DISCONNECT_GRACE
         call.save(update_fields=["stream_grace_deadline", "updated_at"])
         background.deadline_set(call.stream_grace_deadline)
-
-
-def open_stream_count(call: Call) -> int:
-    return MediaStream.objects.open().filter(call=call).count()

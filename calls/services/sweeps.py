@@ -5,16 +5,18 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from django.db import transaction
 from django.db.models import Min, Q
 
 from .. import background
+from ..clock import now
 from ..config import get_config
 from ..models import Call, CallTurn, CarrierDocument, ContinueOperation, OperationStatus, ProcessedWebhook, TurnStatus
 from ..runtime import get_runtime
 from ..states import CONVERSATION_STATES, CallState
-from .common import finalize, log, now
-from .control import DIAL_GRACE, turn_timeout
+from .common import finalize_by_id, log
+from .dialing import DIAL_GRACE
+from .ending import call_end
+from .turns import turn_timeout
 
 REAP_INTERVAL_SECONDS = 30
 RETRY_DELAY = timedelta(seconds=5)
@@ -44,15 +46,13 @@ def deadlines_sweep(at: datetime | None = None) -> int:
                 background.submit("calls.deadline_end", call_id=str(call_id), reason=reason, column=column)
     timeout_ms = _transcript_timeout_ms()
     for turn_id in list(CallTurn.objects.filter(status=TurnStatus.PENDING, deadline__lte=at).values_list("pk", flat=True)):
-        acted += turn_timeout(turn_id, timeout_ms)
+        acted += turn_timeout(turn_id=turn_id, timeout_ms=timeout_ms)
     return acted
 
 
 @background.job("calls.deadline_end")
 def deadline_end(*, call_id: str, reason: str, column: str) -> None:
     """End a call for a deadline; on failure put the deadline back a little later to retry."""
-    from .control import call_end
-
     try:
         call_end(call_id=call_id, reason=reason)
     except Exception as exc:
@@ -146,11 +146,11 @@ def calls_restore() -> RestoreReport:
     for call in Call.objects.live().order_by("started_at"):
         if not call.provider_call_id:
             if current - call.started_at > DIAL_GRACE:
-                _finalize_by_id(call.pk, CallState.FAILED.value)
+                finalize_by_id(call.pk, CallState.FAILED.value)
                 report.failed_dials.append(str(call.pk))
             continue
         if current - call.started_at > max_age:
-            _finalize_by_id(call.pk, CallState.TIMEOUT.value)
+            finalize_by_id(call.pk, CallState.TIMEOUT.value)
             background.submit("calls.carrier_hangup", call_id=str(call.pk), reason=CallState.TIMEOUT.value)
             report.expired.append(str(call.pk))
             continue
@@ -167,18 +167,12 @@ def calls_restore() -> RestoreReport:
         statuses = list(pool.map(status, to_check))
     for call, result in zip(to_check, statuses):
         if result is not None and result.is_terminal:
-            _finalize_by_id(call.pk, CallState.COMPLETED.value)
+            finalize_by_id(call.pk, CallState.COMPLETED.value)
             report.ended_at_carrier.append(str(call.pk))
         else:
             report.kept.append(str(call.pk))
     log.info("restore: %s", report.summary())
     return report
-
-
-def _finalize_by_id(call_id, reason: str) -> None:
-    with transaction.atomic():
-        call = Call.objects.select_for_update().get(pk=call_id)
-        finalize(call, reason)
 
 
 def _transcript_timeout_ms() -> int:

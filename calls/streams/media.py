@@ -38,7 +38,7 @@ from providers.carriers.public_url import ip_in, normalize_ip
 from providers.transcription.base import TranscriptionError
 
 from ..runtime import get_runtime
-from ..services import streams as stream_services
+from .. import services
 from ..speech import transcription_provider, tts_chain
 from . import commands
 from .limits import TOO_MANY_CONNECTIONS, limits
@@ -194,7 +194,7 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
             if self.close_reason == "disconnected":
                 self.close_reason = reason
             try:
-                await _service(stream_services.stream_closed)(
+                await _service(services.stream_closed)(
                     stream_pk=self.call.stream_pk, reason=self.close_reason, stats=self.stats.as_dict())
             except Exception:
                 log.exception("recording the end of stream %s failed", self.stream_id)
@@ -235,7 +235,7 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
         elif isinstance(frame, StreamDtmf):
             if self.started:
                 self.stats.counters["dtmf"] += 1
-                self._spawn(_service(stream_services.stream_dtmf)(
+                self._spawn(_service(services.stream_dtmf)(
                     call_id=self.call.call_id, stream_id=self.stream_id,
                     sequence=self.stats.counters["dtmf"], digit=frame.digit))
         elif isinstance(frame, StreamConnected):
@@ -281,13 +281,13 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
             return
         token = frame.token or self._query_token() or getattr(self, "handshake_token", None) or self._header_token()
         try:
-            call = await _service(stream_services.stream_open)(
+            call = await _service(services.stream_open)(
                 provider_call_id=frame.provider_call_id, stream_id=frame.stream_id, token=token)
-        except stream_services.StreamRefused as exc:
+        except services.StreamRefused as exc:
             await self._close(CLOSE_POLICY, str(exc))
             return
         if self.closing:  # the socket went away while the call was looked up
-            await _service(stream_services.stream_closed)(stream_pk=call.stream_pk, reason="disconnected", stats={})
+            await _service(services.stream_closed)(stream_pk=call.stream_pk, reason="disconnected", stats={})
             return
         self.call = call
         self.stream_id = frame.stream_id
@@ -334,7 +334,7 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
         self.stt = session
         self.stats.counters["stt_ready"] += 1
         # The greeting waits for this: nothing the caller says in reply may be lost.
-        self._spawn(_service(stream_services.stream_ready)(call_id=self.call.call_id))
+        self._spawn(_service(services.stream_ready)(call_id=self.call.call_id))
 
     # --- transcription events (TranscriptListener) ------------------------------------------
 
@@ -352,7 +352,7 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
         self._barge_in(trigger)
         if not self.utterance_open and self.call is not None:
             self.utterance_open = True
-            self._spawn(_service(stream_services.stream_speech_started)(
+            self._spawn(_service(services.stream_speech_started)(
                 call_id=self.call.call_id, since_ms=int(time.time() * 1000)))
 
     def on_final(self, text: str) -> None:
@@ -366,7 +366,7 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
         self._barge_in("final")
         self.utterance_open = False
         self.transcripts += 1
-        self._spawn(_service(stream_services.stream_transcript)(
+        self._spawn(_service(services.stream_transcript)(
             call_id=self.call.call_id, stream_id=self.stream_id, sequence=self.transcripts, text=text,
             heard_ms=int(time.time() * 1000)))
 

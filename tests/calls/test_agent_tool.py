@@ -13,7 +13,7 @@ from django.test import RequestFactory
 from django.urls import path
 from jsonschema import Draft202012Validator
 
-from calls import commands, tools
+from calls import services, tools
 from calls.events import CallAnswered, CallSpeech
 from calls.models import Call, CallTurn
 from calls.services import call_end, event_process
@@ -489,10 +489,10 @@ def test_setup_incomplete_is_reported(configure):
 
 
 def test_unexpected_exceptions_become_error_results(monkeypatch, caplog):
-    def broken(call_id):
+    def broken(*, call_id):
         raise RuntimeError("database on fire")
 
-    monkeypatch.setattr(commands, "end", broken)
+    monkeypatch.setattr(services, "call_end_request", broken)
     with caplog.at_level(logging.ERROR, logger="calls.tools"):
         details = run({"action": "end_call", "callId": "abc"})
     assert details == {"error": "end failed"}
@@ -501,15 +501,15 @@ def test_unexpected_exceptions_become_error_results(monkeypatch, caplog):
 
 
 def test_unexpected_exception_in_the_runtime_check(monkeypatch):
-    monkeypatch.setattr(commands, "runtime_ready", lambda: (_ for _ in ()).throw(KeyError("x")))
+    monkeypatch.setattr(services, "runtime_ready", lambda: (_ for _ in ()).throw(KeyError("x")))
     assert run({"action": "get_status", "callId": "abc"}) == {"error": "status failed"}
     assert run({"mode": "call"}) == {"error": "voice_call failed"}
 
 
 def test_a_failed_manager_result_is_an_error(monkeypatch):
-    monkeypatch.setattr(commands, "speak", lambda call_id, message: {"success": False, "error": "Realtime bridge is not active"})
+    monkeypatch.setattr(services, "call_speak_request", lambda **_: services.ActionResult(success=False, error="Realtime bridge is not active"))
     assert run({"action": "speak_to_user", "callId": "a", "message": "b"}) == {"error": "Realtime bridge is not active"}
-    monkeypatch.setattr(commands, "speak", lambda call_id, message: {"success": False})
+    monkeypatch.setattr(services, "call_speak_request", lambda **_: services.ActionResult(success=False))
     assert run({"action": "speak_to_user", "callId": "a", "message": "b"}) == {"error": "speak failed"}
 
 

@@ -11,12 +11,11 @@ import httpx
 import pytest
 from django.db import connections
 
-from calls import operations
+from calls.clock import now
 from calls.events import CallAnswered, CallEnded, CallSpeech
 from calls.models import Call, ContinueOperation, OperationStatus
 from calls.rpc_tokens import local_token, parse_rpc_tokens
-from calls.services import event_process, processed_webhooks_purge
-from calls.services.common import now
+from calls.services import continue_operations_wait, event_process, processed_webhooks_purge
 
 WRITE = "w" * 8 + "write-token-0001"
 READ = "r" * 8 + "read-token-00001"
@@ -396,12 +395,12 @@ def test_disabled_calls_are_unavailable(rpc, configure):
 
 
 def test_an_unexpected_error_is_an_internal_error_not_a_500(rpc, monkeypatch):
-    from calls import commands
+    from calls import services
 
-    def explode(call_id):
+    def explode(*, call_id):
         raise RuntimeError("database on fire")
 
-    monkeypatch.setattr(commands, "end", explode)
+    monkeypatch.setattr(services, "call_end_request", explode)
     error = error_of(rpc("voicecall.end", {"callId": "x"}))
     assert error == {"code": -32603, "message": "Internal error", "data": {"code": "INTERNAL"}}
 
@@ -497,7 +496,7 @@ def test_continue_start_returns_at_once_and_result_completes(rpc, configure):
     }
     wait_until(lambda: listening(call_id))
     event_process(CallSpeech(call_id=call_id, transcript="Tuesday"))
-    operations.wait_for_operations()
+    continue_operations_wait()
     completed = {"operationId": op_id, "status": "completed", "result": {"success": True, "transcript": "Tuesday"}}
     assert result_of(rpc("voicecall.continue.result", {"operationId": op_id})) == completed
     # Stored, not held by one process: a second read (from any process) gets the same answer.
@@ -510,7 +509,7 @@ def test_the_default_poll_timeout_uses_the_default_tts_timeout(rpc):
     started = result_of(rpc("voicecall.continue.start", {"callId": call_id, "message": "Hi"}))
     assert started["pollTimeoutMs"] == 180000 + 8000 + 30000
     rpc("voicecall.end", {"callId": call_id})
-    operations.wait_for_operations()
+    continue_operations_wait()
 
 
 def test_a_failed_continue_operation_reports_the_error(rpc):
@@ -518,7 +517,7 @@ def test_a_failed_continue_operation_reports_the_error(rpc):
     op_id = result_of(rpc("voicecall.continue.start", {"callId": call_id, "message": "Still there?"}))["operationId"]
     wait_until(lambda: listening(call_id))
     event_process(CallEnded(call_id=call_id, reason="hangup-user"))
-    operations.wait_for_operations()
+    continue_operations_wait()
     result = result_of(rpc("voicecall.continue.result", {"operationId": op_id}))
     assert result["status"] == "failed" and result["operationId"] == op_id
     assert result["error"]  # the turn's own failure text, never empty
@@ -533,7 +532,7 @@ def test_a_second_continue_while_one_is_pending_fails_that_operation(rpc):
     wait_until(lambda: ContinueOperation.objects.filter(pk=second, status=OperationStatus.FAILED).exists())
     assert result_of(rpc("voicecall.continue.result", {"operationId": second}))["error"] == "Already waiting for transcript"
     event_process(CallSpeech(call_id=call_id, transcript="yes"))
-    operations.wait_for_operations()
+    continue_operations_wait()
     assert result_of(rpc("voicecall.continue.result", {"operationId": first}))["result"]["transcript"] == "yes"
 
 
@@ -639,14 +638,14 @@ def test_an_agent_drives_a_whole_call_with_the_tool_document_and_rpc(live_gatewa
 def test_speak_with_realtime_on_and_no_fallback_reports_the_missing_bridge(rpc, outbox, monkeypatch):
     from types import SimpleNamespace
 
-    from calls import commands
     from calls.runtime import get_runtime
+    from calls.services import call_requests
 
     call_id = answered_call(rpc)
     outbox.clear()
     config = get_runtime().config
     realtime_on = config.model_copy(update={"realtime": config.realtime.model_copy(update={"enabled": True})})
-    monkeypatch.setattr(commands, "get_runtime", lambda: SimpleNamespace(config=realtime_on))
+    monkeypatch.setattr(call_requests, "get_runtime", lambda: SimpleNamespace(config=realtime_on))
     assert result_of(rpc("voicecall.speak", {"callId": call_id, "message": "Hi", "allowTwimlFallback": False})) == {
         "success": False, "error": "Realtime bridge is not active",
     }

@@ -26,6 +26,7 @@ from twilio.request_validator import RequestValidator
 from calls import webhooks
 from calls.models import Call, CallEvent, CallTurn, ProcessedWebhook, TranscriptEntry
 from calls.runtime import reset_runtime
+from calls.services import webhooks as webhook_processing
 from providers.carriers.http import CarrierHttp
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -544,13 +545,13 @@ async def test_without_skip_there_is_no_security_warning(configure):
 def processed_events(monkeypatch):
     """Every event the pipeline hands to event_process (still processed for real)."""
     seen = []
-    real = webhooks.event_process
+    real = webhook_processing.event_process
 
     def record(event, **kwargs):
         seen.append(event)
         return real(event, **kwargs)
 
-    monkeypatch.setattr(webhooks, "event_process", record)
+    monkeypatch.setattr(webhook_processing, "event_process", record)
     return seen
 
 
@@ -631,7 +632,7 @@ async def stored_keys() -> set[str]:
 
 async def test_per_call_cap_keeps_the_newest_keys(asgi, configure, monkeypatch):
     configure(carrier_config("twilio"))
-    monkeypatch.setattr(webhooks, "MAX_KEYS_PER_CALL", 3)
+    monkeypatch.setattr(webhook_processing, "MAX_KEYS_PER_CALL", 3)
     order = []
     requests = [twilio_request(twilio_inbound())] + [
         twilio_request(twilio_inbound(CallStatus="in-progress", Digits=str(d))) for d in range(1, 5)
@@ -650,8 +651,8 @@ async def test_per_call_cap_keeps_the_newest_keys(asgi, configure, monkeypatch):
 
 async def test_global_cap_keeps_the_newest_keys(asgi, configure, monkeypatch):
     configure(carrier_config("twilio"))
-    monkeypatch.setattr(webhooks, "MAX_KEYS", 4)
-    monkeypatch.setattr(webhooks, "GLOBAL_CAP_EVERY", 1)
+    monkeypatch.setattr(webhook_processing, "MAX_KEYS", 4)
+    monkeypatch.setattr(webhook_processing, "GLOBAL_CAP_EVERY", 1)
     order = []
     for index in range(6):
         before = await stored_keys()

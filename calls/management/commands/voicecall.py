@@ -10,7 +10,7 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from calls import background
+from calls import background, services
 from calls.cli import simulate as simulate_cli
 from calls.cli.doctor import DoctorError, doctor, doctor_text
 from calls.cli.follow import follow_calls, follow_file
@@ -18,10 +18,9 @@ from calls.cli.setup import setup_checks, setup_json, setup_text
 from calls.cli.stats import latency_from_db, latency_from_file
 from calls.config import get_config
 from calls.errors import InvalidRequest, VoiceCallError
-from calls import commands
 from calls.cli.gateway import GatewayUnreachable, continue_via_gateway, placement_timeout_s, rpc_call
-from calls.selectors import call_find, call_record, live_calls
-from calls.services.control import MODES
+from calls.selectors import call_find, call_record, calls_live
+from calls.services import MODES
 
 SMOKE_MESSAGE = "Voice call smoke test."
 
@@ -166,7 +165,7 @@ class Command(BaseCommand):
         mode = mode if mode in MODES else None  # the reference: an unknown mode means the default
         result = self.delegate(
             lambda: rpc_call(method, {"to": to, "message": message, "mode": mode}, timeout=placement_timeout_s()),
-            lambda: commands.initiate(to=to, message=message, mode=mode),
+            lambda: services.call_initiate_request(to=to, message=message, mode=mode).as_dict(),
         )
         return result["callId"]
 
@@ -181,13 +180,14 @@ class Command(BaseCommand):
 
     def cmd_continue(self, *, call_id, message, **_) -> None:
         self.out(self.delegate(
-            lambda: continue_via_gateway(call_id, message), lambda: commands.continue_call(call_id, message)
+            lambda: continue_via_gateway(call_id, message),
+            lambda: services.call_continue_request(call_id=call_id, message=message).as_dict(),
         ))
 
     def cmd_speak(self, *, call_id, message, **_) -> None:
         result = self.delegate(
             lambda: rpc_call("voicecall.speak", {"callId": call_id, "message": message}),
-            lambda: commands.speak(call_id, message),
+            lambda: services.call_speak_request(call_id=call_id, message=message).as_dict(),
         )
         if result.get("success") is False:
             raise VoiceCallError(result.get("error") or "speak failed")
@@ -196,18 +196,21 @@ class Command(BaseCommand):
     def cmd_dtmf(self, *, call_id, digits, **_) -> None:
         self.out(self.delegate(
             lambda: rpc_call("voicecall.dtmf", {"callId": call_id, "digits": digits}),
-            lambda: commands.send_dtmf(call_id, digits),
+            lambda: services.call_send_dtmf_request(call_id=call_id, digits=digits).as_dict(),
         ))
 
     def cmd_end(self, *, call_id, **_) -> None:
-        self.out(self.delegate(lambda: rpc_call("voicecall.end", {"callId": call_id}), lambda: commands.end(call_id)))
+        self.out(self.delegate(
+            lambda: rpc_call("voicecall.end", {"callId": call_id}),
+            lambda: services.call_end_request(call_id=call_id).as_dict(),
+        ))
 
     def cmd_status(self, *, call_id=None, **_) -> None:
         # A read of the shared store: the full record (transcript, metadata) with or without a gateway.
         if call_id is None:
-            self.out({"found": True, "calls": [call_record(call) for call in live_calls()]})
+            self.out({"found": True, "calls": [call_record(call) for call in calls_live()]})
             return
-        call = call_find(call_id)
+        call = call_find(ref=call_id)
         self.out(call_record(call) if call else {"found": False})
 
     # --- records -----------------------------------------------------------------------

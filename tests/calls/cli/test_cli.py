@@ -24,10 +24,10 @@ from django.db import connections
 from django.utils import timezone
 
 from calls.cli.follow import follow_calls, follow_file
+from calls.clock import to_ms
 from calls.events import CallAnswered, CallEnded, CallRinging, CallSpeech, event_from_dict
 from calls.models import Call, CallTurn, TurnStatus
 from calls.services import call_speak, event_process
-from calls.services.common import to_ms
 
 from tests.paths import ROOT as MAIN
 TO = "+15550001111"

@@ -18,10 +18,11 @@ from contextlib import contextmanager
 import pytest
 from django.core.management import call_command
 
-from calls import commands, operations, rpc
+from calls import rpc, services
 from calls.cli import gateway
 from calls.events import CallAnswered, CallEnded, CallSpeech
 from calls.models import Call, CallTurn, TurnStatus
+from calls.services import call_requests
 from calls.rpc_tokens import parse_rpc_tokens
 from calls.services import event_process
 from tests.calls.cli.test_cli import CommandThread, _listening_turn, _wait_until
@@ -65,7 +66,7 @@ def closed_port() -> int:
 
 
 class Recorder:
-    """RPC methods the gateway ran, and command functions run on the CLI's own (test) thread."""
+    """RPC methods the gateway ran, and call requests run on the CLI's own (test) thread."""
 
     def __init__(self) -> None:
         self.methods: list[str] = []
@@ -85,8 +86,12 @@ def recorder(monkeypatch) -> Recorder:
 
     monkeypatch.setattr(rpc, "call_method", call_method)
 
-    for name in ("initiate", "speak", "send_dtmf", "end", "continue_call"):
-        real = getattr(commands, name)
+    requests = {
+        "call_initiate_request": "initiate", "call_speak_request": "speak", "call_send_dtmf_request": "send_dtmf",
+        "call_end_request": "end", "call_continue_request": "continue_call",
+    }
+    for function, name in requests.items():
+        real = getattr(call_requests, function)
 
         def wrapper(*args, __real=real, __name=name, **kwargs):
             if threading.get_ident() == record.cli_thread:
@@ -95,7 +100,9 @@ def recorder(monkeypatch) -> Recorder:
                 record.over_rpc.append(__name)
             return __real(*args, **kwargs)
 
-        monkeypatch.setattr(commands, name, wrapper)
+        # Surfaces call the package's names; continue operations call the module's.
+        monkeypatch.setattr(services, function, wrapper)
+        monkeypatch.setattr(call_requests, function, wrapper)
     return record
 
 
@@ -114,7 +121,7 @@ def fast_poll(monkeypatch):
 @pytest.fixture(autouse=True)
 def _operations_finish():
     yield
-    operations.wait_for_operations(10)
+    services.continue_operations_wait(timeout=10)
 
 
 def start_call(to: str = TO) -> str:

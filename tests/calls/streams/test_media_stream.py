@@ -20,10 +20,10 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from calls.audio import FRAME_BYTES, SILENCE_FRAME
+from calls.clock import now
 from calls.documents import stream_token
 from calls.models import Call, CallEvent, MediaStream, TranscriptEntry
 from calls.services import call_end, call_speak, deadlines_sweep
-from calls.services.common import now
 from calls.streams import commands
 from calls.streams.limits import TOO_MANY_CONNECTIONS, TOO_MANY_PENDING, StreamLimits, limits
 from calls.streams.media import client_ip, sanitize_reason

@@ -456,11 +456,10 @@ def carrier_requests(monkeypatch):
 @pytest.mark.django_db(transaction=True)
 def test_twilio_inbound_call_refused_by_policy_is_rejected_by_the_answer_alone(configure, carrier_requests):
     from calls.models import Call
-    from calls.runtime import get_runtime
-    from calls.webhooks import handle_webhook
+    from calls.services import webhook_process
 
     configure(config_data("twilio", inboundPolicy="disabled"))
-    answer = handle_webhook(get_runtime(), _fixture_request("twilio", "inbound_voice_request", sign_with="twilio-token"))
+    answer = webhook_process(request=_fixture_request("twilio", "inbound_voice_request", sign_with="twilio-token"))
     assert answer.status == 200
     root = ET.fromstring(answer.body)
     assert tags(root) == ["Reject"] and root[0].get("reason") == "rejected"
@@ -472,11 +471,10 @@ def test_twilio_inbound_call_refused_by_policy_is_rejected_by_the_answer_alone(c
 @pytest.mark.django_db(transaction=True)
 def test_twilio_inbound_greeting_is_spoken_by_the_answer_and_recorded(configure, carrier_requests):
     from calls.models import Call, TranscriptEntry
-    from calls.runtime import get_runtime
-    from calls.webhooks import handle_webhook
+    from calls.services import webhook_process
 
     configure(config_data("twilio", inboundPolicy="open", inboundGreeting=NASTY))
-    answer = handle_webhook(get_runtime(), _fixture_request("twilio", "inbound_voice_request", sign_with="twilio-token"))
+    answer = webhook_process(request=_fixture_request("twilio", "inbound_voice_request", sign_with="twilio-token"))
     assert answer.status == 200 and answer.content_type == "application/xml"
     root = ET.fromstring(answer.body)
     assert tags(root) == ["Gather", "Redirect"]
@@ -491,12 +489,11 @@ def test_twilio_inbound_greeting_is_spoken_by_the_answer_and_recorded(configure,
 @pytest.mark.django_db(transaction=True)
 def test_plivo_inbound_greeting_is_spoken_by_the_answer_and_recorded(configure, carrier_requests):
     from calls.models import Call, TranscriptEntry
-    from calls.runtime import get_runtime
-    from calls.webhooks import handle_webhook
+    from calls.services import webhook_process
 
     configure(config_data("plivo", inboundPolicy="open", inboundGreeting="Welcome to Plivo.", skipSignatureVerification=True),
               env={"VOICECALL_UNSAFE_ALLOW_SKIP_SIGNATURE_VERIFICATION": "1"})
-    answer = handle_webhook(get_runtime(), _fixture_request("plivo", "answer_inbound"))
+    answer = webhook_process(request=_fixture_request("plivo", "answer_inbound"))
     assert answer.status == 200 and answer.content_type == "text/xml"
     root = ET.fromstring(answer.body)
     assert tags(root) == ["GetInput", "Redirect"]

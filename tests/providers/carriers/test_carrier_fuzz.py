@@ -2,7 +2,7 @@
 
 1. `parse` of each carrier, fed arbitrary bodies and query strings, either returns a ParsedWebhook
    whose events are valid normalized events or raises WebhookParseError, never anything else.
-2. `calls.webhooks.handle_webhook`, with the carrier configured and signature checks skipped, answers
+2. `calls.services.webhook_process`, with the carrier configured and signature checks skipped, answers
    every request 200 or 400 (never raises, i.e. never a 500), keeps the database consistent after
    every request, and changes nothing when it answers 400.
 
@@ -398,7 +398,7 @@ REQUESTS = {
 
 
 def assert_valid_event(event: NormalizedEvent) -> None:
-    from calls.services.common import from_ms
+    from calls.clock import from_ms
 
     assert isinstance(event, NormalizedEvent)
     assert event.type in EVENT_TYPES and EVENT_TYPES[event.type] is type(event)
@@ -512,7 +512,7 @@ def carrier_config(carrier: str, policy: str) -> dict:
 def seed_calls(carrier: str) -> None:
     """Start each example from the same three calls (and nothing else)."""
     from calls.models import Call, CallTurn, CarrierDocument, ProcessedWebhook
-    from calls.services.common import now
+    from calls.clock import now
 
     ProcessedWebhook.objects.all().delete()
     CarrierDocument.objects.all().delete()
@@ -574,13 +574,11 @@ def assert_answer_is_well_formed(answer) -> None:
 
 
 def run_requests(requests: list[WebhookRequest]) -> None:
-    from calls.runtime import get_runtime
-    from calls.webhooks import handle_webhook
+    from calls.services import webhook_process
 
-    runtime = get_runtime()
     for request in requests:
         before = row_counts()
-        answer = handle_webhook(runtime, request)  # an exception here is a 500 at the endpoint
+        answer = webhook_process(request=request)  # an exception here is a 500 at the endpoint
         assert_answer_is_well_formed(answer)
         if answer.status == 400:
             assert row_counts() == before, answer.body
@@ -616,13 +614,12 @@ def test_every_fixture_through_the_handler_keeps_the_database_consistent(configu
 @pytest.mark.django_db(transaction=True)
 def test_a_400_changes_nothing(configure):
     """The property's 400 branch is reached: a Twilio request without any call id."""
-    from calls.runtime import get_runtime
-    from calls.webhooks import handle_webhook
+    from calls.services import webhook_process
 
     configure(carrier_config("twilio", "open"), env=UNSAFE_SKIP)
     seed_calls("twilio")
     before = row_counts()
-    answer = handle_webhook(get_runtime(), make_request("type=status", b"CallStatus=completed&Direction=inbound"))
+    answer = webhook_process(request=make_request("type=status", b"CallStatus=completed&Direction=inbound"))
     assert (answer.status, answer.body) == (400, "CallSid: required")
     assert row_counts() == before
 
@@ -637,20 +634,18 @@ def _fixture_request(carrier: str, name: str, *, query: str | None = None) -> We
 def test_plivo_answer_rekeys_the_call_from_request_uuid_to_call_uuid(configure):
     """behaviour.md §2.4 step 5: the dial returned the request UUID; the answer names the CallUUID."""
     from calls.models import Call
-    from calls.runtime import get_runtime
-    from calls.webhooks import handle_webhook
+    from calls.services import webhook_process
 
     configure(carrier_config("plivo", "disabled"), env=UNSAFE_SKIP)
     Call.objects.create(id=OUT_ID, provider="plivo", provider_call_id="9d8c7b6a-5f4e-4d3c-8b2a-1f0e9d8c7b6a",
                         direction="outbound", state="initiated", from_number="+15105550100", to_number="+14155550123",
                         metadata={"mode": "conversation"})
-    runtime = get_runtime()
-    assert handle_webhook(runtime, _fixture_request("plivo", "answer_outbound")).status == 200
+    assert webhook_process(request=_fixture_request("plivo", "answer_outbound")).status == 200
     call = Call.objects.get()
     assert (call.provider_call_id, call.state) == ("3a2e4c5d-7b8f-4e1a-9c0d-2b3f4e5a6b7c", "answered")
     assert call.answered_at is not None and call.max_duration_deadline is not None
     # the hangup callback, named by the CallUUID only, finds the re-keyed call
-    assert handle_webhook(runtime, _fixture_request("plivo", "hangup_busy", query="provider=plivo&flow=hangup")).status == 200
+    assert webhook_process(request=_fixture_request("plivo", "hangup_busy", query="provider=plivo&flow=hangup")).status == 200
     call.refresh_from_db()
     assert (call.state, call.end_reason) == ("busy", "busy")
     assert_database_invariants()
@@ -659,18 +654,16 @@ def test_plivo_answer_rekeys_the_call_from_request_uuid_to_call_uuid(configure):
 @pytest.mark.django_db(transaction=True)
 def test_twilio_stale_turn_token_does_not_complete_the_waiting_turn(configure):
     from calls.models import CallTurn, TranscriptEntry
-    from calls.runtime import get_runtime
-    from calls.webhooks import handle_webhook
+    from calls.services import webhook_process
 
     configure(carrier_config("twilio", "disabled"), env=UNSAFE_SKIP)
     seed_calls("twilio")
-    runtime = get_runtime()
     stale = _fixture_request("twilio", "gather_speech", query=f"callId={LISTEN_ID}&turnToken=stale-token")
-    assert handle_webhook(runtime, stale).status == 200
+    assert webhook_process(request=stale).status == 200
     assert CallTurn.objects.get(call_id=LISTEN_ID).status == "pending"
     assert not TranscriptEntry.objects.exists()
     fresh = _fixture_request("twilio", "gather_speech", query=f"callId={LISTEN_ID}&turnToken={TURN}")
-    assert handle_webhook(runtime, fresh).status == 200
+    assert webhook_process(request=fresh).status == 200
     turn = CallTurn.objects.get(call_id=LISTEN_ID)
     assert (turn.status, turn.transcript) == ("completed", "I'd like to move my appointment to Thursday.")
     assert_database_invariants()
@@ -681,25 +674,23 @@ def test_twilio_stale_turn_token_does_not_complete_the_waiting_turn(configure):
 
 @pytest.mark.django_db(transaction=True)
 def test_telnyx_deeply_nested_json_is_answered_400(configure):
-    from calls.runtime import get_runtime
-    from calls.webhooks import handle_webhook
+    from calls.services import webhook_process
 
     configure(carrier_config("telnyx", "open"), env=UNSAFE_SKIP)
-    answer = handle_webhook(get_runtime(), make_request("", b'{"data": ' + b"[" * 30_000, content_type="application/json"))
+    answer = webhook_process(request=make_request("", b'{"data": ' + b"[" * 30_000, content_type="application/json"))
     assert answer.status == 400
 
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("occurred_at", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-05:00"])
 def test_telnyx_occurred_at_outside_the_datetime_range_is_not_a_500(configure, occurred_at):
-    from calls.runtime import get_runtime
-    from calls.webhooks import handle_webhook
+    from calls.services import webhook_process
 
     configure(carrier_config("telnyx", "open"), env=UNSAFE_SKIP)
     seed_calls("telnyx")
     envelope = {"data": {"event_type": "call.answered", "id": str(uuid.uuid4()), "occurred_at": occurred_at,
                          "payload": {"call_control_id": PROVIDER_IDS["telnyx"][0]}, "record_type": "event"}}
-    answer = handle_webhook(get_runtime(), make_request("", json.dumps(envelope).encode(), content_type="application/json"))
+    answer = webhook_process(request=make_request("", json.dumps(envelope).encode(), content_type="application/json"))
     assert answer.status in (200, 400)
     assert_database_invariants()
 
@@ -707,11 +698,10 @@ def test_telnyx_occurred_at_outside_the_datetime_range_is_not_a_500(configure, o
 @pytest.mark.django_db(transaction=True)
 def test_twilio_inbound_call_greeted_by_the_answer_is_answered(configure):
     from calls.models import Call
-    from calls.runtime import get_runtime
-    from calls.webhooks import handle_webhook
+    from calls.services import webhook_process
 
     configure(carrier_config("twilio", "open"), env=UNSAFE_SKIP)
-    answer = handle_webhook(get_runtime(), _fixture_request("twilio", "inbound_voice_request_without_status"))
+    answer = webhook_process(request=_fixture_request("twilio", "inbound_voice_request_without_status"))
     assert answer.status == 200 and "<Gather" in answer.body  # the answer itself greets the caller
     call = Call.objects.get()
     assert call.state == "listening"
@@ -729,11 +719,10 @@ def test_twilio_inbound_call_greeted_by_the_answer_is_answered(configure):
 def test_nul_characters_are_refused_with_400_and_store_nothing(configure, carrier, body):
     """PostgreSQL cannot store NUL in text or JSON: such a request is malformed, not a 500."""
     from calls.models import Call, CallEvent
-    from calls.runtime import get_runtime
-    from calls.webhooks import handle_webhook
+    from calls.services import webhook_process
 
     configure(carrier_config(carrier, "open"), env=UNSAFE_SKIP)
     content_type = "application/json" if carrier == "telnyx" else "application/x-www-form-urlencoded"
-    answer = handle_webhook(get_runtime(), make_request("", body, content_type=content_type))
+    answer = webhook_process(request=make_request("", body, content_type=content_type))
     assert answer.status == 400 and "NUL" in answer.body
     assert not Call.objects.exists() and not CallEvent.objects.exists()

@@ -339,16 +339,15 @@ def open_stream(call) -> None:
 @pytest.mark.django_db(transaction=True)
 def test_telnyx_inbound_call_is_answered_into_the_stream_and_greeted_only_through_it(configure, carrier_rest, stream_speaks):
     from calls.models import Call, TranscriptEntry
-    from calls.runtime import get_runtime
-    from calls.services.streams import stream_ready
-    from calls.webhooks import handle_webhook
+    from calls.services import stream_ready
+    from calls.services import webhook_process
 
     configure(config_data("telnyx", inboundPolicy="open", inboundGreeting="Welcome to Telnyx.", skipSignatureVerification=True,
                           streaming=STREAMING), env=UNSAFE_SKIP)
     control_id = "v3:inbound-stream-test"
     initiated = telnyx_request("call.initiated", call_control_id=control_id, direction="incoming", state="parked",
                                **{"from": "+14155550123", "to": "+15105550100"})
-    assert handle_webhook(get_runtime(), initiated).status == 200
+    assert webhook_process(request=initiated).status == 200
     call = Call.objects.get()
     assert carrier_rest == [("answer", {"command_id": f"voicecall-answer-{call.pk}",
                                         "client_state": base64.b64encode(str(call.pk).encode()).decode(),
@@ -356,7 +355,7 @@ def test_telnyx_inbound_call_is_answered_into_the_stream_and_greeted_only_throug
 
     answered = telnyx_request("call.answered", call_control_id=control_id, direction="incoming", state="answered",
                               client_state=base64.b64encode(str(call.pk).encode()).decode())
-    assert handle_webhook(get_runtime(), answered).status == 200
+    assert webhook_process(request=answered).status == 200
     call.refresh_from_db()
     # Nothing spoken or listened to by command: the greeting waits for the stream's transcription.
     assert [action for action, _ in carrier_rest] == ["answer"]
@@ -375,13 +374,12 @@ def test_telnyx_inbound_call_is_answered_into_the_stream_and_greeted_only_throug
 @pytest.mark.django_db(transaction=True)
 def test_plivo_inbound_call_is_answered_into_the_stream_and_the_greeting_waits_for_it(configure, carrier_rest, stream_speaks):
     from calls.models import Call, TranscriptEntry
-    from calls.runtime import get_runtime
-    from calls.services.streams import stream_ready
-    from calls.webhooks import handle_webhook
+    from calls.services import stream_ready
+    from calls.services import webhook_process
 
     configure(config_data("plivo", inboundPolicy="open", inboundGreeting="Welcome to Plivo.", skipSignatureVerification=True,
                           streaming=STREAMING), env=UNSAFE_SKIP)
-    answer = handle_webhook(get_runtime(), plivo_answer_request())
+    answer = webhook_process(request=plivo_answer_request())
     assert answer.status == 200 and answer.content_type == "text/xml"
     root = ET.fromstring(answer.body)
     assert tags(root) == ["Stream"] and root[0].text == STREAM_URL
@@ -401,9 +399,8 @@ def test_plivo_inbound_call_is_answered_into_the_stream_and_the_greeting_waits_f
 @pytest.mark.django_db(transaction=True)
 def test_plivo_notify_call_is_answered_as_before_when_streaming(configure, carrier_rest):
     from calls.models import Call
-    from calls.runtime import get_runtime
-    from calls.services.common import now
-    from calls.webhooks import handle_webhook
+    from calls.clock import now
+    from calls.services import webhook_process
 
     configure(config_data("plivo", skipSignatureVerification=True, streaming=STREAMING, outbound={"notifyHangupDelaySec": 0}),
               env=UNSAFE_SKIP)
@@ -414,7 +411,7 @@ def test_plivo_notify_call_is_answered_as_before_when_streaming(configure, carri
     request = WebhookRequest(method="POST", path=request.path, query_string=f"provider=plivo&callId={CALL_ID}&flow=answer",
                              headers=request.headers, body=request.body.replace(b"Direction=inbound", b"Direction=outbound"),
                              remote_addr=request.remote_addr, scheme="https")
-    answer = handle_webhook(get_runtime(), request)
+    answer = webhook_process(request=request)
     root = ET.fromstring(answer.body)
     assert tags(root) == ["Speak", "Hangup"]
     assert root[0].text == "Your table is ready."
@@ -426,9 +423,8 @@ def test_plivo_notify_call_is_answered_as_before_when_streaming(configure, carri
 @pytest.mark.django_db(transaction=True)
 def test_twilio_inbound_call_while_another_call_streams_is_put_on_hold(configure, carrier_rest):
     from calls.models import Call
-    from calls.runtime import get_runtime
-    from calls.services.common import now
-    from calls.webhooks import handle_webhook
+    from calls.clock import now
+    from calls.services import webhook_process
     from tests.providers.carriers.test_carrier_answers import _fixture_request
 
     configure(config_data("twilio", inboundPolicy="open", streaming=STREAMING))
@@ -436,7 +432,7 @@ def test_twilio_inbound_call_while_another_call_streams_is_put_on_hold(configure
                                state="listening", from_number="+14155550199", to_number="+15105550100",
                                started_at=now() - timedelta(seconds=30), metadata={"mode": "conversation"})
     open_stream(busy)
-    answer = handle_webhook(get_runtime(), _fixture_request("twilio", "inbound_voice_request", sign_with="twilio-token"))
+    answer = webhook_process(request=_fixture_request("twilio", "inbound_voice_request", sign_with="twilio-token"))
     assert tags(ET.fromstring(answer.body)) == ["Say", "Enqueue"]
 
 
@@ -445,8 +441,8 @@ def test_twilio_inbound_call_while_another_call_streams_is_put_on_hold(configure
 def test_continue_on_a_streaming_call_listens_through_the_stream(configure, carrier_rest, stream_speaks, carrier):
     from calls.errors import TranscriptTimeout
     from calls.models import Call
-    from calls.services.common import now
-    from calls.services.control import call_continue
+    from calls.clock import now
+    from calls.services import call_continue
 
     configure(config_data(carrier, skipSignatureVerification=True, streaming=STREAMING, transcriptTimeoutMs=50), env=UNSAFE_SKIP)
     call = Call.objects.create(id=CALL_ID, provider=carrier, provider_call_id="carrier-call-1", direction="outbound",

@@ -1,0 +1,132 @@
+"""The call requests the RPC, the agent tool and the CLI share: required inputs checked, then the service, a small result.
+
+Each takes the values a surface received (None or blank when missing), checks its required inputs
+with the reference's messages (InputRejected, the reference's INVALID_REQUEST) and runs the call
+service; any other VoiceCallError is an operational failure (UNAVAILABLE). Results serialize to
+the reference's JSON shapes with `as_dict()`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timezone as dt_timezone
+from typing import Any
+
+from ..errors import InvalidRequest, VoiceCallError
+from ..runtime import get_runtime
+from ..selectors import call_find
+from .dialing import call_initiate
+from .dtmf import call_send_dtmf
+from .ending import call_end
+from .speech import call_speak
+from .turns import call_continue
+
+CALL_AND_MESSAGE = "callId and message required"
+
+
+class InputRejected(InvalidRequest):
+    """A required input is missing, or the call is not active: the caller must change the request."""
+
+
+@dataclass(frozen=True)
+class CallPlaced:
+    call_id: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"callId": self.call_id, "initiated": True}
+
+
+@dataclass(frozen=True)
+class TurnHeard:
+    transcript: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"success": True, "transcript": self.transcript}
+
+
+@dataclass(frozen=True)
+class ActionResult:
+    success: bool = True
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        result: dict[str, Any] = {"success": self.success}
+        if self.error is not None:
+            result["error"] = self.error
+        return result
+
+
+def input_required(value: str | None, *, message: str) -> str:
+    """The value, or InputRejected(message) when it is missing or blank."""
+    if not value:
+        raise InputRejected(message)
+    return value
+
+
+def runtime_ready() -> None:
+    """Raise the setup/disabled error now, before any work (the tool checks this first)."""
+    get_runtime()
+
+
+def failure_message(error: Exception, fallback: str) -> str:
+    """The text an operational failure is reported with (the reference's fallback when empty)."""
+    text = str(error) if isinstance(error, VoiceCallError) else ""
+    return text or fallback
+
+
+def call_active_id(*, call_id: str | None, message: str | None, missing: str = CALL_AND_MESSAGE) -> str:
+    """Our id of a live call (given ours or the carrier's), or why it is not live."""
+    input_required(call_id, message=missing)
+    input_required(message, message=missing)
+    get_runtime()
+    call = call_find(ref=call_id)
+    if call is None:
+        raise InputRejected("Call not found")
+    if call.is_terminal:
+        details = [f"last state={call.state}"]
+        if call.end_reason:
+            details.append(f"endReason={call.end_reason}")
+        if call.ended_at:
+            ended = call.ended_at.astimezone(dt_timezone.utc)
+            details.append("endedAt=" + ended.isoformat(timespec="milliseconds").replace("+00:00", "Z"))
+        raise InputRejected(f"call is not active ({', '.join(details)})")
+    return str(call.pk)
+
+
+def call_initiate_request(*, to: str | None = None, missing_to: str = "to required", **options: str | None) -> CallPlaced:
+    """Place a call to `to`, or to the configured toNumber when none is given.
+
+    `options` are call_initiate's other keywords (message, mode, dtmf_sequence, session keys, agent_id).
+    """
+    config = get_runtime().config
+    call = call_initiate(to=input_required(to or config.to_number, message=missing_to), **options)
+    return CallPlaced(call_id=str(call.pk))
+
+
+def call_continue_request(*, call_id: str | None, message: str | None) -> TurnHeard:
+    resolved = call_active_id(call_id=call_id, message=message)
+    return TurnHeard(transcript=call_continue(call_id=resolved, prompt=message))
+
+
+def call_speak_request(*, call_id: str | None, message: str | None, allow_twiml_fallback: bool = True) -> ActionResult:
+    resolved = call_active_id(call_id=call_id, message=message)
+    if get_runtime().config.realtime.enabled and not allow_twiml_fallback:
+        # Speaking through a realtime model needs its bridge attached to this call; none is, and
+        # the caller asked not to fall back to the carrier's own TTS.
+        return ActionResult(success=False, error="Realtime bridge is not active")
+    call_speak(call_id=resolved, text=message)
+    return ActionResult()
+
+
+def call_send_dtmf_request(*, call_id: str | None, digits: str | None) -> ActionResult:
+    input_required(call_id, message="callId and digits required")
+    input_required(digits, message="callId and digits required")
+    get_runtime()
+    call_send_dtmf(call_id=call_id, digits=digits)
+    return ActionResult()
+
+
+def call_end_request(*, call_id: str | None) -> ActionResult:
+    input_required(call_id, message="callId required")
+    get_runtime()
+    call_end(call_id=call_id)
+    return ActionResult()

@@ -1,0 +1,73 @@
+"""Ending calls: hang up and finalize once, and the hang-up jobs the carrier is asked from the background."""
+from __future__ import annotations
+
+import time
+
+from django.db import transaction
+
+from .. import background
+from ..clock import now
+from ..errors import CallNotFound, CarrierError
+from ..models import Call
+from ..runtime import get_runtime
+from ..selectors import call_find
+from ..states import CallState
+from .common import CLAIM_TTL, carrier_request, finalize
+from .dialing import DIAL_GRACE
+
+
+def call_end(*, call_id: str, reason: str = CallState.HANGUP_BOT.value) -> None:
+    """Hang up and finalize. Ending an ended call succeeds; concurrent ends hang up once."""
+    runtime = get_runtime()
+    give_up = time.monotonic() + CLAIM_TTL.total_seconds()
+    while True:
+        with transaction.atomic():
+            call = call_find(ref=call_id, for_update=True)
+            if call is None:
+                raise CallNotFound()
+            if call.is_terminal:
+                return
+            if not call.provider_call_id and now() - call.started_at > DIAL_GRACE:
+                finalize(call, reason)  # the dial never completed: nothing to hang up
+                return
+            claim = call.hangup_claimed_at
+            if call.provider_call_id and (claim is None or now() - claim > CLAIM_TTL):
+                call.hangup_claimed_at = now()
+                # If the carrier's end webhook arrives before our request returns, it keeps this reason.
+                call.metadata = {**call.metadata, "hangupReason": reason}
+                call.save(update_fields=["hangup_claimed_at", "metadata"])
+                break
+        if time.monotonic() > give_up:
+            raise CarrierError("end failed: another hang-up of this call did not finish")
+        time.sleep(0.1)  # another request is hanging up this call (or the dial is in flight)
+
+    try:
+        carrier_request("hangup", runtime.carrier.hangup_call, call_id=str(call.pk), provider_call_id=call.provider_call_id, reason=reason)
+    except CarrierError:
+        Call.objects.filter(pk=call.pk).update(hangup_claimed_at=None)
+        raise
+    with transaction.atomic():
+        call = Call.objects.select_for_update().get(pk=call.pk)
+        call.hangup_claimed_at = None
+        if not finalize(call, reason):
+            call.save(update_fields=["hangup_claimed_at"])
+
+
+@background.job("calls.reject_hangup")
+def reject_hangup(*, call_id: str) -> None:
+    """Hang up an inbound call the policy refused (its record is already terminal)."""
+    carrier_hangup(call_id=call_id, reason=CallState.HANGUP_BOT.value)
+
+
+@background.job("calls.carrier_hangup")
+def carrier_hangup(*, call_id: str, reason: str) -> None:
+    """Ask the carrier to hang up without touching the record (it is already final)."""
+    runtime = get_runtime()
+    call = call_find(ref=call_id)
+    if call is not None and call.provider_call_id:
+        carrier_request("hangup", runtime.carrier.hangup_call, call_id=call_id, provider_call_id=call.provider_call_id, reason=reason)
+
+
+@background.job("calls.end")
+def end_job(*, call_id: str, reason: str) -> None:
+    call_end(call_id=call_id, reason=reason)

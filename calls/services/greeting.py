@@ -1,0 +1,167 @@
+"""The answer and the greeting: answer-time DTMF, whether and how the initial message is spoken, and speaking it once."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.db import transaction
+
+from providers.carriers.base import Prompt
+
+from .. import background
+from ..clock import now
+from ..errors import VoiceCallError
+from ..models import Call, Direction
+from ..runtime import CallRuntime, get_runtime
+from ..selectors import call_find, call_voice
+from ..states import CallState
+from .common import CLAIM_TTL, carrier_request, log, move_to, transcript_add
+from .speech import call_speak, spoken_duration_estimate
+
+
+@dataclass(frozen=True)
+class GreetingDecision:
+    speak: bool
+    why: str
+    # The carrier already plays it (sent with the dial): record it as spoken without a request.
+    spoken_by_carrier: bool = False
+
+
+def greeting_decision(*, call: Call) -> GreetingDecision:
+    """Whether the initial message is spoken as soon as the call is answered."""
+    runtime = get_runtime()
+    if not call.metadata.get("initialMessage"):
+        return GreetingDecision(False, "nothing to say")
+    mode = call.metadata.get("mode", "conversation")
+    config = runtime.config
+    carrier = runtime.carrier
+    in_answer = GreetingDecision(False, "the answer to the carrier's answer webhook carries it")
+    if mode == "notify":
+        if carrier.notify_in_dial:
+            return GreetingDecision(False, "sent with the dial request", spoken_by_carrier=True)
+        return in_answer if carrier.greets_in_answer else GreetingDecision(True, "notify")
+    if mode != "conversation":
+        return GreetingDecision(False, f"unknown mode {mode!r}")
+    if config.realtime.enabled:
+        return GreetingDecision(False, "the realtime model's opening turn speaks it")
+    if config.streaming.enabled and carrier.supports_media_streams:
+        return GreetingDecision(False, "spoken when the media stream's transcription is ready")
+    return in_answer if carrier.greets_in_answer else GreetingDecision(True, "conversation")
+
+
+@background.job("calls.call_answered")
+def on_call_answered(*, call_id: str) -> None:
+    runtime = get_runtime()
+    call = call_find(ref=call_id)
+    if call is None or call.is_terminal:
+        return
+    digits = call.metadata.get("dtmfSequence")
+    if digits:
+        _send_answer_dtmf(runtime, call, digits)
+    decision = greeting_decision(call=call)
+    log.info("call %s answered; greeting: %s", call.pk, decision.why)
+    if decision.spoken_by_carrier:
+        initial_message_delivered(call_id=call_id)
+    elif decision.speak:
+        initial_message_speak(call_id=call_id)
+
+
+def _send_answer_dtmf(runtime: CallRuntime, call: Call, digits: str) -> None:
+    """Digits the dial could not carry, sent once right after the answer (e.g. an extension)."""
+    with transaction.atomic():
+        locked = Call.objects.select_for_update().get(pk=call.pk)
+        if locked.metadata.get("dtmfSequence") != digits:
+            return  # another trigger sent them
+        locked.metadata = {k: v for k, v in locked.metadata.items() if k != "dtmfSequence"}
+        locked.save(update_fields=["metadata", "updated_at"])
+    try:
+        carrier_request("dtmf", runtime.carrier.send_dtmf, call_id=str(call.pk), provider_call_id=call.provider_call_id, digits=digits)
+    except VoiceCallError as exc:
+        log.warning("sending the dial digits on %s failed: %s", call.pk, exc)
+
+
+def initial_message_delivered(*, call_id: str) -> bool:
+    """The carrier played the initial message (with the dial or in a webhook answer): record it once."""
+    with transaction.atomic():
+        call = call_find(ref=call_id, for_update=True)
+        if call is None or call.is_terminal or not call.metadata.get("initialMessage"):
+            return False
+        message = call.metadata["initialMessage"]
+        call.metadata = {k: v for k, v in call.metadata.items() if k != "initialMessage"}
+        if call.metadata.get("mode", "conversation") != "notify":
+            move_to(call, CallState.LISTENING)
+        call.save()
+        transcript_add(call=call, speaker="bot", text=message)
+    return True
+
+
+def initial_message_speak(*, call_id: str) -> bool:
+    """Speak the stored initial message once; keep it for a retry if playback fails."""
+    runtime = get_runtime()
+    with transaction.atomic():
+        call = call_find(ref=call_id, for_update=True)
+        if call is None or call.is_terminal or not call.metadata.get("initialMessage"):
+            return False
+        claim = call.greeting_claimed_at
+        if claim is not None and now() - claim < CLAIM_TTL:
+            return False  # another trigger is speaking it right now
+        call.greeting_claimed_at = now()
+        call.save(update_fields=["greeting_claimed_at"])
+    message = call.metadata["initialMessage"]
+    conversation = call.metadata.get("mode", "conversation") != "notify"
+    if conversation and runtime.carrier.listens_with_prompt and not runtime.config.streaming.enabled:
+        return _greet_and_listen(runtime, call, message)
+    # An outbound conversation's greeting is not cut by the callee's "hello?" (docs/compatibility.md, Barge-in and automatic replies).
+    interruptible = not (conversation and call.direction == Direction.OUTBOUND)
+    try:
+        call_speak(call_id=call_id, text=message, interruptible=interruptible)
+    except VoiceCallError as exc:
+        return _greeting_failed(call, exc)
+
+    listen = False
+    with transaction.atomic():
+        call = Call.objects.select_for_update().get(pk=call.pk)
+        call.greeting_claimed_at = None
+        call.metadata = {k: v for k, v in call.metadata.items() if k != "initialMessage"}
+        if not call.is_terminal:
+            if call.metadata.get("mode", "conversation") == "notify":
+                delay = timedelta(seconds=runtime.config.outbound.notify_hangup_delay_sec)
+                if runtime.carrier.reports_speech_end:
+                    # The carrier says when playback ends (call.spoken); until then assume slow speech.
+                    delay += spoken_duration_estimate(message)
+                call.notify_hangup_at = now() + delay
+                background.deadline_set(call.notify_hangup_at)
+            else:
+                move_to(call, CallState.LISTENING)
+                listen = not runtime.config.streaming.enabled
+        call.save()
+    if listen:
+        try:
+            runtime.carrier.start_listening(call_id=call_id, provider_call_id=call.provider_call_id, turn_token=None, language=None)
+        except Exception as exc:
+            log.warning("start listening on %s after the greeting failed: %s", call.pk, exc)
+    return True
+
+
+def _greet_and_listen(runtime: CallRuntime, call: Call, message: str) -> bool:
+    try:
+        carrier_request(
+            "listen", runtime.carrier.start_listening, call_id=str(call.pk), provider_call_id=call.provider_call_id,
+            turn_token=None, language=None, prompt=Prompt(message, call_voice(call=call)),
+        )
+    except VoiceCallError as exc:
+        return _greeting_failed(call, exc)
+    Call.objects.filter(pk=call.pk).update(greeting_claimed_at=None)
+    return initial_message_delivered(call_id=str(call.pk))
+
+
+def _greeting_failed(call: Call, error: VoiceCallError) -> bool:
+    """Release the greeting claim and keep the message, so a later trigger retries it."""
+    Call.objects.filter(pk=call.pk).update(greeting_claimed_at=None)
+    log.warning("initial message on %s failed (kept for a retry): %s", call.pk, error)
+    return False
+
+
+@background.job("calls.greeting")
+def greeting_job(*, call_id: str) -> None:
+    initial_message_speak(call_id=call_id)

@@ -1,0 +1,138 @@
+"""One carrier webhook request: verify, answer replays from the replay store, parse, apply its events, answer.
+
+The HTTP edge (calls/webhooks.py) reads and limits the request and sends what `webhook_process`
+returns; everything that touches calls or the database happens here.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import zlib
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from django.db import IntegrityError
+
+from providers.carriers.base import WebhookAnswer, WebhookParseError, WebhookRequest, WebhookVerification
+
+from .. import background
+from ..clock import now
+from ..models import Call, ProcessedWebhook
+from ..runtime import CallRuntime, get_runtime
+from ..selectors import call_find, call_view
+from .events import EventOutcome, event_process
+from .greeting import initial_message_delivered
+
+# The edge's log name: operators follow refusals there.
+log = logging.getLogger("calls.webhooks")
+
+REPLAY_WINDOW = timedelta(minutes=10)
+# Caps on remembered requests, so a flood of valid requests cannot grow the table without bound.
+MAX_KEYS_PER_CALL = 500
+MAX_KEYS = 10_000
+# About one insert in this many also checks the global cap. Chosen by the request key, so every
+# process agrees without shared state, and a flood (many distinct keys) trims regularly.
+GLOBAL_CAP_EVERY = 64
+MAX_CARRIER_ID = Call._meta.get_field("provider_call_id").max_length
+
+
+@dataclass(frozen=True)
+class WebhookReply:
+    """The HTTP answer for the carrier's request."""
+
+    status: int
+    body: str
+    content_type: str = "text/plain; charset=utf-8"
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def webhook_process(*, request: WebhookRequest) -> WebhookReply:
+    """Verify, de-duplicate, parse and process one carrier request (sync; runs in a worker thread)."""
+    runtime = get_runtime()
+    carrier = runtime.carrier
+    verification = _verify(runtime, request)
+    if not verification.ok or not verification.request_key:
+        # Never the body or headers: they may carry tokens. The reason names what failed.
+        log.warning(
+            "%s webhook from %s refused: %s", carrier.name, request.remote_addr or "unknown",
+            verification.reason or "no request key",
+        )
+        return WebhookReply(401, "Unauthorized")
+    key = verification.request_key
+
+    first = ProcessedWebhook.objects.filter(key=key, expires_at__gt=now()).first()
+    if first is not None:
+        log.info("replayed webhook %s answered with its first response", key)
+        return WebhookReply(first.status_code, first.body, first.content_type, dict(first.headers))
+
+    try:
+        parsed = carrier.parse_webhook(request, request_key=key)
+        _check_storable(parsed)
+    except WebhookParseError as exc:
+        log.warning("%s webhook refused as malformed: %s", carrier.name, exc)
+        return WebhookReply(400, str(exc))
+    outcomes = [event_process(event, hangup_rejected=False) for event in parsed.events]
+    rejected = EventOutcome.REJECTED in outcomes
+    call = call_find(ref=parsed.call_ref) if parsed.call_ref else None
+    answer = carrier.answer_webhook(parsed, call=call_view(call=call, rejected=rejected, document_token=parsed.document_token))
+    if call is not None and answer.greeting_delivered:
+        initial_message_delivered(call_id=str(call.pk))
+    if rejected and call is not None and not answer.rejects_call:
+        background.submit("calls.reject_hangup", call_id=str(call.pk))
+    if EventOutcome.UNKNOWN_CALL not in outcomes:  # else not remembered: the carrier's retry may find the call then
+        _remember(key, carrier.name, call, answer)
+    return WebhookReply(answer.status_code, answer.body, answer.content_type, dict(answer.headers))
+
+
+def _verify(runtime: CallRuntime, request: WebhookRequest) -> WebhookVerification:
+    if runtime.config.skip_signature_verification:
+        digest = hashlib.sha256(
+            b"\n".join([request.method.encode(), f"{request.path}?{request.query_string}".encode(), request.body])
+        ).hexdigest()
+        return WebhookVerification(ok=True, request_key=f"{runtime.carrier.name}:skip:{digest}")
+    return runtime.carrier.verify_webhook(request)
+
+
+def _check_storable(parsed) -> None:
+    """Refuse what no database column can hold: NUL characters (PostgreSQL) and over-long carrier ids."""
+    for name, value in (("callId", parsed.call_ref), ("doc", parsed.document_token)):
+        if value and "\x00" in value:
+            raise WebhookParseError(f"{name}: contains a NUL character")
+    for event in parsed.events:
+        for name, value in event.to_dict().items():
+            if isinstance(value, str) and "\x00" in value:
+                raise WebhookParseError(f"{name}: contains a NUL character")
+        if event.provider_call_id and len(event.provider_call_id) > MAX_CARRIER_ID:
+            raise WebhookParseError(f"carrier call id: longer than {MAX_CARRIER_ID} characters")
+
+
+# --- the replay store -----------------------------------------------------------------------------
+
+
+def _remember(key: str, provider: str, call: Call | None, answer: WebhookAnswer) -> None:
+    """Keep the first answer for replays, within the per-call and global caps (oldest go first)."""
+    try:
+        ProcessedWebhook.objects.get_or_create(
+            key=key,
+            defaults={
+                "provider": provider,
+                "call": call,
+                "status_code": answer.status_code,
+                "content_type": answer.content_type,
+                "body": answer.body,
+                "headers": answer.headers,
+                "expires_at": now() + REPLAY_WINDOW,
+            },
+        )
+    except IntegrityError:
+        return  # a concurrent delivery stored the first answer
+    if call is not None:
+        _trim(ProcessedWebhook.objects.filter(call=call), MAX_KEYS_PER_CALL)
+    if zlib.crc32(key.encode()) % GLOBAL_CAP_EVERY == 0:
+        _trim(ProcessedWebhook.objects.all(), MAX_KEYS)
+
+
+def _trim(queryset, keep: int) -> None:
+    surplus = list(queryset.order_by("-created_at", "-key").values_list("key", flat=True)[keep:])
+    if surplus:
+        ProcessedWebhook.objects.filter(key__in=surplus).delete()
