@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import timezone as dt_timezone
 from typing import Any
 
-from .errors import InvalidRequest, VoiceCallError
+from core.errors import InvalidRequest, VoiceCallError
 from .runtime import get_runtime
 from .selectors import call_find, call_summary, live_calls
 from .services import call_continue, call_end, call_initiate, call_send_dtmf, call_speak

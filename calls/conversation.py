@@ -18,14 +18,14 @@ from pathlib import Path
 
 from django.db import transaction
 
+from core.config.models import DEFAULT_MODEL, ModelError, resolve_model
+from core.errors import VoiceCallError
 from providers.responders import responder_for
 from providers.responders.base import Hangup, Responder, ResponderError, Turn
-from providers.responders.models import DEFAULT_MODEL, ModelError, resolve_model
 from providers.responders.spoken import SpokenStream, default_base_prompt, system_prompt, turn_prompt
 from routing.routes import call_route
 
 from . import background
-from .errors import VoiceCallError
 from .memory import history, remember
 from .models import Call, MessageRole, ReplyStatus, ReplyTurn, TranscriptEntry
 from .runtime import get_runtime

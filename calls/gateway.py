@@ -28,7 +28,7 @@ def start_gateway_services() -> bool:
     loaded = get_config()
     report_config(loaded)
     if loaded.ok:
-        from .errors import VoiceCallError
+        from core.errors import VoiceCallError
         from .services import calls_restore
 
         try:

@@ -20,10 +20,11 @@ from django.db import close_old_connections
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
+from core.errors import VoiceCallError
+
 from . import commands, operations, tools
 from .commands import CommandInputError
 from .config import get_config
-from .errors import VoiceCallError
 from .rpc_tokens import AuthError, RpcToken, authenticate
 from .services.control import MODES
 

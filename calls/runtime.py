@@ -4,13 +4,14 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
+from core.config import LoadedConfig, VoiceCallConfig
+from core.errors import SetupIncomplete, VoiceCallDisabled
+from core.urls import webhook_url
 from providers.carriers.base import CarrierBackend
 from providers.registry import carrier_class
 
-from .config import LoadedConfig, VoiceCallConfig, get_config, on_config_change
-from .errors import SetupIncomplete, VoiceCallDisabled
+from .config import get_config, on_config_change
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +50,10 @@ def get_runtime() -> CallRuntime:
                 backend = carrier_class(loaded.config.provider)
             except KeyError as exc:
                 raise SetupIncomplete([f"provider: {exc.args[0]}"]) from None
-            from .documents import DatabaseDocuments
+            from .documents import DatabaseDocuments, stream_token
 
-            carrier = backend(loaded.config, documents=DatabaseDocuments())
+            # What the carrier needs from the call domain is handed to it here, so providers never import calls.
+            carrier = backend(loaded.config, documents=DatabaseDocuments(), stream_token=stream_token)
             _runtime = CallRuntime(loaded=loaded, carrier=carrier)
         return _runtime
 
@@ -65,18 +67,3 @@ def reset_runtime() -> None:
 
 
 on_config_change(reset_runtime)
-
-
-def webhook_url(config: VoiceCallConfig) -> str:
-    """Where carriers send webhooks: publicUrl (its own path, or serve.path), else the local listener."""
-    if config.public_url:
-        parts = urlsplit(config.public_url)
-        if parts.path and parts.path != "/":
-            return config.public_url
-        return f"{parts.scheme}://{parts.netloc}{config.webhook_path()}"
-    host = config.serve.bind
-    if host in ("0.0.0.0", "::", ""):
-        host = "127.0.0.1"
-    if ":" in host and not host.startswith("["):
-        host = f"[{host}]"
-    return f"http://{host}:{config.serve.port}{config.webhook_path()}"

@@ -9,10 +9,11 @@ from typing import Any
 
 from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed, JsonResponse
 
-from . import commands
-from routing.validators import E164
+from core.errors import VoiceCallError
+from core.phone import E164
 
-from .errors import VoiceCallError
+from . import commands
+
 from .services.control import DTMF_PATTERN, MODES
 
 log = logging.getLogger(__name__)

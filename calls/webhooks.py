@@ -16,6 +16,7 @@ from datetime import timedelta
 from asgiref.sync import sync_to_async
 from django.db import IntegrityError, close_old_connections
 
+from core.errors import VoiceCallError
 from providers.carriers.base import (
     CallView,
     WebhookAnswer,
@@ -26,7 +27,6 @@ from providers.carriers.base import (
 
 from . import background
 from .documents import document_for, stream_token
-from .errors import VoiceCallError
 from .models import Call, CallTurn, MediaStream, ProcessedWebhook, TurnStatus
 from .runtime import CallRuntime, get_runtime
 from .services import EventOutcome, event_process

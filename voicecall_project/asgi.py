@@ -17,7 +17,7 @@ from asgiref.sync import sync_to_async  # noqa: E402
 
 from calls.config import get_config  # noqa: E402
 from calls.gateway import services_started, start_gateway_services  # noqa: E402
-from calls.config.schema import normalize_path  # noqa: E402
+from core.config.schema import normalize_path  # noqa: E402
 from calls.webhooks import HOLD_MUSIC_PATH, WebhookApp  # noqa: E402
 
 

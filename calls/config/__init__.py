@@ -1,4 +1,7 @@
-"""The call config in force for this process: loaded once from VOICECALL_CONFIG, swappable in tests."""
+"""The call config in force for this process: loaded once from VOICECALL_CONFIG, swappable in tests.
+
+The config itself (schema, loader, validation) is `core.config`; only which one is in force is kept here.
+"""
 from __future__ import annotations
 
 import logging
@@ -6,21 +9,9 @@ import threading
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-from .loader import LoadedConfig, load_config_data, load_config_file
-from .schema import VoiceCallConfig
-from .secrets import Secret, SecretError
+from core.config import LoadedConfig, load_config_data, load_config_file
 
-__all__ = [
-    "LoadedConfig",
-    "Secret",
-    "SecretError",
-    "VoiceCallConfig",
-    "get_config",
-    "load_config_data",
-    "load_config_file",
-    "reload_config",
-    "use_config",
-]
+__all__ = ["get_config", "on_config_change", "reload_config", "use_config"]
 
 log = logging.getLogger(__name__)
 _lock = threading.Lock()

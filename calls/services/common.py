@@ -9,10 +9,11 @@ from datetime import datetime, timedelta, timezone as dt_timezone
 from django.db import transaction
 from django.utils import timezone
 
+from core.errors import CallHasEnded, CallNotConnected, CallNotFound
+from core.states import next_state
+
 from .. import background
-from ..errors import CallHasEnded, CallNotConnected, CallNotFound
 from ..models import Call, CallTurn, Speaker, TranscriptEntry, TurnStatus
-from ..states import next_state
 
 # A hang-up or greeting claim older than this is treated as abandoned (its process died).
 CLAIM_TTL = timedelta(seconds=30)

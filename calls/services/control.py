@@ -9,12 +9,7 @@ from datetime import timedelta
 
 from django.db import IntegrityError, transaction
 
-from providers.carriers.base import DialRequest, Prompt
-from routing.routes import call_route, effective_tts, preferred_voice
-from routing.validators import E164, E164_MESSAGE
-
-from .. import background
-from ..errors import (
+from core.errors import (
     CallFailed,
     CallNotFound,
     CapacityReached,
@@ -25,10 +20,15 @@ from ..errors import (
     UnsupportedByCarrier,
     VoiceCallError,
 )
+from core.phone import E164, E164_MESSAGE
+from core.states import CallState
+from providers.carriers.base import DialRequest, Prompt
+from routing.routes import call_route, effective_tts, preferred_voice
+
+from .. import background
 from ..models import Call, CallTurn, Direction, GatewayLock, MediaStream, TurnStatus
 from ..runtime import CallRuntime, get_runtime
 from ..session_keys import explicit_session_key, session_key_for_call
-from ..states import CallState
 from .common import (
     CLAIM_TTL,
     add_transcript,

@@ -6,11 +6,7 @@ from enum import StrEnum
 
 from django.db import IntegrityError, transaction
 
-from routing.policy import inbound_decision
-from routing.routes import greeting_for, match_route, route_snapshot
-
-from .. import background
-from ..events import (
+from core.events import (
     CallActive,
     CallAmd,
     CallAnswered,
@@ -25,10 +21,14 @@ from ..events import (
     CallSpoken,
     NormalizedEvent,
 )
+from core.states import CallState
+from routing.policy import inbound_decision
+from routing.routes import greeting_for, match_route, route_snapshot
+
+from .. import background
 from ..models import Call, CallEvent, CallTurn, Direction, TurnStatus
 from ..runtime import CallRuntime, get_runtime
 from ..session_keys import session_key_for_call
-from ..states import CallState
 from .pairing import PAIRING_PROMPT, pairing_admission, pairing_input
 from .replies import conversational, reply_requested
 from .common import CLAIM_TTL, add_transcript, call_lookup, finalize, from_ms, log, move_to, now, set_answered, to_ms, turn_changed

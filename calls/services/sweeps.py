@@ -8,11 +8,12 @@ from datetime import datetime, timedelta
 from django.db import transaction
 from django.db.models import Min, Q
 
+from core.states import CONVERSATION_STATES, CallState
+
 from .. import background
 from ..config import get_config
 from ..models import Call, CallTurn, CarrierDocument, ContinueOperation, OperationStatus, ProcessedWebhook, TurnStatus
 from ..runtime import get_runtime
-from ..states import CONVERSATION_STATES, CallState
 from .common import finalize, log, now
 from .control import DIAL_GRACE, turn_timeout
 

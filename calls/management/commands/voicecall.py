@@ -17,11 +17,11 @@ from calls.cli.follow import follow_calls, follow_file
 from calls.cli.setup import setup_checks, setup_json, setup_text
 from calls.cli.stats import latency_from_db, latency_from_file
 from calls.config import get_config
-from calls.errors import InvalidRequest, VoiceCallError
 from calls import commands
 from calls.cli.gateway import GatewayUnreachable, continue_via_gateway, placement_timeout_s, rpc_call
 from calls.selectors import call_find, call_record, live_calls
 from calls.services.control import MODES
+from core.errors import InvalidRequest, VoiceCallError
 
 SMOKE_MESSAGE = "Voice call smoke test."
 

@@ -12,7 +12,7 @@ import httpx
 import numpy as np
 import pytest
 
-from calls.audio import (
+from core.audio import (
     MULAW_8K,
     AudioFormat,
     TelephonyEncoder,
