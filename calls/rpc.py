@@ -21,11 +21,12 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from core.errors import VoiceCallError
+from voicecall_project.rpc_tokens import RpcToken
 
 from . import commands, operations, tools
 from .commands import CommandInputError
 from .config import get_config
-from .rpc_tokens import AuthError, RpcToken, authenticate
+from .rpc_tokens import AuthError, authenticate
 from .services.control import MODES
 
 log = logging.getLogger(__name__)

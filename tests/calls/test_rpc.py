@@ -13,10 +13,11 @@ from django.db import connections
 
 from calls import operations
 from calls.models import Call, ContinueOperation, OperationStatus
-from calls.rpc_tokens import local_token, parse_rpc_tokens
+from calls.rpc_tokens import local_token
 from calls.services import event_process, processed_webhooks_purge
 from calls.services.common import now
 from core.events import CallAnswered, CallEnded, CallSpeech
+from voicecall_project.rpc_tokens import parse_rpc_tokens
 
 WRITE = "w" * 8 + "write-token-0001"
 READ = "r" * 8 + "read-token-00001"

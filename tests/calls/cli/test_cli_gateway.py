@@ -21,10 +21,10 @@ from django.core.management import call_command
 from calls import commands, operations, rpc
 from calls.cli import gateway
 from calls.models import Call, CallTurn, TurnStatus
-from calls.rpc_tokens import parse_rpc_tokens
 from calls.services import event_process
 from core.events import CallAnswered, CallEnded, CallSpeech
 from tests.calls.cli.test_cli import CommandThread, _listening_turn, _wait_until
+from voicecall_project.rpc_tokens import parse_rpc_tokens
 
 TO = "+15550001111"
 TO_2 = "+15550002222"
