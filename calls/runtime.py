@@ -1,8 +1,10 @@
-"""The call runtime: the config in force plus the carrier built from it, or why there is none."""
+"""The call runtime: the config in force plus the carrier built from it, or why there is none.
+
+The Gateway (calls/gateway.py) keeps the one runtime of the process and rebuilds it when the
+config in force is replaced; `get_runtime()` is the accessor the services use.
+"""
 from __future__ import annotations
 
-import logging
-import threading
 from dataclasses import dataclass
 
 from core.config import LoadedConfig, VoiceCallConfig
@@ -11,9 +13,7 @@ from core.urls import webhook_url
 from providers.carriers.base import CarrierBackend
 from providers.registry import carrier_class
 
-from .config import get_config, on_config_change
-
-log = logging.getLogger(__name__)
+from .gateway import get_gateway
 
 
 @dataclass
@@ -29,41 +29,28 @@ class CallRuntime:
         return webhook_url(self.config)
 
 
-_lock = threading.Lock()
-_runtime: CallRuntime | None = None
-
-
-def get_runtime() -> CallRuntime:
-    """The runtime for the config in force; raises VoiceCallDisabled or SetupIncomplete."""
-    global _runtime
-    loaded = get_config()
+def build_runtime(loaded: LoadedConfig) -> CallRuntime:
+    """The runtime for `loaded`; raises VoiceCallDisabled or SetupIncomplete when it cannot run."""
     if not loaded.enabled:
         raise VoiceCallDisabled()
     if loaded.errors:
         raise SetupIncomplete(loaded.errors)
-    runtime = _runtime
-    if runtime is not None and runtime.loaded is loaded:
-        return runtime
-    with _lock:
-        if _runtime is None or _runtime.loaded is not loaded:
-            try:
-                backend = carrier_class(loaded.config.provider)
-            except KeyError as exc:
-                raise SetupIncomplete([f"provider: {exc.args[0]}"]) from None
-            from .documents import DatabaseDocuments, stream_token
+    try:
+        backend = carrier_class(loaded.config.provider)
+    except KeyError as exc:
+        raise SetupIncomplete([f"provider: {exc.args[0]}"]) from None
+    from .documents import DatabaseDocuments, stream_token
 
-            # What the carrier needs from the call domain is handed to it here, so providers never import calls.
-            carrier = backend(loaded.config, documents=DatabaseDocuments(), stream_token=stream_token)
-            _runtime = CallRuntime(loaded=loaded, carrier=carrier)
-        return _runtime
+    # What the carrier needs from the call domain is handed to it here, so providers never import calls.
+    carrier = backend(loaded.config, documents=DatabaseDocuments(), stream_token=stream_token)
+    return CallRuntime(loaded=loaded, carrier=carrier)
+
+
+def get_runtime() -> CallRuntime:
+    """The runtime for the config in force; raises VoiceCallDisabled or SetupIncomplete."""
+    return get_gateway().runtime()
 
 
 def reset_runtime() -> None:
-    global _runtime
-    with _lock:
-        if _runtime is not None:
-            _runtime.carrier.close()
-        _runtime = None
-
-
-on_config_change(reset_runtime)
+    """Close the carrier and build the runtime again on next use."""
+    get_gateway().reset_runtime()
