@@ -38,11 +38,11 @@ def setup() -> None:
 def cases():
     from nacl.signing import SigningKey
 
-    from calls.config.loader import load_config_data
+    from core.config.loader import load_config_data
     from providers.carriers.base import WebhookRequest
     from providers.carriers.plivo.webhook import v3_base
     from providers.carriers.plivo.webhook import verify as plivo_verify
-    from providers.carriers.telnyx.webhook import load_public_key
+    from core.config.keys import load_public_key
     from providers.carriers.telnyx.webhook import verify as telnyx_verify
     from providers.carriers.twilio.webhook import signature
     from providers.carriers.twilio.webhook import verify as twilio_verify

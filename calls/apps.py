@@ -1,4 +1,4 @@
-"""Django app config for the call domain."""
+"""Django app config for the call domain; it creates the process's Gateway."""
 from django.apps import AppConfig
 
 
@@ -8,5 +8,8 @@ class CallsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        from .gateway import Gateway
+
+        self.gateway = Gateway()
         from . import checks  # noqa: F401  (registers the config system check)
         from . import conversation  # noqa: F401  (registers its background job)

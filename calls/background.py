@@ -16,13 +16,12 @@ from typing import Any
 from django.conf import settings
 from django.db import connections, transaction
 
+from .gateway import get_gateway
+
 log = logging.getLogger(__name__)
 
+# Registered at import time by the modules that define jobs, like Django's admin site registry.
 JOBS: dict[str, Callable[..., Any]] = {}
-_executor: ThreadPoolExecutor | None = None
-_executor_lock = threading.Lock()
-_pending: set[Future] = set()
-_deadline_listeners: list[Callable[[datetime], None]] = []
 
 
 def job(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -35,38 +34,63 @@ def job(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     return register
 
 
-_mode_override: str | None = None
+class JobExecutor:
+    """How the Gateway runs jobs: the mode in force, and the thread pool with its pending jobs."""
+
+    def __init__(self) -> None:
+        self.mode_override: str | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+        self._pending: set[Future] = set()
+
+    def mode(self) -> str:
+        return self.mode_override or settings.VOICECALL_BACKGROUND
+
+    def dispatch(self, name: str, kwargs: dict[str, Any]) -> None:
+        kind = self.mode()
+        if kind == "inline":
+            run_job(name, kwargs)
+        elif kind == "celery":
+            from .tasks import run_job_task
+
+            run_job_task.delay(name, kwargs)
+        else:
+            with self._lock:
+                if self._executor is None:
+                    self._executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="voicecall-job")
+                future = self._executor.submit(_run_in_thread, name, kwargs)
+            self._pending.add(future)
+            future.add_done_callback(self._pending.discard)
+
+    def drain(self, timeout: float = 10.0) -> None:
+        """Wait for submitted thread-pool jobs to finish (tests, shutdown)."""
+        deadline = time.monotonic() + timeout
+        while self._pending and time.monotonic() < deadline:
+            wait(list(self._pending), timeout=max(0.0, deadline - time.monotonic()))
+
+    def shutdown(self) -> None:
+        """Let queued jobs finish on their threads; the next job starts a new pool."""
+        with self._lock:
+            executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=False)
 
 
 def mode() -> str:
-    return _mode_override or settings.VOICECALL_BACKGROUND
+    return get_gateway().jobs.mode()
 
 
 def set_mode(kind: str | None) -> None:
     """Override how jobs run in this process (the CLI runs them inline; None restores the setting)."""
-    global _mode_override
-    _mode_override = kind
+    get_gateway().jobs.mode_override = kind
 
 
 def submit(name: str, **kwargs: Any) -> None:
     """Run job `name` after the current transaction commits (at once outside a transaction)."""
     if name not in JOBS:
         raise KeyError(f"unknown background job {name!r}")
-    transaction.on_commit(lambda: _dispatch(name, kwargs))
-
-
-def _dispatch(name: str, kwargs: dict[str, Any]) -> None:
-    kind = mode()
-    if kind == "inline":
-        run_job(name, kwargs)
-    elif kind == "celery":
-        from .tasks import run_job_task
-
-        run_job_task.delay(name, kwargs)
-    else:
-        future = _get_executor().submit(_run_in_thread, name, kwargs)
-        _pending.add(future)
-        future.add_done_callback(_pending.discard)
+    jobs = get_gateway().jobs
+    transaction.on_commit(lambda: jobs.dispatch(name, kwargs))
 
 
 def run_job(name: str, kwargs: dict[str, Any]) -> None:
@@ -85,40 +109,32 @@ def _run_in_thread(name: str, kwargs: dict[str, Any]) -> None:
         connections.close_all()
 
 
-def _get_executor() -> ThreadPoolExecutor:
-    global _executor
-    with _executor_lock:
-        if _executor is None:
-            _executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="voicecall-job")
-        return _executor
-
-
 def drain(timeout: float = 10.0) -> None:
     """Wait for submitted thread-pool jobs to finish (tests, shutdown)."""
-    deadline = time.monotonic() + timeout
-    while _pending and time.monotonic() < deadline:
-        wait(list(_pending), timeout=max(0.0, deadline - time.monotonic()))
+    get_gateway().jobs.drain(timeout)
 
 
 def on_deadline(listener: Callable[[datetime], None]) -> None:
     """Be told when a new deadline is written (the embedded scheduler wakes up for it)."""
-    _deadline_listeners.append(listener)
+    get_gateway().deadline_listeners.append(listener)
 
 
 def off_deadline(listener: Callable[[datetime], None]) -> None:
-    if listener in _deadline_listeners:
-        _deadline_listeners.remove(listener)
+    listeners = get_gateway().deadline_listeners
+    if listener in listeners:
+        listeners.remove(listener)
 
 
 def deadline_set(when: datetime) -> None:
     """Call after writing a deadline: wakes the sweeper so it fires on time, not on the next tick."""
+    gateway = get_gateway()
 
     def notify() -> None:
-        if mode() == "celery":
+        if gateway.jobs.mode() == "celery":
             from .tasks import sweep_deadlines_task
 
             sweep_deadlines_task.apply_async(eta=when)
-        for listener in list(_deadline_listeners):
+        for listener in list(gateway.deadline_listeners):
             listener(when)
 
     transaction.on_commit(notify)

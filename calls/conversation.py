@@ -16,15 +16,15 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from core.config.models import DEFAULT_MODEL, ModelError, resolve_model
+from core.errors import VoiceCallError
 from providers.responders import responder_for
 from providers.responders.base import Hangup, Responder, ResponderError, Turn
-from providers.responders.models import DEFAULT_MODEL, ModelError, resolve_model
 from providers.responders.spoken import SpokenStream, default_base_prompt, system_prompt, turn_prompt
 from routing.routes import call_route
 
 from . import background
 from .clock import now, to_ms
-from .errors import VoiceCallError
 from .models import Call, MessageRole, ReplyStatus, ReplyTurn
 from .runtime import get_runtime
 from .selectors import (

@@ -1,51 +1,167 @@
-"""Starting the gateway process's own services once: the config report, restore, the embedded sweeper."""
+"""The gateway's process state in one object: config in force, call runtime, job executor, sweeper, event loop.
+
+`CallsConfig.ready()` creates the one Gateway of the process; `get_gateway()` returns it. The
+module-level accessors elsewhere (`get_config`, `get_runtime`, `background.submit`, ...) read
+and change the state through it, so nothing else keeps process state in module globals.
+
+Lifecycle: `start()` once per serving process (the `gateway` command, the ASGI lifespan, or the
+first request under a plain ASGI server) reports the config, restores live calls and starts the
+embedded sweeper; `stop()` stops the sweeper and the job threads. Processes that only run jobs
+or commands (Celery workers, the CLI) never start it and use the config and runtime lazily.
+"""
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
+from django.apps import apps
 from django.conf import settings
 
-from .config import get_config
+from core.config import LoadedConfig, load_config_data, load_config_file
+
+if TYPE_CHECKING:
+    from .background import JobExecutor
+    from .runtime import CallRuntime
+    from .scheduler import Sweeper
 
 log = logging.getLogger(__name__)
-_started = False
-_lock = threading.Lock()
-_sweeper = None
 
 
-def services_started() -> bool:
-    return _started
+class Gateway:
+    """Everything this process holds between requests; see the module docstring for the lifecycle."""
 
+    def __init__(self) -> None:
+        from .background import JobExecutor
 
-def start_gateway_services() -> bool:
-    """Idempotent; returns True the first time. Safe to call from any thread."""
-    global _started, _sweeper
-    with _lock:
-        if _started:
-            return False
-        _started = True
-    loaded = get_config()
-    report_config(loaded)
-    if loaded.ok:
-        from .errors import VoiceCallError
-        from .services import calls_restore
+        self.jobs: JobExecutor = JobExecutor()
+        # Told when a deadline is written (the embedded sweeper wakes up for it).
+        self.deadline_listeners: list[Callable[[datetime], None]] = []
+        # The event loop media streams run on here (the in-memory channel layer is bound to it).
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.sweeper: Sweeper | None = None
+        self.started = False
+        self._loaded: LoadedConfig | None = None
+        self._runtime: CallRuntime | None = None
+        self._config_lock = threading.Lock()
+        self._runtime_lock = threading.Lock()
+        self._start_lock = threading.Lock()
 
+    # --- the config in force -------------------------------------------------------------------
+
+    def config(self) -> LoadedConfig:
+        """The loaded config (read from VOICECALL_CONFIG on first use)."""
+        loaded = self._loaded
+        if loaded is None:
+            with self._config_lock:
+                if self._loaded is None:
+                    self._put_config(load_config_file(settings.VOICECALL_CONFIG))
+                loaded = self._loaded
+        return loaded  # type: ignore[return-value]
+
+    def reload_config(self) -> LoadedConfig:
+        """Read the config file again (e.g. after doctor --fix)."""
+        with self._config_lock:
+            self._put_config(load_config_file(settings.VOICECALL_CONFIG))
+            return self._loaded  # type: ignore[return-value]
+
+    @contextmanager
+    def use_config(
+        self, data: dict[str, Any] | LoadedConfig, environ: dict[str, str] | None = None
+    ) -> Iterator[LoadedConfig]:
+        """Put a config in force for the duration of a block (tests, standalone tools)."""
+        loaded = data if isinstance(data, LoadedConfig) else load_config_data(data, environ=environ or {})
+        previous = self._loaded
+        with self._config_lock:
+            self._put_config(loaded)
         try:
-            calls_restore()
-        except VoiceCallError as exc:
-            log.warning("restore skipped: %s", exc)
-        except Exception:
-            log.exception("restore failed; live calls keep their deadlines")
-    if settings.VOICECALL_EMBEDDED_SCHEDULER:
-        from .scheduler import Sweeper
+            yield loaded
+        finally:
+            with self._config_lock:
+                self._put_config(previous)
 
-        _sweeper = Sweeper()
-        _sweeper.start()
-    return True
+    def _put_config(self, loaded: LoadedConfig | None) -> None:
+        self._loaded = loaded
+        self.reset_runtime()  # the carrier was built from the config it replaces
+
+    # --- the call runtime ----------------------------------------------------------------------
+
+    def runtime(self) -> CallRuntime:
+        """The runtime for the config in force; raises VoiceCallDisabled or SetupIncomplete."""
+        from .runtime import build_runtime
+
+        loaded = self.config()
+        runtime = self._runtime
+        if runtime is not None and runtime.loaded is loaded:
+            return runtime
+        with self._runtime_lock:
+            if self._runtime is None or self._runtime.loaded is not loaded:
+                self._runtime = build_runtime(loaded)
+            return self._runtime
+
+    def reset_runtime(self) -> None:
+        with self._runtime_lock:
+            if self._runtime is not None:
+                self._runtime.carrier.close()
+            self._runtime = None
+
+    # --- the event loop ------------------------------------------------------------------------
+
+    def bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Remember the event loop media streams run on in this process (for the in-memory layer)."""
+        self.loop = loop
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    def start(self) -> bool:
+        """Report the config, restore live calls, start the embedded sweeper.
+
+        Idempotent; returns True the first time. Safe to call from any thread.
+        """
+        with self._start_lock:
+            if self.started:
+                return False
+            self.started = True
+        loaded = self.config()
+        report_config(loaded)
+        if loaded.ok:
+            from core.errors import VoiceCallError
+
+            from .services import calls_restore
+
+            try:
+                calls_restore()
+            except VoiceCallError as exc:
+                log.warning("restore skipped: %s", exc)
+            except Exception:
+                log.exception("restore failed; live calls keep their deadlines")
+        if settings.VOICECALL_EMBEDDED_SCHEDULER:
+            from .scheduler import Sweeper
+
+            self.sweeper = Sweeper()
+            self.sweeper.start()
+        return True
+
+    def stop(self) -> None:
+        """Stop the sweeper and let the job threads finish; start() may be called again."""
+        with self._start_lock:
+            if self.sweeper is not None:
+                self.sweeper.stop()
+                self.sweeper = None
+            self.jobs.shutdown()
+            self.started = False
 
 
-def report_config(loaded) -> None:
+def get_gateway() -> Gateway:
+    """The process's one Gateway (created by CallsConfig.ready)."""
+    return apps.get_app_config("calls").gateway
+
+
+def report_config(loaded: LoadedConfig) -> None:
     """Log, once, what the config says: warnings, and the setup-incomplete list if any."""
     for warning in loaded.warnings:
         log.warning(warning)
@@ -62,12 +178,3 @@ def report_config(loaded) -> None:
             "voice call runtime ready: carrier %s, webhooks at %s (%s mode)",
             config.provider, config.webhook_path(), settings.VOICECALL_MODE,
         )
-
-
-def stop_gateway_services() -> None:
-    global _started, _sweeper
-    with _lock:
-        if _sweeper is not None:
-            _sweeper.stop()
-            _sweeper = None
-        _started = False

@@ -7,7 +7,7 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
-from .states import END_REASONS, FORWARD_ORDER, TERMINAL_STATES, CallState
+from core.states import END_REASONS, FORWARD_ORDER, TERMINAL_STATES, CallState
 
 STATE_CHOICES = [(state.value, state.value) for state in (*FORWARD_ORDER, *sorted(TERMINAL_STATES))]
 END_REASON_CHOICES = [(reason.value, reason.value) for reason in sorted(END_REASONS)]

@@ -20,10 +20,12 @@ from django.db import close_old_connections
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
+from core.errors import VoiceCallError
+from voicecall_project.rpc_tokens import RpcToken
+
 from . import selectors, services, tools
 from .config import get_config
-from .errors import VoiceCallError
-from .rpc_tokens import AuthError, RpcToken, authenticate
+from .rpc_tokens import AuthError, authenticate
 from .services import MODES, InputRejected
 
 log = logging.getLogger(__name__)

@@ -1,18 +1,19 @@
-"""The call runtime: the config in force plus the carrier built from it, or why there is none."""
+"""The call runtime: the config in force plus the carrier built from it, or why there is none.
+
+The Gateway (calls/gateway.py) keeps the one runtime of the process and rebuilds it when the
+config in force is replaced; `get_runtime()` is the accessor the services use.
+"""
 from __future__ import annotations
 
-import logging
-import threading
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
+from core.config import LoadedConfig, VoiceCallConfig
+from core.errors import SetupIncomplete, VoiceCallDisabled
+from core.urls import webhook_url
 from providers.carriers.base import CarrierBackend
 from providers.registry import carrier_class
 
-from .config import LoadedConfig, VoiceCallConfig, get_config, on_config_change
-from .errors import SetupIncomplete, VoiceCallDisabled
-
-log = logging.getLogger(__name__)
+from .gateway import get_gateway
 
 
 @dataclass
@@ -28,55 +29,28 @@ class CallRuntime:
         return webhook_url(self.config)
 
 
-_lock = threading.Lock()
-_runtime: CallRuntime | None = None
-
-
-def get_runtime() -> CallRuntime:
-    """The runtime for the config in force; raises VoiceCallDisabled or SetupIncomplete."""
-    global _runtime
-    loaded = get_config()
+def build_runtime(loaded: LoadedConfig) -> CallRuntime:
+    """The runtime for `loaded`; raises VoiceCallDisabled or SetupIncomplete when it cannot run."""
     if not loaded.enabled:
         raise VoiceCallDisabled()
     if loaded.errors:
         raise SetupIncomplete(loaded.errors)
-    runtime = _runtime
-    if runtime is not None and runtime.loaded is loaded:
-        return runtime
-    with _lock:
-        if _runtime is None or _runtime.loaded is not loaded:
-            try:
-                backend = carrier_class(loaded.config.provider)
-            except KeyError as exc:
-                raise SetupIncomplete([f"provider: {exc.args[0]}"]) from None
-            from .documents import DatabaseDocuments
+    try:
+        backend = carrier_class(loaded.config.provider)
+    except KeyError as exc:
+        raise SetupIncomplete([f"provider: {exc.args[0]}"]) from None
+    from .documents import DatabaseDocuments, stream_token
 
-            carrier = backend(loaded.config, documents=DatabaseDocuments())
-            _runtime = CallRuntime(loaded=loaded, carrier=carrier)
-        return _runtime
+    # What the carrier needs from the call domain is handed to it here, so providers never import calls.
+    carrier = backend(loaded.config, documents=DatabaseDocuments(), stream_token=stream_token)
+    return CallRuntime(loaded=loaded, carrier=carrier)
+
+
+def get_runtime() -> CallRuntime:
+    """The runtime for the config in force; raises VoiceCallDisabled or SetupIncomplete."""
+    return get_gateway().runtime()
 
 
 def reset_runtime() -> None:
-    global _runtime
-    with _lock:
-        if _runtime is not None:
-            _runtime.carrier.close()
-        _runtime = None
-
-
-on_config_change(reset_runtime)
-
-
-def webhook_url(config: VoiceCallConfig) -> str:
-    """Where carriers send webhooks: publicUrl (its own path, or serve.path), else the local listener."""
-    if config.public_url:
-        parts = urlsplit(config.public_url)
-        if parts.path and parts.path != "/":
-            return config.public_url
-        return f"{parts.scheme}://{parts.netloc}{config.webhook_path()}"
-    host = config.serve.bind
-    if host in ("0.0.0.0", "::", ""):
-        host = "127.0.0.1"
-    if ":" in host and not host.startswith("["):
-        host = f"[{host}]"
-    return f"http://{host}:{config.serve.port}{config.webhook_path()}"
+    """Close the carrier and build the runtime again on next use."""
+    get_gateway().reset_runtime()

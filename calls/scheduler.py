@@ -12,8 +12,9 @@ import time
 
 from django.db import connections
 
+from core.errors import VoiceCallError
+
 from . import background
-from .errors import VoiceCallError
 
 log = logging.getLogger(__name__)
 

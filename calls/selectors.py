@@ -8,13 +8,13 @@ import uuid
 from datetime import datetime
 from typing import Any
 
+from core.errors import CallHasEnded, CallNotConnected, CallNotFound
 from providers.carriers.base import CallView
 from providers.responders.base import HistoryMessage
 from routing.routes import call_route, effective_tts, preferred_voice
 
 from .clock import to_ms
 from .documents import document_for, stream_token
-from .errors import CallHasEnded, CallNotConnected, CallNotFound
 from .models import Call, CallTurn, MediaStream, ReplyStatus, ReplyTurn, SessionMessage, TranscriptEntry, TurnStatus
 from .runtime import get_runtime
 

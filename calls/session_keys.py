@@ -1,9 +1,9 @@
 """Agent session keys for calls (docs/compatibility.md, Session keys)."""
 from __future__ import annotations
 
-from routing.validators import digits_only
+from core.phone import digits_only
 
-from .errors import InvalidRequest
+from core.errors import InvalidRequest
 
 
 def session_key_for_call(*, scope: str, agent_id: str, direction: str, from_number: str, to_number: str, call_id: str) -> str:

@@ -4,11 +4,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from core.config import VoiceCallConfig
 from providers.registry import TRANSCRIPTION, TTS, transcription_class, tts_class
 from providers.transcription.base import TranscriptionError, TranscriptionProvider
 from providers.tts.base import DEFAULT_TIMEOUT_MS, TtsChain, TtsProvider
 
-from .config import VoiceCallConfig
 
 log = logging.getLogger(__name__)
 

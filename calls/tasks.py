@@ -5,7 +5,7 @@ import logging
 
 from celery import shared_task
 
-from .errors import VoiceCallError
+from core.errors import VoiceCallError
 
 log = logging.getLogger(__name__)
 

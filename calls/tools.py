@@ -9,10 +9,10 @@ from typing import Any
 
 from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed, JsonResponse
 
-from routing.validators import E164
+from core.errors import VoiceCallError
+from core.phone import E164
 
 from . import selectors, services
-from .errors import VoiceCallError
 from .services import DTMF_PATTERN, MODES
 
 log = logging.getLogger(__name__)

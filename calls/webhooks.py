@@ -14,12 +14,12 @@ from collections import defaultdict
 from asgiref.sync import sync_to_async
 from django.db import close_old_connections
 
+from core.errors import VoiceCallError
 from providers.carriers.base import WebhookRequest
 
 from . import services
-from .services import WebhookReply
-from .errors import VoiceCallError
 from .runtime import get_runtime
+from .services import WebhookReply
 
 log = logging.getLogger(__name__)
 

@@ -6,8 +6,9 @@ import re
 from django.db import transaction
 from django.utils import timezone
 
+from core.phone import E164
+
 from .models import PAIRING_CODE_DIGITS, AllowedCaller, PairingCode
-from .validators import E164
 
 # How people say digits; speech recognizers also hear homophones ("for", "to", "oh").
 SPOKEN_DIGITS = {

@@ -4,8 +4,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from core.phone import digits_only
+
 from .models import AllowedCaller
-from .validators import digits_only
 
 log = logging.getLogger(__name__)
 

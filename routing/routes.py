@@ -3,11 +3,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from calls.config.merge import deep_merge
-from calls.config.schema import NumberRoute, TtsConfig, VoiceCallConfig
+from core.config.merge import deep_merge
+from core.config.schema import NumberRoute, TtsConfig, VoiceCallConfig
+from core.phone import digits_only
 
 from .models import NumberRoute as NumberRouteRow
-from .validators import digits_only
 
 FALLBACK_GREETING = "Hello! How can I help you today?"
 VOICE_KEYS = ("speakerVoice", "speakerVoiceId", "voice", "voiceId")
@@ -91,7 +91,7 @@ def preferred_voice(tts: dict[str, Any]) -> str | None:
 
 def validate_route_tts(data: Any) -> list[str]:
     """Errors for a route's tts JSON (used by the admin form), in config path form."""
-    from calls.config.loader import format_validation_errors
+    from core.config.loader import format_validation_errors
     from pydantic import ValidationError
 
     try:

@@ -49,7 +49,7 @@ def admit_concurrently(attempts: int) -> list[str]:
 
     from django.db import connection
 
-    from calls.errors import CapacityReached
+    from core.errors import CapacityReached
     from calls.services import call_initiate
 
     results: list[str] = []

@@ -16,8 +16,8 @@ from django.conf import settings  # noqa: E402
 from asgiref.sync import sync_to_async  # noqa: E402
 
 from calls.config import get_config  # noqa: E402
-from calls.gateway import services_started, start_gateway_services  # noqa: E402
-from calls.config.schema import normalize_path  # noqa: E402
+from calls.gateway import get_gateway  # noqa: E402
+from core.config.schema import normalize_path  # noqa: E402
 from calls.webhooks import HOLD_MUSIC_PATH, WebhookApp  # noqa: E402
 
 
@@ -29,9 +29,9 @@ class GatewayHttp:
         self.django_app = django_app
 
     async def __call__(self, scope, receive, send) -> None:
-        if settings.VOICECALL_AUTOSTART_SERVICES and not services_started():
+        if settings.VOICECALL_AUTOSTART_SERVICES and not get_gateway().started:
             # Served by a plain `daphne ...asgi:application`: start restore and the sweeper now.
-            await sync_to_async(start_gateway_services, thread_sensitive=False)()
+            await sync_to_async(get_gateway().start, thread_sensitive=False)()
         path = normalize_path(scope["path"])
         if path == HOLD_MUSIC_PATH:
             return await self.webhook_app.hold_music(scope, receive, send)
@@ -44,15 +44,13 @@ class Lifespan:
     """ASGI lifespan for servers that send it (uvicorn, hypercorn); Daphne starts services itself."""
 
     async def __call__(self, scope, receive, send) -> None:
-        from calls.gateway import stop_gateway_services
-
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
-                await sync_to_async(start_gateway_services, thread_sensitive=False)()
+                await sync_to_async(get_gateway().start, thread_sensitive=False)()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                await sync_to_async(stop_gateway_services, thread_sensitive=False)()
+                await sync_to_async(get_gateway().stop, thread_sensitive=False)()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 

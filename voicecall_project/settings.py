@@ -5,7 +5,7 @@ from pathlib import Path
 
 import environ
 
-from calls.rpc_tokens import parse_rpc_tokens
+from voicecall_project.rpc_tokens import parse_rpc_tokens
 from voicecall_project.secret_files import secret_file
 
 BASE_DIR = Path(__file__).resolve().parent.parent

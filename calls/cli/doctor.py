@@ -8,8 +8,8 @@ from pathlib import Path
 
 import json5
 
-from ..config.legacy import Change, migrate_block, migrate_tts
-from ..config.loader import WRAPPER_PREFIX
+from core.config.legacy import Change, migrate_block, migrate_tts
+from core.config.loader import WRAPPER_PREFIX
 
 
 class DoctorError(Exception):

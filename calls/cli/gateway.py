@@ -13,8 +13,8 @@ import httpx
 from django.conf import settings
 
 from calls.config import get_config
-from calls.errors import VoiceCallError
 from calls.rpc_tokens import client_token
+from core.errors import VoiceCallError
 
 DEFAULT_TIMEOUT_S = 5.0
 POLL_INTERVAL_S = 1.0

@@ -6,9 +6,9 @@ import socket
 from dataclasses import asdict, dataclass
 from urllib.parse import urlsplit
 
-from ..config import LoadedConfig
-from ..config.schema import VoiceCallConfig
-from ..runtime import webhook_url
+from core.config import LoadedConfig
+from core.config.schema import VoiceCallConfig
+from core.urls import webhook_url
 
 CGNAT = ipaddress.ip_network("100.64.0.0/10")
 

@@ -5,9 +5,9 @@ import argparse
 import asyncio
 from typing import Any
 
-from ..config import LoadedConfig
-from ..errors import InvalidRequest
-from ..runtime import webhook_url
+from core.config import LoadedConfig
+from core.errors import InvalidRequest
+from core.urls import webhook_url
 from ..simulator.call import CallReport, Gateway, Line
 from ..simulator.rest import TwilioRestStub
 from ..simulator.run import SimulationReport, simulate

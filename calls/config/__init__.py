@@ -1,76 +1,32 @@
-"""The call config in force for this process: loaded once from VOICECALL_CONFIG, swappable in tests."""
+"""The call config in force for this process: loaded once from VOICECALL_CONFIG, swappable in tests.
+
+The config itself (schema, loader, validation) is `core.config`; which one is in force is state
+of the process, kept by its Gateway. These functions are the accessors the rest of the code uses.
+"""
 from __future__ import annotations
 
-import logging
-import threading
-from contextlib import contextmanager
-from typing import Any, Iterator
+from contextlib import AbstractContextManager
+from typing import Any
 
-from .loader import LoadedConfig, load_config_data, load_config_file
-from .schema import VoiceCallConfig
-from .secrets import Secret, SecretError
+from core.config import LoadedConfig
 
-__all__ = [
-    "LoadedConfig",
-    "Secret",
-    "SecretError",
-    "VoiceCallConfig",
-    "get_config",
-    "load_config_data",
-    "load_config_file",
-    "reload_config",
-    "use_config",
-]
+from ..gateway import get_gateway
 
-log = logging.getLogger(__name__)
-_lock = threading.Lock()
-_current: LoadedConfig | None = None
-_listeners: list = []
+__all__ = ["get_config", "reload_config", "use_config"]
 
 
 def get_config() -> LoadedConfig:
     """The loaded config (read from VOICECALL_CONFIG on first use)."""
-    global _current
-    if _current is None:
-        with _lock:
-            if _current is None:
-                from django.conf import settings
-
-                _set(load_config_file(settings.VOICECALL_CONFIG))
-    return _current  # type: ignore[return-value]
+    return get_gateway().config()
 
 
 def reload_config() -> LoadedConfig:
     """Read the config file again (e.g. after doctor --fix)."""
-    from django.conf import settings
-
-    with _lock:
-        _set(load_config_file(settings.VOICECALL_CONFIG))
-    return _current  # type: ignore[return-value]
+    return get_gateway().reload_config()
 
 
-def on_config_change(listener) -> None:
-    """Call `listener()` whenever the config in force is replaced (caches hook in here)."""
-    _listeners.append(listener)
-
-
-@contextmanager
-def use_config(data: dict[str, Any] | LoadedConfig, environ: dict[str, str] | None = None) -> Iterator[LoadedConfig]:
+def use_config(
+    data: dict[str, Any] | LoadedConfig, environ: dict[str, str] | None = None
+) -> AbstractContextManager[LoadedConfig]:
     """Put a config in force for the duration of a block (tests, standalone tools)."""
-    global _current
-    loaded = data if isinstance(data, LoadedConfig) else load_config_data(data, environ=environ or {})
-    previous = _current
-    with _lock:
-        _set(loaded)
-    try:
-        yield loaded
-    finally:
-        with _lock:
-            _set(previous)
-
-
-def _set(loaded: LoadedConfig | None) -> None:
-    global _current
-    _current = loaded
-    for listener in _listeners:
-        listener()
+    return get_gateway().use_config(data, environ)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import timezone as dt_timezone
 from typing import Any
 
-from ..errors import InvalidRequest, VoiceCallError
+from core.errors import InvalidRequest, VoiceCallError
 from ..runtime import get_runtime
 from ..selectors import call_find
 from .dialing import call_initiate

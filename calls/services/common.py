@@ -7,11 +7,12 @@ from datetime import datetime, timedelta
 
 from django.db import transaction
 
+from core.errors import CarrierError, VoiceCallError
+from core.states import CallState, next_state
+
 from .. import background
 from ..clock import now
-from ..errors import CarrierError, VoiceCallError
 from ..models import Call, CallTurn, Speaker, TranscriptEntry, TurnStatus
-from ..states import CallState, next_state
 
 # A hang-up or greeting claim older than this is treated as abandoned (its process died).
 CLAIM_TTL = timedelta(seconds=30)

@@ -5,16 +5,16 @@ from datetime import timedelta
 
 from django.db import transaction
 
+from core.errors import CallFailed, CapacityReached, CarrierError, InvalidRequest
+from core.phone import E164, E164_MESSAGE
+from core.states import CallState
 from providers.carriers.base import DialRequest
-from routing.validators import E164, E164_MESSAGE
 
 from .. import background
-from ..errors import CallFailed, CapacityReached, CarrierError, InvalidRequest
 from ..models import Call, Direction, GatewayLock
 from ..runtime import get_runtime
 from ..selectors import call_find, call_voice
 from ..session_keys import explicit_session_key, session_key_for_call
-from ..states import CallState
 from .common import carrier_request, finalize, log
 from .dtmf import DTMF_MESSAGE, DTMF_PATTERN
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 
-from ..errors import InvalidRequest, UnsupportedByCarrier
+from core.errors import InvalidRequest, UnsupportedByCarrier
 from ..runtime import get_runtime
 from ..selectors import call_connected
 from .common import carrier_request

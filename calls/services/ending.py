@@ -5,13 +5,14 @@ import time
 
 from django.db import transaction
 
+from core.errors import CallNotFound, CarrierError
+from core.states import CallState
+
 from .. import background
 from ..clock import now
-from ..errors import CallNotFound, CarrierError
 from ..models import Call
 from ..runtime import get_runtime
 from ..selectors import call_find
-from ..states import CallState
 from .common import CLAIM_TTL, carrier_request, finalize
 from .dialing import DIAL_GRACE
 

@@ -6,12 +6,7 @@ from enum import StrEnum
 
 from django.db import IntegrityError, transaction
 
-from routing.policy import inbound_decision
-from routing.routes import greeting_for, match_route, route_snapshot
-
-from .. import background
-from ..clock import from_ms, now, to_ms
-from ..events import (
+from core.events import (
     CallActive,
     CallAmd,
     CallAnswered,
@@ -26,15 +21,19 @@ from ..events import (
     CallSpoken,
     NormalizedEvent,
 )
+from core.states import CallState
+from routing.policy import inbound_decision
+from routing.routes import greeting_for, match_route, route_snapshot
+
+from .. import background
+from ..clock import from_ms, now, to_ms
 from ..models import Call, CallEvent, CallTurn, Direction, TurnStatus
 from ..runtime import CallRuntime, get_runtime
-from ..session_keys import session_key_for_call
-from ..states import CallState
 from ..selectors import call_find
+from ..session_keys import session_key_for_call
 from .common import CLAIM_TTL, finalize, log, move_to, set_answered, transcript_add, turn_changed
 from .pairing import PAIRING_PROMPT, pairing_admission, pairing_input
 from .replies import conversational, reply_requested
-
 
 FIELD_LIMIT = Call._meta.get_field("from_number").max_length
 

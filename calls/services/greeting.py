@@ -6,15 +6,15 @@ from datetime import timedelta
 
 from django.db import transaction
 
+from core.errors import VoiceCallError
+from core.states import CallState
 from providers.carriers.base import Prompt
 
 from .. import background
 from ..clock import now
-from ..errors import VoiceCallError
 from ..models import Call, Direction
 from ..runtime import CallRuntime, get_runtime
 from ..selectors import call_find, call_voice
-from ..states import CallState
 from .common import CLAIM_TTL, carrier_request, log, move_to, transcript_add
 from .speech import call_speak, spoken_duration_estimate
 

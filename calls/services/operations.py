@@ -16,11 +16,11 @@ from typing import Any
 
 from django.db import connections, transaction
 
+from core.errors import VoiceCallError
 from providers.tts.base import DEFAULT_TIMEOUT_MS as TTS_DEFAULT_TIMEOUT_MS
 from routing.routes import effective_tts
 
 from ..clock import now
-from ..errors import VoiceCallError
 from ..models import ContinueOperation, OperationStatus
 from ..runtime import get_runtime
 from . import call_requests

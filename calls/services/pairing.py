@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from core.errors import VoiceCallError
 from routing.models import PAIRING_CODE_DIGITS, PairingCode
 from routing.pairing import digits_in, redeem
 from routing.routes import call_route, greeting_for
 
 from .. import background
-from ..errors import VoiceCallError
 from ..models import Call
 from ..runtime import get_runtime
 from ..clock import now

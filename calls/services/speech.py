@@ -5,13 +5,13 @@ from datetime import timedelta
 
 from django.db import transaction
 
+from core.errors import CarrierError, InvalidRequest
+from core.states import CallState
 from providers.carriers.base import Prompt
 
-from ..errors import CarrierError, InvalidRequest
 from ..models import Call
 from ..runtime import CallRuntime, get_runtime
 from ..selectors import call_connected, call_uses_stream, call_voice
-from ..states import CallState
 from .common import back_to_listening, carrier_request, move_to, transcript_add
 
 

@@ -7,12 +7,12 @@ from typing import Any
 
 from django.db import transaction
 
+from core.events import CallDtmf, CallSpeech
 from routing.routes import call_route, effective_tts
 
 from .. import background
 from ..clock import now
 from ..documents import stream_token_valid
-from ..events import CallDtmf, CallSpeech
 from ..models import Call, MediaStream
 from ..runtime import get_runtime
 from ..selectors import call_find

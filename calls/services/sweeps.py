@@ -7,12 +7,13 @@ from datetime import datetime, timedelta
 
 from django.db.models import Min, Q
 
+from core.states import CONVERSATION_STATES, CallState
+
 from .. import background
 from ..clock import now
 from ..config import get_config
 from ..models import Call, CallTurn, CarrierDocument, ContinueOperation, OperationStatus, ProcessedWebhook, TurnStatus
 from ..runtime import get_runtime
-from ..states import CONVERSATION_STATES, CallState
 from .common import finalize_by_id, log
 from .dialing import DIAL_GRACE
 from .ending import call_end

@@ -6,15 +6,15 @@ from datetime import timedelta
 
 from django.db import IntegrityError, transaction
 
+from core.errors import InvalidRequest, TranscriptTimeout, TurnInProgress, VoiceCallError
+from core.states import CallState
 from providers.carriers.base import Prompt
 
 from .. import background
 from ..clock import now
-from ..errors import InvalidRequest, TranscriptTimeout, TurnInProgress, VoiceCallError
 from ..models import Call, CallTurn, TurnStatus
 from ..runtime import CallRuntime, get_runtime
 from ..selectors import call_connected, call_uses_stream, call_voice
-from ..states import CallState
 from .common import carrier_request, log, move_to, transcript_add, turn_changed, wait_for_turn_change
 from .speech import call_speak
 

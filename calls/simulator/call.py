@@ -13,9 +13,9 @@ from urllib.parse import urlencode, urlsplit
 import httpx
 import numpy as np
 
+from core.audio import FRAME_BYTES, SILENCE_FRAME, Pacer, rms, ulaw_to_samples
 from providers.carriers.twilio.webhook import signature
 
-from ..audio import FRAME_BYTES, SILENCE_FRAME, Pacer, rms, ulaw_to_samples
 
 SPEECH_RMS = 200.0  # a played frame louder than this is gateway speech, not silence
 QUIET_AFTER_MS = 700  # the caller answers once the gateway has been quiet this long

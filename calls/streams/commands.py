@@ -5,26 +5,24 @@ whichever gateway process the carrier's WebSocket landed on. Every stream joins 
 `call_group(call_id)`, so a group message reaches it wherever it is. `speak` waits for the
 stream to accept (proof that one is alive) and then for the playback's outcome on a reply channel.
 
-The in-memory layer (embedded mode) is bound to the gateway's event loop, so from other threads
-its coroutines run on that loop; with Redis any thread may use the layer directly.
+The in-memory layer (embedded mode) is bound to the gateway's event loop (`Gateway.loop`), so
+from other threads its coroutines run on that loop; with Redis any thread may use the layer directly.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import uuid
 from typing import Any
 
 from asgiref.sync import async_to_sync
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 
+from ..gateway import get_gateway
+
 log = logging.getLogger(__name__)
 
 ACCEPT_TIMEOUT = 3.0
-
-_loop: asyncio.AbstractEventLoop | None = None
-_loop_lock = threading.Lock()
 
 
 class StreamUnavailable(Exception):
@@ -39,18 +37,11 @@ def call_group(call_id: str) -> str:
     return f"voicecall.call.{call_id}"
 
 
-def bind_loop(loop: asyncio.AbstractEventLoop) -> None:
-    """Remember the event loop media streams run on in this process (for the in-memory layer)."""
-    global _loop
-    with _loop_lock:
-        _loop = loop
-
-
 def _run(coro_factory, timeout: float | None = None):
     """Run a channel-layer coroutine from a sync thread, on the right loop for the layer in use."""
     layer = get_channel_layer()
     if isinstance(layer, InMemoryChannelLayer):
-        loop = _loop
+        loop = get_gateway().loop
         if loop is None or loop.is_closed():
             raise StreamUnavailable("no media streams run in this process")
         try:

@@ -37,6 +37,7 @@ from providers.carriers.media import (
 from providers.carriers.public_url import ip_in, normalize_ip
 from providers.transcription.base import TranscriptionError
 
+from ..gateway import get_gateway
 from ..runtime import get_runtime
 from .. import services
 from ..speech import transcription_provider, tts_chain
@@ -146,7 +147,7 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
             await self._close(CLOSE_TRY_LATER, refusal)
             return
         self.admitted = True
-        commands.bind_loop(asyncio.get_running_loop())
+        get_gateway().bind_loop(asyncio.get_running_loop())
         self._spawn(self._start_timeout(streaming.pre_start_timeout_ms / 1000))
 
     async def _start_timeout(self, seconds: float) -> None:

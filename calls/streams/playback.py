@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
-from ..audio import BYTES_PER_MS, FRAME_BYTES, FRAME_MS, SILENCE_FRAME, Framer, Pacer
+from core.audio import BYTES_PER_MS, FRAME_BYTES, FRAME_MS, SILENCE_FRAME, Framer, Pacer
 from .stats import StreamStats
 
 log = logging.getLogger(__name__)

@@ -1,24 +1,27 @@
 """The carrier interface. Subclass CarrierBackend and implement the methods marked "must".
 
-A backend is built once per config by the call runtime. Its REST methods are called from
-service code (worker threads or Celery tasks, never the event loop) and raise CarrierError
-on failure. Webhook methods never touch the database: `parse_webhook` turns a verified request
-into normalized events; once they are applied, `answer_webhook` gets a read-only view of the
-call and returns the document the carrier expects (TwiML, Plivo XML, or a plain 200).
+A backend is built once per config by the call runtime, which hands it all it needs from the
+call domain: the config, a DocumentStore, and the function that derives a call's media-stream
+token (backends never import `calls`). Its REST methods are called from service code (worker
+threads or Celery tasks, never the event loop) and raise CarrierError on failure. Webhook
+methods never touch the database: `parse_webhook` turns a verified request into normalized
+events; once they are applied, `answer_webhook` gets a read-only view of the call and returns
+the document the carrier expects (TwiML, Plivo XML, or a plain 200).
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 from urllib.parse import parse_qsl
 
-from calls.errors import UnsupportedByCarrier
+from core.errors import UnsupportedByCarrier
 
 if TYPE_CHECKING:
-    from calls.config import VoiceCallConfig
+    from core.config import VoiceCallConfig
 
     from .media import MediaCodec
-    from calls.events import NormalizedEvent
+    from core.events import NormalizedEvent
 
 
 @dataclass(frozen=True)
@@ -207,9 +210,17 @@ class CarrierBackend:
     # are sent with send_dtmf once the call is answered.
     dials_with_dtmf: ClassVar[bool] = False
 
-    def __init__(self, config: VoiceCallConfig, *, documents: DocumentStore | None = None) -> None:
+    def __init__(
+        self,
+        config: VoiceCallConfig,
+        *,
+        documents: DocumentStore | None = None,
+        stream_token: Callable[[str], str] | None = None,
+    ) -> None:
         self.config = config
         self.documents = documents
+        # call id -> the token its media stream must present (None: this backend opens no streams).
+        self.stream_token = stream_token
 
     def has_signature_headers(self, headers: dict[str, str]) -> bool:
         if not self.signature_header_groups:

@@ -9,7 +9,7 @@ from urllib.parse import quote, urlencode, urlsplit
 
 import httpx
 
-from calls.errors import CarrierError
+from core.errors import CarrierError
 
 from .base import ProviderCallStatus
 

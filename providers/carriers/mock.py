@@ -11,7 +11,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from calls.events import EventFormatError, event_from_dict
+from core.events import EventFormatError, event_from_dict
 
 from .base import (
     CarrierBackend,

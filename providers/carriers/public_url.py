@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
-    from calls.config import VoiceCallConfig
+    from core.config import VoiceCallConfig
 
     from .base import WebhookRequest
 

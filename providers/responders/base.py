@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
-from .models import ResolvedModel
+from core.config.models import ResolvedModel
 
 
 class ResponderError(Exception):

@@ -13,8 +13,9 @@ from typing import Any
 
 import httpx
 
+from core.config.models import ResolvedModel
+
 from .base import Hangup, Responder, ResponderError, Turn
-from .models import ResolvedModel
 
 __all__ = ["DeadlineGuard", "LlmResponder", "clip", "error_message"]
 

@@ -24,7 +24,7 @@ def serve(conn: Connection, cmn: str) -> None:
     """The worker's loop: ("start",) · ("audio", ulaw, want_partial) · ("end",) · ("quit",)."""
     from pocketsphinx import Decoder
 
-    from calls.audio import TelephonyDecoder
+    from core.audio import TelephonyDecoder
 
     decoder = Decoder(loglevel="FATAL", cmninit=cmn)
     upsampler = TelephonyDecoder(DECODE_RATE)

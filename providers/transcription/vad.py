@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from calls.audio import BYTES_PER_MS, rms, ulaw_to_samples
+from core.audio import BYTES_PER_MS, rms, ulaw_to_samples
 
 # RMS of 16-bit samples. Phone line noise sits well under 100 (about −50 dBFS); speech
 # is usually 1000 or more, so −38 dBFS leaves room on both sides.

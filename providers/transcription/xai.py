@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from calls.audio import SAMPLE_RATE, ulaw_to_pcm16
+from core.audio import SAMPLE_RATE, ulaw_to_pcm16
 
 from .base import TranscriptionError, TranscriptListener, TranscriptionProvider, TranscriptionSession
 from .cloud import CloudSession, Utterance, flag, number_setting, websocket_url, with_query

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from calls.audio import AudioFormat, TelephonyEncoder
+from core.audio import AudioFormat, TelephonyEncoder
 
 from ..settings import ProviderSettings
 

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
 
-from calls.audio import MULAW_8K, AudioFormat
+from core.audio import MULAW_8K, AudioFormat
 from providers.tts.base import TtsError, TtsProvider
 from providers.tts.http import post_stream, require_api_key
 

@@ -16,7 +16,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from calls.audio import AudioFormat
+from core.audio import AudioFormat
 
 from .base import TtsError, TtsProvider
 

@@ -5,7 +5,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-from calls.audio import AudioFormat
+from core.audio import AudioFormat
 from providers.tts.base import TtsError, TtsProvider
 
 DEFAULT_VOICE = "en-US-EmmaMultilingualNeural"  # edge-tts's own default

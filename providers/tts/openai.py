@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from calls.audio import AudioFormat
+from core.audio import AudioFormat
 from providers.tts.base import TtsError, TtsProvider
 from providers.tts.http import post_stream, require_api_key
 

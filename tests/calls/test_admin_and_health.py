@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 from django.urls import reverse
 
-from calls.events import CallAnswered, CallSpeech
 from calls.models import Call
 from calls.services import call_initiate, event_process
+from core.events import CallAnswered, CallSpeech
 from routing.models import AllowedCaller, NumberRoute
 
 pytestmark = pytest.mark.django_db(transaction=True)

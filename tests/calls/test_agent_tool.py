@@ -14,9 +14,9 @@ from django.urls import path
 from jsonschema import Draft202012Validator
 
 from calls import services, tools
-from calls.events import CallAnswered, CallSpeech
 from calls.models import Call, CallTurn
 from calls.services import call_end, event_process
+from core.events import CallAnswered, CallSpeech
 from providers.carriers import mock
 
 pytestmark = pytest.mark.django_db

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from calls.config.loader import load_config_data
-from providers.responders.models import ModelError, resolve_model
+from core.config.loader import load_config_data
+from core.config.models import ModelError, resolve_model
 
 MOCK = {"provider": "mock"}
 

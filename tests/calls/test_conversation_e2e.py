@@ -13,10 +13,10 @@ from asgiref.sync import sync_to_async
 
 from calls import background
 from calls.models import Call, ReplyStatus, ReplyTurn, SessionMessage, TranscriptEntry
-from calls.runtime import webhook_url
 from calls.simulator.call import Gateway, Line
 from calls.simulator.rest import TwilioRestStub
 from calls.simulator.run import simulate
+from core.urls import webhook_url
 from tests.fakes.ai.llm import FakeChatCompletions
 from tests.fakes.ai.tts import FakeTts
 

@@ -7,9 +7,9 @@ import time
 import pytest
 
 from calls import background
-from calls.events import CallAnswered, CallInitiated, CallSpeech
 from calls.models import Call, ConversationSession, ReplyStatus, ReplyTurn, SessionMessage, TranscriptEntry
 from calls.services import event_process
+from core.events import CallAnswered, CallInitiated, CallSpeech
 from providers.carriers import mock
 from providers.responders.spoken import OPENING_CONTEXT_POLICY, OUTPUT_CONTRACT
 from routing.models import NumberRoute
@@ -184,7 +184,7 @@ def test_history_is_capped_by_history_messages(configure, llm):
 
 
 def _ended(call: Call):
-    from calls.events import CallEnded
+    from core.events import CallEnded
 
     return CallEnded(call_id=str(call.pk), provider_call_id=call.provider_call_id, reason="completed")
 

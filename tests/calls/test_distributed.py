@@ -56,7 +56,7 @@ def wait_for(predicate, timeout=15.0):
 
 def test_jobs_and_sweeps_run_on_a_real_celery_worker(celery_worker_thread, configure):
     from calls import background
-    from calls.events import CallAnswered
+    from core.events import CallAnswered
     from calls.models import Call
     from calls.services import call_initiate, event_process
     from calls.tasks import sweep_deadlines_task

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from calls.events import (
+from calls.models import Call, CallEvent, CallTurn, TranscriptEntry, TurnStatus
+from calls.services import EventOutcome, call_initiate, event_process
+from core.events import (
     CallActive,
     CallAnswered,
     CallDtmf,
@@ -13,11 +15,9 @@ from calls.events import (
     CallRinging,
     CallSpeaking,
     CallSpeech,
-    event_from_dict,
     EventFormatError,
+    event_from_dict,
 )
-from calls.models import Call, CallEvent, CallTurn, TranscriptEntry, TurnStatus
-from calls.services import EventOutcome, call_initiate, event_process
 from providers.carriers import mock
 from routing.models import AllowedCaller, NumberRoute
 

@@ -12,10 +12,10 @@ from asgiref.sync import sync_to_async
 
 from calls import background
 from calls.models import Call, MediaStream, TranscriptEntry
-from calls.runtime import webhook_url
 from calls.simulator.call import Gateway, Line
 from calls.simulator.rest import TwilioRestStub
 from calls.simulator.run import simulate
+from core.urls import webhook_url
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

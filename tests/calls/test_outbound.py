@@ -6,7 +6,9 @@ import time
 
 import pytest
 
-from calls.errors import (
+from calls.models import Call, CallTurn, TurnStatus
+from calls.services import call_continue, call_end, call_initiate, call_send_dtmf, call_speak, event_process
+from core.errors import (
     CallFailed,
     CallHasEnded,
     CallNotConnected,
@@ -20,9 +22,7 @@ from calls.errors import (
     UnsupportedByCarrier,
     VoiceCallDisabled,
 )
-from calls.events import CallAnswered, CallEnded, CallSpeech
-from calls.models import Call, CallTurn, TurnStatus
-from calls.services import call_continue, call_end, call_initiate, call_send_dtmf, call_speak, event_process
+from core.events import CallAnswered, CallEnded, CallSpeech
 from providers.carriers import mock
 from tests.conftest import admit_concurrently
 

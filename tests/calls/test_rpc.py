@@ -12,10 +12,11 @@ import pytest
 from django.db import connections
 
 from calls.clock import now
-from calls.events import CallAnswered, CallEnded, CallSpeech
 from calls.models import Call, ContinueOperation, OperationStatus
-from calls.rpc_tokens import local_token, parse_rpc_tokens
+from calls.rpc_tokens import local_token
 from calls.services import continue_operations_wait, event_process, processed_webhooks_purge
+from core.events import CallAnswered, CallEnded, CallSpeech
+from voicecall_project.rpc_tokens import parse_rpc_tokens
 
 WRITE = "w" * 8 + "write-token-0001"
 READ = "r" * 8 + "read-token-00001"

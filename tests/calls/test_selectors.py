@@ -5,10 +5,10 @@ from datetime import timedelta
 
 import pytest
 
-from calls.events import CallAnswered, CallSpeech
 from calls.models import CallTurn, ReplyTurn, TurnStatus
 from calls.selectors import call_timeline, calls_last_update, calls_recently_updated, calls_updated_since
 from calls.services import call_initiate, event_process
+from core.events import CallAnswered, CallSpeech
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -7,7 +7,6 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from calls.events import CallAnswered, CallSpeech
 from calls.models import Call, CallTurn, ProcessedWebhook, TurnStatus
 from calls.scheduler import Sweeper
 from calls.services import (
@@ -19,6 +18,7 @@ from calls.services import (
     processed_webhooks_purge,
     stale_calls_reap,
 )
+from core.events import CallAnswered, CallSpeech
 from providers.carriers import mock
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -213,18 +213,19 @@ async def test_non_webhook_paths_go_to_django(asgi):
 
 async def test_first_request_starts_gateway_services_off_the_event_loop(asgi, settings, monkeypatch):
     """Under a plain ASGI server the first request runs restore (database work) in a thread."""
-    from calls import gateway
+    from calls.gateway import get_gateway
 
+    gateway = get_gateway()
     settings.VOICECALL_AUTOSTART_SERVICES = True
     settings.VOICECALL_EMBEDDED_SCHEDULER = False
-    monkeypatch.setattr(gateway, "_started", False)
+    monkeypatch.setattr(gateway, "started", False)
     await sync_to_async(Call.objects.create)(
         provider="mock", provider_call_id="mock-ended-1", direction="outbound", from_number="+1", to_number="+2"
     )
     try:
         assert (await asgi.get("/healthz")).status_code == 200
-        assert gateway.services_started()
+        assert gateway.started
         call = await sync_to_async(Call.objects.get)(provider_call_id="mock-ended-1")
         assert call.state == "completed"  # restore asked the carrier and closed it
     finally:
-        gateway.stop_gateway_services()
+        gateway.stop()

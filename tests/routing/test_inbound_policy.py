@@ -6,10 +6,10 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from calls.events import CallAnswered, CallDtmf, CallInitiated, CallSpeech
 from calls.models import Call
 from calls.services import deadlines_sweep, event_process
 from calls.services.pairing import FAILED_LINE, PAIRED_LINE, PAIRING_PROMPT, RETRY_LINE
+from core.events import CallAnswered, CallDtmf, CallInitiated, CallSpeech
 from providers.carriers import mock
 from routing.models import AllowedCaller, PairingCode
 from routing.pairing import digits_in

@@ -4,7 +4,7 @@ from __future__ import annotations
 from django.core.management.base import BaseCommand
 
 from calls.config import get_config
-from calls.gateway import start_gateway_services
+from calls.gateway import get_gateway
 
 
 class Command(BaseCommand):
@@ -21,7 +21,7 @@ class Command(BaseCommand):
         serve = get_config().config.serve
         bind = bind or serve.bind
         port = port or serve.port
-        start_gateway_services()
+        get_gateway().start()
         self.stdout.write(f"Voice-call gateway on http://{bind}:{port} (admin at /admin/, webhooks at {serve.path}, RPC at /voice/rpc)")
         self.stdout.flush()
         CommandLineInterface().run(["-b", bind, "-p", str(port), "voicecall_project.asgi:application"])

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import asdict
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 from django.conf import settings
@@ -16,11 +16,11 @@ from calls.cli.doctor import DoctorError, doctor, doctor_text
 from calls.cli.follow import follow_calls, follow_file
 from calls.cli.setup import setup_checks, setup_json, setup_text
 from calls.cli.stats import latency_from_db, latency_from_file
-from calls.config import get_config
-from calls.errors import InvalidRequest, VoiceCallError
 from calls.cli.gateway import GatewayUnreachable, continue_via_gateway, placement_timeout_s, rpc_call
+from calls.config import get_config
 from calls.selectors import call_find, call_record, calls_live
 from calls.services import MODES
+from core.errors import InvalidRequest, VoiceCallError
 
 SMOKE_MESSAGE = "Voice call smoke test."
 

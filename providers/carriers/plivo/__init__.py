@@ -1,6 +1,8 @@
 """Plivo Voice: REST control, V3-signed form webhooks and Plivo XML answers (speech via GetInput or a media stream)."""
 from __future__ import annotations
 
+from core.urls import media_stream_url, webhook_url, with_query
+
 from ..base import (
     CallView,
     CarrierBackend,
@@ -14,7 +16,6 @@ from ..base import (
     WebhookVerification,
 )
 from ..dtmf import with_w_pauses
-from ..urls import gateway_webhook_url, media_stream_url, with_query
 from . import webhook, xml
 from .media import PlivoMediaCodec
 from .rest import PlivoRest, dialable
@@ -33,8 +34,8 @@ class PlivoCarrier(CarrierBackend):
     greets_in_answer = True
     dials_with_dtmf = True
 
-    def __init__(self, config, *, documents=None, transport=None) -> None:
-        super().__init__(config, documents=documents)
+    def __init__(self, config, *, documents=None, stream_token=None, transport=None) -> None:
+        super().__init__(config, documents=documents, stream_token=stream_token)
         settings = config.plivo
         self.auth_token = settings.auth_token.reveal() if settings and settings.auth_token else ""
         self.rest = PlivoRest(
@@ -45,7 +46,7 @@ class PlivoCarrier(CarrierBackend):
         )
 
     def _url(self, call_id: str, flow: str, **params: str | None) -> str:
-        return with_query(gateway_webhook_url(self.config), provider="plivo", flow=flow, callId=call_id, **params)
+        return with_query(webhook_url(self.config), provider="plivo", flow=flow, callId=call_id, **params)
 
     # --- webhooks --------------------------------------------------------------------------
 

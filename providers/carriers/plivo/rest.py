@@ -6,7 +6,7 @@ from typing import Any
 
 import httpx
 
-from calls.errors import CarrierError
+from core.errors import CarrierError
 
 from ..base import ProviderCallStatus, normalize_provider_status
 from ..http import CarrierHttp, response_text, segment

@@ -10,14 +10,14 @@ import re
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlsplit
 
-from calls.events import CallAmd, CallAnswered, CallDtmf, CallEnded, CallRinging, CallSpeech
+from core.events import CallAmd, CallAnswered, CallDtmf, CallEnded, CallRinging, CallSpeech
+from core.urls import public_webhook_url
 
 from ..base import EventList, ParsedWebhook, WebhookParseError, WebhookRequest, WebhookVerification
 from ..public_url import UntrustedHost, signed_url_candidates
-from ..urls import public_webhook_url
 
 if TYPE_CHECKING:
-    from calls.config import VoiceCallConfig
+    from core.config import VoiceCallConfig
 
 log = logging.getLogger("providers")
 

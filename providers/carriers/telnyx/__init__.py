@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import logging
 
+from core.config.keys import PublicKeyError, load_public_key
+from core.urls import media_stream_url
+
 from ..base import (
     CarrierBackend,
     DialRequest,
@@ -14,7 +17,6 @@ from ..base import (
     WebhookVerification,
 )
 from ..dtmf import with_w_pauses
-from ..urls import media_stream_url
 from . import webhook
 from .media import TelnyxMediaCodec
 from .rest import DIAL_TIMEOUT_SECONDS, TelnyxRest
@@ -47,15 +49,15 @@ class TelnyxCarrier(CarrierBackend):
     reports_speech_end = True
     signature_header_groups = ((webhook.SIGNATURE_HEADER, webhook.TIMESTAMP_HEADER),)
 
-    def __init__(self, config, *, documents=None, transport=None) -> None:
-        super().__init__(config, documents=documents)
+    def __init__(self, config, *, documents=None, stream_token=None, transport=None) -> None:
+        super().__init__(config, documents=documents, stream_token=stream_token)
         settings = config.telnyx
         self.connection_id = settings.connection_id if settings else None
         self.public_key = None
         if settings and settings.public_key:
             try:
-                self.public_key = webhook.load_public_key(settings.public_key.reveal())
-            except webhook.PublicKeyError as exc:
+                self.public_key = load_public_key(settings.public_key.reveal())
+            except PublicKeyError as exc:
                 log.error("%s: Telnyx webhooks will be refused", exc)
         self.rest = TelnyxRest(
             api_key=settings.api_key.reveal() if settings and settings.api_key else "",
@@ -76,17 +78,15 @@ class TelnyxCarrier(CarrierBackend):
         the call's own codec and expect MP3 files back.
         """
         url = media_stream_url(self.config)
-        if url is None:
+        if url is None or self.stream_token is None:
             return {}
-        from calls.documents import stream_token  # derived from the call id, so any process can check it
-
         return {
             "stream_url": url,
             "stream_track": "inbound_track",
             "stream_codec": "PCMU",
             "stream_bidirectional_mode": "rtp",
             "stream_bidirectional_codec": "PCMU",
-            "stream_auth_token": stream_token(call_id),
+            "stream_auth_token": self.stream_token(call_id),
         }
 
     def initiate_call(self, dial: DialRequest) -> DialResult:

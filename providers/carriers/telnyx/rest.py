@@ -6,7 +6,7 @@ from typing import Any
 
 import httpx
 
-from calls.errors import CarrierError
+from core.errors import CarrierError
 
 from ..base import ProviderCallStatus
 from ..http import UNKNOWN_STATUS, CarrierHttp, CarrierHttpError, response_text, segment

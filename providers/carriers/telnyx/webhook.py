@@ -13,9 +13,9 @@ from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import load_der_public_key, load_pem_public_key
 
-from calls.events import (
+from core.config.keys import b64decode
+from core.events import (
     LAST_MILLISECOND,
     CallActive,
     CallAmd,
@@ -69,35 +69,6 @@ AMD_EVENTS = ("call.machine.detection.ended", "call.machine.premium.detection.en
 ACKNOWLEDGED_ONLY = ("streaming.started", "streaming.stopped", "streaming.failed")
 
 
-class PublicKeyError(ValueError):
-    """telnyx.publicKey cannot be read as an Ed25519 public key."""
-
-
-def load_public_key(text: str) -> Ed25519PublicKey:
-    """An Ed25519 public key from PEM, base64 of the 32 raw bytes, or base64 DER (SPKI)."""
-    text = text.strip()
-    if not text:
-        raise PublicKeyError("telnyx.publicKey is empty")
-    try:
-        if text.startswith("-----BEGIN"):
-            key = load_pem_public_key(text.encode("ascii"))
-        else:
-            raw = _b64decode(text)
-            key = Ed25519PublicKey.from_public_bytes(raw) if len(raw) == 32 else load_der_public_key(raw)
-    except (ValueError, TypeError, binascii.Error) as exc:
-        raise PublicKeyError(f"telnyx.publicKey is not an Ed25519 public key ({exc})") from None
-    if not isinstance(key, Ed25519PublicKey):
-        raise PublicKeyError("telnyx.publicKey is not an Ed25519 key")
-    return key
-
-
-def _b64decode(text: str) -> bytes:
-    """Standard or URL-safe base64, padding optional; binascii.Error on anything else."""
-    cleaned = text.strip().replace("-", "+").replace("_", "/")
-    cleaned += "=" * (-len(cleaned) % 4)
-    return base64.b64decode(cleaned, validate=True)
-
-
 def verify(request: WebhookRequest, public_key: Ed25519PublicKey | None, *, now: float | None = None) -> WebhookVerification:
     if public_key is None:
         return WebhookVerification(ok=False, reason="Missing telnyx.publicKey")
@@ -111,7 +82,7 @@ def verify(request: WebhookRequest, public_key: Ed25519PublicKey | None, *, now:
     if skew > TOLERANCE_SECONDS:
         return WebhookVerification(ok=False, reason=f"Timestamp too old or too new ({math.ceil(skew)}s off)")
     try:
-        signature = _b64decode(signature_text)
+        signature = b64decode(signature_text)
     except (binascii.Error, ValueError):
         return WebhookVerification(ok=False, reason="telnyx-signature-ed25519 is not base64")
     if len(signature) != 64:

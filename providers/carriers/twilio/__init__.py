@@ -4,6 +4,8 @@ from __future__ import annotations
 import logging
 from urllib.parse import urlsplit
 
+from core.urls import media_stream_url, webhook_url, with_query
+
 from ..base import (
     CallView,
     CarrierBackend,
@@ -17,7 +19,6 @@ from ..base import (
     WebhookVerification,
 )
 from ..dtmf import twilio_digits
-from ..urls import gateway_webhook_url, media_stream_url, with_query
 from . import twiml, webhook
 from .media import TwilioMediaCodec
 from .rest import TwilioRest
@@ -39,8 +40,8 @@ class TwilioCarrier(CarrierBackend):
     notify_in_dial = True
     dials_with_dtmf = True
 
-    def __init__(self, config, *, documents=None, transport=None) -> None:
-        super().__init__(config, documents=documents)
+    def __init__(self, config, *, documents=None, stream_token=None, transport=None) -> None:
+        super().__init__(config, documents=documents, stream_token=stream_token)
         settings = config.twilio
         self.auth_token = settings.auth_token.reveal() if settings and settings.auth_token else ""
         self.rest = TwilioRest(
@@ -54,13 +55,13 @@ class TwilioCarrier(CarrierBackend):
     # --- URLs Twilio calls back ------------------------------------------------------------
 
     def _url(self, call_id: str, **params: str | None) -> str:
-        return with_query(gateway_webhook_url(self.config), callId=call_id, **params)
+        return with_query(webhook_url(self.config), callId=call_id, **params)
 
     def stream_url(self) -> str | None:
         return media_stream_url(self.config)
 
     def hold_music_url(self) -> str:
-        parts = urlsplit(gateway_webhook_url(self.config))
+        parts = urlsplit(webhook_url(self.config))
         return f"{parts.scheme}://{parts.netloc}/voice/hold-music"
 
     # --- webhooks --------------------------------------------------------------------------

@@ -5,7 +5,7 @@ from typing import Any
 
 import httpx
 
-from calls.errors import CarrierError
+from core.errors import CarrierError
 
 from ..base import ProviderCallStatus, normalize_provider_status
 from ..http import CarrierHttp, CarrierHttpError, response_text, segment

@@ -25,10 +25,10 @@ from django.utils import timezone
 
 from calls.cli.follow import follow_calls, follow_file
 from calls.clock import to_ms
-from calls.events import CallAnswered, CallEnded, CallRinging, CallSpeech, event_from_dict
 from calls.models import Call, CallTurn, TurnStatus
 from calls.services import call_speak, event_process
 
+from core.events import CallAnswered, CallEnded, CallRinging, CallSpeech, event_from_dict
 from tests.paths import ROOT as MAIN
 TO = "+15550001111"
 TO_2 = "+15550002222"

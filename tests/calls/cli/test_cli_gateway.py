@@ -20,12 +20,12 @@ from django.core.management import call_command
 
 from calls import rpc, services
 from calls.cli import gateway
-from calls.events import CallAnswered, CallEnded, CallSpeech
 from calls.models import Call, CallTurn, TurnStatus
 from calls.services import call_requests
-from calls.rpc_tokens import parse_rpc_tokens
 from calls.services import event_process
+from core.events import CallAnswered, CallEnded, CallSpeech
 from tests.calls.cli.test_cli import CommandThread, _listening_turn, _wait_until
+from voicecall_project.rpc_tokens import parse_rpc_tokens
 
 TO = "+15550001111"
 TO_2 = "+15550002222"

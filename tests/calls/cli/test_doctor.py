@@ -6,7 +6,7 @@ import json
 import pytest
 
 from calls.cli.doctor import DoctorError, doctor, doctor_text
-from calls.config.loader import load_config_file
+from core.config.loader import load_config_file
 
 PREFIX = "plugins.entries.voice-call.config."
 

@@ -19,7 +19,6 @@ from asgiref.sync import sync_to_async
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from calls.audio import FRAME_BYTES, SILENCE_FRAME
 from calls.clock import now
 from calls.documents import stream_token
 from calls.models import Call, CallEvent, MediaStream, TranscriptEntry
@@ -29,6 +28,7 @@ from calls.streams.limits import TOO_MANY_CONNECTIONS, TOO_MANY_PENDING, StreamL
 from calls.streams.media import client_ip, sanitize_reason
 from calls.streams.stats import LatencyHistogram, StreamStats
 from calls.simulator.rest import TwilioRestStub
+from core.audio import FRAME_BYTES, SILENCE_FRAME
 
 ACCOUNT = "AC" + "1" * 32
 TOKEN = "simulator-token"
@@ -808,7 +808,7 @@ async def test_call_speak_without_a_stream_reply_fails_fast(gateway, monkeypatch
     monkeypatch.setattr(commands, "ACCEPT_TIMEOUT", 0.5)
     call = await new_call()
     await sync_to_async(MediaStream.objects.create)(call=call, stream_id=new_sid(), carrier="twilio")
-    from calls.errors import CarrierError
+    from core.errors import CarrierError
 
     started = time.monotonic()
     with pytest.raises(CarrierError, match="media stream not reachable"):

@@ -15,7 +15,6 @@ import time
 import numpy as np
 import pytest
 
-from calls.audio import FRAME_BYTES, SILENCE_FRAME, Pacer
 from calls.streams import playback as playback_module
 from calls.streams.playback import (
     MAX_PENDING,
@@ -26,6 +25,7 @@ from calls.streams.playback import (
     heard_text,
 )
 from calls.streams.stats import StreamStats
+from core.audio import FRAME_BYTES, SILENCE_FRAME, Pacer
 from providers.carriers.twilio.media import TwilioFrames
 
 STREAM = "MZ" + "ab" * 16
@@ -188,7 +188,7 @@ def pacer_slots(monkeypatch):
     Checking against the pacer's own schedule keeps these tests exact on a busy machine, where a
     late frame (and the shorter gap after it, as the absolute clock catches up) is allowed.
     """
-    from calls.audio import Pacer
+    from core.audio import Pacer
     from calls.streams import playback as playback_module
 
     slots: list[float] = []

@@ -25,7 +25,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from calls.audio import BYTES_PER_MS, rms, ulaw_to_samples
+from core.audio import BYTES_PER_MS, rms, ulaw_to_samples
 
 __all__ = [
     "FakeDeepgram",

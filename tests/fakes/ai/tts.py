@@ -11,7 +11,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 
-from calls.audio import samples_to_ulaw
+from core.audio import samples_to_ulaw
 from tests.fakes.base import LoopbackHttpFake, Recorded
 
 __all__ = ["FakeTts", "Knobs", "OPENAI_RATE", "TONE_HZ"]

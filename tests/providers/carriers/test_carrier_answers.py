@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import json
 import xml.etree.ElementTree as ET
-from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
 
-from calls.config import load_config_data
+from core.config import load_config_data
 from providers.carriers.base import CallView, ParsedWebhook, WebhookRequest
 from providers.carriers.plivo import PlivoCarrier
 from providers.carriers.telnyx import TelnyxCarrier

@@ -17,7 +17,6 @@ import base64
 import json
 import uuid
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from urllib.parse import urlencode
 from xml.etree import ElementTree as ET
 
@@ -25,8 +24,8 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from calls.events import EVENT_TYPES, CallAmd, CallDtmf, CallEnded, CallSpeaking, CallSpeech, NormalizedEvent
-from calls.states import END_REASONS, TERMINAL_STATES, CallState
+from core.events import EVENT_TYPES, CallAmd, CallDtmf, CallEnded, CallSpeaking, CallSpeech, NormalizedEvent
+from core.states import END_REASONS, TERMINAL_STATES, CallState
 from providers.carriers.base import ParsedWebhook, WebhookParseError, WebhookRequest
 from providers.carriers.plivo import webhook as plivo_webhook
 from providers.carriers.telnyx import webhook as telnyx_webhook

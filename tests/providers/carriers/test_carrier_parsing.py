@@ -24,8 +24,8 @@ from urllib.parse import urlencode
 
 import pytest
 
-from calls.events import EVENT_TYPES, NormalizedEvent
-from calls.states import END_REASONS
+from core.events import EVENT_TYPES, NormalizedEvent
+from core.states import END_REASONS
 from providers.carriers.base import WebhookParseError, WebhookRequest
 from providers.carriers.plivo import webhook as plivo_webhook
 from providers.carriers.telnyx import webhook as telnyx_webhook
@@ -140,7 +140,7 @@ def test_golden_fixture(path):
 @pytest.mark.parametrize("path", FILES, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_backend_parse_webhook_agrees_with_the_module(path):
     """What the runtime calls (`carrier.parse_webhook`) gives the fixture's events too."""
-    from calls.config import load_config_data
+    from core.config import load_config_data
     from providers.registry import carrier_class
 
     case = load(path)

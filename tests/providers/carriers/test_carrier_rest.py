@@ -16,8 +16,8 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from calls.config import load_config_data
-from calls.errors import CarrierError
+from core.config import load_config_data
+from core.errors import CarrierError
 from providers.carriers import http as carrier_http
 from providers.carriers.base import DialRequest, Prompt
 from providers.carriers.http import CarrierHttp

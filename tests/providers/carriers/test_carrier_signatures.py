@@ -28,9 +28,10 @@ from plivo.utils.signature_v3 import construct_get_url, construct_post_url, get_
 from telnyx.lib.webhook_verification import WebhookVerificationError, verify_webhook_signature
 from twilio.request_validator import RequestValidator
 
-from calls.config import load_config_data
-from calls.runtime import webhook_url
 from calls.webhooks import _headers as asgi_headers
+from core.config import load_config_data
+from core.config.keys import PublicKeyError, load_public_key
+from core.urls import webhook_url
 from providers.carriers.base import WebhookRequest
 from providers.carriers.plivo import webhook as plivo_webhook
 from providers.carriers.telnyx import TelnyxCarrier
@@ -483,7 +484,7 @@ def der_public_b64() -> str:
     ids=["raw-base64", "base64url", "pem", "der-spki", "whitespace"],
 )
 def test_telnyx_public_key_forms_are_all_accepted(text):
-    key = telnyx_webhook.load_public_key(text)
+    key = load_public_key(text)
     loaded = load_config_data({"enabled": True, "provider": "telnyx", "fromNumber": "+15550000001",
                                "telnyx": {"apiKey": "KEY", "connectionId": "conn", "publicKey": text}}, environ={})
     assert loaded.errors == []
@@ -555,13 +556,13 @@ def test_telnyx_verify_agrees_with_the_sdk(case, monkeypatch):
     build, expected = TELNYX_CASES[case]
     body, headers = build()
     sdk = sdk_accepts(body, headers)
-    ours = telnyx_webhook.verify(telnyx_request(body, headers), telnyx_webhook.load_public_key(PUBLIC_B64))
+    ours = telnyx_webhook.verify(telnyx_request(body, headers), load_public_key(PUBLIC_B64))
     assert (sdk, ours.ok) == (expected, expected), ours.reason
 
 
 def test_telnyx_stale_timestamp_reason():
     headers = telnyx_sign(TELNYX_BODY, int(time.time()) - 301)
-    result = telnyx_webhook.verify(telnyx_request(TELNYX_BODY, headers), telnyx_webhook.load_public_key(PUBLIC_B64))
+    result = telnyx_webhook.verify(telnyx_request(TELNYX_BODY, headers), load_public_key(PUBLIC_B64))
     assert not result.ok and result.reason.startswith("Timestamp too old")
 
 
@@ -569,7 +570,7 @@ def test_telnyx_base64url_signature_is_accepted():
     headers = telnyx_sign(TELNYX_BODY, int(time.time()))
     raw = base64.b64decode(headers["telnyx-signature-ed25519"])
     headers["telnyx-signature-ed25519"] = base64.urlsafe_b64encode(raw).decode().rstrip("=")
-    assert telnyx_webhook.verify(telnyx_request(TELNYX_BODY, headers), telnyx_webhook.load_public_key(PUBLIC_B64)).ok
+    assert telnyx_webhook.verify(telnyx_request(TELNYX_BODY, headers), load_public_key(PUBLIC_B64)).ok
 
 
 def test_telnyx_missing_public_key_is_refused():
@@ -603,8 +604,8 @@ def rsa_pem() -> str:
 )
 def test_bad_telnyx_public_key_is_reported_by_the_config_loader(bad):
     text = rsa_pem() if bad == "rsa" else bad
-    with pytest.raises(telnyx_webhook.PublicKeyError):
-        telnyx_webhook.load_public_key(text)
+    with pytest.raises(PublicKeyError):
+        load_public_key(text)
     loaded = load_config_data(
         {"enabled": True, "provider": "telnyx", "fromNumber": "+15550000001",
          "telnyx": {"apiKey": "KEY", "connectionId": "conn", "publicKey": text}},
@@ -680,7 +681,7 @@ def test_telnyx_superscript_digit_timestamp_is_refused():
     # Header values arrive latin-1 decoded (calls/webhooks.py), so the byte 0xB2 becomes '²'.
     headers = {**telnyx_sign(TELNYX_BODY, int(time.time())), "telnyx-timestamp": "\xb2"}
     assert not sdk_accepts(TELNYX_BODY, headers)
-    result = telnyx_webhook.verify(telnyx_request(TELNYX_BODY, headers), telnyx_webhook.load_public_key(PUBLIC_B64))
+    result = telnyx_webhook.verify(telnyx_request(TELNYX_BODY, headers), load_public_key(PUBLIC_B64))
     assert not result.ok
 
 
@@ -692,7 +693,7 @@ def test_twilio_non_ascii_body_hash_is_refused():
 
 def test_telnyx_re_encoded_signature_has_the_same_replay_key():
     """Two deliveries of the same signed request share the replay key (base.WebhookVerification)."""
-    key = telnyx_webhook.load_public_key(PUBLIC_B64)
+    key = load_public_key(PUBLIC_B64)
     headers = telnyx_sign(TELNYX_BODY, int(time.time()))
     raw = base64.b64decode(headers["telnyx-signature-ed25519"])
     variants = [

@@ -17,10 +17,10 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from calls.errors import CarrierError
 from calls.models import Call
 from calls.runtime import get_runtime
 from calls.services import call_continue, call_end, call_initiate, call_speak, calls_restore
+from core.errors import CarrierError
 from tests.fakes import FakePlivo, FakeTelnyx, FakeTwilio
 from tests.providers.carriers.test_carriers_e2e import CALLER, FROM, Background, carrier_config, query_of, transcript, wait_until
 

@@ -11,12 +11,11 @@ import json
 import re
 import xml.etree.ElementTree as ET
 from datetime import timedelta
-from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
 
-from calls.config import load_config_data
+from core.config import load_config_data
 from providers.carriers.base import WebhookRequest
 from providers.carriers.plivo import PlivoCarrier
 from providers.carriers.plivo.media import PlivoMediaCodec
@@ -74,7 +73,7 @@ def make_telnyx(fake_telnyx):
         data["telnyx"] = {**data["telnyx"], "apiKey": fake_telnyx.api_key, "baseUrl": fake_telnyx.api_url}
         loaded = load_config_data(data, environ={})
         assert not loaded.errors, loaded.errors
-        backend = TelnyxCarrier(loaded.config, transport=transport())
+        backend = TelnyxCarrier(loaded.config, stream_token=token_of, transport=transport())
         built.append(backend)
         return backend
 
@@ -278,7 +277,7 @@ def test_plivo_stream_url_follows_the_public_url_scheme_and_stream_path():
 
 
 def test_twilio_stream_url_is_the_shared_one():
-    from providers.carriers.urls import media_stream_url
+    from core.urls import media_stream_url
 
     cfg = config("twilio", streaming=STREAMING)
     backend = TwilioCarrier(cfg)
@@ -439,7 +438,7 @@ def test_twilio_inbound_call_while_another_call_streams_is_put_on_hold(configure
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("carrier", ["telnyx", "plivo"])
 def test_continue_on_a_streaming_call_listens_through_the_stream(configure, carrier_rest, stream_speaks, carrier):
-    from calls.errors import TranscriptTimeout
+    from core.errors import TranscriptTimeout
     from calls.models import Call
     from calls.clock import now
     from calls.services import call_continue

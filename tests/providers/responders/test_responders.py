@@ -14,11 +14,11 @@ from typing import Any
 import httpx
 import pytest
 
-from calls.config.schema import ResponderConfig
+from core.config.models import ResolvedModel
+from core.config.schema import ResponderConfig
 from providers.responders import RESPONDERS, responder_for
 from providers.responders.base import Hangup, HistoryMessage, ResponderError, Turn
 from providers.responders.llm import NO_MODEL, LlmResponder
-from providers.responders.models import ResolvedModel
 from providers.responders.scripted import ScriptedResponder
 from providers.responders.webhook import SIGNATURE_HEADER, WebhookResponder, sign, verify
 from tests.fakes.agent import FakeAgentWebhook

@@ -12,7 +12,7 @@ from urllib.parse import parse_qs, urlsplit
 import numpy as np
 import pytest
 
-from calls.audio import FRAME_BYTES, SILENCE_FRAME, samples_to_ulaw
+from core.audio import FRAME_BYTES, SILENCE_FRAME, samples_to_ulaw
 from providers.transcription import base
 from providers.transcription.base import MAX_RECONNECTS, TranscriptionError, TranscriptionProvider
 from providers.transcription.deepgram import DeepgramSession, DeepgramTranscription

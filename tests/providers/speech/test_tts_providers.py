@@ -5,14 +5,13 @@ import logging
 import sys
 import time
 import types
-from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
 
-from calls.audio import (
+from core.audio import (
     MULAW_8K,
     AudioFormat,
     TelephonyEncoder,

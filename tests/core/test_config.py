@@ -8,8 +8,8 @@ import os
 
 import pytest
 
-from calls.config.loader import load_config_data, load_config_file
-from calls.config.merge import deep_merge
+from core.config.loader import load_config_data, load_config_file
+from core.config.merge import deep_merge
 
 E164_ERROR = "Expected E.164 format, e.g. +15550001234"
 PREFIX = "plugins.entries.voice-call.config."

@@ -11,6 +11,7 @@ from typing import Any
 import json5
 from pydantic import BaseModel, ValidationError
 
+from .keys import key_errors
 from .legacy import migrate_block, migrate_tts
 from .merge import deep_merge
 from .schema import TtsConfig, VoiceCallConfig
@@ -131,7 +132,7 @@ def load_config_data(
         secret_errors = resolve_secrets(config, environ)
         errors += [prefix + message for message in secret_errors]
         if not secret_errors:
-            errors += [prefix + message for message in _key_errors(config)]
+            errors += [prefix + message for message in key_errors(config)]
     if config.skip_signature_verification:
         warnings.append(
             "SECURITY WARNING: skipSignatureVerification is on; webhooks are accepted without "
@@ -139,19 +140,6 @@ def load_config_data(
         )
     warnings += unbuilt_settings(config, prefix)
     return LoadedConfig(config=config, errors=errors, warnings=warnings, path=path)
-
-
-def _key_errors(config: VoiceCallConfig) -> list[str]:
-    """Keys that must parse before any webhook arrives (a bad one would refuse every request)."""
-    if config.provider != "telnyx" or not config.telnyx or not config.telnyx.public_key:
-        return []
-    from providers.carriers.telnyx.webhook import PublicKeyError, load_public_key
-
-    try:
-        load_public_key(config.telnyx.public_key.reveal())
-    except PublicKeyError as exc:
-        return [f"telnyx.publicKey: {str(exc).removeprefix('telnyx.publicKey ')}"]
-    return []
 
 
 def _unwrap(data: dict[str, Any], warnings: list[str]):

@@ -5,8 +5,8 @@ import typing
 
 from pydantic import BaseModel
 
-from calls.config import reference
-from calls.config.schema import VoiceCallConfig
+from core.config import reference
+from core.config.schema import VoiceCallConfig
 
 
 def test_the_committed_configuration_reference_is_up_to_date():

@@ -1,7 +1,7 @@
 """The transition rule as a table: every (current, target) pair and its result."""
 import pytest
 
-from calls.states import FORWARD_ORDER, TERMINAL_STATES, CallState, next_state
+from core.states import FORWARD_ORDER, TERMINAL_STATES, CallState, next_state
 
 S = CallState
 

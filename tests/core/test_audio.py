@@ -1,4 +1,4 @@
-"""Telephony audio (calls/audio.py): G.711 μ-law, the streaming resampler, formats, framing, pacing.
+"""Telephony audio (core/audio.py): G.711 μ-law, the streaming resampler, formats, framing, pacing.
 
 The resampler's promise is the important one: feeding a signal in pieces (20 ms frames, odd
 sizes, single samples) gives the same samples as feeding it whole, because the filter state is
@@ -16,8 +16,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from calls import audio
-from calls.audio import (
+from core import audio
+from core.audio import (
     FRAME_BYTES,
     MULAW_8K,
     PCM_TO_ULAW,

@@ -16,8 +16,8 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from routing.validators import E164 as E164_PATTERN
-from routing.validators import E164_MESSAGE
+from core.phone import E164 as E164_PATTERN
+from core.phone import E164_MESSAGE
 
 from .secrets import Secret, parse_secret
 

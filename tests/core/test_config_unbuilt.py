@@ -1,9 +1,9 @@
 """Keys that are accepted but have no effect yet are named in the config's warnings, once per reason."""
 from __future__ import annotations
 
-from calls.config.loader import load_config_data
-from calls.config.schema import VoiceCallConfig
-from calls.config.unbuilt import set_paths, unbuilt_settings
+from core.config.unbuilt import set_paths, unbuilt_settings
+from core.config.loader import load_config_data
+from core.config.schema import VoiceCallConfig
 
 PREFIX = "plugins.entries.voice-call.config."
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
+from .models import KNOWN_PROVIDERS, model_problem
 from .schema import VoiceCallConfig
 
 STREAMING_CARRIERS = ("twilio", "telnyx", "plivo")
@@ -59,8 +60,6 @@ def cross_field_errors(cfg: VoiceCallConfig, environ: Mapping[str, str] | None =
 
 def _conversation_errors(cfg: VoiceCallConfig) -> list[str]:
     """Agents, responders and models must name things that exist."""
-    from providers.responders.models import KNOWN_PROVIDERS, model_problem
-
     errors: list[str] = []
     agents = sorted(cfg.agents)
     if cfg.agent_id is None and len(agents) > 1:

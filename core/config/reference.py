@@ -1,13 +1,13 @@
 """The configuration reference, docs/configuration.md, generated from the call config schema.
 
 Every key's path, type, default and description come from the pydantic models in
-calls/config/schema.py (a field's description is the docstring under it). After changing the
+core/config/schema.py (a field's description is the docstring under it). After changing the
 schema, regenerate the page and commit it:
 
-    .venv/bin/python -m calls.config.reference --write
+    .venv/bin/python -m core.config.reference --write
 
 Without --write the Markdown is printed; --check exits 1 when the file is stale.
-tests/calls/test_config_reference.py fails when the committed page differs from render().
+tests/core/test_config_reference.py fails when the committed page differs from render().
 """
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ from typing import Any, Literal, Union
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from . import schema
-from .schema import VoiceCallConfig
+from core.config import schema
+from core.config.schema import VoiceCallConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC_PATH = ROOT / "docs" / "configuration.md"
