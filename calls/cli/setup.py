@@ -100,10 +100,16 @@ def _parse_address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address |
     return None
 
 
-def setup_json(checks: list[Check]) -> dict:
-    return {"ok": all(c.ok for c in checks), "checks": [asdict(c) for c in checks]}
+def setup_json(checks: list[Check], warnings: list[str] = ()) -> dict:
+    """The checks; the config's warnings (legacy keys, settings not built yet) when there are any."""
+    result = {"ok": all(c.ok for c in checks), "checks": [asdict(c) for c in checks]}
+    if warnings:
+        result["warnings"] = list(warnings)
+    return result
 
 
-def setup_text(checks: list[Check]) -> str:
+def setup_text(checks: list[Check], warnings: list[str] = ()) -> str:
     head = "Voice Call setup: OK" if all(c.ok for c in checks) else "Voice Call setup: needs attention"
-    return "\n".join([head] + [f"{'OK' if c.ok else 'FAIL'} {c.id}: {c.message}" for c in checks])
+    lines = [head] + [f"{'OK' if c.ok else 'FAIL'} {c.id}: {c.message}" for c in checks]
+    # Warnings never fail setup, but a setting that does nothing must not pass in silence.
+    return "\n".join(lines + [f"WARN {warning}" for warning in warnings])

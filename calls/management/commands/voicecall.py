@@ -119,19 +119,21 @@ class Command(BaseCommand):
     # --- setup -------------------------------------------------------------------------
 
     def cmd_setup(self, *, json: bool = False, **_) -> None:
-        checks = setup_checks(get_config())
+        loaded = get_config()
+        checks = setup_checks(loaded)
         if json:
-            self.out(setup_json(checks))
+            self.out(setup_json(checks, loaded.warnings))
         else:
-            self.stdout.write(setup_text(checks))
+            self.stdout.write(setup_text(checks, loaded.warnings))
         if not all(c.ok for c in checks):
             sys.exit(1)
 
     def cmd_smoke(self, *, to, message, mode, yes, json: bool = False, **_) -> None:
-        checks = setup_checks(get_config())
-        setup = setup_json(checks)
+        loaded = get_config()
+        checks = setup_checks(loaded)
+        setup = setup_json(checks, loaded.warnings)
         if not setup["ok"]:
-            self.out({"ok": False, "setup": setup}) if json else self.stdout.write(setup_text(checks))
+            self.out({"ok": False, "setup": setup}) if json else self.stdout.write(setup_text(checks, loaded.warnings))
             sys.exit(1)
         if not to:
             result, text = {"ok": True, "setup": setup, "liveCall": False}, "live-call: skipped (pass --to and --yes to place one)"
@@ -145,7 +147,7 @@ class Command(BaseCommand):
         if json:
             self.out(result)
         else:
-            self.stdout.write(setup_text(checks) + "\n" + text)
+            self.stdout.write(setup_text(checks, loaded.warnings) + "\n" + text)
 
     # --- calls: through the running gateway when it answers, standalone otherwise ----------
 

@@ -151,6 +151,26 @@ def test_setup_disabled_config_needs_attention_and_exits_1(configure):
     ]
 
 
+def test_setup_names_settings_that_are_accepted_but_not_built(configure):
+    loaded = configure({"silenceTimeoutMs": 1500, "tunnel": {"provider": "ngrok"}})
+    unbuilt = [w for w in loaded.warnings if "silenceTimeoutMs" in w or "tunnel.provider" in w]
+    assert len(unbuilt) == 2
+    out, _ = run("setup")  # warnings never fail setup
+    lines = out.rstrip("\n").split("\n")
+    assert [line for line in lines if line.startswith("WARN ")] == [f"WARN {w}" for w in loaded.warnings]
+    assert any(line.startswith("WARN ") and "silenceTimeoutMs" in line for line in lines)
+    data = json.loads(run("setup", "--json")[0])
+    assert data["ok"] is True
+    assert data["warnings"] == loaded.warnings
+
+
+def test_setup_lists_legacy_keys_as_warnings(configure):
+    loaded = configure({"streaming": {"sttModel": "x"}})
+    assert any("doctor --fix" in w for w in loaded.warnings)
+    data = json.loads(run("setup", "--json")[0])
+    assert data["warnings"] == loaded.warnings
+
+
 def test_setup_json_disabled_config(configure):
     configure({"enabled": False})
     out, _ = run_fail("setup", "--json")
