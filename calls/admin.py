@@ -47,17 +47,23 @@ class EventInline(ReadOnlyInline):
 
 @admin.register(Call)
 class CallAdmin(admin.ModelAdmin):
-    list_display = ("id", "started_at", "direction", "from_number", "to_number", "state", "end_reason", "provider")
-    list_filter = ("state", "direction", "provider", ("started_at", admin.DateFieldListFilter))
+    list_display = ("id", "started_at", "direction", "mode", "from_number", "to_number", "state", "end_reason", "provider")
+    list_filter = (
+        "state", "direction", "mode", "end_reason", "provider", "answered_by", "rejection_reason", "pairing",
+        ("started_at", admin.DateFieldListFilter),
+    )
     date_hierarchy = "started_at"
-    search_fields = ("id", "provider_call_id", "from_number", "to_number", "session_key")
+    search_fields = ("id", "provider_call_id", "from_number", "to_number", "session_key", "requester_session_key")
     ordering = ("-started_at",)
     inlines = (TranscriptInline, TurnInline, ReplyInline, EventInline)
     fieldsets = (
-        (None, {"fields": ("id", "provider", "provider_call_id", "direction", "state", "end_reason")}),
-        ("Parties", {"fields": ("from_number", "to_number", "agent_id", "session_key", "route")}),
+        (None, {"fields": ("id", "provider", "provider_call_id", "direction", "mode", "state")}),
+        ("Parties", {"fields": ("from_number", "to_number", "agent_id", "session_key", "requester_session_key", "route_key", "route")}),
+        ("To say and key in", {"fields": ("initial_message", "pending_dtmf")}),
+        ("How it went", {"fields": ("answered_by", "answered_by_first", "turn_count", "end_reason", "hangup_reason", "last_error")}),
+        ("Inbound policy", {"fields": ("rejection_reason", "pairing", "pairing_attempts", "pairing_digits", "paired_code")}),
         ("Times", {"fields": ("started_at", "answered_at", "ended_at", "max_duration_deadline", "notify_hangup_at")}),
-        ("Metadata", {"fields": ("metadata",)}),
+        ("Carrier extras", {"fields": ("metadata",)}),
     )
 
     def change_view(self, request, object_id, form_url="", extra_context=None):

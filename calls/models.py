@@ -23,6 +23,22 @@ class Speaker(models.TextChoices):
     USER = "user"
 
 
+class CallMode(models.TextChoices):
+    """How an outbound call was placed."""
+
+    NOTIFY = "notify"  # say the message, then hang up
+    CONVERSATION = "conversation"  # greet, then listen and answer
+
+
+class PairingStatus(models.TextChoices):
+    """Where an unknown caller is in pairing (inboundPolicy "pairing", calls/services/pairing.py)."""
+
+    NONE = "", "not pairing"
+    WAITING = "waiting", "waiting for the code"
+    PAIRED = "paired"
+    FAILED = "failed"
+
+
 class CallQuerySet(models.QuerySet):
     def live(self) -> CallQuerySet:
         """Calls not yet in a terminal state (they count against maxConcurrentCalls)."""
@@ -45,10 +61,42 @@ class Call(models.Model):
     answered_at = models.DateTimeField(null=True, blank=True)
     ended_at = models.DateTimeField(null=True, blank=True)
     end_reason = models.CharField(max_length=16, choices=END_REASON_CHOICES, blank=True, default="")
-    # Free-form, with the reference's keys (initialMessage, mode, numberRouteKey, turnCount, ...).
-    metadata = models.JSONField(default=dict, blank=True)
-    # The number route this inbound call matched, resolved once at creation and used all call long.
+    # What the call is for. The status record shows these facts under the reference's metadata
+    # keys (calls/selectors.py, call_metadata).
+    mode = models.CharField(
+        max_length=12, choices=CallMode.choices, blank=True, default=CallMode.CONVERSATION,
+        help_text="Inbound calls converse; empty for an outbound call the gateway did not place.",
+    )
+    initial_message = models.TextField(blank=True, default="", help_text="Said once the call is answered; cleared when said.")
+    pending_dtmf = models.TextField(
+        "pending DTMF", blank=True, default="",
+        help_text="Digits sent once the call is answered (carriers that cannot dial with them); cleared when sent.",
+    )
+    requester_session_key = models.CharField(max_length=255, blank=True, default="", help_text="The session that asked for the call.")
+    # The number route this inbound call matched and its overrides, resolved once at creation and
+    # used all call long.
+    route_key = models.CharField("number route", max_length=16, blank=True, default="")
     route = models.JSONField(null=True, blank=True)
+
+    # What happened on it.
+    answered_by = models.CharField(max_length=64, blank=True, default="", help_text="The latest answering-machine verdict.")
+    answered_by_first = models.CharField(max_length=64, blank=True, default="", help_text="The first verdict; later ones refine it.")
+    turn_count = models.PositiveIntegerField("continue turns", default=0)
+    hangup_reason = models.CharField(
+        max_length=16, choices=END_REASON_CHOICES, blank=True, default="",
+        help_text="The reason of our own hang-up request, kept if the carrier's end arrives first.",
+    )
+    rejection_reason = models.CharField(max_length=32, blank=True, default="", help_text="Why the inbound policy refused the call.")
+    last_error = models.TextField(blank=True, default="", help_text="The carrier or dial error that ended the call.")
+    pairing = models.CharField(max_length=8, choices=PairingStatus.choices, blank=True, default=PairingStatus.NONE)
+    pairing_attempts = models.PositiveSmallIntegerField(default=0, help_text="Wrong codes so far.")
+    pairing_digits = models.CharField(max_length=16, blank=True, default="", help_text="Keys pressed toward the next code.")
+    paired_code = models.ForeignKey(
+        "routing.PairingCode", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+        help_text="The code the caller paired with.",
+    )
+    # Anything else a carrier or a user attached to the call.
+    metadata = models.JSONField(default=dict, blank=True)
 
     # Deadlines live on the row so any process's sweep can enforce them.
     max_duration_deadline = models.DateTimeField(null=True, blank=True)
@@ -78,6 +126,8 @@ class Call(models.Model):
             models.Index(fields=["max_duration_deadline"], name="call_max_duration_deadline"),
             models.Index(fields=["notify_hangup_at"], name="call_notify_hangup_at"),
             models.Index(fields=["updated_at"], name="call_updated_at"),
+            # Recent failed pairings lock pairing (calls/services/pairing.py).
+            models.Index(fields=["rejection_reason", "started_at"], name="call_rejection_started"),
         ]
 
     def __str__(self) -> str:

@@ -15,7 +15,19 @@ from routing.routes import call_route, effective_tts, preferred_voice
 
 from .clock import to_ms
 from .documents import document_for, stream_token
-from .models import Call, CallTurn, MediaStream, ReplyStatus, ReplyTurn, SessionMessage, TranscriptEntry, TurnStatus
+from .models import (
+    Call,
+    CallMode,
+    CallTurn,
+    Direction,
+    MediaStream,
+    PairingStatus,
+    ReplyStatus,
+    ReplyTurn,
+    SessionMessage,
+    TranscriptEntry,
+    TurnStatus,
+)
 from .runtime import get_runtime
 
 # --- lookups --------------------------------------------------------------------------------
@@ -148,10 +160,11 @@ def call_view(*, call: Call | None, rejected: bool, document_token: str | None) 
         provider_call_id=call.provider_call_id,
         direction=call.direction,
         state=call.state,
-        mode=call.metadata.get("mode", "conversation"),
+        # An outbound call the gateway did not place (no mode) is answered like a conversation.
+        mode=call.mode or CallMode.CONVERSATION,
         ended=call.is_terminal,
         rejected=rejected,
-        initial_message=call.metadata.get("initialMessage") or None,
+        initial_message=call.initial_message or None,
         voice=call_voice(call=call),
         pending_turn_token=pending,
         document=document_for(call_id, document_token),
@@ -178,10 +191,51 @@ def call_record(call: Call) -> dict[str, Any]:
                 for entry in call.transcript_entries.all()
             ],
             "processedEventIds": [key for key in call.events.values_list("dedupe_key", flat=True) if key],
-            "metadata": call.metadata,
+            "metadata": call_metadata(call),
         }
     )
     return _without_none(record)
+
+
+def call_metadata(call: Call) -> dict[str, Any]:
+    """The call's facts under the reference's metadata keys, over the carrier extras kept in `metadata`.
+
+    A key is present only when the reference would have it: `mode` on calls the gateway placed,
+    `pairing` while the caller is asked for a code, `turnCount` and the last turn's latencies once
+    a `continue` turn completed. `lastError` is this gateway's own: the error that ended the call.
+    """
+    facts: dict[str, Any] = {
+        "mode": call.mode if call.direction == Direction.OUTBOUND else None,
+        "dtmfSequence": call.pending_dtmf,
+        "initialMessage": call.initial_message,
+        "requesterSessionKey": call.requester_session_key,
+        "numberRouteKey": call.route_key,
+        "pairing": (
+            {"attempts": call.pairing_attempts, "digits": call.pairing_digits}
+            if call.pairing == PairingStatus.WAITING else None
+        ),
+        "pairedWithCode": call.paired_code_id,
+        "rejectionReason": call.rejection_reason,
+        "answeredBy": call.answered_by,
+        "answeredByFirst": call.answered_by_first,
+        "hangupReason": call.hangup_reason,
+        "turnCount": call.turn_count or None,
+        **(_last_turn(call) if call.turn_count else {}),
+        "lastError": call.last_error,
+    }
+    return {**call.metadata, **{key: value for key, value in facts.items() if value is not None and value != ""}}
+
+
+def _last_turn(call: Call) -> dict[str, Any]:
+    """The latencies of the call's latest completed `continue` turn, as the reference keeps them."""
+    turn = CallTurn.objects.filter(call=call, status=TurnStatus.COMPLETED).order_by("-completed_at", "-id").first()
+    if turn is None:
+        return {}
+    return {
+        "lastTurnLatencyMs": turn.turn_latency_ms,
+        "lastTurnListenWaitMs": turn.listen_wait_ms,
+        "lastTurnCompletedAt": to_ms(turn.completed_at),
+    }
 
 
 def call_summary(call: Call) -> dict[str, Any]:

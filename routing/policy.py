@@ -14,7 +14,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class InboundDecision:
     allowed: bool
-    # Why not (recorded on the call as metadata.rejectionReason); "pairing" means: let the
+    # Why not (recorded on the call as its rejection reason); "pairing" means: let the
     # caller in to enter a one-time code, nothing else.
     reason: str = ""
 

@@ -36,31 +36,29 @@ def match_route(config: VoiceCallConfig, dialed: str | None) -> tuple[str, Numbe
 
 
 def route_for_key(config: VoiceCallConfig, key: str | None) -> NumberRoute | None:
-    """The route stored on a call (metadata.numberRouteKey), looked up again by its key."""
+    """The route a call matched (its route key), looked up again by its key."""
     if not key:
         return None
     return all_routes(config).get(key)
 
 
-def route_snapshot(key: str, route: NumberRoute) -> dict[str, Any]:
-    """What a call stores of its matched route: the key and the overrides as they were when it came in.
+def route_snapshot(route: NumberRoute) -> dict[str, Any]:
+    """What a call stores of its matched route (beside its key): the overrides as they were when it came in.
 
     The route's tts is not copied (it may hold credentials, which never go into call records);
     it is read from the route by its key.
     """
-    return {"key": key, **route.model_dump(by_alias=True, exclude_none=True, exclude={"tts"})}
+    return route.model_dump(by_alias=True, exclude_none=True, exclude={"tts"})
 
 
 def call_route(config: VoiceCallConfig, call: Any) -> NumberRoute | None:
     """The route an inbound call matched: edits made to it mid-call do not change the call."""
     if getattr(call, "direction", None) != "inbound":
         return None  # routes apply to inbound calls only
-    snapshot = getattr(call, "route", None) or {}
-    key = snapshot.get("key") or (call.metadata or {}).get("numberRouteKey")
-    live = route_for_key(config, key)
-    if not snapshot:
-        return live
-    route = NumberRoute.model_validate({k: v for k, v in snapshot.items() if k != "key"})
+    live = route_for_key(config, call.route_key)
+    if call.route is None:
+        return live  # no snapshot (a call from before routes were snapshotted)
+    route = NumberRoute.model_validate(call.route)
     return route.model_copy(update={"tts": live.tts if live else None})
 
 

@@ -56,15 +56,20 @@ def set_answered(call: Call, answered_at: datetime, max_duration_seconds: int) -
     background.deadline_set(call.max_duration_deadline)
 
 
-def finalize(call: Call, reason: str, *, ended_at: datetime | None = None, turn_error: str | None = None) -> bool:
+def finalize(
+    call: Call, reason: str, *, ended_at: datetime | None = None, error: str = "", turn_error: str | None = None,
+) -> bool:
     """End the call record: terminal state, end reason, deadlines cleared, waiting turn failed.
 
+    `error` is the carrier or dial error that ended the call, if one did (kept as `last_error`).
     Saves the call. Returns False when the call had already ended.
     """
     if call.is_terminal:
         return False
     call.state = next_state(call.state, reason).value
     call.end_reason = reason
+    if error:
+        call.last_error = error
     call.ended_at = ended_at or now()
     call.max_duration_deadline = None
     call.notify_hangup_at = None
@@ -80,11 +85,11 @@ def finalize(call: Call, reason: str, *, ended_at: datetime | None = None, turn_
     return True
 
 
-def finalize_by_id(call_id, reason: str) -> None:
+def finalize_by_id(call_id, reason: str, *, error: str = "") -> None:
     """Finalize the call with this primary key, under its row lock."""
     with transaction.atomic():
         call = Call.objects.select_for_update().get(pk=call_id)
-        finalize(call, reason)
+        finalize(call, reason, error=error)
 
 
 def _close_streams_on_commit(call_id: str) -> None:

@@ -11,14 +11,14 @@ from core.states import CallState
 from providers.carriers.base import DialRequest
 
 from .. import background
-from ..models import Call, Direction, GatewayLock
+from ..models import Call, CallMode, Direction, GatewayLock
 from ..runtime import get_runtime
 from ..selectors import call_find, call_voice
 from ..session_keys import explicit_session_key, session_key_for_call
 from .common import carrier_request, finalize, log
 from .dtmf import DTMF_MESSAGE, DTMF_PATTERN
 
-MODES = ("notify", "conversation")
+MODES = tuple(CallMode.values)
 # A call still without a carrier id this long after it was written is a dial that never finished.
 DIAL_GRACE = timedelta(seconds=60)
 
@@ -59,18 +59,16 @@ def call_initiate(
         GatewayLock.objects.select_for_update().get_or_create(name="admission")
         if Call.objects.live().count() >= config.max_concurrent_calls:
             raise CapacityReached(config.max_concurrent_calls)
-        call = Call(provider=runtime.carrier.name, direction=Direction.OUTBOUND, from_number=from_number, to_number=to, agent_id=agent)
+        call = Call(
+            provider=runtime.carrier.name, direction=Direction.OUTBOUND, from_number=from_number, to_number=to, agent_id=agent,
+            mode=mode, initial_message=message or "", requester_session_key=requester_session_key or "",
+            # Digits the carrier cannot dial with are sent as soon as the call is answered.
+            pending_dtmf="" if runtime.carrier.dials_with_dtmf else dtmf_sequence or "",
+        )
         call.session_key = explicit_key or session_key_for_call(
             scope=config.session_scope, agent_id=agent, direction="outbound",
             from_number=from_number, to_number=to, call_id=str(call.pk),
         )
-        call.metadata = {"mode": mode}
-        if dtmf_sequence and not runtime.carrier.dials_with_dtmf:
-            call.metadata["dtmfSequence"] = dtmf_sequence  # sent as soon as the call is answered
-        if message:
-            call.metadata["initialMessage"] = message
-        if requester_session_key:
-            call.metadata["requesterSessionKey"] = requester_session_key
         call.save()
 
     dial = DialRequest(
@@ -82,7 +80,7 @@ def call_initiate(
     except CarrierError as exc:
         with transaction.atomic():
             failed = Call.objects.select_for_update().get(pk=call.pk)
-            finalize(failed, CallState.FAILED)
+            finalize(failed, CallState.FAILED, error=exc.message)
         raise CallFailed(exc.message, call_id=str(call.pk)) from exc
 
     with transaction.atomic():

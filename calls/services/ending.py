@@ -35,8 +35,8 @@ def call_end(*, call_id: str, reason: str = CallState.HANGUP_BOT.value) -> None:
             if call.provider_call_id and (claim is None or now() - claim > CLAIM_TTL):
                 call.hangup_claimed_at = now()
                 # If the carrier's end webhook arrives before our request returns, it keeps this reason.
-                call.metadata = {**call.metadata, "hangupReason": reason}
-                call.save(update_fields=["hangup_claimed_at", "metadata"])
+                call.hangup_reason = reason
+                call.save(update_fields=["hangup_claimed_at", "hangup_reason"])
                 break
         if time.monotonic() > give_up:
             raise CarrierError("end failed: another hang-up of this call did not finish")

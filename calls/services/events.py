@@ -27,7 +27,7 @@ from routing.routes import greeting_for, match_route, route_snapshot
 
 from .. import background
 from ..clock import from_ms, now, to_ms
-from ..models import Call, CallEvent, CallTurn, Direction, TurnStatus
+from ..models import Call, CallEvent, CallMode, CallTurn, Direction, PairingStatus, TurnStatus
 from ..runtime import CallRuntime, get_runtime
 from ..selectors import call_find
 from ..session_keys import session_key_for_call
@@ -36,6 +36,7 @@ from .pairing import PAIRING_PROMPT, pairing_admission, pairing_input
 from .replies import conversational, reply_requested
 
 FIELD_LIMIT = Call._meta.get_field("from_number").max_length
+VERDICT_LIMIT = Call._meta.get_field("answered_by").max_length
 
 
 class EventOutcome(StrEnum):
@@ -139,20 +140,23 @@ def _create_webhook_call(runtime: CallRuntime, event: NormalizedEvent) -> tuple[
             log.info("inbound call from %s rejected (inboundPolicy %s): %s", event.from_number, config.inbound_policy, reason)
             call.state = call.end_reason = CallState.HANGUP_BOT.value
             call.ended_at = call.started_at
-            call.metadata = {"rejectionReason": reason}
+            call.rejection_reason = reason
             call.save()
             return call, True
         matched = match_route(config, event.to_number)
         route_key, route = matched if matched else (None, None)
         if route and route.agent_id:
             call.agent_id = route.agent_id
-        call.metadata = {"initialMessage": greeting_for(config, route)}
+        call.initial_message = greeting_for(config, route)
         if decision.pairing:
             # The greeting waits until the caller has paired; first they are asked for the code.
-            call.metadata.update(initialMessage=PAIRING_PROMPT, pairing={"attempts": 0, "digits": ""})
+            call.initial_message = PAIRING_PROMPT
+            call.pairing = PairingStatus.WAITING
         if route_key:
-            call.metadata["numberRouteKey"] = route_key
-            call.route = route_snapshot(route_key, route)
+            call.route_key = route_key
+            call.route = route_snapshot(route)
+    else:
+        call.mode = ""  # an outbound call the gateway did not place: no mode, no automatic replies
     call.session_key = session_key_for_call(
         scope=config.session_scope,
         agent_id=call.agent_id,
@@ -189,15 +193,15 @@ def _apply(runtime: CallRuntime, call: Call, event: NormalizedEvent) -> None:
         finalize(call, _end_reason(call, event), ended_at=from_ms(event.timestamp))
     elif isinstance(event, CallError):
         if not event.retryable:
-            finalize(call, CallState.ERROR, turn_error=f"Call error: {event.error}")
+            finalize(call, CallState.ERROR, error=event.error, turn_error=f"Call error: {event.error}")
     elif isinstance(event, CallSpoken):
         _notify_message_played(config, call)
     elif isinstance(event, CallAmd):
         # The first verdict is kept apart: later ones (e.g. end of greeting) refine but do not replace it.
-        call.metadata = {**call.metadata, "answeredBy": event.answered_by}
-        call.metadata.setdefault("answeredByFirst", event.answered_by)
+        call.answered_by = event.answered_by[:VERDICT_LIMIT]
+        call.answered_by_first = call.answered_by_first or call.answered_by
     elif isinstance(event, CallDtmf):
-        if call.metadata.get("pairing"):
+        if call.pairing == PairingStatus.WAITING:
             pairing_input(call, digits=event.digits)
     elif isinstance(event, CallSilence):
         pass  # recorded only
@@ -206,7 +210,7 @@ def _apply(runtime: CallRuntime, call: Call, event: NormalizedEvent) -> None:
 def _end_reason(call: Call, event: CallEnded) -> str:
     """The carrier's reason, unless our own hang-up of this call is in flight: then ours."""
     claim = call.hangup_claimed_at
-    requested = call.metadata.get("hangupReason")
+    requested = call.hangup_reason
     if claim is not None and requested and now() - claim < CLAIM_TTL:
         return requested
     return event.reason
@@ -217,7 +221,7 @@ def _notify_message_played(config, call: Call) -> None:
 
     Until this arrives the hang-up waits on a generous estimate, so a long message is never cut.
     """
-    if call.metadata.get("mode") != "notify" or call.metadata.get("initialMessage") or call.notify_hangup_at is None:
+    if call.mode != CallMode.NOTIFY or call.initial_message or call.notify_hangup_at is None:
         return
     call.notify_hangup_at = min(call.notify_hangup_at, now() + timedelta(seconds=config.outbound.notify_hangup_delay_sec))
     background.deadline_set(call.notify_hangup_at)
@@ -235,7 +239,7 @@ def _apply_speech(runtime: CallRuntime, call: Call, event: CallSpeech) -> None:
         transcript_add(call=call, speaker="user", text=text, at=heard_at)
         if turn is not None:
             _complete_turn(call, turn, text)
-        elif call.metadata.get("pairing"):
+        elif call.pairing == PairingStatus.WAITING:
             pairing_input(call, text=text)
         elif conversational(call):
             reply_requested(call, text, heard_at=heard_at)
@@ -244,7 +248,7 @@ def _apply_speech(runtime: CallRuntime, call: Call, event: CallSpeech) -> None:
 
 
 def _complete_turn(call: Call, turn: CallTurn, text: str) -> None:
-    """Finish a waiting `continue` turn and record its latencies on the turn and the call."""
+    """Finish a waiting `continue` turn: its latencies go on the turn, the call counts one more turn."""
     finished = now()
     turn.status = TurnStatus.COMPLETED
     turn.transcript = text
@@ -254,11 +258,5 @@ def _complete_turn(call: Call, turn: CallTurn, text: str) -> None:
     turn.listen_wait_ms = max(0, to_ms(finished) - to_ms(listen_from))
     turn.deadline = None
     turn.save()
-    call.metadata = {
-        **call.metadata,
-        "turnCount": int(call.metadata.get("turnCount", 0)) + 1,
-        "lastTurnLatencyMs": turn.turn_latency_ms,
-        "lastTurnListenWaitMs": turn.listen_wait_ms,
-        "lastTurnCompletedAt": to_ms(finished),
-    }
+    call.turn_count += 1
     turn_changed()

@@ -12,7 +12,7 @@ from providers.carriers.base import Prompt
 
 from .. import background
 from ..clock import now
-from ..models import Call, Direction
+from ..models import Call, CallMode, Direction
 from ..runtime import CallRuntime, get_runtime
 from ..selectors import call_find, call_voice
 from .common import CLAIM_TTL, carrier_request, log, move_to, transcript_add
@@ -30,18 +30,15 @@ class GreetingDecision:
 def greeting_decision(*, call: Call) -> GreetingDecision:
     """Whether the initial message is spoken as soon as the call is answered."""
     runtime = get_runtime()
-    if not call.metadata.get("initialMessage"):
+    if not call.initial_message:
         return GreetingDecision(False, "nothing to say")
-    mode = call.metadata.get("mode", "conversation")
     config = runtime.config
     carrier = runtime.carrier
     in_answer = GreetingDecision(False, "the answer to the carrier's answer webhook carries it")
-    if mode == "notify":
+    if call.mode == CallMode.NOTIFY:
         if carrier.notify_in_dial:
             return GreetingDecision(False, "sent with the dial request", spoken_by_carrier=True)
         return in_answer if carrier.greets_in_answer else GreetingDecision(True, "notify")
-    if mode != "conversation":
-        return GreetingDecision(False, f"unknown mode {mode!r}")
     if config.realtime.enabled:
         return GreetingDecision(False, "the realtime model's opening turn speaks it")
     if config.streaming.enabled and carrier.supports_media_streams:
@@ -55,9 +52,8 @@ def on_call_answered(*, call_id: str) -> None:
     call = call_find(ref=call_id)
     if call is None or call.is_terminal:
         return
-    digits = call.metadata.get("dtmfSequence")
-    if digits:
-        _send_answer_dtmf(runtime, call, digits)
+    if call.pending_dtmf:
+        _send_answer_dtmf(runtime, call, call.pending_dtmf)
     decision = greeting_decision(call=call)
     log.info("call %s answered; greeting: %s", call.pk, decision.why)
     if decision.spoken_by_carrier:
@@ -70,10 +66,10 @@ def _send_answer_dtmf(runtime: CallRuntime, call: Call, digits: str) -> None:
     """Digits the dial could not carry, sent once right after the answer (e.g. an extension)."""
     with transaction.atomic():
         locked = Call.objects.select_for_update().get(pk=call.pk)
-        if locked.metadata.get("dtmfSequence") != digits:
+        if locked.pending_dtmf != digits:
             return  # another trigger sent them
-        locked.metadata = {k: v for k, v in locked.metadata.items() if k != "dtmfSequence"}
-        locked.save(update_fields=["metadata", "updated_at"])
+        locked.pending_dtmf = ""
+        locked.save(update_fields=["pending_dtmf", "updated_at"])
     try:
         carrier_request("dtmf", runtime.carrier.send_dtmf, call_id=str(call.pk), provider_call_id=call.provider_call_id, digits=digits)
     except VoiceCallError as exc:
@@ -84,11 +80,10 @@ def initial_message_delivered(*, call_id: str) -> bool:
     """The carrier played the initial message (with the dial or in a webhook answer): record it once."""
     with transaction.atomic():
         call = call_find(ref=call_id, for_update=True)
-        if call is None or call.is_terminal or not call.metadata.get("initialMessage"):
+        if call is None or call.is_terminal or not call.initial_message:
             return False
-        message = call.metadata["initialMessage"]
-        call.metadata = {k: v for k, v in call.metadata.items() if k != "initialMessage"}
-        if call.metadata.get("mode", "conversation") != "notify":
+        message, call.initial_message = call.initial_message, ""
+        if call.mode != CallMode.NOTIFY:
             move_to(call, CallState.LISTENING)
         call.save()
         transcript_add(call=call, speaker="bot", text=message)
@@ -100,15 +95,15 @@ def initial_message_speak(*, call_id: str) -> bool:
     runtime = get_runtime()
     with transaction.atomic():
         call = call_find(ref=call_id, for_update=True)
-        if call is None or call.is_terminal or not call.metadata.get("initialMessage"):
+        if call is None or call.is_terminal or not call.initial_message:
             return False
         claim = call.greeting_claimed_at
         if claim is not None and now() - claim < CLAIM_TTL:
             return False  # another trigger is speaking it right now
         call.greeting_claimed_at = now()
         call.save(update_fields=["greeting_claimed_at"])
-    message = call.metadata["initialMessage"]
-    conversation = call.metadata.get("mode", "conversation") != "notify"
+    message = call.initial_message
+    conversation = call.mode != CallMode.NOTIFY
     if conversation and runtime.carrier.listens_with_prompt and not runtime.config.streaming.enabled:
         return _greet_and_listen(runtime, call, message)
     # An outbound conversation's greeting is not cut by the callee's "hello?" (docs/compatibility.md, Barge-in and automatic replies).
@@ -122,9 +117,9 @@ def initial_message_speak(*, call_id: str) -> bool:
     with transaction.atomic():
         call = Call.objects.select_for_update().get(pk=call.pk)
         call.greeting_claimed_at = None
-        call.metadata = {k: v for k, v in call.metadata.items() if k != "initialMessage"}
+        call.initial_message = ""
         if not call.is_terminal:
-            if call.metadata.get("mode", "conversation") == "notify":
+            if call.mode == CallMode.NOTIFY:
                 delay = timedelta(seconds=runtime.config.outbound.notify_hangup_delay_sec)
                 if runtime.carrier.reports_speech_end:
                     # The carrier says when playback ends (call.spoken); until then assume slow speech.

@@ -15,7 +15,7 @@ from routing.pairing import digits_in, redeem
 from routing.routes import call_route, greeting_for
 
 from .. import background
-from ..models import Call
+from ..models import Call, PairingStatus
 from ..runtime import get_runtime
 from ..clock import now
 from ..selectors import call_uses_stream
@@ -31,13 +31,14 @@ MAX_ATTEMPTS = 3
 LOCK_WINDOW = timedelta(hours=1)
 LOCK_AFTER_FAILED_CALLS = 3  # from one number within the window
 LOCK_ALL_AFTER_FAILED_CALLS = 20  # from any numbers within the window
+PAIRING_FAILED = "pairing-failed"  # the rejection reason of a call that used up its attempts
 
 
 def pairing_admission(caller: str | None) -> str:
     """Empty when an unknown caller may try to pair now; otherwise the rejection reason."""
     if not PairingCode.objects.usable().exists():
         return "not-allowlisted"  # nothing to pair with: no reason to pick up
-    failed = Call.objects.filter(started_at__gte=now() - LOCK_WINDOW, metadata__rejectionReason="pairing-failed")
+    failed = Call.objects.filter(rejection_reason=PAIRING_FAILED, started_at__gte=now() - LOCK_WINDOW)
     if failed.count() >= LOCK_ALL_AFTER_FAILED_CALLS or failed.filter(from_number=caller).count() >= LOCK_AFTER_FAILED_CALLS:
         return "pairing-locked"
     return ""
@@ -45,11 +46,10 @@ def pairing_admission(caller: str | None) -> str:
 
 def pairing_input(call: Call, *, text: str | None = None, digits: str | None = None) -> None:
     """What the caller said or keyed while pairing (inside the event's transaction; the row is locked)."""
-    state = dict(call.metadata.get("pairing") or {})
     if digits is not None:
-        keyed = state.get("digits", "") + "".join(ch for ch in digits if ch.isdigit() or ch == "#")
+        keyed = call.pairing_digits + "".join(ch for ch in digits if ch.isdigit() or ch == "#")
         if "#" not in keyed and len(keyed) < PAIRING_CODE_DIGITS:
-            call.metadata = {**call.metadata, "pairing": {**state, "digits": keyed}}
+            call.pairing_digits = keyed
             return  # more key presses to come (streams deliver one digit at a time)
         code = keyed.split("#", 1)[0]
     else:
@@ -58,19 +58,18 @@ def pairing_input(call: Call, *, text: str | None = None, digits: str | None = N
     if paired is not None:
         config = get_runtime().config
         greeting = greeting_for(config, call_route(config, call))
-        metadata = {k: v for k, v in call.metadata.items() if k != "pairing"}
-        call.metadata = {**metadata, "pairedWithCode": paired.pk, "initialMessage": f"{PAIRED_LINE} {greeting}"}
+        call.pairing, call.pairing_digits, call.paired_code = PairingStatus.PAIRED, "", paired
+        call.initial_message = f"{PAIRED_LINE} {greeting}"
         log.info("call %s: %s paired (code %s)", call.pk, call.from_number, paired.pk)
         background.submit("calls.greeting", call_id=str(call.pk))
         return
-    attempts = int(state.get("attempts", 0)) + 1
-    log.info("call %s: pairing attempt %d of %d failed", call.pk, attempts, MAX_ATTEMPTS)
-    if attempts >= MAX_ATTEMPTS:
-        metadata = {k: v for k, v in call.metadata.items() if k != "pairing"}
-        call.metadata = {**metadata, "rejectionReason": "pairing-failed"}
+    call.pairing_attempts += 1
+    call.pairing_digits = ""
+    log.info("call %s: pairing attempt %d of %d failed", call.pk, call.pairing_attempts, MAX_ATTEMPTS)
+    if call.pairing_attempts >= MAX_ATTEMPTS:
+        call.pairing, call.rejection_reason = PairingStatus.FAILED, PAIRING_FAILED
         background.submit("calls.pairing_failed", call_id=str(call.pk))
         return
-    call.metadata = {**call.metadata, "pairing": {"attempts": attempts, "digits": ""}}
     background.submit("calls.pairing_retry", call_id=str(call.pk))
 
 

@@ -9,7 +9,7 @@ from routing.routes import call_route
 
 from .. import background
 from ..clock import from_ms, now
-from ..models import Call, MessageRole, ReplyStatus, ReplyTurn
+from ..models import Call, CallMode, Direction, MessageRole, ReplyStatus, ReplyTurn
 from ..runtime import get_runtime
 from .common import log
 from .memory import session_message_add
@@ -21,7 +21,7 @@ def conversational(call: Call) -> bool:
 
     Without one the call only listens, and whoever drives it (`continue`) does the talking.
     """
-    if call.direction != "inbound" and call.metadata.get("mode") != "conversation":
+    if call.direction != Direction.INBOUND and call.mode != CallMode.CONVERSATION:
         return False
     config = get_runtime().config
     agent = config.agents.get(call.agent_id or config.resolved_agent_id())

@@ -60,14 +60,14 @@ def stream_open(*, provider_call_id: str, stream_id: str, token: str | None) -> 
     route = call_route(runtime.config, call)
     return StreamCall(
         call_id=str(call.pk), stream_pk=stream.pk, provider_call_id=call.provider_call_id or provider_call_id,
-        direction=call.direction, mode=call.metadata.get("mode", "conversation"), tts=effective_tts(runtime.config, route),
+        direction=call.direction, mode=call.mode, tts=effective_tts(runtime.config, route),
     )
 
 
 def stream_ready(*, call_id: str) -> None:
     """Transcription is listening: now the greeting may be spoken (docs/compatibility.md, Transcription)."""
     call = call_find(ref=call_id)
-    if call is None or call.is_terminal or not call.metadata.get("initialMessage"):
+    if call is None or call.is_terminal or not call.initial_message:
         return
     background.submit("calls.greeting", call_id=call_id)
 

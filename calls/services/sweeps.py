@@ -20,6 +20,7 @@ from .ending import call_end
 from .turns import turn_timeout
 
 REAP_INTERVAL_SECONDS = 30
+UNFINISHED_DIAL = "the dial did not finish (no carrier call id when the gateway restarted)"
 RETRY_DELAY = timedelta(seconds=5)
 # Deadline columns on Call and the end reason each one ends the call with.
 CALL_DEADLINES = {
@@ -147,7 +148,7 @@ def calls_restore() -> RestoreReport:
     for call in Call.objects.live().order_by("started_at"):
         if not call.provider_call_id:
             if current - call.started_at > DIAL_GRACE:
-                finalize_by_id(call.pk, CallState.FAILED.value)
+                finalize_by_id(call.pk, CallState.FAILED.value, error=UNFINISHED_DIAL)
                 report.failed_dials.append(str(call.pk))
             continue
         if current - call.started_at > max_age:

@@ -15,6 +15,7 @@ from jsonschema import Draft202012Validator
 
 from calls import services, tools
 from calls.models import Call, CallTurn
+from calls.selectors import call_metadata
 from calls.services import call_end, event_process
 from core.events import CallAnswered, CallSpeech
 from providers.carriers import mock
@@ -255,7 +256,7 @@ def test_examples_run_in_order_on_the_mock_carrier(configure, outbox):
         elif action == "initiate_call":
             assert details["initiated"] is True and details["callId"] != call_id
             notify = Call.objects.get(pk=details["callId"])
-            assert (notify.to_number, notify.metadata["mode"]) == ("+15550009999", "notify")
+            assert (notify.to_number, notify.mode) == ("+15550009999", "notify")
         elif action == "speak_to_user":
             assert details == {"success": True}
             assert (outbox[-1].action, outbox[-1].params["text"]) == ("play_tts", "One moment while I check the calendar.")
@@ -313,9 +314,9 @@ def test_initiate_places_a_call_with_the_given_fields(outbox):
     call = Call.objects.get(pk=details["callId"])
     assert details == {"callId": str(call.pk), "initiated": True}
     assert (call.to_number, call.agent_id, call.session_key) == ("+15550001234", "ops", "agent:ops:my-thread")
-    assert call.metadata["initialMessage"] == "Hi there"
-    assert call.metadata["mode"] == "conversation"
-    assert call.metadata["requesterSessionKey"] == "agent:main:chat"
+    assert call.initial_message == "Hi there"
+    assert call.mode == "conversation"
+    assert call.requester_session_key == "agent:main:chat"
     assert outbox[0].params["dtmf_sequence"] == "ww12#"
 
 
@@ -324,13 +325,13 @@ def test_trusted_session_key_wins_over_the_arguments():
         {"action": "initiate_call", "to": "+15550001234", "message": "Hi", "requesterSessionKey": "spoofed"},
         session_key="agent:main:telegram:42",
     )
-    assert Call.objects.get(pk=details["callId"]).metadata["requesterSessionKey"] == "agent:main:telegram:42"
+    assert Call.objects.get(pk=details["callId"]).requester_session_key == "agent:main:telegram:42"
 
 
 def test_initiate_ignores_an_unknown_mode(configure):
     configure({"outbound": {"defaultMode": "conversation"}})
     details = run({"action": "initiate_call", "to": "+15550001234", "message": "Hi", "mode": "shout"})
-    assert Call.objects.get(pk=details["callId"]).metadata["mode"] == "conversation"
+    assert Call.objects.get(pk=details["callId"]).mode == "conversation"
 
 
 def test_initiate_falls_back_to_the_configured_number(configure):
@@ -387,7 +388,7 @@ def test_legacy_call_and_status(configure):
     details = run({"to": "+15550001234", "message": "Hi", "requesterSessionKey": "agent:main:chat"})
     assert set(details) == {"callId", "initiated"}
     call = Call.objects.get(pk=details["callId"])
-    assert call.metadata == {"mode": "notify", "initialMessage": "Hi", "requesterSessionKey": "agent:main:chat"}
+    assert call_metadata(call) == {"mode": "notify", "initialMessage": "Hi", "requesterSessionKey": "agent:main:chat"}
 
     status = run({"mode": "status", "sid": details["callId"]})
     assert status["found"] is True

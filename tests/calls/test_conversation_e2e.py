@@ -13,6 +13,7 @@ from asgiref.sync import sync_to_async
 
 from calls import background
 from calls.models import Call, ReplyStatus, ReplyTurn, SessionMessage, TranscriptEntry
+from calls.selectors import call_metadata
 from calls.simulator.call import Gateway, Line
 from calls.simulator.rest import TwilioRestStub
 from calls.simulator.run import simulate
@@ -171,5 +172,5 @@ async def test_an_allowlisted_caller_holds_a_conversation_and_is_remembered(gate
     # A stranger on the same setup is turned away.
     stranger = await simulate(site, LINES, rest=rest_stub, caller="+15550100099", callee=CLINIC, max_seconds=10, listen=False)
     assert stranger.calls[0].outcome != "completed" or stranger.calls[0].frames_received == 0
-    rejected = await sync_to_async(lambda: Call.objects.get(provider_call_id=stranger.calls[0].call_sid).metadata)()
+    rejected = await sync_to_async(lambda: call_metadata(Call.objects.get(provider_call_id=stranger.calls[0].call_sid)))()
     assert rejected == {"rejectionReason": "not-allowlisted"}

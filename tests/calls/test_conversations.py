@@ -97,7 +97,7 @@ def test_reply_uses_the_route_prompt_model_and_voice(configure, llm):
     assert reply.first_text_ms is not None and reply.first_audio_ms is not None and reply.total_ms is not None
     assert reply.first_text_ms <= reply.first_audio_ms <= reply.total_ms
     call.refresh_from_db()
-    assert call.route["key"] == LINE_A and "tts" not in call.route
+    assert call.route_key == LINE_A and "tts" not in call.route
     assert not call.is_terminal
 
 
@@ -354,10 +354,10 @@ def test_admin_route_wins_over_the_config_route_and_is_kept_for_the_whole_call(c
     say(call, "Hi.")
     assert spoken(call)[0] == "Admin greeting."
     assert llm.last.json["messages"][0]["content"].startswith("Admin prompt.")
-    assert call.route["key"] == LINE_A
+    assert call.route_key == LINE_A
 
 
 def test_route_matches_on_digits_when_the_carrier_formats_the_number_differently(configure, llm):
     configure(llm_config(llm, numbers={LINE_A: {"inboundGreeting": "Line A."}}))
     call = ring(to="1 (555) 000-1111")
-    assert call.route["key"] == LINE_A and spoken(call) == ["Line A."]
+    assert call.route_key == LINE_A and spoken(call) == ["Line A."]

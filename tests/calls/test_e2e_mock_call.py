@@ -67,7 +67,7 @@ async def test_complete_call_through_the_asgi_app(asgi):
     ]
     turn_row = await sync_to_async(call.turns.get)()
     assert turn_row.status == "completed" and turn_row.turn_latency_ms is not None
-    assert call.metadata["turnCount"] == 1
+    assert call.turn_count == 1
     assert mock.outbox_actions(call.provider_call_id) == [
         "initiate_call", "play_tts", "start_listening", "play_tts", "start_listening", "stop_listening", "hangup_call",
     ]

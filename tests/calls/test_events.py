@@ -4,9 +4,11 @@ from __future__ import annotations
 import pytest
 
 from calls.models import Call, CallEvent, CallTurn, TranscriptEntry, TurnStatus
+from calls.selectors import call_metadata
 from calls.services import EventOutcome, call_initiate, event_process
 from core.events import (
     CallActive,
+    CallAmd,
     CallAnswered,
     CallDtmf,
     CallEnded,
@@ -96,7 +98,7 @@ def test_inbound_rejected_by_default_policy_is_recorded_and_hung_up_once(outbox)
     assert event_process(inbound_event()) == EventOutcome.REJECTED
     call = Call.objects.get(provider_call_id="CA-in-1")
     assert (call.state, call.end_reason, call.direction) == ("hangup-bot", "hangup-bot", "inbound")
-    assert call.metadata == {"rejectionReason": "inbound-disabled"}
+    assert call_metadata(call) == {"rejectionReason": "inbound-disabled"}
     assert mock.outbox_actions("CA-in-1") == ["hangup_call"]
     # A later event for the same carrier call does not hang up again or reopen the call.
     assert event_process(inbound_event(CallRinging)) == EventOutcome.PROCESSED
@@ -136,7 +138,7 @@ def test_inbound_call_record_with_route_greeting_and_session(configure):
     call = Call.objects.get(provider_call_id="CA-in-1")
     assert call.state == "ringing"
     assert (call.from_number, call.to_number, call.direction) == ("+15557654321", "+15550009999", "inbound")
-    assert call.metadata == {"initialMessage": "Route hello", "numberRouteKey": "+15550009999"}
+    assert call_metadata(call) == {"initialMessage": "Route hello", "numberRouteKey": "+15550009999"}
     assert call.agent_id == "sales"
     assert call.session_key == "agent:sales:voice:15557654321"
 
@@ -146,8 +148,8 @@ def test_inbound_route_matches_by_digits_and_admin_route_wins(configure):
     NumberRoute.objects.create(number="+15550009999", inbound_greeting="admin")
     event_process(inbound_event(to="+1 555 000 9999"))
     call = Call.objects.get()
-    assert call.metadata["initialMessage"] == "admin"
-    assert call.metadata["numberRouteKey"] == "+15550009999"
+    assert call.initial_message == "admin"
+    assert call.route_key == "+15550009999"
 
 
 def test_inbound_fallbacks(configure):
@@ -155,7 +157,7 @@ def test_inbound_fallbacks(configure):
     event_process(CallInitiated(call_id="c1", provider_call_id="c1", direction="inbound"))
     call = Call.objects.get()
     assert (call.from_number, call.to_number) == ("unknown", "+15550000123")
-    assert call.metadata["initialMessage"] == "Hello! How can I help you today?"
+    assert call.initial_message == "Hello! How can I help you today?"
     assert call.session_key == f"agent:main:voice:{call.pk}"
 
 
@@ -166,7 +168,7 @@ def test_answered_sets_time_deadline_and_speaks_notify_greeting(outbox):
     assert call.answered_at.timestamp() == 1_800_000_000
     assert call.max_duration_deadline.timestamp() == 1_800_000_300
     assert mock.outbox_actions(call.provider_call_id) == ["initiate_call", "play_tts"]
-    assert "initialMessage" not in call.metadata
+    assert not call.initial_message
     assert call.notify_hangup_at is not None
     assert list(call.transcript_entries.values_list("speaker", "text")) == [("bot", "Your package arrived")]
 
@@ -186,7 +188,7 @@ def test_greeting_skipped_when_realtime_owns_it(configure, outbox):
     event_process(CallAnswered(call_id=str(call.pk)))
     assert mock.outbox_actions(call.provider_call_id) == ["initiate_call"]
     call.refresh_from_db()
-    assert call.metadata["initialMessage"] == "Hi"
+    assert call.initial_message == "Hi"
 
 
 def test_failed_greeting_is_kept_for_a_retry(monkeypatch, outbox):
@@ -198,7 +200,7 @@ def test_failed_greeting_is_kept_for_a_retry(monkeypatch, outbox):
     monkeypatch.setattr(mock.MockCarrier, "play_tts", broken)
     event_process(CallAnswered(call_id=str(call.pk)))
     call.refresh_from_db()
-    assert call.metadata["initialMessage"] == "Hello"
+    assert call.initial_message == "Hello"
     assert call.greeting_claimed_at is None
     assert call.state == "listening"  # a failed playback goes back to listening
     assert not call.transcript_entries.exists()
@@ -244,8 +246,8 @@ def test_final_speech_completes_waiting_turn_with_latencies():
     call.refresh_from_db()
     assert (turn.status, turn.transcript) == (TurnStatus.COMPLETED, "Tuesday")
     assert turn.turn_latency_ms is not None and turn.listen_wait_ms is not None
-    assert call.metadata["turnCount"] == 1
-    assert call.metadata["lastTurnLatencyMs"] == turn.turn_latency_ms
+    assert call.turn_count == 1
+    assert call_metadata(call)["lastTurnLatencyMs"] == turn.turn_latency_ms
 
 
 def test_speech_with_wrong_turn_token_is_ignored():
@@ -296,8 +298,24 @@ def test_error_event_non_retryable_finalizes():
     event_process(CallError(call_id=str(call.pk), error="media failed"))
     call.refresh_from_db()
     turn.refresh_from_db()
-    assert call.state == "error"
+    assert (call.state, call.last_error) == ("error", "media failed")
     assert turn.error == "Call error: media failed"
+
+
+def test_answering_machine_verdicts_keep_the_first_and_the_latest():
+    call = outbound()
+    event_process(CallAmd(call_id=str(call.pk), answered_by="machine_start"))
+    event_process(CallAmd(call_id=str(call.pk), answered_by="machine_end_beep"))
+    call.refresh_from_db()
+    assert (call.answered_by_first, call.answered_by) == ("machine_start", "machine_end_beep")
+    assert call_metadata(call) == {"mode": "notify", "answeredBy": "machine_end_beep", "answeredByFirst": "machine_start"}
+
+
+def test_outbound_call_first_seen_in_a_webhook_has_no_mode():
+    event_process(CallInitiated(call_id="CA-out-1", provider_call_id="CA-out-1", direction="outbound",
+                                from_number="+15550009999", to_number="+15557654321"))
+    call = Call.objects.get(provider_call_id="CA-out-1")
+    assert (call.direction, call.mode, call_metadata(call)) == ("outbound", "", {})
 
 
 def test_retryable_error_changes_nothing_and_can_repeat():

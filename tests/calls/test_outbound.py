@@ -7,6 +7,7 @@ import time
 import pytest
 
 from calls.models import Call, CallTurn, TurnStatus
+from calls.selectors import call_metadata
 from calls.services import call_continue, call_end, call_initiate, call_send_dtmf, call_speak, event_process
 from core.errors import (
     CallFailed,
@@ -47,7 +48,7 @@ def test_initiate_writes_the_record_before_dialing(monkeypatch):
     call = call_initiate(to="+15550001111", message="Hi", mode="notify", requester_session_key="agent:main:chat")
     row = seen["row"]
     assert (row.state, row.direction, row.provider_call_id) == ("initiated", "outbound", None)
-    assert row.metadata == {"mode": "notify", "initialMessage": "Hi", "requesterSessionKey": "agent:main:chat"}
+    assert call_metadata(row) == {"mode": "notify", "initialMessage": "Hi", "requesterSessionKey": "agent:main:chat"}
     call.refresh_from_db()
     assert call.provider_call_id == "mock-x"
 
@@ -56,7 +57,7 @@ def test_initiate_defaults(outbox):
     call = call_initiate(to="+15550001111")
     call.refresh_from_db()
     assert call.from_number == "+15550000000"  # the mock carrier's stand-in
-    assert call.metadata == {"mode": "notify"}  # outbound.defaultMode
+    assert call_metadata(call) == {"mode": "notify"}  # outbound.defaultMode
     assert call.session_key == "agent:main:voice:15550001111"
     request = outbox[0]
     assert request.action == "initiate_call"
@@ -78,7 +79,7 @@ def test_initiate_session_scopes(configure):
 def test_invalid_mode_falls_back_to_default(configure):
     configure({"outbound": {"defaultMode": "conversation"}})
     call = call_initiate(to="+15550001111", mode="shout")
-    assert call.metadata["mode"] == "conversation"
+    assert call.mode == "conversation"
 
 
 @pytest.mark.parametrize(
@@ -128,7 +129,8 @@ def test_carrier_failure_finalizes_as_failed_and_frees_the_slot(monkeypatch):
         call_initiate(to="+15550001111")
     assert info.value.message == "21211 invalid To number"
     call = Call.objects.get(pk=info.value.call_id)
-    assert (call.state, call.end_reason) == ("failed", "failed")
+    assert (call.state, call.end_reason, call.last_error) == ("failed", "failed", "21211 invalid To number")
+    assert call_metadata(call)["lastError"] == "21211 invalid To number"  # what `voicecall status` shows
     monkeypatch.undo()
     call_initiate(to="+15550001111")  # the failed call does not hold the only slot
 
@@ -220,7 +222,7 @@ def test_continue_returns_the_next_final_transcript_with_latencies(outbox):
     actions = [r.action for r in outbox if r.provider_call_id == call.provider_call_id]
     assert actions[-3:] == ["play_tts", "start_listening", "stop_listening"]
     call.refresh_from_db()
-    assert call.metadata["turnCount"] == 1
+    assert call.turn_count == 1
     assert list(call.transcript_entries.values_list("speaker", "text")) == [
         ("bot", "When suits you?"),
         ("user", "Tuesday at noon"),

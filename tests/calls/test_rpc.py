@@ -14,6 +14,7 @@ from django.db import connections
 from calls.clock import now
 from calls.models import Call, ContinueOperation, OperationStatus
 from calls.rpc_tokens import local_token
+from calls.selectors import call_metadata
 from calls.services import continue_operations_wait, event_process, processed_webhooks_purge
 from core.events import CallAnswered, CallEnded, CallSpeech
 from voicecall_project.rpc_tokens import parse_rpc_tokens
@@ -350,7 +351,7 @@ def test_initiate_needs_a_number_from_the_params_or_the_config(rpc, configure):
     call_id = result_of(rpc("voicecall.initiate", {"message": "Hi"}))["callId"]
     call = Call.objects.get(pk=call_id)
     assert call.to_number == "+15550009999"
-    assert call.metadata == {"mode": "notify", "initialMessage": "Hi"}  # outbound.defaultMode
+    assert call_metadata(call) == {"mode": "notify", "initialMessage": "Hi"}  # outbound.defaultMode
 
 
 def test_initiate_and_start_pass_every_param_through(rpc, outbox, configure):
@@ -361,15 +362,15 @@ def test_initiate_and_start_pass_every_param_through(rpc, outbox, configure):
     }))
     assert result == {"callId": result["callId"], "initiated": True}
     call = Call.objects.get(pk=result["callId"])
-    assert call.metadata["mode"] == "notify"
-    assert call.metadata["requesterSessionKey"] == "agent:main:chat:42"
+    assert call.mode == "notify"
+    assert call.requester_session_key == "agent:main:chat:42"
     assert call.session_key.endswith("ops-line")
     assert [request.action for request in outbox] == ["initiate_call"]
 
     started = result_of(rpc("voicecall.start", {"to": "+15550002222", "mode": "conversation", "dtmfSequence": "12#", "agentId": "MAIN"}))
     call = Call.objects.get(pk=started["callId"])
     assert call.agent_id == "main"
-    assert call.metadata["mode"] == "conversation"
+    assert call.mode == "conversation"
 
 
 def test_operational_failures_are_unavailable_with_the_service_message(rpc, configure):

@@ -141,6 +141,7 @@ def test_restore_after_restart(outbox):
     assert sorted(report.kept) == sorted([str(alive.pk)])
     states = {c.pk: (c.state, c.end_reason) for c in Call.objects.all()}
     assert states[never_dialed.pk] == ("failed", "failed")
+    assert Call.objects.get(pk=never_dialed.pk).last_error.startswith("the dial did not finish")
     assert states[dialing_now.pk] == ("initiated", "")
     assert states[too_old.pk] == ("timeout", "timeout")
     assert states[over_at_carrier.pk] == ("completed", "completed")

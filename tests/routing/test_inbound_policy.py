@@ -7,6 +7,7 @@ import pytest
 from django.utils import timezone
 
 from calls.models import Call
+from calls.selectors import call_metadata
 from calls.services import deadlines_sweep, event_process
 from calls.services.pairing import FAILED_LINE, PAIRED_LINE, PAIRING_PROMPT, RETRY_LINE
 from core.events import CallAnswered, CallDtmf, CallInitiated, CallSpeech
@@ -81,7 +82,7 @@ def test_a_disabled_admin_entry_does_not_let_the_caller_in():
 def test_rejected_calls_are_recorded_and_hung_up_once(configure, name, reason):
     policy(configure, name)
     call = ring()
-    assert (call.state, call.end_reason, call.metadata) == ("hangup-bot", "hangup-bot", {"rejectionReason": reason})
+    assert (call.state, call.end_reason, call_metadata(call)) == ("hangup-bot", "hangup-bot", {"rejectionReason": reason})
     # The carrier repeats its webhook: still one record, one hang-up.
     event_process(CallInitiated(call_id=call.provider_call_id, provider_call_id=call.provider_call_id,
                                 direction="inbound", from_number=CALLER, to_number=LINE, id="again"))
@@ -108,7 +109,7 @@ def test_pairing_without_any_usable_code_rejects_at_once(configure):
     code(expires_at=timezone.now() - timedelta(minutes=1))
     code(used_at=timezone.now())
     call = ring()
-    assert call.is_terminal and call.metadata == {"rejectionReason": "not-allowlisted"}
+    assert call.is_terminal and call_metadata(call) == {"rejectionReason": "not-allowlisted"}
 
 
 @pytest.mark.parametrize("how", ["keys-at-once", "keys-one-by-one", "keys-with-pound", "spoken-words", "spoken-digits"])
@@ -116,7 +117,7 @@ def test_a_right_code_allowlists_the_caller_and_starts_the_conversation(configur
     policy(configure, "pairing")
     pairing = code(label="Grandma")
     call = ring()
-    assert call.metadata["pairing"] == {"attempts": 0, "digits": ""}
+    assert (call.pairing, call.pairing_attempts, call.pairing_digits) == ("waiting", 0, "")
     assert spoken(call) == [PAIRING_PROMPT]
     send = {
         "keys-at-once": lambda: dtmf(call, pairing.code),
@@ -132,12 +133,12 @@ def test_a_right_code_allowlists_the_caller_and_starts_the_conversation(configur
     assert (allowed.label, allowed.enabled) == ("Grandma", True)
     assert spoken(call) == [PAIRING_PROMPT, f"{PAIRED_LINE} {GREETING}"]
     call.refresh_from_db()
-    assert "pairing" not in call.metadata and not call.is_terminal
+    assert call.pairing != "waiting" and not call.is_terminal
     speech(call, "Hello there.")
     assert spoken(call)[-1] == "Sure."
     # Next time the number is simply let in.
     again = ring()
-    assert spoken(again) == [GREETING] and "pairing" not in again.metadata
+    assert spoken(again) == [GREETING] and again.pairing != "waiting"
 
 
 WORDS = dict(zip("0123456789", ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]))
@@ -161,7 +162,7 @@ def test_three_wrong_codes_end_the_call_once(configure):
     assert spoken(call) == [PAIRING_PROMPT, RETRY_LINE, RETRY_LINE]
     dtmf(call, wrong)
     call.refresh_from_db()
-    assert call.metadata["rejectionReason"] == "pairing-failed" and "pairing" not in call.metadata
+    assert call.rejection_reason == "pairing-failed" and call.pairing != "waiting"
     assert spoken(call)[-1] == FAILED_LINE
     # The goodbye is said first; the hang-up comes once it has had time to play.
     assert hangups(call) == 0
@@ -178,11 +179,11 @@ def test_pairing_locks_after_repeated_failed_calls(configure):
     code()
     for _ in range(3):
         Call.objects.create(provider="mock", direction="inbound", from_number=CALLER, to_number=LINE,
-                            state="hangup-bot", end_reason="hangup-bot", metadata={"rejectionReason": "pairing-failed"})
+                            state="hangup-bot", end_reason="hangup-bot", rejection_reason="pairing-failed", pairing="failed")
     call = ring()
-    assert call.metadata == {"rejectionReason": "pairing-locked"}
+    assert call_metadata(call) == {"rejectionReason": "pairing-locked"}
     other = ring(caller="+15557650000")
-    assert "pairing" in other.metadata  # another number may still try
+    assert other.pairing == "waiting"  # another number may still try
 
 
 def test_a_code_works_once(configure):

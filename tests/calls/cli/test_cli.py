@@ -26,6 +26,7 @@ from django.utils import timezone
 from calls.cli.follow import follow_calls, follow_file
 from calls.clock import to_ms
 from calls.models import Call, CallTurn, TurnStatus
+from calls.selectors import call_metadata
 from calls.services import call_speak, event_process
 
 from core.events import CallAnswered, CallEnded, CallRinging, CallSpeech, event_from_dict
@@ -375,7 +376,7 @@ def test_smoke_with_yes_places_the_call(outbox):
     call = Call.objects.get()
     assert data == {"ok": True, "setup": MOCK_SETUP_JSON, "liveCall": True, "callId": str(call.pk)}
     assert call.to_number == TO
-    assert call.metadata == {"mode": "notify", "initialMessage": "Voice call smoke test."}
+    assert call_metadata(call) == {"mode": "notify", "initialMessage": "Voice call smoke test."}
     assert actions(outbox) == ["initiate_call"]
     request = outbox[0]
     assert request.provider_call_id == f"mock-{call.pk}"
@@ -387,7 +388,7 @@ def test_smoke_with_yes_places_the_call(outbox):
 @pytest.mark.django_db
 def test_smoke_with_yes_uses_message_and_mode(outbox):
     run_json("smoke", "--to", TO, "--yes", "--message", "Ping", "--mode", "conversation", "--json")
-    assert Call.objects.get().metadata == {"mode": "conversation", "initialMessage": "Ping"}
+    assert call_metadata(Call.objects.get()) == {"mode": "conversation", "initialMessage": "Ping"}
     assert outbox[0].params["initial_message"] == "Ping"
 
 
@@ -418,7 +419,7 @@ def test_call_places_a_call_and_prints_its_id(outbox):
     assert call.to_number == TO
     assert call.from_number == "+15550000000"  # the mock carrier's stand-in caller id
     assert call.provider_call_id == f"mock-{call.pk}"
-    assert call.metadata == {"mode": "conversation", "initialMessage": "Hello there"}  # CLI default mode
+    assert call_metadata(call) == {"mode": "conversation", "initialMessage": "Hello there"}  # CLI default mode
     assert actions(outbox) == ["initiate_call"]
     assert outbox[0].params["to"] == TO
 
@@ -455,13 +456,13 @@ def test_call_message_is_required():
 def test_call_invalid_mode_falls_back_to_the_configured_default(configure, config, expected):
     configure(config)
     call_id = run_json("call", "-m", "Hi", "--to", TO, "--mode", "shout")["callId"]
-    assert Call.objects.get(pk=call_id).metadata["mode"] == expected
+    assert Call.objects.get(pk=call_id).mode == expected
 
 
 @pytest.mark.django_db
 def test_call_notify_mode(outbox):
     call_id = run_json("call", "-m", "Hi", "--to", TO, "--mode", "notify")["callId"]
-    assert Call.objects.get(pk=call_id).metadata["mode"] == "notify"
+    assert Call.objects.get(pk=call_id).mode == "notify"
     assert outbox[0].params["mode"] == "notify"
 
 
@@ -496,7 +497,7 @@ def test_call_disabled_config(configure):
 def test_start_works_without_a_message(outbox):
     call_id = start_call(TO)
     call = Call.objects.get(pk=call_id)
-    assert call.metadata == {"mode": "conversation"}
+    assert call_metadata(call) == {"mode": "conversation"}
     assert actions(outbox) == ["initiate_call"]
     assert outbox[0].params["initial_message"] is None
 
@@ -504,7 +505,7 @@ def test_start_works_without_a_message(outbox):
 @pytest.mark.django_db
 def test_start_with_message_and_mode(outbox):
     call_id = start_call(TO, "--message", "Hello", "--mode", "notify")
-    assert Call.objects.get(pk=call_id).metadata == {"mode": "notify", "initialMessage": "Hello"}
+    assert call_metadata(Call.objects.get(pk=call_id)) == {"mode": "notify", "initialMessage": "Hello"}
 
 
 def test_start_to_is_required():
@@ -814,9 +815,9 @@ def test_continue_speaks_listens_and_prints_the_transcript(outbox):
     assert turn.status == TurnStatus.COMPLETED
     assert turn.transcript == "It is 4 2 7"
     call = Call.objects.get(pk=call_id)
-    assert call.metadata["turnCount"] == 1
-    assert call.metadata["lastTurnLatencyMs"] == turn.turn_latency_ms
-    assert call.metadata["lastTurnListenWaitMs"] == turn.listen_wait_ms
+    assert call.turn_count == 1
+    assert call_metadata(call)["lastTurnLatencyMs"] == turn.turn_latency_ms
+    assert call_metadata(call)["lastTurnListenWaitMs"] == turn.listen_wait_ms
     assert list(call.transcript_entries.values_list("speaker", "text")) == [
         ("bot", "What is your order number?"),
         ("user", "It is 4 2 7"),

@@ -21,6 +21,7 @@ from django.core.management import call_command
 from calls import rpc, services
 from calls.cli import gateway
 from calls.models import Call, CallTurn, TurnStatus
+from calls.selectors import call_metadata
 from calls.services import call_requests
 from calls.services import event_process
 from core.events import CallAnswered, CallEnded, CallSpeech
@@ -227,7 +228,7 @@ def test_start_goes_through_the_gateway(via_gateway, recorder, outbox):
     assert recorder.methods == ["voicecall.start"]
     assert recorder.over_rpc == ["initiate"] and recorder.standalone == []
     assert call.to_number == TO
-    assert call.metadata == {"mode": "notify", "initialMessage": "Hello"}
+    assert call_metadata(call) == {"mode": "notify", "initialMessage": "Hello"}
     assert actions(outbox) == ["initiate_call"]
 
 
@@ -241,13 +242,13 @@ def test_call_goes_through_the_gateway_with_voicecall_initiate(via_gateway, reco
     assert recorder.methods == ["voicecall.initiate"]
     assert recorder.standalone == []
     assert call.to_number == TO_2  # the CLI filled in toNumber before delegating
-    assert call.metadata == {"mode": "conversation", "initialMessage": "Hi there"}
+    assert call_metadata(call) == {"mode": "conversation", "initialMessage": "Hi there"}
 
 
 @pytest.mark.django_db(transaction=True)
 def test_unknown_mode_is_left_to_the_gateway_default(via_gateway, recorder):
     out, _ = run("start", "--to", TO, "--mode", "shout")
-    assert Call.objects.get(pk=json.loads(out)["callId"]).metadata["mode"] == "notify"
+    assert Call.objects.get(pk=json.loads(out)["callId"]).mode == "notify"
     assert recorder.methods == ["voicecall.start"]
 
 
@@ -295,7 +296,7 @@ def test_smoke_yes_places_the_call_through_the_gateway(via_gateway, recorder, ou
     assert data["callId"] == str(call.pk)
     assert recorder.methods == ["voicecall.start"]
     assert recorder.standalone == []
-    assert call.metadata == {"mode": "notify", "initialMessage": "Voice call smoke test."}
+    assert call_metadata(call) == {"mode": "notify", "initialMessage": "Voice call smoke test."}
     assert actions(outbox) == ["initiate_call"]
 
 

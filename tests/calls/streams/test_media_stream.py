@@ -266,10 +266,10 @@ async def wait_until(condition, timeout: float = 5.0, interval: float = 0.02):
 
 
 @sync_to_async
-def new_call(*, provider: str = "twilio", state: str = "answered", metadata: dict | None = None) -> Call:
+def new_call(*, provider: str = "twilio", state: str = "answered") -> Call:
     return Call.objects.create(
         provider=provider, provider_call_id="CA" + secrets.token_hex(16), direction="inbound", state=state,
-        from_number="+15550100001", to_number="+15550100000", metadata=metadata or {"mode": "conversation"},
+        from_number="+15550100001", to_number="+15550100000", mode="conversation",
     )
 
 

@@ -463,7 +463,7 @@ def test_twilio_inbound_call_refused_by_policy_is_rejected_by_the_answer_alone(c
     root = ET.fromstring(answer.body)
     assert tags(root) == ["Reject"] and root[0].get("reason") == "rejected"
     call = Call.objects.get()
-    assert (call.state, call.end_reason, call.metadata.get("rejectionReason")) == ("hangup-bot", "hangup-bot", "inbound-disabled")
+    assert (call.state, call.end_reason, call.rejection_reason) == ("hangup-bot", "hangup-bot", "inbound-disabled")
     assert carrier_requests == []  # <Reject> refuses the call: no separate hang-up request
 
 
@@ -480,7 +480,7 @@ def test_twilio_inbound_greeting_is_spoken_by_the_answer_and_recorded(configure,
     assert root[0][0].tag == "Say" and root[0][0].text == NASTY
     call = Call.objects.get()
     assert query_of(root[0].get("action"))["callId"] == [str(call.pk)]
-    assert call.state == "listening" and "initialMessage" not in call.metadata
+    assert call.state == "listening" and not call.initial_message
     assert list(TranscriptEntry.objects.values_list("speaker", "text")) == [("bot", NASTY)]
     assert carrier_requests == []  # spoken by the answer, not by a REST request
 

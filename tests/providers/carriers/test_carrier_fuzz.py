@@ -520,16 +520,16 @@ def seed_calls(carrier: str) -> None:
     started = now() - timedelta(seconds=30)
     Call.objects.create(id=OUT_ID, provider=carrier, provider_call_id=out_pid, direction="outbound", state="initiated",
                         from_number="+15105550100", to_number="+14155550123", started_at=started,
-                        metadata={"mode": "conversation"})
+                        mode="conversation")
     listening = Call.objects.create(
         id=LISTEN_ID, provider=carrier, provider_call_id=listen_pid, direction="outbound", state="listening",
         from_number="+15105550100", to_number="+14155550124", started_at=started, answered_at=started,
-        max_duration_deadline=started + timedelta(minutes=5), metadata={"mode": "conversation"},
+        max_duration_deadline=started + timedelta(minutes=5), mode="conversation",
     )
     CallTurn.objects.create(call=listening, token=TURN, prompt="When suits you?", started_at=started)
     Call.objects.create(id=IN_ID, provider=carrier, provider_call_id=in_pid, direction="inbound", state="ringing",
                         from_number="+14155550123", to_number="+15105550100", started_at=started,
-                        metadata={"mode": "conversation", "initialMessage": "Hello there."})
+                        mode="conversation", initial_message="Hello there.")
     CarrierDocument.objects.create(token="kq3B0x4vTzvC5bL9h2mS1w", call_id=OUT_ID,
                                    body="<Response><Speak>stored</Speak></Response>")
 
@@ -638,7 +638,7 @@ def test_plivo_answer_rekeys_the_call_from_request_uuid_to_call_uuid(configure):
     configure(carrier_config("plivo", "disabled"), env=UNSAFE_SKIP)
     Call.objects.create(id=OUT_ID, provider="plivo", provider_call_id="9d8c7b6a-5f4e-4d3c-8b2a-1f0e9d8c7b6a",
                         direction="outbound", state="initiated", from_number="+15105550100", to_number="+14155550123",
-                        metadata={"mode": "conversation"})
+                        mode="conversation")
     assert webhook_process(request=_fixture_request("plivo", "answer_outbound")).status == 200
     call = Call.objects.get()
     assert (call.provider_call_id, call.state) == ("3a2e4c5d-7b8f-4e1a-9c0d-2b3f4e5a6b7c", "answered")

@@ -150,7 +150,7 @@ def test_twilio_outbound_conversation_greeting_in_the_answer(twilio, live_gatewa
     assert twilio.call(sid).status == "completed"
     call = refreshed(call)
     assert (call.state, call.end_reason) == ("hangup-bot", "hangup-bot")
-    assert call.metadata["turnCount"] == 1
+    assert call.turn_count == 1
     assert transcript(call) == [
         ("bot", greeting), ("bot", "What day suits you?"), ("user", "Tuesday morning please"),
     ]
@@ -262,7 +262,7 @@ def assert_rejected_record(provider_call_id: str) -> Call:
     (call,) = Call.objects.filter(provider_call_id=provider_call_id)
     assert call.direction == "inbound" and call.from_number == CALLER
     assert (call.state, call.end_reason) == ("hangup-bot", "hangup-bot")
-    assert call.metadata.get("rejectionReason") == "not-allowlisted"
+    assert call.rejection_reason == "not-allowlisted"
     assert transcript(call) == []
     return call
 

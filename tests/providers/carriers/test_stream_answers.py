@@ -358,7 +358,7 @@ def test_telnyx_inbound_call_is_answered_into_the_stream_and_greeted_only_throug
     call.refresh_from_db()
     # Nothing spoken or listened to by command: the greeting waits for the stream's transcription.
     assert [action for action, _ in carrier_rest] == ["answer"]
-    assert call.state == "answered" and call.metadata.get("initialMessage") == "Welcome to Telnyx."
+    assert call.state == "answered" and call.initial_message == "Welcome to Telnyx."
     assert stream_speaks == []
 
     open_stream(call)
@@ -366,7 +366,7 @@ def test_telnyx_inbound_call_is_answered_into_the_stream_and_greeted_only_throug
     assert stream_speaks == [{"call_id": str(call.pk), "text": "Welcome to Telnyx.", "interruptible": True}]
     assert [action for action, _ in carrier_rest] == ["answer"]  # no speak, no transcription_start
     call.refresh_from_db()
-    assert call.state == "listening" and "initialMessage" not in call.metadata
+    assert call.state == "listening" and not call.initial_message
     assert list(TranscriptEntry.objects.values_list("speaker", "text")) == [("bot", "Welcome to Telnyx.")]
 
 
@@ -384,7 +384,7 @@ def test_plivo_inbound_call_is_answered_into_the_stream_and_the_greeting_waits_f
     assert tags(root) == ["Stream"] and root[0].text == STREAM_URL
     call = Call.objects.get()
     assert stream_token_in(root[0].get("extraHeaders")) == token_of(str(call.pk))
-    assert call.metadata.get("initialMessage") == "Welcome to Plivo."
+    assert call.initial_message == "Welcome to Plivo."
     assert TranscriptEntry.objects.count() == 0
     assert carrier_rest == [] and stream_speaks == []
 
@@ -405,7 +405,7 @@ def test_plivo_notify_call_is_answered_as_before_when_streaming(configure, carri
               env=UNSAFE_SKIP)
     Call.objects.create(id=CALL_ID, provider="plivo", provider_call_id="req-1", direction="outbound", state="initiated",
                         from_number="+15105550100", to_number="+14155550123", started_at=now() - timedelta(seconds=5),
-                        metadata={"mode": "notify", "initialMessage": "Your table is ready."})
+                        mode="notify", initial_message="Your table is ready.")
     request = plivo_answer_request()
     request = WebhookRequest(method="POST", path=request.path, query_string=f"provider=plivo&callId={CALL_ID}&flow=answer",
                              headers=request.headers, body=request.body.replace(b"Direction=inbound", b"Direction=outbound"),
@@ -429,7 +429,7 @@ def test_twilio_inbound_call_while_another_call_streams_is_put_on_hold(configure
     configure(config_data("twilio", inboundPolicy="open", streaming=STREAMING))
     busy = Call.objects.create(id=OTHER_CALL_ID, provider="twilio", provider_call_id="CA" + "1" * 32, direction="inbound",
                                state="listening", from_number="+14155550199", to_number="+15105550100",
-                               started_at=now() - timedelta(seconds=30), metadata={"mode": "conversation"})
+                               started_at=now() - timedelta(seconds=30), mode="conversation")
     open_stream(busy)
     answer = webhook_process(request=_fixture_request("twilio", "inbound_voice_request", sign_with="twilio-token"))
     assert tags(ET.fromstring(answer.body)) == ["Say", "Enqueue"]
@@ -447,7 +447,7 @@ def test_continue_on_a_streaming_call_listens_through_the_stream(configure, carr
     call = Call.objects.create(id=CALL_ID, provider=carrier, provider_call_id="carrier-call-1", direction="outbound",
                                state="listening", from_number="+15105550100", to_number="+14155550123",
                                started_at=now() - timedelta(seconds=30), answered_at=now() - timedelta(seconds=25),
-                               metadata={"mode": "conversation"})
+                               mode="conversation")
     open_stream(call)
     with pytest.raises(TranscriptTimeout):
         call_continue(call_id=CALL_ID, prompt="Anything else?")
