@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 import uuid
 from datetime import timedelta
 
@@ -17,6 +16,7 @@ from calls.models import Call, ContinueOperation, OperationStatus
 from calls.rpc_tokens import local_token, parse_rpc_tokens
 from calls.services import event_process, processed_webhooks_purge
 from calls.services.common import now
+from tests.waiting import wait_until
 
 WRITE = "w" * 8 + "write-token-0001"
 READ = "r" * 8 + "read-token-00001"
@@ -72,13 +72,6 @@ def answered_call(rpc) -> str:
     call_id = start_call(rpc)
     event_process(CallAnswered(call_id=call_id))
     return call_id
-
-
-def wait_until(predicate, timeout=10.0):
-    give_up = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < give_up, "condition not reached in time"
-        time.sleep(0.02)
 
 
 def listening(call_id) -> bool:
