@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import re
+import io
 import time
+import tokenize
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -93,16 +94,51 @@ def _broke(condition: Callable[[], Any], what: str | None, seconds: float, value
 
 
 def describe(condition: Callable[[], Any]) -> str:
-    """A lambda's own source text, else the function's name: what a failure message names."""
+    """A lambda's own body as written, else the function's name: what a failure message names."""
     name = getattr(condition, "__name__", "")
     if name != "<lambda>":
         return name or repr(condition)
     try:
         source = inspect.getsource(condition)
-    except (OSError, TypeError):
+        return _lambda_body(source[source.index("lambda"):]) or "a condition"
+    except (OSError, TypeError, ValueError, tokenize.TokenError):
         return "a condition"
-    match = re.search(r"lambda[^:]*:\s*(.*)", " ".join(source.split()))
-    return match.group(1).rstrip(",) ") if match else "a condition"
+
+
+def _lambda_body(source: str) -> str:
+    """The expression after `lambda …:`, up to the comma or bracket that ends it."""
+    depth, body, started = 0, [], False
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        if token.type in (tokenize.NL, tokenize.NEWLINE, tokenize.COMMENT) and not (started and depth):
+            if started and not depth:
+                break
+            continue
+        if not started:
+            started = token.type == tokenize.OP and token.string == ":" and depth == 0
+            depth += token.string in "([{" if token.type == tokenize.OP else 0
+            continue
+        if token.type == tokenize.OP and token.string in "([{":
+            depth += 1
+        elif token.type == tokenize.OP and token.string in ")]}":
+            depth -= 1
+            if depth < 0:
+                break
+        elif token.type == tokenize.OP and token.string == "," and depth == 0:
+            break
+        body.append(token.string)
+    return _join(body)
+
+
+def _join(tokens: list[str]) -> str:
+    text = ""
+    for token in tokens:
+        glue = text and (text[-1].isalnum() or text[-1] in "_)]}\"'") and (token[0].isalnum() or token[0] in "_\"'")
+        spaced = token in {"==", "!=", ">=", "<=", "<", ">", "and", "or", "not", "in", "is", "+", "-", "*", "/", "if", "else"}
+        if token in {",", ":"}:
+            text += token + " "
+        else:
+            text += (" " + token + " ") if spaced else ((" " if glue else "") + token)
+    return " ".join(text.split())
 
 
 async def forever() -> None:
