@@ -2,6 +2,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# Test processes (pytest-xdist): one per core; TEST_WORKERS=0 runs the suite in this process.
+TEST_WORKERS ?= auto
 RUNTIME_STAMP := $(VENV)/.runtime-$(shell cat requirements.txt | cksum | cut -d' ' -f1)
 TEST_STAMP := $(VENV)/.test-$(shell cat requirements.txt requirements-test.txt | cksum | cut -d' ' -f1)
 
@@ -12,7 +14,7 @@ serve: $(RUNTIME_STAMP)
 	$(PY) manage.py gateway
 
 test: $(TEST_STAMP)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 bench: $(TEST_STAMP)
 	$(PY) bench/webhook_events.py $(BENCH_ARGS)

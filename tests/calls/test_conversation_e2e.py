@@ -19,7 +19,9 @@ from tests.fakes.ai.llm import FakeChatCompletions
 from tests.calls.simulated import stream_recorded
 from tests.fakes.ai.tts import FakeTts
 
-pytestmark = pytest.mark.django_db(transaction=True)
+# Piper and PocketSphinx keep cores busy in real time: these tests run one after the other, in one
+# xdist worker (`--dist loadgroup`), never two at once.
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.xdist_group("offline-audio")]
 
 ACCOUNT = "AC" + "2" * 32
 TOKEN = "simulator-token"

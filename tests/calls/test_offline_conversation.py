@@ -20,7 +20,9 @@ from calls.simulator.rest import TwilioRestStub
 from calls.simulator.run import simulate
 from tests.calls.simulated import stream_recorded
 
-pytestmark = pytest.mark.django_db(transaction=True)
+# Piper and PocketSphinx keep cores busy in real time: these tests run one after the other, in one
+# xdist worker (`--dist loadgroup`), never two at once.
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.xdist_group("offline-audio")]
 
 ACCOUNT = "AC" + "1" * 32
 TOKEN = "simulator-token"
