@@ -31,6 +31,7 @@ REPLY_TIMEOUT = 10.0
 JITTER_MS = 60
 MAX_JITTER_MS = 1000
 UNDERRUN_WINDOW_S = 0.25  # audio arriving this soon after the buffer ran dry continues the same speech
+FRAME_S = FRAME_BYTES / 8000  # 20 ms of μ-law
 EAR_SETTLE_S = 5.0  # at hang-up, the caller's ears finish transcribing what was heard, this long at most
 
 
@@ -152,7 +153,7 @@ class SimulatedCall:
                               "tracks": ["inbound"], "customParameters": {"token": token},
                               "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}},
                 }))
-                self.ear = None
+                self.ear = self._ear = None
                 if self.ears is not None:
                     self._ear = _Ear(self)
                     self.ear = self.ears.create_session(self._ear)
@@ -244,7 +245,7 @@ class SimulatedCall:
         """Twilio plays one 20 ms frame from its buffer and echoes marks the playout reached."""
         self._echo_reached_marks()
         if not self._playing and self._buffered and (
-                self._buffered * FRAME_BYTES / 8000 >= self._jitter_s or now - self._first_buffered_at >= self._jitter_s):
+                self._buffered * FRAME_S >= self._jitter_s or now - self._first_buffered_at >= self._jitter_s):
             self._playing = True
         frame = None
         if self._playing:
@@ -259,7 +260,6 @@ class SimulatedCall:
         speech = frame is not None and rms(ulaw_to_samples(frame)) >= SPEECH_RMS
         if speech:
             self.report.speech_frames_played += 1
-        if speech:
             self._heard_speech = True
             if self._bot_talking_since is None:
                 self._bot_talking_since = now
