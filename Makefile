@@ -2,8 +2,9 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# Test processes (pytest-xdist): one per core; TEST_WORKERS=0 runs the suite in this process.
-TEST_WORKERS ?= auto
+# Test processes (pytest-xdist): most tests wait on sockets, subprocesses and timers rather than
+# compute, so two per core; TEST_WORKERS=0 runs the whole suite in this process.
+TEST_WORKERS ?= $(shell echo $$((2 * $$(nproc 2>/dev/null || echo 1))))
 RUNTIME_STAMP := $(VENV)/.runtime-$(shell cat requirements.txt | cksum | cut -d' ' -f1)
 TEST_STAMP := $(VENV)/.test-$(shell cat requirements.txt requirements-test.txt | cksum | cut -d' ' -f1)
 
