@@ -2,6 +2,9 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# Test processes (pytest-xdist): most tests wait on sockets, subprocesses and timers rather than
+# compute, so two per core; TEST_WORKERS=0 runs the whole suite in this process.
+TEST_WORKERS ?= $(shell echo $$((2 * $$(nproc 2>/dev/null || echo 1))))
 RUNTIME_STAMP := $(VENV)/.runtime-$(shell cat requirements.txt | cksum | cut -d' ' -f1)
 TEST_STAMP := $(VENV)/.test-$(shell cat requirements.txt requirements-test.txt | cksum | cut -d' ' -f1)
 
@@ -12,7 +15,7 @@ serve: $(RUNTIME_STAMP)
 	$(PY) manage.py gateway
 
 test: $(TEST_STAMP)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 bench: $(TEST_STAMP)
 	$(PY) bench/webhook_events.py $(BENCH_ARGS)

@@ -7,7 +7,8 @@ transactional database access, since requests are served on other threads.
 from __future__ import annotations
 
 import threading
-import time
+
+from tests.waiting import wait_until
 
 _server = None
 _url: str | None = None
@@ -33,11 +34,6 @@ def live_gateway_url() -> str:
     threading.Thread(target=_server.run, name="live-gateway", daemon=True).start()
     if not ready.wait(10):
         raise RuntimeError("the live gateway did not start")
-    deadline = time.monotonic() + 10
-    while not _server.listening_addresses:
-        if time.monotonic() > deadline:
-            raise RuntimeError("the live gateway did not bind a port")
-        time.sleep(0.01)
-    host, port = _server.listening_addresses[0]
+    host, port = wait_until(lambda: _server.listening_addresses, "the live gateway to bind a port")[0]
     _url = f"http://{host}:{port}"
     return _url

@@ -7,6 +7,7 @@ import json
 import secrets
 import time
 import xml.etree.ElementTree as ET
+from collections import deque
 from dataclasses import dataclass, field
 from urllib.parse import urlencode, urlsplit
 
@@ -23,6 +24,15 @@ SILENT_GATEWAY_S = 8.0  # with no greeting heard by then, the caller speaks anyw
 BARGE_IN_AFTER_MS = 1200  # an interrupting line starts this long after the gateway starts talking
 # After a line the caller waits this long for an answer (before going on, or hanging up after the last).
 REPLY_TIMEOUT = 10.0
+# Twilio's side plays through a jitter buffer, as carriers do: a talkspurt starts playing once this
+# much of it has arrived (or its first frame has waited this long). A frame arriving after the
+# buffer ran dry mid-speech (an underrun) doubles the depth, up to MAX_JITTER_MS, so a loaded
+# gateway's late frames cost some delay instead of gaps in what the caller hears.
+JITTER_MS = 60
+MAX_JITTER_MS = 1000
+UNDERRUN_WINDOW_S = 0.25  # audio arriving this soon after the buffer ran dry continues the same speech
+FRAME_S = FRAME_BYTES / 8000  # 20 ms of μ-law
+EAR_SETTLE_S = 5.0  # at hang-up, the caller's ears finish transcribing what was heard, this long at most
 
 
 @dataclass(frozen=True)
@@ -49,8 +59,14 @@ class CallReport:
     jitter_ms: list[float] = field(default_factory=list)
     frames_sent: int = 0
     frames_received: int = 0
+    marks_received: int = 0
     marks_echoed: int = 0
     clears: int = 0
+    clear_at: list[float] = field(default_factory=list)  # seconds since the call started
+    frames_played: int = 0  # media frames the playout played (every frame received is played or cleared)
+    speech_frames_played: int = 0
+    frames_cleared: int = 0  # media frames a clear dropped from the buffer before they played
+    underruns: int = 0  # the buffer ran dry while the gateway was still sending the same speech
     send_lag_ms: list[float] = field(default_factory=list)
     error: str = ""
 
@@ -70,7 +86,7 @@ class Gateway:
 
 class SimulatedCall:
     def __init__(self, gateway: Gateway, *, caller: str, callee: str, lines: list[Line], audio: dict[str, bytes],
-                 ears=None, hangup_after_ms: int = 1500, max_seconds: float = 60.0) -> None:
+                 ears=None, hangup_after_ms: int = 1500, max_seconds: float = 60.0, jitter_ms: int = JITTER_MS) -> None:
         self.gateway = gateway
         self.caller, self.callee = caller, callee
         self.lines = lines
@@ -83,8 +99,13 @@ class SimulatedCall:
         self.stream_sid = "MZ" + secrets.token_hex(16)
         self.hung_up_by_gateway = asyncio.Event()
         self._t0 = time.monotonic()
-        # Twilio's side of playback: frames queued in order, with marks between them.
-        self._playout: list[bytes | str] = []
+        # Twilio's side of playback: frames queued in order, with marks between them (a jitter buffer).
+        self._playout: deque[bytes | str] = deque()
+        self._buffered = 0  # media frames in the playout
+        self._jitter_s = jitter_ms / 1000
+        self._playing = False  # False while a talkspurt fills the buffer
+        self._first_buffered_at: float | None = None
+        self._ran_dry_at: float | None = None
         self._bot_talking_since: float | None = None
         self._bot_quiet_since = time.monotonic()
         self._mouth: list[bytes] = []
@@ -132,13 +153,15 @@ class SimulatedCall:
                               "tracks": ["inbound"], "customParameters": {"token": token},
                               "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}},
                 }))
-                self.ear = None
+                self.ear = self._ear = None
                 if self.ears is not None:
-                    self.ear = self.ears.create_session(_Ear(self))
+                    self._ear = _Ear(self)
+                    self.ear = self.ears.create_session(self._ear)
                     await self.ear.connect()
                 receiver = asyncio.create_task(self._receive(ws))
                 try:
                     await self._clock(ws)
+                    await self._ears_settle()
                 finally:
                     receiver.cancel()
                     if self.ear is not None:
@@ -220,24 +243,38 @@ class SimulatedCall:
 
     def _play_one(self, now: float) -> None:
         """Twilio plays one 20 ms frame from its buffer and echoes marks the playout reached."""
-        while self._playout and isinstance(self._playout[0], str):
-            self._echo_mark(self._playout.pop(0))
-        frame = self._playout.pop(0) if self._playout else None
-        while self._playout and isinstance(self._playout[0], str):
-            self._echo_mark(self._playout.pop(0))
+        self._echo_reached_marks()
+        if not self._playing and self._buffered and (
+                self._buffered * FRAME_S >= self._jitter_s or now - self._first_buffered_at >= self._jitter_s):
+            self._playing = True
+        frame = None
+        if self._playing:
+            if self._buffered:
+                frame = self._playout.popleft()
+                self._buffered -= 1
+                self.report.frames_played += 1
+                self._echo_reached_marks()
+            if not self._buffered:
+                self._playing = False
+                self._ran_dry_at = now
         speech = frame is not None and rms(ulaw_to_samples(frame)) >= SPEECH_RMS
         if speech:
+            self.report.speech_frames_played += 1
             self._heard_speech = True
             if self._bot_talking_since is None:
                 self._bot_talking_since = now
                 if self._awaiting_reply and self._line_end_at is not None:
                     self.report.turn_latencies_ms.append((now - self._line_end_at) * 1000)
                     self._awaiting_reply = False
-        elif self._bot_talking_since is not None and (frame is None or not self._playout):
+        elif self._bot_talking_since is not None and not self._buffered:
             self._bot_talking_since = None
             self._bot_quiet_since = now
         if self.ear is not None:
             self.ear.send_audio(frame if frame is not None else SILENCE_FRAME)
+
+    def _echo_reached_marks(self) -> None:
+        while self._playout and isinstance(self._playout[0], str):
+            self._echo_mark(self._playout.popleft())
 
     def _echo_mark(self, name: str) -> None:
         self.report.marks_echoed += 1
@@ -259,19 +296,41 @@ class SimulatedCall:
                 if self._last_arrival is not None and arrived - self._last_arrival < 0.1:
                     self.report.jitter_ms.append(abs((arrived - self._last_arrival) * 1000 - 20))
                 self._last_arrival = arrived
+                if not self._buffered:
+                    self._first_buffered_at = arrived
+                    if not self._playing and self._ran_dry_at is not None and arrived - self._ran_dry_at < UNDERRUN_WINDOW_S:
+                        self.report.underruns += 1
+                        self._jitter_s = min(2 * self._jitter_s, MAX_JITTER_MS / 1000)
                 self._playout.append(base64.b64decode(message["media"]["payload"]))
+                self._buffered += 1
                 self.report.frames_received += 1
             elif event == "mark":
+                self.report.marks_received += 1
                 self._playout.append(message["mark"]["name"])
             elif event == "clear":
                 self.report.clears += 1
+                self.report.clear_at.append(self._now())
                 marks = [item for item in self._playout if isinstance(item, str)]
+                self.report.frames_cleared += self._buffered
                 self._playout.clear()
+                self._buffered = 0
+                self._playing = False
+                self._ran_dry_at = None
                 for name in marks:  # Twilio returns the cleared marks at once
                     self._echo_mark(name)
 
     def gateway_hung_up(self) -> None:
         self.hung_up_by_gateway.set()
+
+    async def _ears_settle(self) -> None:
+        """Before hanging up, the caller's ears finish what they heard (a loaded decoder lags behind)."""
+        if self.ear is None:
+            return
+        try:
+            async with asyncio.timeout(EAR_SETTLE_S):
+                await self._ear.settled()
+        except TimeoutError:
+            pass
 
 
 class _Ear:
@@ -279,18 +338,30 @@ class _Ear:
 
     def __init__(self, call: SimulatedCall) -> None:
         self.call = call
+        self.started = 0  # utterances the transcriber began
+        self.finished = 0  # and reported
+        self._changed = asyncio.Event()
+
+    async def settled(self) -> None:
+        """Every utterance begun has its final transcript (or the transcriber failed)."""
+        while self.finished < self.started and not self.call.report.error:
+            self._changed.clear()
+            await self._changed.wait()
 
     def on_speech_started(self) -> None:
-        pass
+        self.started += 1
 
     def on_partial(self, text: str) -> None:
         pass
 
     def on_final(self, text: str) -> None:
         self.call.report.transcript.append(TimedText(self.call._now(), "gateway", text))
+        self.finished += 1
+        self._changed.set()
 
     def on_error(self, error: Exception) -> None:
         self.call.report.error = str(error)
+        self._changed.set()
 
 
 def _frames(audio: bytes):

@@ -10,7 +10,7 @@ from providers.transcription.local import LocalTranscription
 from providers.tts.base import TtsChain
 from providers.tts.local import LocalTts
 
-from .call import CallReport, Gateway, Line, SimulatedCall, percentile
+from .call import JITTER_MS, CallReport, Gateway, Line, SimulatedCall, percentile
 from .rest import TwilioRestStub
 
 
@@ -34,6 +34,7 @@ class SimulationReport:
             "playbackJitterMs": {"n": len(jitter), "p50": round(percentile(jitter, 50), 2), "p99": round(percentile(jitter, 99), 2)},
             "callerClockLagMs": {"p99": round(percentile(lag, 99), 2)},
             "clears": sum(c.clears for c in self.calls),
+            "playoutUnderruns": sum(c.underruns for c in self.calls),
             "framesSent": sum(c.frames_sent for c in self.calls),
             "framesReceived": sum(c.frames_received for c in self.calls),
         }
@@ -51,13 +52,14 @@ async def caller_audio(lines: list[Line]) -> dict[str, bytes]:
 
 async def simulate(gateway: Gateway, lines: list[Line], *, calls: int = 1, ramp_ms: int = 200, listen: bool = True,
                    rest: TwilioRestStub | None = None, caller: str = "+15550100001", callee: str = "+15550100000",
-                   hangup_after_ms: int = 1500, max_seconds: float = 60.0) -> SimulationReport:
-    """Place `calls` simulated inbound calls, `ramp_ms` apart, each speaking `lines`."""
+                   hangup_after_ms: int = 1500, max_seconds: float = 60.0, jitter_ms: int = JITTER_MS) -> SimulationReport:
+    """Place `calls` simulated inbound calls, `ramp_ms` apart, each speaking `lines`; each caller's
+    playout starts `jitter_ms` into a talkspurt (a carrier's jitter buffer, deepened by underruns)."""
     audio = await caller_audio(lines)
     ears = LocalTranscription({"silenceDurationMs": 600}) if listen else None
     loop = asyncio.get_running_loop()
     sims = [SimulatedCall(gateway, caller=caller, callee=callee, lines=lines, audio=audio, ears=ears,
-                          hangup_after_ms=hangup_after_ms, max_seconds=max_seconds) for _ in range(calls)]
+                          hangup_after_ms=hangup_after_ms, max_seconds=max_seconds, jitter_ms=jitter_ms) for _ in range(calls)]
     by_sid = {sim.sid: sim for sim in sims}
     if rest is not None:
         def hung_up(sid: str) -> None:

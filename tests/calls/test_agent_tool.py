@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
 from typing import Any
 
 import pytest
@@ -19,6 +18,7 @@ from calls.selectors import call_metadata
 from calls.services import call_end, event_process
 from core.events import CallAnswered, CallSpeech
 from providers.carriers import mock
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.django_db
 
@@ -52,11 +52,8 @@ def reply_when_listening(call_id: str, transcript: str) -> threading.Thread:
 
     def answer() -> None:
         try:
-            deadline = time.monotonic() + 5
-            while not CallTurn.objects.filter(call_id=call_id, listen_started_at__isnull=False).exists():
-                if time.monotonic() > deadline:
-                    return
-                time.sleep(0.02)
+            wait_until(lambda: CallTurn.objects.filter(call_id=call_id, listen_started_at__isnull=False).exists(),
+                       "the turn to listen")
             provider_call_id = Call.objects.get(pk=call_id).provider_call_id
             event_process(CallSpeech(call_id=provider_call_id, transcript=transcript))
         finally:

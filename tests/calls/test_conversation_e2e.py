@@ -6,8 +6,6 @@ own routes (greeting, prompt, model, voice) and an allowlisted caller each hold 
 """
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 from asgiref.sync import sync_to_async
 
@@ -19,9 +17,12 @@ from calls.simulator.rest import TwilioRestStub
 from calls.simulator.run import simulate
 from core.urls import webhook_url
 from tests.fakes.ai.llm import FakeChatCompletions
+from tests.calls.simulated import stream_recorded
 from tests.fakes.ai.tts import FakeTts
 
-pytestmark = pytest.mark.django_db(transaction=True)
+# Piper and PocketSphinx keep cores busy in real time: these tests run one after the other, in one
+# xdist worker (`--dist loadgroup`), never two at once.
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.xdist_group("offline-audio")]
 
 ACCOUNT = "AC" + "2" * 32
 TOKEN = "simulator-token"
@@ -126,7 +127,8 @@ async def test_two_numbers_hold_their_own_conversations(gateway, rest_stub, llm,
     clinic_call, garage_call = clinic.calls[0], garage.calls[0]
     assert clinic_call.outcome == "completed", clinic_call
     assert garage_call.outcome == "completed", garage_call
-    await asyncio.sleep(0.5)
+    await stream_recorded(clinic_call.call_sid)
+    await stream_recorded(garage_call.call_sid)
 
     _, entries, replies = await sync_to_async(_stored)(clinic_call.call_sid)
     assert_conversation(entries, replies, "Welcome to the clinic.", REPLIES["clinic"])
@@ -162,7 +164,7 @@ async def test_an_allowlisted_caller_holds_a_conversation_and_is_remembered(gate
     report = await simulate(site, LINES, rest=rest_stub, caller=CALLER, callee=CLINIC, max_seconds=60, listen=False)
     call_report = report.calls[0]
     assert call_report.outcome == "completed", call_report
-    await asyncio.sleep(0.5)
+    await stream_recorded(call_report.call_sid)
     call, entries, replies = await sync_to_async(_stored)(call_report.call_sid)
     assert_conversation(entries, replies, "Hello again.", REPLIES["clinic"])
     assert call.session_key == "agent:main:voice:15550100001"

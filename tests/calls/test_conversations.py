@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import time
 
 import pytest
 
@@ -15,6 +14,7 @@ from providers.responders.spoken import OPENING_CONTEXT_POLICY, OUTPUT_CONTRACT
 from routing.models import NumberRoute
 from tests.fakes.agent import FakeAgentWebhook
 from tests.fakes.ai.llm import FakeChatCompletions
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -201,7 +201,7 @@ def test_a_newer_utterance_discards_a_reply_still_being_generated(configure, llm
     call = ring()
     background.drain(10)
     say(call, "An old question.")
-    _wait(lambda: llm.requests and llm.requests[-1].chunk_times)
+    wait_until(lambda: llm.requests and llm.requests[-1].chunk_times)
     say(call, "A new question.")
     background.drain(20)
     assert spoken(call) == ["Welcome to the shop.", "Answer to the new question."]
@@ -209,17 +209,10 @@ def test_a_newer_utterance_discards_a_reply_still_being_generated(configure, llm
     assert (old.status, old.reply) == (ReplyStatus.SUPERSEDED, "")
     assert new.status == ReplyStatus.SPOKEN
     # The discarded generation was stopped, not read to its end.
-    _wait(lambda: llm.requests[0].finished.is_set())
+    wait_until(lambda: llm.requests[0].finished.is_set())
     assert llm.requests[0].outcome == "client-closed"
     # The old question is still part of the conversation.
     assert ("user", "An old question.") in messages_of(llm.requests[-1])
-
-
-def _wait(condition, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
 
 
 # --- bad replies and failures --------------------------------------------------------------------

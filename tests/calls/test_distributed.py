@@ -4,13 +4,13 @@ Skipped unless DATABASE_URL points at PostgreSQL and REDIS_URL is set (CI sets b
 """
 from __future__ import annotations
 
-import time
 from datetime import timedelta
 
 import pytest
 from django.conf import settings
 from django.db import connection
 from django.utils import timezone
+from tests.waiting import wait_until
 
 distributed = pytest.mark.skipif(
     not settings.REDIS_URL or settings.DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql",
@@ -47,13 +47,6 @@ def celery_worker_thread():
         yield app
 
 
-def wait_for(predicate, timeout=15.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.05)
-
-
 def test_jobs_and_sweeps_run_on_a_real_celery_worker(celery_worker_thread, configure):
     from calls import background
     from core.events import CallAnswered
@@ -68,13 +61,13 @@ def test_jobs_and_sweeps_run_on_a_real_celery_worker(celery_worker_thread, confi
         # The greeting job is queued on Redis and spoken by the worker.
         call = call_initiate(to="+15550001111", message="Hello from a worker", mode="conversation")
         event_process(CallAnswered(call_id=str(call.pk)))
-        wait_for(lambda: Call.objects.get(pk=call.pk).transcript_entries.exists())
+        wait_until(lambda: Call.objects.get(pk=call.pk).transcript_entries.exists(), "the worker to speak the greeting", timeout=15)
         assert "play_tts" in mock.outbox_actions(call.provider_call_id)
 
         # A due deadline is enforced by the sweep task the worker runs.
         Call.objects.filter(pk=call.pk).update(max_duration_deadline=timezone.now() - timedelta(seconds=1))
         sweep_deadlines_task.delay()
-        wait_for(lambda: Call.objects.get(pk=call.pk).state == "timeout")
+        wait_until(lambda: Call.objects.get(pk=call.pk).state == "timeout", "the worker's sweep to end the call", timeout=15)
     finally:
         background.set_mode(None)
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
-import time
+import uuid
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,8 +22,8 @@ from calls.models import Call
 from calls.services import call_continue, call_end, call_initiate
 from providers.carriers import mock
 from tests.conftest import events_body
-
 from tests.paths import ROOT
+from tests.waiting import await_until, wait_until
 
 
 @pytest.mark.django_db(transaction=True)
@@ -38,7 +40,8 @@ async def test_complete_call_through_the_asgi_app(asgi):
 
     # An agent turn: speak, then wait for the caller's answer that arrives as a webhook.
     turn = asyncio_thread(lambda: call_continue(call_id=cid, prompt="Can you come on Tuesday?"))
-    await wait_until(lambda: Call.objects.get(pk=cid).turns.filter(listen_started_at__isnull=False).exists())
+    await await_until(sync_to_async(lambda: Call.objects.get(pk=cid).turns.filter(listen_started_at__isnull=False).exists()),
+                      "the turn to listen")
     await post({"type": "call.speech", "callId": cid, "transcript": "Yes, Tuesday works.", "confidence": 0.93, "id": "e4"})
     assert turn.join() == "Yes, Tuesday works."
 
@@ -99,16 +102,6 @@ class asyncio_thread:
         return self.result
 
 
-async def wait_until(predicate, timeout=5.0):
-    import asyncio
-
-    deadline = time.monotonic() + timeout
-    while not await sync_to_async(predicate)():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached")
-        await asyncio.sleep(0.02)
-
-
 # --- the real thing: a gateway process on a socket, the CLI in other processes ----------------
 
 
@@ -139,6 +132,19 @@ class Gateway:
     def log(self) -> str:
         return (self.dir / "gateway.log").read_text()
 
+    def listening(self, call_id: str) -> bool:
+        """Whether the call's `continue` turn listens now (read from the gateway's own database)."""
+        with closing(sqlite3.connect(f"file:{self.dir / 'gateway.sqlite3'}?mode=ro", uri=True)) as db:
+            row = db.execute("SELECT 1 FROM calls_callturn WHERE call_id = ? AND listen_started_at IS NOT NULL",
+                             (uuid.UUID(call_id).hex,)).fetchone()
+        return row is not None
+
+    def wait(self, condition, what: str, timeout: float = 15.0) -> None:
+        try:
+            wait_until(condition, what, timeout=timeout, interval=0.1)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; gateway log:\n{self.log()}") from None
+
 
 @pytest.fixture
 def gateway(tmp_path):
@@ -166,18 +172,18 @@ def gateway(tmp_path):
     process = subprocess.Popen([sys.executable, "manage.py", "gateway"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if httpx.get(f"{base}/healthz", timeout=0.5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError("gateway did not start:\n" + (tmp_path / "gateway.log").read_text())
-            time.sleep(0.1)
+        gw = Gateway(base=base, env=env, dir=tmp_path)
 
-        yield Gateway(base=base, env=env, dir=tmp_path)
+        def healthy() -> bool:
+            if process.poll() is not None:
+                raise AssertionError("the gateway exited:\n" + gw.log())
+            try:
+                return httpx.get(f"{base}/healthz", timeout=0.5).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        gw.wait(healthy, "the gateway to answer /healthz", timeout=20)
+        yield gw
     finally:
         process.terminate()
         process.wait(10)
@@ -194,7 +200,7 @@ def test_readme_flow_on_a_real_gateway(gateway):
 
     gw.post({"type": "call.answered", "callId": call_id})
     # The greeting is spoken by the gateway's background worker right after the answer.
-    wait_for(lambda: gw.cli("status", "--call-id", call_id)["transcript"], gw)
+    gw.wait(lambda: gw.cli("status", "--call-id", call_id)["transcript"], "the greeting in the transcript")
     assert gw.cli("status", "--call-id", call_id)["transcript"][0]["text"] == "Hello"
 
     # `continue` in one process; the caller's answer arrives through the gateway's webhook.
@@ -202,8 +208,7 @@ def test_readme_flow_on_a_real_gateway(gateway):
         [sys.executable, "manage.py", "voicecall", "continue", "--call-id", call_id, "--message", "Anything else?"],
         cwd=ROOT, env=gw.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
-    wait_for(lambda: len(gw.cli("status", "--call-id", call_id)["transcript"]) == 2, gw)
-    time.sleep(0.3)
+    gw.wait(lambda: gw.listening(call_id), "the turn to listen")
     gw.post({"type": "call.speech", "callId": call_id, "transcript": "No, thank you."})
     out, err = waiting.communicate(timeout=20)
     assert waiting.returncode == 0, err
@@ -219,12 +224,4 @@ def test_readme_flow_on_a_real_gateway(gateway):
     # A notify call: the gateway's embedded sweeper hangs up notifyHangupDelaySec after the message.
     notify_id = gw.cli("call", "--to", "+15550002222", "--message", "Your order shipped", "--mode", "notify")["callId"]
     gw.post({"type": "call.answered", "callId": notify_id})
-    wait_for(lambda: gw.cli("status", "--call-id", notify_id)["state"] == "hangup-bot", gw)
-
-
-def wait_for(predicate, gw: Gateway, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached; gateway log:\n" + gw.log())
-        time.sleep(0.2)
+    gw.wait(lambda: gw.cli("status", "--call-id", notify_id)["state"] == "hangup-bot", "the notify hang-up")

@@ -16,7 +16,8 @@ from tests.fakes.ai.llm import FakeChatCompletions
 from tests.fakes.plivo import FakePlivo
 from tests.fakes.telnyx import FakeTelnyx
 from tests.fakes.twilio import FakeTwilio
-from tests.providers.carriers.test_carriers_e2e import CALLER, FROM, carrier_config, transcript, wait_until
+from tests.providers.carriers.test_carriers_e2e import CALLER, FROM, carrier_config, transcript
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

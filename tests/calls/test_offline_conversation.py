@@ -1,11 +1,12 @@
 """Offline end to end: the carrier simulator calls the real gateway (Daphne on a loopback port).
 
-Everything is local: the simulator's caller speaks with Piper and listens with PocketSphinx; the
-gateway transcribes with PocketSphinx and answers with a scripted reply spoken by Piper.
+Everything is local: the simulator's caller speaks with Piper; the gateway transcribes with
+PocketSphinx and answers with a scripted reply spoken by Piper. What the caller got is judged by
+what the gateway sent and the caller's playout played and acknowledged (frames, marks, clears),
+not by a second recognizer listening on the caller's side: Piper samples its voice, so that
+recognition varies from run to run, and more so on a loaded machine.
 """
 from __future__ import annotations
-
-import asyncio
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -16,8 +17,11 @@ from calls.simulator.call import Gateway, Line
 from calls.simulator.rest import TwilioRestStub
 from calls.simulator.run import simulate
 from core.urls import webhook_url
+from tests.calls.simulated import stream_recorded
 
-pytestmark = pytest.mark.django_db(transaction=True)
+# Piper and PocketSphinx keep cores busy in real time: these tests run one after the other, in one
+# xdist worker (`--dist loadgroup`), never two at once.
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.xdist_group("offline-audio")]
 
 ACCOUNT = "AC" + "1" * 32
 TOKEN = "simulator-token"
@@ -66,41 +70,52 @@ def _stored(call_sid: str):
     return call, entries, streams
 
 
+async def stored(call_sid: str):
+    await stream_recorded(call_sid)
+    return await sync_to_async(_stored)(call_sid)
+
+
+def assert_everything_sent_was_played_or_cleared(call_report) -> None:
+    """The caller's playout accounts for every frame and mark the gateway sent."""
+    assert call_report.frames_played + call_report.frames_cleared == call_report.frames_received, call_report
+    assert call_report.marks_echoed == call_report.marks_received, call_report
+
+
 async def test_caller_hears_the_scripted_reply(streaming_gateway, rest_stub):
     gateway = streaming_gateway(REPLY)
-    report = await simulate(gateway, [Line("I would like to book an appointment please.")], rest=rest_stub, max_seconds=45)
+    report = await simulate(gateway, [Line("I would like to book an appointment please.")], rest=rest_stub, max_seconds=45,
+                            listen=False)
     call_report = report.calls[0]
     assert call_report.outcome == "completed", call_report
-    heard = call_report.heard().lower()
-    # Offline recognition is not perfect: the test listens for the key words of each sentence.
-    # The sentences are ones PocketSphinx gets right from Piper's voice over μ-law.
-    assert "welcome" in heard, heard  # the greeting came first
-    # The reply's key words are its news, the day and time. Recognition of its first words varies
-    # with load ("appointment and look", "a point of that book", "we're quite mad and look").
-    for word in ("monday", "morning"):
-        assert word in heard, heard
+    # Nothing was cut: the caller played every frame the gateway sent and echoed every mark.
+    assert call_report.clears == 0, call_report
+    assert_everything_sent_was_played_or_cleared(call_report)
+    assert call_report.frames_cleared == 0 and call_report.speech_frames_played > 100, call_report
     assert call_report.turn_latencies_ms, "no reply was timed"
-    await asyncio.sleep(0.5)
-    call, entries, streams = await sync_to_async(_stored)(call_report.call_sid)
-    assert ("bot", GREETING) in entries
-    assert ("bot", REPLY) in entries
+    call, entries, streams = await stored(call_report.call_sid)
+    # The greeting came first, then the caller, then the reply; each bot line is stored whole only
+    # once the caller's playout echoed its end mark (what is heard is what is stored).
+    assert entries[0] == ("bot", GREETING), entries
     user_lines = [text for speaker, text in entries if speaker == "user"]
-    assert user_lines and "book" in user_lines[0] and "appointment" in user_lines[0]
-    assert streams and streams[0]["stats"]["frames_in"] > 100
-    assert streams[0]["stats"].get("dropped", 0) == 0
+    assert user_lines and "book" in user_lines[0] and "appointment" in user_lines[0], entries
+    assert entries.index(("bot", REPLY)) > entries.index(("user", user_lines[0])), entries
+    stats = streams[0]["stats"]
+    assert stats["frames_in"] > 100
+    assert stats.get("dropped", 0) == 0
+    assert stats["marks_acked"] == stats["marks_sent"] == call_report.marks_received, stats
 
 
 async def test_barge_in_clears_playback_and_keeps_only_what_was_heard(streaming_gateway, rest_stub):
     gateway = streaming_gateway(LONG_REPLY, "All right, goodbye.")
     lines = [Line("Please tell me your opening hours."), Line("Please stop talking now.", interrupt=True)]
-    report = await simulate(gateway, lines, rest=rest_stub, max_seconds=60)
+    report = await simulate(gateway, lines, rest=rest_stub, max_seconds=60, listen=False)
     call_report = report.calls[0]
     assert call_report.outcome == "completed", call_report
     assert call_report.clears >= 1, "the gateway never sent clear"
-    heard = call_report.heard().lower()
-    assert "inventory" not in heard and "wednesday" not in heard
-    await asyncio.sleep(0.5)
-    call, entries, streams = await sync_to_async(_stored)(call_report.call_sid)
+    interrupted_at = [t.at for t in call_report.transcript if t.who == "caller"][1]
+    assert call_report.clear_at[0] > interrupted_at, call_report  # the clear answered the caller talking over
+    assert_everything_sent_was_played_or_cleared(call_report)
+    call, entries, streams = await stored(call_report.call_sid)
     bot_lines = [text for speaker, text in entries if speaker == "bot"]
     cut = [text for text in bot_lines if LONG_REPLY.startswith(text) and text != LONG_REPLY]
     assert LONG_REPLY not in bot_lines

@@ -26,6 +26,7 @@ from core.errors import (
 from core.events import CallAnswered, CallEnded, CallSpeech
 from providers.carriers import mock
 from tests.conftest import admit_concurrently
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -201,16 +202,15 @@ def test_continue_returns_the_next_final_transcript_with_latencies(outbox):
     call = live_call()
 
     def answer():
-        deadline = time.monotonic() + 5
-        while not CallTurn.objects.filter(call=call, listen_started_at__isnull=False).exists():
-            if time.monotonic() > deadline:
-                return
-            time.sleep(0.02)
-        time.sleep(0.05)
-        event_process(CallSpeech(call_id=call.provider_call_id, transcript="Tuesday at noon"))
         from django.db import connection
 
-        connection.close()
+        try:
+            wait_until(lambda: CallTurn.objects.filter(call=call, listen_started_at__isnull=False).exists(),
+                       "the turn to listen")
+            time.sleep(0.05)  # the caller takes 50 ms to answer: listen_wait_ms must measure it
+            event_process(CallSpeech(call_id=call.provider_call_id, transcript="Tuesday at noon"))
+        finally:
+            connection.close()
 
     caller = threading.Thread(target=answer)
     caller.start()
@@ -250,12 +250,14 @@ def test_continue_fails_when_the_call_ends_while_waiting():
     call = live_call()
 
     def hang_up():
-        while not CallTurn.objects.filter(call=call, listen_started_at__isnull=False).exists():
-            time.sleep(0.02)
-        event_process(CallEnded(call_id=str(call.pk), reason="hangup-user"))
         from django.db import connection
 
-        connection.close()
+        try:
+            wait_until(lambda: CallTurn.objects.filter(call=call, listen_started_at__isnull=False).exists(),
+                       "the turn to listen")
+            event_process(CallEnded(call_id=str(call.pk), reason="hangup-user"))
+        finally:
+            connection.close()
 
     thread = threading.Thread(target=hang_up)
     thread.start()
@@ -282,7 +284,7 @@ def test_concurrent_ends_hang_up_once(monkeypatch, outbox):
     original = mock.MockCarrier.hangup_call
 
     def slow(self, **kwargs):
-        time.sleep(0.2)
+        time.sleep(0.2)  # a slow carrier on purpose: the first hang-up is in flight when the second end arrives
         original(self, **kwargs)
 
     monkeypatch.setattr(mock.MockCarrier, "hangup_call", slow)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 import uuid
 from datetime import timedelta
 
@@ -17,6 +16,7 @@ from calls.rpc_tokens import local_token
 from calls.selectors import call_metadata
 from calls.services import continue_operations_wait, event_process, processed_webhooks_purge
 from core.events import CallAnswered, CallEnded, CallSpeech
+from tests.waiting import wait_until
 from voicecall_project.rpc_tokens import parse_rpc_tokens
 
 WRITE = "w" * 8 + "write-token-0001"
@@ -73,13 +73,6 @@ def answered_call(rpc) -> str:
     call_id = start_call(rpc)
     event_process(CallAnswered(call_id=call_id))
     return call_id
-
-
-def wait_until(predicate, timeout=10.0):
-    give_up = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < give_up, "condition not reached in time"
-        time.sleep(0.02)
 
 
 def listening(call_id) -> bool:
@@ -538,7 +531,7 @@ def test_a_second_continue_while_one_is_pending_fails_that_operation(rpc):
     assert result_of(rpc("voicecall.continue.result", {"operationId": first}))["result"]["transcript"] == "yes"
 
 
-@pytest.mark.parametrize("op_id", [str(uuid.uuid4()), "not-a-uuid"])
+@pytest.mark.parametrize("op_id", ["5b4990eb-af91-442c-87d3-0dce9b5fdcd6", "not-a-uuid"], ids=["unknown-uuid", "not-a-uuid"])
 def test_unknown_operations(rpc, op_id):
     assert error_of(rpc("voicecall.continue.result", {"operationId": op_id})) == {
         "code": -32602, "message": "operation not found", "data": {"code": "INVALID_REQUEST"},

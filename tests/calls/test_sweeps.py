@@ -1,7 +1,6 @@
 """Deadlines on rows, the sweeper, the stale-call reaper, and restore after a restart."""
 from __future__ import annotations
 
-import time
 from datetime import timedelta
 
 import pytest
@@ -20,6 +19,7 @@ from calls.services import (
 )
 from core.events import CallAnswered, CallSpeech
 from providers.carriers import mock
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -195,12 +195,7 @@ def test_embedded_sweeper_thread_fires_a_deadline_on_time(settings, configure):
         call.refresh_from_db()
         hangup_at = call.notify_hangup_at
         assert hangup_at is not None
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            call.refresh_from_db()
-            if call.is_terminal:
-                break
-            time.sleep(0.05)
+        wait_until(lambda: Call.objects.get(pk=call.pk).is_terminal, "the sweeper to hang up")
         background.drain()
         call.refresh_from_db()
         assert call.end_reason == "hangup-bot"

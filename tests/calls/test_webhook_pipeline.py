@@ -14,6 +14,7 @@ from calls.services import webhooks as webhook_processing
 from providers.carriers.mock import MockCarrier
 from providers.registry import register_carrier
 from tests.conftest import events_body
+from tests.waiting import await_until, forever
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -133,7 +134,7 @@ async def call_app(app, *, headers=(), body_parts=(b"",), client=("10.0.0.1", 1)
     async def receive():
         received.append(True)
         if hang:
-            await asyncio.sleep(3600)
+            await forever()
         part = parts.pop(0)
         return {"type": "http.request", "body": part, "more_body": bool(parts)}
 
@@ -184,8 +185,7 @@ async def test_in_flight_cap_per_ip_is_429(monkeypatch):
     monkeypatch.setattr(webhooks, "BODY_TIMEOUT_SECONDS", 2)
     app = webhooks.WebhookApp()
     slow = [asyncio.create_task(call_app(app, hang=True, client=("10.0.0.9", i))) for i in range(8)]
-    await asyncio.sleep(0.05)
-    assert app.in_flight["10.0.0.9"] == 8
+    await await_until(lambda: app.in_flight.get("10.0.0.9") == 8, "eight requests in flight")
     status, body, received = await call_app(app, client=("10.0.0.9", 99), body_parts=[events_body()])
     assert (status, body, received) == (429, b"Too Many Requests", [])
     other_ip, _, _ = await call_app(app, client=("10.0.0.10", 1), body_parts=[events_body()])

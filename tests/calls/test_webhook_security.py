@@ -28,6 +28,7 @@ from calls.models import Call, CallEvent, CallTurn, ProcessedWebhook, Transcript
 from calls.runtime import reset_runtime
 from calls.services import webhooks as webhook_processing
 from providers.carriers.http import CarrierHttp
+from tests.waiting import await_stays, await_until, forever
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -184,7 +185,7 @@ async def call_app(app, *, headers=(), body=b"{}", client=("10.0.0.1", 1), hang=
     async def receive():
         received.append(True)
         if hang:
-            await asyncio.sleep(3600)
+            await forever()
         return {"type": "http.request", "body": body, "more_body": False}
 
     async def send(message):
@@ -693,14 +694,6 @@ class Background:
         return self.result
 
 
-async def wait_until(predicate, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while not await sync_to_async(predicate)():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached")
-        await asyncio.sleep(0.02)
-
-
 async def test_stale_or_missing_turn_token_does_not_complete_the_turn(asgi, configure, monkeypatch):
     from calls.services import call_continue
     from providers.carriers.twilio.rest import TwilioRest
@@ -714,7 +707,8 @@ async def test_stale_or_missing_turn_token_does_not_complete_the_turn(asgi, conf
     cid = str(call.pk)
 
     turn = Background(lambda: call_continue(call_id=cid, prompt="Which day suits you?"))
-    await wait_until(lambda: CallTurn.objects.filter(call_id=cid, listen_started_at__isnull=False).exists())
+    await await_until(sync_to_async(lambda: CallTurn.objects.filter(call_id=cid, listen_started_at__isnull=False).exists()),
+                      "the turn to listen")
     token = await sync_to_async(lambda: CallTurn.objects.get(call_id=cid).token)()
     assert token and len(documents) == 1 and f"turnToken={token}" in documents[0]
 
@@ -725,9 +719,8 @@ async def test_stale_or_missing_turn_token_does_not_complete_the_turn(asgi, conf
 
     await gather(f"callId={cid}&turnToken={uuid.uuid4().hex}", "Monday")  # a stale turn's result
     await gather(f"callId={cid}", "Tuesday")  # no token at all
-    await asyncio.sleep(0.3)
-    pending = await sync_to_async(lambda: CallTurn.objects.get(call_id=cid).status)()
-    assert pending == "pending" and turn.thread.is_alive()
+    still_waiting = sync_to_async(lambda: CallTurn.objects.get(call_id=cid).status == "pending" and turn.thread.is_alive())
+    await await_stays(still_waiting, "the turn still waiting for its own token", seconds=0.3)
     await gather(f"callId={cid}&turnToken={token}", "Wednesday")
     assert await sync_to_async(turn.join)() == "Wednesday"
     said = await sync_to_async(lambda: list(TranscriptEntry.objects.filter(speaker="user").values_list("text", flat=True)))()

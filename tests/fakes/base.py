@@ -6,7 +6,6 @@ import json
 import queue
 import re
 import threading
-import time
 import xml.etree.ElementTree as ET
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -405,17 +404,6 @@ class FakeServer:
         with self._idle:
             if not self._idle.wait_for(lambda: self._pending == 0, timeout):
                 raise TimeoutError(f"{type(self).__name__} still busy after {timeout}s ({self._pending} jobs)")
-
-    def wait_for(self, predicate: Callable[[], Any], timeout: float = 5, interval: float = 0.01) -> Any:
-        """Poll predicate until it returns something truthy, and return that."""
-        deadline = time.monotonic() + timeout
-        while True:
-            result = predicate()
-            if result:
-                return result
-            if time.monotonic() >= deadline:
-                raise TimeoutError(f"condition not met within {timeout}s")
-            time.sleep(interval)
 
     def _new_job(self, fn: Callable[[], Any], report: bool) -> _Job:
         # counted as pending from the moment it exists, so wait_idle() right after a REST call waits for it

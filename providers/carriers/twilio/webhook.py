@@ -118,8 +118,9 @@ def parse(request: WebhookRequest, *, request_key: str) -> ParsedWebhook:
 
     speech = params.get("SpeechResult", "").strip()
     if kind == "amd":
-        if params.get("AnsweredBy"):
-            add(CallAmd, answered_by=params["AnsweredBy"].strip())
+        answered_by = params.get("AnsweredBy", "").strip()
+        if answered_by:  # blank after trimming (e.g. a lone CR) says nothing
+            add(CallAmd, answered_by=answered_by)
     elif speech:
         add(CallSpeech, transcript=speech, is_final=True, confidence=_confidence(params.get("Confidence")))
     elif params.get("Digits"):

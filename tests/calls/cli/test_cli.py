@@ -31,6 +31,7 @@ from calls.services import call_speak, event_process
 
 from core.events import CallAnswered, CallEnded, CallRinging, CallSpeech, event_from_dict
 from tests.paths import ROOT as MAIN
+from tests.waiting import wait_until
 TO = "+15550001111"
 TO_2 = "+15550002222"
 TWILIO_OK = {
@@ -761,14 +762,6 @@ def test_blank_message_is_refused(command, outbox):
 # --- continue ----------------------------------------------------------------------------
 
 
-def _wait_until(predicate, timeout: float = 10.0) -> None:
-    give_up = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > give_up:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.02)
-
-
 class CommandThread(threading.Thread):
     """Runs one voicecall command in another thread (with its own database connection)."""
 
@@ -801,7 +794,7 @@ def test_continue_speaks_listens_and_prints_the_transcript(outbox):
     outbox.clear()
     worker = CommandThread("continue", "--call-id", call_id, "--message", "What is your order number?")
     worker.start()
-    _wait_until(lambda: _listening_turn(call_id))
+    wait_until(lambda: _listening_turn(call_id))
     assert worker.is_alive()  # still waiting for the caller
     event_process(CallSpeech(call_id=f"mock-{call_id}", transcript="partial", is_final=False))
     event_process(CallSpeech(call_id=call_id, transcript="  It is 4 2 7  "))
@@ -829,7 +822,7 @@ def test_continue_fails_when_the_call_ends_while_waiting():
     call_id = start_call(TO)
     worker = CommandThread("continue", "--call-id", call_id, "--message", "Still there?")
     worker.start()
-    _wait_until(lambda: _listening_turn(call_id))
+    wait_until(lambda: _listening_turn(call_id))
     event_process(CallEnded(call_id=call_id, reason="hangup-user"))
     worker.join(timeout=10)
     assert not worker.is_alive()

@@ -25,7 +25,8 @@ from calls.selectors import call_metadata
 from calls.services import call_requests
 from calls.services import event_process
 from core.events import CallAnswered, CallEnded, CallSpeech
-from tests.calls.cli.test_cli import CommandThread, _listening_turn, _wait_until
+from tests.calls.cli.test_cli import CommandThread, _listening_turn
+from tests.waiting import wait_until
 from voicecall_project.rpc_tokens import parse_rpc_tokens
 
 TO = "+15550001111"
@@ -318,8 +319,8 @@ def test_continue_starts_an_operation_and_polls_its_result(via_gateway, recorder
     outbox.clear()
     worker = CommandThread("continue", "--call-id", call_id, "--message", "What is your order number?")
     worker.start()
-    _wait_until(lambda: _listening_turn(call_id))
-    _wait_until(lambda: recorder.methods.count("voicecall.continue.result") >= 2)
+    wait_until(lambda: _listening_turn(call_id))
+    wait_until(lambda: recorder.methods.count("voicecall.continue.result") >= 2)
     assert worker.is_alive()
     event_process(CallSpeech(call_id=call_id, transcript="  It is 4 2 7  "))
     worker.join(timeout=10)
@@ -343,7 +344,7 @@ def test_continue_failure_when_the_call_ends_exits_1(via_gateway, recorder, fast
     call_id = start_call()
     worker = CommandThread("continue", "--call-id", call_id, "--message", "Still there?")
     worker.start()
-    _wait_until(lambda: _listening_turn(call_id))
+    wait_until(lambda: _listening_turn(call_id))
     event_process(CallEnded(call_id=call_id, reason="hangup-user"))
     worker.join(timeout=10)
     assert not worker.is_alive()
@@ -385,7 +386,7 @@ def test_continue_falls_back_to_blocking_continue_on_an_older_gateway(via_gatewa
     event_process(CallAnswered(call_id=call_id))
     worker = CommandThread("continue", "--call-id", call_id, "--message", "Order number?")
     worker.start()
-    _wait_until(lambda: _listening_turn(call_id))
+    wait_until(lambda: _listening_turn(call_id))
     assert worker.is_alive()
     event_process(CallSpeech(call_id=call_id, transcript="Seven"))
     worker.join(timeout=10)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import secrets
 import time
@@ -29,6 +30,7 @@ from calls.streams.media import client_ip, sanitize_reason
 from calls.streams.stats import LatencyHistogram, StreamStats
 from calls.simulator.rest import TwilioRestStub
 from core.audio import FRAME_BYTES, SILENCE_FRAME
+from tests.waiting import await_stays, await_until
 
 ACCOUNT = "AC" + "1" * 32
 TOKEN = "simulator-token"
@@ -221,9 +223,8 @@ async def gateway(live_gateway, configure, rest_stub):
             pass
     drained = await _settle_limits()
     # Let the gateway record this test's streams before the database is flushed.
-    deadline = time.monotonic() + 1.5
-    while time.monotonic() < deadline and not await sync_to_async(_streams_recorded)():
-        await asyncio.sleep(0.05)
+    with contextlib.suppress(AssertionError):
+        await await_until(sync_to_async(_streams_recorded), "every stream of the test recorded as closed", timeout=1.5)
     if not drained:
         pytest.fail("media stream admission slots leaked: limits did not return to zero after every socket closed")
 
@@ -231,9 +232,8 @@ async def gateway(live_gateway, configure, rest_stub):
 async def _settle_limits(timeout: float = 2.0) -> bool:
     """Wait for the process-wide admission counters to drain; True if they did. They are reset either
     way, so one leaking test cannot break later tests (or other files sharing the live gateway)."""
-    deadline = time.monotonic() + timeout
-    while (limits.total or limits.pending) and time.monotonic() < deadline:
-        await asyncio.sleep(0.02)
+    with contextlib.suppress(AssertionError):
+        await await_until(lambda: not (limits.total or limits.pending), "the admission counters to drain", timeout=timeout)
     drained = not (limits.total or limits.pending)
     limits.total = 0
     limits.pending.clear()
@@ -250,19 +250,6 @@ def rest_stub():
     stub = TwilioRestStub(on_hangup=lambda sid: None).start()
     yield stub
     stub.stop()
-
-
-async def wait_until(condition, timeout: float = 5.0, interval: float = 0.02):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(interval)
 
 
 @sync_to_async
@@ -306,7 +293,7 @@ async def closed_row(stream_sid: str, timeout: float = 5.0) -> MediaStream:
         row = await stream_row(stream_sid)
         return row if row is not None and row.closed_at is not None and "pacingLateMs" in row.stats else None
 
-    return await wait_until(closed, timeout)
+    return await await_until(closed, f"stream {stream_sid} recorded as closed", timeout=timeout)
 
 
 def new_sid() -> str:
@@ -382,8 +369,8 @@ async def open_stream(gw: Gateway, call: Call, stream_sid: str | None = None, ur
     ws = await gw.dial(url)
     await ws.send(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
     await ws.send(start_frame(call, stream_sid))
-    await wait_until(lambda: stream_row(stream_sid))
-    await wait_until(lambda: _joined(call))  # joined the call's group: commands reach it
+    await await_until(lambda: stream_row(stream_sid))
+    await await_until(lambda: _joined(call))  # joined the call's group: commands reach it
     return ws, stream_sid
 
 
@@ -469,7 +456,7 @@ async def test_no_start_within_the_pre_start_timeout_closes_1008(gateway):
     await ws.send("garbage is dropped, it does not count as a start")
     assert await close_code(ws, timeout=1.5) in spec_code(1008)
     assert 0.25 < time.monotonic() - opened < 2.0
-    await wait_until(lambda: limits.total == 0, 1)
+    await await_until(lambda: limits.total == 0, timeout=1)
 
 
 @live
@@ -500,7 +487,7 @@ async def test_the_token_may_come_in_the_query_string(gateway):
     sid = new_sid()
     ws = await gateway.dial(f"{gateway.url}?token={stream_token(str(call.pk))}")
     await ws.send(start_frame(call, sid, token=None))
-    await wait_until(lambda: stream_row(sid))
+    await await_until(lambda: stream_row(sid))
     await ws.send(stop_frame(sid, call))
     assert await close_code(ws) == 1000
 
@@ -536,7 +523,7 @@ async def test_refused_sockets_release_their_admission_slots(gateway):
             ws = await gateway.dial()
             await ws.send(frame)
             assert await close_code(ws) in spec_code(1008)
-    await wait_until(lambda: limits.total == 0 and not limits.pending, 2)
+    await await_until(lambda: limits.total == 0 and not limits.pending, timeout=2)
     ws, sid = await open_stream(gateway, call)  # the address is not locked out
     await ws.send(stop_frame(sid, call))
     assert await close_code(ws) == 1000
@@ -582,7 +569,7 @@ async def test_a_valid_start_opens_the_stream_and_stop_starts_the_grace(gateway)
     grace = (refreshed.stream_grace_deadline - row.closed_at).total_seconds()
     assert 1.9 <= grace <= 2.5, grace  # behaviour.md §2.12: 2000 ms
     assert not refreshed.is_terminal  # not ended yet
-    await wait_until(lambda: limits.total == 0, 2)
+    await await_until(lambda: limits.total == 0, timeout=2)
 
 
 @live
@@ -609,10 +596,11 @@ async def test_a_newer_stream_replaces_the_open_one(gateway):
     assert await close_code(old) == 1000
     old_row = await closed_row(old_sid)
     assert old_row.close_reason == "replaced"
-    await asyncio.sleep(0.3)  # the replaced stream's own cleanup has run
-    assert (await stream_row(new_sid_)).closed_at is None
-    # only the current stream starts the grace: the replaced one must not
-    assert (await fetch_call(call)).stream_grace_deadline is None
+    # Only the current stream starts the grace: the replaced one's cleanup must not, nor close the new row.
+    async def new_stream_untouched() -> bool:
+        return (await stream_row(new_sid_)).closed_at is None and (await fetch_call(call)).stream_grace_deadline is None
+
+    await await_stays(new_stream_untouched, "the new stream open and no grace started", seconds=0.3)
     assert await stays_open(new, 0.2)
 
 
@@ -640,7 +628,7 @@ async def test_malformed_frames_are_dropped_counted_and_not_fatal(gateway):
     assert limits.pending.get("127.0.0.1") == 1  # still pending
     # a valid start still works on the same socket
     await ws.send(start_frame(call, sid))
-    await wait_until(lambda: stream_row(sid))
+    await await_until(lambda: stream_row(sid))
     await ws.send(media_frame(sid, b"", sequence=3))  # no audio
     await ws.send(media_frame(sid, sequence=4, track="outbound"))  # another track: ignored
     await ws.send(json.dumps({"event": "mark", "streamSid": sid, "mark": {"name": "never-sent"}}))
@@ -702,8 +690,8 @@ async def test_pending_cap_per_ip_and_a_started_socket_is_not_pending(gateway):
     call = await new_call()
     sid = new_sid()
     await first.send(start_frame(call, sid))
-    await wait_until(lambda: stream_row(sid))
-    await wait_until(lambda: limits.pending.get("127.0.0.1") == 1, 2)
+    await await_until(lambda: stream_row(sid))
+    await await_until(lambda: limits.pending.get("127.0.0.1") == 1, timeout=2)
     fourth = await gateway.dial()
     assert await stays_open(fourth, 0.3)
     fifth = await gateway.dial()
@@ -734,7 +722,7 @@ async def test_total_cap_refuses_at_the_handshake(gateway):
     assert refused.value.response.status_code in (403, 503)
     assert limits.total == 2
     await pending.close()
-    await wait_until(lambda: limits.total == 1, 2)
+    await await_until(lambda: limits.total == 1, timeout=2)
     again = await gateway.dial()  # the slot is free again
     assert await stays_open(again, 0.2)
 
@@ -786,16 +774,18 @@ async def test_stream_clear_from_the_channel_layer_sends_clear(gateway):
     listener = Listener(ws, echo=False)  # no echoes: nothing counts as heard
     speak = asyncio.ensure_future(sync_to_async(call_speak, thread_sensitive=False)(
         call_id=str(call.pk), text="Hello there, this sentence is long enough to be cut off."))
-    await wait_until(lambda: len(listener.audio()) >= 5, 20)
+    await await_until(lambda: len(listener.audio()) >= 5, timeout=20)
     sent = await sync_to_async(commands.stream_send, thread_sensitive=False)(str(call.pk), {"type": "stream.clear"})
     assert sent is True
-    await wait_until(lambda: "clear" in listener.events(), 3)
+    await await_until(lambda: "clear" in listener.events(), timeout=3)
     outcome = await asyncio.wait_for(speak, 10)
     assert outcome == "skipped"
-    await asyncio.sleep(0.2)
-    events = listener.events()
-    assert events.count("clear") == 1
-    assert "media" not in events[events.index("clear") + 1:]
+    # Nothing of the cleared speech follows, and no second clear.
+    def one_clear_and_no_media_after() -> bool:
+        events = listener.events()
+        return events.count("clear") == 1 and "media" not in events[events.index("clear") + 1:]
+
+    await await_stays(one_clear_and_no_media_after, seconds=0.2)
     assert {"event": "clear", "streamSid": sid} in [m for _, m in listener.frames]
     assert await bot_lines(call) == []
     assert (await fetch_call(call)).state == "listening"
@@ -846,7 +836,7 @@ async def test_disconnect_without_reconnect_ends_the_call_after_the_grace(gatewa
     assert await sweep(at=now() + timedelta(milliseconds=500)) == 0  # still within the grace
     assert not (await fetch_call(call)).is_terminal
     assert await sweep(at=now() + timedelta(seconds=3)) == 1
-    ended = await wait_until(lambda: _terminal(call), 5)
+    ended = await await_until(lambda: _terminal(call), timeout=5)
     assert ended.end_reason == "hangup-bot"
     assert ended.stream_grace_deadline is None
     assert rest_stub.status[call.provider_call_id] == "completed"
@@ -863,7 +853,7 @@ async def test_dtmf_on_the_stream_is_recorded(gateway):
     def dtmf_events():
         return list(CallEvent.objects.filter(call=call, type="call.dtmf").values_list("payload", flat=True))
 
-    events = await wait_until(dtmf_events, 5)
+    events = await await_until(dtmf_events, timeout=5)
     assert "7" in json.dumps(events)
     await ws.send(stop_frame(sid, call))
     assert await close_code(ws) == 1000

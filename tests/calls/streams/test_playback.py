@@ -27,6 +27,7 @@ from calls.streams.playback import (
 from calls.streams.stats import StreamStats
 from core.audio import FRAME_BYTES, SILENCE_FRAME, Pacer
 from providers.carriers.twilio.media import TwilioFrames
+from tests.waiting import await_stays, await_until, forever
 
 STREAM = "MZ" + "ab" * 16
 MARK = re.compile(r"^tts-(\d+)-(\d+|end)$")
@@ -93,12 +94,12 @@ def speech(frames: int, *, fill: int = AUDIO, extra: int = 0, first_delay: float
 
     async def synthesize(text: str, voice: str | None):
         if first_delay:
-            await asyncio.sleep(first_delay)
+            await asyncio.sleep(first_delay)  # a slow synthesizer is the scenario, not a wait
         data = bytes([fill]) * (frames * FRAME_BYTES + extra)
         for start in range(0, len(data), chunk):
             yield data[start:start + chunk]
             if gap:
-                await asyncio.sleep(gap)
+                await asyncio.sleep(gap)  # chunks arrive slower than real time on purpose
 
     return synthesize
 
@@ -113,7 +114,7 @@ def by_text(**behaviours):
 
 
 async def stall(text: str, voice: str | None):
-    await asyncio.sleep(30)
+    await forever()
     yield b""  # pragma: no cover
 
 
@@ -131,18 +132,10 @@ def failing(message: str, *, frames_before: int = 0, pause: float = 0.0):
     async def synthesize(text: str, voice: str | None):
         if frames_before:
             yield bytes([AUDIO]) * (frames_before * FRAME_BYTES)
-        await asyncio.sleep(pause or 0.05)
+        await asyncio.sleep(pause or 0.05)  # the failure comes after a while, mid-playback (the scenario)
         raise RuntimeError(message)
 
     return synthesize
-
-
-async def wait_until(condition, timeout: float = 3.0, interval: float = 0.005) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(interval)
 
 
 async def settle(future, timeout: float = 5.0) -> PlaybackResult:
@@ -216,7 +209,7 @@ async def test_silence_goes_out_at_once_and_every_20_ms_until_speech_arrives(mak
     playback, carrier, _ = make(speech(5, first_delay=0.3), Carrier(echo=True))
     started = time.monotonic()
     future = playback.enqueue("Hello")
-    await wait_until(lambda: carrier.sent, timeout=0.2)
+    await await_until(lambda: carrier.sent, timeout=0.2)
     first_time, first = carrier.sent[0]
     assert first_time - started < 0.05
     assert first == {"event": "media", "streamSid": STREAM,
@@ -292,7 +285,7 @@ async def test_synthesis_slower_than_real_time_does_not_insert_silence_mid_utter
 async def test_a_mark_every_10_frames_and_an_end_mark(make):
     playback, carrier, stats = make(speech(25, extra=80))  # 26 frames, the last one padded
     future = playback.enqueue("Twenty six frames")
-    await wait_until(lambda: any(name.endswith("-end") for name in carrier.marks()))
+    await await_until(lambda: any(name.endswith("-end") for name in carrier.marks()))
     ident = entry_id(carrier)
     assert carrier.script() == (["A"] * 10 + [f"tts-{ident}-1"] + ["A"] * 10 + [f"tts-{ident}-2"]
                                 + ["A"] * 6 + [f"tts-{ident}-end"])
@@ -300,8 +293,7 @@ async def test_a_mark_every_10_frames_and_an_end_mark(make):
         if message["event"] == "mark":
             assert message == {"event": "mark", "streamSid": STREAM, "mark": {"name": message["mark"]["name"]}}
     # without an echo it keeps waiting (grace 2 s beyond the audio still buffered)
-    await asyncio.sleep(0.3)
-    assert not future.done()
+    await await_stays(lambda: not future.done(), "the entry unsettled without its end mark", seconds=0.3)
     echoed = time.monotonic()
     playback.on_mark(f"tts-{ident}-end")
     result = await settle(future, timeout=1)
@@ -318,7 +310,7 @@ async def test_without_an_echo_it_settles_played_after_the_mark_grace(make, monk
     monkeypatch.setattr(playback_module, "MARK_GRACE_MS", 150)
     playback, carrier, stats = make(speech(5))
     future = playback.enqueue("No echo")
-    await wait_until(lambda: any(name.endswith("-end") for name in carrier.marks()))
+    await await_until(lambda: any(name.endswith("-end") for name in carrier.marks()))
     end_sent = time.monotonic()
     result = await settle(future, timeout=2)
     waited = time.monotonic() - end_sent
@@ -352,7 +344,7 @@ async def test_queue_cap_is_8_pending(make):
     with pytest.raises(PlaybackQueueFull, match="Telephony TTS queue is full"):
         playback.enqueue("one too many")
     # once the player takes the first one, it is playing, not pending: one more fits
-    await wait_until(lambda: carrier.sent)
+    await await_until(lambda: carrier.sent)
     futures.append(playback.enqueue("ninth"))
     with pytest.raises(PlaybackQueueFull):
         playback.enqueue("tenth")
@@ -390,7 +382,7 @@ async def test_non_interruptible_entry_reports_it_while_playing(make):
     assert playback.interruptible and not playback.busy
     greeting = playback.enqueue("Greeting", interruptible=False)
     playback.enqueue("Reply", interruptible=True)
-    await wait_until(lambda: carrier.sent)
+    await await_until(lambda: carrier.sent)
     assert playback.busy
     assert playback.interruptible is False
     await playback.close()
@@ -401,7 +393,7 @@ async def test_non_interruptible_entry_reports_it_while_playing(make):
 async def test_interruptible_entry_reports_it(make):
     playback, carrier, _ = make(stall)
     playback.enqueue("Reply")
-    await wait_until(lambda: carrier.sent)
+    await await_until(lambda: carrier.sent)
     assert playback.interruptible is True
 
 
@@ -415,7 +407,7 @@ async def test_clear_skips_the_queue_and_interrupts_the_active_entry(make):
     playback, carrier, stats = make(synthesize)
     active = playback.enqueue(TEXT)
     queued = [playback.enqueue("queued one"), playback.enqueue("queued two")]
-    await wait_until(lambda: len(carrier.marks()) >= 2)
+    await await_until(lambda: len(carrier.marks()) >= 2)
     ident = entry_id(carrier)
     playback.on_mark(f"tts-{ident}-1")  # the caller heard the first 10 frames (200 ms)
     assert await playback.clear() == 3
@@ -427,11 +419,9 @@ async def test_clear_skips_the_queue_and_interrupts_the_active_entry(make):
     assert result.heard == heard_text(TEXT, 0.2) == "one two"
     assert result.played_ms == 200
     assert result.total_ms >= 400 and result.total_ms == len(carrier.audio()) * 20
-    await asyncio.sleep(0.15)
+    await await_stays(lambda: carrier.events().count("clear") == 1 and carrier.events()[-1] == "clear",
+                      "nothing of the entry (media, marks, a second clear) after the clear", seconds=0.15)
     events = carrier.events()
-    assert events.count("clear") == 1
-    assert "media" not in events[events.index("clear") + 1:]  # nothing of the entry after the clear
-    assert "mark" not in events[events.index("clear") + 1:]
     assert carrier.sent[events.index("clear")][1] == {"event": "clear", "streamSid": STREAM}
     assert stats.counters["clears"] == 1
     assert not playback.busy
@@ -440,7 +430,7 @@ async def test_clear_skips_the_queue_and_interrupts_the_active_entry(make):
 async def test_clear_with_nothing_acknowledged_skips_the_active_entry(make):
     playback, carrier, _ = make(speech(50, chunk=50 * FRAME_BYTES))
     active = playback.enqueue(TEXT)
-    await wait_until(lambda: len(carrier.audio()) >= 5)
+    await await_until(lambda: len(carrier.audio()) >= 5)
     assert await playback.clear() == 1
     result = await settle(active, 1)
     assert result.outcome == Outcome.SKIPPED
@@ -451,11 +441,10 @@ async def test_clear_with_nothing_acknowledged_skips_the_active_entry(make):
 async def test_clear_during_synthesis_skips_and_sends_one_clear(make):
     playback, carrier, _ = make(stall)
     active = playback.enqueue("Never synthesized")
-    await wait_until(lambda: len(carrier.silence()) >= 2)
+    await await_until(lambda: len(carrier.silence()) >= 2)
     await playback.clear()
     assert (await settle(active, 1)).outcome == Outcome.SKIPPED
-    await asyncio.sleep(0.1)
-    assert carrier.clears() == 1
+    await await_stays(lambda: carrier.clears() == 1, "exactly one clear", seconds=0.1)
     assert not carrier.audio() and not carrier.marks()
 
 
@@ -472,7 +461,7 @@ async def test_no_silence_frame_follows_a_clear_during_synthesis(make):
     playback, carrier, _ = make(stall, ClearingCarrier())
     active = playback.enqueue("Never synthesized")
     assert (await settle(active, 1)).outcome == Outcome.SKIPPED
-    await asyncio.sleep(0.05)
+    await await_stays(lambda: carrier.events()[-1:] == ["clear"], "nothing sent after the clear", seconds=0.05)
     events = carrier.events()
     assert events.count("clear") == 1
     assert events[-1] == "clear", events
@@ -483,18 +472,17 @@ async def test_clear_when_idle_sends_nothing_and_repeated_clear_sends_one(make):
     assert await playback.clear() == 0
     assert carrier.sent == []
     playback.enqueue("Something")
-    await wait_until(lambda: carrier.sent)
+    await await_until(lambda: carrier.sent)
     first, second = await asyncio.gather(playback.clear(), playback.clear())
     assert (first, second) == (1, 0)
-    await asyncio.sleep(0.05)
-    assert carrier.clears() == 1 and stats.counters["clears"] == 1
+    await await_stays(lambda: carrier.clears() == 1 and stats.counters["clears"] == 1, "exactly one clear", seconds=0.05)
 
 
 async def test_late_echoes_of_cleared_marks_are_ignored(make):
     synthesize = by_text(first=speech(30, chunk=30 * FRAME_BYTES), second=speech(12))
     playback, carrier, stats = make(synthesize)
     first = playback.enqueue("first")
-    await wait_until(lambda: len(carrier.marks()) >= 2)
+    await await_until(lambda: len(carrier.marks()) >= 2)
     old = entry_id(carrier)
     await playback.clear()
     await settle(first, 1)
@@ -505,11 +493,10 @@ async def test_late_echoes_of_cleared_marks_are_ignored(make):
     assert (stats.counters["marks_acked"], stats.counters["marks_unknown"]) == (acked, unknown)
 
     second = playback.enqueue("second")
-    await wait_until(lambda: any(n.endswith("-end") and int(MARK.match(n).group(1)) != old for n in carrier.marks()))
+    await await_until(lambda: any(n.endswith("-end") and int(MARK.match(n).group(1)) != old for n in carrier.marks()))
     playback.on_mark(f"tts-{old}-1")  # stale echoes while the next entry waits for its own
     playback.on_mark(f"tts-{old}-end")
-    await asyncio.sleep(0.1)
-    assert not second.done()
+    await await_stays(lambda: not second.done(), "the next entry unsettled by stale echoes", seconds=0.1)
     new = [n for n in carrier.marks() if int(MARK.match(n).group(1)) != old]
     playback.on_mark(new[-1])
     result = await settle(second, 1)
@@ -520,7 +507,7 @@ async def test_at_most_64_cleared_marks_are_remembered(make, fast_pacing, monkey
     monkeypatch.setattr(playback_module, "MARK_EVERY_FRAMES", 1)
     playback, carrier, stats = make(speech(70, chunk=70 * FRAME_BYTES))
     future = playback.enqueue("many marks")
-    await wait_until(lambda: any(name.endswith("-end") for name in carrier.marks()))
+    await await_until(lambda: any(name.endswith("-end") for name in carrier.marks()))
     ident = entry_id(carrier)
     assert len(carrier.marks()) == 71  # -1 .. -70 and -end
     await playback.clear()
@@ -586,7 +573,7 @@ async def test_stalled_synthesis_times_out(make):
 async def test_synthesis_stalling_after_audio_times_out_and_clears(make):
     async def synthesize(text, voice):
         yield bytes([AUDIO]) * (3 * FRAME_BYTES)
-        await asyncio.sleep(30)
+        await forever()
 
     playback, carrier, _ = make(synthesize, timeout=0.2)
     result = await settle(playback.enqueue("stuck later"))
@@ -618,15 +605,14 @@ async def test_close_settles_everything_and_stops_the_player(make):
     synthesize = by_text(long=speech(100, chunk=100 * FRAME_BYTES), queued=speech(5), waiting=stall)
     playback, carrier, _ = make(synthesize)
     futures = [playback.enqueue("long"), playback.enqueue("queued"), playback.enqueue("waiting")]
-    await wait_until(lambda: len(carrier.audio()) >= 3)
+    await await_until(lambda: len(carrier.audio()) >= 3)
     task = playback._task
     await playback.close()
     results = [await settle(f, 1) for f in futures]
     assert [r.outcome for r in results] == [Outcome.SKIPPED] * 3
     assert task.done() and playback._task is None
     count = len(carrier.sent)
-    await asyncio.sleep(0.1)
-    assert len(carrier.sent) == count  # nothing more goes out
+    await await_stays(lambda: len(carrier.sent) == count, "nothing more going out", seconds=0.1)
     assert carrier.clears() == 0  # the socket is going away: no clear is sent
     with pytest.raises(RuntimeError, match="closed"):
         playback.enqueue("after close")

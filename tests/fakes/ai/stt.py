@@ -26,6 +26,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from core.audio import BYTES_PER_MS, rms, ulaw_to_samples
+from tests.waiting import await_until
 
 __all__ = [
     "FakeDeepgram",
@@ -294,11 +295,8 @@ class FakeStt:
     async def close(self, code: int = 1011, reason: str = "") -> None:
         self.hang_up(self.last, code, reason)
 
-    async def wait_connections(self, count: int, timeout: float = 5.0) -> None:
-        async def enough() -> None:
-            while len(self.connections) < count:
-                await asyncio.sleep(0.005)
-        await asyncio.wait_for(enough(), timeout)
+    async def wait_connections(self, count: int) -> None:
+        await await_until(lambda: len(self.connections) >= count, f"{count} connections to {type(self).__name__}")
 
 
 def _words_text(words: list[str]) -> str:
@@ -429,7 +427,7 @@ class FakeDeepgram(FakeStt):
             if self.idle_timeout is not None and loop.time() - conn.last_input > self.idle_timeout:
                 self.hang_up(conn, 1011, "NET-0001")
                 return
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.01)  # the server's idle watchdog ticks (a behaviour of the fake, not a wait)
 
     async def on_binary(self, conn: SttConnection, data: bytes) -> None:
         if self.reject_audio:

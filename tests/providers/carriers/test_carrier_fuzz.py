@@ -451,6 +451,12 @@ def test_form_parsers_return_valid_events_or_a_parse_error(carrier, data):
     assert_parse_outcome(carrier, request)
 
 
+def test_twilio_answered_by_blank_once_trimmed_is_no_amd_event():
+    """Found by the fuzzer: AnsweredBy holding only a carriage return once made an empty answer."""
+    parsed = assert_parse_outcome("twilio", make_request(f"callId={OUT_ID}&type=amd", b"AnsweredBy=%0D"))
+    assert parsed is not None and not any(isinstance(event, CallAmd) for event in parsed.events)
+
+
 @PARSE_SETTINGS
 @given(request=telnyx_requests())
 def test_telnyx_parser_returns_valid_events_or_a_parse_error(request):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import threading
-import time
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -16,6 +15,7 @@ import pytest
 from calls.models import Call
 from calls.services import call_continue, call_end, call_initiate, call_send_dtmf, deadlines_sweep
 from tests.fakes import FakePlivo, FakeTelnyx, FakeTwilio
+from tests.waiting import wait_until
 
 FROM = "+15550000001"
 CALLER = "+15557654321"
@@ -60,16 +60,6 @@ class Background:
         if self.error:
             raise self.error
         return self.value
-
-
-def wait_until(predicate, timeout: float = 5.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError("condition not reached in time")
 
 
 def query_of(url: str) -> dict[str, str]:
@@ -212,8 +202,7 @@ def test_telnyx_outbound_notify_call(telnyx, live_gateway):
     assert transcript(call) == [("bot", "Your table is ready.")]
     # The hang-up waits for the end of playback (call.speak.ended), then the configured delay.
     assert call.notify_hangup_at is not None
-    time.sleep(1.1)
-    assert deadlines_sweep() >= 1
+    wait_until(lambda: deadlines_sweep() >= 1, "the sweep to hang up once the delay has passed", interval=0.05)
     telnyx.wait_idle()
     assert telnyx.requests_to("POST", r"/actions/hangup$")
     call.refresh_from_db()

@@ -22,7 +22,8 @@ from calls.runtime import get_runtime
 from calls.services import call_continue, call_end, call_initiate, call_speak, calls_restore
 from core.errors import CarrierError
 from tests.fakes import FakePlivo, FakeTelnyx, FakeTwilio
-from tests.providers.carriers.test_carriers_e2e import CALLER, FROM, Background, carrier_config, query_of, transcript, wait_until
+from tests.providers.carriers.test_carriers_e2e import CALLER, FROM, Background, carrier_config, query_of, transcript
+from tests.waiting import wait_until
 
 TO = "+15550001111"
 ALLOWED_ONLY = "+15550009999"
@@ -485,7 +486,7 @@ def test_concurrent_ends_send_one_hangup(carrier, live_gateway, request, monkeyp
     original = backend.hangup_call
 
     def slow_hangup(**kwargs):
-        time.sleep(0.2)  # keep the first hang-up in flight while the second end arrives
+        time.sleep(0.2)  # a slow carrier on purpose: the first hang-up is in flight when the second end arrives
         original(**kwargs)
 
     monkeypatch.setattr(backend, "hangup_call", slow_hangup)

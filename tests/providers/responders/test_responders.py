@@ -5,6 +5,7 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 import socket
 import threading
 import time
@@ -32,6 +33,13 @@ HISTORY = (
     HistoryMessage("user", "Hi, is this the bakery?"),
     HistoryMessage("assistant", "Yes, Rosa's Bakery. How can I help?"),
 )
+
+
+def assert_out_of_time(error: Exception, head: str, budget_ms: int) -> None:
+    """`<head> within N ms`, N being the budget left when the request went out: the turn's budget
+    less what passed since the turn began (a millisecond or more on a loaded machine)."""
+    said = re.fullmatch(rf"{re.escape(head)} within (\d+) ms", str(error))
+    assert said and budget_ms - 100 <= int(said[1]) <= budget_ms, str(error)
 
 
 def make_turn(model: ResolvedModel | None = None, *, budget: float = 5.0, **overrides: Any) -> Turn:
@@ -336,7 +344,7 @@ def test_llm_server_that_never_answers_fails_by_the_deadline(llm_fake, llm):
     with pytest.raises(ResponderError) as caught:
         collect(llm, make_turn(model_for(llm_fake), budget=1.0))
     elapsed = time.monotonic() - started
-    assert str(caught.value) == "llm responder: no complete reply within 1000 ms"
+    assert_out_of_time(caught.value, "llm responder: no complete reply", 1000)
     assert 0.9 <= elapsed < 2.0
 
 
@@ -346,9 +354,10 @@ def test_llm_stall_late_in_the_stream_still_meets_the_deadline(llm_fake, llm):
     llm_fake.hang = 3
     pieces: list[Any] = []
     started = time.monotonic()
-    with pytest.raises(ResponderError, match="no complete reply within 1200 ms"):
+    with pytest.raises(ResponderError) as caught:
         for piece in llm.respond(make_turn(model_for(llm_fake), budget=1.2)):
             pieces.append(piece)
+    assert_out_of_time(caught.value, "llm responder: no complete reply", 1200)
     assert pieces == llm_fake.pieces(REPLY)[:3]
     assert time.monotonic() - started < 1.2 + 0.3
 
@@ -356,8 +365,9 @@ def test_llm_stall_late_in_the_stream_still_meets_the_deadline(llm_fake, llm):
 def test_llm_server_that_trickles_bytes_forever_fails_by_the_deadline(llm_fake, llm):
     llm_fake.trickle = 0.05
     started = time.monotonic()
-    with pytest.raises(ResponderError, match="no complete reply within 1000 ms"):
+    with pytest.raises(ResponderError) as caught:
         collect(llm, make_turn(model_for(llm_fake), budget=1.0))
+    assert_out_of_time(caught.value, "llm responder: no complete reply", 1000)
     assert time.monotonic() - started < 2.0
 
 
@@ -562,7 +572,7 @@ def test_webhook_slow_agent_fails_by_the_deadline(agent):
     started = time.monotonic()
     with pytest.raises(ResponderError) as caught:
         collect(webhook_for(agent), make_turn(budget=0.5))
-    assert str(caught.value) == f"webhook responder: {agent.url} did not answer within 500 ms"
+    assert_out_of_time(caught.value, f"webhook responder: {agent.url} did not answer", 500)
     assert time.monotonic() - started < 1.5
 
 

@@ -21,6 +21,7 @@ from providers.transcription.mistral import MAX_APPEND_BYTES, MistralTranscripti
 from providers.transcription.openai import OpenAITranscription
 from providers.transcription.vad import EnergyVad
 from providers.transcription.xai import XaiTranscription
+from tests.waiting import await_stays, await_until, describe, forever
 from tests.fakes.ai import FakeDeepgram, FakeElevenLabs, FakeMistral, FakeOpenAITranscription, FakeStt, FakeXai
 
 KEY = "test-key"
@@ -76,20 +77,15 @@ class Recorder:
     def partials(self) -> list[str]:
         return self.of("partial")
 
-    async def wait(self, condition: Callable[[Recorder], bool], timeout: float = 5.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not condition(self):
-            if time.monotonic() > deadline:
-                pytest.fail(f"timed out; the listener heard {self.events}")
-            await asyncio.sleep(0.005)
+    async def wait(self, condition: Callable[[Recorder], Any]) -> None:
+        try:
+            await await_until(lambda: condition(self), describe(condition))
+        except AssertionError as exc:
+            pytest.fail(f"{exc}; the listener heard {self.events}")
 
-
-async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail("timed out waiting for the fake")
-        await asyncio.sleep(0.005)
+    async def only(self, condition: Callable[[Recorder], Any], seconds: float = 0.1) -> None:
+        """Negative check: nothing more arrives (a duplicate final, a second error) for a while."""
+        await await_stays(lambda: condition(self), describe(condition), seconds=seconds)
 
 
 def feed(session: Any, frames: list[bytes]) -> None:
@@ -211,7 +207,7 @@ async def test_speech_yields_start_partials_and_one_final(stack):
     session.send_audio(b"")  # nothing to send (an empty frame means "end of stream" to some services)
     feed(session, utterance())
     await listener.wait(lambda r: r.finals)
-    await asyncio.sleep(0.1)  # time for a duplicate final to show up
+    await listener.only(lambda r: len(r.finals) == 1)  # no duplicate final shows up
     assert_one_utterance(listener)
     assert stack.audio() == b"".join(utterance())
     assert stack.fake.last.audio_frames == len(utterance())
@@ -224,7 +220,7 @@ async def test_two_utterances_give_two_finals(stack):
     await listener.wait(lambda r: len(r.finals) == 1)
     feed(session, utterance())
     await listener.wait(lambda r: len(r.finals) == 2)
-    await asyncio.sleep(0.05)
+    await listener.only(lambda r: len(r.finals) == 2)
     assert listener.finals == ["first thing", "second thing now"]
     assert listener.of("start") == ["", ""]
 
@@ -273,11 +269,11 @@ async def test_server_failure_mid_stream_reconnects_and_resends_setup(stack, fas
     assert (second.path, second.query) == (first.path, first.query)
     assert second.headers.get("authorization") == first.headers.get("authorization")
     if stack.spec.setup:
-        await until(lambda: second.messages(stack.spec.setup))
+        await await_until(lambda: second.messages(stack.spec.setup))
         assert second.messages(stack.spec.setup) == first.messages(stack.spec.setup)
     feed(session, utterance())
     await listener.wait(lambda r: r.finals)
-    await asyncio.sleep(0.05)
+    await listener.only(lambda r: len(r.finals) == 1)
     assert_one_utterance(listener)
     assert session.reconnects == 1
     assert len(fake.connections) == 2
@@ -291,7 +287,7 @@ async def test_reconnects_exhausted_reports_one_error(stack, fast_reconnect):
     fake.refuse_status = 503
     feed(session, silence(20))
     await listener.wait(lambda r: r.errors)
-    await asyncio.sleep(0.1)
+    await listener.only(lambda r: len(r.errors) == 1)
     assert len(listener.errors) == 1
     assert isinstance(listener.errors[0], TranscriptionError)
     assert f"{stack.spec.name} transcription: connection lost after {MAX_RECONNECTS} reconnects" == str(listener.errors[0])
@@ -306,7 +302,7 @@ async def test_frames_that_are_not_json_objects_are_ignored(stack):
         await stack.fake.send_raw(junk)
     feed(session, utterance())
     await listener.wait(lambda r: r.finals)
-    await asyncio.sleep(0.05)
+    await listener.only(lambda r: len(r.finals) == 1)
     assert_one_utterance(listener)
     assert len(stack.fake.connections) == 1
 
@@ -316,7 +312,7 @@ async def test_an_error_event_is_logged_and_transcription_goes_on(stack, caplog)
     await stack.fake.send_error("scripted trouble")
     feed(session, utterance())
     await listener.wait(lambda r: r.finals)
-    await asyncio.sleep(0.05)
+    await listener.only(lambda r: len(r.finals) == 1)
     assert_one_utterance(listener)
     assert "scripted trouble" in caplog.text
     assert len(stack.fake.connections) == 1
@@ -327,7 +323,7 @@ async def test_audio_sent_before_connect_is_delivered_after(stack):
     frames = tone(200) + silence(100)
     feed(session, frames)
     await session.connect()
-    await until(lambda: len(stack.audio()) == len(b"".join(frames)))
+    await await_until(lambda: len(stack.audio()) == len(b"".join(frames)))
     assert stack.audio() == b"".join(frames)
     conn = stack.fake.last
     if stack.spec.setup:
@@ -338,7 +334,7 @@ async def test_audio_sent_before_connect_is_delivered_after(stack):
 async def test_close_sends_the_goodbye_and_stops_sending(stack):
     session, listener = await stack.connected()
     feed(session, silence(100))
-    await until(lambda: len(stack.audio()) == 5 * FRAME_BYTES)
+    await await_until(lambda: len(stack.audio()) == 5 * FRAME_BYTES)
     conn = stack.fake.last
     before = len(conn.messages())
     await session.close()
@@ -349,8 +345,7 @@ async def test_close_sends_the_goodbye_and_stops_sending(stack):
     assert said_after == ([stack.spec.goodbye] if stack.spec.goodbye else [])
     frames = len(conn.frames)
     session.send_audio(SILENCE_FRAME)
-    await asyncio.sleep(0.02)
-    assert len(conn.frames) == frames
+    await await_stays(lambda: len(conn.frames) == frames, "no frame sent after close", seconds=0.05)
     assert listener.errors == []
 
 
@@ -364,7 +359,7 @@ async def test_close_during_a_reconnect_leaves_no_connection_behind(xai_stack, f
     async def open_ignoring_cancellation():
         opening.set()
         try:
-            await asyncio.sleep(10)
+            await forever()
         except asyncio.CancelledError:
             pass
         return await real_open()
@@ -391,7 +386,7 @@ async def test_connect_times_out_without_the_setup_ack(spec, monkeypatch):
         with pytest.raises(TranscriptionError, match=f"^{spec.name} transcription: cannot connect"):
             await session.connect()
         assert time.monotonic() - started < 2
-        await until(lambda: stack.fake.last.closed.is_set())
+        await await_until(lambda: stack.fake.last.closed.is_set())
 
 
 # --- OpenAI ------------------------------------------------------------------------------------
@@ -413,7 +408,7 @@ async def test_openai_request(openai_stack):
         }},
     }}
     feed(session, tone(40))
-    await until(lambda: len(conn.messages("input_audio_buffer.append")) == 2)
+    await await_until(lambda: len(conn.messages("input_audio_buffer.append")) == 2)
     appended = [base64.b64decode(m["audio"]) for m in conn.messages("input_audio_buffer.append")]
     assert appended == tone(40)
 
@@ -441,7 +436,7 @@ async def test_openai_models_without_server_vad_commit_at_the_gateways_turn_end(
     assert ("prompt" in update["transcription"]) == (model == "gpt-live-transcribe")
     feed(session, utterance())
     await listener.wait(lambda r: r.finals)
-    await asyncio.sleep(0.05)
+    await listener.only(lambda r: len(r.finals) == 1)
     assert_one_utterance(listener)
     kinds = [m["type"] for m in conn.messages()]
     # One commit, right after the speech and the silence that ended it (10 quiet frames at 200 ms).
@@ -456,12 +451,12 @@ async def test_openai_failed_transcription_and_error_events_are_not_fatal(openai
     fake.fail_transcription = True
     session, listener = await openai_stack.connected()
     feed(session, utterance())
-    await until(lambda: fake.last.events("conversation.item.input_audio_transcription.failed"))
+    await await_until(lambda: fake.last.events("conversation.item.input_audio_transcription.failed"))
     await fake.send_error("something odd")
     fake.fail_transcription = False
     feed(session, utterance())
     await listener.wait(lambda r: r.finals)
-    await asyncio.sleep(0.05)
+    await listener.only(lambda r: len(r.finals) == 1)
     assert listener.finals == [SAID]
     assert listener.errors == []
     assert len(fake.connections) == 1
@@ -490,16 +485,16 @@ async def test_deepgram_request(deepgram_stack):
     }
     assert conn.headers["authorization"] == f"Token {KEY}"
     feed(session, tone(40))
-    await until(lambda: len(conn.frames) == 2)
+    await await_until(lambda: len(conn.frames) == 2)
     assert [(f.kind, f.data) for f in conn.frames] == [("binary", frame) for frame in tone(40)]
 
 
 async def test_deepgram_speech_final_and_utterance_end_give_one_final(deepgram_stack):
     session, listener = await deepgram_stack.connected()
     feed(session, utterance(1400))
-    await until(lambda: deepgram_stack.fake.last.events("UtteranceEnd"))
+    await await_until(lambda: deepgram_stack.fake.last.events("UtteranceEnd"))
     await listener.wait(lambda r: r.finals)
-    await asyncio.sleep(0.1)
+    await listener.only(lambda r: len(r.finals) == 1)
     conn = deepgram_stack.fake.last
     assert [m["speech_final"] for m in conn.events("Results") if m["is_final"]] == [False, True]
     assert_one_utterance(listener)
@@ -509,11 +504,11 @@ async def test_deepgram_utterance_end_alone_ends_the_turn(deepgram_stack):
     deepgram_stack.fake.speech_final = False  # noise keeps endpointing from firing
     session, listener = await deepgram_stack.connected()
     feed(session, utterance(600))
-    await asyncio.sleep(0.1)
-    assert listener.finals == []
+    await await_until(lambda: len(deepgram_stack.fake.last.frames) == len(utterance(600)), "the fake got all the audio")
+    await listener.only(lambda r: r.finals == [])
     feed(session, silence(800))
     await listener.wait(lambda r: r.finals)
-    await asyncio.sleep(0.05)
+    await listener.only(lambda r: len(r.finals) == 1)
     assert_one_utterance(listener)
 
 
@@ -521,8 +516,9 @@ async def test_deepgram_keepalive_is_a_text_frame_that_keeps_the_socket(deepgram
     monkeypatch.setattr(DeepgramSession, "keepalive_interval", 0.05)
     deepgram_stack.fake.idle_timeout = 0.3
     session, listener = await deepgram_stack.connected()
-    await asyncio.sleep(0.6)
     conn = deepgram_stack.fake.last
+    # Real time must pass: the socket outlives the fake's 0.3 s idle timeout twice over.
+    await await_stays(lambda: not conn.closed.is_set(), "the socket open", seconds=0.6)
     assert len(conn.messages("KeepAlive")) >= 5
     assert all(frame.kind == "text" for frame in conn.frames)
     assert not conn.closed.is_set()
@@ -548,7 +544,7 @@ async def test_elevenlabs_request(elevenlabs_stack):
     assert conn.headers["xi-api-key"] == KEY
     assert "authorization" not in conn.headers
     feed(session, tone(20))
-    await until(lambda: conn.messages())
+    await await_until(lambda: conn.messages())
     assert conn.messages() == [{"message_type": "input_audio_chunk", "audio_base_64": base64.b64encode(tone(20)[0]).decode(),
                                 "commit": False, "sample_rate": 8000}]
 
@@ -567,8 +563,7 @@ async def test_elevenlabs_fatal_error_gives_up_without_reconnecting(elevenlabs_s
     await fake.send_event({"message_type": kind, "error": "scripted"})
     await listener.wait(lambda r: r.errors)
     await asyncio.wait_for(fake.last.closed.wait(), 2)
-    await asyncio.sleep(0.05)
-    assert len(listener.errors) == 1
+    await listener.only(lambda r: len(r.errors) == 1)
     assert str(listener.errors[0]) == f"elevenlabs transcription: {kind}: scripted"
     assert len(fake.connections) == 1
 
@@ -632,7 +627,7 @@ async def test_mistral_final_waits_for_the_settle_time(mistral_stack):
     session, listener = await mistral_stack.connected(finalSettleMs=300)
     feed(session, utterance())
     conn = mistral_stack.fake.last
-    await until(lambda: conn.messages("input_audio.flush"))
+    await await_until(lambda: conn.messages("input_audio.flush"))
     flushed = time.monotonic()
     await listener.wait(lambda r: r.finals)
     assert 0.25 <= time.monotonic() - flushed < 1.5
@@ -644,7 +639,7 @@ async def test_mistral_segment_delivers_the_final_at_once(mistral_stack):
     session, listener = await mistral_stack.connected(finalSettleMs=10_000)
     started = time.monotonic()
     feed(session, utterance())
-    await listener.wait(lambda r: r.finals, timeout=3)
+    await listener.wait(lambda r: r.finals)
     assert time.monotonic() - started < 2
     assert_one_utterance(listener)
 
@@ -654,7 +649,7 @@ async def test_mistral_splits_oversized_audio(mistral_stack):
     chunk = SILENCE_FRAME * (MAX_APPEND_BYTES // FRAME_BYTES + 10)
     session.send_audio(chunk)
     conn = mistral_stack.fake.last
-    await until(lambda: len(conn.audio) == len(chunk))
+    await await_until(lambda: len(conn.audio) == len(chunk))
     sizes = [len(base64.b64decode(m["audio"])) for m in conn.messages("input_audio.append")]
     assert sizes == [MAX_APPEND_BYTES, len(chunk) - MAX_APPEND_BYTES]
     assert conn.events("error") == []
@@ -664,7 +659,7 @@ async def test_mistral_quiet_caller_sends_no_flush(mistral_stack):
     session, listener = await mistral_stack.connected()
     feed(session, tone(600, amplitude=150) + silence(400))  # below the energy threshold
     conn = mistral_stack.fake.last
-    await until(lambda: len(conn.audio) == 50 * FRAME_BYTES)
+    await await_until(lambda: len(conn.audio) == 50 * FRAME_BYTES)
     assert conn.messages("input_audio.flush") == []
     assert listener.events == []
 
@@ -712,7 +707,7 @@ async def test_xai_pcm_encoding_sends_decoded_audio(xai_stack):
     session, _ = await xai_stack.connected(encoding="pcm")
     feed(session, tone(20))
     conn = xai_stack.fake.last
-    await until(lambda: conn.frames)
+    await await_until(lambda: conn.frames)
     assert conn.query["encoding"] == "pcm"
     assert len(conn.frames[0].data) == 2 * FRAME_BYTES
 
