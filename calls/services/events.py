@@ -46,7 +46,7 @@ class EventOutcome(StrEnum):
     UNKNOWN_CALL = "unknown-call"  # no such call and not enough to create one; a retry may succeed
 
 
-def event_process(event: NormalizedEvent, *, hangup_rejected: bool = True) -> EventOutcome:
+def event_process(*, event: NormalizedEvent, hangup_rejected: bool = True) -> EventOutcome:
     """Apply one event. Idempotent per dedupe key, across processes (unique key in the database).
 
     An inbound call the policy refuses is hung up once, unless `hangup_rejected` is False (the

@@ -78,7 +78,7 @@ def stream_transcript(*, call_id: str, stream_id: str, sequence: int, text: str,
     if call is None or call.is_terminal:
         return
     fields = {"timestamp": heard_ms} if heard_ms else {}
-    event_process(CallSpeech(
+    event_process(event=CallSpeech(
         call_id=call_id, provider_call_id=call.provider_call_id, transcript=text, is_final=True,
         dedupe_key=f"stream-transcript-{stream_id}-{sequence}", **fields,
     ))
@@ -93,7 +93,7 @@ def stream_dtmf(*, call_id: str, stream_id: str, sequence: int, digit: str) -> N
     call = call_find(ref=call_id)
     if call is None or call.is_terminal:
         return
-    event_process(CallDtmf(call_id=call_id, provider_call_id=call.provider_call_id, digits=digit,
+    event_process(event=CallDtmf(call_id=call_id, provider_call_id=call.provider_call_id, digits=digit,
                            dedupe_key=f"stream-dtmf-{stream_id}-{sequence}"))
 
 

@@ -30,7 +30,7 @@ CALL_DEADLINES = {
 }
 
 
-def deadlines_sweep(at: datetime | None = None) -> int:
+def deadlines_sweep(*, at: datetime | None = None) -> int:
     """End calls whose max duration or notify hang-up time has come; time out waiting turns.
 
     Each due deadline is claimed with a conditional UPDATE, so concurrent sweepers in several
@@ -72,7 +72,7 @@ def next_deadline() -> datetime | None:
     return min(candidates) if candidates else None
 
 
-def stale_calls_reap(at: datetime | None = None) -> int:
+def stale_calls_reap(*, at: datetime | None = None) -> int:
     """End calls that never got answered within staleCallReaperSeconds (0 disables).
 
     Answered calls and calls in a live conversation state (speaking, listening) are left alone.
@@ -100,7 +100,7 @@ DOCUMENT_TTL = timedelta(hours=1)
 OPERATION_TTL = timedelta(minutes=5)
 
 
-def processed_webhooks_purge(at: datetime | None = None) -> int:
+def processed_webhooks_purge(*, at: datetime | None = None) -> int:
     """Forget expired replay records, old carrier documents and finished continue operations.
 
     Returns how many rows went. A continue operation is kept 5 minutes after it finished (or,

@@ -71,7 +71,7 @@ def webhook_process(*, request: WebhookRequest) -> WebhookReply:
     except WebhookParseError as exc:
         log.warning("%s webhook refused as malformed: %s", carrier.name, exc)
         return WebhookReply(400, str(exc))
-    outcomes = [event_process(event, hangup_rejected=False) for event in parsed.events]
+    outcomes = [event_process(event=event, hangup_rejected=False) for event in parsed.events]
     rejected = EventOutcome.REJECTED in outcomes
     call = call_find(ref=parsed.call_ref) if parsed.call_ref else None
     answer = carrier.answer_webhook(parsed, call=call_view(call=call, rejected=rejected, document_token=parsed.document_token))

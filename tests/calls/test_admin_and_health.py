@@ -22,8 +22,8 @@ def staff(client, django_user_model):
 def test_call_list_and_filters(staff, configure):
     configure({"maxConcurrentCalls": 5, "inboundPolicy": "open"})
     outbound = call_initiate(to="+15550001111")
-    event_process(CallAnswered(call_id=str(outbound.pk)))
-    event_process(CallAnswered(call_id="CA-in", provider_call_id="CA-in", direction="inbound", from_number="+15557777777"))
+    event_process(event=CallAnswered(call_id=str(outbound.pk)))
+    event_process(event=CallAnswered(call_id="CA-in", provider_call_id="CA-in", direction="inbound", from_number="+15557777777"))
     url = reverse("admin:calls_call_changelist")
     page = staff.get(url)
     assert page.status_code == 200
@@ -39,8 +39,8 @@ def test_call_list_and_filters(staff, configure):
 
 def test_call_detail_is_read_only_with_transcript_and_events(staff):
     call = call_initiate(to="+15550001111", message="Hi there", mode="conversation")
-    event_process(CallAnswered(call_id=str(call.pk)))
-    event_process(CallSpeech(call_id=str(call.pk), transcript="Who is this?"))
+    event_process(event=CallAnswered(call_id=str(call.pk)))
+    event_process(event=CallSpeech(call_id=str(call.pk), transcript="Who is this?"))
     page = staff.get(reverse("admin:calls_call_change", args=[call.pk]))
     html = page.content.decode()
     assert page.status_code == 200
@@ -130,9 +130,9 @@ def test_pairing_codes_are_made_in_the_admin(staff):
 
 def test_replies_and_session_memory_are_visible(staff, configure):
     configure({"inboundPolicy": "open", "agents": {"main": {"responder": {"type": "scripted", "replies": ["Scripted answer."]}}}})
-    event_process(CallAnswered(call_id="CA-in", provider_call_id="CA-in", direction="inbound", from_number="+15557777777"))
+    event_process(event=CallAnswered(call_id="CA-in", provider_call_id="CA-in", direction="inbound", from_number="+15557777777"))
     call = Call.objects.get(provider_call_id="CA-in")
-    event_process(CallSpeech(call_id=str(call.pk), transcript="A question."))
+    event_process(event=CallSpeech(call_id=str(call.pk), transcript="A question."))
     html = staff.get(reverse("admin:calls_call_change", args=[call.pk])).content.decode()
     assert "automatic replies" in html.lower() and "Scripted answer." in html and "reply spoken" in html
     from calls.models import ConversationSession

@@ -43,7 +43,7 @@ def run(arguments: Any, **kwargs: Any) -> dict[str, Any]:
 def answered_call(**arguments: Any) -> str:
     details = run({"action": "initiate_call", "to": "+15550001111", "message": "Hello", "mode": "conversation", **arguments})
     call_id = details["callId"]
-    event_process(CallAnswered(call_id=call_id))
+    event_process(event=CallAnswered(call_id=call_id))
     return call_id
 
 
@@ -55,7 +55,7 @@ def reply_when_listening(call_id: str, transcript: str) -> threading.Thread:
             wait_until(lambda: CallTurn.objects.filter(call_id=call_id, listen_started_at__isnull=False).exists(),
                        "the turn to listen")
             provider_call_id = Call.objects.get(pk=call_id).provider_call_id
-            event_process(CallSpeech(call_id=provider_call_id, transcript=transcript))
+            event_process(event=CallSpeech(call_id=provider_call_id, transcript=transcript))
         finally:
             connection.close()
 
@@ -249,7 +249,7 @@ def test_examples_run_in_order_on_the_mock_carrier(configure, outbox):
         elif action == "initiate_call" and call_id is None:
             assert set(details) == {"callId", "initiated"} and details["initiated"] is True
             call_id = details["callId"]
-            event_process(CallAnswered(call_id=call_id))
+            event_process(event=CallAnswered(call_id=call_id))
         elif action == "initiate_call":
             assert details["initiated"] is True and details["callId"] != call_id
             notify = Call.objects.get(pk=details["callId"])
@@ -454,7 +454,7 @@ def test_text_block_is_pretty_json_of_the_details():
     assert result["details"] == {"found": False}
     assert result["content"][0]["text"] == '{\n  "found": false\n}'
     details = run({"action": "initiate_call", "to": "+15550001234", "message": "Grüß Gott — ¿qué tal?", "mode": "conversation"})
-    event_process(CallAnswered(call_id=details["callId"]))
+    event_process(event=CallAnswered(call_id=details["callId"]))
     text = tools.execute({"action": "get_status", "callId": details["callId"]})["content"][0]["text"]
     assert text.startswith('{\n  "found": true,\n  "call": {\n    "callId": ')
     error = tools.execute({"action": "nope"})["content"][0]["text"]

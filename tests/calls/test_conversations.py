@@ -47,13 +47,13 @@ _calls = iter(range(1, 10**6))
 def ring(caller: str = CALLER, to: str = LINE_A) -> Call:
     """An inbound call rings and is answered; the greeting is said. Returns the call."""
     sid = f"mock-in-{next(_calls)}"
-    event_process(CallInitiated(call_id=sid, provider_call_id=sid, direction="inbound", from_number=caller, to_number=to))
-    event_process(CallAnswered(call_id=sid, provider_call_id=sid))
+    event_process(event=CallInitiated(call_id=sid, provider_call_id=sid, direction="inbound", from_number=caller, to_number=to))
+    event_process(event=CallAnswered(call_id=sid, provider_call_id=sid))
     return Call.objects.get(provider_call_id=sid)
 
 
 def say(call: Call, text: str) -> None:
-    event_process(CallSpeech(call_id=str(call.pk), provider_call_id=call.provider_call_id, transcript=text))
+    event_process(event=CallSpeech(call_id=str(call.pk), provider_call_id=call.provider_call_id, transcript=text))
 
 
 def spoken(call: Call) -> list[str]:
@@ -135,7 +135,7 @@ def test_per_phone_memory_continues_in_the_next_call(configure, llm):
     llm.reply = '{"spoken": "Noted, a table for two."}'
     first = ring()
     say(first, "Book a table for two.")
-    event_process(_ended(first))
+    event_process(event=_ended(first))
     second = ring()
     assert second.session_key == first.session_key == "agent:main:voice:15557654321"
     say(second, "What did I book?")
@@ -278,7 +278,7 @@ def test_outbound_notify_calls_never_reply(configure, llm):
     from calls.services import call_initiate
 
     call = call_initiate(to=LINE_B, message="Your order is ready.", mode="notify")
-    event_process(CallAnswered(call_id=str(call.pk), provider_call_id=call.provider_call_id))
+    event_process(event=CallAnswered(call_id=str(call.pk), provider_call_id=call.provider_call_id))
     say(Call.objects.get(pk=call.pk), "Thanks!")
     assert not ReplyTurn.objects.exists() and llm.requests == []
 

@@ -60,7 +60,7 @@ def test_jobs_and_sweeps_run_on_a_real_celery_worker(celery_worker_thread, confi
         configure({"maxConcurrentCalls": 5})
         # The greeting job is queued on Redis and spoken by the worker.
         call = call_initiate(to="+15550001111", message="Hello from a worker", mode="conversation")
-        event_process(CallAnswered(call_id=str(call.pk)))
+        event_process(event=CallAnswered(call_id=str(call.pk)))
         wait_until(lambda: Call.objects.get(pk=call.pk).transcript_entries.exists(), "the worker to speak the greeting", timeout=15)
         assert "play_tts" in mock.outbox_actions(call.provider_call_id)
 

@@ -47,8 +47,8 @@ def test_duplicate_dedupe_key_is_ignored():
     call = outbound()
     first = CallSpeech(call_id=str(call.pk), transcript="hello", dedupe_key="k1")
     again = CallSpeech(call_id=str(call.pk), transcript="hello", dedupe_key="k1")
-    assert event_process(first) == EventOutcome.PROCESSED
-    assert event_process(again) == EventOutcome.DUPLICATE
+    assert event_process(event=first) == EventOutcome.PROCESSED
+    assert event_process(event=again) == EventOutcome.DUPLICATE
     assert TranscriptEntry.objects.filter(call=call, speaker="user").count() == 1
     assert CallEvent.objects.filter(call=call).count() == 1
 
@@ -56,32 +56,32 @@ def test_duplicate_dedupe_key_is_ignored():
 def test_event_id_is_the_key_when_there_is_no_dedupe_key():
     call = outbound()
     event = CallRinging(call_id=str(call.pk), id="evt-1")
-    assert event_process(event) == EventOutcome.PROCESSED
-    assert event_process(CallRinging(call_id=str(call.pk), id="evt-1")) == EventOutcome.DUPLICATE
-    assert event_process(CallRinging(call_id=str(call.pk), id="evt-2")) == EventOutcome.PROCESSED
+    assert event_process(event=event) == EventOutcome.PROCESSED
+    assert event_process(event=CallRinging(call_id=str(call.pk), id="evt-1")) == EventOutcome.DUPLICATE
+    assert event_process(event=CallRinging(call_id=str(call.pk), id="evt-2")) == EventOutcome.PROCESSED
 
 
 def test_lookup_by_carrier_id():
     call = outbound()
-    assert event_process(CallRinging(call_id=call.provider_call_id)) == EventOutcome.PROCESSED
+    assert event_process(event=CallRinging(call_id=call.provider_call_id)) == EventOutcome.PROCESSED
     call.refresh_from_db()
     assert call.state == "ringing"
 
 
 def test_unknown_call_without_direction_is_ignored_and_not_remembered():
     event = CallRinging(call_id="nobody", provider_call_id="nobody", dedupe_key="x")
-    assert event_process(event) == EventOutcome.UNKNOWN_CALL
+    assert event_process(event=event) == EventOutcome.UNKNOWN_CALL
     assert not CallEvent.objects.exists()
     assert not Call.objects.exists()
 
 
 def test_rekey_adopts_the_new_carrier_id():
     call = outbound()
-    event_process(CallRinging(call_id=str(call.pk), provider_call_id="call-uuid-2"))
+    event_process(event=CallRinging(call_id=str(call.pk), provider_call_id="call-uuid-2"))
     call.refresh_from_db()
     assert call.provider_call_id == "call-uuid-2"
     # Later events may use the new id only.
-    event_process(CallAnswered(call_id="call-uuid-2"))
+    event_process(event=CallAnswered(call_id="call-uuid-2"))
     call.refresh_from_db()
     assert call.state == "answered"
 
@@ -89,19 +89,19 @@ def test_rekey_adopts_the_new_carrier_id():
 def test_rekey_refuses_an_id_owned_by_another_call(configure):
     configure({"maxConcurrentCalls": 5})
     first, second = outbound(), outbound(to="+15550002222")
-    event_process(CallRinging(call_id=str(second.pk), provider_call_id=first.provider_call_id))
+    event_process(event=CallRinging(call_id=str(second.pk), provider_call_id=first.provider_call_id))
     second.refresh_from_db()
     assert second.provider_call_id == f"mock-{second.pk}"
 
 
 def test_inbound_rejected_by_default_policy_is_recorded_and_hung_up_once(outbox):
-    assert event_process(inbound_event()) == EventOutcome.REJECTED
+    assert event_process(event=inbound_event()) == EventOutcome.REJECTED
     call = Call.objects.get(provider_call_id="CA-in-1")
     assert (call.state, call.end_reason, call.direction) == ("hangup-bot", "hangup-bot", "inbound")
     assert call_metadata(call) == {"rejectionReason": "inbound-disabled"}
     assert mock.outbox_actions("CA-in-1") == ["hangup_call"]
     # A later event for the same carrier call does not hang up again or reopen the call.
-    assert event_process(inbound_event(CallRinging)) == EventOutcome.PROCESSED
+    assert event_process(event=inbound_event(CallRinging)) == EventOutcome.PROCESSED
     assert mock.outbox_actions("CA-in-1") == ["hangup_call"]
     assert Call.objects.count() == 1
     call.refresh_from_db()
@@ -114,7 +114,7 @@ def test_inbound_rejected_by_default_policy_is_recorded_and_hung_up_once(outbox)
 )
 def test_allowlist_compares_digits(configure, caller, allowed):
     configure({"inboundPolicy": "allowlist", "allowFrom": ["+15557654321"]})
-    outcome = event_process(inbound_event(caller=caller))
+    outcome = event_process(event=inbound_event(caller=caller))
     assert outcome == (EventOutcome.PROCESSED if allowed else EventOutcome.REJECTED)
 
 
@@ -122,8 +122,8 @@ def test_allowlist_includes_admin_entries(configure):
     configure({"inboundPolicy": "pairing"})
     AllowedCaller.objects.create(number="+15557654321")
     AllowedCaller.objects.create(number="+15550000002", enabled=False)
-    assert event_process(inbound_event()) == EventOutcome.PROCESSED
-    assert event_process(inbound_event(provider_call_id="CA-2", caller="+15550000002")) == EventOutcome.REJECTED
+    assert event_process(event=inbound_event()) == EventOutcome.PROCESSED
+    assert event_process(event=inbound_event(provider_call_id="CA-2", caller="+15550000002")) == EventOutcome.REJECTED
 
 
 def test_inbound_call_record_with_route_greeting_and_session(configure):
@@ -134,7 +134,7 @@ def test_inbound_call_record_with_route_greeting_and_session(configure):
             "numbers": {"+15550009999": {"inboundGreeting": "Route hello", "agentId": "sales"}},
         }
     )
-    event_process(inbound_event())
+    event_process(event=inbound_event())
     call = Call.objects.get(provider_call_id="CA-in-1")
     assert call.state == "ringing"
     assert (call.from_number, call.to_number, call.direction) == ("+15557654321", "+15550009999", "inbound")
@@ -146,7 +146,7 @@ def test_inbound_call_record_with_route_greeting_and_session(configure):
 def test_inbound_route_matches_by_digits_and_admin_route_wins(configure):
     configure({"inboundPolicy": "open", "numbers": {"+15550009999": {"inboundGreeting": "config"}}})
     NumberRoute.objects.create(number="+15550009999", inbound_greeting="admin")
-    event_process(inbound_event(to="+1 555 000 9999"))
+    event_process(event=inbound_event(to="+1 555 000 9999"))
     call = Call.objects.get()
     assert call.initial_message == "admin"
     assert call.route_key == "+15550009999"
@@ -154,7 +154,7 @@ def test_inbound_route_matches_by_digits_and_admin_route_wins(configure):
 
 def test_inbound_fallbacks(configure):
     configure({"inboundPolicy": "open", "fromNumber": "+15550000123"})
-    event_process(CallInitiated(call_id="c1", provider_call_id="c1", direction="inbound"))
+    event_process(event=CallInitiated(call_id="c1", provider_call_id="c1", direction="inbound"))
     call = Call.objects.get()
     assert (call.from_number, call.to_number) == ("unknown", "+15550000123")
     assert call.initial_message == "Hello! How can I help you today?"
@@ -163,7 +163,7 @@ def test_inbound_fallbacks(configure):
 
 def test_answered_sets_time_deadline_and_speaks_notify_greeting(outbox):
     call = outbound(message="Your package arrived", mode="notify")
-    event_process(CallAnswered(call_id=str(call.pk), timestamp=1_800_000_000_000))
+    event_process(event=CallAnswered(call_id=str(call.pk), timestamp=1_800_000_000_000))
     call.refresh_from_db()
     assert call.answered_at.timestamp() == 1_800_000_000
     assert call.max_duration_deadline.timestamp() == 1_800_000_300
@@ -175,7 +175,7 @@ def test_answered_sets_time_deadline_and_speaks_notify_greeting(outbox):
 
 def test_conversation_greeting_then_listens(outbox):
     call = outbound(message="Hi, it's the clinic", mode="conversation")
-    event_process(CallAnswered(call_id=str(call.pk)))
+    event_process(event=CallAnswered(call_id=str(call.pk)))
     call.refresh_from_db()
     assert mock.outbox_actions(call.provider_call_id) == ["initiate_call", "play_tts", "start_listening"]
     assert call.state == "listening"
@@ -185,7 +185,7 @@ def test_conversation_greeting_then_listens(outbox):
 def test_greeting_skipped_when_realtime_owns_it(configure, outbox):
     configure({"realtime": {"enabled": True}, "inboundPolicy": "open"})
     call = outbound(message="Hi", mode="conversation")
-    event_process(CallAnswered(call_id=str(call.pk)))
+    event_process(event=CallAnswered(call_id=str(call.pk)))
     assert mock.outbox_actions(call.provider_call_id) == ["initiate_call"]
     call.refresh_from_db()
     assert call.initial_message == "Hi"
@@ -198,7 +198,7 @@ def test_failed_greeting_is_kept_for_a_retry(monkeypatch, outbox):
         raise RuntimeError("carrier down")
 
     monkeypatch.setattr(mock.MockCarrier, "play_tts", broken)
-    event_process(CallAnswered(call_id=str(call.pk)))
+    event_process(event=CallAnswered(call_id=str(call.pk)))
     call.refresh_from_db()
     assert call.initial_message == "Hello"
     assert call.greeting_claimed_at is None
@@ -218,21 +218,21 @@ def test_failed_greeting_is_kept_for_a_retry(monkeypatch, outbox):
 )
 def test_state_events(event_cls, expected):
     call = outbound()
-    event_process(event_cls(call_id=str(call.pk)))
+    event_process(event=event_cls(call_id=str(call.pk)))
     call.refresh_from_db()
     assert call.state == expected
 
 
 def test_speaking_and_speech_set_answered_when_missing():
     call = outbound()
-    event_process(CallSpeaking(call_id=str(call.pk), text="hi"))
+    event_process(event=CallSpeaking(call_id=str(call.pk), text="hi"))
     call.refresh_from_db()
     assert call.answered_at is not None and call.max_duration_deadline is not None
 
 
 def test_interim_speech_changes_state_but_not_transcript():
     call = outbound()
-    event_process(CallSpeech(call_id=str(call.pk), transcript="hel", is_final=False))
+    event_process(event=CallSpeech(call_id=str(call.pk), transcript="hel", is_final=False))
     call.refresh_from_db()
     assert call.state == "listening"
     assert not call.transcript_entries.exists()
@@ -241,7 +241,7 @@ def test_interim_speech_changes_state_but_not_transcript():
 def test_final_speech_completes_waiting_turn_with_latencies():
     call = outbound()
     turn = CallTurn.objects.create(call=call, token="", prompt="Which day?")
-    event_process(CallSpeech(call_id=str(call.pk), transcript=" Tuesday "))
+    event_process(event=CallSpeech(call_id=str(call.pk), transcript=" Tuesday "))
     turn.refresh_from_db()
     call.refresh_from_db()
     assert (turn.status, turn.transcript) == (TurnStatus.COMPLETED, "Tuesday")
@@ -253,18 +253,18 @@ def test_final_speech_completes_waiting_turn_with_latencies():
 def test_speech_with_wrong_turn_token_is_ignored():
     call = outbound()
     turn = CallTurn.objects.create(call=call, token="t-current", prompt="?")
-    assert event_process(CallSpeech(call_id=str(call.pk), transcript="old answer", turn_token="t-old")) == EventOutcome.PROCESSED
+    assert event_process(event=CallSpeech(call_id=str(call.pk), transcript="old answer", turn_token="t-old")) == EventOutcome.PROCESSED
     turn.refresh_from_db()
     assert turn.status == TurnStatus.PENDING
     assert not call.transcript_entries.exists()
-    event_process(CallSpeech(call_id=str(call.pk), transcript="new answer", turn_token="t-current"))
+    event_process(event=CallSpeech(call_id=str(call.pk), transcript="new answer", turn_token="t-current"))
     turn.refresh_from_db()
     assert turn.transcript == "new answer"
 
 
 def test_silence_and_dtmf_are_recorded_only():
     call = outbound()
-    event_process(CallDtmf(call_id=str(call.pk), digits="12#"))
+    event_process(event=CallDtmf(call_id=str(call.pk), digits="12#"))
     call.refresh_from_db()
     assert call.state == "initiated"
     assert CallEvent.objects.get(call=call).payload["digits"] == "12#"
@@ -273,7 +273,7 @@ def test_silence_and_dtmf_are_recorded_only():
 def test_ended_finalizes_with_reason_and_fails_waiting_turn():
     call = outbound()
     turn = CallTurn.objects.create(call=call, token="", prompt="?")
-    event_process(CallEnded(call_id=str(call.pk), reason="hangup-user", timestamp=1_800_000_005_000))
+    event_process(event=CallEnded(call_id=str(call.pk), reason="hangup-user", timestamp=1_800_000_005_000))
     call.refresh_from_db()
     turn.refresh_from_db()
     assert (call.state, call.end_reason) == ("hangup-user", "hangup-user")
@@ -284,8 +284,8 @@ def test_ended_finalizes_with_reason_and_fails_waiting_turn():
 
 def test_events_after_the_end_are_kept_but_change_nothing():
     call = outbound()
-    event_process(CallEnded(call_id=str(call.pk), reason="completed"))
-    event_process(CallSpeech(call_id=str(call.pk), transcript="late"))
+    event_process(event=CallEnded(call_id=str(call.pk), reason="completed"))
+    event_process(event=CallSpeech(call_id=str(call.pk), transcript="late"))
     call.refresh_from_db()
     assert call.state == "completed"
     assert not call.transcript_entries.exists()
@@ -295,7 +295,7 @@ def test_events_after_the_end_are_kept_but_change_nothing():
 def test_error_event_non_retryable_finalizes():
     call = outbound()
     turn = CallTurn.objects.create(call=call, token="", prompt="?")
-    event_process(CallError(call_id=str(call.pk), error="media failed"))
+    event_process(event=CallError(call_id=str(call.pk), error="media failed"))
     call.refresh_from_db()
     turn.refresh_from_db()
     assert (call.state, call.last_error) == ("error", "media failed")
@@ -304,15 +304,15 @@ def test_error_event_non_retryable_finalizes():
 
 def test_answering_machine_verdicts_keep_the_first_and_the_latest():
     call = outbound()
-    event_process(CallAmd(call_id=str(call.pk), answered_by="machine_start"))
-    event_process(CallAmd(call_id=str(call.pk), answered_by="machine_end_beep"))
+    event_process(event=CallAmd(call_id=str(call.pk), answered_by="machine_start"))
+    event_process(event=CallAmd(call_id=str(call.pk), answered_by="machine_end_beep"))
     call.refresh_from_db()
     assert (call.answered_by_first, call.answered_by) == ("machine_start", "machine_end_beep")
     assert call_metadata(call) == {"mode": "notify", "answeredBy": "machine_end_beep", "answeredByFirst": "machine_start"}
 
 
 def test_outbound_call_first_seen_in_a_webhook_has_no_mode():
-    event_process(CallInitiated(call_id="CA-out-1", provider_call_id="CA-out-1", direction="outbound",
+    event_process(event=CallInitiated(call_id="CA-out-1", provider_call_id="CA-out-1", direction="outbound",
                                 from_number="+15550009999", to_number="+15557654321"))
     call = Call.objects.get(provider_call_id="CA-out-1")
     assert (call.direction, call.mode, call_metadata(call)) == ("outbound", "", {})
@@ -321,8 +321,8 @@ def test_outbound_call_first_seen_in_a_webhook_has_no_mode():
 def test_retryable_error_changes_nothing_and_can_repeat():
     call = outbound()
     event = CallError(call_id=str(call.pk), error="blip", retryable=True, dedupe_key="same")
-    assert event_process(event) == EventOutcome.PROCESSED
-    assert event_process(event) == EventOutcome.PROCESSED
+    assert event_process(event=event) == EventOutcome.PROCESSED
+    assert event_process(event=event) == EventOutcome.PROCESSED
     call.refresh_from_db()
     assert call.state == "initiated"
     assert CallEvent.objects.filter(call=call, dedupe_key=None).count() == 2

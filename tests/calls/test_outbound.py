@@ -33,7 +33,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 def live_call(**kwargs) -> Call:
     call = call_initiate(to="+15550001111", **kwargs)
-    event_process(CallAnswered(call_id=str(call.pk)))
+    event_process(event=CallAnswered(call_id=str(call.pk)))
     call.refresh_from_db()
     return call
 
@@ -111,7 +111,7 @@ def test_concurrency_limit_counts_live_calls(configure):
     with pytest.raises(CapacityReached, match=r"Maximum concurrent calls \(2\) reached"):
         call_initiate(to="+15550001113")
     assert Call.objects.count() == 2
-    event_process(CallEnded(call_id=str(first.pk), reason="completed"))
+    event_process(event=CallEnded(call_id=str(first.pk), reason="completed"))
     call_initiate(to="+15550001113")
 
 
@@ -208,7 +208,7 @@ def test_continue_returns_the_next_final_transcript_with_latencies(outbox):
             wait_until(lambda: CallTurn.objects.filter(call=call, listen_started_at__isnull=False).exists(),
                        "the turn to listen")
             time.sleep(0.05)  # the caller takes 50 ms to answer: listen_wait_ms must measure it
-            event_process(CallSpeech(call_id=call.provider_call_id, transcript="Tuesday at noon"))
+            event_process(event=CallSpeech(call_id=call.provider_call_id, transcript="Tuesday at noon"))
         finally:
             connection.close()
 
@@ -255,7 +255,7 @@ def test_continue_fails_when_the_call_ends_while_waiting():
         try:
             wait_until(lambda: CallTurn.objects.filter(call=call, listen_started_at__isnull=False).exists(),
                        "the turn to listen")
-            event_process(CallEnded(call_id=str(call.pk), reason="hangup-user"))
+            event_process(event=CallEnded(call_id=str(call.pk), reason="hangup-user"))
         finally:
             connection.close()
 

@@ -71,7 +71,7 @@ def start_call(rpc, **params) -> str:
 
 def answered_call(rpc) -> str:
     call_id = start_call(rpc)
-    event_process(CallAnswered(call_id=call_id))
+    event_process(event=CallAnswered(call_id=call_id))
     return call_id
 
 
@@ -440,7 +440,7 @@ def test_end_of_an_unknown_call_is_unavailable(rpc):
 
 def test_message_actions_on_an_ended_call_say_why(rpc):
     call_id = answered_call(rpc)
-    event_process(CallEnded(call_id=call_id, reason="hangup-user"))
+    event_process(event=CallEnded(call_id=call_id, reason="hangup-user"))
     ended_at = Call.objects.get(pk=call_id).ended_at
     stamp = ended_at.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ended_at.microsecond // 1000:03d}Z"
     expected = f"call is not active (last state=hangup-user, endReason=hangup-user, endedAt={stamp})"
@@ -464,7 +464,7 @@ def test_blocking_continue_returns_the_transcript(rpc, outbox):
     )
     worker.start()
     wait_until(lambda: listening(call_id))
-    event_process(CallSpeech(call_id=call_id, transcript="four two seven"))
+    event_process(event=CallSpeech(call_id=call_id, transcript="four two seven"))
     worker.join(10)
     assert result_of(replies[0]) == {"success": True, "transcript": "four two seven"}
     assert [r.action for r in outbox] == ["play_tts", "start_listening", "stop_listening"]
@@ -490,7 +490,7 @@ def test_continue_start_returns_at_once_and_result_completes(rpc, configure):
         "operationId": op_id, "status": "pending", "pollTimeoutMs": 95000,
     }
     wait_until(lambda: listening(call_id))
-    event_process(CallSpeech(call_id=call_id, transcript="Tuesday"))
+    event_process(event=CallSpeech(call_id=call_id, transcript="Tuesday"))
     continue_operations_wait()
     completed = {"operationId": op_id, "status": "completed", "result": {"success": True, "transcript": "Tuesday"}}
     assert result_of(rpc("voicecall.continue.result", {"operationId": op_id})) == completed
@@ -511,7 +511,7 @@ def test_a_failed_continue_operation_reports_the_error(rpc):
     call_id = answered_call(rpc)
     op_id = result_of(rpc("voicecall.continue.start", {"callId": call_id, "message": "Still there?"}))["operationId"]
     wait_until(lambda: listening(call_id))
-    event_process(CallEnded(call_id=call_id, reason="hangup-user"))
+    event_process(event=CallEnded(call_id=call_id, reason="hangup-user"))
     continue_operations_wait()
     result = result_of(rpc("voicecall.continue.result", {"operationId": op_id}))
     assert result["status"] == "failed" and result["operationId"] == op_id
@@ -526,7 +526,7 @@ def test_a_second_continue_while_one_is_pending_fails_that_operation(rpc):
     second = result_of(rpc("voicecall.continue.start", {"callId": call_id, "message": "Two?"}))["operationId"]
     wait_until(lambda: ContinueOperation.objects.filter(pk=second, status=OperationStatus.FAILED).exists())
     assert result_of(rpc("voicecall.continue.result", {"operationId": second}))["error"] == "Already waiting for transcript"
-    event_process(CallSpeech(call_id=call_id, transcript="yes"))
+    event_process(event=CallSpeech(call_id=call_id, transcript="yes"))
     continue_operations_wait()
     assert result_of(rpc("voicecall.continue.result", {"operationId": first}))["result"]["transcript"] == "yes"
 
@@ -606,11 +606,11 @@ def test_an_agent_drives_a_whole_call_with_the_tool_document_and_rpc(live_gatewa
 
     placed = tool({"action": "initiate_call", "to": TO, "message": "Hi, this is the clinic.", "mode": "conversation"})
     call_id = placed["callId"]
-    event_process(CallAnswered(call_id=call_id))
+    event_process(event=CallAnswered(call_id=call_id))
 
     def caller_answers():
         wait_until(lambda: listening(call_id))
-        event_process(CallSpeech(call_id=call_id, transcript="Thursday works"))
+        event_process(event=CallSpeech(call_id=call_id, transcript="Thursday works"))
         connections.close_all()
 
     answering = threading.Thread(target=caller_answers)

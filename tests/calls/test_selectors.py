@@ -15,8 +15,8 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 def test_timeline_has_events_lines_turns_and_replies_in_time_order():
     call = call_initiate(to="+15550001111", message="Hi there", mode="conversation")
-    event_process(CallAnswered(call_id=str(call.pk)))
-    event_process(CallSpeech(call_id=str(call.pk), transcript="Who is this?"))
+    event_process(event=CallAnswered(call_id=str(call.pk)))
+    event_process(event=CallSpeech(call_id=str(call.pk), transcript="Who is this?"))
     start = call.started_at
     CallTurn.objects.create(call=call, token="", status=TurnStatus.COMPLETED, started_at=start + timedelta(seconds=1),
                             completed_at=start + timedelta(seconds=3), turn_latency_ms=2000, listen_wait_ms=1500)
@@ -49,6 +49,6 @@ def test_tail_reads_recent_calls_and_the_changes_after_the_newest(configure):
     assert [call.pk for call in calls_recently_updated(limit=5)] == [first.pk, second.pk]
     mark, seen = calls_last_update()
     assert mark == second.updated_at and seen == {(second.pk, second.updated_at)}
-    event_process(CallAnswered(call_id=str(first.pk)))
+    event_process(event=CallAnswered(call_id=str(first.pk)))
     assert [call.pk for call in calls_updated_since(mark=mark)] == [second.pk, first.pk]
     assert len(calls_updated_since(mark=None)) == 2

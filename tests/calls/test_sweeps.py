@@ -35,25 +35,25 @@ def make_call(*, provider_call_id="mock-live", state="initiated", age_seconds=0,
 
 def test_max_duration_ends_the_call_with_timeout(outbox):
     call = call_initiate(to="+15550001111")
-    event_process(CallAnswered(call_id=str(call.pk)))
+    event_process(event=CallAnswered(call_id=str(call.pk)))
     call.refresh_from_db()
     due = call.max_duration_deadline
-    assert deadlines_sweep(due - timedelta(seconds=1)) == 0
-    assert deadlines_sweep(due) == 1
+    assert deadlines_sweep(at=due - timedelta(seconds=1)) == 0
+    assert deadlines_sweep(at=due) == 1
     call.refresh_from_db()
     assert (call.state, call.end_reason) == ("timeout", "timeout")
     assert outbox[-1].action == "hangup_call" and outbox[-1].params["reason"] == "timeout"
-    assert deadlines_sweep(due + timedelta(hours=1)) == 0  # acted on once
+    assert deadlines_sweep(at=due + timedelta(hours=1)) == 0  # acted on once
 
 
 def test_notify_hangup_after_delay(configure, outbox):
     configure({"outbound": {"notifyHangupDelaySec": 3}})
     call = call_initiate(to="+15550001111", message="Reminder: dentist at 3", mode="notify")
-    event_process(CallAnswered(call_id=str(call.pk)))
+    event_process(event=CallAnswered(call_id=str(call.pk)))
     call.refresh_from_db()
     delay = (call.notify_hangup_at - timezone.now()).total_seconds()
     assert 2 < delay <= 3
-    deadlines_sweep(call.notify_hangup_at)
+    deadlines_sweep(at=call.notify_hangup_at)
     call.refresh_from_db()
     assert call.end_reason == "hangup-bot"
 
@@ -66,7 +66,7 @@ def test_failed_deadline_hangup_is_retried(monkeypatch):
     assert not call.is_terminal
     assert call.max_duration_deadline > timezone.now()  # put back for a retry
     monkeypatch.undo()
-    deadlines_sweep(call.max_duration_deadline)
+    deadlines_sweep(at=call.max_duration_deadline)
     call.refresh_from_db()
     assert call.state == "timeout"
 
@@ -79,7 +79,7 @@ def test_turn_deadline_times_out_the_waiting_turn():
     assert turn.status == TurnStatus.TIMEOUT
     assert turn.error == "Timed out waiting for transcript after 180000ms"
     # A late answer is kept in the transcript but completes nothing.
-    event_process(CallSpeech(call_id=str(call.pk), transcript="late"))
+    event_process(event=CallSpeech(call_id=str(call.pk), transcript="late"))
     turn.refresh_from_db()
     assert turn.status == TurnStatus.TIMEOUT
     assert call.transcript_entries.get().text == "late"
@@ -188,7 +188,7 @@ def test_embedded_sweeper_thread_fires_a_deadline_on_time(settings, configure):
     sweeper.start()
     try:
         call = call_initiate(to="+15550001111", message="Bye soon", mode="notify")
-        event_process(CallAnswered(call_id=str(call.pk)))
+        event_process(event=CallAnswered(call_id=str(call.pk)))
         from calls import background
 
         background.drain()

@@ -27,10 +27,10 @@ _sids = iter(range(1, 10**6))
 
 def ring(caller: str | None = CALLER) -> Call:
     sid = f"mock-in-{next(_sids)}"
-    event_process(CallInitiated(call_id=sid, provider_call_id=sid, direction="inbound", from_number=caller, to_number=LINE))
+    event_process(event=CallInitiated(call_id=sid, provider_call_id=sid, direction="inbound", from_number=caller, to_number=LINE))
     call = Call.objects.get(provider_call_id=sid)
     if not call.is_terminal:
-        event_process(CallAnswered(call_id=sid, provider_call_id=sid))
+        event_process(event=CallAnswered(call_id=sid, provider_call_id=sid))
         call.refresh_from_db()
     return call
 
@@ -84,7 +84,7 @@ def test_rejected_calls_are_recorded_and_hung_up_once(configure, name, reason):
     call = ring()
     assert (call.state, call.end_reason, call_metadata(call)) == ("hangup-bot", "hangup-bot", {"rejectionReason": reason})
     # The carrier repeats its webhook: still one record, one hang-up.
-    event_process(CallInitiated(call_id=call.provider_call_id, provider_call_id=call.provider_call_id,
+    event_process(event=CallInitiated(call_id=call.provider_call_id, provider_call_id=call.provider_call_id,
                                 direction="inbound", from_number=CALLER, to_number=LINE, id="again"))
     assert Call.objects.count() == 1 and hangups(call) == 1
     assert spoken(call) == []
@@ -93,7 +93,7 @@ def test_rejected_calls_are_recorded_and_hung_up_once(configure, name, reason):
 def test_allowlisted_caller_holds_a_conversation(configure):
     policy(configure, "allowlist", allow_from=[CALLER])
     call = ring()
-    event_process(CallSpeech(call_id=str(call.pk), provider_call_id=call.provider_call_id, transcript="Hi."))
+    event_process(event=CallSpeech(call_id=str(call.pk), provider_call_id=call.provider_call_id, transcript="Hi."))
     assert spoken(call) == [GREETING, "Sure."]
 
 
@@ -145,11 +145,11 @@ WORDS = dict(zip("0123456789", ["zero", "one", "two", "three", "four", "five", "
 
 
 def dtmf(call: Call, digits: str) -> None:
-    event_process(CallDtmf(call_id=str(call.pk), provider_call_id=call.provider_call_id, digits=digits))
+    event_process(event=CallDtmf(call_id=str(call.pk), provider_call_id=call.provider_call_id, digits=digits))
 
 
 def speech(call: Call, text: str) -> None:
-    event_process(CallSpeech(call_id=str(call.pk), provider_call_id=call.provider_call_id, transcript=text))
+    event_process(event=CallSpeech(call_id=str(call.pk), provider_call_id=call.provider_call_id, transcript=text))
 
 
 def test_three_wrong_codes_end_the_call_once(configure):

@@ -113,7 +113,7 @@ def start_call(to: str = TO, *extra: str) -> str:
 
 
 def answer(call_id: str) -> None:
-    event_process(CallAnswered(call_id=call_id))
+    event_process(event=CallAnswered(call_id=call_id))
 
 
 def actions(outbox) -> list[str]:
@@ -532,7 +532,7 @@ def test_status_record_fields():
     call_id = start_call(TO, "--message", "Hi there")
     answer(call_id)
     run("speak", "--call-id", call_id, "--message", "How are you?")
-    event_process(event_from_dict(
+    event_process(event=event_from_dict(
         {"type": "call.speech", "callId": call_id, "transcript": "Fine, thanks", "dedupeKey": "speech-1"}
     ))
     call = Call.objects.get(pk=call_id)
@@ -565,7 +565,7 @@ def test_status_record_fields():
 @pytest.mark.django_db
 def test_status_of_an_ended_call_has_end_fields():
     call_id = start_call(TO)
-    event_process(CallEnded(call_id=call_id, reason="hangup-user"))
+    event_process(event=CallEnded(call_id=call_id, reason="hangup-user"))
     record = run_json("status", "--call-id", call_id)
     assert record["state"] == "hangup-user"
     assert record["endReason"] == "hangup-user"
@@ -696,7 +696,7 @@ def test_end_of_an_ended_call_succeeds_without_hanging_up_again(outbox):
 @pytest.mark.django_db
 def test_end_of_a_call_the_caller_hung_up_succeeds(outbox):
     call_id = start_call(TO)
-    event_process(CallEnded(call_id=call_id, reason="hangup-user"))
+    event_process(event=CallEnded(call_id=call_id, reason="hangup-user"))
     outbox.clear()
     assert run_json("end", "--call-id", call_id) == {"success": True}
     assert outbox == []
@@ -796,8 +796,8 @@ def test_continue_speaks_listens_and_prints_the_transcript(outbox):
     worker.start()
     wait_until(lambda: _listening_turn(call_id))
     assert worker.is_alive()  # still waiting for the caller
-    event_process(CallSpeech(call_id=f"mock-{call_id}", transcript="partial", is_final=False))
-    event_process(CallSpeech(call_id=call_id, transcript="  It is 4 2 7  "))
+    event_process(event=CallSpeech(call_id=f"mock-{call_id}", transcript="partial", is_final=False))
+    event_process(event=CallSpeech(call_id=call_id, transcript="  It is 4 2 7  "))
     worker.join(timeout=10)
     assert not worker.is_alive()
     assert worker.error is None and worker.exit_code is None, worker.err.getvalue()
@@ -823,7 +823,7 @@ def test_continue_fails_when_the_call_ends_while_waiting():
     worker = CommandThread("continue", "--call-id", call_id, "--message", "Still there?")
     worker.start()
     wait_until(lambda: _listening_turn(call_id))
-    event_process(CallEnded(call_id=call_id, reason="hangup-user"))
+    event_process(event=CallEnded(call_id=call_id, reason="hangup-user"))
     worker.join(timeout=10)
     assert not worker.is_alive()
     assert worker.exit_code == 1
@@ -1070,9 +1070,9 @@ def test_follow_calls_prints_recent_then_changes_once_each():
     records = _follow_calls(
         2,
         None,  # nothing changed: nothing printed
-        lambda: event_process(CallRinging(call_id=first)),
+        lambda: event_process(event=CallRinging(call_id=first)),
         None,
-        lambda: (event_process(CallAnswered(call_id=third)), event_process(CallRinging(call_id=second))),
+        lambda: (event_process(event=CallAnswered(call_id=third)), event_process(event=CallRinging(call_id=second))),
         None,
     )
     assert [(r["callId"], r["state"]) for r in records] == [
@@ -1113,7 +1113,7 @@ def test_follow_calls_since_larger_than_history_prints_everything_oldest_first()
 @pytest.mark.django_db
 def test_follow_calls_since_zero_prints_only_changes():
     old = [make_call(provider_call_id=f"mock-old{i}") for i in range(2)]
-    records = _follow_calls(0, None, lambda: event_process(CallRinging(call_id=str(old[0].pk))))
+    records = _follow_calls(0, None, lambda: event_process(event=CallRinging(call_id=str(old[0].pk))))
     assert [(r["callId"], r["state"]) for r in records] == [(str(old[0].pk), "ringing")]
 
 

@@ -256,7 +256,7 @@ def test_unknown_mode_is_left_to_the_gateway_default(via_gateway, recorder):
 @pytest.mark.django_db(transaction=True)
 def test_speak_dtmf_end_go_through_the_gateway(via_gateway, recorder, outbox):
     call_id = start_call()
-    event_process(CallAnswered(call_id=call_id))
+    event_process(event=CallAnswered(call_id=call_id))
     outbox.clear()
 
     out, err = run("speak", "--call-id", call_id, "--message", "Your order shipped")
@@ -315,14 +315,14 @@ def test_smoke_without_yes_asks_the_gateway_nothing(via_gateway, recorder, outbo
 @pytest.mark.django_db(transaction=True)
 def test_continue_starts_an_operation_and_polls_its_result(via_gateway, recorder, fast_poll, outbox):
     call_id = start_call()
-    event_process(CallAnswered(call_id=call_id))
+    event_process(event=CallAnswered(call_id=call_id))
     outbox.clear()
     worker = CommandThread("continue", "--call-id", call_id, "--message", "What is your order number?")
     worker.start()
     wait_until(lambda: _listening_turn(call_id))
     wait_until(lambda: recorder.methods.count("voicecall.continue.result") >= 2)
     assert worker.is_alive()
-    event_process(CallSpeech(call_id=call_id, transcript="  It is 4 2 7  "))
+    event_process(event=CallSpeech(call_id=call_id, transcript="  It is 4 2 7  "))
     worker.join(timeout=10)
     assert not worker.is_alive()
     assert worker.error is None and worker.exit_code is None, worker.err.getvalue()
@@ -345,7 +345,7 @@ def test_continue_failure_when_the_call_ends_exits_1(via_gateway, recorder, fast
     worker = CommandThread("continue", "--call-id", call_id, "--message", "Still there?")
     worker.start()
     wait_until(lambda: _listening_turn(call_id))
-    event_process(CallEnded(call_id=call_id, reason="hangup-user"))
+    event_process(event=CallEnded(call_id=call_id, reason="hangup-user"))
     worker.join(timeout=10)
     assert not worker.is_alive()
     assert worker.exit_code == 1
@@ -383,12 +383,12 @@ def test_continue_refused_at_start_is_reported_without_polling(via_gateway, reco
 def test_continue_falls_back_to_blocking_continue_on_an_older_gateway(via_gateway, recorder, monkeypatch, outbox):
     monkeypatch.delitem(rpc.METHODS, "voicecall.continue.start")
     call_id = start_call()
-    event_process(CallAnswered(call_id=call_id))
+    event_process(event=CallAnswered(call_id=call_id))
     worker = CommandThread("continue", "--call-id", call_id, "--message", "Order number?")
     worker.start()
     wait_until(lambda: _listening_turn(call_id))
     assert worker.is_alive()
-    event_process(CallSpeech(call_id=call_id, transcript="Seven"))
+    event_process(event=CallSpeech(call_id=call_id, transcript="Seven"))
     worker.join(timeout=10)
     assert not worker.is_alive()
     assert worker.error is None and worker.exit_code is None, worker.err.getvalue()
@@ -548,7 +548,7 @@ def test_standalone_fallback_never_binds_a_socket(settings, monkeypatch, recorde
     monkeypatch.setattr(socket.socket, "bind", bind)
     monkeypatch.setattr(socket.socket, "listen", listen)
     call_id = start_call()
-    event_process(CallAnswered(call_id=call_id))
+    event_process(event=CallAnswered(call_id=call_id))
     run("speak", "--call-id", call_id, "--message", "Hi")
     run("end", "--call-id", call_id)
     assert recorder.standalone == ["initiate", "speak", "end"]
