@@ -64,7 +64,28 @@ def test_links_between_pages_resolve(page):
     assert broken == []
 
 
+OUTSIDE = re.compile(r"behaviour\.md|carriers\.md|ai-providers\.md|field-notes\.md|\bSPEC\b|\bDESIGN\b")
+
+
 def test_the_docs_name_no_files_from_outside_the_repository():
-    outside = re.compile(r"behaviour\.md|carriers\.md|ai-providers\.md|field-notes\.md|\bSPEC\b|\bDESIGN\b")
     for page in [*DOCS.glob("*.md"), ROOT / "README.md"]:
-        assert not outside.search(page.read_text(encoding="utf-8")), page.name
+        assert not OUTSIDE.search(page.read_text(encoding="utf-8")), page.name
+
+
+def test_code_comments_point_into_the_repository_only():
+    """Comments and docstrings cite docs/ pages, never documents that are not in the repository."""
+    this_file = Path(__file__).resolve()
+    sources = [
+        path
+        for package in ("core", "calls", "providers", "routing", "voicecall_project", "tests", "bench")
+        for path in (ROOT / package).rglob("*.py")
+        if path.resolve() != this_file
+    ]
+    sources += [ROOT / "requirements.txt", ROOT / "requirements-test.txt", ROOT / "Makefile", ROOT / "pytest.ini"]
+    cited = [
+        f"{path.relative_to(ROOT)}:{number}"
+        for path in sources
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if OUTSIDE.search(line)
+    ]
+    assert cited == []

@@ -1,4 +1,4 @@
-"""The `voice_call` agent tool (behaviour.md §8.1): its schemas, examples, served document and executor."""
+"""The `voice_call` agent tool (docs/compatibility.md, Agent tool and RPC): its schemas, examples, served document and executor."""
 from __future__ import annotations
 
 import json

@@ -1,4 +1,4 @@
-"""Event processing (behaviour.md §2.4): dedupe, lookup, inbound creation, re-keying, per-type handling, finalize."""
+"""Event processing (docs/compatibility.md, Event processing): dedupe, lookup, inbound creation, re-keying, per-type handling, finalize."""
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,4 @@
-"""Outbound admission and the call operations: initiate, speak, continue, end, dtmf (behaviour.md §2.9–2.10)."""
+"""Outbound admission and the call operations: initiate, speak, continue, end, dtmf (–2.10; docs/compatibility.md, Call commands)."""
 from __future__ import annotations
 
 import threading

@@ -2,7 +2,7 @@
 
 The resampler's promise is the important one: feeding a signal in pieces (20 ms frames, odd
 sizes, single samples) gives the same samples as feeding it whole, because the filter state is
-carried across chunks (behaviour.md §4.4).
+carried across chunks (docs/compatibility.md, Playback and pacing).
 """
 from __future__ import annotations
 

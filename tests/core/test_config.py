@@ -1,5 +1,5 @@
 """The call config: defaults, strict validation, the plugins wrapper, cross-field rules,
-env fallbacks, SecretRefs, legacy keys, reading the file, and deep merge (behaviour.md §1)."""
+env fallbacks, SecretRefs, legacy keys, reading the file, and deep merge (docs/configuration.md)."""
 from __future__ import annotations
 
 import copy

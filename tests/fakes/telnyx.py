@@ -20,7 +20,7 @@ from .base import Delivery, FakeServer, Recorded, Reply, now_utc
 
 __all__ = ["FakeTelnyx", "FakeTelnyxCall"]
 
-# action slug -> fields the command must carry (carriers.md §2.3)
+# action slug -> fields the command must carry
 ACTIONS: dict[str, tuple[str, ...]] = {
     "answer": (),
     "hangup": (),

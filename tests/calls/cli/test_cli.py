@@ -1,4 +1,4 @@
-"""`manage.py voicecall <command>`: every subcommand, driven as a user would (behaviour.md §7).
+"""`manage.py voicecall <command>`: every subcommand, driven as a user would (docs/compatibility.md, CLI).
 
 In-process runs use call_command (operational errors end in SystemExit(1) with the message on
 stderr; argparse errors become CommandError). A few tests run a real subprocess to check the

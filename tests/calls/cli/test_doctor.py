@@ -1,4 +1,4 @@
-"""`voicecall doctor [--fix]`: finding legacy config keys (behaviour.md §1.8) and rewriting the file."""
+"""`voicecall doctor [--fix]`: finding legacy config keys (docs/compatibility.md, Legacy keys and doctor --fix) and rewriting the file."""
 from __future__ import annotations
 
 import json

@@ -1,4 +1,4 @@
-"""The media-stream WebSocket (calls/streams/media.py) through the real server (behaviour.md §2.12, §4).
+"""The media-stream WebSocket (calls/streams/media.py) through the real server (docs/compatibility.md, Media streams).
 
 Daphne serves the real ASGI application on a loopback port (the `live_gateway` fixture); the tests
 are carriers speaking Twilio's Media Streams protocol with real WebSocket clients. Daphne does not
@@ -567,7 +567,7 @@ async def test_a_valid_start_opens_the_stream_and_stop_starts_the_grace(gateway)
     refreshed = await fetch_call(call)
     assert refreshed.stream_grace_deadline is not None
     grace = (refreshed.stream_grace_deadline - row.closed_at).total_seconds()
-    assert 1.9 <= grace <= 2.5, grace  # behaviour.md §2.12: 2000 ms
+    assert 1.9 <= grace <= 2.5, grace  # docs/compatibility.md, Media streams: 2000 ms
     assert not refreshed.is_terminal  # not ended yet
     await await_until(lambda: limits.total == 0, timeout=2)
 
@@ -718,7 +718,7 @@ async def test_total_cap_refuses_at_the_handshake(gateway):
     pending = await gateway.dial()
     with pytest.raises(InvalidStatus) as refused:
         await gateway.dial()
-    # behaviour.md §4.1 answers 503; Daphne refuses any upgrade the application closes with 403
+    # docs/compatibility.md, Media streams answers 503; Daphne refuses any upgrade the application closes with 403
     assert refused.value.response.status_code in (403, 503)
     assert limits.total == 2
     await pending.close()

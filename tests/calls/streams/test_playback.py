@@ -1,4 +1,4 @@
-"""The media stream's TTS playback queue (calls/streams/playback.py; behaviour.md §2.14, §4.4).
+"""The media stream's TTS playback queue (calls/streams/playback.py; docs/compatibility.md, Playback and pacing).
 
 `Playback` is driven directly on the test's event loop: `send` is a fake carrier that records
 every frame (parsed JSON) with its send time and may echo marks like Twilio; `frames` is the real

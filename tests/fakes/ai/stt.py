@@ -1,4 +1,4 @@
-"""Loopback fakes of the cloud streaming speech-to-text WebSocket APIs (ai-providers.md §7.2, §7.4–§7.7).
+"""Loopback fakes of the cloud streaming speech-to-text WebSocket APIs.
 
 Each fake runs in the test's event loop, checks the provider's auth header (HTTP 401 on the
 upgrade otherwise), records every connection (path, query, headers, frames) and plays a script:

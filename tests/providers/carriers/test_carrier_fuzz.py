@@ -637,7 +637,7 @@ def _fixture_request(carrier: str, name: str, *, query: str | None = None) -> We
 
 @pytest.mark.django_db(transaction=True)
 def test_plivo_answer_rekeys_the_call_from_request_uuid_to_call_uuid(configure):
-    """behaviour.md §2.4 step 5: the dial returned the request UUID; the answer names the CallUUID."""
+    """docs/compatibility.md, Event processing step 5: the dial returned the request UUID; the answer names the CallUUID."""
     from calls.models import Call
     from calls.services import webhook_process
 

@@ -1,8 +1,8 @@
 """Each carrier backend's REST requests, field by field, against the local fake carriers (tests/fakes/).
 
 The backends are built straight from a config (no gateway, no database); webhooks the fakes
-send back are rerouted to a closed port, so only the REST side is exercised here. References:
-behaviour.md §3.1-§3.3 and carriers.md §1-§3, §5.
+send back are rerouted to a closed port, so only the REST side is exercised here (the requests
+are listed in docs/compatibility.md, Carrier requests).
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The three carriers' webhook signature verifiers, checked against the carriers' OFFICIAL SDKs.
 
-The SDKs are independent oracles (carriers.md §4): Twilio's RequestValidator and Plivo's
+The SDKs are independent oracles: Twilio's RequestValidator and Plivo's
 signature_v3 helpers sign requests our verifiers must accept; a throw-away Ed25519 key signs
 Telnyx requests and telnyx.lib.webhook_verification must agree with our verdicts.
 """

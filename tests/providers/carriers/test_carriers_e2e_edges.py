@@ -4,7 +4,7 @@ Same set-up as tests/providers/carriers/test_carriers_e2e.py (fake carrier REST 
 real gateway on a socket): greetings in the answer, pre-connect digits, unanswered outcomes,
 the caller hanging up, inbound policy rejections, redelivered and out-of-order events,
 restore after a restart, the Twilio "not in progress yet" retry and concurrent ends.
-Expected values come from behaviour.md §2.7-§2.10 and §3.1-§3.3.
+Expected values come from docs/compatibility.md, Restore after restart; Greeting and initial message; Call commands; Outbound admission; Carrier requests.
 """
 from __future__ import annotations
 
@@ -226,7 +226,7 @@ def test_twilio_caller_hangs_up(twilio):
     assert refreshed(call).state == "listening"
     twilio.hang_up(sid)
     call = refreshed(call)
-    assert (call.state, call.end_reason) == ("completed", "completed")  # behaviour.md §3.1: completed → completed
+    assert (call.state, call.end_reason) == ("completed", "completed")  # docs/compatibility.md, Carrier requests: completed → completed
     assert call.ended_at is not None
     assert not twilio_hangups(twilio, sid)
 
@@ -458,7 +458,7 @@ def test_twilio_speak_on_a_ringing_call_fails_after_the_retries(twilio):
     assert [r.status for r in twilio.requests_to("POST", rf"/Calls/{sid}\.json$")] == [400, 400, 400]
     call = refreshed(call)
     assert transcript(call) == [] and not call.is_terminal
-    assert call.state == "listening"  # behaviour.md §2.9: a failed speak goes back to listening
+    assert call.state == "listening"  # docs/compatibility.md, Call commands: a failed speak goes back to listening
 
 
 # --- concurrent ends ------------------------------------------------------------------------
@@ -524,7 +524,7 @@ def test_bot_hangup_stays_hangup_bot_when_the_end_webhook_wins(carrier, live_gat
     assert hangups() == 1
     call = refreshed(call)
     assert call.is_terminal
-    assert (call.state, call.end_reason) == ("hangup-bot", "hangup-bot")  # behaviour.md §2.9: endCall(hangup-bot)
+    assert (call.state, call.end_reason) == ("hangup-bot", "hangup-bot")  # docs/compatibility.md, Call commands: endCall(hangup-bot)
 
 
 def test_twilio_status_callback_urls_point_at_the_gateway(twilio, live_gateway):

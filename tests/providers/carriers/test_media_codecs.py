@@ -1,6 +1,6 @@
 """Media-stream frame codecs of Twilio, Telnyx and Plivo: golden frames in, malformed frames refused, our frames out.
 
-The inbound frames are shaped as each carrier documents them (carriers.md §1.7, §2.6, §3.6),
+The inbound frames are shaped as each carrier documents them,
 with numbers both as strings and as integers, since carriers differ (and drift) on that.
 """
 from __future__ import annotations

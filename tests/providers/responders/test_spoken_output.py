@@ -1,4 +1,4 @@
-"""The spoken-output contract (providers/responders/spoken.py, behaviour.md §6).
+"""The spoken-output contract (providers/responders/spoken.py; docs/compatibility.md, Spoken-output contract).
 
 What a caller hears is decided here: the prompt text asking for {"spoken": ...}, the tolerant
 extraction of the words from whatever the model actually returned, and the streaming variant
