@@ -95,7 +95,7 @@ async def test_replay_gets_the_first_answer_without_processing(asgi, monkeypatch
     body = events_body({"type": "call.ringing", "callId": str(call.pk)})
     assert (await asgi.post("/voice/webhook", content=body)).status_code == 200
     calls = []
-    monkeypatch.setattr(webhook_processing, "event_process", lambda event, **_: calls.append(event))
+    monkeypatch.setattr(webhook_processing, "event_process", lambda *, event, **_: calls.append(event))
     replay = await asgi.post("/voice/webhook", content=body)
     assert (replay.status_code, replay.text) == (200, "OK")
     assert calls == []

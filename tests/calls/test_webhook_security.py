@@ -548,9 +548,9 @@ def processed_events(monkeypatch):
     seen = []
     real = webhook_processing.event_process
 
-    def record(event, **kwargs):
+    def record(*, event, **kwargs):
         seen.append(event)
-        return real(event, **kwargs)
+        return real(event=event, **kwargs)
 
     monkeypatch.setattr(webhook_processing, "event_process", record)
     return seen
