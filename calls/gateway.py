@@ -126,6 +126,9 @@ class Gateway:
             if self.started:
                 return False
             self.started = True
+        from providers.tls import warm
+
+        warm()  # TLS contexts are built here, once, never on the event loop
         loaded = self.config()
         report_config(loaded)
         if loaded.ok:

@@ -11,6 +11,7 @@ import httpx
 
 from core.errors import CarrierError
 
+from ..tls import http_tls
 from .base import ProviderCallStatus
 
 log = logging.getLogger("providers")
@@ -64,6 +65,7 @@ class CarrierHttp:
             timeout=TIMEOUT,
             follow_redirects=False,
             transport=transport,
+            verify=http_tls(),
         )
 
     def request(

@@ -15,6 +15,7 @@ import httpx
 
 from core.config.models import ResolvedModel
 
+from ..tls import http_tls
 from .base import Hangup, Responder, ResponderError, Turn
 
 __all__ = ["DeadlineGuard", "LlmResponder", "clip", "error_message"]
@@ -171,7 +172,7 @@ class LlmResponder(Responder):
     def __init__(self, settings: Any) -> None:
         super().__init__(settings)
         # one pool per responder: turns of the same agent reuse warm connections (httpx.Client is thread-safe)
-        self._client = httpx.Client(follow_redirects=False)
+        self._client = httpx.Client(follow_redirects=False, verify=http_tls())
 
     def close(self) -> None:
         self._client.close()

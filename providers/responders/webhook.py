@@ -17,6 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
+from ..tls import http_tls
 from .base import Hangup, Responder, ResponderError, Turn
 from .llm import DeadlineGuard, clip, is_json, media_type, read_capped, redact
 
@@ -91,7 +92,7 @@ class WebhookResponder(Responder):
 
     def __init__(self, settings: Any) -> None:
         super().__init__(settings)
-        self._client = httpx.Client(follow_redirects=False)
+        self._client = httpx.Client(follow_redirects=False, verify=http_tls())
 
     def close(self) -> None:
         self._client.close()

@@ -22,6 +22,7 @@ from collections import deque
 from typing import Any, ClassVar, Protocol
 
 from ..settings import ProviderSettings
+from ..tls import websocket_ssl
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +145,10 @@ class WebsocketSession(TranscriptionSession):
         from websockets.asyncio.client import connect
 
         async def opening():
-            ws = await connect(self.url(), additional_headers=self.headers(), max_size=2**22, open_timeout=CONNECT_TIMEOUT)
+            url = self.url()
+            # Compressing μ-law or PCM saves almost nothing and costs the event loop on every frame.
+            ws = await connect(url, additional_headers=self.headers(), max_size=2**22, open_timeout=CONNECT_TIMEOUT,
+                               ssl=websocket_ssl(url), compression=None)
             try:
                 await self.configure(ws)
             except BaseException:

@@ -7,6 +7,7 @@ from typing import Any
 
 import httpx
 
+from providers.tls import http_tls
 from providers.tts.base import TtsError, TtsProvider
 
 ERROR_BODY_LIMIT = 16 * 1024  # an error body is a small JSON document; never buffer an unbounded one
@@ -59,7 +60,8 @@ async def post_stream(provider: TtsProvider, url: str, *, headers: dict[str, str
     """
     received = 0
     try:
-        async with httpx.AsyncClient(timeout=provider.timeout) as client:
+        # A client is cheap once it is handed the shared TLS context; building its own is not.
+        async with httpx.AsyncClient(timeout=provider.timeout, verify=http_tls()) as client:
             async with client.stream("POST", url, headers=headers, json=body, params=params) as response:
                 if not response.is_success:
                     raise TtsError(f"{provider.name}: HTTP {response.status_code}: "

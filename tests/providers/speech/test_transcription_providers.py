@@ -213,6 +213,12 @@ async def test_speech_yields_start_partials_and_one_final(stack):
     assert stack.fake.last.audio_frames == len(utterance())
 
 
+async def test_the_audio_uplink_is_not_compressed(stack):
+    """Deflating μ-law or PCM saves almost nothing and costs the event loop on every frame."""
+    await stack.connected()
+    assert "sec-websocket-extensions" not in stack.fake.last.headers
+
+
 async def test_two_utterances_give_two_finals(stack):
     stack.fake.script = ["first thing", "second thing now"]
     session, listener = await stack.connected()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import ssl
 import sys
 import time
 import types
@@ -19,6 +20,7 @@ from core.audio import (
     parse_format,
     ulaw_to_samples,
 )
+from providers import tls
 from providers.tts.base import Synthesis, TtsChain, TtsError
 from providers.tts.elevenlabs import ElevenLabsTts
 from providers.tts.microsoft import MicrosoftTts
@@ -157,6 +159,19 @@ async def test_openai_audio_arrives_in_chunks_and_becomes_ulaw_of_the_right_leng
     ulaw, _ = await to_ulaw(provider)
     assert abs(ulaw_ms(ulaw) - fake.duration_ms(TEXT)) <= TOLERANCE_MS
     assert abs(dominant_hz(ulaw) - TONE_HZ) < 5
+
+
+async def test_syntheses_reuse_one_tls_context_instead_of_loading_certificates_on_the_loop(fake, monkeypatch):
+    """Loading a CA bundle takes ~20 ms; on the event loop that stalls every call's audio."""
+    tls.warm()
+    loads = []
+    real = ssl.SSLContext.load_verify_locations
+    monkeypatch.setattr(ssl.SSLContext, "load_verify_locations", lambda self, *a, **k: loads.append(a) or real(self, *a, **k))
+    provider = openai(fake)
+    for _ in range(3):
+        assert await collect(provider.stream(TEXT))
+    assert len(fake.requests) == 3
+    assert loads == []
 
 
 async def test_openai_wrong_key_names_provider_status_and_message(fake):
