@@ -15,6 +15,7 @@ import secrets
 import time
 from datetime import timedelta
 
+import channels.consumer
 import pytest
 from asgiref.sync import sync_to_async
 from websockets.asyncio.client import connect
@@ -570,6 +571,28 @@ async def test_a_valid_start_opens_the_stream_and_stop_starts_the_grace(gateway)
     assert 1.9 <= grace <= 2.5, grace  # docs/compatibility.md, Media streams: 2000 ms
     assert not refreshed.is_terminal  # not ended yet
     await await_until(lambda: limits.total == 0, timeout=2)
+
+
+@live
+async def test_media_frames_do_not_hop_to_the_shared_sync_thread(gateway, monkeypatch):
+    """Channels closes stale connections on the shared sync thread before every message; the media
+    consumer's database work runs on its own worker threads, so 50 frames a second need no hop."""
+    hops = []
+    real = channels.consumer.aclose_old_connections
+
+    async def counting():
+        hops.append(1)
+        return await real()
+
+    monkeypatch.setattr(channels.consumer, "aclose_old_connections", counting)
+    call = await new_call()
+    ws, sid = await open_stream(gateway, call)
+    for sequence in range(2, 52):
+        await ws.send(media_frame(sid, b"\x10" * FRAME_BYTES, sequence=sequence))
+    await ws.send(stop_frame(sid, call))
+    assert await close_code(ws) == 1000
+    assert (await closed_row(sid)).stats["frames_in"] == 50
+    assert hops == []
 
 
 @live
