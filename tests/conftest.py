@@ -96,3 +96,37 @@ def live_gateway(transactional_db) -> str:
     from tests.live_gateway import live_gateway_url
 
     return live_gateway_url()
+
+
+def hold_hangup_until_seen(monkeypatch, owner: Any, *, others: int) -> None:
+    """The first carrier hang-up of a call stays in flight until `others` other `call_end`s have seen it.
+
+    `owner.hangup_call` is wrapped (a carrier class or instance); `call_end` is watched for the
+    locked lookups other threads make while the hang-up is in flight. Only then does it go on, so
+    "a second end arrives while the first hang-up is in flight" happens on every run, however busy
+    the machine is.
+    """
+    import threading
+
+    from calls.services import ending
+    from tests.waiting import wait_until
+
+    in_flight = threading.Event()
+    lookers: set[int] = set()
+    find = ending.call_find
+
+    def watched_find(**kwargs):
+        if in_flight.is_set():
+            lookers.add(threading.get_ident())
+        return find(**kwargs)
+
+    hangup = owner.hangup_call
+
+    def held_hangup(*args, **kwargs):
+        in_flight.set()
+        wait_until(lambda: len(lookers - {threading.get_ident()}) >= others,
+                   f"{others} other end(s) to find the hang-up in flight")
+        return hangup(*args, **kwargs)
+
+    monkeypatch.setattr(ending, "call_find", watched_find)
+    monkeypatch.setattr(owner, "hangup_call", held_hangup)

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import threading
 import time
+from datetime import timedelta
 
 import pytest
 
+from calls.clock import now
 from calls.models import Call, CallTurn, TurnStatus
 from calls.selectors import call_metadata
 from calls.services import call_continue, call_end, call_initiate, call_send_dtmf, call_speak, event_process
@@ -25,7 +27,7 @@ from core.errors import (
 )
 from core.events import CallAnswered, CallEnded, CallSpeech
 from providers.carriers import mock
-from tests.conftest import admit_concurrently
+from tests.conftest import admit_concurrently, hold_hangup_until_seen
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -205,9 +207,11 @@ def test_continue_returns_the_next_final_transcript_with_latencies(outbox):
         from django.db import connection
 
         try:
-            wait_until(lambda: CallTurn.objects.filter(call=call, listen_started_at__isnull=False).exists(),
-                       "the turn to listen")
-            time.sleep(0.05)  # the caller takes 50 ms to answer: listen_wait_ms must measure it
+            listening = wait_until(
+                lambda: CallTurn.objects.filter(call=call, listen_started_at__isnull=False).first(), "the turn to listen"
+            )
+            # the caller answers 50 ms after listening began: listen_wait_ms must measure it
+            wait_until(lambda: now() - listening.listen_started_at >= timedelta(milliseconds=50), "50 ms of listening")
             event_process(event=CallSpeech(call_id=call.provider_call_id, transcript="Tuesday at noon"))
         finally:
             connection.close()
@@ -281,13 +285,7 @@ def test_end_hangs_up_and_finalizes(outbox):
 
 def test_concurrent_ends_hang_up_once(monkeypatch, outbox):
     call = live_call()
-    original = mock.MockCarrier.hangup_call
-
-    def slow(self, **kwargs):
-        time.sleep(0.2)  # a slow carrier on purpose: the first hang-up is in flight when the second end arrives
-        original(self, **kwargs)
-
-    monkeypatch.setattr(mock.MockCarrier, "hangup_call", slow)
+    hold_hangup_until_seen(monkeypatch, mock.MockCarrier, others=3)
     errors = []
 
     def end():

@@ -11,6 +11,8 @@ import base64
 import json
 import re
 import time
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -88,18 +90,22 @@ class Carrier:
         return out
 
 
-def speech(frames: int, *, fill: int = AUDIO, extra: int = 0, first_delay: float = 0.0, chunk: int = FRAME_BYTES * 5,
-           gap: float = 0.0):
-    """A synthesizer producing `frames` × 160 bytes (+ `extra`) of `fill`, in `chunk`-byte pieces."""
+def speech(frames: int, *, fill: int = AUDIO, extra: int = 0, starts_when: Callable[[], Any] | None = None,
+           chunk: int = FRAME_BYTES * 5, next_chunk_when: Callable[[int], Any] | None = None):
+    """A synthesizer producing `frames` × 160 bytes (+ `extra`) of `fill`, in `chunk`-byte pieces.
+
+    `starts_when`: a slow synthesizer, whose first audio comes only once that condition holds.
+    `next_chunk_when(frames_so_far)`: each later chunk comes only once that condition holds.
+    """
 
     async def synthesize(text: str, voice: str | None):
-        if first_delay:
-            await asyncio.sleep(first_delay)  # a slow synthesizer is the scenario, not a wait
+        if starts_when is not None:
+            await await_until(starts_when, "the synthesizer's moment to start")
         data = bytes([fill]) * (frames * FRAME_BYTES + extra)
         for start in range(0, len(data), chunk):
+            if start and next_chunk_when is not None:
+                await await_until(lambda: next_chunk_when(start // FRAME_BYTES), "the next chunk's moment")
             yield data[start:start + chunk]
-            if gap:
-                await asyncio.sleep(gap)  # chunks arrive slower than real time on purpose
 
     return synthesize
 
@@ -128,11 +134,14 @@ async def empty_chunks(text: str, voice: str | None):
         yield b""
 
 
-def failing(message: str, *, frames_before: int = 0, pause: float = 0.0):
+def failing(message: str, *, frames_before: int = 0, fails_when: Callable[[], Any] | None = None):
+    """A synthesizer that yields `frames_before` frames of audio, then raises once `fails_when` holds."""
+
     async def synthesize(text: str, voice: str | None):
         if frames_before:
             yield bytes([AUDIO]) * (frames_before * FRAME_BYTES)
-        await asyncio.sleep(pause or 0.05)  # the failure comes after a while, mid-playback (the scenario)
+        if fails_when is not None:
+            await await_until(fails_when, "the synthesizer's moment to fail")
         raise RuntimeError(message)
 
     return synthesize
@@ -206,7 +215,9 @@ def assert_on_schedule(times, slots) -> None:
 
 
 async def test_silence_goes_out_at_once_and_every_20_ms_until_speech_arrives(make, pacer_slots):
-    playback, carrier, _ = make(speech(5, first_delay=0.3), Carrier(echo=True))
+    carrier = Carrier(echo=True)
+    # The synthesizer takes about 300 ms: its first audio comes after 15 silence frames.
+    playback, carrier, _ = make(speech(5, starts_when=lambda: len(carrier.silence()) >= 15), carrier)
     started = time.monotonic()
     future = playback.enqueue("Hello")
     await await_until(lambda: carrier.sent, timeout=0.2)
@@ -219,7 +230,7 @@ async def test_silence_goes_out_at_once_and_every_20_ms_until_speech_arrives(mak
     silence = carrier.silence()
     first_audio = carrier.audio()[0][0]
     assert all(t < first_audio for t in silence)  # no silence once speech has started
-    # 300 ms of synthesis: about 15 silence frames, paced 20 ms apart
+    # about 300 ms of synthesis: about 15 silence frames, paced 20 ms apart
     assert 12 <= len(silence) <= 19, len(silence)
     assert_on_schedule(silence, pacer_slots)
     assert len(carrier.audio()) == 5
@@ -229,7 +240,8 @@ async def test_silence_goes_out_at_once_and_every_20_ms_until_speech_arrives(mak
 # `pacer.wait()` was due at once and a second silence frame followed immediately (40 ms in 0 ms),
 # leaving the carrier a frame ahead for the whole utterance.
 async def test_second_silence_frame_waits_its_20_ms_slot(make):
-    playback, carrier, _ = make(speech(3, first_delay=0.15), Carrier(echo=True))
+    carrier = Carrier(echo=True)
+    playback, carrier, _ = make(speech(3, starts_when=lambda: len(carrier.silence()) >= 4), carrier)
     await settle(playback.enqueue("Hello"))
     silence = carrier.silence()
     assert len(silence) >= 3
@@ -271,7 +283,14 @@ async def test_short_tail_is_padded_with_silence(make):
 
 
 async def test_synthesis_slower_than_real_time_does_not_insert_silence_mid_utterance(make):
-    playback, carrier, _ = make(speech(6, chunk=FRAME_BYTES * 2, gap=0.08), Carrier(echo=True))
+    carrier = Carrier(echo=True)
+
+    def starved(frames_so_far: int) -> bool:
+        """Slower than real time: the next chunk comes two frame slots after the last one played out."""
+        audio = carrier.audio()
+        return len(audio) >= frames_so_far and time.monotonic() - audio[-1][0] >= 0.040
+
+    playback, carrier, _ = make(speech(6, chunk=FRAME_BYTES * 2, next_chunk_when=starved), carrier)
     result = await settle(playback.enqueue("Slow voice"))
     assert result.outcome == Outcome.PLAYED
     first_audio = carrier.audio()[0][0]
@@ -540,7 +559,10 @@ async def test_synthesis_error_before_audio_fails_without_clear(make):
 
 
 async def test_synthesis_error_after_audio_fails_and_clears(make):
-    playback, carrier, stats = make(failing("connection reset", frames_before=5, pause=0.25))
+    carrier = Carrier()
+    # the failure comes mid-playback: once the 5 frames already synthesized have gone out
+    playback, carrier, stats = make(failing("connection reset", frames_before=5,
+                                            fails_when=lambda: len(carrier.audio()) >= 5), carrier)
     result = await settle(playback.enqueue("partly spoken"))
     assert result.outcome == Outcome.FAILED
     assert result.error == "connection reset"

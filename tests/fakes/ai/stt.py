@@ -15,6 +15,7 @@ first; `send_raw`, `send_event`, `send_error` and `close` act on the newest conn
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import base64
 import json
 from dataclasses import dataclass, field
@@ -422,12 +423,16 @@ class FakeDeepgram(FakeStt):
             self._tasks.append(asyncio.get_running_loop().create_task(self._watch_idle(conn)))
 
     async def _watch_idle(self, conn: SttConnection) -> None:
+        """Hang up once `idle_timeout` passes with no input: wake at that deadline (or when the socket closes)."""
         loop = asyncio.get_running_loop()
-        while not conn.closed.is_set():
-            if self.idle_timeout is not None and loop.time() - conn.last_input > self.idle_timeout:
+        while self.idle_timeout is not None and not conn.closed.is_set():
+            remaining = conn.last_input + self.idle_timeout - loop.time()
+            if remaining <= 0:
                 self.hang_up(conn, 1011, "NET-0001")
                 return
-            await asyncio.sleep(0.01)  # the server's idle watchdog ticks (a behaviour of the fake, not a wait)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(remaining):
+                    await conn.closed.wait()
 
     async def on_binary(self, conn: SttConnection, data: bytes) -> None:
         if self.reject_audio:

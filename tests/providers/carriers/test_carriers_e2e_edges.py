@@ -11,7 +11,6 @@ from __future__ import annotations
 import re
 import socket
 import threading
-import time
 import xml.etree.ElementTree as ET
 from urllib.parse import urlsplit
 
@@ -21,6 +20,7 @@ from calls.models import Call
 from calls.runtime import get_runtime
 from calls.services import call_continue, call_end, call_initiate, call_speak, calls_restore
 from core.errors import CarrierError
+from tests.conftest import hold_hangup_until_seen
 from tests.fakes import FakePlivo, FakeTelnyx, FakeTwilio
 from tests.providers.carriers.test_carriers_e2e import CALLER, FROM, Background, carrier_config, query_of, transcript
 from tests.waiting import wait_until
@@ -482,14 +482,7 @@ def answered_call(carrier: str, fake) -> tuple[Call, callable]:
 def test_concurrent_ends_send_one_hangup(carrier, live_gateway, request, monkeypatch):
     fake = request.getfixturevalue(carrier)
     call, hangups = answered_call(carrier, fake)
-    backend = get_runtime().carrier
-    original = backend.hangup_call
-
-    def slow_hangup(**kwargs):
-        time.sleep(0.2)  # a slow carrier on purpose: the first hang-up is in flight when the second end arrives
-        original(**kwargs)
-
-    monkeypatch.setattr(backend, "hangup_call", slow_hangup)
+    hold_hangup_until_seen(monkeypatch, get_runtime().carrier, others=1)
     barrier = threading.Barrier(2)
 
     def end():
