@@ -1,18 +1,17 @@
 """Telephony audio: G.711 μ-law, a stateful resampler, provider-format conversion, framing and pacing.
 
 Everything here runs at 50 frames a second per call per direction, so the per-frame work is
-table lookups and one small matrix product; tables and filters are built once per process.
+table lookups and one call into soxr; tables are built once per process, resamplers once per stream.
 """
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
+import soxr
 
 SAMPLE_RATE = 8000
 FRAME_MS = 20
@@ -70,7 +69,7 @@ def pcm16_to_ulaw(data: bytes) -> bytes:
 
 
 def samples_to_ulaw(samples: np.ndarray) -> bytes:
-    return PCM_TO_ULAW[samples.astype(np.int16).view(np.uint16)].tobytes()
+    return PCM_TO_ULAW[samples.astype(np.int16, copy=False).view(np.uint16)].tobytes()
 
 
 def rms(samples: np.ndarray) -> float:
@@ -82,66 +81,51 @@ def rms(samples: np.ndarray) -> float:
 
 # --- resampling --------------------------------------------------------------------------------
 
-
-@lru_cache(maxsize=32)
-def _polyphase_filter(up: int, down: int, taps_per_phase: int) -> np.ndarray:
-    """Windowed-sinc (Hann) low-pass split into `up` phases, shape (up, taps_per_phase).
-
-    Cutoff at 0.94 of the lower Nyquist frequency, so downsampling does not alias.
-    Row p, column k holds h[p + k*up]; each row sums to about 1.
-    """
-    length = up * taps_per_phase
-    cutoff = 0.94 * 0.5 / max(up, down)  # in cycles per upsampled sample
-    n = np.arange(length) - (length - 1) / 2
-    h = 2 * cutoff * np.sinc(2 * cutoff * n) * np.hanning(length + 2)[1:-1]
-    h *= up / h.sum()
-    return np.ascontiguousarray(h.reshape(taps_per_phase, up).T[:, ::-1]).astype(np.float32)
+# soxr's "HQ" (20-bit) filter: flat to 3.7 kHz at an 8 kHz output, so the whole telephone band
+# passes, and over 120 dB down past 4.1 kHz, below what int16 and μ-law can carry. "VHQ"'s extra
+# precision is lost in int16 and μ-law, and it holds back twice the audio when downsampling TTS
+# (about 85 ms against 43 ms on average); "MQ" and "LQ" save no measurable time, and "LQ" and
+# "QQ" cut the top of the telephone band (bench/README.md, `codecs.py`).
+QUALITY = "HQ"
+_NO_SAMPLES = np.zeros(0, dtype=np.int16)
 
 
 class Resampler:
-    """Streaming PCM16 resampler that carries its filter state across chunks.
+    """Streaming PCM16 resampler (soxr) that carries its filter state across chunks.
 
-    Feeding a signal in 20 ms pieces gives the same output as feeding it whole, so chunk
-    boundaries never click.
+    Feeding a signal in 20 ms pieces gives the same output as feeding it whole (within 2 LSB: soxr
+    dithers as it rounds to int16), so chunk boundaries never click. soxr works in blocks, so
+    `process` returns audio in bursts and holds some back (tens of ms); `flush()` at the end of a
+    stream returns what it still holds.
     """
 
     def __init__(self, src_rate: int, dst_rate: int) -> None:
         if src_rate <= 0 or dst_rate <= 0:
             raise UnsupportedAudio(f"sample rates must be positive (got {src_rate} → {dst_rate})")
-        g = math.gcd(src_rate, dst_rate)
         self.src_rate, self.dst_rate = src_rate, dst_rate
-        self.up, self.down = dst_rate // g, src_rate // g
         self.identity = src_rate == dst_rate
-        self.taps = 32 * max(1, math.ceil(self.down / self.up))
-        self._filter = _polyphase_filter(self.up, self.down, self.taps)
-        self._history = np.zeros(self.taps - 1, dtype=np.float32)
-        self._next = 0  # position of the next output, in upsampled units from the chunk's first sample
-        self._offsets = np.arange(self.taps)
+        self._stream = None if self.identity else soxr.ResampleStream(
+            src_rate, dst_rate, 1, dtype="int16", quality=QUALITY)
 
     def process(self, samples: np.ndarray) -> np.ndarray:
-        """int16 samples at src_rate → int16 samples at dst_rate."""
-        if self.identity:
+        """int16 samples at src_rate → int16 samples at dst_rate (as many as are ready)."""
+        if self._stream is None:
             return samples.astype(np.int16, copy=False)
-        n = samples.size
-        if n == 0:
-            return np.zeros(0, dtype=np.int16)
-        extended = np.concatenate((self._history, samples.astype(np.float32)))
-        # Every position up to the last input's final phase can be computed from what we have.
-        last = n * self.up - 1
-        if self._next > last:
-            count = 0
-        else:
-            count = (last - self._next) // self.down + 1
-        out = np.zeros(0, dtype=np.float32)
-        if count:
-            positions = self._next + np.arange(count) * self.down
-            index, phase = np.divmod(positions, self.up)
-            # Output j needs inputs index_j-taps+1 .. index_j, i.e. extended[index_j : index_j+taps].
-            windows = extended[index[:, None] + self._offsets[None, :]]
-            out = np.einsum("ij,ij->i", windows, self._filter[phase])
-        self._next += count * self.down - n * self.up
-        self._history = extended[-(self.taps - 1):]
-        return np.clip(np.rint(out), -32768, 32767).astype(np.int16)
+        return self._stream.resample_chunk(samples.astype(np.int16, copy=False))
+
+    def flush(self) -> np.ndarray:
+        """The samples still held back; the next `process` starts a new stream."""
+        if self._stream is None:
+            return _NO_SAMPLES
+        tail = self._stream.resample_chunk(_NO_SAMPLES, last=True)
+        self._stream.clear()
+        return tail
+
+    def convert(self, samples: np.ndarray) -> np.ndarray:
+        """A whole signal at once: `process` then `flush`."""
+        head = self.process(samples)
+        tail = self.flush()
+        return np.concatenate((head, tail)) if tail.size else head
 
 
 # --- formats -----------------------------------------------------------------------------------
@@ -188,7 +172,7 @@ class TelephonyEncoder:
     """Provider audio (any supported format) → μ-law 8 kHz, chunk by chunk, with state kept.
 
     Call `flush()` once the provider's stream ends: MP3 is decoded only then (so `encode()` returns
-    nothing for it), and for the other encodings it returns b"".
+    nothing for it), PCM16 gives the resampler's held-back tail, and μ-law gives b"".
     """
 
     def __init__(self, fmt: AudioFormat) -> None:
@@ -226,6 +210,8 @@ class TelephonyEncoder:
 
     def flush(self) -> bytes:
         """μ-law still held back at the end of the stream (the whole utterance for MP3)."""
+        if self._resampler is not None:
+            return samples_to_ulaw(self._resampler.flush())
         if self._miniaudio is None or not self._mp3:
             return b""
         data, self._mp3 = bytes(self._mp3), bytearray()
@@ -237,17 +223,23 @@ class TelephonyEncoder:
         samples = np.frombuffer(decoded.samples, dtype=np.int16)
         if decoded.nchannels > 1:
             samples = samples.reshape(-1, decoded.nchannels).mean(axis=1).astype(np.int16)
-        return samples_to_ulaw(Resampler(decoded.sample_rate, SAMPLE_RATE).process(samples))
+        return samples_to_ulaw(Resampler(decoded.sample_rate, SAMPLE_RATE).convert(samples))
 
 
 class TelephonyDecoder:
-    """μ-law 8 kHz → PCM16 at `sample_rate` (what an STT engine or realtime model wants)."""
+    """μ-law 8 kHz → PCM16 at `sample_rate` (what an STT engine or realtime model wants).
+
+    Call `flush()` when the audio ends (an utterance, a call): it returns what the resampler holds back.
+    """
 
     def __init__(self, sample_rate: int) -> None:
         self._resampler = Resampler(SAMPLE_RATE, sample_rate)
 
     def decode(self, ulaw: bytes) -> bytes:
-        return self._resampler.process(ulaw_to_samples(ulaw)).astype("<i2").tobytes()
+        return self._resampler.process(ulaw_to_samples(ulaw)).astype("<i2", copy=False).tobytes()
+
+    def flush(self) -> bytes:
+        return self._resampler.flush().astype("<i2", copy=False).tobytes()
 
 
 # --- framing and pacing ------------------------------------------------------------------------

@@ -43,10 +43,16 @@ def serve(conn: Connection, cmn: str) -> None:
                 decoder.start_utt()
                 conn.send(("ok",))
             elif kind == "audio":
-                decoder.process_raw(upsampler.decode(message[1]), no_search=False, full_utt=False)
+                pcm = upsampler.decode(message[1])
+                if pcm:  # the resampler gives its output in bursts, often nothing for a batch
+                    decoder.process_raw(pcm, no_search=False, full_utt=False)
                 hyp = decoder.hyp() if message[2] else None
                 conn.send(("partial", hyp.hypstr if hyp is not None else ""))
             elif kind == "end":
+                # the resampler holds back tens of ms; the utterance's last sounds are in it
+                tail = upsampler.flush()
+                if tail:  # PocketSphinx refuses an empty buffer
+                    decoder.process_raw(tail, no_search=False, full_utt=False)
                 decoder.end_utt()
                 hyp = decoder.hyp()
                 conn.send(("final", hyp.hypstr.strip() if hyp is not None else ""))

