@@ -6,6 +6,7 @@ table lookups and one call into soxr; tables are built once per process, resampl
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -49,27 +50,37 @@ def _build_encode_table() -> np.ndarray:
     return (~(sign | (exponent << 4) | mantissa) & 0xFF).astype(np.uint8)
 
 
+# Lookups below use ndarray.take: a third cheaper than fancy indexing on a 20 ms frame.
 ULAW_TO_PCM = _build_decode_table()
 PCM_TO_ULAW = _build_encode_table()
+# The decode table as a column: a lookup through it gives the (n, 1) layout soxr takes as it is.
+_ULAW_COLUMN = ULAW_TO_PCM.reshape(-1, 1)
+# int16 arrays are already PCM16 little-endian here, so the per-frame path skips the conversion.
+_NATIVE_IS_PCM16 = sys.byteorder == "little"
+_INT16 = np.dtype(np.int16)
+_PCM16 = np.dtype("<i2")
 
 
 def ulaw_to_pcm16(data: bytes) -> bytes:
     """μ-law bytes → PCM16 little-endian (same sample rate)."""
-    return ULAW_TO_PCM[np.frombuffer(data, dtype=np.uint8)].astype("<i2").tobytes()
+    return ULAW_TO_PCM.take(np.frombuffer(data, dtype=np.uint8)).astype("<i2", copy=False).tobytes()
 
 
 def ulaw_to_samples(data: bytes) -> np.ndarray:
     """μ-law bytes → int16 samples."""
-    return ULAW_TO_PCM[np.frombuffer(data, dtype=np.uint8)]
+    return ULAW_TO_PCM.take(np.frombuffer(data, dtype=np.uint8))
 
 
 def pcm16_to_ulaw(data: bytes) -> bytes:
     """PCM16 little-endian → μ-law bytes (bias 132, clip 32635)."""
-    return samples_to_ulaw(np.frombuffer(data, dtype="<i2"))
+    return samples_to_ulaw(np.frombuffer(data, dtype=_PCM16))
 
 
 def samples_to_ulaw(samples: np.ndarray) -> bytes:
-    return PCM_TO_ULAW[samples.astype(np.int16, copy=False).view(np.uint16)].tobytes()
+    """int16 samples (any shape) → μ-law bytes."""
+    if samples.dtype is not _INT16:
+        samples = samples.astype(np.int16)
+    return PCM_TO_ULAW.take(samples.view(np.uint16)).tobytes()
 
 
 def rms(samples: np.ndarray) -> float:
@@ -108,10 +119,16 @@ class Resampler:
             src_rate, dst_rate, 1, dtype="int16", quality=QUALITY)
 
     def process(self, samples: np.ndarray) -> np.ndarray:
-        """int16 samples at src_rate → int16 samples at dst_rate (as many as are ready)."""
+        """int16 samples at src_rate → int16 samples at dst_rate (as many as are ready).
+
+        Samples are 1-D or an (n, 1) column, and come back in the same layout; the column is soxr's
+        own, so the per-frame paths below use it and skip a reshape each way.
+        """
         if self._stream is None:
             return samples.astype(np.int16, copy=False)
-        return self._stream.resample_chunk(samples.astype(np.int16, copy=False))
+        if samples.dtype is not _INT16:  # an identity check: astype(copy=False) costs more per frame
+            samples = samples.astype(np.int16)
+        return self._stream.resample_chunk(samples)
 
     def flush(self) -> np.ndarray:
         """The samples still held back; the next `process` starts a new stream."""
@@ -202,11 +219,14 @@ class TelephonyEncoder:
             return b""
         if self._resampler is None:
             return chunk
-        data = self._odd + chunk
-        whole = len(data) & ~1
-        self._odd = data[whole:]
-        samples = np.frombuffer(data[:whole], dtype="<i2")
-        return samples_to_ulaw(self._resampler.process(samples))
+        if self._odd or len(chunk) & 1:
+            data = self._odd + chunk
+            whole = len(data) & ~1
+            self._odd = data[whole:]
+            chunk = data[:whole]
+        out = self._resampler.process(np.frombuffer(chunk, dtype=_PCM16).reshape(-1, 1))
+        # soxr gives its output in bursts: most 20 ms chunks produce nothing
+        return samples_to_ulaw(out) if out.size else b""
 
     def flush(self) -> bytes:
         """μ-law still held back at the end of the stream (the whole utterance for MP3)."""
@@ -236,7 +256,10 @@ class TelephonyDecoder:
         self._resampler = Resampler(SAMPLE_RATE, sample_rate)
 
     def decode(self, ulaw: bytes) -> bytes:
-        return self._resampler.process(ulaw_to_samples(ulaw)).astype("<i2", copy=False).tobytes()
+        out = self._resampler.process(_ULAW_COLUMN.take(np.frombuffer(ulaw, dtype=np.uint8), axis=0))
+        if not out.size:
+            return b""
+        return out.tobytes() if _NATIVE_IS_PCM16 else out.astype("<i2").tobytes()
 
     def flush(self) -> bytes:
         return self._resampler.flush().astype("<i2", copy=False).tobytes()

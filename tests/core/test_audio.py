@@ -303,6 +303,19 @@ def test_flush_drains_the_tail_so_the_last_sound_is_not_lost(src, dst):
     assert resampler.flush().size == 0
 
 
+def test_a_column_of_samples_resamples_like_a_row():
+    """The per-frame paths hand soxr an (n, 1) column; it must give the same audio, as a column."""
+    signal = loud(24000, 9)[:4800]
+    row = Resampler(24000, 8000)
+    column = Resampler(24000, 8000)
+    out_row = np.concatenate([row.process(signal[i:i + 480]) for i in range(0, signal.size, 480)] + [row.flush()])
+    pieces = [column.process(signal[i:i + 480].reshape(-1, 1)) for i in range(0, signal.size, 480)]
+    assert all(piece.ndim == 2 and piece.shape[1] == 1 for piece in pieces)
+    out_column = np.concatenate([piece.ravel() for piece in pieces] + [column.flush()])
+    assert out_column.size == out_row.size == 1600
+    assert np.abs(out_column.astype(np.int32) - out_row.astype(np.int32)).max() <= DITHER_LSB
+
+
 def test_after_flush_the_resampler_starts_a_new_stream():
     signal = loud(8000, 5)[:1600]
     resampler = Resampler(8000, 16000)
