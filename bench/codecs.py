@@ -15,13 +15,13 @@ best-fitting sine; μ-law's own noise sets the ceiling, printed as the reference
 of the 2 s comes out, and, outbound, a 5 kHz tone that must not alias into the telephone band
 (its level out relative to in).
 
-Pipecat is never installed in the project's environment. For the comparison, make a venv beside
-this file (git ignores it); pipecat-ai 1.14 wants soxr 1.0.x, so that venv keeps pipecat's soxr
-and both sides use it:
+Pipecat is never installed in the project's environment. For the comparison, make a venv of its
+own at the repository root (git ignores it; not under bench/, whose files the tests read);
+pipecat-ai 1.14 wants soxr 1.0.x, so that venv keeps pipecat's soxr and both sides use it:
 
-    python3 -m venv bench/.venv-compare
-    bench/.venv-compare/bin/pip install pipecat-ai==1.14.0 -r <(grep -v '^soxr==' requirements.txt)
-    taskset -c 0 bench/.venv-compare/bin/python bench/codecs.py
+    python3 -m venv .venv-compare
+    .venv-compare/bin/pip install pipecat-ai==1.14.0 -r <(grep -v '^soxr==' requirements.txt)
+    taskset -c 0 .venv-compare/bin/python bench/codecs.py
 
 Without pipecat importable (`.venv/bin/python bench/codecs.py`) only the gateway's rows print.
 Options: --frames N per timed run (default 5000), --repeat R runs (default 5; the table gives
