@@ -95,8 +95,8 @@ def rms(samples: np.ndarray) -> float:
 # soxr's "HQ" (20-bit) filter: flat to 3.7 kHz at an 8 kHz output, so the whole telephone band
 # passes, and over 120 dB down past 4.1 kHz, below what int16 and μ-law can carry. "VHQ"'s extra
 # precision is lost in int16 and μ-law, and it holds back twice the audio when downsampling TTS
-# (about 85 ms against 43 ms on average); "MQ" and "LQ" save no measurable time, and "LQ" and
-# "QQ" cut the top of the telephone band (bench/README.md, `codecs.py`).
+# (about 85 ms against 43 ms on average); "MQ" and "LQ" save at most 0.2 µs a frame, and "LQ"
+# and "QQ" cut the top of the telephone band (bench/README.md, `codecs.py`).
 QUALITY = "HQ"
 _NO_SAMPLES = np.zeros(0, dtype=np.int16)
 
