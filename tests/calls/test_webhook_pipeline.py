@@ -181,19 +181,40 @@ async def test_slow_body_times_out_with_408(monkeypatch):
     assert (status, body) == (408, b"Request Timeout")
 
 
-async def test_in_flight_cap_per_ip_is_429(monkeypatch):
-    monkeypatch.setattr(webhooks, "BODY_TIMEOUT_SECONDS", 2)
-    app = webhooks.WebhookApp()
-    slow = [asyncio.create_task(call_app(app, hang=True, client=("10.0.0.9", i))) for i in range(8)]
-    await await_until(lambda: app.in_flight.get("10.0.0.9") == 8, "eight requests in flight")
-    status, body, received = await call_app(app, client=("10.0.0.9", 99), body_parts=[events_body()])
-    assert (status, body, received) == (429, b"Too Many Requests", [])
-    other_ip, _, _ = await call_app(app, client=("10.0.0.10", 1), body_parts=[events_body()])
-    assert other_ip == 200
+async def hold_in_flight(app, client: str, count: int) -> list[asyncio.Task]:
+    """`count` requests from `client` that stay in flight (their bodies never finish)."""
+    slow = [asyncio.create_task(call_app(app, hang=True, client=(client, i))) for i in range(count)]
+    await await_until(lambda: app.in_flight.get(client) == count, f"{count} requests in flight")
+    return slow
+
+
+async def release(app, slow: list[asyncio.Task]) -> None:
     for task in slow:
         task.cancel()
     await asyncio.gather(*slow, return_exceptions=True)
     assert app.in_flight == {}
+
+
+async def test_in_flight_cap_per_ip_is_429(configure):
+    configure({"serve": {"maxInFlightPerIp": 3}})
+    app = webhooks.WebhookApp()
+    slow = await hold_in_flight(app, "10.0.0.9", 3)
+    status, body, received = await call_app(app, client=("10.0.0.9", 99), body_parts=[events_body()])
+    assert (status, body, received) == (429, b"Too Many Requests", [])
+    other_ip, _, _ = await call_app(app, client=("10.0.0.10", 1), body_parts=[events_body()])
+    assert other_ip == 200
+    await release(app, slow)
+    # Once the address has room again, it is served.
+    again, _, _ = await call_app(app, client=("10.0.0.9", 100), body_parts=[events_body()])
+    assert again == 200
+
+
+async def test_default_in_flight_cap_lets_a_carriers_burst_through():
+    app = webhooks.WebhookApp()
+    slow = await hold_in_flight(app, "10.0.0.9", 25)
+    status, _, _ = await call_app(app, client=("10.0.0.9", 99), body_parts=[events_body()])
+    assert status == 200
+    await release(app, slow)
 
 
 async def test_skip_signature_verification_uses_a_request_key(asgi, configure):
