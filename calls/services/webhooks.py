@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 import zlib
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 
 from providers.carriers.base import ParsedWebhook, WebhookAnswer, WebhookParseError, WebhookRequest, WebhookVerification
 
@@ -74,13 +76,26 @@ def webhook_process(*, request: WebhookRequest) -> WebhookReply:
         log.warning("%s webhook refused as malformed: %s", carrier.name, exc)
         return WebhookReply(400, str(exc))
     try:
-        with transaction.atomic():
+        with _writer_turn(), transaction.atomic():
             return _process_at_once(runtime, key, parsed)
     except IntegrityError:
         pass  # rolled back: nothing of it was applied
     if (first := _first_answer(key)) is not None:
         return first
     return _process_stepwise(runtime, key, parsed)
+
+
+# SQLite has one writer at a time, and a connection that finds the write lock taken sleeps in
+# growing steps (up to 100 ms) before it tries again. This process's webhook threads queue on a
+# lock instead and take the database in turn. Only while jobs run on other threads: jobs run
+# inline at commit may wait on this process's own webhooks (a carrier answering in the request).
+_sqlite_writer = threading.Lock()
+
+
+def _writer_turn():
+    if connection.vendor == "sqlite" and background.mode() == "thread":
+        return _sqlite_writer
+    return nullcontext()
 
 
 def _first_answer(key: str) -> WebhookReply | None:
