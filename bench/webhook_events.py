@@ -143,6 +143,15 @@ async def load(url: str, carrier: str, calls: int, concurrency: int, run: str) -
         return latencies, time.perf_counter() - started
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, all threads (Linux), so a busy machine does not hide our cost."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def summary(latencies: list[float], elapsed: float) -> dict:
     latencies.sort()
     return {
@@ -204,7 +213,9 @@ def main() -> None:
         load_before = Path("/proc/loadavg").read_text().split()[0] if Path("/proc/loadavg").exists() else "?"
         gateway = start_gateway(env, port)
         try:
+            cpu_before = cpu_seconds(gateway.pid)
             latencies, elapsed = asyncio.run(load(f"http://127.0.0.1:{port}", args.carrier, args.calls, args.concurrency, run))
+            cpu = cpu_seconds(gateway.pid) - cpu_before
         finally:
             gateway.terminate()
             gateway.wait(10)
@@ -219,6 +230,9 @@ def main() -> None:
         f"| {result['requests']} | {result['seconds']:.2f} | {result['per_second']:.0f} "
         f"| {result['p50']:.1f} | {result['p95']:.1f} | {result['p99']:.1f} |"
     )
+    # Includes the warm-up's requests (a few dozen) and the gateway's idle sweeps: a slight overestimate.
+    print(f"gateway CPU: {cpu * 1000 / result['requests']:.2f} ms per request "
+          f"(one core's worth would serve about {result['requests'] / cpu:.0f} per second)")
     print("SQL statements per webhook: " + "; ".join(f"{kind} {max(n)}" for kind, n in counts.items()))
 
 
