@@ -90,6 +90,47 @@ async def test_a_bad_event_rejects_the_whole_batch_and_loses_nothing_accepted(as
     assert await sync_to_async(CallEvent.objects.count)() == 1
 
 
+async def test_a_batch_with_an_event_seen_before_applies_the_rest_once(asgi):
+    """The one-transaction path meets the duplicate at its insert, rolls back, and goes event by event."""
+    call = await new_call()
+    ringing = {"type": "call.ringing", "callId": str(call.pk), "id": "evt-ringing"}
+    assert (await asgi.post("/voice/webhook", content=events_body(ringing))).status_code == 200
+    answered = {"type": "call.answered", "callId": str(call.pk), "id": "evt-answered"}
+    both = await asgi.post("/voice/webhook", content=events_body(answered, ringing))
+    assert both.status_code == 200
+    await sync_to_async(call.refresh_from_db)()
+    assert call.state == "answered"
+    types = await sync_to_async(lambda: list(CallEvent.objects.filter(call=call).values_list("type", flat=True)))()
+    assert types == ["call.ringing", "call.answered"]
+    assert await sync_to_async(ProcessedWebhook.objects.count)() == 2  # both requests' answers kept
+    # The same batch again is a replay: its first answer, nothing applied.
+    again = await asgi.post("/voice/webhook", content=events_body(answered, ringing))
+    assert (again.status_code, again.text) == (both.status_code, both.text)
+    assert await sync_to_async(CallEvent.objects.count)() == 2
+
+
+async def test_a_failure_inside_the_transaction_leaves_no_trace(asgi, monkeypatch):
+    """Anything but a duplicate fails the request (500): nothing of it is kept, so the carrier's retry applies it."""
+    call = await new_call()
+    body = events_body({"type": "call.answered", "callId": str(call.pk), "id": "evt-1"})
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("storage failed")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(webhook_processing, "_remember_new", broken)
+        failed = await asgi.post("/voice/webhook", content=body)
+    assert failed.status_code == 500
+    await sync_to_async(call.refresh_from_db)()
+    assert call.state != "answered"
+    assert not await sync_to_async(CallEvent.objects.exists)()
+    assert not await sync_to_async(ProcessedWebhook.objects.exists)()
+    retry = await asgi.post("/voice/webhook", content=body)
+    assert retry.status_code == 200
+    await sync_to_async(call.refresh_from_db)()
+    assert call.state == "answered"
+
+
 async def test_replay_gets_the_first_answer_without_processing(asgi, monkeypatch):
     call = await new_call()
     body = events_body({"type": "call.ringing", "callId": str(call.pk)})
