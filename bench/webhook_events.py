@@ -58,12 +58,20 @@ def gateway_env(data_dir: str, carrier: str) -> dict[str, str]:
     return env
 
 
-def start_gateway(env: dict[str, str], port: int) -> subprocess.Popen:
+SERVERS = {
+    "daphne": lambda port: ["manage.py", "gateway", "--port", str(port)],
+    # The same ASGI application under another server, to tell the server's share from ours.
+    "uvicorn": lambda port: ["-m", "uvicorn", "voicecall_project.asgi:application", "--port", str(port),
+                             "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning"],
+}
+
+
+def start_gateway(env: dict[str, str], port: int, server: str = "daphne") -> subprocess.Popen:
     python = sys.executable
     subprocess.run([python, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, env=env, check=True)
     pin = ["taskset", "-c", str(GATEWAY_CORE)] if shutil.which("taskset") else []
     process = subprocess.Popen(
-        [*pin, python, "manage.py", "gateway", "--port", str(port)], cwd=ROOT, env=env,
+        [*pin, python, *SERVERS[server](port)], cwd=ROOT, env=env,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 60
@@ -206,6 +214,8 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--carrier", choices=tuple(CONFIGS), default="twilio")
+    parser.add_argument("--server", choices=tuple(SERVERS), default="daphne",
+                        help="daphne: `manage.py gateway`, as deployed; uvicorn: the same app under uvicorn")
     args = parser.parse_args()
     if hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) > 1:
         os.sched_setaffinity(0, {LOAD_CORE})
@@ -215,7 +225,7 @@ def main() -> None:
         env = gateway_env(data_dir, args.carrier)
         port = free_port()
         load_before = Path("/proc/loadavg").read_text().split()[0] if Path("/proc/loadavg").exists() else "?"
-        gateway = start_gateway(env, port)
+        gateway = start_gateway(env, port, args.server)
         try:
             cpu_before = cpu_seconds(gateway.pid)
             latencies, elapsed = asyncio.run(load(f"http://127.0.0.1:{port}", args.carrier, args.calls, args.concurrency, run))
@@ -226,7 +236,7 @@ def main() -> None:
         load_after = Path("/proc/loadavg").read_text().split()[0] if Path("/proc/loadavg").exists() else "?"
         counts = count_statements(env, args.carrier, run)
     result = summary(latencies, elapsed)
-    print(f"carrier: {args.carrier}; database: {database}; calls: {args.calls}; concurrent requests: {args.concurrency}; "
+    print(f"server: {args.server}; carrier: {args.carrier}; database: {database}; calls: {args.calls}; concurrent requests: {args.concurrency}; "
           f"gateway on core {GATEWAY_CORE}, load on core {LOAD_CORE}; load average {load_before} → {load_after}")
     print("| requests | seconds | requests/s | p50 ms | p95 ms | p99 ms |")
     print("|---:|---:|---:|---:|---:|---:|")
