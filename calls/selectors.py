@@ -8,6 +8,10 @@ import uuid
 from datetime import datetime
 from typing import Any
 
+from django.db import connection
+from django.db.models import Count, OuterRef, Subquery
+from django.db.models.functions import Coalesce
+
 from core.errors import CallHasEnded, CallNotConnected, CallNotFound
 from providers.carriers.base import CallView
 from providers.responders.base import HistoryMessage
@@ -17,6 +21,7 @@ from .clock import to_ms
 from .documents import document_for, stream_token
 from .models import (
     Call,
+    ProcessedWebhook,
     CallMode,
     CallTurn,
     Direction,
@@ -45,6 +50,62 @@ def call_find(*, ref: str | None, for_update: bool = False) -> Call | None:
     if call is None:
         call = calls.filter(provider_call_id=ref).order_by("-started_at").first()
     return call
+
+
+def call_find_locked(*, ref: str | None) -> Call | None:
+    """`call_find(for_update=True)`, with what applying an event asks next, read in the same statement.
+
+    `pending_turn_id`: the call's waiting `continue` turn, or None; `replay_keys`: how many first
+    answers of webhooks about it are remembered (calls/services/webhooks.py caps them).
+    """
+    if not ref:
+        return None
+    try:
+        call = _first_locked("pk", uuid.UUID(str(ref)))
+    except ValueError:
+        call = None
+    if call is None:
+        call = _first_locked("provider_call_id", ref)
+    return call
+
+
+# Built once per database and lookup column: every webhook runs this query, and building it
+# through the ORM (two subqueries) costs more than running it.
+_LOCKED_SQL: dict[tuple[str, str], tuple[str, list, int]] = {}
+_MARK = {"pk": uuid.UUID(int=0), "provider_call_id": "\x00ref"}
+
+
+def _first_locked(column: str, value) -> Call | None:
+    key = (connection.alias, column)
+    if key not in _LOCKED_SQL:
+        pending = CallTurn.objects.filter(call=OuterRef("pk"), status=TurnStatus.PENDING).order_by("id").values("id")[:1]
+        remembered = (
+            ProcessedWebhook.objects.filter(call=OuterRef("pk")).order_by().values("call")
+            .annotate(n=Count("*")).values("n")
+        )
+        calls = Call.objects.select_for_update().annotate(
+            pending_turn_id=Subquery(pending), replay_keys=Coalesce(Subquery(remembered), 0),
+        ).filter(**{column: _MARK[column]}).order_by("-started_at")[:1]
+        sql, params = calls.query.get_compiler(connection=connection).as_sql()
+        slot = list(params).index(_prepared(column, _MARK[column]))
+        _LOCKED_SQL[key] = (sql, list(params), slot)
+    sql, params, slot = _LOCKED_SQL[key]
+    params = [*params[:slot], _prepared(column, value), *params[slot + 1:]]
+    return next(iter(Call.objects.raw(sql, params)), None)
+
+
+def _prepared(column: str, value):
+    field = Call._meta.pk if column == "pk" else Call._meta.get_field(column)
+    return field.get_db_prep_value(value, connection, prepared=False)
+
+
+def call_pending_turn(*, call: Call) -> CallTurn | None:
+    """The call's waiting `continue` turn; no query when the call was read knowing it has none."""
+    if not hasattr(call, "pending_turn_id"):
+        return CallTurn.objects.filter(call=call, status=TurnStatus.PENDING).first()
+    if call.pending_turn_id is None:
+        return None
+    return CallTurn.objects.filter(pk=call.pending_turn_id, status=TurnStatus.PENDING).first()
 
 
 def call_connected(*, ref: str, for_update: bool = False) -> Call:
@@ -154,7 +215,10 @@ def call_view(*, call: Call | None, rejected: bool, document_token: str | None) 
     if call is None:
         return None
     call_id = str(call.pk)
-    pending = CallTurn.objects.filter(call=call, status=TurnStatus.PENDING).values_list("token", flat=True).first()
+    runtime = get_runtime()
+    turn = call_pending_turn(call=call)
+    # Only a streaming carrier asks how many streams are open (to put a new caller on hold).
+    streams = runtime.config.streaming.enabled and runtime.carrier.supports_media_streams
     return CallView(
         call_id=call_id,
         provider_call_id=call.provider_call_id,
@@ -166,11 +230,11 @@ def call_view(*, call: Call | None, rejected: bool, document_token: str | None) 
         rejected=rejected,
         initial_message=call.initial_message or None,
         voice=call_voice(call=call),
-        pending_turn_token=pending,
+        pending_turn_token=turn.token if turn else None,
         document=document_for(call_id, document_token),
         stream_token=stream_token(call_id),
         # Streams of other calls: with as many as calls allowed, a new caller waits on hold.
-        media_streams_active=MediaStream.objects.open().exclude(call=call).count(),
+        media_streams_active=MediaStream.objects.open().exclude(call=call).count() if streams else 0,
     )
 
 

@@ -1,6 +1,7 @@
 """The carrier webhook endpoint as a raw ASGI app, so checks run in the reference's order (docs/compatibility.md, Webhook pipeline):
 
-method → signature headers present (401 before the body is read) → per-IP in-flight cap (429)
+method → signature headers present (401 before the body is read) → per-IP in-flight cap
+(serve.maxInFlightPerIp, 429)
 → body size (413) and read timeout (408), here; then `services.webhook_process`: signature
 verification (401) → replay check → parse (400 names the problem) → process events → the
 carrier's answer.
@@ -25,7 +26,6 @@ log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 64 * 1024
 BODY_TIMEOUT_SECONDS = 5.0
-MAX_IN_FLIGHT_PER_IP = 8
 HOLD_MUSIC_PATH = "/voice/hold-music"
 
 
@@ -73,7 +73,7 @@ class WebhookApp:
         if not runtime.config.skip_signature_verification and not runtime.carrier.has_signature_headers(headers):
             return Answer(401, "Unauthorized")
         client = (scope.get("client") or ("unknown", 0))[0] or "unknown"
-        if self.in_flight[client] >= MAX_IN_FLIGHT_PER_IP:
+        if self.in_flight[client] >= runtime.config.serve.max_in_flight_per_ip:
             return Answer(429, "Too Many Requests")
         self.in_flight[client] += 1
         try:

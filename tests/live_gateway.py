@@ -21,7 +21,10 @@ def live_gateway_url() -> str:
         return _url
     from daphne.server import Server
 
+    from calls.daphne_requests import skip_form_parsing
     from voicecall_project.asgi import application
+
+    skip_form_parsing()  # as `manage.py gateway` does: the carriers' form posts must arrive whole
 
     ready = threading.Event()
     _server = Server(

@@ -30,7 +30,6 @@ PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":  # noqa: F405
     # A file, not shared-cache memory: threads in tests then wait on locks like in production.
     DATABASES["default"]["TEST"] = {"NAME": os.path.join(tempfile.mkdtemp(prefix="voicecall-test-"), "test.sqlite3")}  # noqa: F405
-else:
-    # Threads (webhook handlers, the sweeper, a Celery worker) close their connections after
-    # each unit of work, so the test database can be dropped at the end.
-    DATABASES["default"]["CONN_MAX_AGE"] = 0  # noqa: F405
+# Threads (webhook handlers, the sweeper, a Celery worker) close their connections after each
+# unit of work, so the test database can be dropped at the end.
+DATABASES["default"]["CONN_MAX_AGE"] = 0  # noqa: F405

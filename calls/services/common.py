@@ -14,6 +14,8 @@ from .. import background
 from ..clock import now
 from ..models import Call, CallTurn, Speaker, TranscriptEntry, TurnStatus
 
+_UNREAD = object()
+
 # A hang-up or greeting claim older than this is treated as abandoned (its process died).
 CLAIM_TTL = timedelta(seconds=30)
 
@@ -58,11 +60,13 @@ def set_answered(call: Call, answered_at: datetime, max_duration_seconds: int) -
 
 def finalize(
     call: Call, reason: str, *, ended_at: datetime | None = None, error: str = "", turn_error: str | None = None,
+    save: bool = True,
 ) -> bool:
     """End the call record: terminal state, end reason, deadlines cleared, waiting turn failed.
 
     `error` is the carrier or dial error that ended the call, if one did (kept as `last_error`).
-    Saves the call. Returns False when the call had already ended.
+    Saves the call unless `save` is False (the caller saves it in the same transaction). Returns
+    False when the call had already ended.
     """
     if call.is_terminal:
         return False
@@ -74,13 +78,17 @@ def finalize(
     call.max_duration_deadline = None
     call.notify_hangup_at = None
     call.stream_grace_deadline = None
-    call.save()
+    if save:
+        call.save()
     _close_streams_on_commit(str(call.pk))
-    failed = CallTurn.objects.filter(call=call, status=TurnStatus.PENDING).update(
-        status=TurnStatus.FAILED, error=turn_error or f"Call ended: {reason}", completed_at=now()
-    )
-    if failed:
-        turn_changed()
+    # A call read with its pending turn (calls/selectors.py, call_find_locked) may be known to have none.
+    if getattr(call, "pending_turn_id", _UNREAD) is not None:
+        failed = CallTurn.objects.filter(call=call, status=TurnStatus.PENDING).update(
+            status=TurnStatus.FAILED, error=turn_error or f"Call ended: {reason}", completed_at=now()
+        )
+        call.pending_turn_id = None
+        if failed:
+            turn_changed()
     log.info("call %s ended: %s", call.pk, reason)
     return True
 
@@ -103,14 +111,21 @@ def _close_streams_on_commit(call_id: str) -> None:
     transaction.on_commit(lambda: stream_send(call_id, {"type": "stream.close", "reason": "call ended"}))
 
 
-def transcript_add(*, call: Call, speaker: str, text: str, at: datetime | None = None) -> TranscriptEntry:
-    """A final transcript line of the call (the bot's words once played, the caller's once heard)."""
-    with transaction.atomic():
+def transcript_add(
+    *, call: Call, speaker: str, text: str, at: datetime | None = None, touch: bool = True,
+) -> TranscriptEntry:
+    """A final transcript line of the call (the bot's words once played, the caller's once heard).
+
+    `touch` False: the caller saves the call row in the same transaction, which bumps updated_at.
+    """
+    # Part of the caller's transaction when there is one: no savepoint, one round trip less.
+    with transaction.atomic(savepoint=False):
         entry = TranscriptEntry.objects.create(
             call=call, speaker=Speaker(speaker), text=text, is_final=True, timestamp=at or now()
         )
-        # The record changed: followers of updated_at (tail) must see the new line.
-        Call.objects.filter(pk=call.pk).update(updated_at=now())
+        if touch:
+            # The record changed: followers of updated_at (tail) must see the new line.
+            Call.objects.filter(pk=call.pk).update(updated_at=now())
     return entry
 
 

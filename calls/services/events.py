@@ -29,9 +29,10 @@ from .. import background
 from ..clock import from_ms, now, to_ms
 from ..models import Call, CallEvent, CallMode, CallTurn, Direction, PairingStatus, TurnStatus
 from ..runtime import CallRuntime, get_runtime
-from ..selectors import call_find
+from ..selectors import call_find_locked, call_pending_turn
 from ..session_keys import session_key_for_call
 from .common import CLAIM_TTL, finalize, log, move_to, set_answered, transcript_add, turn_changed
+from .greeting import greeting_decision
 from .pairing import PAIRING_PROMPT, pairing_admission, pairing_input
 from .replies import conversational, reply_requested
 
@@ -56,7 +57,10 @@ def event_process(*, event: NormalizedEvent, hangup_rejected: bool = True) -> Ev
     for attempt in range(3):
         try:
             with transaction.atomic():
-                return _process(runtime, event, hangup_rejected=hangup_rejected)
+                batch = EventBatch(runtime, hangup_rejected=hangup_rejected, check_duplicates=True)
+                outcome = batch.apply(event)
+                batch.flush()
+                return outcome
         except IntegrityError:
             # A concurrent delivery of the same event (dedupe key) or the same new inbound call
             # (carrier call id) committed first; looking again sees its result.
@@ -67,43 +71,110 @@ def event_process(*, event: NormalizedEvent, hangup_rejected: bool = True) -> Ev
     raise AssertionError("unreachable")
 
 
-def _process(runtime: CallRuntime, event: NormalizedEvent, *, hangup_rejected: bool) -> EventOutcome:
-    if CallEvent.objects.filter(dedupe_key=event.key).exists():
-        return EventOutcome.DUPLICATE
-
-    call = call_find(ref=event.call_id, for_update=True)
-    if call is None and event.provider_call_id and event.provider_call_id != event.call_id:
-        call = call_find(ref=event.provider_call_id, for_update=True)
-    if call is None and event.provider_call_id and event.direction:
-        call, rejected = _create_webhook_call(runtime, event)
-        if rejected:
-            _record(call, event)
-            if hangup_rejected:
-                background.submit("calls.reject_hangup", call_id=str(call.pk))
-            return EventOutcome.REJECTED
-    if call is None:
-        log.warning("event %s for unknown call %s ignored", event.type, event.call_id)
-        return EventOutcome.UNKNOWN_CALL
-
-    if event.provider_call_id and event.provider_call_id != call.provider_call_id:
-        _rekey(call, event.provider_call_id)
-    _record(call, event)
-    if not call.is_terminal:
-        _apply(runtime, call, event)
-    call.save()
-    return EventOutcome.PROCESSED
+# Events whose effects stay on the call row: they may apply to a call created in the same batch
+# before it is inserted. Any other event first writes the new call, since it may touch other rows.
+_ROW_ONLY = (CallInitiated, CallRinging, CallAnswered, CallActive, CallSpeaking, CallAmd, CallSilence)
 
 
-def _record(call: Call, event: NormalizedEvent) -> None:
-    # A retryable error is not remembered as processed, so a redelivery is applied again.
-    retryable = isinstance(event, CallError) and event.retryable
-    CallEvent.objects.create(
-        call=call,
-        type=event.type,
-        dedupe_key=None if retryable else event.key,
-        payload=event.to_dict(),
-        occurred_at=from_ms(event.timestamp),
-    )
+class EventBatch:
+    """Events applied in the caller's transaction: each call row read once under its lock, written once.
+
+    `flush()` writes the calls and inserts the event records together. Without `check_duplicates`
+    an event already seen is not looked up first: its record's unique dedupe key makes `flush()`
+    raise IntegrityError, and the caller rolls the whole transaction back (webhook_process then
+    takes the careful path, event by event).
+    """
+
+    def __init__(self, runtime: CallRuntime, *, hangup_rejected: bool, check_duplicates: bool) -> None:
+        self.runtime = runtime
+        self.hangup_rejected = hangup_rejected
+        self.check_duplicates = check_duplicates
+        self.calls: dict[str, Call] = {}  # by every ref seen: our id, the carrier's id
+        self.unsaved: set = set()  # pks of calls created here and not yet inserted
+        self.changed: set = set()  # pks of calls to save at flush
+        self.records: list[CallEvent] = []
+
+    def call(self, ref: str | None) -> Call | None:
+        """A call this batch holds (locked), else looked up and locked now."""
+        if not ref:
+            return None
+        if ref not in self.calls:
+            call = call_find_locked(ref=ref)
+            if call is None:
+                return None
+            self._hold(call, ref)
+        return self.calls[ref]
+
+    def _hold(self, call: Call, ref: str | None = None) -> Call:
+        known = next((held for held in self.calls.values() if held.pk == call.pk), call)
+        for key in (ref, str(call.pk), call.provider_call_id):
+            if key:
+                self.calls[key] = known
+        return known
+
+    def apply(self, event: NormalizedEvent) -> EventOutcome:
+        if self.check_duplicates and CallEvent.objects.filter(dedupe_key=event.key).exists():
+            return EventOutcome.DUPLICATE
+        call = self.call(event.call_id)
+        if call is None and event.provider_call_id and event.provider_call_id != event.call_id:
+            call = self.call(event.provider_call_id)
+        if call is None and event.provider_call_id and event.direction:
+            call, rejected = _create_webhook_call(self.runtime, event)
+            call.pending_turn_id, call.replay_keys = None, 0  # new: no turn, no remembered answers
+            self._hold(call, event.call_id)
+            self.unsaved.add(call.pk)
+            if rejected:
+                self._record(call, event)
+                if self.hangup_rejected:
+                    background.submit("calls.reject_hangup", call_id=str(call.pk))
+                return EventOutcome.REJECTED
+        if call is None:
+            log.warning("event %s for unknown call %s ignored", event.type, event.call_id)
+            return EventOutcome.UNKNOWN_CALL
+
+        if call.pk in self.unsaved and not isinstance(event, _ROW_ONLY):
+            self._insert(call)
+        if event.provider_call_id and event.provider_call_id != call.provider_call_id:
+            _rekey(call, event.provider_call_id)
+            self._hold(call)
+        self._record(call, event)
+        if not call.is_terminal:
+            _apply(self.runtime, call, event)
+        self.changed.add(call.pk)
+        return EventOutcome.PROCESSED
+
+    def held(self) -> list[Call]:
+        unique: dict = {}
+        for call in self.calls.values():
+            unique.setdefault(call.pk, call)
+        return list(unique.values())
+
+    def flush(self) -> None:
+        """Write every held call (insert the new ones) and the event records, in this transaction."""
+        for call in self.held():
+            if call.pk in self.unsaved:
+                self._insert(call)
+            elif call.pk in self.changed:
+                call.save()
+        self.changed.clear()
+        if self.records:
+            CallEvent.objects.bulk_create(self.records)
+            self.records = []
+
+    def _insert(self, call: Call) -> None:
+        call.save(force_insert=True)
+        self.unsaved.discard(call.pk)
+
+    def _record(self, call: Call, event: NormalizedEvent) -> None:
+        # A retryable error is not remembered as processed, so a redelivery is applied again.
+        retryable = isinstance(event, CallError) and event.retryable
+        self.records.append(CallEvent(
+            call=call,
+            type=event.type,
+            dedupe_key=None if retryable else event.key,
+            payload=event.to_dict(),
+            occurred_at=from_ms(event.timestamp),
+        ))
 
 
 def _rekey(call: Call, provider_call_id: str) -> None:
@@ -118,7 +189,8 @@ def _rekey(call: Call, provider_call_id: str) -> None:
 def _create_webhook_call(runtime: CallRuntime, event: NormalizedEvent) -> tuple[Call, bool]:
     """A call first seen in a webhook: inbound (policy applies) or an outbound call we do not know.
 
-    Returns the new record and whether the inbound policy rejected it (then it is already ended).
+    Returns the new record, not yet saved (the batch inserts it), and whether the inbound policy
+    rejected it (then it is already ended).
     """
     config = runtime.config
     direction = Direction(event.direction)
@@ -141,7 +213,6 @@ def _create_webhook_call(runtime: CallRuntime, event: NormalizedEvent) -> tuple[
             call.state = call.end_reason = CallState.HANGUP_BOT.value
             call.ended_at = call.started_at
             call.rejection_reason = reason
-            call.save()
             return call, True
         matched = match_route(config, event.to_number)
         route_key, route = matched if matched else (None, None)
@@ -165,12 +236,12 @@ def _create_webhook_call(runtime: CallRuntime, event: NormalizedEvent) -> tuple[
         to_number=call.to_number,
         call_id=str(call.pk),
     )
-    call.save()
     log.info("%s call %s created from webhook (%s)", direction, call.pk, event.provider_call_id)
     return call, False
 
 
 def _apply(runtime: CallRuntime, call: Call, event: NormalizedEvent) -> None:
+    """The event's effect on the call in memory (the batch saves the row) and on its other rows."""
     config = runtime.config
     if isinstance(event, CallInitiated):
         move_to(call, CallState.INITIATED)
@@ -181,7 +252,7 @@ def _apply(runtime: CallRuntime, call: Call, event: NormalizedEvent) -> None:
     elif isinstance(event, CallAnswered):
         set_answered(call, from_ms(event.timestamp), config.max_duration_seconds)
         move_to(call, CallState.ANSWERED)
-        background.submit("calls.call_answered", call_id=str(call.pk))
+        _after_answer(call)
     elif isinstance(event, CallActive):
         move_to(call, CallState.ACTIVE)
     elif isinstance(event, CallSpeaking):
@@ -190,10 +261,10 @@ def _apply(runtime: CallRuntime, call: Call, event: NormalizedEvent) -> None:
     elif isinstance(event, CallSpeech):
         _apply_speech(runtime, call, event)
     elif isinstance(event, CallEnded):
-        finalize(call, _end_reason(call, event), ended_at=from_ms(event.timestamp))
+        finalize(call, _end_reason(call, event), ended_at=from_ms(event.timestamp), save=False)
     elif isinstance(event, CallError):
         if not event.retryable:
-            finalize(call, CallState.ERROR, error=event.error, turn_error=f"Call error: {event.error}")
+            finalize(call, CallState.ERROR, error=event.error, turn_error=f"Call error: {event.error}", save=False)
     elif isinstance(event, CallSpoken):
         _notify_message_played(config, call)
     elif isinstance(event, CallAmd):
@@ -205,6 +276,15 @@ def _apply(runtime: CallRuntime, call: Call, event: NormalizedEvent) -> None:
             pairing_input(call, digits=event.digits)
     elif isinstance(event, CallSilence):
         pass  # recorded only
+
+
+def _after_answer(call: Call) -> None:
+    """The answer's follow-up (dial digits, the greeting) runs as a job, unless it has nothing to do."""
+    decision = greeting_decision(call=call)
+    if call.pending_dtmf or decision.speak or decision.spoken_by_carrier:
+        background.submit("calls.call_answered", call_id=str(call.pk))
+    else:
+        log.info("call %s answered; greeting: %s", call.pk, decision.why)
 
 
 def _end_reason(call: Call, event: CallEnded) -> str:
@@ -230,13 +310,14 @@ def _notify_message_played(config, call: Call) -> None:
 def _apply_speech(runtime: CallRuntime, call: Call, event: CallSpeech) -> None:
     text = event.transcript.strip()
     if event.is_final and text:
-        turn = CallTurn.objects.filter(call=call, status=TurnStatus.PENDING).first()
+        turn = call_pending_turn(call=call)
         if turn is not None and turn.token and event.turn_token != turn.token:
             # A stale or replayed result from an earlier turn must not complete this one.
             log.warning("speech for call %s ignored: turn token %r does not match", call.pk, event.turn_token)
             return
         heard_at = from_ms(event.timestamp)
-        transcript_add(call=call, speaker="user", text=text, at=heard_at)
+        # The call row is saved after the event, which tells followers of updated_at.
+        transcript_add(call=call, speaker="user", text=text, at=heard_at, touch=False)
         if turn is not None:
             _complete_turn(call, turn, text)
         elif call.pairing == PairingStatus.WAITING:
@@ -258,5 +339,6 @@ def _complete_turn(call: Call, turn: CallTurn, text: str) -> None:
     turn.listen_wait_ms = max(0, to_ms(finished) - to_ms(listen_from))
     turn.deadline = None
     turn.save()
+    call.pending_turn_id = None  # it no longer waits
     call.turn_count += 1
     turn_changed()

@@ -80,14 +80,26 @@ def initial_message_delivered(*, call_id: str) -> bool:
     """The carrier played the initial message (with the dial or in a webhook answer): record it once."""
     with transaction.atomic():
         call = call_find(ref=call_id, for_update=True)
-        if call is None or call.is_terminal or not call.initial_message:
+        message = initial_message_taken(call) if call is not None else None
+        if message is None:
             return False
-        message, call.initial_message = call.initial_message, ""
-        if call.mode != CallMode.NOTIFY:
-            move_to(call, CallState.LISTENING)
         call.save()
-        transcript_add(call=call, speaker="bot", text=message)
+        transcript_add(call=call, speaker="bot", text=message, touch=False)
     return True
+
+
+def initial_message_taken(call: Call) -> str | None:
+    """On a locked call, in memory: its initial message is spoken now (cleared, listening next).
+
+    Returns the message for the transcript, or None when there is none to speak. The caller saves
+    the call and adds the transcript line in the same transaction.
+    """
+    if call.is_terminal or not call.initial_message:
+        return None
+    message, call.initial_message = call.initial_message, ""
+    if call.mode != CallMode.NOTIFY:
+        move_to(call, CallState.LISTENING)
+    return message
 
 
 def initial_message_speak(*, call_id: str) -> bool:

@@ -157,6 +157,10 @@ class ServeConfig(Section):
     path: NonEmptyStr = "/voice/webhook"
     """Path of the carrier webhook; a trailing or missing leading slash is ignored. publicUrl without a
     path uses it."""
+    max_in_flight_per_ip: Annotated[int, Strict(), _between(1, 100_000)] = 256
+    """Webhook requests one client address may have in progress at once; more are answered 429 Too Many
+    Requests. Carriers send from a few addresses, so a burst of calls arrives from one: keep it well
+    above the calls you expect to start at once."""
 
 
 class TailscaleConfig(Section):

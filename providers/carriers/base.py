@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 from urllib.parse import parse_qsl
 
@@ -36,17 +37,25 @@ class WebhookRequest:
     remote_addr: str | None = None
     scheme: str = "http"
 
+    # Verification and parsing each read the query and the form: parsed once, copies handed out.
+    @cached_property
+    def _query_pairs(self) -> tuple[tuple[str, str], ...]:
+        return tuple(parse_qsl(self.query_string, keep_blank_values=True))
+
+    @cached_property
+    def _form_pairs(self) -> tuple[tuple[str, str], ...]:
+        return tuple(parse_qsl(self.body.decode("utf-8"), keep_blank_values=True))
+
     @property
     def query(self) -> dict[str, str]:
-        return dict(parse_qsl(self.query_string, keep_blank_values=True))
+        return dict(self._query_pairs)
 
     def header(self, name: str) -> str | None:
         return self.headers.get(name.lower())
 
     def form_pairs(self) -> list[tuple[str, str]]:
         """The body as form fields, repeated names kept in order; ValueError if it is not UTF-8."""
-        text = self.body.decode("utf-8")
-        return parse_qsl(text, keep_blank_values=True)
+        return list(self._form_pairs)
 
     def form(self) -> dict[str, str]:
         """The body as form fields (the last value of a repeated name wins)."""

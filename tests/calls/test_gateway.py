@@ -1,6 +1,7 @@
 """The Gateway: the one object holding the process's config in force, runtime, job pool, sweeper and loop."""
 from __future__ import annotations
 
+import httpx
 import pytest
 from django.apps import apps
 
@@ -53,3 +54,15 @@ def test_stopped_job_pool_lets_its_jobs_finish_and_the_next_job_gets_a_new_one(s
     jobs.drain(5)
     assert sorted(ran) == [1, 2]
     jobs.shutdown()
+
+
+def test_daphne_requests_leave_form_bodies_to_the_app(live_gateway):
+    """Twisted does not parse form posts (skip_form_parsing); the app still gets the body as sent."""
+    from daphne.http_protocol import WebRequest
+
+    assert WebRequest._form_parsing_skipped
+    body = "CallSid=CA1&SpeechResult=a+b%26c&Empty="
+    response = httpx.post(f"{live_gateway}/voice/webhook", content=body,
+                          headers={"Content-Type": "application/x-www-form-urlencoded"})
+    # The mock carrier reads JSON: the form arrived unchanged and is refused as not JSON, not lost.
+    assert response.status_code == 400 and "not valid JSON" in response.text

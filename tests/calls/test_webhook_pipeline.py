@@ -90,6 +90,47 @@ async def test_a_bad_event_rejects_the_whole_batch_and_loses_nothing_accepted(as
     assert await sync_to_async(CallEvent.objects.count)() == 1
 
 
+async def test_a_batch_with_an_event_seen_before_applies_the_rest_once(asgi):
+    """The one-transaction path meets the duplicate at its insert, rolls back, and goes event by event."""
+    call = await new_call()
+    ringing = {"type": "call.ringing", "callId": str(call.pk), "id": "evt-ringing"}
+    assert (await asgi.post("/voice/webhook", content=events_body(ringing))).status_code == 200
+    answered = {"type": "call.answered", "callId": str(call.pk), "id": "evt-answered"}
+    both = await asgi.post("/voice/webhook", content=events_body(answered, ringing))
+    assert both.status_code == 200
+    await sync_to_async(call.refresh_from_db)()
+    assert call.state == "answered"
+    types = await sync_to_async(lambda: list(CallEvent.objects.filter(call=call).values_list("type", flat=True)))()
+    assert types == ["call.ringing", "call.answered"]
+    assert await sync_to_async(ProcessedWebhook.objects.count)() == 2  # both requests' answers kept
+    # The same batch again is a replay: its first answer, nothing applied.
+    again = await asgi.post("/voice/webhook", content=events_body(answered, ringing))
+    assert (again.status_code, again.text) == (both.status_code, both.text)
+    assert await sync_to_async(CallEvent.objects.count)() == 2
+
+
+async def test_a_failure_inside_the_transaction_leaves_no_trace(asgi, monkeypatch):
+    """Anything but a duplicate fails the request (500): nothing of it is kept, so the carrier's retry applies it."""
+    call = await new_call()
+    body = events_body({"type": "call.answered", "callId": str(call.pk), "id": "evt-1"})
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("storage failed")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(webhook_processing, "_remember_new", broken)
+        failed = await asgi.post("/voice/webhook", content=body)
+    assert failed.status_code == 500
+    await sync_to_async(call.refresh_from_db)()
+    assert call.state != "answered"
+    assert not await sync_to_async(CallEvent.objects.exists)()
+    assert not await sync_to_async(ProcessedWebhook.objects.exists)()
+    retry = await asgi.post("/voice/webhook", content=body)
+    assert retry.status_code == 200
+    await sync_to_async(call.refresh_from_db)()
+    assert call.state == "answered"
+
+
 async def test_replay_gets_the_first_answer_without_processing(asgi, monkeypatch):
     call = await new_call()
     body = events_body({"type": "call.ringing", "callId": str(call.pk)})
@@ -181,19 +222,40 @@ async def test_slow_body_times_out_with_408(monkeypatch):
     assert (status, body) == (408, b"Request Timeout")
 
 
-async def test_in_flight_cap_per_ip_is_429(monkeypatch):
-    monkeypatch.setattr(webhooks, "BODY_TIMEOUT_SECONDS", 2)
-    app = webhooks.WebhookApp()
-    slow = [asyncio.create_task(call_app(app, hang=True, client=("10.0.0.9", i))) for i in range(8)]
-    await await_until(lambda: app.in_flight.get("10.0.0.9") == 8, "eight requests in flight")
-    status, body, received = await call_app(app, client=("10.0.0.9", 99), body_parts=[events_body()])
-    assert (status, body, received) == (429, b"Too Many Requests", [])
-    other_ip, _, _ = await call_app(app, client=("10.0.0.10", 1), body_parts=[events_body()])
-    assert other_ip == 200
+async def hold_in_flight(app, client: str, count: int) -> list[asyncio.Task]:
+    """`count` requests from `client` that stay in flight (their bodies never finish)."""
+    slow = [asyncio.create_task(call_app(app, hang=True, client=(client, i))) for i in range(count)]
+    await await_until(lambda: app.in_flight.get(client) == count, f"{count} requests in flight")
+    return slow
+
+
+async def release(app, slow: list[asyncio.Task]) -> None:
     for task in slow:
         task.cancel()
     await asyncio.gather(*slow, return_exceptions=True)
     assert app.in_flight == {}
+
+
+async def test_in_flight_cap_per_ip_is_429(configure):
+    configure({"serve": {"maxInFlightPerIp": 3}})
+    app = webhooks.WebhookApp()
+    slow = await hold_in_flight(app, "10.0.0.9", 3)
+    status, body, received = await call_app(app, client=("10.0.0.9", 99), body_parts=[events_body()])
+    assert (status, body, received) == (429, b"Too Many Requests", [])
+    other_ip, _, _ = await call_app(app, client=("10.0.0.10", 1), body_parts=[events_body()])
+    assert other_ip == 200
+    await release(app, slow)
+    # Once the address has room again, it is served.
+    again, _, _ = await call_app(app, client=("10.0.0.9", 100), body_parts=[events_body()])
+    assert again == 200
+
+
+async def test_default_in_flight_cap_lets_a_carriers_burst_through():
+    app = webhooks.WebhookApp()
+    slow = await hold_in_flight(app, "10.0.0.9", 25)
+    status, _, _ = await call_app(app, client=("10.0.0.9", 99), body_parts=[events_body()])
+    assert status == 200
+    await release(app, slow)
 
 
 async def test_skip_signature_verification_uses_a_request_key(asgi, configure):

@@ -19,6 +19,7 @@ from urllib.parse import unquote, urlencode
 import httpx
 import pytest
 from asgiref.sync import sync_to_async
+from django.db import transaction
 from nacl.signing import SigningKey
 from plivo.utils.signature_v3 import construct_post_url, get_signature_v3
 from twilio.request_validator import RequestValidator
@@ -27,6 +28,7 @@ from calls import webhooks
 from calls.models import Call, CallEvent, CallTurn, ProcessedWebhook, TranscriptEntry
 from calls.runtime import reset_runtime
 from calls.services import webhooks as webhook_processing
+from calls.services.events import EventBatch
 from providers.carriers.http import CarrierHttp
 from tests.waiting import await_stays, await_until, forever
 
@@ -282,8 +284,8 @@ async def test_body_over_64kb_is_413(asgi, configure, provider):
 
 
 @pytest.mark.parametrize("provider", CARRIERS)
-async def test_nine_in_flight_requests_from_one_ip_get_one_429(configure, monkeypatch, provider):
-    configure(carrier_config(provider))
+async def test_nine_in_flight_requests_from_one_ip_over_a_cap_of_eight_get_one_429(configure, monkeypatch, provider):
+    configure({**carrier_config(provider), "serve": {"maxInFlightPerIp": 8}})
     monkeypatch.setattr(webhooks, "BODY_TIMEOUT_SECONDS", 0.3)
     app = webhooks.WebhookApp()
     headers = PRESENT_HEADERS[provider]
@@ -544,15 +546,19 @@ async def test_without_skip_there_is_no_security_warning(configure):
 
 @pytest.fixture
 def processed_events(monkeypatch):
-    """Every event the pipeline hands to event_process (still processed for real)."""
+    """Every event the pipeline applied and committed (still processed for real).
+
+    An attempt rolled back (a replay found at its first insert) applied nothing, so it is not seen.
+    """
     seen = []
-    real = webhook_processing.event_process
+    real = EventBatch.apply
 
-    def record(*, event, **kwargs):
-        seen.append(event)
-        return real(event=event, **kwargs)
+    def record(batch, event):
+        outcome = real(batch, event)
+        transaction.on_commit(lambda: seen.append(event))
+        return outcome
 
-    monkeypatch.setattr(webhook_processing, "event_process", record)
+    monkeypatch.setattr(EventBatch, "apply", record)
     return seen
 
 

@@ -113,6 +113,7 @@ DEFAULTS = [
     ("serve.port", 3334),
     ("serve.bind", "127.0.0.1"),
     ("serve.path", "/voice/webhook"),
+    ("serve.max_in_flight_per_ip", 256),
     ("tailscale.mode", "off"),
     ("tailscale.path", "/voice/webhook"),
     ("tailscale.port", 443),
@@ -296,6 +297,8 @@ def test_provider_blocks_still_check_known_keys():
         ({"maxDurationSeconds": 2.5}, "maxDurationSeconds: must be an integer"),
         ({"maxDurationSeconds": True}, "maxDurationSeconds: must be an integer"),
         ({"serve": {"port": "3334"}}, "serve.port: must be an integer"),
+        ({"serve": {"maxInFlightPerIp": "8"}}, "serve.maxInFlightPerIp: must be an integer"),
+        ({"serve": {"maxInFlightPerIp": 8.5}}, "serve.maxInFlightPerIp: must be an integer"),
         ({"realtime": {"fastContext": {"maxResults": 3.0}}}, "realtime.fastContext.maxResults: must be an integer"),
         ({"enabled": "true"}, "enabled: must be true or false"),
         ({"streaming": {"enabled": 1}}, "streaming.enabled: must be true or false"),
@@ -339,6 +342,9 @@ def test_enum_value_outside_choices_is_rejected(data, expected_start):
         ("tailscale.port", 0, "must be between 1 and 65535"),
         ("tailscale.port", 65536, "must be between 1 and 65535"),
         ("serve.port", 0, "must be between 1 and 65535"),
+        ("serve.maxInFlightPerIp", 0, "must be between 1 and 100000"),
+        ("serve.maxInFlightPerIp", -3, "must be between 1 and 100000"),
+        ("serve.maxInFlightPerIp", 100001, "must be between 1 and 100000"),
     ],
 )
 def test_value_out_of_range_is_rejected(key, value, expected):
@@ -356,6 +362,8 @@ def test_value_out_of_range_is_rejected(key, value, expected):
         ("tailscale.port", 1),
         ("tailscale.port", 65535),
         ("serve.port", 8080),
+        ("serve.maxInFlightPerIp", 1),
+        ("serve.maxInFlightPerIp", 100000),
     ],
 )
 def test_value_at_range_edge_is_accepted(key, value):

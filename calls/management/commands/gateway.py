@@ -18,10 +18,13 @@ class Command(BaseCommand):
     def handle(self, *args, bind=None, port=None, **options) -> None:
         from daphne.cli import CommandLineInterface
 
+        from calls.daphne_requests import skip_form_parsing
+
         serve = get_config().config.serve
         bind = bind or serve.bind
         port = port or serve.port
         get_gateway().start()
+        skip_form_parsing()
         self.stdout.write(f"Voice-call gateway on http://{bind}:{port} (admin at /admin/, webhooks at {serve.path}, RPC at /voice/rpc)")
         self.stdout.flush()
         CommandLineInterface().run(["-b", bind, "-p", str(port), "voicecall_project.asgi:application"])

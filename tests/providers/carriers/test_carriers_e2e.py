@@ -136,6 +136,9 @@ def test_twilio_inbound_conversation(twilio, live_gateway):
     action = query_of(fake_call.gather["action"])
     assert action["callId"] == str(call.pk) and action["turnToken"]
     assert said_texts(fake_call)[-1] == "What day suits you?"
+    # The caller answers after hearing the prompt, which is recorded once Twilio took the request.
+    wait_until(lambda: transcript(Call.objects.get(pk=call.pk))[-1] == ("bot", "What day suits you?"),
+               "the prompt in the transcript")
 
     twilio.say(fake_call.sid, "Tuesday morning please", confidence=0.87)
     assert turn.result() == "Tuesday morning please"

@@ -138,6 +138,8 @@ def test_twilio_outbound_conversation_greeting_in_the_answer(twilio, live_gatewa
     twilio.wait_idle()
     token = query_of(fake_call.gather["action"])["turnToken"]
     assert token
+    # The caller answers after hearing the prompt, which is recorded once Twilio took the request.
+    wait_until(lambda: transcript(refreshed(call))[-1] == ("bot", "What day suits you?"), "the prompt in the transcript")
     twilio.say(sid, "Tuesday morning please", confidence=0.8)
     assert turn.result() == "Tuesday morning please"
 
