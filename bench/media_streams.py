@@ -6,8 +6,10 @@ this process: every call gets a greeting, speaks two lines in real-time 20 ms μ
 hears two replies. Per level it reports, from the gateway's own stream counters, how far behind
 real time inbound frames were handled (p50/p99) and how late outbound frames left their 20 ms
 slot (p99); from the simulator, turn latency and playback jitter; and the gateway process's CPU
-(% of one core) and RSS growth per call (its decoder worker processes included). A level "breaks" when a call fails or inbound lag p99
-exceeds 100 ms or pacing p99 exceeds 20 ms.
+(% of one core, and CPU seconds per call with the decoder workers' share) and RSS growth per call
+(its decoder worker processes included). CPU seconds per call depend little on how busy the
+machine is, so they compare runs better than the lag figures. A level "breaks" when a call fails
+or inbound lag p99 exceeds 100 ms or pacing p99 exceeds 20 ms.
 Run: `.venv/bin/python bench/media_streams.py [--levels 1,2,4,8,12,16] [--listen]`.
 """
 from __future__ import annotations
@@ -52,15 +54,21 @@ def _family(pid: int) -> list[int]:
     return pids
 
 
-def proc_cpu_seconds(pid: int) -> float:
-    total = 0
+def proc_cpu_seconds(pid: int) -> tuple[float, float]:
+    """CPU seconds used so far by the gateway process itself and by its children (the decoders)."""
+    own = children = 0
     for member in _family(pid):
         try:
             fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
+        ticks = int(fields[11]) + int(fields[12])
+        if member == pid:
+            own += ticks
+        else:
+            children += ticks
+    hertz = os.sysconf("SC_CLK_TCK")
+    return own / hertz, children / hertz
 
 
 def proc_rss_mb(pid: int) -> float:
@@ -162,10 +170,12 @@ def main() -> None:
         asyncio.run(run_level(1, gateway, rest, False))  # warm-up: models loaded, caches filled
         for calls in levels:
             rss_before = proc_rss_mb(process.pid)
-            cpu_before, wall_before, started = proc_cpu_seconds(process.pid), time.monotonic(), time.time() - 1
+            (own_before, decoders_before), wall_before, started = proc_cpu_seconds(process.pid), time.monotonic(), time.time() - 1
             summary = asyncio.run(run_level(calls, gateway, rest, args.listen))
             wall = time.monotonic() - wall_before
-            cpu = proc_cpu_seconds(process.pid) - cpu_before
+            own_after, decoders_after = proc_cpu_seconds(process.pid)
+            decoders_cpu = decoders_after - decoders_before
+            cpu = own_after - own_before + decoders_cpu
             time.sleep(1.0)
             stats = stream_stats(db, started)
             inbound_p50 = max((s["inboundLagMs"]["p50"] for s in stats), default=0)
@@ -177,7 +187,8 @@ def main() -> None:
                 "inboundLagP50": inbound_p50, "inboundLagP99": inbound_p99, "pacingP99": pacing_p99,
                 "jitterP99": summary["playbackJitterMs"]["p99"], "turnP50": summary["turnLatencyMs"]["p50"],
                 "turnP95": summary["turnLatencyMs"]["p95"],
-                "cpuPerCall": 100 * cpu / wall / calls, "rssPerCall": max(0.0, proc_rss_mb(process.pid) - rss_before) / calls,
+                "cpuPerCall": 100 * cpu / wall / calls, "cpuSecondsPerCall": cpu / calls,
+                "decoderSecondsPerCall": decoders_cpu / calls, "rssPerCall": max(0.0, proc_rss_mb(process.pid) - rss_before) / calls,
                 "rss": proc_rss_mb(process.pid),
             }
             row["breaks"] = bool(failed or inbound_p99 > BREAK_INBOUND_P99_MS or pacing_p99 > BREAK_PACING_P99_MS)
@@ -189,13 +200,14 @@ def main() -> None:
         rest.stop()
     print()
     print("| calls | failed | inbound lag p50 / p99 (ms) | pacing late p99 (ms) | playback jitter p99 (ms) "
-          "| turn latency p50 / p95 (ms) | CPU per call (% core) | RSS per call (MB) | gateway RSS (MB) |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "| turn latency p50 / p95 (ms) | CPU per call (% core) | CPU s per call (decoders) | RSS per call (MB) "
+          "| gateway RSS (MB) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         mark = " **breaks**" if r["breaks"] else ""
         print(f"| {r['calls']}{mark} | {r['failed']} | {r['inboundLagP50']:.1f} / {r['inboundLagP99']:.1f} | {r['pacingP99']:.1f} "
               f"| {r['jitterP99']:.1f} | {r['turnP50']:.0f} / {r['turnP95']:.0f} | {r['cpuPerCall']:.1f} "
-              f"| {r['rssPerCall']:.1f} | {r['rss']:.0f} |")
+              f"| {r['cpuSecondsPerCall']:.2f} ({r['decoderSecondsPerCall']:.2f}) | {r['rssPerCall']:.1f} | {r['rss']:.0f} |")
     first_break = next((r["calls"] for r in rows if r["breaks"]), None)
     print(f"\nfirst breaks at: {first_break or 'no level tested'}")
 

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from core.audio import BYTES_PER_MS, rms, ulaw_to_samples
+import numpy as np
+
+from core.audio import BYTES_PER_MS, ULAW_TO_PCM
 
 # RMS of 16-bit samples. Phone line noise sits well under 100 (about −50 dBFS); speech
 # is usually 1000 or more, so −38 dBFS leaves room on both sides.
@@ -12,6 +14,10 @@ DEFAULT_SILENCE_MS = 800
 DEFAULT_START_FRAMES = 3
 
 VadEvent = Literal["start", "end"]
+
+# The square of every μ-law byte's sample: a frame's energy is one table lookup and one sum, with
+# no decoding to samples, no float conversion and no square root (the threshold is squared instead).
+_SQUARES = ULAW_TO_PCM.astype(np.float64) ** 2
 
 
 class EnergyVad:
@@ -27,6 +33,7 @@ class EnergyVad:
             raise ValueError("silence_ms, threshold and start_frames must be positive")
         self.silence_ms = silence_ms
         self.threshold = threshold
+        self._threshold_squared = threshold * threshold
         self.start_frames = start_frames
         self._speaking = False
         self._loud_run = 0
@@ -36,11 +43,21 @@ class EnergyVad:
     def speaking(self) -> bool:
         return self._speaking
 
+    @property
+    def quiet_ms(self) -> float:
+        """How long the caller has been quiet within the current utterance (0 outside one)."""
+        return self._quiet_ms
+
+    def loud(self, ulaw: bytes) -> bool:
+        """Whether a chunk's RMS level reaches the threshold."""
+        energy = _SQUARES[np.frombuffer(ulaw, dtype=np.uint8)].sum()
+        return bool(energy >= self._threshold_squared * len(ulaw))
+
     def feed(self, ulaw: bytes) -> VadEvent | None:
         """One chunk of μ-law audio; returns "start" or "end" when the state changes."""
         if not ulaw:
             return None
-        loud = rms(ulaw_to_samples(ulaw)) >= self.threshold
+        loud = self.loud(ulaw)
         if not self._speaking:
             # A single click or pop must not count as speech, hence the run of loud frames.
             self._loud_run = self._loud_run + 1 if loud else 0
