@@ -14,6 +14,13 @@ _server = None
 _url: str | None = None
 
 
+def live_gateway_loop():
+    """The event loop the live gateway serves on (Twisted's asyncio reactor loop), once started."""
+    from twisted.internet import reactor
+
+    return reactor._asyncioEventloop
+
+
 def live_gateway_url() -> str:
     """Start Daphne on 127.0.0.1:<free port> once; returns its base URL."""
     global _server, _url
