@@ -10,6 +10,7 @@ The chain tries providers in order until one yields audio; one warning names `fr
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -103,11 +104,15 @@ class TtsChain:
 
 
 async def _with_tail(chunks: AsyncIterator[bytes], encoder: TelephonyEncoder) -> AsyncIterator[bytes]:
-    """The provider's chunks converted to μ-law, then whatever the encoder still holds."""
+    """The provider's chunks converted to μ-law, then whatever the encoder still holds.
+
+    Resampling or decoding a sentence costs tens of ms of CPU, so a costly encoder runs on a
+    worker thread, one chunk at a time (it keeps state), never on the event loop.
+    """
     async for chunk in chunks:
-        audio = encoder.encode(chunk)
+        audio = await asyncio.to_thread(encoder.encode, chunk) if encoder.costly else encoder.encode(chunk)
         if audio:
             yield audio
-    tail = encoder.flush()
+    tail = await asyncio.to_thread(encoder.flush) if encoder.costly else encoder.flush()
     if tail:
         yield tail
