@@ -28,7 +28,10 @@ def live_gateway_url() -> str:
         return _url
     from daphne.server import Server
 
+    from calls.warmup import warm
     from voicecall_project.asgi import application
+
+    warm()  # as Gateway.start() does before a real gateway serves
 
     ready = threading.Event()
     _server = Server(
