@@ -118,7 +118,17 @@ def _sample() -> None:
         for thread, handle in long_running:
             frame = frames.get(thread)
             if frame is not None:
-                _busy_in[thread] = (handle, "".join(traceback.format_stack(frame)[-12:]))
+                _busy_in[thread] = (handle, _stack(frame))
+
+
+def _stack(frame) -> str:
+    """The innermost frames from the callback down, without the import machinery's own."""
+    lines = [line for line in traceback.format_stack(frame) if "<frozen importlib" not in line]
+    for index, line in enumerate(lines):
+        if "in _timed_run" in line:
+            lines = lines[index + 2:]  # from the callback itself (past asyncio's Handle._run)
+            break
+    return "".join(lines[-20:])
 
 
 def _gc_phase(phase: str, info: dict) -> None:
