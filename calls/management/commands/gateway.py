@@ -18,6 +18,10 @@ class Command(BaseCommand):
     def handle(self, *args, bind=None, port=None, **options) -> None:
         from daphne.cli import CommandLineInterface
 
+        from calls.memtrace import install
+
+        install()  # only with VOICECALL_TRACEMALLOC set (bench/memory.py --trace)
+
         serve = get_config().config.serve
         bind = bind or serve.bind
         port = port or serve.port
