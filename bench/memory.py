@@ -125,7 +125,8 @@ def heap_snapshot(pid: int, heap_dir: Path, name: str, timeout: float = 60) -> P
 class Driver:
     """Places simulated calls, `concurrency` at a time, and counts the completed ones."""
 
-    def __init__(self, gateway, rest, audio, concurrency: int, turn_every: int) -> None:
+    def __init__(self, gateway, rest, audio, concurrency: int, turn_every: int, pid: int) -> None:
+        self.pid = pid
         self.gateway, self.rest, self.audio = gateway, rest, audio
         self.concurrency = concurrency
         self.turn_every = turn_every
@@ -166,6 +167,9 @@ class Driver:
                     self.live.pop(sim.sid, None)
                     self.rest.status.pop(sim.sid, None)
                 self.outcomes[report.outcome] = self.outcomes.get(report.outcome, 0) + 1
+                done = sum(self.outcomes.values())
+                if done % 100 == 0:  # progress, and whether growth levels off (calls may still be ending)
+                    print(json.dumps({"done": done, "rssKb": rss_kb(self.pid)}), flush=True)
                 if report.error and len(self.errors) < 5:
                     self.errors.append(report.error)
 
@@ -199,7 +203,7 @@ def main() -> None:
     heap = data_dir / "heap"
     try:
         audio = asyncio.run(caller_audio([Line(LINE)]))
-        driver = Driver(gateway, rest, audio, args.concurrency, args.turn_every)
+        driver = Driver(gateway, rest, audio, args.concurrency, args.turn_every, process.pid)
         started = time.monotonic()
         asyncio.run(driver.run(WARM_CALLS))
         print(json.dumps({"calls": WARM_CALLS, "outcomes": driver.outcomes, "errors": driver.errors}), flush=True)

@@ -131,8 +131,11 @@ class Gateway:
             if self.started:
                 return False
             self.started = True
+        from core.malloc import tune
+
         from .warmup import warm
 
+        tune()  # before the thread pools start; see core/malloc.py
         warm()  # imports and TLS contexts happen here, once, never on the event loop
         loaded = self.config()
         report_config(loaded)
