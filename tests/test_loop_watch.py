@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from tests import loop_watch
 from tests.loop_watch import LoopWatch
 
 
@@ -56,9 +57,17 @@ def test_a_callback_sleeping_1_s_fails_the_check_as_blocking():
     assert "time.sleep(1)" in slow.busy_in  # the stack it was caught in
 
 
+def burn_until_sampled() -> None:
+    """Burn 30 ms of CPU, and on until the sampler thread (which a loaded machine may run late) saw it."""
+    burn_cpu(0.03)
+    thread, deadline = threading.get_ident(), time.monotonic() + 10
+    while thread not in loop_watch._busy_in and time.monotonic() < deadline:
+        burn_cpu(0.001)
+
+
 async def busy_coroutine() -> None:
     await asyncio.sleep(0)
-    burn_cpu(0.03)  # in the middle of a task step
+    burn_until_sampled()  # in the middle of a task step
     await asyncio.sleep(0)
 
 
