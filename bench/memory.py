@@ -4,9 +4,11 @@ Starts `manage.py gateway` in its own process (SQLite, embedded mode, Twilio car
 loopback REST stub, local PocketSphinx STT and Piper TTS, a scripted responder) and runs --calls
 simulated inbound calls through it, --concurrency at a time. Every call is the ringing webhook
 answered with TwiML, a media stream (start, real-time 20 ms μ-law frames, stop) and the completed
-webhook; every --turn-every-th call also hears the greeting, says one line and hears the reply (a
-turn: transcription, the responder, synthesis, playback), the others hang up within a second, as
-the greeting starts. It reads the gateway process's own RSS
+webhook; the first 10 calls and every --turn-every-th call after them also hear the greeting, say
+one line and hear the reply (a turn: transcription, the responder, synthesis, playback), the others
+hang up within a second, as the greeting starts. The first 10 are all turns so that every path a
+call takes has run once (libraries paged in, the voice model loaded) before the first reading:
+what grows after that grows per call. It reads the gateway process's own RSS
 (VmRSS; the decoder worker processes are not counted) once the first 10 calls are complete and
 recorded, and again after all of them, and prints the growth per call.
 With --trace, the gateway runs with tracemalloc (VOICECALL_TRACEMALLOC) and the largest growth by
@@ -153,7 +155,7 @@ class Driver:
 
         async def one() -> None:
             async with semaphore:
-                turn = self.placed % self.turn_every == 0
+                turn = self.placed < WARM_CALLS or self.placed % self.turn_every == 0
                 self.placed += 1
                 # Without a line to say, the caller hangs up once the gateway has been quiet for 300 ms.
                 sim = SimulatedCall(self.gateway, caller="+15550100001", callee="+15550100000",
@@ -229,7 +231,7 @@ def main() -> None:
     print("| calls | with a turn | concurrency | outcomes | RSS after 10 (MB) | RSS after all (MB) | growth per call (KB) | wall (s) |")
     print("|---|---|---|---|---|---|---|---|")
     outcomes = ", ".join(f"{name} {count}" for name, count in sorted(driver.outcomes.items()))
-    turns = (args.calls + args.turn_every - 1) // args.turn_every
+    turns = WARM_CALLS + sum(1 for index in range(WARM_CALLS, args.calls) if index % args.turn_every == 0)
     print(f"| {args.calls} | {turns} | {args.concurrency} | {outcomes} | {rss_warm / 1024:.1f} | {rss_end / 1024:.1f} "
           f"| {per_call:.1f} | {seconds:.0f} |")
     for error in driver.errors:
