@@ -47,10 +47,10 @@ class SlowCallback:
     wall: float
     scheduled_at: str = ""
     busy_in: str = ""
+    kind: str = "CPU-heavy"  # or "blocking"
 
     def __str__(self) -> str:
-        kind = "CPU-heavy" if self.cpu > CPU_LIMIT else "blocking"
-        text = f"{kind} callback on the event loop: {self.description} took {self.cpu * 1000:.1f} ms CPU, {self.wall * 1000:.1f} ms wall"
+        text = f"{self.kind} callback on the event loop: {self.description} took {self.cpu * 1000:.1f} ms CPU, {self.wall * 1000:.1f} ms wall"
         if self.busy_in:
             text += f"\n  busy in:\n{self.busy_in}"
         return text + (f"\n  scheduled at:\n{self.scheduled_at}" if self.scheduled_at else "")
@@ -84,8 +84,10 @@ class LoopWatch:
             raise AssertionError(f"{len(slow)} callback(s) blocked the event loop:\n" + "\n".join(map(str, slow)))
 
     def _judge(self, handle: asyncio.Handle, cpu: float, wall: float, busy_in: str) -> None:
-        if cpu > self.cpu_limit or (wall > self.wall_limit and cpu < wall / 2):
+        if cpu > self.cpu_limit:
             self.slow.append(SlowCallback(describe(handle), cpu, wall, _scheduled_at(handle), busy_in))
+        elif wall > self.wall_limit and cpu < wall / 2:
+            self.slow.append(SlowCallback(describe(handle), cpu, wall, _scheduled_at(handle), busy_in, "blocking"))
 
 
 def _timed_run(handle: asyncio.Handle) -> None:
