@@ -103,6 +103,11 @@ class Gateway:
                 self._runtime = build_runtime(loaded)
             return self._runtime
 
+    def current_runtime(self) -> CallRuntime | None:
+        """The runtime if it is already built for the config in force, else None (nothing is built)."""
+        runtime, loaded = self._runtime, self._loaded
+        return runtime if runtime is not None and loaded is not None and runtime.loaded is loaded else None
+
     def reset_runtime(self) -> None:
         with self._runtime_lock:
             if self._runtime is not None:
@@ -126,9 +131,12 @@ class Gateway:
             if self.started:
                 return False
             self.started = True
-        from providers.tls import warm
+        from core.malloc import tune
 
-        warm()  # TLS contexts are built here, once, never on the event loop
+        from .warmup import warm
+
+        tune()  # before the thread pools start; see core/malloc.py
+        warm()  # imports and TLS contexts happen here, once, never on the event loop
         loaded = self.config()
         report_config(loaded)
         if loaded.ok:
@@ -137,6 +145,7 @@ class Gateway:
             from .services import calls_restore
 
             try:
+                self.runtime()  # the carrier is built here rather than by the first media stream
                 calls_restore()
             except VoiceCallError as exc:
                 log.warning("restore skipped: %s", exc)

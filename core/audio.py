@@ -213,6 +213,11 @@ class TelephonyEncoder:
         self._odd = b""  # a PCM16 sample split across chunks
         self._mp3 = bytearray()
 
+    @property
+    def costly(self) -> bool:
+        """Whether encoding takes real CPU (resampling, MP3 decoding): tens of ms for a sentence."""
+        return self._miniaudio is not None or (self._resampler is not None and not self._resampler.identity)
+
     def encode(self, chunk: bytes) -> bytes:
         if self._miniaudio is not None:
             self._mp3 += chunk

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -91,11 +92,22 @@ async def asgi():
 
 
 @pytest.fixture
-def live_gateway(transactional_db) -> str:
-    """Base URL of the real gateway (Daphne) on a loopback port; see tests/live_gateway.py."""
-    from tests.live_gateway import live_gateway_url
+def live_gateway(transactional_db) -> Iterator[str]:
+    """Base URL of the real gateway (Daphne) on a loopback port; see tests/live_gateway.py.
 
-    return live_gateway_url()
+    The test fails if a callback blocked the gateway's event loop while it ran (tests/loop_watch.py).
+    """
+    from tests.live_gateway import live_gateway_loop, live_gateway_url
+    from tests.loop_watch import LoopWatch
+
+    url = live_gateway_url()
+    watch, loop = LoopWatch(), live_gateway_loop()
+    watch.watch(loop)
+    try:
+        yield url
+    finally:
+        watch.unwatch(loop)
+    watch.check()
 
 
 def hold_hangup_until_seen(monkeypatch, owner: Any, *, others: int) -> None:

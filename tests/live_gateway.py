@@ -14,6 +14,13 @@ _server = None
 _url: str | None = None
 
 
+def live_gateway_loop():
+    """The event loop the live gateway serves on (Twisted's asyncio reactor loop), once started."""
+    from twisted.internet import reactor
+
+    return reactor._asyncioEventloop
+
+
 def live_gateway_url() -> str:
     """Start Daphne on 127.0.0.1:<free port> once; returns its base URL."""
     global _server, _url
@@ -22,9 +29,11 @@ def live_gateway_url() -> str:
     from daphne.server import Server
 
     from calls.daphne_requests import skip_form_parsing
+    from calls.warmup import warm
     from voicecall_project.asgi import application
 
     skip_form_parsing()  # as `manage.py gateway` does: the carriers' form posts must arrive whole
+    warm()  # as Gateway.start() does before a real gateway serves
 
     ready = threading.Event()
     _server = Server(

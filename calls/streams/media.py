@@ -132,7 +132,8 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
         self.utterance_open = False  # between the caller starting to talk and the final transcript
         self.inbound_origin: tuple[float, int] | None = None
         try:
-            runtime = get_runtime()
+            # Building the runtime (a new config in force) makes the carrier's HTTP client: a worker thread's job.
+            runtime = get_gateway().current_runtime() or await asyncio.to_thread(get_runtime)
         except Exception as exc:
             log.warning("media stream refused: %s", exc)
             await self.close()

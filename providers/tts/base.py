@@ -10,9 +10,11 @@ The chain tries providers in order until one yields audio; one warning names `fr
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -23,6 +25,9 @@ from ..settings import ProviderSettings
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_MS = 8000
+# Its own threads: the loop's default pool also runs blocking sync_to_async work that may be
+# waiting on this very playback, and encoding must never queue behind it.
+_encoder_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tts-encode")
 
 
 class TtsError(Exception):
@@ -103,11 +108,16 @@ class TtsChain:
 
 
 async def _with_tail(chunks: AsyncIterator[bytes], encoder: TelephonyEncoder) -> AsyncIterator[bytes]:
-    """The provider's chunks converted to μ-law, then whatever the encoder still holds."""
+    """The provider's chunks converted to μ-law, then whatever the encoder still holds.
+
+    Resampling or decoding a sentence costs tens of ms of CPU, so a costly encoder runs on a
+    worker thread, one chunk at a time (it keeps state), never on the event loop.
+    """
+    loop = asyncio.get_running_loop()
     async for chunk in chunks:
-        audio = encoder.encode(chunk)
+        audio = await loop.run_in_executor(_encoder_pool, encoder.encode, chunk) if encoder.costly else encoder.encode(chunk)
         if audio:
             yield audio
-    tail = encoder.flush()
+    tail = await loop.run_in_executor(_encoder_pool, encoder.flush) if encoder.costly else encoder.flush()
     if tail:
         yield tail

@@ -66,3 +66,40 @@ def test_daphne_requests_leave_form_bodies_to_the_app(live_gateway):
                           headers={"Content-Type": "application/x-www-form-urlencoded"})
     # The mock carrier reads JSON: the form arrived unchanged and is refused as not JSON, not lost.
     assert response.status_code == 400 and "not valid JSON" in response.text
+
+
+def test_current_runtime_is_only_the_one_built_for_the_config_in_force(configure):
+    gateway = get_gateway()
+    configure({"maxConcurrentCalls": 3})
+    assert gateway.current_runtime() is None  # nothing is built by asking
+    runtime = get_runtime()
+    assert gateway.current_runtime() is runtime
+    configure({"maxConcurrentCalls": 4})
+    assert gateway.current_runtime() is None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_start_builds_the_runtime_and_warms_provider_imports(settings, monkeypatch, configure):
+    from calls import warmup
+    from providers import registry
+
+    imported = []
+    monkeypatch.setattr(warmup, "import_string", lambda path: imported.append(path))
+    gateway = get_gateway()
+    monkeypatch.setattr(gateway, "started", False)
+    settings.VOICECALL_EMBEDDED_SCHEDULER = False
+    configure({"maxConcurrentCalls": 3})
+    try:
+        assert gateway.start() is True
+        assert gateway.current_runtime() is not None
+        assert set(imported) == {*registry.CARRIERS.values(), *registry.TRANSCRIPTION.values(), *registry.TTS.values()}
+    finally:
+        gateway.stop()
+
+
+def test_warm_up_survives_a_backend_that_cannot_be_imported(monkeypatch):
+    from calls.warmup import warm
+    from providers import registry
+
+    monkeypatch.setitem(registry.TTS, "broken", "providers.tts.no_such_module.Nothing")
+    warm()  # the backend's own first use reports it

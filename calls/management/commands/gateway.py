@@ -19,6 +19,9 @@ class Command(BaseCommand):
         from daphne.cli import CommandLineInterface
 
         from calls.daphne_requests import skip_form_parsing
+        from calls.memtrace import install
+
+        install()  # only with VOICECALL_TRACEMALLOC set (bench/memory.py --trace)
 
         serve = get_config().config.serve
         bind = bind or serve.bind

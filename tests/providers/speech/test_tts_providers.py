@@ -497,3 +497,51 @@ def test_encoder_mp3_without_miniaudio_names_the_package(monkeypatch):
     with pytest.raises(UnsupportedAudio, match="miniaudio"):
         TelephonyEncoder(AudioFormat("mp3", 24000))
     TelephonyEncoder(AudioFormat("pcm16", 16000))  # the other formats do not need it
+
+
+class _Scripted:
+    """A provider yielding fixed chunks in a given format (only what the chain uses)."""
+
+    name = "scripted"
+    telephony = True
+
+    def __init__(self, fmt: AudioFormat, chunks: list[bytes]) -> None:
+        self.fmt, self.chunks = fmt, chunks
+
+    def output_format(self) -> AudioFormat:
+        return self.fmt
+
+    async def stream(self, text, *, voice=None):
+        for chunk in self.chunks:
+            yield chunk
+
+
+def test_encoder_cost_by_format():
+    assert TelephonyEncoder(AudioFormat("pcm16", 24000)).costly
+    assert TelephonyEncoder(AudioFormat("mp3", 24000)).costly
+    assert not TelephonyEncoder(MULAW_8K).costly
+    assert not TelephonyEncoder(AudioFormat("pcm16", 8000)).costly  # no resampling, only μ-law
+
+
+@pytest.mark.parametrize("fmt, chunks, off_loop", [
+    (AudioFormat("pcm16", 24000), [FakeTts().pcm_for("x" * 10)] * 2, True),
+    (AudioFormat("mp3", 24000), [MP3_FIXTURE.read_bytes()], True),
+    (MULAW_8K, [b"\x01" * 160, b"\x02" * 160], False),
+])
+async def test_the_chain_resamples_and_decodes_off_the_event_loop(monkeypatch, fmt, chunks, off_loop):
+    import threading
+
+    threads: set[int] = set()
+    encode, flush = TelephonyEncoder.encode, TelephonyEncoder.flush
+
+    def recording(method):
+        def run(self, *args):
+            threads.add(threading.get_ident())
+            return method(self, *args)
+        return run
+
+    monkeypatch.setattr(TelephonyEncoder, "encode", recording(encode))
+    monkeypatch.setattr(TelephonyEncoder, "flush", recording(flush))
+    ulaw = b"".join([c async for c in TtsChain([_Scripted(fmt, chunks)]).synthesize(TEXT)])
+    assert ulaw  # the same audio as before, wherever it was encoded
+    assert (threading.get_ident() not in threads) is off_loop

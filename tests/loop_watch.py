@@ -1,0 +1,172 @@
+"""Catches event-loop callbacks that block the loop: CPU-heavy work, or a long wait without yielding.
+
+`LoopWatch.watch(loop)` times every callback (`asyncio.Handle._run`: task steps, timers, I/O
+readiness) that `loop` runs, on the thread that runs it. A callback is reported when
+
+- its thread CPU time exceeds `cpu_limit` (10 ms): real work on the loop (building a TLS context,
+  a first import, a synchronous audio loop). Thread CPU time does not grow while the thread is
+  preempted or waits for the GIL, so a busy machine does not make a callback look heavy; time the
+  same thread spends in the cyclic garbage collector is subtracted, since a collection runs in
+  whichever thread happens to allocate and is not the callback's work;
+- or its wall time exceeds `wall_limit` (500 ms) while it used less than half of that in CPU: a
+  blocking sleep, socket or database call. Scheduling noise on a loaded machine (preemption, GIL
+  hand-offs every 5 ms) is orders of magnitude below that.
+
+Reports name the callback (`repr`, and for a task step the coroutine and where it is suspended
+now), the stack it was busy in (a sampler thread looks at callbacks still running after the CPU
+limit's worth of wall time) and, when the loop runs in debug mode, where it was scheduled.
+"""
+from __future__ import annotations
+
+import asyncio
+import gc
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+
+CPU_LIMIT = 0.010
+WALL_LIMIT = 0.500
+
+_original_run = asyncio.Handle._run
+_watches: dict[asyncio.AbstractEventLoop, LoopWatch] = {}
+_gc_seconds: dict[int, float] = {}  # thread id -> CPU seconds spent collecting, cumulative
+_gc_started: dict[int, float] = {}
+_running: dict[int, tuple[float, asyncio.Handle]] = {}  # thread id -> (wall start, callback) being timed
+_busy_in: dict[int, tuple[asyncio.Handle, str]] = {}  # thread id -> (callback, stack sampled while it ran long)
+_installed = threading.Lock()
+_patched = False
+SAMPLE_EVERY = 0.005
+
+
+@dataclass(frozen=True)
+class SlowCallback:
+    description: str
+    cpu: float
+    wall: float
+    scheduled_at: str = ""
+    busy_in: str = ""
+    kind: str = "CPU-heavy"  # or "blocking"
+
+    def __str__(self) -> str:
+        text = f"{self.kind} callback on the event loop: {self.description} took {self.cpu * 1000:.1f} ms CPU, {self.wall * 1000:.1f} ms wall"
+        if self.busy_in:
+            text += f"\n  busy in:\n{self.busy_in}"
+        return text + (f"\n  scheduled at:\n{self.scheduled_at}" if self.scheduled_at else "")
+
+
+@dataclass
+class LoopWatch:
+    """Records the callbacks of the watched loops that exceed the limits (see the module docstring)."""
+
+    cpu_limit: float = CPU_LIMIT
+    wall_limit: float = WALL_LIMIT
+    slow: list[SlowCallback] = field(default_factory=list)
+
+    def watch(self, loop: asyncio.AbstractEventLoop) -> None:
+        _install()
+        _watches[loop] = self
+
+    def unwatch(self, loop: asyncio.AbstractEventLoop) -> None:
+        if _watches.get(loop) is self:
+            del _watches[loop]
+
+    def take(self) -> list[SlowCallback]:
+        """The slow callbacks recorded so far; the record starts empty again."""
+        taken, self.slow = self.slow, []
+        return taken
+
+    def check(self) -> None:
+        """Fail (AssertionError) naming every slow callback recorded since the last check."""
+        slow = self.take()
+        if slow:
+            raise AssertionError(f"{len(slow)} callback(s) blocked the event loop:\n" + "\n".join(map(str, slow)))
+
+    def _judge(self, handle: asyncio.Handle, cpu: float, wall: float, busy_in: str) -> None:
+        if cpu > self.cpu_limit:
+            self.slow.append(SlowCallback(describe(handle), cpu, wall, _scheduled_at(handle), busy_in))
+        elif wall > self.wall_limit and cpu < wall / 2:
+            self.slow.append(SlowCallback(describe(handle), cpu, wall, _scheduled_at(handle), busy_in, "blocking"))
+
+
+def _timed_run(handle: asyncio.Handle) -> None:
+    watch = _watches.get(handle._loop)
+    if watch is None:
+        return _original_run(handle)
+    thread = threading.get_ident()
+    gc_before = _gc_seconds.get(thread, 0.0)
+    cpu, wall = time.thread_time(), time.perf_counter()
+    _running[thread] = (wall, handle)
+    try:
+        return _original_run(handle)
+    finally:
+        wall = time.perf_counter() - wall
+        cpu = time.thread_time() - cpu - (_gc_seconds.get(thread, 0.0) - gc_before)
+        _running.pop(thread, None)
+        sampled, busy_in = _busy_in.pop(thread, (None, ""))
+        watch._judge(handle, cpu, wall, busy_in if sampled is handle else "")
+
+
+def _sample() -> None:
+    """Keep, for each callback running longer than the CPU limit, the innermost stack seen last."""
+    while True:
+        time.sleep(SAMPLE_EVERY)
+        now = time.perf_counter()
+        long_running = [(thread, handle) for thread, (since, handle) in list(_running.items()) if now - since > CPU_LIMIT]
+        if not long_running:
+            continue
+        frames = sys._current_frames()
+        for thread, handle in long_running:
+            frame = frames.get(thread)
+            if frame is not None:
+                _busy_in[thread] = (handle, _stack(frame))
+
+
+def _stack(frame) -> str:
+    """The innermost frames from the callback down, without the import machinery's own."""
+    lines = [line for line in traceback.format_stack(frame) if "<frozen importlib" not in line]
+    for index, line in enumerate(lines):
+        if "in _timed_run" in line:
+            lines = lines[index + 2:]  # from the callback itself (past asyncio's Handle._run)
+            break
+    return "".join(lines[-20:])
+
+
+def _gc_phase(phase: str, info: dict) -> None:
+    thread = threading.get_ident()
+    if phase == "start":
+        _gc_started[thread] = time.thread_time()
+    elif thread in _gc_started:
+        _gc_seconds[thread] = _gc_seconds.get(thread, 0.0) + time.thread_time() - _gc_started.pop(thread)
+
+
+def _install() -> None:
+    global _patched
+    with _installed:
+        if not _patched:
+            asyncio.Handle._run = _timed_run  # TimerHandle inherits it
+            gc.callbacks.append(_gc_phase)
+            threading.Thread(target=_sample, name="loop-watch-sampler", daemon=True).start()
+            _patched = True
+
+
+def describe(handle: asyncio.Handle) -> str:
+    """The callback, and for a task step its coroutine and the line it is suspended at now."""
+    text = repr(handle)
+    task = getattr(handle._callback, "__self__", None)
+    if isinstance(task, asyncio.Task):
+        coro = task.get_coro()
+        text += f" task={task.get_name()} coroutine={getattr(coro, '__qualname__', coro)}"
+        frames = []
+        while coro is not None and getattr(coro, "cr_frame", None) is not None:
+            frames.append(f"{coro.cr_code.co_filename}:{coro.cr_frame.f_lineno} {coro.cr_code.co_name}")
+            coro = coro.cr_await
+        if frames:
+            text += " suspended at " + " -> ".join(frames)
+    return text
+
+
+def _scheduled_at(handle: asyncio.Handle) -> str:
+    source = handle._source_traceback  # only filled in debug mode
+    return "".join(traceback.format_list(source[-8:])) if source else ""

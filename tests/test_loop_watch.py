@@ -1,0 +1,165 @@
+"""The event-loop watch (tests/loop_watch.py): it fails on blocking callbacks and passes on normal ones."""
+from __future__ import annotations
+
+import asyncio
+import gc
+import threading
+import time
+
+import pytest
+
+from tests import loop_watch
+from tests.loop_watch import LoopWatch
+
+
+def burn_cpu(seconds: float) -> None:
+    started = time.thread_time()
+    while time.thread_time() - started < seconds:
+        pass
+
+
+def run_on_new_loop(watch: LoopWatch | None, coro_factory) -> None:
+    loop = asyncio.new_event_loop()
+    if watch is not None:
+        watch.watch(loop)
+    try:
+        loop.run_until_complete(coro_factory())
+    finally:
+        if watch is not None:
+            watch.unwatch(loop)
+        loop.close()
+
+
+async def a_callback_that(work) -> None:
+    done = asyncio.get_running_loop().create_future()
+
+    def callback():
+        work()
+        done.set_result(None)
+
+    asyncio.get_running_loop().call_soon(callback)
+    await done
+
+
+def test_a_callback_burning_30_ms_of_cpu_fails_the_check():
+    watch = LoopWatch()
+    run_on_new_loop(watch, lambda: a_callback_that(lambda: burn_cpu(0.03)))
+    with pytest.raises(AssertionError, match=r"CPU-heavy callback on the event loop: <Handle .*callback"):
+        watch.check()
+
+
+def test_a_callback_sleeping_1_s_fails_the_check_as_blocking():
+    watch = LoopWatch()
+    run_on_new_loop(watch, lambda: a_callback_that(lambda: time.sleep(1)))
+    [slow] = watch.take()
+    assert "callback" in slow.description and slow.wall >= 1 and slow.cpu < 0.01
+    assert str(slow).startswith("blocking callback")
+    assert "time.sleep(1)" in slow.busy_in  # the stack it was caught in
+
+
+def burn_until_sampled() -> None:
+    """Burn 30 ms of CPU, and on until the sampler thread (which a loaded machine may run late) saw it."""
+    burn_cpu(0.03)
+    thread, deadline = threading.get_ident(), time.monotonic() + 10
+    while thread not in loop_watch._busy_in and time.monotonic() < deadline:
+        burn_cpu(0.001)
+
+
+async def busy_coroutine() -> None:
+    await asyncio.sleep(0)
+    burn_until_sampled()  # in the middle of a task step
+    await asyncio.sleep(0)
+
+
+def test_a_task_step_is_reported_with_its_coroutine():
+    watch = LoopWatch()
+    run_on_new_loop(watch, busy_coroutine)
+    [slow] = watch.take()
+    assert "coroutine=busy_coroutine" in slow.description
+    assert "in burn_cpu" in slow.busy_in
+    assert "test_loop_watch.py" in slow.description  # where it is suspended after the step
+
+
+async def normal_work() -> None:
+    for _ in range(50):
+        await asyncio.sleep(0)
+    await asyncio.sleep(0.02)  # waiting in the loop, not in a callback
+    await a_callback_that(lambda: sum(range(1000)))
+
+
+def test_normal_callbacks_pass():
+    watch = LoopWatch()
+    run_on_new_loop(watch, normal_work)
+    watch.check()
+    assert watch.slow == []
+
+
+def test_only_watched_loops_are_timed():
+    watch = LoopWatch()
+    other = LoopWatch()
+    loop = asyncio.new_event_loop()
+    other.watch(loop)
+    try:
+        run_on_new_loop(watch, lambda: a_callback_that(lambda: burn_cpu(0.03)))
+        loop.run_until_complete(a_callback_that(lambda: None))
+    finally:
+        other.unwatch(loop)
+        loop.close()
+    assert len(watch.take()) == 1 and other.take() == []
+    run_on_new_loop(None, lambda: a_callback_that(lambda: burn_cpu(0.03)))  # nobody watches: nothing recorded
+    assert watch.take() == []
+
+
+def test_a_loop_in_another_thread_is_watched_from_this_one():
+    watch = LoopWatch()
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="server-loop")
+    thread.start()
+    watch.watch(loop)
+    try:
+        asyncio.run_coroutine_threadsafe(a_callback_that(lambda: burn_cpu(0.03)), loop).result(10)
+        asyncio.run_coroutine_threadsafe(a_callback_that(lambda: None), loop).result(10)
+    finally:
+        watch.unwatch(loop)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+    [slow] = watch.take()
+    assert slow.cpu >= 0.03
+
+
+def test_time_in_the_garbage_collector_is_not_the_callbacks():
+    collected: list[float] = []
+
+    def collect() -> None:
+        started = time.thread_time()
+        gc.collect()
+        collected.append(time.thread_time() - started)
+
+    gc.disable()  # the garbage waits for the callback's collection
+    try:
+        for _ in range(300_000):
+            node: list = []
+            node.append(node)  # a cycle only the collector frees
+        del node
+        watch = LoopWatch(cpu_limit=0.0)  # records every callback with its CPU time
+        run_on_new_loop(watch, lambda: a_callback_that(collect))
+    finally:
+        gc.enable()
+    assert collected[0] > 0.01  # the collection alone would have been over the limit
+    recorded = watch.take()
+    assert any("callback()" in slow.description for slow in recorded)
+    assert max(slow.cpu for slow in recorded) < 0.01
+
+
+def test_limits_are_the_documented_ones():
+    watch = LoopWatch()
+    assert (watch.cpu_limit, watch.wall_limit) == (0.010, 0.500)
+
+
+def test_check_clears_what_it_reported():
+    watch = LoopWatch()
+    run_on_new_loop(watch, lambda: a_callback_that(lambda: burn_cpu(0.03)))
+    with pytest.raises(AssertionError):
+        watch.check()
+    watch.check()  # already reported
