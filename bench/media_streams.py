@@ -33,6 +33,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -181,28 +182,76 @@ def loadavg() -> float:
     return float(Path("/proc/loadavg").read_text().split()[0])
 
 
-async def run_level(calls: int, gateway, rest) -> dict:
+GARBAGE = [
+    "not json at all {", "[1, 2, 3]", '"a string"', '{"event": "media"}', '{"event": "media", "media": 5}',
+    '{"event": "media", "media": {"payload": "%%% not base64 %%%"}}', '{"event": "mark", "mark": {}}',
+    '{"event": "dtmf", "dtmf": {"digit": 7}}', '{"event": "no-such-event"}',
+    '{"event": "media", "media": {"payload": "", "timestamp": "soon"}}',
+]
+
+
+async def send_garbage(gateway, frames: int) -> int:
+    """One more call whose stream, once started, sends `frames` malformed frames in a burst, then hangs up.
+
+    Returns how many the gateway took without closing the stream.
+    """
+    import httpx
+    from websockets.asyncio.client import connect
+
+    from calls.simulator.call import SimulatedCall, parse_stream
+
+    sim = SimulatedCall(gateway, caller="+15550100666", callee="+15550100000", lines=[], audio={})
+    async with httpx.AsyncClient(timeout=10) as http:
+        sim._http = http
+        stream_url, token = parse_stream(await sim._webhook({"CallStatus": "ringing"}))
+        target, path = urlsplit(gateway.base_url), urlsplit(stream_url)
+        sent = 0
+        async with connect(f"ws://{target.netloc}{path.path}" + (f"?{path.query}" if path.query else ""),
+                           compression=None) as ws:
+            await ws.send(json.dumps({"event": "start", "streamSid": sim.stream_sid, "start": {
+                "accountSid": gateway.account_sid, "streamSid": sim.stream_sid, "callSid": sim.sid,
+                "customParameters": {"token": token}}}))
+            await asyncio.sleep(2.0)  # the other calls are under way by then
+            for index in range(frames):
+                await ws.send(GARBAGE[index % len(GARBAGE)] if index % 7 else bytes(range(64)))
+                sent += 1
+                if index % 50 == 49:
+                    await asyncio.sleep(0)  # a burst, but the socket's other traffic moves too
+            await ws.send(json.dumps({"event": "stop", "streamSid": sim.stream_sid}))
+        await sim._webhook({"CallStatus": "completed", "CallDuration": "3"})
+        return sent
+
+
+async def run_level(calls: int, gateway, rest, garbage: int = 0) -> dict:
     from calls.simulator.call import Line
     from calls.simulator.run import simulate
 
     # Every call is live at once: the arrivals spread over at most 5 s of a call lasting about 15 s.
-    report = await simulate(gateway, [Line(text) for text in LINES], calls=calls, ramp_ms=min(150, 5000 // calls),
-                            listen=False, rest=rest, max_seconds=90)
+    simulation = simulate(gateway, [Line(text) for text in LINES], calls=calls, ramp_ms=min(150, 5000 // calls),
+                          listen=False, rest=rest, max_seconds=90)
+    if not garbage:
+        return (await simulation).summary()
+    report, _ = await asyncio.gather(simulation, send_garbage(gateway, garbage))
     return report.summary()
 
 
-def measure(calls: int, engine: str, server: str, process, gateway, rest, db: Path) -> dict:
+def measure(calls: int, engine: str, server: str, process, gateway, rest, db: Path, garbage: int = 0) -> dict:
     rss_before = proc_rss_mb(process.pid)
     load = loadavg()
     cpu_before, wall_before, started = proc_cpu_seconds(process.pid), time.monotonic(), time.time() - 1
-    summary = asyncio.run(run_level(calls, gateway, rest))
+    summary = asyncio.run(run_level(calls, gateway, rest, garbage))
     wall = time.monotonic() - wall_before
     cpu = proc_cpu_seconds(process.pid) - cpu_before
     deadline = time.monotonic() + 15
     stats = stream_stats(db, started)
-    while len(stats) < calls and time.monotonic() < deadline:  # the last streams are being recorded
+    while len(stats) < calls + bool(garbage) and time.monotonic() < deadline:  # the last streams are being recorded
         time.sleep(0.2)
         stats = stream_stats(db, started)
+    dropped = 0
+    if garbage and stats:  # the garbage stream's own numbers are not a call's
+        junk = max(stats, key=lambda s: s.get("dropped", 0))
+        dropped = junk.get("dropped", 0)
+        stats.remove(junk)
     handled = sum(s.get("frames_in", 0) for s in stats)
     failed = calls - summary["outcomes"].get("completed", 0)
     inbound_limit, pacing_limit = BREAK[engine]
@@ -214,8 +263,9 @@ def measure(calls: int, engine: str, server: str, process, gateway, rest, db: Pa
         "gatewayTurnP50": worst(stats, "turnLatencyMs", "p50"), "gatewayTurnP99": worst(stats, "turnLatencyMs", "p99"),
         "heardTurnP50": summary["turnLatencyMs"]["p50"], "heardTurnP95": summary["turnLatencyMs"]["p95"],
         "simulatorLagP99": summary["callerClockLagMs"]["p99"],
-        "cpuPerCall": 100 * cpu / wall / calls, "rssPerCall": max(0.0, proc_rss_mb(process.pid) - rss_before) / calls,
-        "rss": proc_rss_mb(process.pid), "load": load, "streams": len(stats),
+        # CPU per second of call (the caller's frames are that clock): % of one core each live call costs.
+        "cpuPerCall": 100 * cpu / max(1e-9, summary["framesSent"] * 0.020), "cpuSeconds": cpu, "wall": wall, "rssPerCall": max(0.0, proc_rss_mb(process.pid) - rss_before) / calls,
+        "rss": proc_rss_mb(process.pid), "load": load, "streams": len(stats), "garbageDropped": dropped,
     }
     row["breaks"] = bool(failed or row["unanswered"] or row["framesUnhandled"] or len(stats) < calls
                          or row["inboundLagP99"] > inbound_limit or row["pacingP99"] > pacing_limit)
@@ -251,6 +301,8 @@ def main() -> None:
     parser.add_argument("--server", default="daphne", help="ASGI servers to compare, comma-separated (daphne,uvicorn)")
     parser.add_argument("--profile", type=int, metavar="LEVEL",
                         help="Also run this level once more with the gateway under pyinstrument; print its profile")
+    parser.add_argument("--garbage", type=int, default=0, metavar="N",
+                        help="One more stream per level sends N malformed frames in a burst, to show they cost the others nothing")
     parser.add_argument("--json", action="store_true", help="Print one JSON object per level instead of progress lines")
     args = parser.parse_args()
     levels = [int(x) for x in (args.levels or ("10,25,50,100" if args.engine == "cloud" else "1,4,8,12")).split(",")]
@@ -285,15 +337,17 @@ def main() -> None:
                                   account_sid=ACCOUNT, auth_token=TOKEN)
                 try:
                     asyncio.run(run_level(1, gateway, rest))  # warm-up: models loaded, caches filled
-                    row = measure(level, args.engine, server, process, gateway, rest, Path(server_dir) / "voicecall.sqlite3")
+                    row = measure(level, args.engine, server, process, gateway, rest, Path(server_dir) / "voicecall.sqlite3",
+                                  args.garbage)
                 finally:
                     stop_gateway(process)
                 if profile is not None:
                     print(f"\n--- profile of {server} at {level} calls ---\n{profile.read_text()}")
                     continue
                 rows.append(row)
+                junk = f" (+ a stream whose {row['garbageDropped']} garbage frames were dropped)" if args.garbage else ""
                 print(json.dumps(row) if args.json else
-                      f"{server} {level} calls: inbound p99 {row['inboundLagP99']:.1f} ms, pacing p99 "
+                      f"{server} {level} calls{junk}: inbound p99 {row['inboundLagP99']:.1f} ms, pacing p99 "
                       f"{row['pacingP99']:.1f} ms, failed {row['failed']}, unanswered {row['unanswered']}"
                       f"{' (breaks)' if row['breaks'] else ''}", flush=True)
     finally:
