@@ -256,7 +256,8 @@ def measure(calls: int, engine: str, server: str, process, gateway, rest, db: Pa
     failed = calls - summary["outcomes"].get("completed", 0)
     inbound_limit, pacing_limit = BREAK[engine]
     row = {
-        "server": server, "calls": calls, "failed": failed, "unanswered": summary["unansweredTurns"],
+        "server": server, "calls": calls, "failed": failed, "outcomes": summary["outcomes"],
+        "errors": summary.get("errors", [])[:5], "unanswered": summary["unansweredTurns"],
         "framesSent": summary["framesSent"], "framesUnhandled": max(0, summary["framesSent"] - handled),
         "inboundLagP50": worst(stats, "inboundLagMs", "p50"), "inboundLagP99": worst(stats, "inboundLagMs", "p99"),
         "pacingP99": worst(stats, "pacingLateMs", "p99"),
