@@ -88,6 +88,21 @@ def proc_cpu_seconds(pid: int) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+def thread_cpu_seconds(pid: int) -> dict[str, float]:
+    """The gateway's CPU seconds: its event loop's thread, and all its other threads (jobs, database work)."""
+    groups: dict[str, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        # Python names no OS threads: the main thread runs the event loop, the others are worker threads.
+        kind = "loop" if task.name == str(pid) else "threads"
+        groups[kind] = groups.get(kind, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return groups
+
+
 def proc_rss_mb(pid: int) -> float:
     total = 0.0
     for member in _family(pid):
@@ -244,9 +259,12 @@ def measure(calls: int, engine: str, server: str, process, gateway, rest, db: Pa
     rss_before = proc_rss_mb(process.pid)
     load = loadavg()
     cpu_before, wall_before, started = proc_cpu_seconds(process.pid), time.monotonic(), time.time() - 1
+    threads_before = thread_cpu_seconds(process.pid)
     summary = asyncio.run(run_level(calls, gateway, rest, garbage))
     wall = time.monotonic() - wall_before
     cpu = proc_cpu_seconds(process.pid) - cpu_before
+    threads = {kind: round(seconds - threads_before.get(kind, 0.0), 2)
+               for kind, seconds in thread_cpu_seconds(process.pid).items()}
     deadline = time.monotonic() + 15
     stats = stream_stats(db, started)
     while len(stats) < calls + bool(garbage) and time.monotonic() < deadline:  # the last streams are being recorded
@@ -270,7 +288,8 @@ def measure(calls: int, engine: str, server: str, process, gateway, rest, db: Pa
         "heardTurnP50": summary["turnLatencyMs"]["p50"], "heardTurnP95": summary["turnLatencyMs"]["p95"],
         "simulatorLagP99": summary["callerClockLagMs"]["p99"],
         # CPU per second of call (the caller's frames are that clock): % of one core each live call costs.
-        "cpuPerCall": 100 * cpu / max(1e-9, summary["framesSent"] * 0.020), "cpuSeconds": cpu, "wall": wall, "rssPerCall": max(0.0, proc_rss_mb(process.pid) - rss_before) / calls,
+        "cpuPerCall": 100 * cpu / max(1e-9, summary["framesSent"] * 0.020), "cpuSeconds": cpu, "wall": wall,
+        "cpuByThread": threads, "rssPerCall": max(0.0, proc_rss_mb(process.pid) - rss_before) / calls,
         "rss": proc_rss_mb(process.pid), "load": load, "streams": len(stats), "garbageDropped": dropped,
     }
     row["breaks"] = bool(failed or row["unanswered"] or row["framesUnhandled"] or len(stats) < calls
