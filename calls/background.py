@@ -20,6 +20,11 @@ from .gateway import get_gateway
 
 log = logging.getLogger(__name__)
 
+# Jobs that speak (a greeting, a reply) wait for their playback to finish, seconds each, so one
+# live call can hold a thread for most of the call: the pool is sized for many calls, not cores.
+# A waiting thread costs a few tens of KB and no CPU; the pool only grows as jobs overlap.
+JOB_THREADS = 256
+
 # Registered at import time by the modules that define jobs, like Django's admin site registry.
 JOBS: dict[str, Callable[..., Any]] = {}
 
@@ -57,7 +62,7 @@ class JobExecutor:
         else:
             with self._lock:
                 if self._executor is None:
-                    self._executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="voicecall-job")
+                    self._executor = ThreadPoolExecutor(max_workers=JOB_THREADS, thread_name_prefix="voicecall-job")
                 future = self._executor.submit(_run_in_thread, name, kwargs)
             self._pending.add(future)
             future.add_done_callback(self._pending.discard)

@@ -56,6 +56,7 @@ class CallReport:
     outcome: str = "pending"
     transcript: list[TimedText] = field(default_factory=list)
     turn_latencies_ms: list[float] = field(default_factory=list)
+    unanswered_turns: int = 0  # lines after which the gateway said nothing for REPLY_TIMEOUT (or hung up)
     jitter_ms: list[float] = field(default_factory=list)
     frames_sent: int = 0
     frames_received: int = 0
@@ -144,7 +145,8 @@ class SimulatedCall:
             target = urlsplit(self.gateway.base_url)
             path = urlsplit(stream_url)
             ws_url = f"ws://{target.netloc}{path.path}" + (f"?{path.query}" if path.query else "")
-            async with connect(ws_url, max_size=2**20, open_timeout=10) as ws:
+            # No permessage-deflate: carriers' media streams are not compressed.
+            async with connect(ws_url, max_size=2**20, open_timeout=10, compression=None) as ws:
                 self.ws = ws
                 await ws.send(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
                 await ws.send(json.dumps({
@@ -197,6 +199,17 @@ class SimulatedCall:
         pacer = Pacer()
         pacer.start()
         lines = list(self.lines)
+        try:
+            await self._speak_and_listen(ws, pacer, lines)
+        finally:
+            if self._awaiting_reply:
+                self._unanswered()  # the call ended while the caller still waited for an answer
+
+    def _unanswered(self) -> None:
+        self.report.unanswered_turns += 1
+        self._awaiting_reply = False
+
+    async def _speak_and_listen(self, ws, pacer: Pacer, lines: list[Line]) -> None:
         sequence = 1
         timestamp = 0
         done_at: float | None = None
@@ -220,6 +233,8 @@ class SimulatedCall:
                           '"chunk":"%d","timestamp":"%d","payload":"%s"}}'
                           % (sequence, self.stream_sid, sequence - 1, timestamp, base64.b64encode(frame).decode()))
             self.report.frames_sent += 1
+            if self._awaiting_reply and self._line_end_at is not None and now - self._line_end_at >= REPLY_TIMEOUT:
+                self._unanswered()
             waiting = self._awaiting_reply and self._line_end_at is not None and now - self._line_end_at < REPLY_TIMEOUT
             if not lines and not self._mouth and not waiting and self._bot_quiet_for(now) >= self.hangup_after_ms / 1000 \
                     and not self._playout:
@@ -266,6 +281,10 @@ class SimulatedCall:
                 if self._awaiting_reply and self._line_end_at is not None:
                     self.report.turn_latencies_ms.append((now - self._line_end_at) * 1000)
                     self._awaiting_reply = False
+            elif self._awaiting_reply:
+                # Already talking when the line ended (its first words were answered before the
+                # rest was said): answered, with no latency to time.
+                self._awaiting_reply = False
         elif self._bot_talking_since is not None and not self._buffered:
             self._bot_talking_since = None
             self._bot_quiet_since = now

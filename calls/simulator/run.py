@@ -30,6 +30,8 @@ class SimulationReport:
             "calls": len(self.calls),
             "outcomes": outcomes,
             "seconds": round(self.seconds, 2),
+            "errors": sorted({c.error for c in self.calls if c.error}),
+            "unansweredTurns": sum(c.unanswered_turns for c in self.calls),
             "turnLatencyMs": {"n": len(latencies), "p50": round(percentile(latencies, 50)), "p95": round(percentile(latencies, 95))},
             "playbackJitterMs": {"n": len(jitter), "p50": round(percentile(jitter, 50), 2), "p99": round(percentile(jitter, 99), 2)},
             "callerClockLagMs": {"p99": round(percentile(lag, 99), 2)},

@@ -21,6 +21,8 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from channels.consumer import get_handler_name
+from channels.exceptions import StopConsumer
+from channels.layers import get_channel_layer
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
@@ -101,6 +103,39 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
     """One carrier media WebSocket."""
 
     groups: list[str] = []
+
+    async def __call__(self, scope, receive, send) -> None:
+        """Channels' consumer loop, made for 50 messages a second.
+
+        Channels waits for the next message from the socket or the channel layer with a fresh
+        task and an `asyncio.wait` per message. Here one long-lived reader per source feeds
+        `dispatch`, and a lock keeps handlers one at a time, as Channels does.
+        """
+        self.scope = scope
+        self.base_send = send
+        self.channel_layer = get_channel_layer(self.channel_layer_alias)
+        sources = [receive]
+        if self.channel_layer is not None:
+            self.channel_name = await self.channel_layer.new_channel()
+            sources.append(functools.partial(self.channel_layer.receive, self.channel_name))
+        one_at_a_time = asyncio.Lock()
+
+        async def read(source) -> None:
+            while True:
+                message = await source()
+                async with one_at_a_time:
+                    await self.dispatch(message)
+
+        readers = [asyncio.ensure_future(read(source)) for source in sources]
+        try:
+            done, _ = await asyncio.wait(readers, return_when=asyncio.FIRST_COMPLETED)
+            for reader in done:
+                if not reader.cancelled() and not isinstance(reader.exception(), StopConsumer):
+                    reader.result()  # a handler's error ends the consumer, as in Channels
+        finally:
+            for reader in readers:
+                reader.cancel()
+            await asyncio.gather(*readers, return_exceptions=True)
 
     async def dispatch(self, message) -> None:
         """Channels' dispatch, without its hop to the shared sync thread before every message.
@@ -381,6 +416,7 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
         self._barge_in("final")
         self.utterance_open = False
         self.transcripts += 1
+        self.stats.turn_heard(time.monotonic())
         self._spawn(_service(services.stream_transcript)(
             call_id=self.call.call_id, stream_id=self.stream_id, sequence=self.transcripts, text=text,
             heard_ms=int(time.time() * 1000)))

@@ -232,11 +232,14 @@ class Playback:
         audio_started_at: float | None = None
         mark_seq = itertools.count(1)
         try:
-            # Silence goes out at once and every 20 ms until speech arrives (docs/compatibility.md, Playback and pacing);
-            # the first frame takes the first 20 ms slot.
+            # The first audio goes out the moment it exists; a synthesis slower than one frame is
+            # covered by silence, every 20 ms from then until speech arrives (docs/compatibility.md,
+            # Playback and pacing). Either way the first frame takes the first 20 ms slot.
+            await synth.wait(FRAME_SECONDS)
             pacer.start()
-            await pacer.wait()
-            await self.send(self.frames.media(SILENCE_FRAME))
+            if not (synth.frames or synth.done or synth.error):
+                await pacer.wait()
+                await self.send(self.frames.media(SILENCE_FRAME))
             while True:
                 if entry.aborted.is_set():
                     return self._interrupted(entry, sent, synth)
@@ -251,6 +254,7 @@ class Playback:
                     await self.send(self.frames.media(frame))
                     if audio_started_at is None:
                         audio_started_at = time.monotonic()
+                        self.stats.reply_audio_sent(audio_started_at)
                     sent += FRAME_BYTES
                     self.stats.counters["frames_out"] += 1
                     frames_since_mark += 1

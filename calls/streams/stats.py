@@ -45,6 +45,18 @@ class StreamStats:
         self.counters: Counter[str] = Counter()
         self.inbound_lag = LatencyHistogram()  # how far behind real time inbound audio was handled
         self.pacing = LatencyHistogram()  # how late each outbound frame left, against its 20 ms slot
+        # The gateway's own share of a turn: final transcript to the first reply audio frame sent.
+        self.turn_latency = LatencyHistogram()
+        self._turn_heard_at: float | None = None
+
+    def turn_heard(self, at: float) -> None:
+        """A final transcript arrived (monotonic time): the next reply audio frame ends the turn."""
+        self._turn_heard_at = at
+
+    def reply_audio_sent(self, at: float) -> None:
+        if self._turn_heard_at is not None:
+            self.turn_latency.add((at - self._turn_heard_at) * 1000)
+            self._turn_heard_at = None
 
     def drop(self, cause: str) -> None:
         self.counters[f"dropped_{cause}"] += 1
@@ -55,4 +67,5 @@ class StreamStats:
             **dict(self.counters),
             "inboundLagMs": self.inbound_lag.summary(),
             "pacingLateMs": self.pacing.summary(),
+            "turnLatencyMs": self.turn_latency.summary(),
         }

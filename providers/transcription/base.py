@@ -233,23 +233,45 @@ class WebsocketSession(TranscriptionSession):
         return False
 
     async def _send_loop(self, ws) -> None:
-        while True:
-            while self._queue:
-                # Taken off first: an overflow while this frame is in flight must not drop its neighbour.
-                chunk = self._queue.popleft()
-                try:
-                    await ws.send(self.audio_message(chunk))
-                except BaseException:
-                    self._queue.appendleft(chunk)  # resent after a reconnect
-                    raise
-            if self._draining:
-                return
-            self._wakeup.clear()
-            try:
-                async with asyncio.timeout(self.keepalive_interval if self.keepalive_message else None):
-                    await self._wakeup.wait()
-            except TimeoutError:
-                await ws.send(self.keepalive_message)
+        loop = asyncio.get_running_loop()
+        self._last_sent = loop.time()
+        self._keepalive_due = False
+        # One timer per keepalive interval, not one per frame: this loop wakes 50 times a second.
+        self._keepalive_timer = loop.call_later(self.keepalive_interval, self._check_keepalive) \
+            if self.keepalive_message else None
+        try:
+            while True:
+                while self._queue:
+                    # Taken off first: an overflow while this frame is in flight must not drop its neighbour.
+                    chunk = self._queue.popleft()
+                    try:
+                        await ws.send(self.audio_message(chunk))
+                    except BaseException:
+                        self._queue.appendleft(chunk)  # resent after a reconnect
+                        raise
+                    self._last_sent = loop.time()
+                if self._draining:
+                    return
+                if self._keepalive_due:
+                    self._keepalive_due = False
+                    await ws.send(self.keepalive_message)
+                    self._last_sent = loop.time()
+                    continue
+                self._wakeup.clear()
+                await self._wakeup.wait()
+        finally:
+            if self._keepalive_timer is not None:
+                self._keepalive_timer.cancel()
+
+    def _check_keepalive(self) -> None:
+        """Timer: after keepalive_interval with nothing sent, the send loop sends the keepalive."""
+        loop = asyncio.get_running_loop()
+        due = self._last_sent + self.keepalive_interval
+        if loop.time() >= due:
+            self._keepalive_due = True
+            self._wakeup.set()
+            due = loop.time() + self.keepalive_interval
+        self._keepalive_timer = loop.call_at(due, self._check_keepalive)
 
     def _dispatch(self, raw: str | bytes) -> None:
         try:

@@ -1,7 +1,9 @@
 """HTTP plumbing shared by the cloud TTS providers: POST a request, stream the audio body, map errors to TtsError."""
 from __future__ import annotations
 
+import asyncio
 import json
+import weakref
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -12,6 +14,25 @@ from providers.tts.base import TtsError, TtsProvider
 
 ERROR_BODY_LIMIT = 16 * 1024  # an error body is a small JSON document; never buffer an unbounded one
 ERROR_TEXT_LIMIT = 300
+# Idle connections to the speech APIs kept open between replies: the next reply starts without a
+# new TCP and TLS handshake (a round trip or three to a cloud API).
+KEEPALIVE_CONNECTIONS = 32
+KEEPALIVE_SECONDS = 30.0
+
+# One client per event loop (the gateway runs one; tests run many): built once, reused by every
+# request on that loop, dropped with the loop.
+_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = weakref.WeakKeyDictionary()
+
+
+def shared_client() -> httpx.AsyncClient:
+    """This event loop's HTTP client for the TTS providers (the shared TLS context, a keep-alive pool)."""
+    loop = asyncio.get_running_loop()
+    client = _clients.get(loop)
+    if client is None or client.is_closed:
+        client = httpx.AsyncClient(verify=http_tls(), limits=httpx.Limits(
+            max_keepalive_connections=KEEPALIVE_CONNECTIONS, keepalive_expiry=KEEPALIVE_SECONDS))
+        _clients[loop] = client
+    return client
 
 
 def require_api_key(provider: TtsProvider) -> str:
@@ -60,16 +81,15 @@ async def post_stream(provider: TtsProvider, url: str, *, headers: dict[str, str
     """
     received = 0
     try:
-        # A client is cheap once it is handed the shared TLS context; building its own is not.
-        async with httpx.AsyncClient(timeout=provider.timeout, verify=http_tls()) as client:
-            async with client.stream("POST", url, headers=headers, json=body, params=params) as response:
-                if not response.is_success:
-                    raise TtsError(f"{provider.name}: HTTP {response.status_code}: "
-                                   f"{error_detail(await _read_limited(response)) or response.reason_phrase}")
-                async for chunk in response.aiter_bytes():
-                    if chunk:
-                        received += len(chunk)
-                        yield chunk
+        async with shared_client().stream("POST", url, headers=headers, json=body, params=params,
+                                          timeout=provider.timeout) as response:
+            if not response.is_success:
+                raise TtsError(f"{provider.name}: HTTP {response.status_code}: "
+                               f"{error_detail(await _read_limited(response)) or response.reason_phrase}")
+            async for chunk in response.aiter_bytes():
+                if chunk:
+                    received += len(chunk)
+                    yield chunk
     except httpx.TimeoutException:
         raise TtsError(f"{provider.name}: timed out after {round(provider.timeout * 1000)} ms"
                        + (f" ({received} bytes received)" if received else "")) from None

@@ -26,7 +26,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from core.audio import BYTES_PER_MS, rms, ulaw_to_samples
+from core.audio import BYTES_PER_MS, FRAME_BYTES, rms, ulaw_to_samples
 from tests.waiting import await_until
 
 __all__ = [
@@ -113,6 +113,7 @@ class FakeStt:
         self.drops = 1
         self.silent = False
         self.garbage_on_open = False  # send frames that are not JSON objects before anything else
+        self.keep_frames = True  # record every frame and all audio (off for long benchmark runs)
         self._server: Server | None = None
         self._tasks: list[asyncio.Task] = []
 
@@ -210,7 +211,8 @@ class FakeStt:
             async for raw in ws:
                 conn.last_input = asyncio.get_running_loop().time()
                 if isinstance(raw, bytes):
-                    conn.frames.append(Frame("binary", raw))
+                    if self.keep_frames:
+                        conn.frames.append(Frame("binary", raw))
                     if not self.silent:
                         await self.on_binary(conn, raw)
                     continue
@@ -218,7 +220,8 @@ class FakeStt:
                     message = json.loads(raw)
                 except ValueError:
                     message = None
-                conn.frames.append(Frame("text", raw, message))
+                if self.keep_frames:
+                    conn.frames.append(Frame("text", raw, message))
                 if isinstance(message, dict) and not self.silent:
                     await self.on_json(conn, message)
         except ConnectionClosed:
@@ -241,8 +244,15 @@ class FakeStt:
             pass
 
     async def hear(self, conn: SttConnection, audio: bytes) -> None:
-        """Caller audio: run the script, then the drop knob."""
-        conn.audio += audio
+        """Caller audio: run the script on each 20 ms of it (a client may join frames), then the drop knob."""
+        if self.keep_frames:
+            conn.audio += audio
+        for start in range(0, len(audio), FRAME_BYTES):
+            await self._hear_frame(conn, audio[start:start + FRAME_BYTES])
+            if conn.hung_up is not None:
+                return
+
+    async def _hear_frame(self, conn: SttConnection, audio: bytes) -> None:
         conn.audio_frames += 1
         speech = conn.speech
         if rms(ulaw_to_samples(audio)) >= LOUD_RMS:

@@ -68,6 +68,7 @@ class FakeTts(LoopbackHttpFake):
         self.chunk_gap = chunk_gap
         self.voices: set[str] | None = None  # ElevenLabs voice ids that exist (None: any)
         self.requests: list[Recorded] = []
+        self.connections = 0  # TCP connections accepted (a client that keeps them alive opens few)
         self.errors: list[BaseException] = []  # crashes in the fake itself
         self.knobs = {"openai": Knobs(), "elevenlabs": Knobs()}
         self.lock = threading.Lock()
@@ -234,6 +235,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"  # chunked transfer encoding needs it
     fake: FakeTts  # set on the per-server subclass
+
+    def setup(self) -> None:
+        super().setup()
+        with self.fake.lock:
+            self.fake.connections += 1  # one handler per TCP connection, however many requests it carries
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         pass  # the request log is FakeTts.requests
