@@ -215,8 +215,9 @@ class TelephonyEncoder:
 
     @property
     def costly(self) -> bool:
-        """Whether encoding takes real CPU (resampling, MP3 decoding): tens of ms for a sentence."""
-        return self._miniaudio is not None or (self._resampler is not None and not self._resampler.identity)
+        """Whether encoding takes real CPU: MP3 decoding, tens of ms for a sentence. Resampling with
+        soxr costs about 12 µs per 100 ms of audio, less than a hop to a worker thread."""
+        return self._miniaudio is not None
 
     def encode(self, chunk: bytes) -> bytes:
         if self._miniaudio is not None:

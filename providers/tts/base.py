@@ -110,8 +110,9 @@ class TtsChain:
 async def _with_tail(chunks: AsyncIterator[bytes], encoder: TelephonyEncoder) -> AsyncIterator[bytes]:
     """The provider's chunks converted to μ-law, then whatever the encoder still holds.
 
-    Resampling or decoding a sentence costs tens of ms of CPU, so a costly encoder runs on a
-    worker thread, one chunk at a time (it keeps state), never on the event loop.
+    Decoding a sentence of MP3 costs tens of ms of CPU, so such an encoder runs on a worker
+    thread, one chunk at a time (it keeps state), never on the event loop; resampling and μ-law
+    cost microseconds and stay on the loop.
     """
     loop = asyncio.get_running_loop()
     async for chunk in chunks:
