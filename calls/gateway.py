@@ -130,7 +130,10 @@ class Gateway:
             self.started = True
         from providers.tls import warm
 
+        from .background import load_jobs
+
         warm()  # TLS contexts are built here, once, never on the event loop
+        load_jobs()  # the first webhook or reply of a serving process does not wait for the imports
         loaded = self.config()
         report_config(loaded)
         if loaded.ok:
