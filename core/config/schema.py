@@ -97,6 +97,10 @@ class Section(BaseModel):
         validate_default=False,
         # The docstring under each field is its description in docs/configuration.md.
         use_attribute_docstrings=True,
+        # Validators are built when a model first validates, not at import: the CLI and the admin
+        # import this module without always reading a config, and one build of the whole config
+        # (nested models inline) costs less than one per class.
+        defer_build=True,
     )
 
 
