@@ -23,6 +23,7 @@ CELERY = ("celery", "kombu")  # the distributed mode, when a task is sent or run
 SIMULATOR = ("calls.simulator",)  # `voicecall simulate`
 CONFIG = ("pydantic", "core.config.schema", "core.config.loader")  # commands that read the call config
 CALL_WORK = ("calls.services", "calls.conversation", "httpx")  # placing and controlling calls
+MEDIA = ("numpy", "cryptography")  # audio (TTS, media streams) and Telnyx keys: not for placing a mock call
 
 
 def environment(data_dir, **extra: str) -> dict[str, str]:
@@ -83,7 +84,7 @@ def data_dir(migrated, tmp_path):
 def test_status_with_no_calls_loads_no_server_celery_simulator_or_config(data_dir):
     modules = imported("voicecall", "status", data_dir=data_dir)
     assert "calls.selectors" in modules  # the walk saw the command run
-    assert loaded(modules, SERVER + CELERY + SIMULATOR + CONFIG + CALL_WORK) == []
+    assert loaded(modules, SERVER + CELERY + SIMULATOR + CONFIG + CALL_WORK + MEDIA) == []
 
 
 def test_status_of_stored_calls_reads_them_without_the_config(data_dir):
@@ -101,12 +102,12 @@ def test_status_of_stored_calls_reads_them_without_the_config(data_dir):
 
     for args in (("voicecall", "status"), ("voicecall", "status", "--call-id", call_id)):
         modules = imported(*args, data_dir=data_dir)
-        assert loaded(modules, SERVER + CELERY + SIMULATOR + CONFIG + CALL_WORK) == [], args
+        assert loaded(modules, SERVER + CELERY + SIMULATOR + CONFIG + CALL_WORK + MEDIA) == [], args
 
 
 def test_help_of_a_command_loads_nothing_it_would_run(data_dir):
     modules = imported("voicecall", "call", "--help", data_dir=data_dir)
-    assert loaded(modules, SERVER + CELERY + SIMULATOR + CONFIG + CALL_WORK) == []
+    assert loaded(modules, SERVER + CELERY + SIMULATOR + CONFIG + CALL_WORK + MEDIA) == []
 
 
 def test_placing_a_call_loads_the_config_and_services_but_no_server_celery_or_simulator(data_dir):
@@ -114,7 +115,7 @@ def test_placing_a_call_loads_the_config_and_services_but_no_server_celery_or_si
     config.write_text(json.dumps({"provider": "mock", "toNumber": "+15550002222"}))
     modules = imported("voicecall", "call", "--message", "Hello", data_dir=data_dir, VOICECALL_CONFIG=str(config))
     assert {"calls.services", "core.config.schema", "providers.carriers.mock"} <= modules  # placed standalone
-    assert loaded(modules, SERVER + CELERY + SIMULATOR) == []
+    assert loaded(modules, SERVER + CELERY + SIMULATOR + MEDIA) == []
 
 
 def test_the_celery_worker_finds_the_project_app_and_tasks_go_to_its_broker(data_dir):
@@ -144,3 +145,15 @@ def test_runserver_is_daphnes_and_loaded_only_when_it_runs():
     from daphne.management.commands.runserver import Command as DaphneRunserver
 
     assert isinstance(command, DaphneRunserver)
+
+
+def test_importing_the_config_schema_builds_no_validator_until_a_config_is_read():
+    script = (
+        "from core.config import schema\n"
+        "before = [m.__name__ for m in (schema.VoiceCallConfig, schema.NumberRoute) if m.__pydantic_complete__]\n"
+        "config = schema.VoiceCallConfig.model_validate({'numbers': {'+15550001111': {'inboundGreeting': 'Hi'}}})\n"
+        "print(before, schema.VoiceCallConfig.__pydantic_complete__, config.numbers['+15550001111'].inbound_greeting)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ["[]", "True", "Hi"]
