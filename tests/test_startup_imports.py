@@ -120,11 +120,15 @@ def test_placing_a_call_loads_the_config_and_services_but_no_server_celery_or_si
 
 def test_the_celery_worker_finds_the_project_app_and_tasks_go_to_its_broker(data_dir):
     """`celery -A voicecall_project` finds the app although the package no longer imports it, and a
-    process that sends a task (the gateway in distributed mode) sends it through that app."""
+    process that sends a task (the gateway in distributed mode) sends it through that app, from any
+    thread, whichever thread loaded it."""
     script = (
         "import django; django.setup()\n"
         "import sys\n"
         "assert 'celery' not in sys.modules\n"
+        "import threading\n"
+        "loading = threading.Thread(target=lambda: __import__('calls.tasks'))  # as a webhook thread would\n"
+        "loading.start(); loading.join()\n"
         "from calls.tasks import run_job_task\n"
         "from celery.app.utils import find_app\n"
         "app = find_app('voicecall_project')\n"
