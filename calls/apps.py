@@ -12,4 +12,5 @@ class CallsConfig(AppConfig):
 
         self.gateway = Gateway()
         from . import checks  # noqa: F401  (registers the config system check)
-        from . import conversation  # noqa: F401  (registers its background job)
+        # The modules that define background jobs are imported on first use (background.load_jobs):
+        # commands that only read call records never pay for the services and the reply loop.

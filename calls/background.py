@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 # A waiting thread costs a few tens of KB and no CPU; the pool only grows as jobs overlap.
 JOB_THREADS = 256
 
-# Registered at import time by the modules that define jobs, like Django's admin site registry.
+# Registered at import time by the modules that define jobs (see load_jobs), like Django's admin site registry.
 JOBS: dict[str, Callable[..., Any]] = {}
 
 
@@ -92,6 +92,7 @@ def set_mode(kind: str | None) -> None:
 
 def submit(name: str, **kwargs: Any) -> None:
     """Run job `name` after the current transaction commits (at once outside a transaction)."""
+    load_jobs()
     if name not in JOBS:
         raise KeyError(f"unknown background job {name!r}")
     jobs = get_gateway().jobs
@@ -100,7 +101,7 @@ def submit(name: str, **kwargs: Any) -> None:
 
 def run_job(name: str, kwargs: dict[str, Any]) -> None:
     """Execute a registered job; failures are logged, never raised into the caller."""
-    _ensure_jobs_loaded()
+    load_jobs()
     try:
         JOBS[name](**kwargs)
     except Exception:
@@ -145,5 +146,6 @@ def deadline_set(when: datetime) -> None:
     transaction.on_commit(notify)
 
 
-def _ensure_jobs_loaded() -> None:
-    from . import services  # noqa: F401  (importing registers the jobs)
+def load_jobs() -> None:
+    """Import the modules that define jobs (importing registers them); cheap once they are loaded."""
+    from . import conversation, services  # noqa: F401

@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING, Any
 from django.apps import apps
 from django.conf import settings
 
-from core.config import LoadedConfig, load_config_data, load_config_file
-
 if TYPE_CHECKING:
+    from core.config import LoadedConfig
+
     from .background import JobExecutor
     from .runtime import CallRuntime
     from .scheduler import Sweeper
@@ -59,14 +59,14 @@ class Gateway:
         if loaded is None:
             with self._config_lock:
                 if self._loaded is None:
-                    self._put_config(load_config_file(settings.VOICECALL_CONFIG))
+                    self._put_config(_read_config_file())
                 loaded = self._loaded
         return loaded  # type: ignore[return-value]
 
     def reload_config(self) -> LoadedConfig:
         """Read the config file again (e.g. after doctor --fix)."""
         with self._config_lock:
-            self._put_config(load_config_file(settings.VOICECALL_CONFIG))
+            self._put_config(_read_config_file())
             return self._loaded  # type: ignore[return-value]
 
     @contextmanager
@@ -74,6 +74,8 @@ class Gateway:
         self, data: dict[str, Any] | LoadedConfig, environ: dict[str, str] | None = None
     ) -> Iterator[LoadedConfig]:
         """Put a config in force for the duration of a block (tests, standalone tools)."""
+        from core.config.loader import LoadedConfig, load_config_data
+
         loaded = data if isinstance(data, LoadedConfig) else load_config_data(data, environ=environ or {})
         previous = self._loaded
         with self._config_lock:
@@ -133,10 +135,12 @@ class Gateway:
             self.started = True
         from core.malloc import tune
 
+        from .background import load_jobs
         from .warmup import warm
 
         tune()  # before the thread pools start; see core/malloc.py
         warm()  # imports and TLS contexts happen here, once, never on the event loop
+        load_jobs()  # the first webhook or reply of a serving process does not wait for the imports
         loaded = self.config()
         report_config(loaded)
         if loaded.ok:
@@ -166,6 +170,13 @@ class Gateway:
                 self.sweeper = None
             self.jobs.shutdown()
             self.started = False
+
+
+def _read_config_file() -> LoadedConfig:
+    # Imported here: the pydantic schema is built only by a process that reads the config.
+    from core.config.loader import load_config_file
+
+    return load_config_file(settings.VOICECALL_CONFIG)
 
 
 def get_gateway() -> Gateway:

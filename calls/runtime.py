@@ -6,14 +6,17 @@ config in force is replaced; `get_runtime()` is the accessor the services use.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from core.config import LoadedConfig, VoiceCallConfig
 from core.errors import SetupIncomplete, VoiceCallDisabled
 from core.urls import webhook_url
 from providers.carriers.base import CarrierBackend
 from providers.registry import carrier_class
 
 from .gateway import get_gateway
+
+if TYPE_CHECKING:
+    from core.config import LoadedConfig, VoiceCallConfig
 
 
 @dataclass

@@ -5,6 +5,10 @@ import logging
 
 from celery import shared_task
 
+# Shared tasks are sent through the current Celery app: the project's, configured from the settings.
+# The project package does not load it at startup (only processes that send or run tasks need Celery),
+# so whoever sends a task imports it here first.
+import voicecall_project.celery  # noqa: E402,F401
 from core.errors import VoiceCallError
 
 log = logging.getLogger(__name__)

@@ -1,9 +1,11 @@
 """The gateway's own URLs, from the config: where carriers send webhooks and where they open media streams."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from core.config.schema import VoiceCallConfig, normalize_path
+if TYPE_CHECKING:
+    from core.config.schema import VoiceCallConfig
 
 
 def webhook_url(config: VoiceCallConfig) -> str:
@@ -40,4 +42,7 @@ def media_stream_url(config: VoiceCallConfig) -> str | None:
         return None
     parts = urlsplit(config.public_url)
     scheme = "wss" if parts.scheme == "https" else "ws"
+    # Importing the schema is free here (the config is built) and costly for whoever only imports this module.
+    from core.config.schema import normalize_path
+
     return f"{scheme}://{parts.netloc}{normalize_path(config.streaming.stream_path)}"

@@ -1,13 +1,15 @@
 """Per-number routes: which route a dialed number matches, and the config a routed call runs with."""
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.config.merge import deep_merge
-from core.config.schema import NumberRoute, TtsConfig, VoiceCallConfig
 from core.phone import digits_only
 
 from .models import NumberRoute as NumberRouteRow
+
+if TYPE_CHECKING:
+    from core.config.schema import NumberRoute, VoiceCallConfig
 
 FALLBACK_GREETING = "Hello! How can I help you today?"
 VOICE_KEYS = ("speakerVoice", "speakerVoiceId", "voice", "voiceId")
@@ -15,6 +17,9 @@ VOICE_KEYS = ("speakerVoice", "speakerVoiceId", "voice", "voiceId")
 
 def all_routes(config: VoiceCallConfig) -> dict[str, NumberRoute]:
     """Config routes, overlaid by enabled admin routes for the same number."""
+    # The schema is imported where it is used: the admin and the CLI import this module without a config.
+    from core.config.schema import NumberRoute
+
     routes = dict(config.numbers)
     for row in NumberRouteRow.objects.filter(enabled=True):
         routes[row.number] = NumberRoute.model_validate(row.as_route_config())
@@ -55,6 +60,8 @@ def call_route(config: VoiceCallConfig, call: Any) -> NumberRoute | None:
     """The route an inbound call matched: edits made to it mid-call do not change the call."""
     if getattr(call, "direction", None) != "inbound":
         return None  # routes apply to inbound calls only
+    from core.config.schema import NumberRoute
+
     live = route_for_key(config, call.route_key)
     if call.route is None:
         return live  # no snapshot (a call from before routes were snapshotted)
@@ -90,6 +97,7 @@ def preferred_voice(tts: dict[str, Any]) -> str | None:
 def validate_route_tts(data: Any) -> list[str]:
     """Errors for a route's tts JSON (used by the admin form), in config path form."""
     from core.config.loader import format_validation_errors
+    from core.config.schema import TtsConfig
     from pydantic import ValidationError
 
     try:

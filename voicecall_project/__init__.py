@@ -1,4 +1,1 @@
-"""Project package: settings, ASGI routing, URLs and the Celery app."""
-from .celery import app as celery_app
-
-__all__ = ["celery_app"]
+"""Project package: settings, ASGI routing, URLs and the Celery app (in `celery.py`, loaded only where used)."""

@@ -31,7 +31,9 @@ REDIS_URL = env("REDIS_URL", default="")
 VOICECALL_MODE = "distributed" if REDIS_URL else "embedded"
 
 INSTALLED_APPS = [
-    "daphne",
+    # Only for its `runserver` (Daphne's, loaded when that command runs): first, so it wins over
+    # django.contrib.staticfiles' WSGI one. The `gateway` command starts Daphne itself.
+    "voicecall_project",
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",

@@ -2,15 +2,19 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from core.config import LoadedConfig
 from core.errors import InvalidRequest
 from core.urls import webhook_url
-from ..simulator.call import CallReport, Gateway, Line
-from ..simulator.rest import TwilioRestStub
-from ..simulator.run import SimulationReport, simulate
+
+if TYPE_CHECKING:
+    from core.config import LoadedConfig
+
+    from ..simulator.call import CallReport, Gateway
+    from ..simulator.run import SimulationReport
+
+# The simulator (a carrier's side of calls, with its audio and HTTP stubs) is imported by the
+# functions that run it: every `voicecall` command builds this parser, few of them simulate.
 
 DEFAULT_LINES = ["Hello, I would like to book an appointment please.", "Thank you, goodbye."]
 
@@ -19,6 +23,8 @@ class ScriptAction(argparse.Action):
     """--say and --interrupt append to one ordered caller script."""
 
     def __call__(self, parser, namespace, values, option_string=None) -> None:
+        from ..simulator.call import Line
+
         script = list(getattr(namespace, self.dest, None) or [])
         script.append(Line(values, interrupt=option_string == "--interrupt"))
         setattr(namespace, self.dest, script)
@@ -40,6 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser, positive_int) -> None:
 
 
 def gateway_for(loaded: LoadedConfig, base_url: str | None) -> Gateway:
+    from ..simulator.call import Gateway
+
     config = loaded.config
     if config.provider != "twilio":
         raise InvalidRequest("simulate plays Twilio's side of calls: set provider to twilio")
@@ -53,6 +61,12 @@ def gateway_for(loaded: LoadedConfig, base_url: str | None) -> Gateway:
 
 
 def run(loaded: LoadedConfig, options: dict[str, Any]) -> SimulationReport:
+    import asyncio
+
+    from ..simulator.call import Line
+    from ..simulator.rest import TwilioRestStub
+    from ..simulator.run import simulate
+
     gateway = gateway_for(loaded, options.get("gateway"))
     lines = options.get("script") or [Line(text) for text in DEFAULT_LINES]
     rest = TwilioRestStub(on_hangup=lambda sid: None, port=options.get("rest_port") or 0).start()

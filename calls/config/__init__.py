@@ -6,11 +6,12 @@ of the process, kept by its Gateway. These functions are the accessors the rest 
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
-from typing import Any
-
-from core.config import LoadedConfig
+from typing import TYPE_CHECKING, Any
 
 from ..gateway import get_gateway
+
+if TYPE_CHECKING:
+    from core.config import LoadedConfig
 
 __all__ = ["get_config", "reload_config", "use_config"]
 

@@ -17,7 +17,6 @@ from typing import Any
 from django.db import connections, transaction
 
 from core.errors import VoiceCallError
-from providers.tts.base import DEFAULT_TIMEOUT_MS as TTS_DEFAULT_TIMEOUT_MS
 from routing.routes import effective_tts
 
 from ..clock import now
@@ -62,6 +61,9 @@ class ContinueOperationState:
 
 def _poll_timeout_ms() -> int:
     """How long a caller should keep polling: transcript timeout + TTS timeout + 30 s."""
+    # Imported here: the TTS module brings the audio code (NumPy), which placing a call does not need.
+    from providers.tts.base import DEFAULT_TIMEOUT_MS as TTS_DEFAULT_TIMEOUT_MS
+
     config = get_runtime().config
     tts_ms = effective_tts(config, None).get("timeoutMs") or TTS_DEFAULT_TIMEOUT_MS
     return min(config.transcript_timeout_ms + tts_ms + BUFFER_MS, MAX_TIMER_MS)

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+from typing import TYPE_CHECKING
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import load_der_public_key, load_pem_public_key
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 
 class PublicKeyError(ValueError):
@@ -14,6 +15,10 @@ class PublicKeyError(ValueError):
 
 def load_public_key(text: str) -> Ed25519PublicKey:
     """An Ed25519 public key from PEM, base64 of the 32 raw bytes, or base64 DER (SPKI)."""
+    # Imported here: only a Telnyx config has a key, and every config load goes through this module.
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    from cryptography.hazmat.primitives.serialization import load_der_public_key, load_pem_public_key
+
     text = text.strip()
     if not text:
         raise PublicKeyError("telnyx.publicKey is empty")

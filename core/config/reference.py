@@ -1,8 +1,8 @@
 """The configuration reference, docs/configuration.md, generated from the call config schema.
 
 Every key's path, type, default and description come from the pydantic models in
-core/config/schema.py (a field's description is the docstring under it). After changing the
-schema, regenerate the page and commit it:
+core/config/schema.py (a field's description is the docstring under it, read by
+field_docstrings). After changing the schema, regenerate the page and commit it:
 
     .venv/bin/python -m core.config.reference --write
 
@@ -12,6 +12,9 @@ tests/core/test_config_reference.py fails when the committed page differs from r
 from __future__ import annotations
 
 import argparse
+import ast
+import functools
+import inspect
 import json
 import re
 import sys
@@ -84,6 +87,33 @@ def render() -> str:
     return HEADER.format(regenerate=REGENERATE, schema_file=SCHEMA_FILE) + "".join(sections)
 
 
+def field_docstrings(model: type[BaseModel]) -> dict[str, str]:
+    """Each field's docstring (the string right under it), its own class's over inherited ones.
+
+    Read from the source here, not by pydantic (use_attribute_docstrings): pydantic would look
+    them up for every model each time the schema is imported, which only this page needs.
+    """
+    docs: dict[str, str] = {}
+    for cls in reversed(model.__mro__):
+        if issubclass(cls, BaseModel) and cls is not BaseModel:
+            docs.update(_class_docstrings(inspect.getsourcefile(cls), cls.__qualname__))
+    return docs
+
+
+@functools.cache
+def _class_docstrings(source_file: str, qualname: str) -> dict[str, str]:
+    tree = ast.parse(Path(source_file).read_text(encoding="utf-8"))
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name == qualname:
+            return {
+                field.target.id: inspect.cleandoc(doc.value.value)
+                for field, doc in zip(node.body, node.body[1:])
+                if isinstance(field, ast.AnnAssign) and isinstance(field.target, ast.Name)
+                and isinstance(doc, ast.Expr) and isinstance(doc.value, ast.Constant) and isinstance(doc.value.value, str)
+            }
+    return {}
+
+
 def _home_paths(root: type[BaseModel]) -> dict[type[BaseModel], str]:
     """Where each model gets its own section: its shallowest path (e.g. TtsConfig at `tts`, not
     `numbers.<number>.tts`); other paths that hold it point there."""
@@ -115,7 +145,7 @@ def _sections(model: type[BaseModel], path: str, out: list[str], home: dict[type
         key = info.alias or name
         full = f"{path}.{key}" if path else key
         annotation = hints[name]
-        description = _clean(info.description)
+        description = _clean(field_docstrings(model).get(name))
         if not description:
             raise ValueError(f"{full}: the schema has no description for this key (add a docstring under the field)")
         nested = _nested(annotation, full)

@@ -95,8 +95,13 @@ class Section(BaseModel):
         alias_generator=to_camel,
         arbitrary_types_allowed=True,
         validate_default=False,
-        # The docstring under each field is its description in docs/configuration.md.
-        use_attribute_docstrings=True,
+        # The docstring under each field is its description in docs/configuration.md; the page's
+        # generator reads them from this file (pydantic's use_attribute_docstrings would search
+        # the source for every class at each import of this module).
+        # Validators are built when a model first validates, not at import: the CLI and the admin
+        # import this module without always reading a config, and one build of the whole config
+        # (nested models inline) costs less than one per class.
+        defer_build=True,
     )
 
 

@@ -10,17 +10,14 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from calls import background, services
+from calls import background
 from calls.cli import simulate as simulate_cli
-from calls.cli.doctor import DoctorError, doctor, doctor_text
-from calls.cli.follow import follow_calls, follow_file
-from calls.cli.setup import setup_checks, setup_json, setup_text
-from calls.cli.stats import latency_from_db, latency_from_file
-from calls.cli.gateway import GatewayUnreachable, continue_via_gateway, placement_timeout_s, rpc_call
 from calls.config import get_config
-from calls.selectors import call_find, call_record, calls_live
-from calls.services import MODES
+from calls.models import CallMode
 from core.errors import InvalidRequest, VoiceCallError
+
+# Each command imports what it uses inside its method: `status` must not pay for the services,
+# the HTTP client or the config schema, and a short-lived CLI process feels every import.
 
 SMOKE_MESSAGE = "Voice call smoke test."
 
@@ -107,7 +104,7 @@ class Command(BaseCommand):
         background.set_mode("inline")
         try:
             getattr(self, "cmd_" + command.replace("-", "_"))(**options)
-        except (VoiceCallError, DoctorError) as exc:
+        except VoiceCallError as exc:
             self.stderr.write(str(exc))
             sys.exit(1)
         except KeyboardInterrupt:
@@ -119,6 +116,8 @@ class Command(BaseCommand):
     # --- setup -------------------------------------------------------------------------
 
     def cmd_setup(self, *, json: bool = False, **_) -> None:
+        from calls.cli.setup import setup_checks, setup_json, setup_text
+
         loaded = get_config()
         checks = setup_checks(loaded)
         if json:
@@ -129,6 +128,8 @@ class Command(BaseCommand):
             sys.exit(1)
 
     def cmd_smoke(self, *, to, message, mode, yes, json: bool = False, **_) -> None:
+        from calls.cli.setup import setup_checks, setup_json, setup_text
+
         loaded = get_config()
         checks = setup_checks(loaded)
         setup = setup_json(checks, loaded.warnings)
@@ -156,6 +157,8 @@ class Command(BaseCommand):
 
         Never binds a port: the standalone runtime talks to the carrier and the database only.
         """
+        from calls.cli.gateway import GatewayUnreachable
+
         try:
             return via_gateway()
         except GatewayUnreachable as exc:
@@ -164,7 +167,10 @@ class Command(BaseCommand):
             return standalone()
 
     def place_call(self, method: str, *, to, message, mode) -> str:
-        mode = mode if mode in MODES else None  # the reference: an unknown mode means the default
+        from calls import services
+        from calls.cli.gateway import placement_timeout_s, rpc_call
+
+        mode = mode if mode in CallMode.values else None  # the reference: an unknown mode means the default
         result = self.delegate(
             lambda: rpc_call(method, {"to": to, "message": message, "mode": mode}, timeout=placement_timeout_s()),
             lambda: services.call_initiate_request(to=to, message=message, mode=mode).as_dict(),
@@ -181,12 +187,18 @@ class Command(BaseCommand):
         self.out({"callId": self.place_call("voicecall.start", to=to, message=message, mode=mode)})
 
     def cmd_continue(self, *, call_id, message, **_) -> None:
+        from calls import services
+        from calls.cli.gateway import continue_via_gateway
+
         self.out(self.delegate(
             lambda: continue_via_gateway(call_id, message),
             lambda: services.call_continue_request(call_id=call_id, message=message).as_dict(),
         ))
 
     def cmd_speak(self, *, call_id, message, **_) -> None:
+        from calls import services
+        from calls.cli.gateway import rpc_call
+
         result = self.delegate(
             lambda: rpc_call("voicecall.speak", {"callId": call_id, "message": message}),
             lambda: services.call_speak_request(call_id=call_id, message=message).as_dict(),
@@ -196,18 +208,26 @@ class Command(BaseCommand):
         self.out(result)
 
     def cmd_dtmf(self, *, call_id, digits, **_) -> None:
+        from calls import services
+        from calls.cli.gateway import rpc_call
+
         self.out(self.delegate(
             lambda: rpc_call("voicecall.dtmf", {"callId": call_id, "digits": digits}),
             lambda: services.call_send_dtmf_request(call_id=call_id, digits=digits).as_dict(),
         ))
 
     def cmd_end(self, *, call_id, **_) -> None:
+        from calls import services
+        from calls.cli.gateway import rpc_call
+
         self.out(self.delegate(
             lambda: rpc_call("voicecall.end", {"callId": call_id}),
             lambda: services.call_end_request(call_id=call_id).as_dict(),
         ))
 
     def cmd_status(self, *, call_id=None, **_) -> None:
+        from calls.selectors import call_find, call_record, calls_live
+
         # A read of the shared store: the full record (transcript, metadata) with or without a gateway.
         if call_id is None:
             self.out({"found": True, "calls": [call_record(call) for call in calls_live()]})
@@ -218,6 +238,8 @@ class Command(BaseCommand):
     # --- records -----------------------------------------------------------------------
 
     def cmd_tail(self, *, file, since, poll, **_) -> None:
+        from calls.cli.follow import follow_calls, follow_file
+
         def write(line: str) -> None:
             self.stdout.write(line)
             self.stdout.flush()
@@ -231,6 +253,8 @@ class Command(BaseCommand):
             follow_calls(write, since=since, poll_ms=poll, stop=lambda: False)
 
     def cmd_latency(self, *, file, last, **_) -> None:
+        from calls.cli.stats import latency_from_db, latency_from_file
+
         if file:
             path = Path(file).expanduser()
             if not path.is_file():
@@ -247,8 +271,13 @@ class Command(BaseCommand):
             self.stdout.write(simulate_cli.report_text(report))
 
     def cmd_doctor(self, *, fix, **_) -> None:
+        from calls.cli.doctor import DoctorError, doctor, doctor_text
+
         if not settings.VOICECALL_CONFIG:
             self.stdout.write("No config file (VOICECALL_CONFIG is not set): nothing to check.")
             return
-        report = doctor(Path(settings.VOICECALL_CONFIG).expanduser(), fix=fix)
+        try:
+            report = doctor(Path(settings.VOICECALL_CONFIG).expanduser(), fix=fix)
+        except DoctorError as exc:
+            raise VoiceCallError(str(exc)) from exc
         self.stdout.write(doctor_text(report))
