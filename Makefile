@@ -17,8 +17,9 @@ serve: $(RUNTIME_STAMP)
 test: $(TEST_STAMP)
 	$(PY) -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
+# Every benchmark at small levels (a few minutes), then one table against the targets (bench/README.md).
 bench: $(TEST_STAMP)
-	$(PY) bench/webhook_events.py $(BENCH_ARGS)
+	$(PY) bench/summary.py
 
 migrate: $(RUNTIME_STAMP)
 	$(PY) manage.py migrate --noinput

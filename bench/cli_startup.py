@@ -22,6 +22,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET_S = 0.7
+sys.path.insert(0, str(ROOT))
+
+from bench.report import figure, write_summary  # noqa: E402
 
 
 def environment(data_dir: str) -> dict[str, str]:
@@ -65,6 +68,7 @@ def loadavg() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=10, help="Runs of each command (10)")
+    parser.add_argument("--summary", metavar="FILE", help="Write the headline figures for `make bench` to FILE")
     options = parser.parse_args()
 
     commands = [
@@ -93,6 +97,8 @@ def main() -> None:
     for name, median, fastest, slowest, cpu in rows:
         verdict = "ok" if median < TARGET_S else "over"
         print(f"| {name} | {median:.3f} | {fastest:.3f} | {slowest:.3f} | {cpu:.3f} | {verdict} |")
+    write_summary(options.summary, [figure(f"{name}: median wall", median, unit="s", target=f"< {TARGET_S} s",
+                                           met=median < TARGET_S) for name, median, _, _, _ in rows])
 
 
 if __name__ == "__main__":

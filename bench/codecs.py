@@ -43,6 +43,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.report import figure, write_summary  # noqa: E402
+
 from core.audio import (  # noqa: E402  (after the path setup above)
     FRAME_BYTES,
     AudioFormat,
@@ -279,6 +281,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=5000)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--summary", metavar="FILE", help="Write the headline figures for `make bench` to FILE")
     args = parser.parse_args()
 
     sides = [Gateway()]
@@ -293,6 +296,7 @@ def main() -> None:
     print(f"| path | carrier | {' | '.join(f'{side.name} µs best / median' for side in sides)} | "
           f"{' | '.join(f'{side.name} frames/s per core' for side in sides)} |")
     print("|---|---|" + "---:|" * (2 * len(sides)))
+    figures = []
     for path in ("inbound", "outbound"):
         for carrier in CARRIERS:
             cells, rates = [], []
@@ -307,6 +311,12 @@ def main() -> None:
                 cells.append(f"{best:.1f} / {median:.1f}")
                 rates.append(f"{1e6 / best:,.0f}")
             print(f"| {path} | {carrier} | {' | '.join(cells)} | {' | '.join(rates)} |")
+            ours = float(cells[0].split(" / ")[0])
+            theirs = float(cells[1].split(" / ")[0]) if len(cells) > 1 else None
+            figures.append(figure(f"{path} {carrier}: µs per frame", ours,
+                                  target=f"<= Pipecat's {theirs:.1f}" if theirs else "<= Pipecat's (not installed here)",
+                                  met=ours <= theirs if theirs else None))
+    write_summary(args.summary, figures)
 
     reference = sinad_db(ulaw_to_samples(samples_to_ulaw(tone(TEST_HZ, 8000, 2.0))), TEST_HZ, 8000)
     print("\nQuality: 1020 Hz tone at -6 dBFS, 2 s (SINAD dB; audio out in ms), and a 5 kHz tone out (dB);"

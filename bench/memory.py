@@ -33,6 +33,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.report import figure, write_summary  # noqa: E402
+
 ACCOUNT = "AC" + "c" * 32
 TOKEN = "bench-token"
 LINE = "Hello, I would like an appointment."
@@ -184,6 +186,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--turn-every", type=int, default=10, help="Every n-th call says a line and hears the reply")
     parser.add_argument("--trace", action="store_true", help="tracemalloc in the gateway; print the top growth")
+    parser.add_argument("--summary", metavar="FILE", help="Write the headline figures for `make bench` to FILE")
     args = parser.parse_args()
 
     data_dir = Path(tempfile.mkdtemp(prefix="voicecall-bench-memory-"))
@@ -237,6 +240,8 @@ def main() -> None:
     for error in driver.errors:
         print(f"error: {error}")
     verdict = "within" if per_call <= TARGET_KB_PER_CALL else "OVER"
+    write_summary(args.summary, [figure(f"RSS growth per call, after 10 to after {args.calls}", per_call, unit="KB",
+                                        target=f"<= {TARGET_KB_PER_CALL} KB", met=per_call <= TARGET_KB_PER_CALL)])
     print(f"\n{verdict} the target of {TARGET_KB_PER_CALL} KB per call")
 
 

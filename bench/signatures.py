@@ -19,6 +19,8 @@ from urllib.parse import urlencode
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.report import figure, write_summary  # noqa: E402
+
 PUBLIC_URL = "https://gw.example.com/voice/webhook"
 FORM = {
     "AccountSid": "AC" + "1" * 32, "ApiVersion": "2010-04-01", "CallSid": "CA" + "2" * 32,
@@ -82,11 +84,13 @@ def cases():
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=20000)
+    parser.add_argument("--summary", metavar="FILE", help="Write the headline figures for `make bench` to FILE")
     args = parser.parse_args()
     setup()
     print(f"rounds: {args.rounds}")
     print("| carrier | verifications/s | µs each |")
     print("|---|---:|---:|")
+    figures = []
     for name, verify in cases():
         assert verify().ok, name
         started = time.perf_counter()
@@ -94,6 +98,8 @@ def main() -> None:
             verify()
         elapsed = time.perf_counter() - started
         print(f"| {name} | {args.rounds / elapsed:,.0f} | {elapsed / args.rounds * 1e6:.1f} |")
+        figures.append(figure(f"{name}: µs per verification", elapsed / args.rounds * 1e6))
+    write_summary(args.summary, figures)
 
 
 if __name__ == "__main__":

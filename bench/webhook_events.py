@@ -31,6 +31,8 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.report import figure, write_summary  # noqa: E402
+
 from bench.rpc import free_port  # noqa: E402  (standard library only)
 
 GATEWAY_CORE, LOAD_CORE = 0, 1
@@ -214,6 +216,7 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--carrier", choices=tuple(CONFIGS), default="twilio")
+    parser.add_argument("--summary", metavar="FILE", help="Write the headline figures for `make bench` to FILE")
     parser.add_argument("--server", choices=tuple(SERVERS), default="daphne",
                         help="daphne: `manage.py gateway`, as deployed; uvicorn: the same app under uvicorn")
     args = parser.parse_args()
@@ -248,6 +251,16 @@ def main() -> None:
     print(f"gateway CPU: {cpu * 1000 / result['requests']:.2f} ms per request "
           f"(one core's worth would serve about {result['requests'] / cpu:.0f} per second)")
     print("SQL statements per webhook: " + "; ".join(f"{kind} {max(n)}" for kind, n in counts.items()))
+    p99_target = 30 if database == "PostgreSQL" else 50
+    write_summary(args.summary, [
+        figure(f"{args.carrier} on {database}, {args.concurrency} in flight: requests/s", result["per_second"],
+               target=">= 300" if database == "PostgreSQL" else "", met=result["per_second"] >= 300 if database == "PostgreSQL" else None),
+        figure(f"{args.carrier} on {database}: p99", result["p99"], unit="ms", target=f"< {p99_target} ms",
+               met=result["p99"] < p99_target),
+        figure(f"{args.carrier} on {database}: gateway CPU per request", cpu * 1000 / result["requests"], unit="ms"),
+        figure("SQL statements per webhook (most of any kind)", max(max(n) for n in counts.values()), target="<= 8",
+               met=max(max(n) for n in counts.values()) <= 8),
+    ])
 
 
 if __name__ == "__main__":
