@@ -240,8 +240,11 @@ def main() -> None:
     for error in driver.errors:
         print(f"error: {error}")
     verdict = "within" if per_call <= TARGET_KB_PER_CALL else "OVER"
+    # The target is over 1,000 calls: the allocator's pools fill during the first couple of hundred.
+    full = args.calls >= 1000
     write_summary(args.summary, [figure(f"RSS growth per call, after 10 to after {args.calls}", per_call, unit="KB",
-                                        target=f"<= {TARGET_KB_PER_CALL} KB", met=per_call <= TARGET_KB_PER_CALL)])
+                                        target=f"<= {TARGET_KB_PER_CALL} KB over 1,000 calls",
+                                        met=per_call <= TARGET_KB_PER_CALL if full else None)])
     print(f"\n{verdict} the target of {TARGET_KB_PER_CALL} KB per call")
 
 
