@@ -296,6 +296,8 @@ def measure(calls: int, engine: str, server: str, process, gateway, rest, db: Pa
         "inboundLagP50": worst(stats, "inboundLagMs", "p50"), "inboundLagP99": worst(stats, "inboundLagMs", "p99"),
         "pacingP99": worst(stats, "pacingLateMs", "p99"),
         "gatewayTurnP50": worst(stats, "turnLatencyMs", "p50"), "gatewayTurnP99": worst(stats, "turnLatencyMs", "p99"),
+        # The same less the wait for the TTS fake's first audio (the fakes share a core with the load).
+        "ownTurnP50": worst(stats, "turnOwnLatencyMs", "p50"), "ownTurnP99": worst(stats, "turnOwnLatencyMs", "p99"),
         "heardTurnP50": summary["turnLatencyMs"]["p50"], "heardTurnP95": summary["turnLatencyMs"]["p95"],
         "simulatorLagP99": summary["callerClockLagMs"]["p99"],
         # CPU per second of call (the caller's frames are that clock): % of one core each live call costs.
@@ -315,16 +317,17 @@ def print_table(rows: list[dict], engine: str) -> None:
     print(f"\nengine {engine}; a level breaks on a failed call, an unanswered turn, an unhandled frame, "
           f"inbound lag p99 > {inbound_limit:g} ms or pacing late p99 > {pacing_limit:g} ms\n")
     print("| server | calls | failed / unanswered turns | frames unhandled | inbound lag p50 / p99 (ms) "
-          "| pacing late p99 (ms) | gateway turn p50 / p99 (ms) | heard turn p50 / p95 (ms) "
+          "| pacing late p99 (ms) | gateway turn p50 / p99 (ms) | without TTS wait p50 / p99 (ms) | heard turn p50 / p95 (ms) "
           "| simulator lag p99 (ms) | CPU per live call (% core) | CPU s per call (decoders) | RSS per call (MB) "
           "| gateway RSS (MB) | load |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         mark = " **breaks**" if r["breaks"] else ""
         print(f"| {r['server']} | {r['calls']}{mark} | {r['failed']} / {r['unanswered']} "
               f"| {r['framesUnhandled']} of {r['framesSent']} "
               f"| {r['inboundLagP50']:.1f} / {r['inboundLagP99']:.1f} | {r['pacingP99']:.1f} "
-              f"| {r['gatewayTurnP50']:.1f} / {r['gatewayTurnP99']:.1f} | {r['heardTurnP50']:.0f} / {r['heardTurnP95']:.0f} "
+              f"| {r['gatewayTurnP50']:.1f} / {r['gatewayTurnP99']:.1f} | {r['ownTurnP50']:.1f} / {r['ownTurnP99']:.1f} "
+              f"| {r['heardTurnP50']:.0f} / {r['heardTurnP95']:.0f} "
               f"| {r['simulatorLagP99']:.1f} | {r['cpuPerCall']:.2f} | {r['cpuSecondsPerCall']:.2f} ({r['decoderSecondsPerCall']:.2f}) "
               f"| {r['rssPerCall']:.2f} | {r['rss']:.0f} "
               f"| {r['load']:.2f} |")
@@ -430,8 +433,8 @@ def summary_rows(rows: list[dict], engine: str) -> list[dict]:
                               f"{r['failed']} / {r['unanswered']} / {r['framesUnhandled']}", target="0 / 0 / 0",
                               met=not (r["failed"] or r["unanswered"] or r["framesUnhandled"])))
         if engine == "cloud":
-            figures.append(figure(f"{where}: gateway turn latency p99", r["gatewayTurnP99"], unit="ms",
-                                  target="< 10 ms", met=r["gatewayTurnP99"] < 10))
+            figures.append(figure(f"{where}: gateway turn latency p99 (less the TTS fake's wait)", r["ownTurnP99"],
+                                  unit="ms", target="< 10 ms", met=r["ownTurnP99"] < 10))
         figures.append(figure(f"{where}: CPU per live call", r["cpuPerCall"], unit="% of a core"))
     for server in dict.fromkeys(r["server"] for r in rows):
         held = [r["calls"] for r in rows if r["server"] == server and not r["breaks"]]

@@ -317,6 +317,10 @@ class Pacer:
         if self._due is None or self._due < now:
             self._due = now
 
+    def time_to_next(self) -> float:
+        """Seconds until the next frame is due (0 when it is due already, or the clock has not started)."""
+        return 0.0 if self._due is None else max(0.0, self._due - self.clock())
+
     async def wait(self) -> float:
         """Wait until the next frame is due; returns how late (seconds) this frame is."""
         if self._due is None:

@@ -234,10 +234,12 @@ class Playback:
         try:
             # The first audio goes out the moment it exists; a synthesis slower than one frame is
             # covered by silence, every 20 ms from then until speech arrives (docs/compatibility.md,
-            # Playback and pacing). Either way the first frame takes the first 20 ms slot.
+            # Playback and pacing), and the speech's first frame then restarts the clock instead
+            # of waiting for the next silence slot.
             await synth.wait(FRAME_SECONDS)
             pacer.start()
-            if not (synth.frames or synth.done or synth.error):
+            covered = not (synth.frames or synth.done or synth.error)
+            if covered:
                 await pacer.wait()
                 await self.send(self.frames.media(SILENCE_FRAME))
             while True:
@@ -247,6 +249,10 @@ class Playback:
                     raise synth.error
                 frame = synth.next_frame()
                 if frame is not None:
+                    if sent == 0:
+                        self.stats.tts_waited((synth.first_audio_at or time.monotonic()) - started_at)
+                        if covered:
+                            pacer.start()
                     lag = await pacer.wait()
                     if entry.aborted.is_set():
                         return self._interrupted(entry, sent, synth)
@@ -267,6 +273,10 @@ class Playback:
                 if time.monotonic() - synth.last_audio_at > self.synthesis_timeout:
                     raise TimeoutError(f"speech synthesis timed out after {self.synthesis_timeout:g} s")
                 if sent == 0:
+                    # Until the speech starts: woken by its first audio as well as by the next slot.
+                    await synth.wait(pacer.time_to_next())
+                    if synth.frames or synth.done or synth.error:
+                        continue
                     await pacer.wait()
                     if entry.aborted.is_set():
                         return self._interrupted(entry, sent, synth)
@@ -363,9 +373,12 @@ class _Synthesis:
         self.done = False
         self.error: BaseException | None = None
         self.last_audio_at = time.monotonic()
+        self.first_audio_at: float | None = None
         self._ready = asyncio.Event()
 
     def add(self, chunk: bytes) -> None:
+        if self.first_audio_at is None:
+            self.first_audio_at = time.monotonic()
         self.produced += len(chunk)
         self.frames.extend(self.framer.push(chunk))
         self.last_audio_at = time.monotonic()

@@ -45,17 +45,29 @@ class StreamStats:
         self.counters: Counter[str] = Counter()
         self.inbound_lag = LatencyHistogram()  # how far behind real time inbound audio was handled
         self.pacing = LatencyHistogram()  # how late each outbound frame left, against its 20 ms slot
-        # The gateway's own share of a turn: final transcript to the first reply audio frame sent.
+        # A turn as the gateway sees it: final transcript to the first reply audio frame sent; and
+        # the same less the time spent waiting for the speech service's first audio (the
+        # gateway's own share, whatever the TTS service's speed).
         self.turn_latency = LatencyHistogram()
+        self.turn_own_latency = LatencyHistogram()
         self._turn_heard_at: float | None = None
+        self._tts_wait = 0.0
 
     def turn_heard(self, at: float) -> None:
         """A final transcript arrived (monotonic time): the next reply audio frame ends the turn."""
         self._turn_heard_at = at
+        self._tts_wait = 0.0
+
+    def tts_waited(self, seconds: float) -> None:
+        """A playback waited this long for its synthesis's first audio."""
+        if self._turn_heard_at is not None:
+            self._tts_wait += seconds
 
     def reply_audio_sent(self, at: float) -> None:
         if self._turn_heard_at is not None:
-            self.turn_latency.add((at - self._turn_heard_at) * 1000)
+            total = at - self._turn_heard_at
+            self.turn_latency.add(total * 1000)
+            self.turn_own_latency.add(max(0.0, total - self._tts_wait) * 1000)
             self._turn_heard_at = None
 
     def drop(self, cause: str) -> None:
@@ -68,4 +80,5 @@ class StreamStats:
             "inboundLagMs": self.inbound_lag.summary(),
             "pacingLateMs": self.pacing.summary(),
             "turnLatencyMs": self.turn_latency.summary(),
+            "turnOwnLatencyMs": self.turn_own_latency.summary(),
         }

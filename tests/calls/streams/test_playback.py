@@ -236,6 +236,42 @@ async def test_silence_goes_out_at_once_and_every_20_ms_until_speech_arrives(mak
     assert len(carrier.audio()) == 5
 
 
+async def test_instant_synthesis_sends_audio_at_once_with_no_silence_first(make, pacer_slots):
+    """A reply's first audio frame leaves as soon as it is synthesized: no silence frame, no slot wait."""
+    playback, carrier, stats = make(speech(3), Carrier(echo=True))
+    result = await settle(playback.enqueue("Hello"))
+    assert result.outcome == Outcome.PLAYED
+    media = carrier.media()
+    assert len(media) == 3 and SILENCE_FRAME not in [payload for _, payload in media]
+    assert_on_schedule([t for t, _ in media], pacer_slots)
+
+
+async def test_speech_arriving_between_silence_slots_goes_out_at_once(make, monkeypatch):
+    """Silence covers a slow synthesis, but its first audio does not wait for the next silence slot.
+
+    Slots of half a second make the difference plain: the audio arrives just after the first
+    silence frame, and leaves long before the next slot would have come.
+    """
+    from calls.streams import playback as playback_module
+
+    monkeypatch.setattr(playback_module, "Pacer", lambda: Pacer(0.5))
+    carrier = Carrier(echo=True)
+    arrived: list[float] = []
+
+    async def slow(text, voice):
+        await await_until(lambda: carrier.silence(), "the first silence frame")
+        arrived.append(time.monotonic())
+        yield bytes([AUDIO]) * FRAME_BYTES * 2
+
+    playback, carrier, stats = make(slow, carrier)
+    result = await settle(playback.enqueue("Hello"))
+    assert result.outcome == Outcome.PLAYED
+    assert len(carrier.silence()) == 1
+    first_audio = carrier.audio()[0][0]
+    assert first_audio - carrier.silence()[0] < 0.25, first_audio - carrier.silence()[0]
+    assert first_audio >= arrived[0]
+
+
 # Regression guard: the first silence frame used to go out before `pacer.start()`, so the first
 # `pacer.wait()` was due at once and a second silence frame followed immediately (40 ms in 0 ms),
 # leaving the carrier a frame ahead for the whole utterance.
