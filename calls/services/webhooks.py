@@ -13,7 +13,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, OperationalError, connection, transaction
 
 from providers.carriers.base import ParsedWebhook, WebhookAnswer, WebhookParseError, WebhookRequest, WebhookVerification
 
@@ -80,6 +80,13 @@ def webhook_process(*, request: WebhookRequest) -> WebhookReply:
             return _process_at_once(runtime, key, parsed)
     except IntegrityError:
         pass  # rolled back: nothing of it was applied
+    except OperationalError as exc:
+        # A batch naming two calls locks both rows; two such batches locking them in opposite
+        # orders deadlock on PostgreSQL, which rolls one back. That one goes step by step, one
+        # call's lock at a time.
+        if getattr(exc.__cause__, "sqlstate", None) not in RETRYABLE_SQLSTATES:
+            raise
+        log.info("%s webhook %s: %s; applied event by event", carrier.name, key, type(exc.__cause__).__name__)
     if (first := _first_answer(key)) is not None:
         return first
     return _process_stepwise(runtime, key, parsed)
@@ -90,6 +97,8 @@ def webhook_process(*, request: WebhookRequest) -> WebhookReply:
 # lock instead and take the database in turn. Only while jobs run on other threads: jobs run
 # inline at commit may wait on this process's own webhooks (a carrier answering in the request).
 _sqlite_writer = threading.Lock()
+# Deadlock detected, serialization failure: nothing was applied, and a retry can succeed.
+RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
 
 
 def _writer_turn():

@@ -80,3 +80,38 @@ def test_a_replayed_webhook_gets_its_first_answer_within_the_budget_and_changes_
     assert again == first
     assert len(queries) <= MAX_STATEMENTS
     assert rows == (Call.objects.count(), CallEvent.objects.count(), TranscriptEntry.objects.count(), ProcessedWebhook.objects.count())
+
+
+class _Deadlock(Exception):
+    sqlstate = "40P01"  # what PostgreSQL's driver reports when it broke a deadlock by rolling this back
+
+
+def test_a_webhook_rolled_back_by_a_deadlock_is_applied_event_by_event(twilio, monkeypatch):
+    """Two batches locking two calls in opposite orders deadlock on PostgreSQL; the loser is not lost."""
+    from django.db import OperationalError
+
+    from calls.services import webhooks
+
+    def deadlocked(*args, **kwargs):
+        raise OperationalError("deadlock detected") from _Deadlock()
+
+    monkeypatch.setattr(webhooks, "_process_at_once", deadlocked)
+    status, _ = counted(signed({**BASE, "CallStatus": "ringing"}))
+    assert status == 200
+    call = Call.objects.get(provider_call_id=BASE["CallSid"])
+    assert CallEvent.objects.filter(call=call).exists()
+    assert ProcessedWebhook.objects.count() == 1
+
+
+def test_other_database_errors_are_not_taken_for_a_deadlock(twilio, monkeypatch):
+    from django.db import OperationalError
+
+    from calls.services import webhooks
+
+    def broken(*args, **kwargs):
+        raise OperationalError("disk I/O error")
+
+    monkeypatch.setattr(webhooks, "_process_at_once", broken)
+    with pytest.raises(OperationalError, match="disk I/O"):
+        webhook_process(request=signed({**BASE, "CallStatus": "ringing"}))
+    assert not Call.objects.exists()
