@@ -1,23 +1,24 @@
 """Services a media stream calls: open (authenticate, register), ready, transcripts, DTMF, close (grace)."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from django.db import transaction
+from django.db import IntegrityError, transaction
 
-from core.events import CallDtmf, CallSpeech
+from core.events import CallDtmf, CallSpeech, NormalizedEvent
 from routing.routes import call_route, effective_tts
 
 from .. import background
 from ..clock import now
 from ..documents import stream_token_valid
-from ..models import Call, MediaStream
+from ..models import Call, CallEvent, MediaStream
 from ..runtime import get_runtime
 from ..selectors import call_find
 from .common import log
-from .events import event_process
+from .events import EventBatch
 from .replies import replies_interrupted
 
 DISCONNECT_GRACE = timedelta(milliseconds=2000)
@@ -74,11 +75,8 @@ def stream_ready(*, call_id: str) -> None:
 
 def stream_transcript(*, call_id: str, stream_id: str, sequence: int, text: str, heard_ms: int | None = None) -> None:
     """A final transcript from the stream: a waiting turn takes it, else the call may auto-reply."""
-    call = call_find(ref=call_id)
-    if call is None or call.is_terminal:
-        return
     fields = {"timestamp": heard_ms} if heard_ms else {}
-    event_process(event=CallSpeech(
+    _live_call_event(call_id, lambda call: CallSpeech(
         call_id=call_id, provider_call_id=call.provider_call_id, transcript=text, is_final=True,
         dedupe_key=f"stream-transcript-{stream_id}-{sequence}", **fields,
     ))
@@ -90,11 +88,37 @@ def stream_speech_started(*, call_id: str, since_ms: int) -> None:
 
 
 def stream_dtmf(*, call_id: str, stream_id: str, sequence: int, digit: str) -> None:
-    call = call_find(ref=call_id)
-    if call is None or call.is_terminal:
-        return
-    event_process(event=CallDtmf(call_id=call_id, provider_call_id=call.provider_call_id, digits=digit,
-                           dedupe_key=f"stream-dtmf-{stream_id}-{sequence}"))
+    _live_call_event(call_id, lambda call: CallDtmf(
+        call_id=call_id, provider_call_id=call.provider_call_id, digits=digit, dedupe_key=f"stream-dtmf-{stream_id}-{sequence}",
+    ))
+
+
+def _live_call_event(call_id: str, event_for: Callable[[Call], NormalizedEvent]) -> None:
+    """Apply the stream's event to its call unless the call has ended; once per key.
+
+    The call row is read once, locked, in the event's transaction. A key seen before is not looked
+    up first: the event record's unique key refuses it at the end and the whole transaction rolls
+    back (a stream sends each key once, so this is rare). Any other conflict, e.g. a session
+    created at the same time, is tried again.
+    """
+    runtime = get_runtime()
+    event = None
+    for attempt in range(3):
+        try:
+            with transaction.atomic():
+                batch = EventBatch(runtime, hangup_rejected=True, check_duplicates=False)
+                call = batch.call(call_id)
+                if call is None or call.is_terminal:
+                    return
+                event = event or event_for(call)
+                batch.apply(event)
+                batch.flush()
+                return
+        except IntegrityError:
+            if event is not None and CallEvent.objects.filter(dedupe_key=event.key).exists():
+                return
+            if attempt == 2:
+                raise
 
 
 def stream_closed(*, stream_pk: int, reason: str, stats: dict[str, Any]) -> None:
