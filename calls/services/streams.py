@@ -7,8 +7,11 @@ from datetime import timedelta
 from typing import Any
 
 from django.db import IntegrityError, transaction
+from django.db.models import Case, Exists, OuterRef, Value, When
+from django.db.models.functions import Coalesce
 
 from core.events import CallDtmf, CallSpeech, NormalizedEvent
+from core.states import TERMINAL_STATES
 from routing.routes import call_route, effective_tts
 
 from .. import background
@@ -122,23 +125,40 @@ def _live_call_event(call_id: str, event_for: Callable[[Call], NormalizedEvent])
 
 
 def stream_closed(*, stream_pk: int, reason: str, stats: dict[str, Any]) -> None:
-    """Record the stream's end; if it was the call's current stream, start the disconnect grace."""
+    """Record the stream's end; if it was the call's current stream, start the disconnect grace.
+
+    The call row is locked first, as a stream's start locks it before it replaces streams, so the
+    two never wait on each other's rows.
+    """
     with transaction.atomic():
-        stream = MediaStream.objects.select_for_update().filter(pk=stream_pk).first()
-        if stream is None:
+        found = (
+            Call.objects.select_for_update(of=("self",)).filter(media_streams__pk=stream_pk)
+            .values_list("pk", "state", "media_streams__closed_at").first()
+        )
+        if found is None:
             return
-        was_current = stream.closed_at is None
-        if was_current:
-            stream.closed_at = now()
-            stream.close_reason = reason[:64]
-        stream.stats = stats
-        stream.save()
-        if not was_current or MediaStream.objects.open().filter(call_id=stream.call_id).exists():
-            return
-        call = Call.objects.select_for_update().filter(pk=stream.call_id).first()
-        if call is None or call.is_terminal:
-            return
-        # Only the current stream starts the timer; a reconnect before it fires keeps the call.
-        call.stream_grace_deadline = now() + DISCONNECT_GRACE
-        call.save(update_fields=["stream_grace_deadline", "updated_at"])
-        background.deadline_set(call.stream_grace_deadline)
+        call_pk, state, closed_at = found
+        if closed_at is None and state not in TERMINAL_STATES:
+            _grace_started(call_pk, stream_pk)
+        # The first close keeps its time and reason; the stats are the stream's last word.
+        MediaStream.objects.filter(pk=stream_pk).update(
+            closed_at=Coalesce("closed_at", Value(now())),
+            close_reason=Case(When(closed_at__isnull=True, then=Value(reason[:64])), default="close_reason"),
+            stats=stats,
+        )
+
+
+def _grace_started(call_pk, stream_pk: int) -> None:
+    """Only the current stream starts the timer; a reconnect before it fires keeps the call.
+
+    Read after the call's lock was taken, so a stream that replaced this one meanwhile is seen.
+    """
+    deadline = now() + DISCONNECT_GRACE
+    current = (
+        Call.objects.filter(pk=call_pk)
+        .filter(Exists(MediaStream.objects.open().filter(pk=stream_pk)))
+        .exclude(Exists(MediaStream.objects.open().filter(call=OuterRef("pk")).exclude(pk=stream_pk)))
+        .update(stream_grace_deadline=deadline, updated_at=now())
+    )
+    if current:
+        background.deadline_set(deadline)

@@ -28,7 +28,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 # seen: rare (a stream numbers its own), so it is refused at the end and rolled back, not looked up first.
 BUDGET = {
     "open": 5, "reopen": 6, "ready": 1, "speech_started": 1, "transcript": 14, "transcript_again": 10,
-    "duplicate": 11, "dtmf": 5, "closed": 7, "closed_again": 4,
+    "duplicate": 11, "dtmf": 5, "closed": 5, "closed_again": 4,
 }
 
 
@@ -121,3 +121,16 @@ def test_a_reconnect_within_the_budget_replaces_the_stream_and_keeps_the_call(jo
     assert second.stream_pk != first.stream_pk
     assert Call.objects.get(pk=call.pk).stream_grace_deadline is None
     assert list(MediaStream.objects.open().filter(call=call).values_list("stream_id", flat=True)) == ["MZ2"]
+
+
+def test_a_replaced_stream_closing_late_keeps_its_reason_and_starts_no_grace(jobs):
+    call = new_call()
+    token = stream_token(str(call.pk))
+    first = stream_open(provider_call_id=call.provider_call_id, stream_id="MZ1", token=token)
+    stream_open(provider_call_id=call.provider_call_id, stream_id="MZ2", token=token)
+    measured: dict[str, int] = {}
+    counted("closed_again", measured, stream_closed, stream_pk=first.stream_pk, reason="disconnected", stats={"framesIn": 3})
+    within_budget(measured)
+    replaced = MediaStream.objects.get(pk=first.stream_pk)
+    assert replaced.close_reason == "replaced" and replaced.stats == {"framesIn": 3}
+    assert Call.objects.get(pk=call.pk).stream_grace_deadline is None
