@@ -19,7 +19,7 @@ from ..clock import now
 from ..documents import stream_token_valid
 from ..models import Call, CallEvent, MediaStream
 from ..runtime import get_runtime
-from ..selectors import call_find
+from ..selectors import call_find_locked
 from .common import log
 from .events import EventBatch
 from .replies import replies_interrupted
@@ -48,7 +48,7 @@ def stream_open(*, provider_call_id: str, stream_id: str, token: str | None) -> 
     """Attach a stream to its live call, if the token is the call's; replaces an older stream."""
     runtime = get_runtime()
     with transaction.atomic():
-        call = call_find(ref=provider_call_id, for_update=True)
+        call = call_find_locked(ref=provider_call_id)  # its statement is built once, not per stream
         if call is None or call.is_terminal or call.provider != runtime.carrier.name:
             raise StreamRefused("Unknown call")
         if not token or not stream_token_valid(str(call.pk), token):
@@ -70,8 +70,9 @@ def stream_open(*, provider_call_id: str, stream_id: str, token: str | None) -> 
 
 def stream_ready(*, call_id: str) -> None:
     """Transcription is listening: now the greeting may be spoken (docs/compatibility.md, Transcription)."""
-    call = call_find(ref=call_id)
-    if call is None or call.is_terminal or not call.initial_message:
+    # Only what decides it, by the call's own id: the whole row and the model cost more than the query.
+    found = Call.objects.filter(pk=call_id).order_by().values_list("state", "initial_message")[:1]
+    if not found or found[0][0] in TERMINAL_STATES or not found[0][1]:
         return
     background.submit("calls.greeting", call_id=call_id)
 
@@ -132,7 +133,7 @@ def stream_closed(*, stream_pk: int, reason: str, stats: dict[str, Any]) -> None
     """
     with transaction.atomic():
         found = (
-            Call.objects.select_for_update(of=("self",)).filter(media_streams__pk=stream_pk)
+            Call.objects.select_for_update(of=("self",)).filter(media_streams__pk=stream_pk).order_by()
             .values_list("pk", "state", "media_streams__closed_at").first()
         )
         if found is None:
