@@ -86,7 +86,12 @@ def test_a_streamed_conversation_stays_within_its_statement_budgets(jobs):
     counted("duplicate", measured, stream_transcript, call_id=opened.call_id, stream_id="MZ1", sequence=2,
             text="are you there", heard_ms=to_ms(now()))
     counted("dtmf", measured, stream_dtmf, call_id=opened.call_id, stream_id="MZ1", sequence=3, digit="5")
-    counted("closed", measured, stream_closed, stream_pk=opened.stream_pk, reason="stop", stats={"framesIn": 10})
+    deadlines: list = []
+    background.on_deadline(deadlines.append)
+    try:
+        counted("closed", measured, stream_closed, stream_pk=opened.stream_pk, reason="stop", stats={"framesIn": 10})
+    finally:
+        background.off_deadline(deadlines.append)
     counted("closed_again", measured, stream_closed, stream_pk=opened.stream_pk, reason="disconnected",
             stats={"framesIn": 12})
     within_budget(measured)
@@ -107,6 +112,7 @@ def test_a_streamed_conversation_stays_within_its_statement_budgets(jobs):
     assert stream.close_reason == "stop" and stream.stats == {"framesIn": 12}
     call.refresh_from_db()
     assert call.state == "listening" and call.stream_grace_deadline is not None
+    assert deadlines == [call.stream_grace_deadline]  # the scheduler was told when the grace ends
 
 
 def test_a_reconnect_within_the_budget_replaces_the_stream_and_keeps_the_call(jobs):
