@@ -1,6 +1,7 @@
 """Applying normalized events to calls, in the reference's order (docs/compatibility.md, Event processing)."""
 from __future__ import annotations
 
+from copy import deepcopy
 from datetime import timedelta
 from enum import StrEnum
 
@@ -93,6 +94,7 @@ class EventBatch:
         self.unsaved: set = set()  # pks of calls created here and not yet inserted
         self.changed: set = set()  # pks of calls to save at flush
         self.records: list[CallEvent] = []
+        self.read: dict = {}  # pk → the stored columns of each call read here, as read
 
     def call(self, ref: str | None) -> Call | None:
         """A call this batch holds (locked), else looked up and locked now."""
@@ -102,6 +104,7 @@ class EventBatch:
             call = call_find_locked(ref=ref)
             if call is None:
                 return None
+            self.read.setdefault(call.pk, _columns(call))
             self._hold(call, ref)
         return self.calls[ref]
 
@@ -155,11 +158,19 @@ class EventBatch:
             if call.pk in self.unsaved:
                 self._insert(call)
             elif call.pk in self.changed:
-                call.save()
+                call.save(update_fields=self._changed_columns(call))
         self.changed.clear()
         if self.records:
             CallEvent.objects.bulk_create(self.records)
             self.records = []
+
+    def _changed_columns(self, call: Call) -> list[str] | None:
+        """The columns that differ from the row as read, and updated_at (followers of it see the event)."""
+        read = self.read.get(call.pk)
+        if read is None:
+            return None  # every column
+        changed = {name for name, value in _columns(call).items() if value != read[name]}
+        return [*changed, "updated_at"]
 
     def _insert(self, call: Call) -> None:
         call.save(force_insert=True)
@@ -175,6 +186,16 @@ class EventBatch:
             payload=event.to_dict(),
             occurred_at=from_ms(event.timestamp),
         ))
+
+
+# Writing only the changed columns keeps the UPDATE short: compiling and sending every column
+# of the call cost more than the rest of a small event.
+_COLUMNS = [field.attname for field in Call._meta.concrete_fields if not field.primary_key and field.name != "updated_at"]
+
+
+def _columns(call: Call) -> dict:
+    # A copy of JSON values: an event may change them in place.
+    return {name: deepcopy(value) if isinstance(value := getattr(call, name), (dict, list)) else value for name in _COLUMNS}
 
 
 def _rekey(call: Call, provider_call_id: str) -> None:

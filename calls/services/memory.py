@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from django.db import IntegrityError, connection, transaction
+
 from ..clock import now
 from ..models import Call, ConversationSession, MessageRole, SessionMessage
 
@@ -14,9 +16,43 @@ def session_message_add(*, call: Call, role: MessageRole | str, text: str, at: d
     """
     if not call.session_key:
         return None
-    session, _ = ConversationSession.objects.get_or_create(key=call.session_key, defaults={"agent_id": call.agent_id})
     if not text.strip():
+        ConversationSession.objects.get_or_create(key=call.session_key, defaults={"agent_id": call.agent_id})
         return None
-    message = SessionMessage.objects.create(session=session, call=call, role=role, text=text.strip(), spoken_at=at or now())
-    ConversationSession.objects.filter(pk=session.pk).update(updated_at=now())
+    session_id, touch = _session_touched(call.session_key), False
+    if session_id is None:
+        session, created = _session_new(call)
+        session_id, touch = session.pk, not created
+    message = SessionMessage.objects.create(session_id=session_id, call=call, role=role, text=text.strip(), spoken_at=at or now())
+    if touch:
+        ConversationSession.objects.filter(pk=session_id).update(updated_at=now())
     return message
+
+
+def _session_new(call: Call) -> tuple[ConversationSession, bool]:
+    """The call's session when touching it found none: created now, unless another writer just did."""
+    if not connection.features.can_return_columns_from_insert:
+        # Nothing was touched, so nothing is known: looked up first.
+        return ConversationSession.objects.get_or_create(key=call.session_key, defaults={"agent_id": call.agent_id})
+    try:
+        with transaction.atomic():  # a savepoint: a concurrent insert must not spoil the caller's transaction
+            return ConversationSession.objects.create(key=call.session_key, agent_id=call.agent_id), True
+    except IntegrityError:
+        return ConversationSession.objects.get(key=call.session_key), False
+
+
+def _session_touched(key: str) -> int | None:
+    """Mark the session as just used and return its id, in one statement; None if it does not exist yet
+    (or the database cannot return rows from an UPDATE: then it is looked up and touched in two)."""
+    if not connection.features.can_return_columns_from_insert:
+        return None
+    quote = connection.ops.quote_name
+    updated = ConversationSession._meta.get_field("updated_at").get_db_prep_value(now(), connection)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {quote(ConversationSession._meta.db_table)} SET {quote('updated_at')} = %s"
+            f" WHERE {quote('key')} = %s RETURNING {quote('id')}",
+            [updated, key],
+        )
+        row = cursor.fetchone()
+    return row[0] if row else None

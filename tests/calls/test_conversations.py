@@ -8,7 +8,7 @@ import pytest
 from calls import background
 from calls.models import Call, ConversationSession, ReplyStatus, ReplyTurn, SessionMessage, TranscriptEntry
 from calls.services import event_process
-from core.events import CallAnswered, CallInitiated, CallSpeech
+from core.events import CallAnswered, CallInitiated, CallSpeech, now_ms
 from providers.carriers import mock
 from providers.responders.spoken import OPENING_CONTEXT_POLICY, OUTPUT_CONTRACT
 from routing.models import NumberRoute
@@ -52,8 +52,8 @@ def ring(caller: str = CALLER, to: str = LINE_A) -> Call:
     return Call.objects.get(provider_call_id=sid)
 
 
-def say(call: Call, text: str) -> None:
-    event_process(event=CallSpeech(call_id=str(call.pk), provider_call_id=call.provider_call_id, transcript=text))
+def say(call: Call, text: str, **fields) -> None:
+    event_process(event=CallSpeech(call_id=str(call.pk), provider_call_id=call.provider_call_id, transcript=text, **fields))
 
 
 def spoken(call: Call) -> list[str]:
@@ -302,7 +302,9 @@ def test_webhook_agent_gets_the_signed_turn_and_can_hang_up(configure, agent):
     call = ring()
     assert call.agent_id == "desk"
     say(call, "hello")
-    say(call, "bye now")
+    # Heard in a later millisecond than the reply's first words: event times are whole milliseconds,
+    # and the reply inline can finish within the one its words started in.
+    say(call, "bye now", timestamp=now_ms() + 1)
     assert spoken(call) == ["Hi there.", "You said hello", "You said bye now"]
     first, second = agent.turns
     assert (first["callId"], first["agentId"], first["from"], first["to"]) == (str(call.pk), "desk", CALLER, LINE_A)
