@@ -41,7 +41,7 @@ from .services import (
     call_reply_say,
     reply_settle,
     session_message_add,
-    speaking_begin,
+    reply_speaking_begin,
     speaking_end,
     transcript_add,
 )
@@ -189,14 +189,17 @@ def _run_reply(call: Call, reply: ReplyTurn, plan: ReplyPlan) -> None:
                 first_text_ms = _since(heard_ms)
             sentences = stream.feed(piece)
             # Checked before speaking and every so often while generating: a superseded reply's
-            # generation is stopped, not read to its end.
+            # generation is stopped, not read to its end. A voice about to say its first words
+            # checks in the same statement that starts speaking.
             if sentences or time.monotonic() >= next_check:
-                if not reply_is_current(reply_id=reply.pk):
+                if not (sentences and voice.checks_on_start) and not reply_is_current(reply_id=reply.pk):
                     return _discard(voice, reply, first_text_ms)
                 next_check = time.monotonic() + SUPERSEDED_CHECK_SECONDS
             for sentence in sentences:
                 voice.say(sentence)
         rest = stream.finish()
+    except ReplySuperseded:
+        return _discard(voice, reply, first_text_ms)
     except ResponderError as exc:
         log.warning("call %s: %s", call.pk, exc)
         if voice.started:
@@ -208,10 +211,13 @@ def _run_reply(call: Call, reply: ReplyTurn, plan: ReplyPlan) -> None:
         close = getattr(pieces, "close", None)
         if close is not None:
             close()  # a discarded reply's HTTP stream is closed, not read to the end
-    if not reply_is_current(reply_id=reply.pk):
+    if not (rest and voice.checks_on_start) and not reply_is_current(reply_id=reply.pk):
         return _discard(voice, reply, first_text_ms)
-    for sentence in rest:
-        voice.say(sentence)
+    try:
+        for sentence in rest:
+            voice.say(sentence)
+    except ReplySuperseded:
+        return _discard(voice, reply, first_text_ms)
     status = _finish(voice, reply, ReplyStatus.SPOKEN if voice.started else ReplyStatus.SILENT, first_text_ms)
     if hangup is not None and status in (ReplyStatus.SPOKEN, ReplyStatus.SILENT):
         try:
@@ -273,14 +279,21 @@ def _ms_between(start: datetime, end: datetime | None) -> int | None:
 
 
 def _voice_for(call: Call, reply: ReplyTurn) -> Voice:
-    return StreamVoice(call, group=f"reply-{reply.pk}") if call_uses_stream(call=call) else CarrierVoice(call)
+    return StreamVoice(call, reply_id=reply.pk) if call_uses_stream(call=call) else CarrierVoice(call)
 
 
 # --- saying it -------------------------------------------------------------------------------
 
 
+class ReplySuperseded(Exception):
+    """Raised by `say`: the reply was superseded before its first words, which were not said."""
+
+
 class Voice:
     """Where a reply's sentences go. `say` each in order, then `finish` (or `abandon`)."""
+
+    # Whether the next `say` checks that the reply is still wanted (before the first words; ReplySuperseded).
+    checks_on_start = False
 
     def __init__(self, call: Call) -> None:
         self.call = call
@@ -307,9 +320,14 @@ class Voice:
 class StreamVoice(Voice):
     """Sentences go to the media stream as soon as they are ready and play back to back."""
 
-    def __init__(self, call: Call, *, group: str) -> None:
+    @property
+    def checks_on_start(self) -> bool:
+        return not self.started and not self.stopped
+
+    def __init__(self, call: Call, *, reply_id: int) -> None:
         super().__init__(call)
-        self.group = group  # a barge-in on one sentence skips the reply's later ones
+        self.reply_id = reply_id
+        self.group = f"reply-{reply_id}"  # a barge-in on one sentence skips the reply's later ones
         self.pending: deque[tuple[str, str]] = deque()
         self.heard: list[str] = []
         self.outcome = "played"
@@ -323,10 +341,12 @@ class StreamVoice(Voice):
             return
         if not self.started:
             try:
-                speaking_begin(call_id=self.call_id)
+                current = reply_speaking_begin(call_id=self.call_id, reply_id=self.reply_id)
             except VoiceCallError as exc:
                 self._stop("failed", str(exc))
                 return
+            if not current:
+                raise ReplySuperseded()
         try:
             reply_channel = stream_enqueue(self.call_id, sentence, self.voice, group=self.group)
         except (StreamUnavailable, PlaybackRefused) as exc:

@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from django.db import connection
-from django.db.models import Count, OuterRef, Subquery
+from django.db.models import Count, Exists, OuterRef, Subquery
 from django.db.models.functions import Coalesce
 
 from core.errors import CallHasEnded, CallNotConnected, CallNotFound
@@ -162,13 +162,17 @@ def call_voice(*, call: Call) -> str | None:
 
 
 def call_uses_stream(*, call: Call) -> bool:
-    """Whether the call's audio goes through a media stream (then never through TwiML <Say>)."""
+    """Whether the call's audio goes through a media stream (then never through TwiML <Say>).
+
+    No query when the call was read knowing whether it has an open stream (`has_open_stream`, see reply_find).
+    """
     runtime = get_runtime()
-    return (
-        runtime.config.streaming.enabled
-        and runtime.carrier.supports_media_streams
-        and MediaStream.objects.open().filter(call=call).exists()
-    )
+    if not (runtime.config.streaming.enabled and runtime.carrier.supports_media_streams):
+        return False
+    known = getattr(call, "has_open_stream", None)
+    if known is not None:
+        return known
+    return MediaStream.objects.open().filter(call=call).exists()
 
 
 def call_transcript_lines(*, call: Call) -> list[tuple[str, str]]:
@@ -180,8 +184,26 @@ def call_transcript_lines(*, call: Call) -> list[tuple[str, str]]:
 
 
 def reply_find(*, reply_id: int) -> ReplyTurn | None:
-    """A reply with its call and the caller's message it answers."""
-    return ReplyTurn.objects.select_related("call", "user_message").filter(pk=reply_id).first()
+    """A reply with its call and the caller's message it answers, in one statement.
+
+    Also read: whether the call has an open media stream (`call.has_open_stream`, for
+    call_uses_stream) and how many replies the call had before (`earlier_replies`).
+    """
+    earlier = (
+        ReplyTurn.objects.filter(call_id=OuterRef("call_id"), pk__lt=OuterRef("pk")).order_by()
+        .values("call_id").annotate(n=Count("*")).values("n")
+    )
+    reply = (
+        ReplyTurn.objects.select_related("call", "user_message")
+        .annotate(
+            open_stream=Exists(MediaStream.objects.open().filter(call=OuterRef("call_id"))),
+            earlier_replies=Coalesce(Subquery(earlier), 0),
+        )
+        .filter(pk=reply_id).first()
+    )
+    if reply is not None:
+        reply.call.has_open_stream = reply.open_stream
+    return reply
 
 
 def reply_is_current(*, reply_id: int) -> bool:
@@ -191,6 +213,8 @@ def reply_is_current(*, reply_id: int) -> bool:
 
 def replies_before_count(*, reply: ReplyTurn) -> int:
     """How many replies the call had before this one, superseded or not."""
+    if hasattr(reply, "earlier_replies"):
+        return reply.earlier_replies
     return ReplyTurn.objects.filter(call_id=reply.call_id, pk__lt=reply.pk).count()
 
 

@@ -4,14 +4,16 @@ from __future__ import annotations
 from datetime import timedelta
 
 from django.db import transaction
+from django.db.models import Exists
 
 from core.errors import CarrierError, InvalidRequest
-from core.states import CallState
+from core.states import TERMINAL_STATES, CallState
 from providers.carriers.base import Prompt
 
-from ..models import Call
+from ..clock import now
+from ..models import Call, ReplyStatus, ReplyTurn
 from ..runtime import CallRuntime, get_runtime
-from ..selectors import call_connected, call_uses_stream, call_voice
+from ..selectors import call_connected, call_uses_stream, call_voice, reply_is_current
 from .common import back_to_listening, carrier_request, move_to, transcript_add
 
 
@@ -42,6 +44,27 @@ def call_speak(*, call_id: str, text: str, interruptible: bool = True) -> str:
 def speaking_begin(*, call_id: str) -> Call:
     """The call is about to hear something: state speaking. Returns the live call."""
     return _speaking_begin(call_id)[0]
+
+
+def reply_speaking_begin(*, call_id: str, reply_id: int) -> bool:
+    """A reply's first words are about to be said: state speaking, if the reply is still wanted.
+
+    One statement checks the reply was not superseded and moves the live call to speaking (from
+    any live state, as the transition rule does): it runs right before the first words are sent.
+    False when the reply was superseded; the call's error when it is not live.
+    """
+    live = (
+        Call.objects.filter(pk=call_id, provider_call_id__isnull=False).exclude(provider_call_id="")
+        .exclude(state__in=TERMINAL_STATES)
+        .filter(Exists(ReplyTurn.objects.filter(pk=reply_id, status=ReplyStatus.PENDING)))
+    )
+    if live.update(state=CallState.SPEAKING.value, updated_at=now()):
+        return True
+    # Nothing changed: say why (this is rare, so the reads can come now).
+    if not reply_is_current(reply_id=reply_id):
+        return False
+    speaking_begin(call_id=call_id)
+    return True
 
 
 def _speaking_begin(call_id: str) -> tuple[Call, bool]:

@@ -6,6 +6,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from calls.clock import now
+from calls import conversation
 from calls.conversation import auto_reply
 from calls.models import Call, MediaStream, MessageRole, ReplyStatus, ReplyTurn, SessionMessage, TranscriptEntry
 from calls.services.greeting import greeting_job
@@ -15,7 +16,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 # Statements before the first sentence is handed to the stream (on the caller's turn latency),
 # after it (once playback is over), and for a whole greeting.
-MAX_BEFORE_SPEECH = 11
+MAX_BEFORE_SPEECH = 5
 MAX_AFTER_SPEECH = 16
 MAX_GREETING = 21
 CALLER = "+15550007777"
@@ -109,3 +110,24 @@ def test_a_greeting_on_a_stream_stays_within_its_statement_budget(streamed, monk
     call.refresh_from_db()
     assert call.initial_message == "" and call.greeting_claimed_at is None and call.state == "listening"
     assert list(TranscriptEntry.objects.filter(call=call).values_list("speaker", "text")) == [("bot", "Hello from the shop.")]
+
+
+def test_a_reply_superseded_before_its_first_words_says_nothing_and_leaves_the_call_listening(streamed, monkeypatch):
+    call = streamed_call(3)
+    reply = caller_said(call, "opening hours")
+    counted = conversation.replies_before_count
+
+    def newer_speech_meanwhile(*, reply):
+        # The caller speaks again while the reply is being planned.
+        ReplyTurn.objects.filter(pk=reply.pk).update(status=ReplyStatus.SUPERSEDED)
+        return counted(reply=reply)
+
+    monkeypatch.setattr("calls.conversation.replies_before_count", newer_speech_meanwhile)
+    with CaptureQueriesContext(connection) as queries:
+        stream = Stream(monkeypatch, queries)
+        auto_reply(reply_id=reply.pk)
+
+    assert stream.sentences == []
+    assert ReplyTurn.objects.get(pk=reply.pk).status == ReplyStatus.SUPERSEDED
+    assert not TranscriptEntry.objects.filter(call=call, speaker="bot").exists()
+    assert Call.objects.get(pk=call.pk).state == "listening"
