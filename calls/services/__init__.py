@@ -30,7 +30,7 @@ from .operations import (
     continue_operation_start,
     continue_operations_wait,
 )
-from .replies import reply_settle
+from .replies import ReplyHeard, reply_settle
 from .speech import call_reply_say, call_speak, reply_speaking_begin, speaking_begin, speaking_end
 from .streams import (
     StreamCall,
@@ -95,6 +95,7 @@ __all__ = [
     "input_required",
     "next_deadline",
     "processed_webhooks_purge",
+    "ReplyHeard",
     "reply_settle",
     "reply_speaking_begin",
     "runtime_ready",

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 # Statements before the first sentence is handed to the stream (on the caller's turn latency),
 # after it (once playback is over), and for a whole greeting.
 MAX_BEFORE_SPEECH = 5
-MAX_AFTER_SPEECH = 16
+MAX_AFTER_SPEECH = 9
 MAX_GREETING = 21
 CALLER = "+15550007777"
 LINE = "+15550000001"
