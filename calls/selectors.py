@@ -38,11 +38,16 @@ from .runtime import get_runtime
 # --- lookups --------------------------------------------------------------------------------
 
 
-def call_find(*, ref: str | None, for_update: bool = False) -> Call | None:
-    """A call by our id, else by the carrier's id (newest first). `for_update` locks the row."""
+def call_find(*, ref: str | None, for_update: bool = False, with_stream: bool = False) -> Call | None:
+    """A call by our id, else by the carrier's id (newest first). `for_update` locks the row.
+
+    `with_stream`: also read whether it has an open media stream (`has_open_stream`, for call_uses_stream).
+    """
     if not ref:
         return None
     calls = Call.objects.select_for_update() if for_update else Call.objects.all()
+    if with_stream:
+        calls = calls.annotate(has_open_stream=Exists(MediaStream.objects.open().filter(call=OuterRef("pk"))))
     try:
         call = calls.filter(pk=uuid.UUID(str(ref))).first()
     except ValueError:
@@ -108,9 +113,9 @@ def call_pending_turn(*, call: Call) -> CallTurn | None:
     return CallTurn.objects.filter(pk=call.pending_turn_id, status=TurnStatus.PENDING).first()
 
 
-def call_connected(*, ref: str, for_update: bool = False) -> Call:
+def call_connected(*, ref: str, for_update: bool = False, with_stream: bool = False) -> Call:
     """A live call with a carrier id, or the reference's error for why not."""
-    call = call_find(ref=ref, for_update=for_update)
+    call = call_find(ref=ref, for_update=for_update, with_stream=with_stream)
     if call is None:
         raise CallNotFound()
     if not call.provider_call_id:

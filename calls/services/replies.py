@@ -5,9 +5,6 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from django.db import transaction
-from django.db.models import Case, F, Value, When
-
-from core.states import TERMINAL_STATES, CallState
 
 from routing.routes import call_route
 
@@ -15,7 +12,7 @@ from .. import background
 from ..clock import from_ms, now
 from ..models import Call, CallMode, Direction, MessageRole, ReplyStatus, ReplyTurn, Speaker, TranscriptEntry
 from ..runtime import get_runtime
-from .common import log
+from .common import back_to_listening, log
 from .memory import session_message_add
 
 
@@ -103,11 +100,7 @@ def _heard_record(heard: ReplyHeard) -> None:
     if line:
         TranscriptEntry.objects.create(call=call, speaker=Speaker.BOT, text=heard.text, is_final=True, timestamp=heard.at)
     if heard.speaking_over:
-        # Every live state moves on to listening (the transition rule); an ended call stays ended.
-        Call.objects.filter(pk=call.pk).update(
-            state=Case(When(state__in=TERMINAL_STATES, then=F("state")), default=Value(CallState.LISTENING.value)),
-            updated_at=now(),
-        )
+        back_to_listening(call, touch=line)
     elif line:
         # The record changed: followers of updated_at (tail) must see the new line.
         Call.objects.filter(pk=call.pk).update(updated_at=now())

@@ -69,9 +69,10 @@ def reply_speaking_begin(*, call_id: str, reply_id: int) -> bool:
 
 def _speaking_begin(call_id: str) -> tuple[Call, bool]:
     with transaction.atomic():
-        call = call_connected(ref=call_id, for_update=True)
+        call = call_connected(ref=call_id, for_update=True, with_stream=True)
         move_to(call, CallState.SPEAKING)
-        call.save()
+        # Only what changes is written (the row is locked: nothing else moved meanwhile).
+        Call.objects.filter(pk=call.pk).update(state=call.state, updated_at=now())
         return call, call_uses_stream(call=call)
 
 
@@ -121,9 +122,10 @@ def _speak_on_stream(runtime: CallRuntime, call: Call, text: str, interruptible:
         back_to_listening(call)
         raise CarrierError(result.get("error") or "playback failed")
     heard = text if outcome == "played" else (result.get("heard") or "")
-    if heard:
-        transcript_add(call=call, speaker="bot", text=heard)
-    back_to_listening(call)
+    with transaction.atomic():
+        if heard:
+            transcript_add(call=call, speaker="bot", text=heard, touch=False)
+        back_to_listening(call, touch=bool(heard))
     return outcome
 
 

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 # after it (once playback is over), and for a whole greeting.
 MAX_BEFORE_SPEECH = 5
 MAX_AFTER_SPEECH = 9
-MAX_GREETING = 21
+MAX_GREETING = 14
 CALLER = "+15550007777"
 LINE = "+15550000001"
 
