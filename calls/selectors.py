@@ -8,8 +8,8 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from django.db import connection
-from django.db.models import Count, Exists, OuterRef, Subquery
+from django.db import connection, router
+from django.db.models import Count, Exists, OuterRef, QuerySet, Subquery
 from django.db.models.functions import Coalesce
 
 from core.errors import CallHasEnded, CallNotConnected, CallNotFound
@@ -33,6 +33,7 @@ from .models import (
     TranscriptEntry,
     TurnStatus,
 )
+from .prepared import PreparedQuery
 from .runtime import get_runtime
 
 # --- lookups --------------------------------------------------------------------------------
@@ -188,24 +189,32 @@ def call_transcript_lines(*, call: Call) -> list[tuple[str, str]]:
 # --- automatic replies and conversation memory --------------------------------------------------
 
 
+def _reply_query(reply_id) -> QuerySet:
+    earlier = (
+        ReplyTurn.objects.filter(call_id=OuterRef("call_id"), pk__lt=OuterRef("pk")).order_by()
+        .values("call_id").annotate(n=Count("*")).values("n")
+    )
+    return (
+        ReplyTurn.objects.select_related("call", "user_message")
+        .annotate(
+            open_stream=Exists(MediaStream.objects.open().filter(call=OuterRef("call_id"))),
+            earlier_replies=Coalesce(Subquery(earlier), 0),
+        )
+        .filter(pk=reply_id).order_by()
+    )
+
+
+# Every automatic reply starts with this read, before the caller hears anything.
+_REPLY = PreparedQuery(_reply_query, mark=-(2**31) + 7)
+
+
 def reply_find(*, reply_id: int) -> ReplyTurn | None:
     """A reply with its call and the caller's message it answers, in one statement.
 
     Also read: whether the call has an open media stream (`call.has_open_stream`, for
     call_uses_stream) and how many replies the call had before (`earlier_replies`).
     """
-    earlier = (
-        ReplyTurn.objects.filter(call_id=OuterRef("call_id"), pk__lt=OuterRef("pk")).order_by()
-        .values("call_id").annotate(n=Count("*")).values("n")
-    )
-    reply = (
-        ReplyTurn.objects.select_related("call", "user_message")
-        .annotate(
-            open_stream=Exists(MediaStream.objects.open().filter(call=OuterRef("call_id"))),
-            earlier_replies=Coalesce(Subquery(earlier), 0),
-        )
-        .filter(pk=reply_id).first()
-    )
+    reply = _REPLY.first(int(reply_id), using=router.db_for_read(ReplyTurn))
     if reply is not None:
         reply.call.has_open_stream = reply.open_stream
     return reply
