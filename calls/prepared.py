@@ -9,6 +9,7 @@ from typing import Any
 from django.db import connections
 from django.db.models import Model, QuerySet
 from django.db.models.query import get_related_populators
+from django.db.models.sql import UpdateQuery
 from django.db.models.sql.constants import MULTI
 
 
@@ -65,3 +66,54 @@ class PreparedQuery:
     def first(self, value: Any, *, using: str = "default") -> Model | None:
         found = self.all(value, using=using)
         return found[0] if found else None
+
+
+class PreparedUpdate:
+    """An UPDATE compiled once per database; `run(**values)` fills in its marked parameters.
+
+    `build(**marks)` gives the queryset and the column values to set, with each mark where its
+    parameter goes; `fields[name]` is the model field a mark's value is prepared as (every mark
+    must come out as one distinct parameter).
+    """
+
+    def __init__(self, build: Callable[..., tuple[QuerySet, dict[str, Any]]], marks: dict[str, Any],
+                 fields: dict[str, Any]) -> None:
+        self.build = build
+        self.marks = marks
+        self.fields = fields
+        self._compiled: dict[str, tuple[str, list, dict[str, int]]] = {}
+        self._lock = threading.Lock()
+
+    def _prepare(self, name: str, value: Any, connection) -> Any:
+        return self.fields[name].get_db_prep_value(value, connection, prepared=False)
+
+    def _compile(self, alias: str):
+        compiled = self._compiled.get(alias)
+        if compiled is None:
+            with self._lock:
+                connection = connections[alias]
+                queryset, values = self.build(**self.marks)
+                query = queryset.query.chain(UpdateQuery)
+                query.add_update_values(values)
+                sql, params = query.get_compiler(alias).as_sql()
+                params = list(params)
+                slots = {}
+                for name, mark in self.marks.items():
+                    prepared = self._prepare(name, mark, connection)
+                    if params.count(prepared) != 1:
+                        raise ValueError(f"mark {name} must occur exactly once among the query's parameters")
+                    slots[name] = params.index(prepared)
+                compiled = (sql, params, slots)
+                self._compiled[alias] = compiled
+        return compiled
+
+    def run(self, *, using: str = "default", **values: Any) -> int:
+        """The number of rows updated."""
+        sql, params, slots = self._compile(using)
+        connection = connections[using]
+        params = list(params)
+        for name, slot in slots.items():
+            params[slot] = self._prepare(name, values[name], connection)
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            return cursor.rowcount
