@@ -68,52 +68,72 @@ class PreparedQuery:
         return found[0] if found else None
 
 
-class PreparedUpdate:
-    """An UPDATE compiled once per database; `run(**values)` fills in its marked parameters.
+class _Marked:
+    """A statement compiled once per database from marked values; each run puts its own values in."""
 
-    `build(**marks)` gives the queryset and the column values to set, with each mark where its
-    parameter goes; `fields[name]` is the model field a mark's value is prepared as (every mark
-    must come out as one distinct parameter).
-    """
-
-    def __init__(self, build: Callable[..., tuple[QuerySet, dict[str, Any]]], marks: dict[str, Any],
-                 fields: dict[str, Any]) -> None:
+    def __init__(self, build: Callable[..., Any], marks: dict[str, Any], fields: dict[str, Any]) -> None:
         self.build = build
         self.marks = marks
-        self.fields = fields
-        self._compiled: dict[str, tuple[str, list, dict[str, int]]] = {}
+        self.fields = fields  # the model field each mark's value is prepared as
+        self._compiled: dict[str, tuple[str, list, dict[str, list[int]]]] = {}
         self._lock = threading.Lock()
 
     def _prepare(self, name: str, value: Any, connection) -> Any:
         return self.fields[name].get_db_prep_value(value, connection, prepared=False)
 
-    def _compile(self, alias: str):
-        compiled = self._compiled.get(alias)
+    def _sql(self, alias: str) -> tuple[str, list]:
+        raise NotImplementedError
+
+    def _statement(self, using: str, values: dict[str, Any]) -> tuple[str, list]:
+        compiled = self._compiled.get(using)
         if compiled is None:
             with self._lock:
-                connection = connections[alias]
-                queryset, values = self.build(**self.marks)
-                query = queryset.query.chain(UpdateQuery)
-                query.add_update_values(values)
-                sql, params = query.get_compiler(alias).as_sql()
+                connection = connections[using]
+                sql, params = self._sql(using)
                 params = list(params)
                 slots = {}
                 for name, mark in self.marks.items():
                     prepared = self._prepare(name, mark, connection)
-                    if params.count(prepared) != 1:
-                        raise ValueError(f"mark {name} must occur exactly once among the query's parameters")
-                    slots[name] = params.index(prepared)
+                    slots[name] = [index for index, param in enumerate(params) if param == prepared]
+                    if not slots[name]:
+                        raise ValueError(f"mark {name} is not among the query's parameters")
                 compiled = (sql, params, slots)
-                self._compiled[alias] = compiled
-        return compiled
+                self._compiled[using] = compiled
+        sql, params, slots = compiled
+        connection = connections[using]
+        params = list(params)
+        for name, indexes in slots.items():
+            value = self._prepare(name, values[name], connection)
+            for index in indexes:
+                params[index] = value
+        return sql, params
+
+
+class PreparedRows(_Marked):
+    """`build(**marks)` gives a values_list queryset of plain text columns; `rows(**values)` runs it."""
+
+    def _sql(self, alias: str) -> tuple[str, list]:
+        return self.build(**self.marks).query.get_compiler(alias).as_sql()
+
+    def rows(self, *, using: str = "default", **values: Any) -> list[tuple]:
+        sql, params = self._statement(using, values)
+        with connections[using].cursor() as cursor:
+            cursor.execute(sql, params)
+            return cursor.fetchall()
+
+
+class PreparedUpdate(_Marked):
+    """`build(**marks)` gives the queryset and the column values to set; `run(**values)` updates."""
+
+    def _sql(self, alias: str) -> tuple[str, list]:
+        queryset, values = self.build(**self.marks)
+        query = queryset.query.chain(UpdateQuery)
+        query.add_update_values(values)
+        return query.get_compiler(alias).as_sql()
 
     def run(self, *, using: str = "default", **values: Any) -> int:
         """The number of rows updated."""
-        sql, params, slots = self._compile(using)
-        connection = connections[using]
-        params = list(params)
-        for name, slot in slots.items():
-            params[slot] = self._prepare(name, values[name], connection)
-        with connection.cursor() as cursor:
+        sql, params = self._statement(using, values)
+        with connections[using].cursor() as cursor:
             cursor.execute(sql, params)
             return cursor.rowcount

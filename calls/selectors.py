@@ -5,7 +5,7 @@ Selectors never write. Projections are in the reference's JSON shapes (camelCase
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import datetime, timezone as dt_timezone
 from typing import Any
 
 from django.db import connection, router
@@ -24,6 +24,7 @@ from .models import (
     ProcessedWebhook,
     CallMode,
     CallTurn,
+    ConversationSession,
     Direction,
     MediaStream,
     PairingStatus,
@@ -33,7 +34,7 @@ from .models import (
     TranscriptEntry,
     TurnStatus,
 )
-from .prepared import PreparedQuery
+from .prepared import PreparedQuery, PreparedRows
 from .runtime import get_runtime
 
 # --- lookups --------------------------------------------------------------------------------
@@ -236,11 +237,33 @@ def session_history(*, call: Call, before: SessionMessage | None, limit: int) ->
     """Up to `limit` of the call's session's latest messages said before `before` (oldest first)."""
     if limit <= 0 or not call.session_key:
         return ()
-    messages = SessionMessage.objects.filter(session__key=call.session_key)
-    if before is not None:
-        messages = messages.filter(spoken_at__lte=before.spoken_at).exclude(pk=before.pk)
-        # Equal timestamps: only rows written earlier count as before.
-        messages = messages.exclude(spoken_at=before.spoken_at, pk__gt=before.pk)
+    if before is None:
+        return _history(SessionMessage.objects.filter(session__key=call.session_key), limit)
+    key = (limit, router.db_for_read(SessionMessage))
+    prepared = _HISTORY.get(key)
+    if prepared is None:
+        prepared = _HISTORY.setdefault(key, PreparedRows(
+            lambda **marks: _history_before(**marks)[:limit],
+            marks={"key": "\x00session", "at": datetime(2001, 2, 3, 4, 5, 6, 7, tzinfo=dt_timezone.utc), "pk": -(2**31) + 13},
+            fields={"key": ConversationSession._meta.get_field("key"), "at": SessionMessage._meta.get_field("spoken_at"),
+                    "pk": SessionMessage._meta.pk},
+        ))
+    latest = prepared.rows(key=call.session_key, at=before.spoken_at, pk=before.pk, using=key[1])
+    return tuple(HistoryMessage(role=role, text=text) for role, text in reversed(latest))
+
+
+# Every automatic reply reads its history before the caller hears anything: compiled once per limit.
+_HISTORY: dict[tuple[int, str], PreparedRows] = {}
+
+
+def _history_before(*, key: str, at: datetime, pk: int):
+    messages = SessionMessage.objects.filter(session__key=key, spoken_at__lte=at).exclude(pk=pk)
+    # Equal timestamps: only rows written earlier count as before.
+    messages = messages.exclude(spoken_at=at, pk__gt=pk)
+    return messages.order_by("-spoken_at", "-id").values_list("role", "text")
+
+
+def _history(messages, limit: int) -> tuple[HistoryMessage, ...]:
     latest = list(messages.order_by("-spoken_at", "-id").values_list("role", "text")[:limit])
     return tuple(HistoryMessage(role=role, text=text) for role, text in reversed(latest))
 
