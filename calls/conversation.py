@@ -37,9 +37,9 @@ from .selectors import (
     session_history,
 )
 from .services import (
+    ReplyHeard,
     call_end,
     call_reply_say,
-    ReplyHeard,
     reply_settle,
     reply_speaking_begin,
 )
