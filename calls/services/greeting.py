@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from django.db import transaction
+from django.db.models import Q
 
 from core.errors import VoiceCallError
 from core.states import TERMINAL_STATES, CallState
@@ -105,15 +106,20 @@ def initial_message_taken(call: Call) -> str | None:
 def initial_message_speak(*, call_id: str) -> bool:
     """Speak the stored initial message once; keep it for a retry if playback fails."""
     runtime = get_runtime()
-    with transaction.atomic():
-        call = call_find(ref=call_id, for_update=True)
-        if call is None or call.is_terminal or not call.initial_message:
-            return False
-        claim = call.greeting_claimed_at
-        if claim is not None and now() - claim < CLAIM_TTL:
-            return False  # another trigger is speaking it right now
-        call.greeting_claimed_at = now()
-        call.save(update_fields=["greeting_claimed_at"])
+    call = call_find(ref=call_id)
+    if call is None or call.is_terminal or not call.initial_message:
+        return False
+    # The claim is one conditional UPDATE: of two triggers at once only one finds it unclaimed
+    # (or its claim abandoned); the other one is not speaking it.
+    at = now()
+    claimed = (
+        Call.objects.filter(pk=call.pk).exclude(state__in=TERMINAL_STATES).exclude(initial_message="")
+        .filter(Q(greeting_claimed_at__isnull=True) | Q(greeting_claimed_at__lte=at - CLAIM_TTL))
+        .update(greeting_claimed_at=at)
+    )
+    if not claimed:
+        return False
+    call.greeting_claimed_at = at
     message = call.initial_message
     conversation = call.mode != CallMode.NOTIFY
     if conversation and runtime.carrier.listens_with_prompt and not runtime.config.streaming.enabled:

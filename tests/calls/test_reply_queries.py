@@ -18,7 +18,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 # after it (once playback is over), and for a whole greeting.
 MAX_BEFORE_SPEECH = 5
 MAX_AFTER_SPEECH = 9
-MAX_GREETING = 14
+MAX_GREETING = 12
 CALLER = "+15550007777"
 LINE = "+15550000001"
 
@@ -131,3 +131,23 @@ def test_a_reply_superseded_before_its_first_words_says_nothing_and_leaves_the_c
     assert ReplyTurn.objects.get(pk=reply.pk).status == ReplyStatus.SUPERSEDED
     assert not TranscriptEntry.objects.filter(call=call, speaker="bot").exists()
     assert Call.objects.get(pk=call.pk).state == "listening"
+
+
+def test_a_greeting_claimed_by_another_trigger_is_not_spoken_twice_and_an_abandoned_claim_is_taken_over(
+        streamed, monkeypatch):
+    from datetime import timedelta
+
+    from calls.services.common import CLAIM_TTL
+
+    busy = streamed_call(4, initial_message="Hello.", greeting_claimed_at=now())
+    abandoned = streamed_call(5, initial_message="Hello.", greeting_claimed_at=now() - CLAIM_TTL - timedelta(seconds=1))
+    with CaptureQueriesContext(connection) as queries:
+        stream = Stream(monkeypatch, queries)
+        greeting_job(call_id=str(busy.pk))
+        assert stream.sentences == []
+        greeting_job(call_id=str(abandoned.pk))
+    assert stream.sentences == ["Hello."]
+    busy.refresh_from_db()
+    abandoned.refresh_from_db()
+    assert busy.initial_message == "Hello." and busy.greeting_claimed_at is not None
+    assert abandoned.initial_message == "" and abandoned.greeting_claimed_at is None
