@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -24,8 +24,8 @@ from providers.responders.spoken import SpokenStream, default_base_prompt, syste
 from routing.routes import call_route
 
 from . import background
-from .clock import now, to_ms
-from .models import Call, MessageRole, ReplyStatus, ReplyTurn
+from .clock import from_ms, now, to_ms
+from .models import Call, ReplyStatus, ReplyTurn
 from .runtime import get_runtime
 from .selectors import (
     call_transcript_lines,
@@ -37,13 +37,11 @@ from .selectors import (
     session_history,
 )
 from .services import (
+    ReplyHeard,
     call_end,
     call_reply_say,
     reply_settle,
-    session_message_add,
-    speaking_begin,
-    speaking_end,
-    transcript_add,
+    reply_speaking_begin,
 )
 from .streams.commands import PlaybackRefused, StreamUnavailable, stream_enqueue, stream_outcome
 
@@ -189,14 +187,17 @@ def _run_reply(call: Call, reply: ReplyTurn, plan: ReplyPlan) -> None:
                 first_text_ms = _since(heard_ms)
             sentences = stream.feed(piece)
             # Checked before speaking and every so often while generating: a superseded reply's
-            # generation is stopped, not read to its end.
+            # generation is stopped, not read to its end. A voice about to say its first words
+            # checks in the same statement that starts speaking.
             if sentences or time.monotonic() >= next_check:
-                if not reply_is_current(reply_id=reply.pk):
+                if not (sentences and voice.checks_on_start) and not reply_is_current(reply_id=reply.pk):
                     return _discard(voice, reply, first_text_ms)
                 next_check = time.monotonic() + SUPERSEDED_CHECK_SECONDS
             for sentence in sentences:
                 voice.say(sentence)
         rest = stream.finish()
+    except ReplySuperseded:
+        return _discard(voice, reply, first_text_ms)
     except ResponderError as exc:
         log.warning("call %s: %s", call.pk, exc)
         if voice.started:
@@ -208,10 +209,13 @@ def _run_reply(call: Call, reply: ReplyTurn, plan: ReplyPlan) -> None:
         close = getattr(pieces, "close", None)
         if close is not None:
             close()  # a discarded reply's HTTP stream is closed, not read to the end
-    if not reply_is_current(reply_id=reply.pk):
+    if not (rest and voice.checks_on_start) and not reply_is_current(reply_id=reply.pk):
         return _discard(voice, reply, first_text_ms)
-    for sentence in rest:
-        voice.say(sentence)
+    try:
+        for sentence in rest:
+            voice.say(sentence)
+    except ReplySuperseded:
+        return _discard(voice, reply, first_text_ms)
     status = _finish(voice, reply, ReplyStatus.SPOKEN if voice.started else ReplyStatus.SILENT, first_text_ms)
     if hangup is not None and status in (ReplyStatus.SPOKEN, ReplyStatus.SILENT):
         try:
@@ -227,42 +231,51 @@ def _since(start_ms: int | None) -> int | None:
 def _discard(voice: Voice, reply: ReplyTurn, first_text_ms: int | None) -> None:
     """Superseded: nothing more is said; what was already heard still counts."""
     heard = voice.abandon()
-    _record_heard(reply, voice, heard)
-    _settle(reply, ReplyStatus.SUPERSEDED, voice, text=heard, first_text_ms=first_text_ms, force=True)
+    _settle(reply, ReplyStatus.SUPERSEDED, voice, text=heard, first_text_ms=first_text_ms, force=True,
+            heard=voice.record_of(heard, session_id=_session_of(reply)))
     log.info("call %s: reply %s superseded by newer caller speech", reply.call_id, reply.pk)
 
 
 def _finish(voice: Voice, reply: ReplyTurn, status: str, first_text_ms: int | None, *, error: str = "") -> str:
     heard, outcome = voice.finish()
-    _record_heard(reply, voice, heard)
     if outcome in ("interrupted", "skipped"):
         status = ReplyStatus.INTERRUPTED
     elif outcome == "failed":
         status, error = ReplyStatus.FAILED, error or voice.error
-    return _settle(reply, status, voice, text=heard, error=error, first_text_ms=first_text_ms)
+    return _settle(reply, status, voice, text=heard, error=error, first_text_ms=first_text_ms,
+                   heard=voice.record_of(heard, session_id=_session_of(reply)))
 
 
-def _record_heard(reply: ReplyTurn, voice: Voice, heard: str) -> None:
-    if heard:
-        session_message_add(call=reply.call, role=MessageRole.ASSISTANT, text=heard, at=voice.first_audio_at or now())
+def _session_of(reply: ReplyTurn) -> int | None:
+    """The session memory the caller's words went to (read with the reply), so heard words join it."""
+    return reply.user_message.session_id if reply.user_message is not None else None
 
 
 def _speak_fallback(call: Call, reply: ReplyTurn, fallback: str, error: str, *, first_text_ms: int | None = None) -> None:
     """The responder failed: the caller hears the fallback line (or nothing), the call goes on."""
     voice = _voice_for(call, reply)
-    if fallback and reply_is_current(reply_id=reply.pk):
-        voice.say(fallback)
-        voice.finish()
-    _settle(reply, ReplyStatus.FAILED, voice, error=error, first_text_ms=first_text_ms)
+    heard = None
+    if fallback and (voice.checks_on_start or reply_is_current(reply_id=reply.pk)):
+        try:
+            voice.say(fallback)
+        except ReplySuperseded:
+            pass
+        # Said, not remembered: the apology is no part of the conversation.
+        heard = voice.record_of(voice.finish()[0], memory=False)
+    _settle(reply, ReplyStatus.FAILED, voice, error=error, first_text_ms=first_text_ms, heard=heard)
 
 
 def _settle(reply: ReplyTurn, status: str, voice: Voice | None = None, *, text: str = "", error: str = "",
-            first_text_ms: int | None = None, force: bool = False) -> str:
-    """Write the reply's outcome; a reply superseded meanwhile keeps that status. Returns the status."""
+            first_text_ms: int | None = None, force: bool = False, heard: ReplyHeard | None = None) -> str:
+    """Write the reply's outcome, with what the caller heard; a reply superseded meanwhile keeps that status.
+
+    Returns the status.
+    """
     first_audio_at = voice.first_audio_at if voice else None
     return reply_settle(
         reply_id=reply.pk, status=status, reply=text, error=error, first_text_ms=first_text_ms,
         first_audio_ms=_ms_between(reply.heard_at, first_audio_at), total_ms=_since(to_ms(reply.heard_at)), force=force,
+        heard=heard,
     )
 
 
@@ -273,14 +286,21 @@ def _ms_between(start: datetime, end: datetime | None) -> int | None:
 
 
 def _voice_for(call: Call, reply: ReplyTurn) -> Voice:
-    return StreamVoice(call, group=f"reply-{reply.pk}") if call_uses_stream(call=call) else CarrierVoice(call)
+    return StreamVoice(call, reply_id=reply.pk) if call_uses_stream(call=call) else CarrierVoice(call)
 
 
 # --- saying it -------------------------------------------------------------------------------
 
 
+class ReplySuperseded(Exception):
+    """Raised by `say`: the reply was superseded before its first words, which were not said."""
+
+
 class Voice:
     """Where a reply's sentences go. `say` each in order, then `finish` (or `abandon`)."""
+
+    # Whether the next `say` checks that the reply is still wanted (before the first words; ReplySuperseded).
+    checks_on_start = False
 
     def __init__(self, call: Call) -> None:
         self.call = call
@@ -300,6 +320,16 @@ class Voice:
         """What the caller heard, and the overall outcome (played, interrupted, skipped, failed)."""
         raise NotImplementedError
 
+    def record_of(self, text: str, *, memory: bool = True, session_id: int | None = None) -> ReplyHeard:
+        """What to record of `text`, the words the caller heard, with the reply's outcome."""
+        # In whole milliseconds, as the caller's words are timed: words the caller says next, in
+        # the same millisecond, still come after these in the session memory.
+        at = from_ms(to_ms(self.first_audio_at or now()))
+        return ReplyHeard(
+            call=self.call, text=text, at=at, transcript_line=False, memory=memory,
+            speaking_over=False, session_id=session_id,
+        )
+
     def abandon(self) -> str:
         return self.finish()[0]
 
@@ -307,9 +337,14 @@ class Voice:
 class StreamVoice(Voice):
     """Sentences go to the media stream as soon as they are ready and play back to back."""
 
-    def __init__(self, call: Call, *, group: str) -> None:
+    @property
+    def checks_on_start(self) -> bool:
+        return not self.started and not self.stopped
+
+    def __init__(self, call: Call, *, reply_id: int) -> None:
         super().__init__(call)
-        self.group = group  # a barge-in on one sentence skips the reply's later ones
+        self.reply_id = reply_id
+        self.group = f"reply-{reply_id}"  # a barge-in on one sentence skips the reply's later ones
         self.pending: deque[tuple[str, str]] = deque()
         self.heard: list[str] = []
         self.outcome = "played"
@@ -323,10 +358,12 @@ class StreamVoice(Voice):
             return
         if not self.started:
             try:
-                speaking_begin(call_id=self.call_id)
+                current = reply_speaking_begin(call_id=self.call_id, reply_id=self.reply_id)
             except VoiceCallError as exc:
                 self._stop("failed", str(exc))
                 return
+            if not current:
+                raise ReplySuperseded()
         try:
             reply_channel = stream_enqueue(self.call_id, sentence, self.voice, group=self.group)
         except (StreamUnavailable, PlaybackRefused) as exc:
@@ -360,14 +397,15 @@ class StreamVoice(Voice):
             self.error = error
 
     def finish(self) -> tuple[str, str]:
+        """Waits for the queued sentences; what was heard is written with the reply's outcome (`record_of`)."""
         while self.pending:
             self._settle_next()
-        heard = " ".join(self.heard)
-        if self.started:
-            if heard:
-                transcript_add(call=self.call, speaker="bot", text=heard, at=self.first_audio_at)
-            speaking_end(call=self.call)
-        return heard, self.outcome
+        return " ".join(self.heard), self.outcome
+
+    def record_of(self, text: str, *, memory: bool = True, session_id: int | None = None) -> ReplyHeard:
+        # The bot's transcript line is written here, and the call goes back to listening once it spoke.
+        return replace(super().record_of(text, memory=memory, session_id=session_id), transcript_line=True,
+                       speaking_over=self.started)
 
 
 class CarrierVoice(Voice):

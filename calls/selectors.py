@@ -5,11 +5,11 @@ Selectors never write. Projections are in the reference's JSON shapes (camelCase
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import datetime, timezone as dt_timezone
 from typing import Any
 
-from django.db import connection
-from django.db.models import Count, OuterRef, Subquery
+from django.db import connection, router
+from django.db.models import Count, Exists, OuterRef, QuerySet, Subquery
 from django.db.models.functions import Coalesce
 
 from core.errors import CallHasEnded, CallNotConnected, CallNotFound
@@ -24,6 +24,7 @@ from .models import (
     ProcessedWebhook,
     CallMode,
     CallTurn,
+    ConversationSession,
     Direction,
     MediaStream,
     PairingStatus,
@@ -33,16 +34,22 @@ from .models import (
     TranscriptEntry,
     TurnStatus,
 )
+from .prepared import PreparedQuery, PreparedRows
 from .runtime import get_runtime
 
 # --- lookups --------------------------------------------------------------------------------
 
 
-def call_find(*, ref: str | None, for_update: bool = False) -> Call | None:
-    """A call by our id, else by the carrier's id (newest first). `for_update` locks the row."""
+def call_find(*, ref: str | None, for_update: bool = False, with_stream: bool = False) -> Call | None:
+    """A call by our id, else by the carrier's id (newest first). `for_update` locks the row.
+
+    `with_stream`: also read whether it has an open media stream (`has_open_stream`, for call_uses_stream).
+    """
     if not ref:
         return None
     calls = Call.objects.select_for_update() if for_update else Call.objects.all()
+    if with_stream:
+        calls = calls.annotate(has_open_stream=Exists(MediaStream.objects.open().filter(call=OuterRef("pk"))))
     try:
         call = calls.filter(pk=uuid.UUID(str(ref))).first()
     except ValueError:
@@ -108,9 +115,9 @@ def call_pending_turn(*, call: Call) -> CallTurn | None:
     return CallTurn.objects.filter(pk=call.pending_turn_id, status=TurnStatus.PENDING).first()
 
 
-def call_connected(*, ref: str, for_update: bool = False) -> Call:
+def call_connected(*, ref: str, for_update: bool = False, with_stream: bool = False) -> Call:
     """A live call with a carrier id, or the reference's error for why not."""
-    call = call_find(ref=ref, for_update=for_update)
+    call = call_find(ref=ref, for_update=for_update, with_stream=with_stream)
     if call is None:
         raise CallNotFound()
     if not call.provider_call_id:
@@ -162,13 +169,17 @@ def call_voice(*, call: Call) -> str | None:
 
 
 def call_uses_stream(*, call: Call) -> bool:
-    """Whether the call's audio goes through a media stream (then never through TwiML <Say>)."""
+    """Whether the call's audio goes through a media stream (then never through TwiML <Say>).
+
+    No query when the call was read knowing whether it has an open stream (`has_open_stream`, see reply_find).
+    """
     runtime = get_runtime()
-    return (
-        runtime.config.streaming.enabled
-        and runtime.carrier.supports_media_streams
-        and MediaStream.objects.open().filter(call=call).exists()
-    )
+    if not (runtime.config.streaming.enabled and runtime.carrier.supports_media_streams):
+        return False
+    known = getattr(call, "has_open_stream", None)
+    if known is not None:
+        return known
+    return MediaStream.objects.open().filter(call=call).exists()
 
 
 def call_transcript_lines(*, call: Call) -> list[tuple[str, str]]:
@@ -179,9 +190,35 @@ def call_transcript_lines(*, call: Call) -> list[tuple[str, str]]:
 # --- automatic replies and conversation memory --------------------------------------------------
 
 
+def _reply_query(reply_id) -> QuerySet:
+    earlier = (
+        ReplyTurn.objects.filter(call_id=OuterRef("call_id"), pk__lt=OuterRef("pk")).order_by()
+        .values("call_id").annotate(n=Count("*")).values("n")
+    )
+    return (
+        ReplyTurn.objects.select_related("call", "user_message")
+        .annotate(
+            open_stream=Exists(MediaStream.objects.open().filter(call=OuterRef("call_id"))),
+            earlier_replies=Coalesce(Subquery(earlier), 0),
+        )
+        .filter(pk=reply_id).order_by()
+    )
+
+
+# Every automatic reply starts with this read, before the caller hears anything.
+_REPLY = PreparedQuery(_reply_query, mark=-(2**31) + 7)
+
+
 def reply_find(*, reply_id: int) -> ReplyTurn | None:
-    """A reply with its call and the caller's message it answers."""
-    return ReplyTurn.objects.select_related("call", "user_message").filter(pk=reply_id).first()
+    """A reply with its call and the caller's message it answers, in one statement.
+
+    Also read: whether the call has an open media stream (`call.has_open_stream`, for
+    call_uses_stream) and how many replies the call had before (`earlier_replies`).
+    """
+    reply = _REPLY.first(int(reply_id), using=router.db_for_read(ReplyTurn))
+    if reply is not None:
+        reply.call.has_open_stream = reply.open_stream
+    return reply
 
 
 def reply_is_current(*, reply_id: int) -> bool:
@@ -191,6 +228,8 @@ def reply_is_current(*, reply_id: int) -> bool:
 
 def replies_before_count(*, reply: ReplyTurn) -> int:
     """How many replies the call had before this one, superseded or not."""
+    if hasattr(reply, "earlier_replies"):
+        return reply.earlier_replies
     return ReplyTurn.objects.filter(call_id=reply.call_id, pk__lt=reply.pk).count()
 
 
@@ -198,11 +237,33 @@ def session_history(*, call: Call, before: SessionMessage | None, limit: int) ->
     """Up to `limit` of the call's session's latest messages said before `before` (oldest first)."""
     if limit <= 0 or not call.session_key:
         return ()
-    messages = SessionMessage.objects.filter(session__key=call.session_key)
-    if before is not None:
-        messages = messages.filter(spoken_at__lte=before.spoken_at).exclude(pk=before.pk)
-        # Equal timestamps: only rows written earlier count as before.
-        messages = messages.exclude(spoken_at=before.spoken_at, pk__gt=before.pk)
+    if before is None:
+        return _history(SessionMessage.objects.filter(session__key=call.session_key), limit)
+    key = (limit, router.db_for_read(SessionMessage))
+    prepared = _HISTORY.get(key)
+    if prepared is None:
+        prepared = _HISTORY.setdefault(key, PreparedRows(
+            lambda **marks: _history_before(**marks)[:limit],
+            marks={"key": "\x00session", "at": datetime(2001, 2, 3, 4, 5, 6, 7, tzinfo=dt_timezone.utc), "pk": -(2**31) + 13},
+            fields={"key": ConversationSession._meta.get_field("key"), "at": SessionMessage._meta.get_field("spoken_at"),
+                    "pk": SessionMessage._meta.pk},
+        ))
+    latest = prepared.rows(key=call.session_key, at=before.spoken_at, pk=before.pk, using=key[1])
+    return tuple(HistoryMessage(role=role, text=text) for role, text in reversed(latest))
+
+
+# Every automatic reply reads its history before the caller hears anything: compiled once per limit.
+_HISTORY: dict[tuple[int, str], PreparedRows] = {}
+
+
+def _history_before(*, key: str, at: datetime, pk: int):
+    messages = SessionMessage.objects.filter(session__key=key, spoken_at__lte=at).exclude(pk=pk)
+    # Equal timestamps: only rows written earlier count as before.
+    messages = messages.exclude(spoken_at=at, pk__gt=pk)
+    return messages.order_by("-spoken_at", "-id").values_list("role", "text")
+
+
+def _history(messages, limit: int) -> tuple[HistoryMessage, ...]:
     latest = list(messages.order_by("-spoken_at", "-id").values_list("role", "text")[:limit])
     return tuple(HistoryMessage(role=role, text=text) for role, text in reversed(latest))
 

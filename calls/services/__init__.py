@@ -30,8 +30,8 @@ from .operations import (
     continue_operation_start,
     continue_operations_wait,
 )
-from .replies import reply_settle
-from .speech import call_reply_say, call_speak, speaking_begin, speaking_end
+from .replies import ReplyHeard, reply_settle
+from .speech import call_reply_say, call_speak, reply_speaking_begin, speaking_begin, speaking_end
 from .streams import (
     StreamCall,
     StreamRefused,
@@ -66,6 +66,7 @@ __all__ = [
     "GreetingDecision",
     "InputRejected",
     "OperationNotFound",
+    "ReplyHeard",
     "RestoreReport",
     "StreamCall",
     "StreamRefused",
@@ -96,6 +97,7 @@ __all__ = [
     "next_deadline",
     "processed_webhooks_purge",
     "reply_settle",
+    "reply_speaking_begin",
     "runtime_ready",
     "session_message_add",
     "speaking_begin",

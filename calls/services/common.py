@@ -6,9 +6,10 @@ import threading
 from datetime import datetime, timedelta
 
 from django.db import transaction
+from django.db.models import Case, F, Value, When
 
 from core.errors import CarrierError, VoiceCallError
-from core.states import CallState, next_state
+from core.states import TERMINAL_STATES, CallState, next_state
 
 from .. import background
 from ..clock import now
@@ -41,12 +42,21 @@ def move_to(call: Call, target: str) -> bool:
     return changed
 
 
-def back_to_listening(call: Call) -> None:
-    """Back to listening once speech is over (unless the call moved on, e.g. ended)."""
-    with transaction.atomic():
-        locked = Call.objects.select_for_update().get(pk=call.pk)
-        if move_to(locked, CallState.LISTENING):
-            locked.save()
+def back_to_listening(call: Call, *, touch: bool = False) -> None:
+    """Back to listening once speech is over (unless the call moved on, e.g. ended), in one statement.
+
+    Every live state moves on to listening (the transition rule). `touch`: updated_at changes even
+    when the state does not (a transcript line was just added without touching the call).
+    """
+    calls = Call.objects.filter(pk=call.pk)
+    if touch:
+        calls.update(
+            state=Case(When(state__in=TERMINAL_STATES, then=F("state")), default=Value(CallState.LISTENING.value)),
+            updated_at=now(),
+        )
+    else:
+        calls.exclude(state__in=TERMINAL_STATES).exclude(state=CallState.LISTENING).update(
+            state=CallState.LISTENING.value, updated_at=now())
 
 
 def set_answered(call: Call, answered_at: datetime, max_duration_seconds: int) -> None:

@@ -5,9 +5,10 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from django.db import transaction
+from django.db.models import Q
 
 from core.errors import VoiceCallError
-from core.states import CallState
+from core.states import TERMINAL_STATES, CallState
 from providers.carriers.base import Prompt
 
 from .. import background
@@ -105,15 +106,20 @@ def initial_message_taken(call: Call) -> str | None:
 def initial_message_speak(*, call_id: str) -> bool:
     """Speak the stored initial message once; keep it for a retry if playback fails."""
     runtime = get_runtime()
-    with transaction.atomic():
-        call = call_find(ref=call_id, for_update=True)
-        if call is None or call.is_terminal or not call.initial_message:
-            return False
-        claim = call.greeting_claimed_at
-        if claim is not None and now() - claim < CLAIM_TTL:
-            return False  # another trigger is speaking it right now
-        call.greeting_claimed_at = now()
-        call.save(update_fields=["greeting_claimed_at"])
+    call = call_find(ref=call_id)
+    if call is None or call.is_terminal or not call.initial_message:
+        return False
+    # The claim is one conditional UPDATE: of two triggers at once only one finds it unclaimed
+    # (or its claim abandoned); the other one is not speaking it.
+    at = now()
+    claimed = (
+        Call.objects.filter(pk=call.pk).exclude(state__in=TERMINAL_STATES).exclude(initial_message="")
+        .filter(Q(greeting_claimed_at__isnull=True) | Q(greeting_claimed_at__lte=at - CLAIM_TTL))
+        .update(greeting_claimed_at=at)
+    )
+    if not claimed:
+        return False
+    call.greeting_claimed_at = at
     message = call.initial_message
     conversation = call.mode != CallMode.NOTIFY
     if conversation and runtime.carrier.listens_with_prompt and not runtime.config.streaming.enabled:
@@ -125,23 +131,23 @@ def initial_message_speak(*, call_id: str) -> bool:
     except VoiceCallError as exc:
         return _greeting_failed(call, exc)
 
-    listen = False
-    with transaction.atomic():
-        call = Call.objects.select_for_update().get(pk=call.pk)
-        call.greeting_claimed_at = None
-        call.initial_message = ""
-        if not call.is_terminal:
-            if call.mode == CallMode.NOTIFY:
-                delay = timedelta(seconds=runtime.config.outbound.notify_hangup_delay_sec)
-                if runtime.carrier.reports_speech_end:
-                    # The carrier says when playback ends (call.spoken); until then assume slow speech.
-                    delay += spoken_duration_estimate(message)
-                call.notify_hangup_at = now() + delay
-                background.deadline_set(call.notify_hangup_at)
-            else:
-                move_to(call, CallState.LISTENING)
-                listen = not runtime.config.streaming.enabled
-        call.save()
+    # Said: the message is cleared and the claim released; a call still live hangs up soon
+    # (notify) or listens (every live state moves on to listening). One statement in the usual case.
+    said = {"greeting_claimed_at": None, "initial_message": "", "updated_at": now()}
+    if call.mode == CallMode.NOTIFY:
+        delay = timedelta(seconds=runtime.config.outbound.notify_hangup_delay_sec)
+        if runtime.carrier.reports_speech_end:
+            # The carrier says when playback ends (call.spoken); until then assume slow speech.
+            delay += spoken_duration_estimate(message)
+        next_step = {"notify_hangup_at": now() + delay}
+    else:
+        next_step = {"state": CallState.LISTENING.value}
+    live = Call.objects.filter(pk=call.pk).exclude(state__in=TERMINAL_STATES).update(**said, **next_step)
+    if not live:
+        Call.objects.filter(pk=call.pk).update(**said)
+    elif "notify_hangup_at" in next_step:
+        background.deadline_set(next_step["notify_hangup_at"])
+    listen = bool(live) and call.mode != CallMode.NOTIFY and not runtime.config.streaming.enabled
     if listen:
         try:
             runtime.carrier.start_listening(call_id=call_id, provider_call_id=call.provider_call_id, turn_token=None, language=None)

@@ -1,6 +1,7 @@
 """Reply requests: the caller's finished words start an automatic reply and supersede older ones."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 
 from django.db import transaction
@@ -9,9 +10,9 @@ from routing.routes import call_route
 
 from .. import background
 from ..clock import from_ms, now
-from ..models import Call, CallMode, Direction, MessageRole, ReplyStatus, ReplyTurn
+from ..models import Call, CallMode, Direction, MessageRole, ReplyStatus, ReplyTurn, Speaker, TranscriptEntry
 from ..runtime import get_runtime
-from .common import log
+from .common import back_to_listening, log
 from .memory import session_message_add
 
 
@@ -54,16 +55,54 @@ def replies_interrupted(*, call_id: str, since_ms: int) -> int:
         status=ReplyStatus.SUPERSEDED, completed_at=now())
 
 
+@dataclass(frozen=True)
+class ReplyHeard:
+    """What a reply's caller heard, written with the reply's outcome (one transaction)."""
+
+    call: Call
+    text: str  # "" when nothing was heard
+    at: datetime
+    transcript_line: bool  # the bot's transcript line is written here (the carrier path wrote its own)
+    memory: bool  # kept in the session memory
+    speaking_over: bool  # the reply had moved the call to speaking: back to listening
+    session_id: int | None = None  # the session the caller's message went to, when known
+
+
 def reply_settle(*, reply_id: int, status: str, reply: str = "", error: str = "", first_text_ms: int | None = None,
-                 first_audio_ms: int | None = None, total_ms: int | None = None, force: bool = False) -> str:
-    """Write the reply's outcome; a reply superseded meanwhile keeps that status. Returns the status."""
+                 first_audio_ms: int | None = None, total_ms: int | None = None, force: bool = False,
+                 heard: ReplyHeard | None = None) -> str:
+    """Write the reply's outcome; a reply superseded meanwhile keeps that status. Returns the status.
+
+    With `heard`, in the same transaction: the bot's transcript line, the call back to listening
+    and the heard words in session memory.
+    """
     fields = {
         "reply": reply, "error": error[:2000], "first_text_ms": first_text_ms, "first_audio_ms": first_audio_ms,
         "total_ms": total_ms, "completed_at": now(),
     }
     with transaction.atomic():
-        current = ReplyTurn.objects.select_for_update().get(pk=reply_id)
-        if force or current.status == ReplyStatus.PENDING:
-            fields["status"] = status
-        ReplyTurn.objects.filter(pk=reply_id).update(**fields)
-    return fields.get("status", current.status)
+        if heard is not None:
+            _heard_record(heard)
+        replies = ReplyTurn.objects.filter(pk=reply_id)
+        if force:
+            replies.update(status=status, **fields)
+            return status
+        if replies.filter(status=ReplyStatus.PENDING).update(status=status, **fields):
+            return status
+        # Superseded (or settled) meanwhile: that status stays.
+        replies.update(**fields)
+        return replies.values_list("status", flat=True).get()
+
+
+def _heard_record(heard: ReplyHeard) -> None:
+    call = heard.call
+    line = bool(heard.text) and heard.transcript_line
+    if line:
+        TranscriptEntry.objects.create(call=call, speaker=Speaker.BOT, text=heard.text, is_final=True, timestamp=heard.at)
+    if heard.speaking_over:
+        back_to_listening(call, touch=line)
+    elif line:
+        # The record changed: followers of updated_at (tail) must see the new line.
+        Call.objects.filter(pk=call.pk).update(updated_at=now())
+    if heard.text and heard.memory:
+        session_message_add(call=call, role=MessageRole.ASSISTANT, text=heard.text, at=heard.at, session_id=heard.session_id)

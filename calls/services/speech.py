@@ -1,17 +1,21 @@
 """Speaking on a live call: say text (on the media stream or through the carrier), reply-and-listen, speaking state."""
 from __future__ import annotations
 
-from datetime import timedelta
+import uuid
+from datetime import datetime, timedelta, timezone
 
-from django.db import transaction
+from django.db import router, transaction
+from django.db.models import Exists
 
 from core.errors import CarrierError, InvalidRequest
-from core.states import CallState
+from core.states import TERMINAL_STATES, CallState
 from providers.carriers.base import Prompt
 
-from ..models import Call
+from ..clock import now
+from ..models import Call, ReplyStatus, ReplyTurn
+from ..prepared import PreparedUpdate
 from ..runtime import CallRuntime, get_runtime
-from ..selectors import call_connected, call_uses_stream, call_voice
+from ..selectors import call_connected, call_uses_stream, call_voice, reply_is_current
 from .common import back_to_listening, carrier_request, move_to, transcript_add
 
 
@@ -44,11 +48,45 @@ def speaking_begin(*, call_id: str) -> Call:
     return _speaking_begin(call_id)[0]
 
 
+def _speaking_if_current(*, call, reply, at):
+    live = (
+        Call.objects.filter(pk=call, provider_call_id__isnull=False).exclude(provider_call_id="")
+        .exclude(state__in=sorted(TERMINAL_STATES))
+        .filter(Exists(ReplyTurn.objects.filter(pk=reply, status=ReplyStatus.PENDING)))
+    )
+    return live, {"state": CallState.SPEAKING.value, "updated_at": at}
+
+
+# On the critical path of every reply: compiled once, not built again for each reply.
+_SPEAKING_IF_CURRENT = PreparedUpdate(
+    _speaking_if_current,
+    marks={"call": uuid.UUID(int=0x5EA4), "reply": -(2**31) + 11, "at": datetime(2001, 2, 3, 4, 5, 6, 7, tzinfo=timezone.utc)},
+    fields={"call": Call._meta.pk, "reply": ReplyTurn._meta.pk, "at": Call._meta.get_field("updated_at")},
+)
+
+
+def reply_speaking_begin(*, call_id: str, reply_id: int) -> bool:
+    """A reply's first words are about to be said: state speaking, if the reply is still wanted.
+
+    One statement checks the reply was not superseded and moves the live call to speaking (from
+    any live state, as the transition rule does): it runs right before the first words are sent.
+    False when the reply was superseded; the call's error when it is not live.
+    """
+    if _SPEAKING_IF_CURRENT.run(call=uuid.UUID(str(call_id)), reply=int(reply_id), at=now(), using=router.db_for_write(Call)):
+        return True
+    # Nothing changed: say why (this is rare, so the reads can come now).
+    if not reply_is_current(reply_id=reply_id):
+        return False
+    speaking_begin(call_id=call_id)
+    return True
+
+
 def _speaking_begin(call_id: str) -> tuple[Call, bool]:
     with transaction.atomic():
-        call = call_connected(ref=call_id, for_update=True)
+        call = call_connected(ref=call_id, for_update=True, with_stream=True)
         move_to(call, CallState.SPEAKING)
-        call.save()
+        # Only what changes is written (the row is locked: nothing else moved meanwhile).
+        Call.objects.filter(pk=call.pk).update(state=call.state, updated_at=now())
         return call, call_uses_stream(call=call)
 
 
@@ -98,9 +136,10 @@ def _speak_on_stream(runtime: CallRuntime, call: Call, text: str, interruptible:
         back_to_listening(call)
         raise CarrierError(result.get("error") or "playback failed")
     heard = text if outcome == "played" else (result.get("heard") or "")
-    if heard:
-        transcript_add(call=call, speaker="bot", text=heard)
-    back_to_listening(call)
+    with transaction.atomic():
+        if heard:
+            transcript_add(call=call, speaker="bot", text=heard, touch=False)
+        back_to_listening(call, touch=bool(heard))
     return outcome
 
 

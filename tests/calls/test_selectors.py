@@ -52,3 +52,26 @@ def test_tail_reads_recent_calls_and_the_changes_after_the_newest(configure):
     event_process(event=CallAnswered(call_id=str(first.pk)))
     assert [call.pk for call in calls_updated_since(mark=mark)] == [second.pk, first.pk]
     assert len(calls_updated_since(mark=None)) == 2
+
+
+def test_reply_find_reads_the_reply_with_its_call_message_stream_and_earlier_replies():
+    from calls.clock import now
+    from calls.models import Call, ConversationSession, MediaStream, SessionMessage
+    from calls.selectors import reply_find
+
+    call = Call.objects.create(provider="mock", provider_call_id="mock-rf", direction="inbound", state="listening",
+                               from_number="+15550001", to_number="+15550002", session_key="s-rf")
+    session = ConversationSession.objects.create(key="s-rf")
+    message = SessionMessage.objects.create(session=session, call=call, role="user", text="hi", spoken_at=now())
+    first = ReplyTurn.objects.create(call=call, transcript="hi", heard_at=now())
+    second = ReplyTurn.objects.create(call=call, transcript="hi", user_message=message, heard_at=now())
+
+    found = reply_find(reply_id=first.pk)
+    assert (found.pk, found.call.pk, found.user_message, found.earlier_replies, found.call.has_open_stream) == (
+        first.pk, call.pk, None, 0, False)
+    MediaStream.objects.create(call=call, stream_id="MZ-rf", carrier="mock")
+    found = reply_find(reply_id=second.pk)
+    assert (found.user_message.text, found.heard_at, found.earlier_replies, found.call.has_open_stream) == (
+        "hi", second.heard_at, 1, True)
+    assert found.call.session_key == "s-rf" and found.call.state == "listening"
+    assert reply_find(reply_id=second.pk + 100) is None
