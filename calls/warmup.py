@@ -17,6 +17,9 @@ def warm() -> None:
     from providers import registry, tls
 
     tls.warm()
+    from channels.layers import get_channel_layer
+
+    get_channel_layer()  # builds the configured layer now: importing channels_redis takes tens of ms
     import httpcore  # noqa: F401  (httpx imports it when the first client is made)
 
     for backends in (registry.CARRIERS, registry.TRANSCRIPTION, registry.TTS):

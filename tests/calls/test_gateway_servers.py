@@ -82,7 +82,8 @@ async def test_a_streamed_call_with_a_turn_under_each_server(server, tmp_path):
             rest.stop()
         call = report.calls[0]
         assert call.outcome == "completed", (call, (tmp_path / "gateway.log").read_text())
-        # The greeting and the reply reached the caller, the reply after the caller's line.
-        assert call.unanswered_turns == 0 and len(call.turn_latencies_ms) == 1, call
+        # The greeting and the reply reached the caller: the line was answered. (Whether its reply
+        # started after the line's last frame or during a pause in it is the recognizer's timing.)
+        assert call.unanswered_turns == 0 and call.speech_frames_played > 0, call
         assert [r.json["input"] for r in tts.requests] == ["Hello, clinic.", REPLY]
         assert stt.connections and stt.connections[0].audio_frames >= call.frames_sent - 5
