@@ -26,7 +26,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -38,6 +37,7 @@ from urllib.parse import urlsplit
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.gateway_process import free_port, wait_serving  # noqa: E402
 from bench.report import figure, write_summary  # noqa: E402
 
 ACCOUNT = "AC" + "b" * 32
@@ -49,12 +49,6 @@ REPLIES = ["Your appointment is booked for Monday morning.", "You are welcome, g
 # unanswered turn or unhandled frame breaks a level too.
 BREAK = {"cloud": (20.0, 5.0), "local": (100.0, 20.0)}
 GATEWAY_CORE, LOAD_CORE = 0, 1
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def pinned() -> bool:
@@ -172,16 +166,7 @@ def start_gateway(data_dir: str, config: dict, server: str, profile: Path | None
                    "-o", str(profile), *command[1:]]
     gateway = subprocess.Popen([*on_core(GATEWAY_CORE), *command], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                                stderr=open(Path(data_dir) / f"gateway-{server}.log", "w"))
-    port = config["serve"]["port"]
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return gateway
-        except OSError:
-            time.sleep(0.2)
-    gateway.kill()
-    raise RuntimeError(f"the gateway did not start; see {data_dir}/gateway-{server}.log")
+    return wait_serving(gateway, config["serve"]["port"], log=f"{data_dir}/gateway-{server}.log")
 
 
 def stop_gateway(process: subprocess.Popen) -> None:

@@ -22,7 +22,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -33,6 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.gateway_process import free_port, wait_serving  # noqa: E402
 from bench.report import figure, write_summary  # noqa: E402
 
 ACCOUNT = "AC" + "c" * 32
@@ -40,12 +40,6 @@ TOKEN = "bench-token"
 LINE = "Hello, I would like an appointment."
 WARM_CALLS = 10
 TARGET_KB_PER_CALL = 50
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def rss_kb(pid: int) -> int:
@@ -82,15 +76,7 @@ def start_gateway(data_dir: Path, port: int, rest_port: int, trace: bool) -> sub
     subprocess.run([python, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, env=env, check=True)
     gateway = subprocess.Popen([python, "manage.py", "gateway"], cwd=ROOT, env=env,
                                stdout=subprocess.DEVNULL, stderr=open(data_dir / "gateway.log", "w"))
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return gateway
-        except OSError:
-            time.sleep(0.2)
-    gateway.kill()
-    raise RuntimeError(f"the gateway did not start; see {data_dir / 'gateway.log'}")
+    return wait_serving(gateway, port, log=str(data_dir / "gateway.log"))
 
 
 def all_recorded(db: Path, calls: int) -> bool:
@@ -245,7 +231,10 @@ def main() -> None:
     write_summary(args.summary, [figure(f"RSS growth per call, after 10 to after {args.calls}", per_call, unit="KB",
                                         target=f"<= {TARGET_KB_PER_CALL} KB over 1,000 calls",
                                         met=per_call <= TARGET_KB_PER_CALL if full else None)])
-    print(f"\n{verdict} the target of {TARGET_KB_PER_CALL} KB per call")
+    if full:
+        print(f"\n{verdict} the target of {TARGET_KB_PER_CALL} KB per call")
+    else:
+        print(f"\n{verdict} {TARGET_KB_PER_CALL} KB per call; the target is judged over 1,000 calls")
 
 
 def print_growth(before: Path, after: Path, calls: int, top: int = 15) -> None:

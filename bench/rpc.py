@@ -11,7 +11,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -25,12 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from calls.rpc_tokens import local_token  # noqa: E402  (standard library only)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from bench.gateway_process import free_port, wait_serving  # noqa: E402
 
 
 def start_gateway(data_dir: str, port: int) -> subprocess.Popen:
@@ -45,15 +39,7 @@ def start_gateway(data_dir: str, port: int) -> subprocess.Popen:
         [python, "manage.py", "gateway", "--port", str(port)], cwd=ROOT, env=env,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return process
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    process.kill()
-    raise SystemExit("the gateway did not start")
+    return wait_serving(process, port, healthz=True)
 
 
 async def measure(client: httpx.AsyncClient, name: str, one, requests: int, concurrency: int) -> dict:

@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.report import figure, write_summary  # noqa: E402
 
-from bench.rpc import free_port  # noqa: E402  (standard library only)
+from bench.gateway_process import free_port, wait_serving  # noqa: E402
 
 GATEWAY_CORE, LOAD_CORE = 0, 1
 TOKEN = "bench-token"
@@ -76,17 +76,7 @@ def start_gateway(env: dict[str, str], port: int, server: str = "daphne") -> sub
         [*pin, python, *SERVERS[server](port)], cwd=ROOT, env=env,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit("the gateway exited while starting")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return process
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    process.kill()
-    raise SystemExit("the gateway did not start")
+    return wait_serving(process, port, healthz=True)
 
 
 # --- the webhooks of one call ---------------------------------------------------------------

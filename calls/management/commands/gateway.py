@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand
 
 from calls.config import get_config
 from calls.gateway import get_gateway
@@ -26,10 +26,8 @@ def run_daphne(bind: str, port: int) -> None:
 
 
 def run_uvicorn(bind: str, port: int) -> None:
-    try:
-        import uvicorn
-    except ImportError:
-        raise CommandError("--server uvicorn needs the uvicorn package: pip install uvicorn") from None
+    import uvicorn
+
     # Media streams are never compressed by carriers, and an access line per webhook is noise.
     uvicorn.run(APP, host=bind, port=port, lifespan="off", ws_per_message_deflate=False, access_log=False,
                 log_level="warning")
@@ -46,7 +44,7 @@ class Command(BaseCommand):
         parser.add_argument("--bind", help="Address to listen on (default: serve.bind, 127.0.0.1)")
         parser.add_argument("--port", type=int, help="Port to listen on (default: serve.port, 3334)")
         parser.add_argument("--server", choices=SERVERS, default="daphne",
-                            help="ASGI server: daphne (default) or uvicorn (needs the uvicorn package)")
+                            help="ASGI server: daphne (default) or uvicorn (uvloop and httptools)")
 
     def handle(self, *args, bind=None, port=None, server="daphne", **options) -> None:
         from calls.memtrace import install

@@ -13,6 +13,7 @@ import pytest
 from core.audio import FRAME_BYTES, FRAME_MS, SILENCE_FRAME, samples_to_ulaw
 from providers.transcription import local
 from providers.transcription.local import BATCH_FRAMES, PREROLL_FRAMES, TAIL_MS, DecoderPool, LocalTranscription
+from tests.providers.speech.listener import Recorder
 from tests.waiting import await_until
 
 SILENCE_MS = 400
@@ -76,26 +77,6 @@ class RecordingWorker:
         return sum(len(audio) for audio in self.audio_messages)
 
 
-class Listener:
-    def __init__(self) -> None:
-        self.events: list[tuple[str, str]] = []
-
-    def on_speech_started(self) -> None:
-        self.events.append(("start", ""))
-
-    def on_partial(self, text: str) -> None:
-        self.events.append(("partial", text))
-
-    def on_final(self, text: str) -> None:
-        self.events.append(("final", text))
-
-    def on_error(self, error: Exception) -> None:
-        self.events.append(("error", str(error)))
-
-    def of(self, kind: str) -> list[str]:
-        return [text for event, text in self.events if event == kind]
-
-
 @pytest.fixture
 def workers(monkeypatch):
     """The decoder processes the sessions asked for, in order (a fresh pool for each test)."""
@@ -110,7 +91,7 @@ def workers(monkeypatch):
     return made
 
 
-async def session_with(listener: Listener, **settings):
+async def session_with(listener: Recorder, **settings):
     session = LocalTranscription({"silenceDurationMs": SILENCE_MS, **settings}).create_session(listener)
     await session.connect()
     return session
@@ -122,7 +103,7 @@ def feed(session, frames: list[bytes]) -> None:
 
 
 async def test_silence_never_reaches_the_decoder(workers):
-    listener = Listener()
+    listener = Recorder()
     session = await session_with(listener)
     feed(session, silence(30_000) + hiss(30_000))
     await session.close()
@@ -132,7 +113,7 @@ async def test_silence_never_reaches_the_decoder(workers):
 
 
 async def test_an_utterance_is_sent_with_its_preroll_and_a_short_tail(workers):
-    listener = Listener()
+    listener = Recorder()
     session = await session_with(listener)
     before, spoken, after = hiss(2000), speech(600), hiss(2000, seed=2)
     feed(session, before + spoken + after)
@@ -151,7 +132,7 @@ async def test_an_utterance_is_sent_with_its_preroll_and_a_short_tail(workers):
 
 
 async def test_a_pause_within_an_utterance_is_sent_as_it_was(workers):
-    listener = Listener()
+    listener = Recorder()
     session = await session_with(listener)
     pause = hiss(SILENCE_MS - 60, seed=3)  # longer than the tail, shorter than the endpoint
     first, second = speech(400, seed=4), speech(400, seed=5)
@@ -165,7 +146,7 @@ async def test_a_pause_within_an_utterance_is_sent_as_it_was(workers):
 
 
 async def test_an_utterance_after_a_long_silence_is_transcribed(workers):
-    listener = Listener()
+    listener = Recorder()
     session = await session_with(listener)
     feed(session, silence(10 * 60_000))
     assert workers[0].messages == []
@@ -178,7 +159,7 @@ async def test_an_utterance_after_a_long_silence_is_transcribed(workers):
 
 
 async def test_noise_bursts_below_the_threshold_and_clicks_do_not_wake_the_decoder(workers):
-    listener = Listener()
+    listener = Recorder()
     session = await session_with(listener)
     click = speech(40, seed=6)  # two loud frames: a pop on the line, not speech
     noisy = hiss(300, level=250, seed=7)  # RMS about 250, under the default 400
@@ -189,7 +170,7 @@ async def test_noise_bursts_below_the_threshold_and_clicks_do_not_wake_the_decod
 
 
 async def test_frames_reach_the_decoder_in_batches_and_every_one_arrives(workers):
-    listener = Listener()
+    listener = Recorder()
     session = await session_with(listener)
     (worker,) = workers
     feed(session, hiss(1000))
@@ -211,7 +192,7 @@ async def test_frames_reach_the_decoder_in_batches_and_every_one_arrives(workers
 
 
 async def test_each_utterance_gets_its_own_decoder_run(workers):
-    listener = Listener()
+    listener = Recorder()
     session = await session_with(listener)
     feed(session, speech(400, seed=8) + silence(2000))
     await await_until(lambda: listener.of("final"), "the first final transcript")
@@ -225,7 +206,7 @@ async def test_each_utterance_gets_its_own_decoder_run(workers):
 
 
 async def test_a_decoder_failure_is_logged_and_the_next_utterance_gets_a_fresh_decoder(workers, caplog):
-    listener = Listener()
+    listener = Recorder()
     session = await session_with(listener)
     workers[0].fail_on_audio = True
     with caplog.at_level(logging.WARNING, logger=local.__name__):
@@ -239,7 +220,7 @@ async def test_a_decoder_failure_is_logged_and_the_next_utterance_gets_a_fresh_d
 
 
 async def test_closing_mid_utterance_frees_the_decoder_without_a_final(workers):
-    listener = Listener()
+    listener = Recorder()
     session = await session_with(listener)
     feed(session, speech(600))
     await await_until(lambda: workers[0].messages, "the utterance reached the decoder")

@@ -4,7 +4,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -21,7 +20,8 @@ from providers.transcription.mistral import MAX_APPEND_BYTES, MistralTranscripti
 from providers.transcription.openai import OpenAITranscription
 from providers.transcription.vad import EnergyVad
 from providers.transcription.xai import XaiTranscription
-from tests.waiting import await_stays, await_until, describe, forever
+from tests.providers.speech.listener import Recorder
+from tests.waiting import await_stays, await_until, forever
 from tests.fakes.ai import FakeDeepgram, FakeElevenLabs, FakeMistral, FakeOpenAITranscription, FakeStt, FakeXai
 
 KEY = "test-key"
@@ -44,48 +44,6 @@ def silence(ms: int) -> list[bytes]:
 
 def utterance(quiet_ms: int = 800) -> list[bytes]:
     return tone() + silence(quiet_ms)
-
-
-class Recorder:
-    """A TranscriptListener that keeps what it was told, in order."""
-
-    def __init__(self) -> None:
-        self.events: list[tuple[str, str]] = []
-        self.errors: list[Exception] = []
-
-    def on_speech_started(self) -> None:
-        self.events.append(("start", ""))
-
-    def on_partial(self, text: str) -> None:
-        self.events.append(("partial", text))
-
-    def on_final(self, text: str) -> None:
-        self.events.append(("final", text))
-
-    def on_error(self, error: Exception) -> None:
-        self.errors.append(error)
-        self.events.append(("error", str(error)))
-
-    def of(self, kind: str) -> list[str]:
-        return [text for event, text in self.events if event == kind]
-
-    @property
-    def finals(self) -> list[str]:
-        return self.of("final")
-
-    @property
-    def partials(self) -> list[str]:
-        return self.of("partial")
-
-    async def wait(self, condition: Callable[[Recorder], Any]) -> None:
-        try:
-            await await_until(lambda: condition(self), describe(condition))
-        except AssertionError as exc:
-            pytest.fail(f"{exc}; the listener heard {self.events}")
-
-    async def only(self, condition: Callable[[Recorder], Any], seconds: float = 0.1) -> None:
-        """Negative check: nothing more arrives (a duplicate final, a second error) for a while."""
-        await await_stays(lambda: condition(self), describe(condition), seconds=seconds)
 
 
 def feed(session: Any, frames: list[bytes]) -> None:
