@@ -6,8 +6,9 @@ readiness) that `loop` runs, on the thread that runs it. A callback is reported 
 - its thread CPU time exceeds `cpu_limit` (10 ms): real work on the loop (building a TLS context,
   a first import, a synchronous audio loop). Thread CPU time does not grow while the thread is
   preempted or waits for the GIL, so a busy machine does not make a callback look heavy; time the
-  same thread spends in the cyclic garbage collector is subtracted, since a collection runs in
-  whichever thread happens to allocate and is not the callback's work;
+  same thread spends in the cyclic garbage collector is subtracted (from the CPU and the wall time
+  alike), since a collection runs in whichever thread happens to allocate and is not the callback's
+  work: a full collection late in a long test run can take a second by itself;
 - or its wall time exceeds `wall_limit` (500 ms) while it used less than half of that in CPU: a
   blocking sleep, socket or database call. Scheduling noise on a loaded machine (preemption, GIL
   hand-offs every 5 ms) is orders of magnitude below that.
@@ -31,8 +32,8 @@ WALL_LIMIT = 0.500
 
 _original_run = asyncio.Handle._run
 _watches: dict[asyncio.AbstractEventLoop, LoopWatch] = {}
-_gc_seconds: dict[int, float] = {}  # thread id -> CPU seconds spent collecting, cumulative
-_gc_started: dict[int, float] = {}
+_gc_seconds: dict[int, tuple[float, float]] = {}  # thread id -> (CPU, wall) seconds spent collecting, cumulative
+_gc_started: dict[int, tuple[float, float]] = {}
 _running: dict[int, tuple[float, asyncio.Handle]] = {}  # thread id -> (wall start, callback) being timed
 _busy_in: dict[int, tuple[asyncio.Handle, str]] = {}  # thread id -> (callback, stack sampled while it ran long)
 _installed = threading.Lock()
@@ -95,14 +96,15 @@ def _timed_run(handle: asyncio.Handle) -> None:
     if watch is None:
         return _original_run(handle)
     thread = threading.get_ident()
-    gc_before = _gc_seconds.get(thread, 0.0)
+    gc_cpu_before, gc_wall_before = _gc_seconds.get(thread, (0.0, 0.0))
     cpu, wall = time.thread_time(), time.perf_counter()
     _running[thread] = (wall, handle)
     try:
         return _original_run(handle)
     finally:
-        wall = time.perf_counter() - wall
-        cpu = time.thread_time() - cpu - (_gc_seconds.get(thread, 0.0) - gc_before)
+        gc_cpu, gc_wall = _gc_seconds.get(thread, (0.0, 0.0))
+        wall = time.perf_counter() - wall - (gc_wall - gc_wall_before)
+        cpu = time.thread_time() - cpu - (gc_cpu - gc_cpu_before)
         _running.pop(thread, None)
         sampled, busy_in = _busy_in.pop(thread, (None, ""))
         watch._judge(handle, cpu, wall, busy_in if sampled is handle else "")
@@ -136,9 +138,11 @@ def _stack(frame) -> str:
 def _gc_phase(phase: str, info: dict) -> None:
     thread = threading.get_ident()
     if phase == "start":
-        _gc_started[thread] = time.thread_time()
+        _gc_started[thread] = (time.thread_time(), time.perf_counter())
     elif thread in _gc_started:
-        _gc_seconds[thread] = _gc_seconds.get(thread, 0.0) + time.thread_time() - _gc_started.pop(thread)
+        cpu_start, wall_start = _gc_started.pop(thread)
+        cpu, wall = _gc_seconds.get(thread, (0.0, 0.0))
+        _gc_seconds[thread] = (cpu + time.thread_time() - cpu_start, wall + time.perf_counter() - wall_start)
 
 
 def _install() -> None:
