@@ -56,3 +56,22 @@ def tts_class(name: str):
         return import_string(TTS[name])
     except KeyError:
         raise KeyError(f"no TTS provider registered for {name!r} (known: {', '.join(TTS)})") from None
+
+
+# Realtime voice (speech-to-speech) models.
+REALTIME: dict[str, str] = {
+    "openai": "providers.realtime.openai.OpenAIRealtime",
+    "google": "providers.realtime.google.GoogleRealtime",
+}
+
+
+def register_realtime(name: str, dotted_path: str) -> None:
+    """Add or replace a realtime provider (tests and plugins)."""
+    REALTIME[name] = dotted_path
+
+
+def realtime_class(name: str):
+    try:
+        return import_string(REALTIME[name])
+    except KeyError:
+        raise KeyError(f"no realtime provider registered for {name!r} (known: {', '.join(REALTIME)})") from None

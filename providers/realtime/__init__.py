@@ -1,0 +1,1 @@
+"""Realtime speech-to-speech model providers the call bridge talks to (docs/compatibility.md, Realtime voice)."""
