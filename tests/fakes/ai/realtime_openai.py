@@ -249,6 +249,11 @@ class FakeOpenAIRealtime:
         return f"ws://127.0.0.1:{port}"
 
     @property
+    def http_url(self) -> str:
+        """The same origin as http:// (config validates baseUrl as an HTTP URL; the client turns it into ws://)."""
+        return self.url.replace("ws://", "http://", 1)
+
+    @property
     def last(self) -> RealtimeConnection:
         return self.connections[-1]
 
@@ -600,7 +605,15 @@ class FakeOpenAIRealtime:
         await self._emit(conn, {"type": "response.created", "response": {
             "id": record.id, "object": "realtime.response", "status": "in_progress", "output": []}})
         # The rest streams from a task, so caller audio (and barge-in) is heard while the model talks.
-        conn.streaming = self._spawn(self._stream(conn, record, turn, text, ms))
+        conn.streaming = self._spawn(self._guarded(self._stream(conn, record, turn, text, ms)))
+
+    async def _guarded(self, coro) -> None:
+        try:
+            await coro
+        except (ConnectionClosed, asyncio.CancelledError):
+            raise
+        except Exception as exc:  # a bug in the fake: recorded for the test
+            self.errors.append(f"{type(exc).__name__}: {exc}")
 
     async def _stream(self, conn: RealtimeConnection, record: ResponseRecord, turn: Turn | None, text: str,
                       ms: int | None) -> None:

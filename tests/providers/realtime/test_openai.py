@@ -113,6 +113,7 @@ async def fake(sessions):
         # Sessions close before the fake stops, or they would see a close and reconnect.
         for session in sessions:
             await session.close()
+        assert not server.errors, "the fake itself failed"
 
 
 @pytest.fixture(autouse=True)
@@ -344,6 +345,7 @@ async def test_cancel_response_stops_the_answer(fake, sessions, caplog):
     with caplog.at_level(logging.WARNING, logger="providers.realtime.openai"):
         await session.cancel_response()
         await await_until(lambda: "response_cancel_not_active" in caplog.text, "the error logged")
+    fake.script.instructed_reply = "Hi."
     await session.respond("Again")
     await listener.wait("response_done", 2)
 
