@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import base64
+import asyncio
 import binascii
+import itertools
 import json
 import logging
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from typing import Any
 
 from .base import (
@@ -31,6 +33,8 @@ NOISE_REDUCTION = ("near_field", "far_field")
 # A misbehaving server could send the same bad event thousands of times: log the first few, then rarely.
 LOGGED_SKIPS = 5
 SKIP_LOG_EVERY = 100
+# A response.create the service neither starts nor refuses within this long no longer holds up the next one.
+RESPONSE_START_WAIT = 5.0
 # Transcript text kept per item until its ".done": bounded, old items fall out first.
 MAX_TRACKED_ITEMS = 64
 
@@ -45,7 +49,7 @@ QUIET_EVENTS = frozenset({
     "conversation.item.added", "conversation.item.done", "conversation.item.created", "conversation.item.truncated",
     "conversation.item.deleted", "conversation.item.retrieved",
     "conversation.item.input_audio_transcription.delta", "conversation.item.input_audio_transcription.segment",
-    "response.created", "response.output_item.done", "response.content_part.added",
+    "response.output_item.done", "response.content_part.added",
     "response.content_part.done", "response.output_audio.done", "response.audio.done",
     "response.output_text.delta", "response.output_text.done", "response.text.delta", "response.text.done",
     "response.function_call_arguments.delta",
@@ -120,6 +124,14 @@ class OpenAIRealtimeSession(RealtimeWebsocketSession):
         self._call_names: OrderedDict[str, str] = OrderedDict()  # call id → name, from output_item.added
         self._skips: dict[str, int] = {}
         self.errors = 0  # error events the provider sent (each logged)
+        # The service refuses a response.create while a response is in progress, so one asked for meanwhile
+        # (a tool answer after a "checking" notice, injected speech) waits for that response's end.
+        self._responding = False  # response.created seen, its response.done not yet
+        self._requested = False  # a response.create sent, its response.created not yet
+        self._deferred: deque[dict[str, Any]] = deque()
+        self._last_request: dict[str, Any] = {}
+        self._request_timer: asyncio.TimerHandle | None = None
+        self._requests = itertools.count(1)
 
     # --- connection --------------------------------------------------------------------------
 
@@ -171,6 +183,11 @@ class OpenAIRealtimeSession(RealtimeWebsocketSession):
             log.info("openai realtime: reconnected as a new session without the earlier conversation; sending the setup again")
         await ws.send(json.dumps({"type": "session.update", "session": self.session_config()}, separators=(",", ":")))
         await self._expect(ws, "session.updated")
+        if reconnect:
+            # Nothing is in progress in a new session; what waited for the old one's response goes now.
+            self._responding = False
+            self._request_answered()
+            self._next_response()
 
     async def _expect(self, ws: Any, wanted: str) -> dict[str, Any]:
         """Read until `wanted` arrives (bounded by the connect timeout); an error event fails the setup."""
@@ -200,14 +217,43 @@ class OpenAIRealtimeSession(RealtimeWebsocketSession):
             super().send_audio(ulaw)
 
     async def respond(self, instructions: str) -> None:
-        self.send_json({"type": "response.create", "response": {"instructions": instructions}})
+        self._request_response({"type": "response.create", "response": {"instructions": instructions}})
 
     async def send_tool_result(self, call: ToolCall, output: dict[str, Any]) -> None:
         self.send_json({"type": "conversation.item.create", "item": {
             "type": "function_call_output", "call_id": call.call_id,
             "output": json.dumps(output, ensure_ascii=False, default=str)}})
         # The model does not go on by itself after a function output.
-        self.send_json({"type": "response.create"})
+        self._request_response({"type": "response.create"})
+
+    def _request_response(self, message: dict[str, Any]) -> None:
+        # An event id the service echoes in an error, so a refusal can be told apart from other errors.
+        message["event_id"] = f"response_create_{next(self._requests)}"
+        self._deferred.append(message)
+        if self._responding or self._requested:
+            log.debug("openai realtime: a response is in progress; the next one waits for its end")
+            return
+        self._next_response()
+
+    def _next_response(self) -> None:
+        if self._deferred and not (self._responding or self._requested or self._closing):
+            self._requested = True
+            self._last_request = self._deferred.popleft()
+            self.send_json(self._last_request)
+            self._request_timer = asyncio.get_running_loop().call_later(RESPONSE_START_WAIT, self._request_lapsed)
+
+    def _request_answered(self) -> None:
+        self._requested = False
+        if self._request_timer is not None:
+            self._request_timer.cancel()
+            self._request_timer = None
+
+    def _request_lapsed(self) -> None:
+        self._request_timer = None
+        if self._requested:
+            log.warning("openai realtime: no response started %.0f s after response.create; going on", RESPONSE_START_WAIT)
+            self._requested = False
+            self._next_response()
 
     async def truncate(self, item_id: str, played_ms: int) -> None:
         self.send_json({"type": "conversation.item.truncate", "item_id": item_id, "content_index": 0,
@@ -215,6 +261,11 @@ class OpenAIRealtimeSession(RealtimeWebsocketSession):
 
     async def cancel_response(self) -> None:
         self.send_json({"type": "response.cancel"})
+
+    async def close(self) -> None:
+        self._request_answered()
+        self._deferred.clear()
+        await super().close()
 
     # --- receiving -----------------------------------------------------------------------------
 
@@ -232,8 +283,13 @@ class OpenAIRealtimeSession(RealtimeWebsocketSession):
                 self._remember(self._transcripts, item, self._transcripts.get(item, "") + delta)
         elif kind in TRANSCRIPT_DONE:
             self._transcript_done(message)
+        elif kind == "response.created":
+            self._responding = True
+            self._request_answered()
         elif kind == "response.done":
+            self._responding = False
             self._response_done(message)
+            self._next_response()
         elif kind == "input_audio_buffer.speech_started":
             self.listener.on_speech_started()
         elif kind == "input_audio_buffer.speech_stopped":
@@ -257,7 +313,19 @@ class OpenAIRealtimeSession(RealtimeWebsocketSession):
             self._tool_call(message)
         elif kind == "error":
             self.errors += 1
-            log.warning("openai realtime error event: %s", error_text(message.get("error")))
+            error = message.get("error")
+            log.warning("openai realtime error event: %s", error_text(error))
+            if self._requested and isinstance(error, dict) and (
+                    error.get("event_id") == self._last_request.get("event_id")
+                    or error.get("code") == "conversation_already_has_active_response"):
+                self._request_answered()
+                if error.get("code") == "conversation_already_has_active_response":
+                    # The server started a response of its own (the caller's turn) just before ours arrived:
+                    # ours goes again once that one is done.
+                    self._responding = True
+                    self._deferred.appendleft(self._last_request)
+                else:
+                    self._next_response()
         elif kind not in QUIET_EVENTS:
             log.debug("openai realtime: unhandled event %s", kind[:80])
 

@@ -280,6 +280,7 @@ async def test_respond_asks_for_a_response_with_instructions(fake, sessions):
     await session.respond("Greet the caller and say: Hello from the clinic")
     [(item, status)] = await listener.wait("response_done")
     [create] = fake.last.messages("response.create")
+    assert create.pop("event_id").startswith("response_create_")
     assert create == {"type": "response.create", "response": {"instructions": "Greet the caller and say: Hello from the clinic"}}
     assert fake.last.instructions == ["Greet the caller and say: Hello from the clinic"]
     assert status == "completed" and listener.of("output_transcript") == [(item, "Hello from the clinic")]
@@ -302,7 +303,7 @@ async def test_a_tool_call_is_reported_and_its_result_answered(fake, sessions):
     create, respond = fake.last.messages("conversation.item.create")[0], fake.last.messages("response.create")[0]
     assert create == {"type": "conversation.item.create", "item": {
         "type": "function_call_output", "call_id": "call_seven", "output": '{"status": "shipped"}'}}
-    assert respond == {"type": "response.create"}
+    assert respond.pop("event_id") and respond == {"type": "response.create"}
     assert fake.last.tool_outputs == [("call_seven", '{"status": "shipped"}')]
     answer_item, answer_status = listener.of("response_done")[1]
     assert answer_status == "completed"
@@ -499,3 +500,52 @@ async def test_the_fake_answers_unknown_events_and_early_truncation_with_errors(
     assert codes == ["invalid_value", "invalid_value"]
     assert fake.last.truncations[-1]["ok"] is False
     assert not fake.errors
+
+
+# --- responses asked for while one is in progress -----------------------------------------------------
+
+
+async def test_a_response_asked_for_during_another_waits_for_its_end(fake, sessions):
+    fake.delta_ms, fake.delta_gap = 20, 0.005
+    fake.script = Script(turns=[Turn(tool=ToolScript("lookup_order", {"id": "1"}), reply="It shipped.")],
+                         instructed_reply=lambda instructions: "One moment while I check." * 3)
+    session, listener = await opened(fake, sessions)
+    feed(session, utterance())
+    [call] = await listener.wait("tool_call")
+    await listener.wait("response_done")
+    # The "checking" notice, and at once the tool's answer: the service would refuse a second response.create.
+    await session.respond("Say you are checking")
+    await session.send_tool_result(call, {"status": "shipped"})
+    await listener.wait("response_done", 3)
+    conn = fake.last
+    assert not conn.events("error"), conn.events("error")
+    assert [r.cause for r in conn.responses] == ["turn", "instructed", "tool_answer"]
+    assert [status for _, status in listener.of("response_done")] == ["completed"] * 3
+    assert listener.of("output_transcript")[-1][1] == "It shipped."
+
+
+async def test_a_refused_response_create_does_not_hold_up_the_next(fake, sessions, caplog):
+    session, listener = await opened(fake, sessions)
+    with caplog.at_level(logging.WARNING, logger="providers.realtime.openai"):
+        # Instructions of the wrong type get response.create refused (an error naming the event), not started.
+        session._request_response({"type": "response.create", "response": {"instructions": 42}})
+        await await_until(lambda: session.errors == 1, "the refusal")
+    await session.respond("Say hi")
+    await listener.wait("response_done")
+    assert [r.cause for r in fake.last.responses] == ["instructed"]
+
+
+async def test_a_collision_with_the_servers_own_response_is_retried_after_it(fake, sessions):
+    fake.delta_ms, fake.delta_gap = 20, 0.005
+    fake.script = Script(turns=[Turn(reply="Answer to the caller " * 3)], instructed_reply="Injected.")
+    session, listener = await opened(fake, sessions)
+    feed(session, utterance())
+    await listener.wait("audio")
+    # As if the request crossed the server's own response on the wire: sent, then refused.
+    session._requested = False
+    session._responding = False
+    await session.respond("Inject this")
+    await await_until(lambda: session.errors == 1, "the refusal")
+    await listener.wait("response_done", 2)
+    assert [r.cause for r in fake.last.responses] == ["turn", "instructed"]
+    assert listener.of("output_transcript")[-1][1] == "Injected."
