@@ -10,6 +10,7 @@ import logging
 from collections import OrderedDict, deque
 from typing import Any
 
+from . import base
 from .base import (
     RealtimeError,
     RealtimeListener,
@@ -132,6 +133,7 @@ class OpenAIRealtimeSession(RealtimeWebsocketSession):
         self._last_request: dict[str, Any] = {}
         self._request_timer: asyncio.TimerHandle | None = None
         self._requests = itertools.count(1)
+        self._stage = ""  # what connect() is waiting for, for its timeout message
 
     # --- connection --------------------------------------------------------------------------
 
@@ -146,7 +148,14 @@ class OpenAIRealtimeSession(RealtimeWebsocketSession):
         if not self.provider.configured():
             raise RealtimeError(f"openai realtime: no API key (set realtime.providers.openai.apiKey or {self.provider.api_key_env})")
         self.session_config()  # a bad setting fails here, before any socket is opened
-        await super().connect()
+        self._stage = "the WebSocket upgrade"
+        try:
+            await super().connect()
+        except RealtimeError as exc:
+            if isinstance(exc.__cause__, TimeoutError):
+                raise RealtimeError(f"openai realtime: cannot connect (no answer within {base.CONNECT_TIMEOUT:g} s,"
+                                    f" waiting for {self._stage})") from exc
+            raise
 
     def session_config(self) -> dict[str, Any]:
         provider, setup = self.provider, self.setup
@@ -191,6 +200,7 @@ class OpenAIRealtimeSession(RealtimeWebsocketSession):
 
     async def _expect(self, ws: Any, wanted: str) -> dict[str, Any]:
         """Read until `wanted` arrives (bounded by the connect timeout); an error event fails the setup."""
+        self._stage = wanted
         while True:
             raw = await ws.recv()
             try:

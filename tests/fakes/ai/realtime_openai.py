@@ -1,26 +1,4 @@
-"""A loopback fake of the OpenAI Realtime API (GA protocol) at /v1/realtime, for offline tests.
-
-It checks what a client sends the way the real service does (the Authorization header, no
-OpenAI-Beta header, the GA session.update shape, audio formats, tools, truncation bounds) and
-answers with the real event sequence, streaming a μ-law tone faster than real time.
-
-The caller's side is scripted: `Script.turns` holds one `Turn` per caller utterance (what the
-input transcription says, what the model answers, optionally a function call first). The fake
-hears an utterance by the energy of the decoded μ-law (`start_frames` loud 20 ms frames), and
-ends it after the session's `silence_duration_ms` of quiet, counted in audio time, so tests may
-feed frames as fast as they like. Speech during a response interrupts it (server VAD with
-interrupt_response), after which the client's `conversation.item.truncate` is checked against
-the audio actually sent for that item.
-
-Run it in the test's event loop (`async with FakeOpenAIRealtime(...) as fake`) or in a thread of
-its own (`with FakeOpenAIRealtime(...) as fake`), e.g. for a gateway served on another thread.
-Recorded state (`connections`, each a `RealtimeConnection`) is plain lists a test may read from
-any thread; actions (`send_event`, `close`) run on the fake's loop whichever loop awaits them.
-
-Failure knobs (attributes, changeable mid-test): `close_after_events` + `close_code` + `closes`
-close a connection after that many client events; `never_answer` accepts the socket and says
-nothing; `beta_names` sends the beta event names; `refuse_status` refuses upgrades.
-"""
+"""A loopback fake of the OpenAI Realtime API (GA protocol) at /v1/realtime, for offline tests."""
 from __future__ import annotations
 
 import asyncio
@@ -70,7 +48,9 @@ class Turn:
     """What happens after one caller utterance."""
 
     transcript: str = "hello there"  # the input transcription of what the caller said
-    reply: str | Callable[[str], str] = "Sure, I can help with that."  # the model's spoken answer
+    # The model's spoken answer; with `tool`, what it says after the function output and response.create
+    # (a callable gets the output text; without `tool` it gets "").
+    reply: str | Callable[[str], str] = "Sure, I can help with that."
     tool: ToolScript | None = None  # a function call the model makes instead of answering at once
     say_first: str | None = None  # with `tool`: words spoken in the same response, before the call
     reply_ms: int | None = None  # length of the answer's audio (None: MS_PER_CHAR per character)
@@ -86,8 +66,6 @@ class Script:
     instructed_reply: str | Callable[[str], str] = "Hello, thanks for calling. How can I help?"
     # What it says for response.create without instructions and with no function output pending.
     default_reply: str = "Is there anything else?"
-    # What it says after a function output (and response.create) when the turn's `reply` is a plain string:
-    # the turn's reply; a callable `reply` gets the output text.
 
 
 @dataclass
@@ -158,6 +136,32 @@ class RealtimeConnection:
 
 
 class FakeOpenAIRealtime:
+    """The service on 127.0.0.1:<free port>.
+
+    It checks what a client sends the way the real service does (the Authorization header, no
+    OpenAI-Beta header, the GA session.update shape, audio formats, tools, truncation bounds) and
+    answers with the real event sequence, streaming a μ-law tone faster than real time.
+
+    The caller's side is scripted: `Script.turns` holds one `Turn` per caller utterance (what the
+    input transcription says, what the model answers, optionally a function call first). The fake
+    hears an utterance by the energy of the decoded μ-law (`start_frames` loud 20 ms frames), and
+    ends it after the session's `silence_duration_ms` of quiet, counted in audio time, so tests may
+    feed frames as fast as they like. Speech during a response interrupts it (server VAD with
+    interrupt_response), after which the client's `conversation.item.truncate` is checked against
+    the audio actually sent for that item.
+
+    Run it in the test's event loop (`async with FakeOpenAIRealtime(...) as fake`) or in a thread of
+    its own (`with FakeOpenAIRealtime(...) as fake`), e.g. for a gateway served on another thread.
+    Recorded state (`connections`, each a `RealtimeConnection`) is plain lists a test may read from
+    any thread; actions (`send_event`, `close`) run on the fake's loop whichever loop awaits them.
+
+    Failure knobs (attributes, changeable mid-test): `close_after_events` + `close_code` + `closes`
+    close a connection after that many client events; `never_answer` accepts the socket and says
+    nothing; `beta_names` sends the beta event names; `refuse_status` refuses upgrades. Pace:
+    `delta_ms` of audio per delta every `delta_gap` seconds (delta_gap = delta_ms / 1000 is real
+    time). From synchronous code, run an action with `fake.submit(fake.close(1000)).result()`.
+    """
+
     path = "/v1/realtime"
 
     def __init__(self, *, api_key: str = "test-key", script: Script | None = None) -> None:

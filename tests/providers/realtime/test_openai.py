@@ -228,7 +228,7 @@ async def test_a_server_that_never_answers_fails_connect_within_the_timeout(fake
     monkeypatch.setattr(base, "CONNECT_TIMEOUT", 0.3)
     fake.never_answer = True
     session, _ = make(fake, sessions)
-    with pytest.raises(RealtimeError, match="openai realtime: cannot connect"):
+    with pytest.raises(RealtimeError, match=r"cannot connect \(no answer within 0.3 s, waiting for session.created\)"):
         await session.connect()
     assert fake.connections, "the socket was accepted, the session never created"
 
@@ -442,7 +442,9 @@ async def test_a_final_error_close_reports_an_error_without_the_key(fake, sessio
 
 async def test_the_fake_runs_in_a_thread_of_its_own(sessions):
     with FakeOpenAIRealtime(api_key=KEY) as threaded:
-        session, listener = await opened(threaded, sessions)
+        # As a gateway's config gives it: an http:// origin (the client speaks ws:// to it).
+        session, listener = await opened(threaded, sessions, baseUrl=threaded.http_url)
+        assert threaded.http_url.startswith("http://127.0.0.1:")
         await session.respond("Say hello")
         await listener.wait("response_done")
         assert threaded.last.instructions == ["Say hello"]
