@@ -395,6 +395,16 @@ async def test_malformed_events_are_skipped_and_logged(fake, sessions, caplog):
     assert "Traceback" not in caplog.text and KEY not in caplog.text
 
 
+async def test_a_failed_input_transcription_is_logged(fake, sessions, caplog):
+    session, listener = await opened(fake, sessions)
+    with caplog.at_level(logging.WARNING, logger="providers.realtime.openai"):
+        await fake.send_event({"type": "conversation.item.input_audio_transcription.failed", "item_id": "item_9",
+                               "content_index": 0, "error": {"type": "server_error", "code": "busy", "message": "try later"}})
+        await await_until(lambda: "item_9 failed" in caplog.text, "the failure logged")
+    assert "server_error; code busy; message try later" in caplog.text
+    assert listener.of("input_transcript") == []
+
+
 async def test_beta_event_names_are_understood(fake, sessions):
     fake.beta_names = True
     session, listener = await opened(fake, sessions)
@@ -405,8 +415,9 @@ async def test_beta_event_names_are_understood(fake, sessions):
     assert listener.of("output_transcript") == [(item, "Sure, I can help with that.")]
 
 
-async def test_a_recoverable_close_reconnects_and_sends_the_setup_again(fake, sessions, caplog):
-    fake.close_after_events = 5  # session.update and four frames
+@pytest.mark.parametrize("code", [1011, 1001])
+async def test_a_recoverable_close_reconnects_and_sends_the_setup_again(fake, sessions, caplog, code):
+    fake.close_after_events, fake.close_code = 5, code  # after session.update and four frames
     session, listener = await opened(fake, sessions)
     with caplog.at_level(logging.INFO, logger="providers.realtime"):
         feed(session, silence(200))
@@ -415,7 +426,7 @@ async def test_a_recoverable_close_reconnects_and_sends_the_setup_again(fake, se
         feed(session, utterance())
         await listener.wait("response_done")
     first, second = fake.connections
-    assert first.closed_with == 1011
+    assert first.closed_with == code
     assert len(second.messages("session.update")) == 1
     assert second.messages("session.update")[0] == first.messages("session.update")[0]
     assert second.messages()[0]["type"] == "session.update", "the setup goes before any audio"
