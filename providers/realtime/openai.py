@@ -9,6 +9,7 @@ import json
 import logging
 from collections import OrderedDict, deque
 from typing import Any
+from urllib.parse import quote
 
 from . import base
 from .base import (
@@ -138,7 +139,7 @@ class OpenAIRealtimeSession(RealtimeWebsocketSession):
     # --- connection --------------------------------------------------------------------------
 
     def url(self) -> str:
-        return f"{self.provider.base_url()}/v1/realtime?model={self.provider.model()}"
+        return f"{self.provider.base_url()}/v1/realtime?model={quote(self.provider.model(), safe='')}"
 
     def headers(self) -> dict[str, str]:
         # GA only: an OpenAI-Beta header gets the session refused (the beta interface is switched off).
