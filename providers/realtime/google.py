@@ -160,6 +160,9 @@ class GoogleRealtimeSession(RealtimeWebsocketSession):
         self._input_text: list[str] = []
         self._caller_heard = False  # caller input since the model last spoke: a speech stop is due
         self._speech_stop_sent = False
+        # respond() was sent and its turn has not begun: an `interrupted` now is the text turn
+        # ending the answer in progress (Gemini 3.x does that), not the caller talking.
+        self._responding = False
 
     # --- connection ---------------------------------------------------------------------
 
@@ -282,6 +285,7 @@ class GoogleRealtimeSession(RealtimeWebsocketSession):
 
     async def respond(self, instructions: str) -> None:
         # A user text turn with turnComplete starts generation now (and ends one in progress).
+        self._responding = True
         self.send_json({"clientContent": {"turns": [{"role": "user", "parts": [{"text": instructions}]}],
                                           "turnComplete": True}})
 
@@ -349,10 +353,13 @@ class GoogleRealtimeSession(RealtimeWebsocketSession):
             self._begin_turn()
             self._output_text.append(spoken["text"])
         if content.get("interrupted"):
-            # The server heard the caller and already stopped talking: barge-in.
-            self.listener.on_speech_started()
-            self._caller_heard = True
-            self._speech_stop_sent = False
+            if self._responding:
+                log.debug("google realtime: the answer in progress gave way to a text turn")
+            else:
+                # The server heard the caller and already stopped talking: barge-in.
+                self.listener.on_speech_started()
+                self._caller_heard = True
+                self._speech_stop_sent = False
             self._end_turn("cancelled")
         if content.get("turnComplete"):
             self._end_turn("completed")
@@ -399,6 +406,7 @@ class GoogleRealtimeSession(RealtimeWebsocketSession):
 
     def _begin_turn(self) -> str:
         if self._turn is None:
+            self._responding = False
             self._model_answering()
             self._turns += 1
             self._turn = f"turn-{self._turns}"

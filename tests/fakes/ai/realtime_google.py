@@ -96,6 +96,8 @@ class GeminiConnection:
     loud: int = 0
     quiet_ms: int = 0
     pending_tool: str | None = None
+    cancelled_tools: set[str] = field(default_factory=set)
+    late_tool_responses: list[dict[str, Any]] = field(default_factory=list)
     tool_answered: asyncio.Event | None = None
     reply_task: asyncio.Task | None = None
     interrupt: bool = False
@@ -113,7 +115,9 @@ class GeminiConnection:
 
     @property
     def resumption_handle(self) -> Any:
-        return ((self.setup or {}).get("sessionResumption") or {}).get("handle")
+        """The handle the client's setup asked to resume (accepted or not)."""
+        setups = self.messages("setup")
+        return ((setups[0] if setups else {}).get("sessionResumption") or {}).get("handle")
 
 
 def tone_pcm24k(ms: int, freq: float = 440.0, amplitude: int = 8000, *, start: int = 0) -> bytes:
@@ -400,6 +404,8 @@ class FakeGeminiLive:
                 conn.speaking = True
                 if conn.reply_task is not None and not conn.reply_task.done():
                     conn.interrupt = True  # barge-in: the reply stops at its next chunk
+                    if conn.tool_answered is not None:
+                        conn.tool_answered.set()  # a reply waiting on its tool gives up too
             return
         conn.loud = 0
         if conn.speaking:
@@ -437,7 +443,9 @@ class FakeGeminiLive:
                     conn.texts.append(part["text"])
         if body.get("turnComplete"):
             if conn.reply_task is not None and not conn.reply_task.done():
-                conn.interrupt = True
+                conn.interrupt = True  # on 3.x a text turn ends the answer in progress
+                if conn.tool_answered is not None:
+                    conn.tool_answered.set()
                 await asyncio.gather(conn.reply_task, return_exceptions=True)
             conn.reply_task = asyncio.get_running_loop().create_task(
                 self._answer(conn, Line(transcript="", reply=self.greeting_reply)))
@@ -448,6 +456,9 @@ class FakeGeminiLive:
             await self._close(conn, 1007, INVALID)
             return
         for response in responses:
+            if response.get("id") in conn.cancelled_tools:
+                conn.late_tool_responses.append(response)  # answered after its cancellation: ignored
+                continue
             if conn.pending_tool is None or response.get("id") != conn.pending_tool \
                     or not isinstance(response.get("response"), dict):
                 await self._close(conn, 1007, INVALID)
@@ -467,6 +478,7 @@ class FakeGeminiLive:
             name, args = line.tool
             await self._emit(conn, {"toolCall": {"functionCalls": [{"id": call_id, "name": name, "args": args}]}})
             await conn.tool_answered.wait()
+            conn.tool_answered = None
         chunks = max(1, line.reply_ms // self.chunk_ms)
         words = line.reply.split()
         per_chunk = -(-len(words) // chunks)  # the text keeps ahead of the audio, as Gemini's does
@@ -484,8 +496,12 @@ class FakeGeminiLive:
             await asyncio.sleep(pause)  # at least a yield, so caller audio is read between chunks
         if conn.interrupt:
             await self._emit(conn, {"serverContent": {"interrupted": True}})
-            if self.tool_cancellation and conn.pending_tool:
-                await self._emit(conn, {"toolCallCancellation": {"ids": [conn.pending_tool]}})
+            if conn.pending_tool is not None:
+                # The interrupted call is moot: it is cancelled (told only with the knob on).
+                conn.cancelled_tools.add(conn.pending_tool)
+                if self.tool_cancellation:
+                    await self._emit(conn, {"toolCallCancellation": {"ids": [conn.pending_tool]}})
+                conn.pending_tool = None
             await self._emit(conn, {"serverContent": {"turnComplete": True}})
         else:
             await self._emit(conn, {"serverContent": {"generationComplete": True}})

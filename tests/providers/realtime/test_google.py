@@ -243,7 +243,7 @@ async def test_barge_in_interrupts_and_cancels(fake: FakeGeminiLive) -> None:
         assert fake.last.server_content("interrupted") == [True]
         # What was said of the cut answer is reported, then the next turn's caller text.
         cut = listener.of("output")[0]
-        assert cut[0] == "turn-1" and cut[1].startswith("a long answer")
+        assert cut[0] == "turn-1" and cut[1] and ("a long answer " * 10).startswith(cut[1])
         assert listener.of("input") == ["first question", "stop please"]
         assert len(listener.audio["turn-1"]) < 8000 * 8
     finally:
@@ -304,6 +304,62 @@ async def test_go_away_resumes_with_the_handle(fake: FakeGeminiLive, monkeypatch
         await say(session, start=100)
         await await_until(lambda: len(listener.of("done")) >= 2, "an answer on the resumed connection")
         assert fake.connections[1].audio_messages > 0
+    finally:
+        await session.close()
+
+
+async def test_barge_in_during_a_tool_call_cancels_it(fake: FakeGeminiLive, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="providers")
+    fake.tool_cancellation = True
+    fake.script = [Line(transcript="check my order", tool=("lookup_order", {"id": "7"})),
+                   Line(transcript="never mind", reply="Okay.")]
+    listener = Listener()
+    session = await open_session(fake, listener, silenceDurationMs=200)
+    try:
+        await say(session)
+        await await_until(lambda: listener.of("tool"), "the tool call")
+        await say(session, start=50)
+        await await_until(lambda: fake.last.events("toolCallCancellation"), "the cancellation")
+        await await_until(lambda: ("done", ("turn-1", "completed")) in listener.events, "the next answer")
+        assert listener.kinds().count("speech_started") == 1
+        assert "cancelled tool call(s) ['fc-1']" in caplog.text
+        # A result for the cancelled call, sent late, is harmless.
+        await session.send_tool_result(listener.of("tool")[0], {"status": "late"})
+        await await_until(lambda: fake.last.late_tool_responses, "the late result at the fake")
+        assert not listener.closed
+    finally:
+        await session.close()
+
+
+async def test_text_turn_ending_an_answer_is_not_a_barge_in(fake: FakeGeminiLive) -> None:
+    fake.greeting_reply = "a long greeting " * 20
+    listener = Listener()
+    session = await open_session(fake, listener)
+    try:
+        await session.respond("Greet the caller.")
+        await await_until(lambda: listener.audio.get("turn-1"), "the greeting to start")
+        fake.greeting_reply = "Checking."
+        await session.respond("Say you are checking.")
+        await await_until(lambda: ("done", ("turn-2", "completed")) in listener.events, "the second text turn")
+        assert ("done", ("turn-1", "cancelled")) in listener.events
+        assert "speech_started" not in listener.kinds() and "speech_stopped" not in listener.kinds()
+    finally:
+        await session.close()
+
+
+async def test_refused_resumption_starts_a_new_session(fake: FakeGeminiLive, monkeypatch) -> None:
+    monkeypatch.setattr(base, "RECONNECT_FIRST_DELAY", 0.01)
+    listener = Listener()
+    session = await open_session(fake, listener)
+    try:
+        await session.respond("Say hello.")
+        await await_until(lambda: session.handle_token == "h-1", "a resumption handle")
+        fake.handles.clear()  # the handle expired on the server's side
+        fake.go_away(0.01)
+        await fake.await_connections(2)
+        assert [c.resumption_handle for c in fake.connections] == [None, "h-1", None]
+        assert fake.connections[1].problem == "unknown resumption handle"
+        assert not listener.closed
     finally:
         await session.close()
 
