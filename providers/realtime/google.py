@@ -438,6 +438,11 @@ class GoogleRealtimeSession(RealtimeWebsocketSession):
             return
         if status == "completed" and tail:
             self.listener.on_audio(tail, item)
+        if status == "completed" and self._input_text:
+            # Transcription is not ordered with the audio: caller text that came in during a turn
+            # the caller did not interrupt is the late end of what this turn answered.
+            self._flush_input()
+            self._caller_heard = False
         text = "".join(self._output_text).strip()
         self._output_text.clear()
         if text:

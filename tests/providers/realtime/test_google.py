@@ -210,6 +210,24 @@ async def test_input_transcription_finished_stops_speech_before_the_answer(fake:
         await session.close()
 
 
+async def test_late_caller_text_is_reported_with_its_answer(fake: FakeGeminiLive) -> None:
+    listener = Listener()
+    session = await open_session(fake, listener)
+    try:
+        fake.send_message({"serverContent": {"modelTurn": {"parts": [{"inlineData": {
+            "mimeType": "audio/pcm;rate=24000", "data": base64.b64encode(b"\x00\x10" * 2400).decode()}}]}}})
+        fake.send_message({"serverContent": {"inputTranscription": {"text": "late words"}}})
+        fake.send_message({"serverContent": {"turnComplete": True}})
+        await await_until(lambda: listener.of("done"), "the turn to end")
+        assert listener.of("input") == ["late words"]
+        assert listener.kinds().index("input") < listener.kinds().index("done")
+        await session.respond("Say hello.")
+        await await_until(lambda: len(listener.of("done")) == 2, "the next turn")
+        assert "speech_stopped" not in listener.kinds()
+    finally:
+        await session.close()
+
+
 async def test_respond_sends_a_text_turn_and_the_model_speaks(fake: FakeGeminiLive) -> None:
     listener = Listener()
     session = await open_session(fake, listener)
