@@ -136,7 +136,9 @@ class FakeGeminiLive:
     (end of utterance when the setup gives none), `input_finished` (send `finished: true` with the
     caller's transcription), `never_setup` (read setup, never answer), `close_after_setup` ((code,
     reason): close right after setupComplete), `tool_cancellation` (send toolCallCancellation for a
-    pending call on barge-in), `refuse_status` (refuse upgrades with this HTTP status).
+    pending call on barge-in), `refuse_status` (refuse upgrades with this HTTP status),
+    `drop_after_audio` / `drop_code` / `drop_reason` / `drops` (close a connection after that many
+    audio messages, `drops` times: a provider that goes away mid-call).
     """
 
     def __init__(self, *, api_key: str = "test-key", script: list[Line | str] | None = None,
@@ -153,6 +155,10 @@ class FakeGeminiLive:
         self.close_after_setup: tuple[int, str] | None = None
         self.tool_cancellation = False
         self.refuse_status: int | None = None
+        self.drop_after_audio: int | None = None
+        self.drop_code = 1011
+        self.drop_reason = "Internal error encountered."
+        self.drops = 1
         self.connections: list[GeminiConnection] = []
         self.utterances = 0
         self.handles: list[str] = []  # resumption handles issued
@@ -391,6 +397,10 @@ class FakeGeminiLive:
             return
         conn.audio += pcm
         conn.audio_messages += 1
+        if self.drop_after_audio is not None and self.drops > 0 and conn.audio_messages == self.drop_after_audio:
+            self.drops -= 1
+            await self._close(conn, self.drop_code, self.drop_reason)
+            return
         for start in range(0, len(pcm), FRAME_BYTES_16K):
             await self._hear(conn, pcm[start:start + FRAME_BYTES_16K])
 

@@ -384,11 +384,17 @@ async def test_refused_resumption_starts_a_new_session(fake: FakeGeminiLive, mon
 
 async def test_recoverable_internal_error_reconnects(fake: FakeGeminiLive, monkeypatch) -> None:
     monkeypatch.setattr(base, "RECONNECT_FIRST_DELAY", 0.01)
+    fake.drop_after_audio = 5
     listener = Listener()
     session = await open_session(fake, listener)
     try:
-        fake.close(1011, "Internal error encountered.")
+        for _ in range(10):
+            session.send_audio(SILENCE)
         await fake.await_connections(2)
+        assert fake.connections[0].hung_up == 1011
+        for _ in range(5):
+            session.send_audio(SILENCE)
+        await await_until(lambda: fake.connections[1].audio_messages >= 5, "audio on the new connection")
         assert not listener.closed
     finally:
         await session.close()
