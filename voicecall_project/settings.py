@@ -157,7 +157,11 @@ LOGGING = {
         "console": {"class": "logging.StreamHandler", "formatter": "plain"},
     },
     "loggers": {
-        name: {"handlers": ["console"], "level": env("VOICECALL_LOG_LEVEL", default="INFO")}
-        for name in ("calls", "routing", "providers")
+        **{
+            name: {"handlers": ["console"], "level": env("VOICECALL_LOG_LEVEL", default="INFO")}
+            for name in ("calls", "routing", "providers")
+        },
+        # At DEBUG the WebSocket client logs every request's headers, the providers' API keys among them.
+        "websockets": {"level": "INFO"},
     },
 }
