@@ -57,7 +57,7 @@ def consult(*, call_id: str, request: ConsultRequest, partial: str = "", forced:
     Fast context first when enabled; the agent responder otherwise, or when fast context found
     nothing and fallbackToConsult is on. Stored as a realtime.consult call event.
     """
-    started = _clock()
+    started, begun = _clock(), time.monotonic()
     call = Call.objects.filter(pk=call_id).first()
     if call is None:
         return {"error": "the call has ended"}
@@ -74,7 +74,8 @@ def consult(*, call_id: str, request: ConsultRequest, partial: str = "", forced:
             if found.timed_out:
                 output["note"] = f"the search stopped after {fast.timeout_ms} ms"
     if output is None:
-        output = agent_consult(call=call, request=request, partial=partial, config=config)
+        # One budget for the whole consult: a fast-context search before it uses part of it.
+        output = agent_consult(call=call, request=request, partial=partial, config=config, started=begun)
         if "error" not in output:
             output["source"] = "agent"
     payload: dict[str, Any] = {"question": request.question, "reason": request.reason,
@@ -203,8 +204,12 @@ def consult_prompt(*, question: str, transcript: Sequence[tuple[str, str]], part
     return "\n\n".join(parts)
 
 
-def agent_consult(*, call: Call, request: ConsultRequest, partial: str = "", config=None) -> dict[str, Any]:
-    """Run the call's agent responder on the consult, within responseTimeoutMs; {"answer"} or {"error"}."""
+def agent_consult(*, call: Call, request: ConsultRequest, partial: str = "", config=None,
+                  started: float | None = None) -> dict[str, Any]:
+    """Run the call's agent responder on the consult, within responseTimeoutMs of `started` (monotonic; default now).
+
+    Returns {"answer": ...} or {"error": ...}.
+    """
     try:
         plan = agent_plan(call, config)
     except (ModelError, ResponderError, ValueError) as exc:
@@ -218,12 +223,13 @@ def agent_consult(*, call: Call, request: ConsultRequest, partial: str = "", con
         user_message=consult_prompt(
             question=request.question, transcript=call_transcript_lines(call=call), partial=partial,
             context=request.context, response_style=request.response_style, reason=request.reason),
-        model=plan.model, deadline=time.monotonic() + plan.timeout_ms / 1000,
+        model=plan.model, deadline=(time.monotonic() if started is None else started) + plan.timeout_ms / 1000,
         # The n-th consult of a call gets a scripted agent's n-th reply.
         replies_so_far=CallEvent.objects.filter(call=call, type=CONSULT_EVENT, payload__source="agent").count(),
         agent_name=plan.agent_name,
-        extra={"consult": {"reason": request.reason, "context": request.context,
-                           "responseStyle": request.response_style, "confirmationId": request.confirmation_id}},
+        extra={"consult": {"question": request.question, "reason": request.reason, "context": request.context,
+                           "responseStyle": request.response_style, "confirmationId": request.confirmation_id,
+                           "partial": partial.strip()}},
     )
     future = _pool.submit(_answer, plan.responder, turn)
     try:

@@ -5,7 +5,9 @@ Request: a compact UTF-8 JSON object {"type": "turn", "callId", "agentId", "sess
 `X-Voicecall-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>." + body)>`.
 Answer: 200 JSON {"spoken": "...", "hangup": false}, 204 for nothing to say, or text/plain words.
 
-A realtime call's custom tool goes to the same URL, signed the same way: {"type": "tool_call", "callId",
+A realtime model's consult arrives as a turn whose "transcript" is the question, with an added
+"consult": {"question", "reason", "context", "responseStyle", "confirmationId", "partial"} (what
+the caller is still saying); the answer is the same. A realtime call's custom tool goes to the same URL, signed the same way: {"type": "tool_call", "callId",
 "agentId", "sessionKey", "name", "arguments": {...}}; the answer is a JSON object given to the model
 as the tool's result (204: {"ok": true}; text/plain: {"result": "<text>"}).
 """
@@ -115,6 +117,9 @@ class WebhookResponder(Responder):
             "history": [{"role": item.role, "text": item.text} for item in turn.history],
             "replyNumber": turn.replies_so_far,
         }
+        consult = turn.extra.get("consult")
+        if consult:
+            document["consult"] = consult
         return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
     def respond(self, turn: Turn) -> Iterator[str | Hangup]:

@@ -214,3 +214,17 @@ def test_forced_consult_answer_is_cut_and_recorded(configure):
     assert stored["forced"] is True and stored["question"] == "tell me everything"
     row = next(r for r in call_timeline(call=call) if r["label"] == "realtime.consult")
     assert row["detail"].startswith("forced consult: tell me everything → word")
+
+
+def test_consult_through_the_agent_webhook_says_it_is_a_consult(configure):
+    with FakeAgentWebhook(secret="s", reply="Ten on Sundays.").start() as agent:
+        configure(base_config(agents={"main": {"responder": {"type": "webhook", "url": agent.url, "secret": "s"}}}))
+        call = ring()
+        request = ConsultRequest(question="Sunday hours?", reason="current_external_data", context="visit",
+                                 response_style="short", confirmation_id="")
+        assert consult(call_id=str(call.pk), request=request, partial="and parking") == {
+            "answer": "Ten on Sundays.", "source": "agent"}
+        (turn,) = agent.turns
+    assert turn["type"] == "turn" and turn["transcript"] == "Sunday hours?"
+    assert turn["consult"] == {"question": "Sunday hours?", "reason": "current_external_data", "context": "visit",
+                               "responseStyle": "short", "confirmationId": "", "partial": "and parking"}
