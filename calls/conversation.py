@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from core.config.models import DEFAULT_MODEL, ModelError, resolve_model
+from core.config.models import DEFAULT_MODEL, ModelError, ResolvedModel, resolve_model
 from core.errors import VoiceCallError
 from providers.responders import responder_for
 from providers.responders.base import Hangup, Responder, ResponderError, Turn
@@ -85,9 +85,23 @@ def auto_reply(*, reply_id: int) -> None:
     _run_reply(call, reply, plan)
 
 
-def plan_reply(call: Call, reply: ReplyTurn) -> ReplyPlan:
-    """Who answers, with which prompt, model, history and deadline (route → config → agent)."""
-    config = get_runtime().config
+@dataclass(frozen=True)
+class AgentPlan:
+    """Who answers a call and how: the same for automatic replies and realtime consults."""
+
+    agent_id: str
+    agent_name: str | None
+    responder: Responder
+    model: ResolvedModel | None
+    base_prompt: str  # the route's or config's system prompt (or the default), after the workspace files
+    timeout_ms: int
+    history_limit: int
+    fallback: str
+
+
+def agent_plan(call: Call, config=None) -> AgentPlan:
+    """The call's agent, responder, model, base prompt and deadline (route → config → agent)."""
+    config = config or get_runtime().config
     route = call_route(config, call)
     agent_id = call.agent_id or config.resolved_agent_id()
     agent = config.agents.get(agent_id)
@@ -105,23 +119,32 @@ def plan_reply(call: Call, reply: ReplyTurn) -> ReplyPlan:
     if base is None:
         base = default_base_prompt(agent_name, call.from_number)
     workspace = _workspace_context(agent.workspace if agent else None)
-    timeout_ms = (route.response_timeout_ms if route else None) or config.response_timeout_ms
+    return AgentPlan(
+        agent_id=agent_id, agent_name=agent_name, responder=responder, model=model,
+        base_prompt="\n\n".join(part for part in (workspace, base) if part),
+        timeout_ms=(route.response_timeout_ms if route else None) or config.response_timeout_ms,
+        history_limit=settings.history_messages if settings else DEFAULT_HISTORY_MESSAGES,
+        fallback=settings.fallback_text if settings and settings.fallback_text is not None else FALLBACK_TEXT,
+    )
+
+
+def plan_reply(call: Call, reply: ReplyTurn) -> ReplyPlan:
+    """Who answers, with which prompt, model, history and deadline (route → config → agent)."""
+    plan = agent_plan(call)
     spoken = call_transcript_lines(call=call)
-    limit = settings.history_messages if settings else DEFAULT_HISTORY_MESSAGES
     turn = Turn(
-        call_id=str(call.pk), agent_id=agent_id, session_key=call.session_key, direction=call.direction,
+        call_id=str(call.pk), agent_id=plan.agent_id, session_key=call.session_key, direction=call.direction,
         from_number=call.from_number, to_number=call.to_number, transcript=reply.transcript,
-        history=session_history(call=call, before=reply.user_message, limit=limit),
-        system_prompt=system_prompt("\n\n".join(part for part in (workspace, base) if part)),
-        user_message=turn_prompt(spoken, reply.transcript), model=model,
-        deadline=time.monotonic() + timeout_ms / 1000,
+        history=session_history(call=call, before=reply.user_message, limit=plan.history_limit),
+        system_prompt=system_prompt(plan.base_prompt),
+        user_message=turn_prompt(spoken, reply.transcript), model=plan.model,
+        deadline=time.monotonic() + plan.timeout_ms / 1000,
         # Every earlier caller utterance counts, superseded or not: the n-th utterance gets the
         # n-th scripted reply however the replies' races went.
         replies_so_far=replies_before_count(reply=reply),
-        agent_name=agent_name,
+        agent_name=plan.agent_name,
     )
-    fallback = settings.fallback_text if settings and settings.fallback_text is not None else FALLBACK_TEXT
-    return ReplyPlan(responder=responder, turn=turn, fallback=fallback)
+    return ReplyPlan(responder=plan.responder, turn=turn, fallback=plan.fallback)
 
 
 _responders: dict[int, tuple[object, Responder]] = {}

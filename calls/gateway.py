@@ -197,6 +197,13 @@ def report_config(loaded: LoadedConfig) -> None:
         )
     else:
         config = loaded.config
+        if config.realtime.enabled:
+            from calls.realtime.provider import realtime_problem
+
+            problem = realtime_problem(config)
+            if problem:
+                log.warning("realtime.enabled is set but realtime voice cannot run: %s; realtime calls are not bridged",
+                            problem)
         log.info(
             "voice call runtime ready: carrier %s, webhooks at %s (%s mode)",
             config.provider, config.webhook_path(), settings.VOICECALL_MODE,

@@ -398,7 +398,7 @@ def _without_none(data: dict[str, Any]) -> dict[str, Any]:
 
 def call_timeline(*, call: Call) -> list[dict]:
     """Events, spoken lines, turns and replies of a call in time order, as seconds from its start."""
-    rows = [_row(e.occurred_at, "event", e.type, _event_detail(e.payload)) for e in call.events.all()]
+    rows = [_row(e.occurred_at, "event", e.type, _event_detail(e.payload, e.type)) for e in call.events.all()]
     rows += [
         _row(t.timestamp, t.speaker, "bot said" if t.speaker == "bot" else "caller said", t.text)
         for t in call.transcript_entries.all()
@@ -424,8 +424,34 @@ def _row(at: datetime, kind: str, label: str, detail: str) -> dict:
     return {"at": at, "kind": kind, "label": label, "detail": detail}
 
 
-def _event_detail(payload: dict) -> str:
+def _event_detail(payload: dict, kind: str = "") -> str:
+    if kind.startswith("realtime."):
+        return _realtime_detail(payload, kind)
     for key in ("transcript", "digits", "reason", "error", "text"):
+        if payload.get(key):
+            return str(payload[key])
+    return ""
+
+
+def _realtime_detail(payload: dict, kind: str) -> str:
+    """A realtime tool call, its result or a consult, as one readable line."""
+    name = payload.get("name") or ""
+    took = f" ({payload['durationMs']} ms)" if payload.get("durationMs") is not None else ""
+    if kind == "realtime.tool_call":
+        return f"{name} {payload.get('arguments') or '{}'}"
+    if kind == "realtime.tool_result":
+        if payload.get("error"):
+            return f"{name} failed: {payload['error']}{took}"
+        return f"{name} → {payload.get('output', '')}{took}"
+    if kind == "realtime.consult":
+        asked = ("forced consult: " if payload.get("forced") else "consult: ") + str(payload.get("question", ""))
+        if payload.get("error"):
+            return f"{asked} → failed: {payload['error']}{took}"
+        source = " from fast context" if payload.get("source") == "fastContext" else ""
+        return f"{asked} → {payload.get('answer', '')}{source}{took}"
+    if payload.get("latencyMs") is not None:
+        return f"latency {payload['latencyMs']} ms"
+    for key in ("transcript", "reason", "error", "text"):
         if payload.get(key):
             return str(payload[key])
     return ""

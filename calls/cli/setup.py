@@ -43,7 +43,14 @@ def _mode_check(config: VoiceCallConfig) -> Check:
     if realtime.enabled and streaming.enabled:
         return Check("mode", False, "realtime.enabled and streaming.enabled are both true; enable only one")
     if realtime.enabled:
-        return Check("mode", True, f"Realtime voice via {realtime.provider or 'the first registered provider'}")
+        from calls.realtime.provider import realtime_provider
+        from providers.realtime.base import RealtimeError
+
+        try:
+            provider = realtime_provider(config)
+        except RealtimeError as exc:
+            return Check("mode", False, f"Realtime voice cannot run: {exc}")
+        return Check("mode", True, f"Realtime voice via {provider.name} at {config.realtime_stream_path()}")
     if streaming.enabled:
         return Check("mode", True, f"Streaming transcription via {streaming.provider or 'the first registered provider'}")
     return Check("mode", True, "Notify/conversation calls use normal TTS/STT flow")

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from copy import deepcopy
-from datetime import timedelta
+from datetime import datetime, timedelta
 from enum import StrEnum
 
 from django.db import IntegrityError, transaction
@@ -363,3 +363,22 @@ def _complete_turn(call: Call, turn: CallTurn, text: str) -> None:
     call.pending_turn_id = None  # it no longer waits
     call.turn_count += 1
     turn_changed()
+
+
+def call_event_record(*, call_id: str, type: str, payload: dict, key: str | None = None,
+                      at: datetime | None = None) -> bool:
+    """Store an event that changes nothing on the call (a realtime tool call, its result) for its timeline.
+
+    `key` makes a redelivery a no-op; returns False when an event with that key was stored before
+    or the call does not exist.
+    """
+    try:
+        with transaction.atomic():
+            if not Call.objects.filter(pk=call_id).exists():
+                log.warning("event %s for unknown call %s not stored", type, call_id)
+                return False
+            CallEvent.objects.create(call_id=call_id, type=type, dedupe_key=key, payload=payload,
+                                     occurred_at=at or now())
+    except IntegrityError:
+        return False
+    return True

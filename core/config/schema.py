@@ -277,49 +277,49 @@ class RealtimeTool(Section):
 
 class FastContextConfig(Section):
     enabled: Flag = False
-    """Answer the model from stored transcripts and session memory before consulting the agent. Accepted,
-    no effect yet."""
+    """Answer a consult from stored transcripts and session memory first (words of the question matched)."""
     timeout_ms: PositiveInt = 800
-    """Time budget of a fast-context search. Accepted, no effect yet."""
+    """Time budget of a fast-context search; a search that takes longer finds nothing."""
     max_results: PositiveInt = 3
-    """Results a fast-context search returns. Accepted, no effect yet."""
+    """Snippets a fast-context search returns at most."""
     sources: Annotated[
         list[Literal["memory", "sessions"]], Field(min_length=1)
     ] = Field(default_factory=lambda: ["memory", "sessions"])
-    """Where fast context searches: memory, sessions. Accepted, no effect yet."""
+    """Where fast context searches: memory (the session's conversation memory), sessions (the transcripts
+    of the caller's earlier calls)."""
     fallback_to_consult: Flag = False
-    """Consult the agent when fast context finds nothing. Accepted, no effect yet."""
+    """Consult the agent when fast context finds nothing (else the model is told nothing was found)."""
 
 
 class AgentContextConfig(Section):
     enabled: Flag = False
-    """Put the agent's identity and workspace files into the realtime instructions. Accepted, no effect
-    yet."""
+    """Put the agent's identity and workspace files into the realtime instructions, once per session."""
     max_chars: PositiveInt = 6000
-    """Cap on the agent context's length. Accepted, no effect yet."""
+    """Cap on the agent context's length; longer is cut and marked [truncated]."""
     include_identity: Flag = True
-    """Include the agent's identity. Accepted, no effect yet."""
+    """Include the agent's identity fields (name, emoji, vibe, theme, creature)."""
     include_workspace_files: Flag = True
-    """Include the workspace files. Accepted, no effect yet."""
+    """Include the files below from the agent's workspace folder."""
     files: list[NonEmptyStr] = Field(default_factory=lambda: ["SOUL.md", "IDENTITY.md", "USER.md"])
-    """Workspace-relative files to include. Accepted, no effect yet."""
+    """Workspace-relative files to include; missing files are skipped, paths leaving the workspace refused."""
 
 
 class RealtimeProviderConfig(OpenSection):
     api_key: Credential | None = None
-    """The realtime provider's API key. Accepted, no effect yet."""
+    """The realtime provider's API key; unset: OPENAI_API_KEY (openai) or GEMINI_API_KEY / GOOGLE_API_KEY
+    (google)."""
     model: NonEmptyStr | None = None
-    """Realtime model. Accepted, no effect yet."""
+    """Realtime model; unset: the provider's default."""
     voice: NonEmptyStr | None = None
-    """Realtime voice. Accepted, no effect yet."""
+    """Realtime voice; unset: the provider's default."""
     base_url: HttpUrl | None = None
-    """The provider's origin. Accepted, no effect yet."""
+    """The provider's origin (http(s) is turned into ws(s)); tests point it at a local fake."""
     silence_duration_ms: PositiveInt | None = None
-    """Silence that ends the caller's turn. Accepted, no effect yet."""
+    """Silence that ends the caller's turn (the provider's voice detection)."""
     start_sensitivity: NonEmptyStr | None = None
-    """Google: speech start sensitivity. Accepted, no effect yet."""
+    """Google: speech start sensitivity."""
     end_sensitivity: NonEmptyStr | None = None
-    """Google: speech end sensitivity. Accepted, no effect yet."""
+    """Google: speech end sensitivity."""
 
 
 ThinkingLevel = Literal[
@@ -329,33 +329,37 @@ ThinkingLevel = Literal[
 
 class RealtimeConfig(Section):
     enabled: Flag = False
-    """Bridge call audio to a realtime voice model. The bridge is not built yet: this only stops the
-    greeting being spoken where the model's opening turn would say it, and makes speak with
-    allowTwimlFallback false fail. Needs inboundPolicy other than disabled, streaming off, and provider
-    twilio, telnyx or mock."""
+    """Bridge call audio full-duplex to a realtime voice model, which greets, answers and may consult the
+    agent. Needs inboundPolicy other than disabled, streaming off, carrier twilio, telnyx or mock, and a
+    ready realtime provider (setup names the missing key)."""
     provider: NonEmptyStr | None = None
-    """Realtime provider id (openai, google). Accepted, no effect yet."""
+    """Realtime provider id (openai, google); unset: the first one with a key. An unregistered id is a setup
+    problem: realtime media is skipped."""
     stream_path: NonEmptyStr | None = None
     """Path of the realtime WebSocket; unset: derived from serve.path (/voice/webhook gives
-    /voice/stream/realtime). Accepted, no effect yet."""
+    /voice/stream/realtime)."""
     instructions: str | None = None
-    """System instructions of the realtime model. Accepted, no effect yet."""
+    """System instructions of the realtime model; unset: a built-in short prompt (brief replies, consult
+    for deeper questions, final words before hanging up)."""
     tool_policy: Literal["safe-read-only", "owner", "none"] = "safe-read-only"
-    """Which agent tools the realtime model may use: safe-read-only, owner, none. Accepted, no effect yet."""
+    """safe-read-only or owner: the model gets the openclaw_agent_consult tool; none: no consult tool (the
+    end-call tool and realtime.tools remain)."""
     consult_policy: Literal["auto", "substantive", "always"] = "auto"
-    """When the realtime model consults the agent: auto, substantive, always. Accepted, no effect yet."""
+    """When the realtime model consults the agent: auto (its own judgement), substantive (for the seven
+    consult reasons), always (before every substantive answer; the host consults when the model did not)."""
     consult_thinking_level: ThinkingLevel | None = None
-    """Thinking level of agent consults. Accepted, no effect yet."""
+    """Thinking level of agent consults. Accepted, no effect yet: consults run the agent's responder."""
     consult_fast_mode: Flag | None = None
-    """Fast mode for agent consults. Accepted, no effect yet."""
+    """Fast mode for agent consults. Accepted, no effect yet: consults run the agent's responder."""
     tools: list[RealtimeTool] = Field(default_factory=list)
-    """Extra function tools offered to the realtime model. Accepted, no effect yet."""
+    """Extra function tools offered to the realtime model, run by the agent's webhook service (built-in
+    names cannot be replaced; duplicates are dropped)."""
     fast_context: FastContextConfig = Field(default_factory=FastContextConfig)
-    """Fast answers from stored transcripts and memory. Accepted, no effect yet."""
+    """Fast answers to consults from stored transcripts and memory."""
     agent_context: AgentContextConfig = Field(default_factory=AgentContextConfig)
-    """Agent identity and workspace files in the instructions. Accepted, no effect yet."""
+    """Agent identity and workspace files in the instructions."""
     providers: dict[str, RealtimeProviderConfig] = Field(default_factory=dict)
-    """Settings per realtime provider id. Accepted, no effect yet."""
+    """Settings per realtime provider id (apiKey, model, voice, baseUrl, ...)."""
 
 
 class TtsProviderConfig(OpenSection):
@@ -449,13 +453,13 @@ class AgentIdentity(OpenSection):
     name: str | None = None
     """The agent's name, used in its prompt when agents.<id>.name is unset."""
     emoji: str | None = None
-    """Accepted, no effect yet."""
+    """Used only in the realtime agent context (realtime.agentContext)."""
     vibe: str | None = None
-    """Accepted, no effect yet."""
+    """Used only in the realtime agent context (realtime.agentContext)."""
     theme: str | None = None
-    """Accepted, no effect yet."""
+    """Used only in the realtime agent context (realtime.agentContext)."""
     creature: str | None = None
-    """Accepted, no effect yet."""
+    """Used only in the realtime agent context (realtime.agentContext)."""
 
 
 class ResponderConfig(Section):
@@ -486,7 +490,7 @@ class AgentConfig(Section):
     name: str | None = None
     """Display name, used in the agent's prompt."""
     identity: AgentIdentity | None = None
-    """Identity fields as in the host app; only name is used."""
+    """Identity fields as in the host app; name is used in prompts, the rest only in the realtime agent context."""
     workspace: str | None = None
     """Folder whose IDENTITY.md, SOUL.md and USER.md go into the agent's prompt (~ expanded)."""
     responder: ResponderConfig | None = None

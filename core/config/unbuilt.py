@@ -17,14 +17,8 @@ from pydantic_core import PydanticUndefined
 # (path patterns, reason). `*` matches any part of a path, including a number or agent id.
 RULES: tuple[tuple[tuple[str, ...], str], ...] = (
     (
-        ("realtime.enabled",),
-        "the realtime voice bridge is not built, so no realtime model joins calls; speak uses the "
-        "carrier's TTS (or fails when allowTwimlFallback is false) and a conversation call's greeting "
-        "is left to the model's opening turn",
-    ),
-    (
-        ("realtime.*",),
-        "the realtime voice bridge is not built",
+        ("realtime.consultThinkingLevel", "realtime.consultFastMode"),
+        "agent consults run the agent's responder, which has no thinking level or fast mode",
     ),
     (
         ("tunnel.provider", "tunnel.ngrokAuthToken", "tunnel.ngrokDomain"),
@@ -67,6 +61,8 @@ def unbuilt_settings(config: BaseModel, prefix: str = "") -> list[str]:
     for path in set_paths(config):
         if path == "tunnel.provider" and _ngrok_loopback_rule(config):
             continue
+        if path.startswith("agents.") and ".identity." in path and _identity_in_realtime(config):
+            continue
         reason = _reason(path)
         if reason is not None:
             found.setdefault(reason, []).append(prefix + path)
@@ -83,6 +79,13 @@ def _ngrok_loopback_rule(config: Any) -> bool:
     """tunnel.provider "ngrok" does count when it switches on the ngrok loopback rule."""
     tunnel = getattr(config, "tunnel", None)
     return bool(tunnel and tunnel.provider == "ngrok" and tunnel.allow_ngrok_free_tier_loopback_bypass)
+
+
+def _identity_in_realtime(config: Any) -> bool:
+    """The identity fields do count when the realtime agent context includes them."""
+    realtime = getattr(config, "realtime", None)
+    context = getattr(realtime, "agent_context", None)
+    return bool(realtime and realtime.enabled and context and context.enabled and context.include_identity)
 
 
 def _reason(path: str) -> str | None:

@@ -4,6 +4,12 @@ Request: a compact UTF-8 JSON object {"type": "turn", "callId", "agentId", "sess
 "from", "to", "transcript", "history": [{"role", "text"}], "replyNumber"} with the header
 `X-Voicecall-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>." + body)>`.
 Answer: 200 JSON {"spoken": "...", "hangup": false}, 204 for nothing to say, or text/plain words.
+
+A realtime model's consult arrives as a turn whose "transcript" is the question, with an added
+"consult": {"question", "reason", "context", "responseStyle", "confirmationId", "partial"} (what
+the caller is still saying); the answer is the same. A realtime call's custom tool goes to the same URL, signed the same way: {"type": "tool_call", "callId",
+"agentId", "sessionKey", "name", "arguments": {...}}; the answer is a JSON object given to the model
+as the tool's result (204: {"ok": true}; text/plain: {"result": "<text>"}).
 """
 from __future__ import annotations
 
@@ -111,6 +117,9 @@ class WebhookResponder(Responder):
             "history": [{"role": item.role, "text": item.text} for item in turn.history],
             "replyNumber": turn.replies_so_far,
         }
+        consult = turn.extra.get("consult")
+        if consult:
+            document["consult"] = consult
         return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
     def respond(self, turn: Turn) -> Iterator[str | Hangup]:
@@ -152,6 +161,60 @@ class WebhookResponder(Responder):
             raise ResponderError(redact(
                 f"webhook responder: {shown} answered HTTP {response.status_code}: {detail}", secret))
         yield from self._answer(response, raw)
+
+    def tool_call(self, *, call_id: str, agent_id: str, session_key: str, name: str,
+                  arguments: dict[str, Any], deadline: float) -> dict[str, Any]:
+        """Run a realtime model's custom tool on the agent service; its JSON object answer is the result."""
+        url = getattr(self.settings, "url", None)
+        if not url:
+            raise ResponderError("webhook responder: no url configured (set agents.<id>.responder.url)")
+        secret = self._secret()
+        shown = public_url(url)
+        budget = max(0.0, deadline - time.monotonic())
+        timeout_error = ResponderError(f"webhook responder: {shown} did not answer the tool call within {round(budget * 1000)} ms")
+        if budget <= 0:
+            raise timeout_error
+        body = json.dumps({"type": "tool_call", "callId": call_id, "agentId": agent_id, "sessionKey": session_key,
+                           "name": name, "arguments": arguments},
+                          separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": "voicecall-gateway",
+            SIGNATURE_HEADER: sign(secret, body, int(time.time())),
+        }
+        try:
+            with self._client.stream("POST", url, content=body, headers=headers,
+                                     timeout=httpx.Timeout(budget)) as response:
+                with DeadlineGuard(response, deadline) as guard:
+                    try:
+                        raw = self._read(response, deadline)
+                    except (httpx.HTTPError, TimeoutError) as exc:
+                        if guard.fired or isinstance(exc, TimeoutError):
+                            raise timeout_error from None
+                        raise
+        except ResponderError:
+            raise
+        except httpx.TimeoutException:
+            raise timeout_error from None
+        except (httpx.InvalidURL, httpx.UnsupportedProtocol):
+            raise ResponderError(f"webhook responder: {shown} is not a usable http(s) URL") from None
+        except httpx.HTTPError as exc:
+            raise ResponderError(redact(f"webhook responder: {shown} unreachable: {exc}", secret)) from None
+        if not response.is_success:
+            detail = clip(raw.decode("utf-8", "replace")) if raw else response.reason_phrase
+            raise ResponderError(redact(
+                f"webhook responder: {shown} answered the tool call with HTTP {response.status_code}: {detail}", secret))
+        if response.status_code == 204 or not raw.strip():
+            return {"ok": True}
+        if media_type(response) == "text/plain":
+            return {"result": raw.decode(response.charset_encoding or "utf-8", "replace").strip()}
+        try:
+            payload = json.loads(raw) if is_json(response) else None
+        except ValueError:
+            payload = None
+        if not isinstance(payload, dict):
+            raise ResponderError("webhook responder: the agent's tool result must be a JSON object")
+        return payload
 
     def _secret(self) -> str:
         secret = getattr(self.settings, "secret", None)

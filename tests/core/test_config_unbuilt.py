@@ -39,16 +39,28 @@ def test_keys_that_work_are_not_named():
     }) == []
 
 
-def test_realtime_enabled_is_named_with_what_it_means():
-    (line,) = unbuilt({"realtime": {"enabled": True}, "inboundPolicy": "open"})
-    assert line.startswith("realtime.enabled is accepted but has no effect yet: the realtime voice bridge is not built")
+def test_realtime_keys_that_work_are_not_named():
+    assert unbuilt({"inboundPolicy": "open", "realtime": {
+        "enabled": True, "provider": "openai", "instructions": "Be brief.", "toolPolicy": "none",
+        "consultPolicy": "always", "streamPath": "/rt", "providers": {"openai": {"voice": "alloy"}},
+        "fastContext": {"enabled": True, "timeoutMs": 300}, "agentContext": {"enabled": True, "maxChars": 900},
+        "tools": [{"type": "function", "name": "lookup", "parameters": {"type": "object"}}],
+    }}) == []
 
 
-def test_other_realtime_keys_are_named_together():
-    (line,) = unbuilt({"realtime": {"provider": "openai", "instructions": "Be brief.",
-                                    "providers": {"openai": {"voice": "alloy"}}}})
-    assert line.startswith("realtime.provider, realtime.instructions, realtime.providers.openai.voice "
-                           "are accepted but have no effect yet: the realtime voice bridge is not built")
+def test_consult_thinking_level_and_fast_mode_are_named():
+    (line,) = unbuilt({"realtime": {"consultThinkingLevel": "low", "consultFastMode": True}})
+    assert line == ("realtime.consultThinkingLevel, realtime.consultFastMode are accepted but have no effect yet: "
+                    "agent consults run the agent's responder, which has no thinking level or fast mode")
+
+
+def test_identity_fields_count_when_the_realtime_agent_context_includes_them():
+    agents = {"main": {"identity": {"name": "Ada", "emoji": "🙂", "vibe": "calm"}}}
+    assert unbuilt({"inboundPolicy": "open", "agents": agents,
+                    "realtime": {"enabled": True, "agentContext": {"enabled": True}}}) == []
+    (line,) = unbuilt({"inboundPolicy": "open", "agents": agents,
+                       "realtime": {"enabled": True, "agentContext": {"enabled": True, "includeIdentity": False}}})
+    assert line.startswith("agents.main.identity.emoji, agents.main.identity.vibe are accepted but have no effect yet")
 
 
 def test_each_reason_gets_its_own_line_in_rule_order():

@@ -318,17 +318,74 @@ def test_setup_mode_fails_when_realtime_and_streaming_are_both_enabled(configure
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        ({"realtime": {"enabled": True, "provider": "openai"}, "inboundPolicy": "open"}, "Realtime voice via openai"),
-        ({"realtime": {"enabled": True}, "inboundPolicy": "open"}, "Realtime voice via the first registered provider"),
         ({"streaming": {"enabled": True, "provider": "deepgram"}}, "Streaming transcription via deepgram"),
         ({"streaming": {"enabled": True}}, "Streaming transcription via the first registered provider"),
     ],
 )
-def test_setup_mode_names_the_realtime_or_streaming_provider(configure, extra, message):
+def test_setup_mode_names_the_streaming_provider(configure, extra, message):
     configure({**TWILIO_OK, "publicUrl": "https://voice.example.com", **extra})
     data = run_json("setup", "--json")
     assert data["ok"] is True
     assert checks_by_id(data)["mode"] == {"id": "mode", "ok": True, "message": message}
+
+
+@pytest.fixture
+def tiny(monkeypatch):
+    from tests.calls.realtime.tiny_provider import PROVIDER_KEY_ENVS, tiny_registered
+
+    for name in PROVIDER_KEY_ENVS:
+        monkeypatch.delenv(name, raising=False)
+    with tiny_registered():
+        yield
+
+
+def test_setup_mode_is_ok_only_with_a_ready_realtime_provider(configure, tiny):
+    configure({**TWILIO_OK, "publicUrl": "https://voice.example.com", "inboundPolicy": "open",
+               "realtime": {"enabled": True, "provider": "tiny", "providers": {"tiny": {"apiKey": "rt-key"}}}})
+    data = run_json("setup", "--json")
+    assert data["ok"] is True
+    assert checks_by_id(data)["mode"] == {"id": "mode", "ok": True, "message": "Realtime voice via tiny at /voice/stream/realtime"}
+
+
+def test_setup_mode_with_an_unset_provider_picks_the_one_with_a_key(configure, tiny, monkeypatch):
+    monkeypatch.setenv("TINY_REALTIME_KEY", "rt-key")
+    configure({**TWILIO_OK, "publicUrl": "https://voice.example.com", "inboundPolicy": "open",
+               "realtime": {"enabled": True}})
+    assert checks_by_id(run_json("setup", "--json"))["mode"]["message"] == "Realtime voice via tiny at /voice/stream/realtime"
+
+
+@pytest.mark.parametrize(
+    ("realtime", "message"),
+    [
+        ({"provider": "tiny"},
+         "Realtime voice cannot run: realtime provider tiny has no API key (realtime.providers.tiny.apiKey or TINY_REALTIME_KEY)"),
+        ({"provider": "nope"},
+         "Realtime voice cannot run: realtime.provider 'nope' is not a registered realtime provider (known: "),
+        ({}, "Realtime voice cannot run: realtime.provider is unset and no realtime provider is configured"),
+    ],
+)
+def test_setup_mode_fails_naming_what_realtime_lacks(configure, tiny, realtime, message):
+    configure({**TWILIO_OK, "publicUrl": "https://voice.example.com", "inboundPolicy": "open",
+               "realtime": {"enabled": True, **realtime}})
+    out, _ = run_fail("setup", "--json")
+    data = json.loads(out)
+    assert data["ok"] is False
+    mode = checks_by_id(data)["mode"]
+    assert mode["ok"] is False
+    assert mode["message"].startswith(message)
+    if not realtime:
+        assert "realtime.providers.tiny.apiKey" in mode["message"]
+
+
+def test_startup_warns_when_realtime_cannot_run(configure, tiny, caplog):
+    from calls.gateway import report_config
+
+    loaded = configure({**TWILIO_OK, "publicUrl": "https://voice.example.com", "inboundPolicy": "open",
+                        "realtime": {"enabled": True, "provider": "tiny"}})
+    with caplog.at_level("WARNING", logger="calls.gateway"):
+        report_config(loaded)
+    assert any("realtime voice cannot run" in r.getMessage() and "realtime.providers.tiny.apiKey" in r.getMessage()
+               for r in caplog.records)
 
 
 # --- smoke -------------------------------------------------------------------------------
