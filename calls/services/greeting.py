@@ -9,6 +9,7 @@ from django.db.models import Q
 
 from core.errors import VoiceCallError
 from core.states import TERMINAL_STATES, CallState
+from core.urls import realtime_streams_on
 from providers.carriers.base import Prompt
 
 from .. import background
@@ -40,7 +41,7 @@ def greeting_decision(*, call: Call) -> GreetingDecision:
         if carrier.notify_in_dial:
             return GreetingDecision(False, "sent with the dial request", spoken_by_carrier=True)
         return in_answer if carrier.greets_in_answer else GreetingDecision(True, "notify")
-    if config.realtime.enabled:
+    if realtime_streams_on(config) and carrier.supports_media_streams:
         return GreetingDecision(False, "the realtime model's opening turn speaks it")
     if config.streaming.enabled and carrier.supports_media_streams:
         return GreetingDecision(False, "spoken when the media stream's transcription is ready")
