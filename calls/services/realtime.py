@@ -135,7 +135,9 @@ def realtime_transcript(*, call_id: str, speaker: str, text: str) -> None:
 
 def realtime_event(*, call_id: str, type: str, payload: dict[str, Any], dedupe_key: str | None = None) -> None:
     """A bridge record on the call's timeline (e.g. `realtime.turn` with its latency)."""
-    CallEvent.objects.get_or_create(
-        dedupe_key=dedupe_key, defaults={"call_id": call_id, "type": type[:32], "payload": payload, "occurred_at": now()},
-    ) if dedupe_key else CallEvent.objects.create(call_id=call_id, type=type[:32], payload=payload, occurred_at=now())
+    fields = {"call_id": call_id, "type": type[:32], "payload": payload, "occurred_at": now()}
+    if dedupe_key:
+        CallEvent.objects.get_or_create(dedupe_key=dedupe_key, defaults=fields)
+    else:
+        CallEvent.objects.create(**fields)
 
