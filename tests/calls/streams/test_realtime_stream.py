@@ -7,6 +7,7 @@ on the gateway's own event loop.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import secrets
 from datetime import timedelta
@@ -70,10 +71,12 @@ class RealtimeGateway:
         self.rest_stub = rest_stub
         self.clients: list = []
 
-    def config(self, *, provider: str = "scripted", **settings) -> None:
+    def config(self, *, provider: str = "scripted", carrier: str = "twilio", **settings) -> None:
         loaded = self.configure({
-            "provider": "twilio",
+            "provider": carrier,
             "twilio": {"accountSid": ACCOUNT, "authToken": TOKEN, "baseUrl": self.rest_stub.base_url},
+            "telnyx": {"apiKey": "KEY-test", "connectionId": "1684641123236054244",
+                       "publicKey": "A6EHv/POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg=", "baseUrl": "http://127.0.0.1:9"},
             "fromNumber": "+15550100000",
             "publicUrl": self.live_gateway,
             "inboundPolicy": "open",
@@ -104,9 +107,9 @@ async def gateway(live_gateway, configure, rest_stub):
 
 
 @sync_to_async
-def new_call(*, state: str = "answered", greeting: str = "", direction: str = "inbound") -> Call:
+def new_call(*, state: str = "answered", greeting: str = "", direction: str = "inbound", provider: str = "twilio") -> Call:
     return Call.objects.create(
-        provider="twilio", provider_call_id="CA" + secrets.token_hex(16), direction=direction, state=state,
+        provider=provider, provider_call_id="CA" + secrets.token_hex(16), direction=direction, state=state,
         from_number="+15550100001", to_number="+15550100000", mode="conversation", initial_message=greeting,
         answered_at=None if state == "ringing" else now(),
     )
@@ -430,3 +433,37 @@ async def test_speak_without_a_live_bridge_fails_when_fallback_is_off(gateway):
     request = sync_to_async(services.call_speak_request, thread_sensitive=False)
     result = await request(call_id=str(call.pk), message="Hello", allow_twiml_fallback=False)
     assert not result.success and result.error == "Realtime bridge is not active"
+
+
+# --- Telnyx frames ----------------------------------------------------------------------------
+
+
+@live
+async def test_a_telnyx_stream_bridges_audio_both_ways(gateway):
+    gateway.config(carrier="telnyx")
+    call = await new_call(provider="telnyx")
+    ws = await gateway.dial(await issue(str(call.pk)))
+    stream_id = "32de0dea-53cb-4b21-89a4-9e1819c043bc"
+    await ws.send(json.dumps({"event": "connected", "version": "1.0.0"}))
+    await ws.send(json.dumps({
+        "event": "start", "sequence_number": "1", "stream_id": stream_id,
+        "start": {"call_control_id": call.provider_call_id, "custom_parameters": {},
+                  "media_format": {"encoding": "PCMU", "sample_rate": 8000, "channels": 1}},
+    }))
+    session = await session_ready()
+    listener = Listener(ws, echo=False)
+    for n in range(3):
+        await ws.send(json.dumps({"event": "media", "sequence_number": str(n + 2), "stream_id": stream_id,
+                                  "media": {"track": "inbound", "chunk": str(n), "timestamp": str(n * 20),
+                                            "payload": base64.b64encode(tone(20)).decode()}}))
+    await await_until(lambda: len(session.audio) >= 3 * FRAME_BYTES, "caller audio at the model")
+    on_loop(session.listener.on_audio, tone(400), "item-1")
+    on_loop(session.listener.on_response_done, "item-1", "completed")
+    await await_until(lambda: len(listener.audio()) >= 20 and listener.marks(), "the model's audio as Telnyx frames")
+    for name in listener.marks():
+        await ws.send(json.dumps({"event": "mark", "stream_id": stream_id, "mark": {"name": name}}))
+    assert all(len(p) == FRAME_BYTES for p in listener.payloads())
+    await ws.send(json.dumps({"event": "stop", "sequence_number": "9", "stream_id": stream_id,
+                              "stop": {"call_control_id": call.provider_call_id}}))
+    assert (await closed_row(stream_id)).close_reason == "stop"
+    await listener.stop()
