@@ -19,7 +19,7 @@ from typing import Any
 from core.audio import BYTES_PER_MS
 from core.states import CallState
 from core.urls import realtime_streams_on
-from providers.carriers.media import StreamMark, StreamMedia, StreamStart, StreamStop
+from providers.carriers.media import StreamMark, StreamMedia, StreamOther, StreamStart, StreamStop
 from providers.realtime.base import RealtimeError, ToolCall
 
 from .. import services
@@ -32,6 +32,7 @@ from .consumer import (
     CLOSE_POLICY,
     CLOSE_TRY_LATER,
     CarrierStreamConsumer,
+    sanitize_reason,
     service,
 )
 from .playback import Outcome, Playback, PlaybackQueueFull, PlaybackResult, heard_text
@@ -83,6 +84,7 @@ class _Item:
         self.finished = False  # no more audio will come
         self.cut = False  # a barge-in cleared it: later audio is dropped
         self.produced = 0
+        self.started_at: float | None = None
         self.transcript: str | None = None
         self.result: PlaybackResult | None = None
         self.future: asyncio.Future[PlaybackResult] | None = None
@@ -103,9 +105,7 @@ class _Item:
     async def _audio(self):
         while True:
             while self.chunks:
-                chunk = self.chunks.popleft()
-                self.consumer.queued_audio -= len(chunk)
-                yield chunk
+                yield self.chunks.popleft()
             if self.finished:
                 return
             self.ready.clear()
@@ -128,7 +128,6 @@ class RealtimeStreamConsumer(CarrierStreamConsumer):
         self.buffered_bytes = 0
         self.items: dict[str, _Item] = {}
         self.current_item: _Item | None = None
-        self.queued_audio = 0
         self.greeting_pending = False
         self.gate: SpeechGate | None = None
         self.last_media_at = time.monotonic()
@@ -219,6 +218,10 @@ class RealtimeStreamConsumer(CarrierStreamConsumer):
         elif isinstance(frame, StreamStop):
             self.close_reason = "stop"
             await self._close(CLOSE_NORMAL, "stop")
+        elif isinstance(frame, StreamOther) and frame.event == "error":
+            self.stats.counters["carrier_errors"] += 1
+            log.warning("realtime stream %s: the carrier reports an error: %s", getattr(self, "stream_id", "-"),
+                        sanitize_reason(frame.detail))
         else:
             self.stats.counters["ignored"] += 1
 
@@ -364,9 +367,17 @@ class RealtimeStreamConsumer(CarrierStreamConsumer):
             if item is None:
                 return
         item.push(ulaw)
-        self.queued_audio += len(ulaw)
-        if self.queued_audio > MAX_QUEUED_AUDIO:
+        if self._queued_audio() > MAX_QUEUED_AUDIO:
+            self.stats.counters["audio_backpressure"] += 1
             self._spawn(self._close(CLOSE_TRY_LATER, "Backpressure: queued audio exceeded"))
+
+    def _queued_audio(self) -> int:
+        """Model audio received and not yet played out (bytes): what waits in the playback."""
+        queued = sum(item.produced for item in self.items.values() if item.result is None and not item.cut)
+        current = self.current_item
+        if current is not None and current.started_at is not None:
+            queued -= min(current.produced, int((time.monotonic() - current.started_at) * 1000) * BYTES_PER_MS)
+        return queued
 
     def _new_item(self, item_id: str) -> _Item | None:
         item = _Item(self, item_id)
@@ -389,6 +400,7 @@ class RealtimeStreamConsumer(CarrierStreamConsumer):
 
     def _audio_started(self, item: _Item, at: float) -> None:
         self.current_item = item
+        item.started_at = at
         if self.turn_started_at is None:
             return
         latency_ms = int((at - self.turn_started_at) * 1000)

@@ -19,6 +19,7 @@ from websockets.exceptions import InvalidStatus
 
 from calls import services
 from calls.clock import now
+from calls.selectors import call_timeline
 from calls.simulator.rest import TwilioRestStub
 from calls.models import Call, CallEvent, RealtimeStreamToken, TranscriptEntry
 from calls.streams import realtime as bridge
@@ -254,6 +255,11 @@ async def test_model_audio_is_paced_in_frames_with_marks_and_recorded(gateway):
     assert await lines(call) == [("user", "What time is it?"), ("bot", "It is noon.")]
     turns = await events(call, "realtime.turn")
     assert len(turns) == 1 and turns[0]["latencyMs"] >= 0
+    rows = await sync_to_async(lambda: call_timeline(call=Call.objects.get(pk=call.pk)))()
+    assert any(row["label"] == "realtime.turn" and row["detail"].startswith("latency ") for row in rows)
+    await ws.send(stop_frame(sid, call))
+    row = await closed_row(sid)
+    assert row.stats["turnLatencyMs"]["n"] == 1 and row.stats["marks_acked"] >= 1
     await listener.stop()
 
 
@@ -412,6 +418,16 @@ async def test_frames_during_admission_are_buffered_up_to_the_cap(gateway, monke
     code = await close_code(ws)
     release.set()
     assert code in (1013, 4013)
+
+
+@live
+async def test_too_much_queued_model_audio_closes_the_stream(gateway, monkeypatch):
+    monkeypatch.setattr(bridge, "MAX_QUEUED_AUDIO", 8000)  # 1 s
+    call = await new_call()
+    ws, sid, session = await open_call(gateway, call)
+    on_loop(session.listener.on_audio, tone(3000), "item-1")
+    assert await close_code(ws) in (1013, 4013)
+    assert (await closed_row(sid)).close_reason.startswith("Backpressure")
 
 
 # --- speak ------------------------------------------------------------------------------------
