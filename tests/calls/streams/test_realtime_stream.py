@@ -72,7 +72,7 @@ class RealtimeGateway:
         self.rest_stub = rest_stub
         self.clients: list = []
 
-    def config(self, *, provider: str = "scripted", carrier: str = "twilio", **settings) -> None:
+    def config(self, *, provider: str = "scripted", carrier: str = "twilio", realtime: dict | None = None, **settings) -> None:
         loaded = self.configure({
             "provider": carrier,
             "twilio": {"accountSid": ACCOUNT, "authToken": TOKEN, "baseUrl": self.rest_stub.base_url},
@@ -81,7 +81,7 @@ class RealtimeGateway:
             "fromNumber": "+15550100000",
             "publicUrl": self.live_gateway,
             "inboundPolicy": "open",
-            "realtime": {"enabled": True, "provider": provider, "providers": {"scripted": settings}},
+            "realtime": {"enabled": True, "provider": provider, "providers": {"scripted": settings}, **(realtime or {})},
         })
         assert not loaded.errors, loaded.errors
 
@@ -383,6 +383,32 @@ async def test_no_inbound_media_ends_the_call_as_a_timeout(gateway, rest_stub, m
     done = await await_until(lambda: ended(call), "the call to end")
     assert done.end_reason == "timeout"
     assert session.closed
+
+
+@live
+async def test_idle_hangup_ends_a_call_nobody_speaks_on(gateway, rest_stub):
+    gateway.config(realtime={"idleHangupMs": 300})
+    call = await new_call()
+    rest_stub.status[call.provider_call_id] = "in-progress"
+    ws, sid, session = await open_call(gateway, call)
+    done = await await_until(lambda: ended(call), "the idle call to end")
+    assert done.end_reason == "timeout"
+
+
+@live
+async def test_an_outbound_greeting_is_not_cut_by_the_callee(gateway):
+    call = await new_call(direction="outbound", greeting="Hello, this is your reminder")
+    ws, sid, session = await open_call(gateway, call)
+    listener = Listener(ws, echo=True)
+    await await_until(lambda: session.responds, "the greeting request")
+    on_loop(session.listener.on_audio, tone(1500), "greeting")
+    on_loop(session.listener.on_response_done, "greeting", "completed")
+    await await_until(lambda: len(listener.marks()) >= 2, "the greeting under way")
+    on_loop(session.listener.on_speech_started)
+    await await_until(lambda: "tts-" in (listener.marks()[-1] if listener.marks() else "") and listener.marks()[-1].endswith("-end"),
+                      "the whole greeting played", timeout=5)
+    assert "clear" not in listener.events() and not session.truncates
+    await listener.stop()
 
 
 @live
