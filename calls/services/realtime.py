@@ -44,9 +44,8 @@ def realtime_token_consume(token: str) -> str | None:
     # One conditional UPDATE: of two upgrades with the same token only one finds it unused.
     used = RealtimeStreamToken.objects.filter(token=key, used_at__isnull=True, expires_at__gt=at).update(used_at=at)
     if not used:
-        known = RealtimeStreamToken.objects.filter(token=key).values_list("used_at", flat=True).first()
-        why = "unknown" if known is None and not RealtimeStreamToken.objects.filter(token=key).exists() else (
-            "already used" if known else "expired")
+        known = list(RealtimeStreamToken.objects.filter(token=key).values_list("used_at", flat=True)[:1])
+        why = "unknown" if not known else ("already used" if known[0] else "expired")
         log.warning("realtime stream refused: %s stream token", why)
         return None
     return str(RealtimeStreamToken.objects.filter(token=key).values_list("call_id", flat=True).get())

@@ -73,6 +73,14 @@ def realtime_provider(config):
     return provider
 
 
+def _prepare(*, config, call_id: str):
+    """The provider and the session setup for a call (sync: imports and database reads)."""
+    from ..realtime.instructions import session_setup
+
+    provider = realtime_provider(config)
+    return provider, session_setup(config=config, call_id=call_id)
+
+
 class _Item:
     """One model answer's audio on its way to the playback; iterated by the player."""
 
@@ -287,23 +295,25 @@ class RealtimeStreamConsumer(CarrierStreamConsumer):
         await self.channel_layer.group_add(self.group, self.channel_name)
         self.playback = Playback(send=self._send_frame, frames=self.frames, synthesize=self._no_synthesis, stats=self.stats)
         try:
-            provider = realtime_provider(self.config)
+            # On a worker thread: the provider's module may be imported now, and the setup reads the database.
+            provider, setup = await service(_prepare)(config=self.config, call_id=call.call_id)
         except RealtimeError as exc:
             log.error("call %s: realtime provider unavailable: %s", call.call_id, exc)
             self.stats.counters["provider_failures"] += 1
             await self._end_call(CallState.ERROR.value, "Realtime provider unavailable", code=CLOSE_ERROR)
             return
+        except Exception:
+            log.exception("call %s: realtime session setup failed", call.call_id)
+            await self._end_call(CallState.ERROR.value, "Realtime setup failed", code=CLOSE_ERROR)
+            return
         self.provider = provider
         if not provider.handles_barge_in:
             self.gate = SpeechGate()
         try:
-            from ..realtime.instructions import session_setup
-
-            setup = await service(session_setup)(config=self.config, call_id=call.call_id)
             self.session = provider.create_session(self, setup)
             self.forced = self._forced_consult()
         except Exception as exc:
-            log.error("call %s: realtime session setup failed: %s", call.call_id, exc)
+            log.error("call %s: opening a realtime session with %s failed: %s", call.call_id, provider.name, exc)
             await self._end_call(CallState.ERROR.value, "Realtime setup failed", code=CLOSE_ERROR)
             return
         # Frames held during admission, in order; the session queues caller audio until it connects.
@@ -339,7 +349,11 @@ class RealtimeStreamConsumer(CarrierStreamConsumer):
             self.greeting_pending = True
             from ..realtime.instructions import greeting_instructions
 
-            await session.respond(greeting_instructions(greeting))
+            try:
+                await session.respond(greeting_instructions(greeting))
+            except Exception as exc:
+                self.greeting_pending = False
+                log.warning("call %s: asking the model for the greeting failed: %s", self.call.call_id, exc)
 
     def _forced_consult(self):
         try:
@@ -540,11 +554,9 @@ class RealtimeStreamConsumer(CarrierStreamConsumer):
             self.consults += 1
         try:
             if slow:
-                from ..realtime.instructions import checking_instructions
-
                 if self.forced is not None:
                     self.forced.on_consult()
-                await self.session.respond(checking_instructions())
+                await self._checking_notice()
             outcome = await service(tool_run)(call_id=self.call.call_id, call=call)
         except Exception as exc:
             log.warning("call %s: tool %s failed: %s", self.call.call_id, call.name, exc)
@@ -563,6 +575,18 @@ class RealtimeStreamConsumer(CarrierStreamConsumer):
         if outcome.end_call:
             await self._last_words_played()
             await self._end_call(CallState.COMPLETED.value, "Ended by the model")
+
+    async def _checking_notice(self) -> None:
+        """The model says it is checking while the consult runs (its own response, out of band)."""
+        from ..realtime.instructions import checking_instructions
+
+        session = self.session
+        if session is None:
+            return
+        try:
+            await session.respond(checking_instructions())
+        except Exception as exc:
+            log.info("call %s: the checking notice failed: %s", self.call.call_id, exc)
 
     async def _last_words_played(self) -> None:
         """Wait (bounded) until the model's audio queued so far has played."""

@@ -315,6 +315,7 @@ async def test_a_tool_call_gets_its_result(gateway):
     on_loop(session.listener.on_tool_call, ToolCall("c1", "openclaw_agent_consult", '{"question": ""}'))
     await await_until(lambda: session.tool_results, "the tool result")
     assert session.tool_results[0][0] == "openclaw_agent_consult" and "error" in session.tool_results[0][1]
+    assert any("checking" in text for text in session.responds)  # said while the consult ran
     on_loop(session.listener.on_tool_call, ToolCall("c2", "nope", "{bad"))
     await await_until(lambda: len(session.tool_results) == 2, "the second result")
     assert "error" in session.tool_results[1][1]
