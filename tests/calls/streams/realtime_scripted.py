@@ -4,11 +4,15 @@ from __future__ import annotations
 import asyncio
 from typing import Any, ClassVar
 
+import numpy as np
+
+from core.audio import samples_to_ulaw
 from providers.realtime.base import RealtimeError, RealtimeProvider, RealtimeSession, SessionSetup, ToolCall
 
 
 class ScriptedRealtime(RealtimeProvider):
-    """Settings: `connect` ("ok", "fail", "hang"), `bargeIn` (the provider interrupts by itself)."""
+    """Settings: `connect` ("ok", "fail", "hang"), `bargeIn` (the provider interrupts by itself),
+    `speaks` (answer each respond() with `speaksMs` of tone and the transcript "Spoken <n>")."""
 
     name = "scripted"
     api_key_env = None
@@ -48,6 +52,12 @@ class ScriptedSession(RealtimeSession):
 
     async def respond(self, instructions: str) -> None:
         self.responds.append(instructions)
+        if self.provider.setting("speaks"):
+            item = f"item-{len(self.responds)}"
+            ms = int(self.provider.setting("speaksMs", 400))
+            self.listener.on_audio(tone(ms), item)
+            self.listener.on_output_transcript(item, f"Spoken {len(self.responds)}")
+            self.listener.on_response_done(item, "completed")
 
     async def send_tool_result(self, call: ToolCall, output: dict[str, Any]) -> None:
         self.tool_results.append((call.name, output))
@@ -60,3 +70,8 @@ class ScriptedSession(RealtimeSession):
 
     async def close(self) -> None:
         self.closed = True
+
+
+def tone(ms: int, amplitude: float = 0.3) -> bytes:
+    t = np.arange(ms * 8) / 8000
+    return samples_to_ulaw((np.sin(2 * np.pi * 440 * t) * amplitude * 32767).astype(np.int16))

@@ -10,6 +10,7 @@ import asyncio
 import base64
 import json
 import secrets
+from urllib.parse import urlencode
 from datetime import timedelta
 
 import numpy as np
@@ -72,8 +73,11 @@ class RealtimeGateway:
         self.rest_stub = rest_stub
         self.clients: list = []
 
+    def current(self) -> dict:
+        return self.data
+
     def config(self, *, provider: str = "scripted", carrier: str = "twilio", realtime: dict | None = None, **settings) -> None:
-        loaded = self.configure({
+        self.data = {
             "provider": carrier,
             "twilio": {"accountSid": ACCOUNT, "authToken": TOKEN, "baseUrl": self.rest_stub.base_url},
             "telnyx": {"apiKey": "KEY-test", "connectionId": "1684641123236054244",
@@ -82,7 +86,8 @@ class RealtimeGateway:
             "publicUrl": self.live_gateway,
             "inboundPolicy": "open",
             "realtime": {"enabled": True, "provider": provider, "providers": {"scripted": settings}, **(realtime or {})},
-        })
+        }
+        loaded = self.configure(self.data)
         assert not loaded.errors, loaded.errors
 
     async def dial(self, token: str):
@@ -509,4 +514,46 @@ async def test_a_telnyx_stream_bridges_audio_both_ways(gateway):
     await ws.send(json.dumps({"event": "stop", "sequence_number": "9", "stream_id": stream_id,
                               "stop": {"call_control_id": call.provider_call_id}}))
     assert (await closed_row(stream_id)).close_reason == "stop"
+    await listener.stop()
+
+
+# --- the whole chain: webhook answer, token, stream ----------------------------------------------
+
+
+@live
+async def test_an_inbound_twilio_call_is_streamed_to_the_model_and_greeted(gateway, configure, rest_stub, live_gateway):
+    import httpx
+
+    from calls.simulator.call import parse_stream
+    from core.urls import webhook_url
+    from providers.carriers.twilio.webhook import signature
+
+    gateway.config(speaks=True, realtime={"instructions": "Be brief."})
+    loaded = configure({**gateway.current(), "inboundGreeting": "Welcome to the clinic."})
+    sid = "CA" + secrets.token_hex(16)
+    body = {"CallSid": sid, "AccountSid": ACCOUNT, "From": "+15550100001", "To": "+15550100000",
+            "Direction": "inbound", "CallStatus": "ringing", "ApiVersion": "2010-04-01"}
+    hook = webhook_url(loaded.config)
+    async with httpx.AsyncClient(timeout=10) as http:
+        answer = await http.post(live_gateway + "/voice/webhook", content=urlencode(body), headers={
+            "Content-Type": "application/x-www-form-urlencoded",
+            "X-Twilio-Signature": signature(TOKEN, hook, list(body.items())),
+        })
+    assert answer.status_code == 200, answer.text
+    url, _ = parse_stream(answer.text)
+    assert url and "/voice/stream/realtime/" in url
+    token = url.rsplit("/", 1)[1]
+    ws = await gateway.dial(token)
+    listener = Listener(ws, echo=True)
+    stream_sid = new_sid()
+    call = await sync_to_async(Call.objects.get)(provider_call_id=sid)
+    await ws.send(start_frame(call, stream_sid))
+    session = await session_ready()
+    assert "Welcome to the clinic." in session.responds[0]
+    assert "Be brief." in session.setup.instructions
+    await await_until(lambda: len(listener.audio()) >= 20, "the greeting heard")
+    await await_until(lambda: _count(call, 1), "the greeting in the transcript")
+    assert await lines(call) == [("bot", "Spoken 1")]
+    await ws.send(stop_frame(stream_sid, call))
+    await closed_row(stream_sid)
     await listener.stop()
