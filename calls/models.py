@@ -383,3 +383,19 @@ class ContinueOperation(models.Model):
 
     def __str__(self) -> str:
         return f"continue {self.pk} ({self.status})"
+
+
+class RealtimeStreamToken(models.Model):
+    """A one-time token in the URL a carrier opens a realtime stream on: valid 30 s, used once."""
+
+    token = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    call = models.ForeignKey(Call, on_delete=models.CASCADE, related_name="realtime_tokens")
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+    used_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["expires_at"], name="realtime_token_expires")]
+
+    def __str__(self) -> str:
+        return f"realtime token of {self.call_id} ({'used' if self.used_at else 'unused'})"

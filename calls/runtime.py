@@ -46,6 +46,9 @@ def build_runtime(loaded: LoadedConfig) -> CallRuntime:
 
     # What the carrier needs from the call domain is handed to it here, so providers never import calls.
     carrier = backend(loaded.config, documents=DatabaseDocuments(), stream_token=stream_token)
+    from .services.realtime import realtime_token_issue
+
+    carrier.realtime_token = realtime_token_issue
     return CallRuntime(loaded=loaded, carrier=carrier)
 
 

@@ -430,6 +430,8 @@ def _event_detail(payload: dict, kind: str = "") -> str:
     for key in ("transcript", "digits", "reason", "error", "text"):
         if payload.get(key):
             return str(payload[key])
+    if payload.get("latencyMs") is not None:  # a realtime turn: caller's speech end to the model's first audio
+        return f"latency {payload['latencyMs']} ms"
     return ""
 
 

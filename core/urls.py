@@ -46,3 +46,19 @@ def media_stream_url(config: VoiceCallConfig) -> str | None:
     from core.config.schema import normalize_path
 
     return f"{scheme}://{parts.netloc}{normalize_path(config.streaming.stream_path)}"
+
+
+def realtime_stream_url(config: VoiceCallConfig, token: str) -> str | None:
+    """ws(s)://<public host><realtime stream path>/<token>, when realtime is on (streaming off) and the public URL is known."""
+    if not (config.realtime.enabled and not config.streaming.enabled and config.public_url):
+        return None
+    parts = urlsplit(config.public_url)
+    scheme = "wss" if parts.scheme == "https" else "ws"
+    from core.config.schema import normalize_path
+
+    return f"{scheme}://{parts.netloc}{normalize_path(config.realtime_stream_path())}/{token}"
+
+
+def realtime_streams_on(config: VoiceCallConfig) -> bool:
+    """Whether conversation calls stream to the realtime bridge (it needs a public URL to be reached)."""
+    return bool(config.realtime.enabled and not config.streaming.enabled and config.public_url)

@@ -56,16 +56,25 @@ class Lifespan:
 
 
 class GatewayWebsocket:
-    """Media streams at streaming.streamPath (read per connection, so config reloads apply); others 404."""
+    """Media streams at streaming.streamPath, realtime streams at <realtime stream path>/<token> (read
+    per connection, so config reloads apply); others refused."""
 
     def __init__(self) -> None:
         from calls.streams.media import MediaStreamConsumer
+        from calls.streams.realtime import RealtimeStreamConsumer
 
         self.media = MediaStreamConsumer.as_asgi()
+        self.realtime = RealtimeStreamConsumer.as_asgi()
 
     async def __call__(self, scope, receive, send) -> None:
-        if normalize_path(scope["path"]) == normalize_path(get_config().config.streaming.stream_path):
+        config = get_config().config
+        path = normalize_path(scope["path"])
+        if path == normalize_path(config.streaming.stream_path):
             return await self.media(scope, receive, send)
+        prefix = normalize_path(config.realtime_stream_path()) + "/"
+        if config.realtime.enabled and path.startswith(prefix) and "/" not in path[len(prefix):]:
+            scope = {**scope, "url_route": {"kwargs": {"token": path[len(prefix):]}}}
+            return await self.realtime(scope, receive, send)
         await send({"type": "websocket.close"})  # refused before the upgrade completes
 
 

@@ -30,6 +30,15 @@ from .operations import (
     continue_operation_start,
     continue_operations_wait,
 )
+from .realtime import (
+    RealtimeCall,
+    realtime_event,
+    realtime_stream_open,
+    realtime_token_consume,
+    realtime_token_issue,
+    realtime_tokens_purge,
+    realtime_transcript,
+)
 from .replies import ReplyHeard, reply_settle
 from .speech import call_reply_say, call_speak, reply_speaking_begin, speaking_begin, speaking_end
 from .streams import (
@@ -66,12 +75,19 @@ __all__ = [
     "GreetingDecision",
     "InputRejected",
     "OperationNotFound",
+    "RealtimeCall",
     "ReplyHeard",
     "RestoreReport",
     "StreamCall",
     "StreamRefused",
     "TurnHeard",
     "WebhookReply",
+    "realtime_event",
+    "realtime_stream_open",
+    "realtime_token_consume",
+    "realtime_token_issue",
+    "realtime_tokens_purge",
+    "realtime_transcript",
     "call_continue",
     "call_continue_request",
     "call_end",

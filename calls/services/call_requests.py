@@ -109,12 +109,24 @@ def call_continue_request(*, call_id: str | None, message: str | None) -> TurnHe
 
 def call_speak_request(*, call_id: str | None, message: str | None, allow_twiml_fallback: bool = True) -> ActionResult:
     resolved = call_active_id(call_id=call_id, message=message)
-    if get_runtime().config.realtime.enabled and not allow_twiml_fallback:
-        # Speaking through a realtime model needs its bridge attached to this call; none is, and
-        # the caller asked not to fall back to the carrier's own TTS.
-        return ActionResult(success=False, error="Realtime bridge is not active")
+    if get_runtime().config.realtime.enabled:
+        if _realtime_stream_open(resolved):
+            from ..streams.commands import stream_inject
+
+            if stream_inject(resolved, message):
+                return ActionResult()
+        if not allow_twiml_fallback:
+            # Speaking through a realtime model needs its bridge attached to this call; none is, and
+            # the caller asked not to fall back to the carrier's own TTS.
+            return ActionResult(success=False, error="Realtime bridge is not active")
     call_speak(call_id=resolved, text=message)
     return ActionResult()
+
+
+def _realtime_stream_open(call_id: str) -> bool:
+    from ..models import MediaStream
+
+    return MediaStream.objects.open().filter(call_id=call_id).exists()
 
 
 def call_send_dtmf_request(*, call_id: str | None, digits: str | None) -> ActionResult:

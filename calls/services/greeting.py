@@ -9,6 +9,7 @@ from django.db.models import Q
 
 from core.errors import VoiceCallError
 from core.states import TERMINAL_STATES, CallState
+from core.urls import realtime_streams_on
 from providers.carriers.base import Prompt
 
 from .. import background
@@ -26,6 +27,8 @@ class GreetingDecision:
     why: str
     # The carrier already plays it (sent with the dial): record it as spoken without a request.
     spoken_by_carrier: bool = False
+    # Nothing can speak it (realtime without a stream that reaches the call): logged as a warning.
+    unreachable: bool = False
 
 
 def greeting_decision(*, call: Call) -> GreetingDecision:
@@ -41,7 +44,11 @@ def greeting_decision(*, call: Call) -> GreetingDecision:
             return GreetingDecision(False, "sent with the dial request", spoken_by_carrier=True)
         return in_answer if carrier.greets_in_answer else GreetingDecision(True, "notify")
     if config.realtime.enabled:
-        return GreetingDecision(False, "the realtime model's opening turn speaks it")
+        if realtime_streams_on(config) and carrier.supports_media_streams:
+            return GreetingDecision(False, "the realtime model's opening turn speaks it")
+        # Nothing else speaks on a realtime call: say so loudly instead of losing it silently.
+        return GreetingDecision(False, "not spoken: realtime is on but no realtime stream can reach this call "
+                                       "(it needs publicUrl and a carrier with media streams)", unreachable=True)
     if config.streaming.enabled and carrier.supports_media_streams:
         return GreetingDecision(False, "spoken when the media stream's transcription is ready")
     return in_answer if carrier.greets_in_answer else GreetingDecision(True, "conversation")
@@ -56,7 +63,7 @@ def on_call_answered(*, call_id: str) -> None:
     if call.pending_dtmf:
         _send_answer_dtmf(runtime, call, call.pending_dtmf)
     decision = greeting_decision(call=call)
-    log.info("call %s answered; greeting: %s", call.pk, decision.why)
+    (log.warning if decision.unreachable else log.info)("call %s answered; greeting: %s", call.pk, decision.why)
     if decision.spoken_by_carrier:
         initial_message_delivered(call_id=call_id)
     elif decision.speak:

@@ -114,7 +114,9 @@ def processed_webhooks_purge(*, at: datetime | None = None) -> int:
         Q(completed_at__lt=cutoff) | Q(status=OperationStatus.PENDING, deadline__lt=cutoff)
     )
     finished, _ = operations.delete()
-    return deleted + documents + finished
+    from .realtime import realtime_tokens_purge
+
+    return deleted + documents + finished + realtime_tokens_purge(at=moment)
 
 
 @dataclass

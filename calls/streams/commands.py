@@ -139,3 +139,25 @@ def stream_speak(call_id: str, text: str, voice: str | None, *, interruptible: b
     except PlaybackRefused as exc:
         return {"type": "stream.result", "outcome": "failed", "error": str(exc)}
     return stream_outcome(reply, timeout=timeout)
+
+
+def stream_inject(call_id: str, text: str) -> bool:
+    """Have the call's realtime model say `text`; False when no live realtime stream accepted it."""
+
+    async def offer(layer):
+        reply = f"voicecall.reply.{uuid.uuid4().hex}"
+        await layer.group_send(call_group(call_id), {"type": "stream.inject", "text": text, "reply_to": reply})
+        try:
+            async with asyncio.timeout(ACCEPT_TIMEOUT):
+                accepted = await layer.receive(reply)
+        except TimeoutError:
+            return False
+        return accepted.get("type") == "stream.accepted"
+
+    try:
+        return bool(_run(offer, timeout=ACCEPT_TIMEOUT + 1))
+    except StreamUnavailable:
+        return False
+    except Exception as exc:
+        log.info("speech injection for %s not sent: %s", call_id, exc)
+        return False

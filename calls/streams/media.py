@@ -12,22 +12,12 @@ consumer's message loop), so service calls that can lead to speech run as separa
 from __future__ import annotations
 
 import asyncio
-import functools
-import json
 import logging
-import re
 import time
 from typing import Any
 from urllib.parse import parse_qs
 
-from channels.consumer import get_handler_name
-from channels.exceptions import StopConsumer
-from channels.layers import get_channel_layer
-from channels.db import database_sync_to_async
-from channels.generic.websocket import AsyncWebsocketConsumer
-
 from providers.carriers.media import (
-    FrameError,
     StreamCleared,
     StreamConnected,
     StreamDtmf,
@@ -37,7 +27,6 @@ from providers.carriers.media import (
     StreamStart,
     StreamStop,
 )
-from providers.carriers.public_url import ip_in, normalize_ip
 from providers.transcription.base import TranscriptionError
 
 from ..gateway import get_gateway
@@ -45,124 +34,38 @@ from ..runtime import get_runtime
 from .. import services
 from ..speech import transcription_provider, tts_chain
 from . import commands
-from .limits import TOO_MANY_CONNECTIONS, limits
+from .consumer import (  # noqa: F401  (re-exported: the stream's helpers were first defined here)
+    CLOSE_ERROR,
+    CLOSE_NORMAL,
+    CLOSE_POLICY,
+    CLOSE_TOO_BIG,
+    CLOSE_TRY_LATER,
+    MAX_MESSAGE_BYTES,
+    MAX_SEND_BUFFER,
+    CarrierStreamConsumer,
+    client_ip,
+    sanitize_reason,
+    send_backlog,
+    service,
+    wire_close_code,
+)
 from .playback import Playback, PlaybackQueueFull, PlaybackResult
-from .stats import StreamStats
 
 log = logging.getLogger(__name__)
 
-MAX_MESSAGE_BYTES = 64 * 1024
-MAX_SEND_BUFFER = 1024 * 1024
-CLOSE_NORMAL, CLOSE_POLICY, CLOSE_TOO_BIG, CLOSE_ERROR, CLOSE_TRY_LATER = 1000, 1008, 1009, 1011, 1013
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_service = service
 
 
-def sanitize_reason(reason: str) -> str:
-    """Close reasons are logged: no control characters, at most 120 characters."""
-    return _CONTROL.sub(" ", reason)[:120]
-
-
-def wire_close_code(code: int) -> int:
-    """The close code as sent: Daphne's WebSocket library sends only 1000 and 3000–4999, so the
-    reference's 1008/1009/1011/1013 go out as their private-range twins 4008/4009/4011/4013."""
-    return code if code == CLOSE_NORMAL or 3000 <= code <= 4999 else 4000 + code - 1000
-
-
-def _service(func):
-    """A sync service on a worker thread (not the shared one: a service may wait on a playback)."""
-    return database_sync_to_async(func, thread_sensitive=False)
-
-
-def client_ip(scope: dict, config) -> str:
-    """The socket's peer, or the first untrusted X-Forwarded-For hop when the peer is a trusted proxy."""
-    peer = normalize_ip((scope.get("client") or [None])[0]) or "unknown"
-    security = config.webhook_security
-    if not (security.trust_forwarding_headers and ip_in(peer, security.trusted_proxy_ips)):
-        return peer
-    headers = {k.decode("latin1").lower(): v.decode("latin1") for k, v in scope.get("headers", [])}
-    hops = [normalize_ip(h.strip()) for h in headers.get("x-forwarded-for", "").split(",") if h.strip()]
-    for hop in reversed(hops):
-        if hop and not ip_in(hop, security.trusted_proxy_ips):
-            return hop
-    return normalize_ip(headers.get("x-real-ip", "").strip()) or peer
-
-
-def send_backlog(send) -> int:
-    """Bytes waiting in the server's socket buffer for this connection (Daphne/Twisted), else 0."""
-    protocol = send.args[0] if isinstance(send, functools.partial) and send.args else None
-    transport = getattr(protocol, "transport", None)
-    if transport is None:
-        return 0
-    try:
-        return len(transport.dataBuffer) - getattr(transport, "offset", 0) + getattr(transport, "_tempDataLen", 0)
-    except (AttributeError, TypeError):
-        return 0
-
-
-class MediaStreamConsumer(AsyncWebsocketConsumer):
+class MediaStreamConsumer(CarrierStreamConsumer):
     """One carrier media WebSocket."""
 
-    groups: list[str] = []
-
-    async def __call__(self, scope, receive, send) -> None:
-        """Channels' consumer loop, made for 50 messages a second.
-
-        Channels waits for the next message from the socket or the channel layer with a fresh
-        task and an `asyncio.wait` per message. Here one long-lived reader per source feeds
-        `dispatch`, and a lock keeps handlers one at a time, as Channels does.
-        """
-        self.scope = scope
-        self.base_send = send
-        self.channel_layer = get_channel_layer(self.channel_layer_alias)
-        sources = [receive]
-        if self.channel_layer is not None:
-            self.channel_name = await self.channel_layer.new_channel()
-            sources.append(functools.partial(self.channel_layer.receive, self.channel_name))
-        one_at_a_time = asyncio.Lock()
-
-        async def read(source) -> None:
-            while True:
-                message = await source()
-                async with one_at_a_time:
-                    await self.dispatch(message)
-
-        readers = [asyncio.ensure_future(read(source)) for source in sources]
-        try:
-            done, _ = await asyncio.wait(readers, return_when=asyncio.FIRST_COMPLETED)
-            for reader in done:
-                if not reader.cancelled() and not isinstance(reader.exception(), StopConsumer):
-                    reader.result()  # a handler's error ends the consumer, as in Channels
-        finally:
-            for reader in readers:
-                reader.cancel()
-            await asyncio.gather(*readers, return_exceptions=True)
-
-    async def dispatch(self, message) -> None:
-        """Channels' dispatch, without its hop to the shared sync thread before every message.
-
-        That hop closes stale database connections of the shared thread, which this consumer never
-        uses: every database call here runs through `_service`, whose worker thread closes its own.
-        Made 50 times a second per call, it is a thread round trip per frame for nothing.
-        """
-        handler = getattr(self, get_handler_name(message), None)
-        if handler is None:
-            raise ValueError(f"No handler for message type {message['type']}")
-        await handler(message)
+    kind = "media stream"
 
     # --- connection ----------------------------------------------------------------------
 
     async def websocket_connect(self, message) -> None:
-        self.stats = StreamStats()
-        self.started = False
-        self.closing = False
-        self.call = None
-        self.playback: Playback | None = None
+        self._init_state()
         self.stt = None
-        self.group: str | None = None
-        self.tasks: set[asyncio.Task] = set()
-        self.reports: set[asyncio.Task] = set()
-        self.admitted = False
-        self.close_reason = "disconnected"
         self.transcripts = 0
         self.utterance_open = False  # between the caller starting to talk and the final transcript
         self.inbound_origin: tuple[float, int] | None = None
@@ -180,97 +83,34 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
             await self.close()
             return
         self.codec = self.codec_class()
-        self.ip = client_ip(self.scope, self.config)
-        streaming = self.config.streaming
-        refusal = limits.admit(
-            self.ip, max_connections=streaming.max_connections, max_pending=streaming.max_pending_connections,
-            max_pending_per_ip=streaming.max_pending_connections_per_ip,
-        )
-        if refusal == TOO_MANY_CONNECTIONS:
-            log.warning("media stream from %s refused: %s", self.ip, refusal)
-            await self.close()  # before accept: the upgrade is refused with an HTTP error
+        if not await self._admit(self.config):
             return
-        await self.accept()
-        if refusal:
-            log.warning("media stream from %s closed: %s", self.ip, refusal)
-            await self._close(CLOSE_TRY_LATER, refusal)
-            return
-        self.admitted = True
         get_gateway().bind_loop(asyncio.get_running_loop())
-        self._spawn(self._start_timeout(streaming.pre_start_timeout_ms / 1000))
+        self._spawn(self._start_timeout(self.config.streaming.pre_start_timeout_ms / 1000))
 
-    async def _start_timeout(self, seconds: float) -> None:
-        await asyncio.sleep(seconds)
-        if not self.started and not self.closing:
-            await self._close(CLOSE_POLICY, "Start timeout")
-
-    async def websocket_disconnect(self, message) -> None:
-        await self._cleanup(f"disconnected ({message.get('code', 'no code')})")
-        await super().websocket_disconnect(message)
-
-    async def _close(self, code: int, reason: str) -> None:
-        if self.closing:
-            return
-        self.closing = True
-        self.close_reason = sanitize_reason(reason)
-        log.info("media stream %s closing: %s %s", getattr(self, "stream_id", "-"), code, self.close_reason)
-        try:
-            await self.close(code=wire_close_code(code), reason=self.close_reason)
-        except Exception as exc:
-            log.info("closing media stream socket failed: %s", exc)
-        finally:
-            await self._cleanup(self.close_reason)
-
-    async def _cleanup(self, reason: str) -> None:
-        if getattr(self, "cleaned", False) or not hasattr(self, "stats"):
-            return
-        self.cleaned = True
-        if self.admitted:
-            limits.closed(self.ip, was_pending=not self.started)
-        if self.playback is not None:
-            await self.playback.close()  # settles every entry, so each waiting speak gets its answer
-        current = asyncio.current_task()
-        for task in list(self.tasks):
-            if task is not current:
-                task.cancel()
+    async def _cleanup(self, reason: str) -> bool:
+        if not await super()._cleanup(reason):
+            return False
         if self.stt is not None:
             try:
                 await self.stt.close()
             except Exception as exc:
                 log.info("closing transcription failed: %s", exc)
-        if self.group:
-            await self.channel_layer.group_discard(self.group, self.channel_name)
         if self.call is not None:
-            if self.close_reason == "disconnected":
-                self.close_reason = reason
             try:
                 await _service(services.stream_closed)(
                     stream_pk=self.call.stream_pk, reason=self.close_reason, stats=self.stats.as_dict())
             except Exception:
                 log.exception("recording the end of stream %s failed", self.stream_id)
+        return True
 
     # --- inbound frames ------------------------------------------------------------------
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if self.closing:
             return
-        size = len(text_data) if text_data is not None else len(bytes_data or b"")
-        if text_data is not None and size > MAX_MESSAGE_BYTES // 4:
-            size = len(text_data.encode("utf-8"))  # the cap is in bytes; only long frames need counting
-        if size > MAX_MESSAGE_BYTES:
-            self.stats.drop("oversized")
-            await self._close(CLOSE_TOO_BIG, "Message too big")
-            return
-        if text_data is None:
-            self._drop("binary", "binary frames are not part of the stream protocol")
-            return
-        try:
-            message = json.loads(text_data)
-            if not isinstance(message, dict):
-                raise FrameError("a frame must be a JSON object")
-            frame = self.codec.parse(message)
-        except (ValueError, FrameError) as exc:
-            self._drop("malformed", str(exc))
+        frame = await self._frame(text_data, bytes_data)
+        if frame is None:
             return
         if isinstance(frame, StreamMedia):
             self._on_media(frame)
@@ -292,12 +132,6 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
             self.handshake_token = frame.token
         elif isinstance(frame, (StreamCleared, StreamOther)):
             self.stats.counters["ignored"] += 1
-
-    def _drop(self, cause: str, detail: str) -> None:
-        self.stats.drop(cause)
-        # The first few of each cause are logged in full; later ones only counted.
-        if self.stats.counters[f"dropped_{cause}"] <= 3:
-            log.info("media frame dropped (%s): %s", cause, sanitize_reason(detail))
 
     def _on_media(self, frame: StreamMedia) -> None:
         if not self.started:
@@ -341,8 +175,7 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
             return
         self.call = call
         self.stream_id = frame.stream_id
-        self.started = True
-        limits.started(self.ip)
+        self._mark_started()
         self.frames = self.codec.outbound(frame.stream_id)
         self.group = commands.call_group(call.call_id)
         # An older stream of this call (a reconnect) stops playing and closes.
@@ -436,14 +269,6 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
 
     # --- outbound -------------------------------------------------------------------------
 
-    async def _send_frame(self, text: str) -> None:
-        if self.closing:
-            raise ConnectionError("the stream is closed")
-        if send_backlog(self.base_send) > MAX_SEND_BUFFER:
-            self._spawn(self._close(CLOSE_TRY_LATER, "Backpressure: send buffer exceeded"))
-            raise ConnectionError("send buffer exceeded")
-        await self.send(text_data=text)
-
     def _synthesize(self, text: str, voice: str | None):
         return self.tts.synthesize(text, voice=voice)
 
@@ -472,27 +297,3 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
     async def _report(self, future: asyncio.Future[PlaybackResult], reply_to: str) -> None:
         result = await future
         await self.channel_layer.send(reply_to, {"type": "stream.result", **result.as_message()})
-
-    async def stream_clear(self, event: dict[str, Any]) -> None:
-        if self.playback is not None:
-            await self.playback.clear()
-
-    async def stream_close(self, event: dict[str, Any]) -> None:
-        await self._close(CLOSE_NORMAL, str(event.get("reason") or "closed"))
-
-    async def stream_replaced(self, event: dict[str, Any]) -> None:
-        if event.get("stream_id") != getattr(self, "stream_id", None):
-            await self._close(CLOSE_NORMAL, "replaced by a newer stream")
-
-    # --- helpers --------------------------------------------------------------------------
-
-    def _spawn(self, coro) -> asyncio.Task:
-        task = asyncio.ensure_future(coro)
-        self.tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
-
-    def _task_done(self, task: asyncio.Task) -> None:
-        self.tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("media stream task failed", exc_info=task.exception())

@@ -62,6 +62,10 @@ class Entry:
 
     def __init__(self, text: str, voice: str | None, interruptible: bool, group: str | None = None) -> None:
         self.id = next(self._ids)
+        # Audio from elsewhere (a realtime model's answer) instead of synthesizing `text`.
+        self.source: AsyncIterator[bytes] | None = None
+        self.timeout: float | None = None  # longest wait for the source's next audio
+        self.on_started: Callable[[float], None] | None = None  # its first audio frame went out (monotonic)
         self.group = group
         self.text = text
         self.voice = voice
@@ -129,6 +133,29 @@ class Playback:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="playback")
         return entry.future
+
+    def enqueue_audio(self, source: AsyncIterator[bytes], *, text: str = "", interruptible: bool = True,
+                      group: str | None = None, timeout: float | None = None,
+                      on_started: Callable[[float], None] | None = None) -> asyncio.Future[PlaybackResult]:
+        """Queue audio that is already 8 kHz μ-law (any chunk sizes), paced and marked like speech.
+
+        `source` ends when the audio is complete; `timeout` bounds the wait for its next chunk.
+        """
+        if self._closed:
+            raise RuntimeError("the stream is closed")
+        if len(self._queue) >= MAX_PENDING:
+            raise PlaybackQueueFull()
+        entry = Entry(text, None, interruptible, group)
+        entry.source, entry.timeout, entry.on_started = source, timeout, on_started
+        self._queue.append(entry)
+        self._wakeup.set()
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="playback")
+        return entry.future
+
+    @property
+    def active_id(self) -> int | None:
+        return self._active.id if self._active is not None else None
 
     @property
     def busy(self) -> bool:
@@ -261,6 +288,8 @@ class Playback:
                     if audio_started_at is None:
                         audio_started_at = time.monotonic()
                         self.stats.reply_audio_sent(audio_started_at)
+                        if entry.on_started is not None:
+                            entry.on_started(audio_started_at)
                     sent += FRAME_BYTES
                     self.stats.counters["frames_out"] += 1
                     frames_since_mark += 1
@@ -270,8 +299,9 @@ class Playback:
                     continue
                 if synth.done:
                     break
-                if time.monotonic() - synth.last_audio_at > self.synthesis_timeout:
-                    raise TimeoutError(f"speech synthesis timed out after {self.synthesis_timeout:g} s")
+                limit = entry.timeout or self.synthesis_timeout
+                if time.monotonic() - synth.last_audio_at > limit:
+                    raise TimeoutError(f"speech synthesis timed out after {limit:g} s")
                 if sent == 0:
                     # Until the speech starts: woken by its first audio as well as by the next slot.
                     await synth.wait(pacer.time_to_next())
@@ -320,7 +350,8 @@ class Playback:
 
     async def _produce(self, entry: Entry, synth: _Synthesis) -> None:
         try:
-            async for chunk in self.synthesize(entry.text, entry.voice):
+            chunks = entry.source if entry.source is not None else self.synthesize(entry.text, entry.voice)
+            async for chunk in chunks:
                 if chunk:
                     synth.add(chunk)
             synth.finish()

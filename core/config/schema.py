@@ -360,6 +360,9 @@ class RealtimeConfig(Section):
     """Agent identity and workspace files in the instructions."""
     providers: dict[str, RealtimeProviderConfig] = Field(default_factory=dict)
     """Settings per realtime provider id (apiKey, model, voice, baseUrl, ...)."""
+    idle_hangup_ms: PositiveInt | None = None
+    """End a realtime call after this many milliseconds in which neither the caller nor the model spoke
+    (paused while the agent is consulted); unset: never."""
 
 
 class TtsProviderConfig(OpenSection):

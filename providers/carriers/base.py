@@ -230,6 +230,24 @@ class CarrierBackend:
         self.documents = documents
         # call id -> the token its media stream must present (None: this backend opens no streams).
         self.stream_token = stream_token
+        # call id -> a new one-time token for its realtime stream URL; set by the gateway's runtime.
+        self.realtime_token: Callable[[str], str] | None = None
+
+    def stream_target(self, call_id: str) -> tuple[str, str] | None:
+        """Where a conversation call's audio streams, and the token it presents: the realtime
+        bridge (a one-time token in the URL) when realtime is on, else the media stream; None: no stream."""
+        from core.urls import media_stream_url, realtime_stream_url, realtime_streams_on
+
+        if realtime_streams_on(self.config):
+            if self.realtime_token is None:
+                return None
+            token = self.realtime_token(call_id)
+            url = realtime_stream_url(self.config, token)
+            return (url, token) if url else None
+        url = media_stream_url(self.config)
+        if url is None or self.stream_token is None:
+            return None
+        return url, self.stream_token(call_id)
 
     def has_signature_headers(self, headers: dict[str, str]) -> bool:
         if not self.signature_header_groups:

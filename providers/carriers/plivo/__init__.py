@@ -1,7 +1,7 @@
 """Plivo Voice: REST control, V3-signed form webhooks and Plivo XML answers (speech via GetInput or a media stream)."""
 from __future__ import annotations
 
-from core.urls import media_stream_url, webhook_url, with_query
+from core.urls import media_stream_url, realtime_streams_on, webhook_url, with_query
 
 from ..base import (
     CallView,
@@ -66,6 +66,10 @@ class PlivoCarrier(CarrierBackend):
             return self._xml(xml.hangup())
         if flow in ("xml-speak", "xml-listen") and call.document:
             return self._xml(call.document)
+        if parsed.facts.get("answering") and call.mode == "conversation" and realtime_streams_on(self.config):
+            target = self.stream_target(call.call_id)
+            if target is not None:
+                return self._xml(xml.stream(target[0], token=target[1]))
         stream_url = media_stream_url(self.config)
         if stream_url and parsed.facts.get("answering") and call.mode == "conversation" and call.stream_token:
             # The stream speaks the greeting once its transcription is ready, so it is not delivered here.

@@ -4,7 +4,6 @@ from __future__ import annotations
 import logging
 
 from core.config.keys import PublicKeyError, load_public_key
-from core.urls import media_stream_url
 
 from ..base import (
     CarrierBackend,
@@ -77,16 +76,17 @@ class TelnyxCarrier(CarrierBackend):
         rtp mode with PCMU both ways is what the stream codec speaks: Telnyx would otherwise stream
         the call's own codec and expect MP3 files back.
         """
-        url = media_stream_url(self.config)
-        if url is None or self.stream_token is None:
+        target = self.stream_target(call_id)
+        if target is None:
             return {}
+        url, token = target
         return {
             "stream_url": url,
             "stream_track": "inbound_track",
             "stream_codec": "PCMU",
             "stream_bidirectional_mode": "rtp",
             "stream_bidirectional_codec": "PCMU",
-            "stream_auth_token": self.stream_token(call_id),
+            "stream_auth_token": token,
         }
 
     def initiate_call(self, dial: DialRequest) -> DialResult:

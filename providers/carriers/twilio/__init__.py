@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 from urllib.parse import urlsplit
 
-from core.urls import media_stream_url, webhook_url, with_query
+from core.urls import media_stream_url, realtime_streams_on, webhook_url, with_query
 
 from ..base import (
     CallView,
@@ -81,6 +81,11 @@ class TwilioCarrier(CarrierBackend):
         if call.ended:
             return self._xml(twiml.hangup())
         cid = call.call_id
+        if kind == "voice" and call.mode == "conversation" and realtime_streams_on(self.config):
+            # The realtime model speaks the greeting as its first turn, over the stream.
+            target = self.stream_target(cid)
+            if target is not None:
+                return self._xml(twiml.stream(target[0], token=target[1]))
         stream_url = self.stream_url()
         if stream_url and kind == "voice" and call.stream_token:
             if call.direction == "inbound" and call.media_streams_active >= self.config.max_concurrent_calls:
