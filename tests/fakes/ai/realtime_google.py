@@ -29,12 +29,14 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import numpy as np
-from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from core.audio import rms
 from tests.waiting import await_until, wait_until
+
+from .server import FakeWebsocketServer
 
 __all__ = ["FakeGeminiLive", "GeminiConnection", "Line", "tone_pcm24k"]
 
@@ -125,7 +127,7 @@ def tone_pcm24k(ms: int, freq: float = 440.0, amplitude: int = 8000, *, start: i
     return (amplitude * np.sin(2 * np.pi * freq * n / 24000)).astype("<i2").tobytes()
 
 
-class FakeGeminiLive:
+class FakeGeminiLive(FakeWebsocketServer):
     """Gemini Live on 127.0.0.1; see the module docstring.
 
     Scripting: `script` is a list of `Line` (or plain strings: the caller's words with the default
@@ -139,6 +141,9 @@ class FakeGeminiLive:
     `drop_after_audio` / `drop_code` / `drop_reason` / `drops` (close a connection after that many
     audio messages, `drops` times: a provider that goes away mid-call).
     """
+
+    serve_options = {"compression": None}
+    thread_name = "fake-gemini-live"
 
     def __init__(self, *, api_key: str = "test-key", script: list[Line | str] | None = None,
                  greeting_reply: str = "Hello, thanks for calling. How can I help?") -> None:
@@ -162,78 +167,15 @@ class FakeGeminiLive:
         self.utterances = 0
         self.handles: list[str] = []  # resumption handles issued
         self.refused = 0
-        self._server: Server | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        self._init_server()
         self._sent_count = 0
         self._tool_ids = 0
-
-    # --- lifecycle ----------------------------------------------------------------------
-
-    async def start(self) -> FakeGeminiLive:
-        self._loop = asyncio.get_running_loop()
-        self._server = await serve(self._handler, "127.0.0.1", 0, process_request=self._process_request,
-                                   compression=None)
-        return self
 
     async def stop(self) -> None:
         for conn in self.connections:
             if conn.reply_task is not None:
                 conn.reply_task.cancel()
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
-
-    async def __aenter__(self) -> FakeGeminiLive:
-        return await self.start()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-    def start_thread(self) -> FakeGeminiLive:
-        """Serve from a thread of its own (its own event loop), for sync tests and live gateways."""
-        ready = threading.Event()
-        loop = asyncio.new_event_loop()
-
-        def run() -> None:
-            asyncio.set_event_loop(loop)
-            loop.run_until_complete(self.start())
-            ready.set()
-            loop.run_forever()
-
-        self._thread = threading.Thread(target=run, name="fake-gemini-live", daemon=True)
-        self._thread.start()
-        if not ready.wait(10):
-            raise RuntimeError("the fake Gemini Live server did not start")
-        return self
-
-    def stop_thread(self) -> None:
-        loop = self._loop
-        if loop is None or self._thread is None:
-            return
-        asyncio.run_coroutine_threadsafe(self.stop(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        self._thread.join(10)
-        loop.close()
-        self._thread = None
-
-    def __enter__(self) -> FakeGeminiLive:
-        return self.start_thread()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop_thread()
-
-    @property
-    def url(self) -> str:
-        """The base URL to configure as `realtime.providers.google.baseUrl`."""
-        assert self._server is not None, "start the fake first"
-        port = self._server.sockets[0].getsockname()[1]
-        return f"ws://127.0.0.1:{port}"
-
-    @property
-    def last(self) -> GeminiConnection:
-        return self.connections[-1]
+        await super().stop()
 
     @property
     def texts(self) -> list[str]:
