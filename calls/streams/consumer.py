@@ -16,6 +16,8 @@ from channels.layers import get_channel_layer
 from providers.carriers.media import FrameError
 from providers.carriers.public_url import ip_in, normalize_ip
 
+from .. import services
+from . import commands
 from .limits import TOO_MANY_CONNECTIONS, limits
 from .stats import StreamStats
 
@@ -137,6 +139,7 @@ class CarrierStreamConsumer(AsyncWebsocketConsumer):
         self.tasks: set[asyncio.Task] = set()
         self.reports: set[asyncio.Task] = set()
         self.admitted = False
+        self.admitting = False  # a start is being admitted (its frame checked, the call not yet joined)
         self.close_reason = "disconnected"
 
     async def _admit(self, config) -> bool:
@@ -158,6 +161,36 @@ class CarrierStreamConsumer(AsyncWebsocketConsumer):
             return False
         self.admitted = True
         return True
+
+    async def _start_allowed(self, frame) -> bool:
+        """A start frame may admit this stream (the first one, naming the carrier call); else closing."""
+        if self.started or self.admitting:
+            await self._close(CLOSE_POLICY, "Duplicate start")
+            return False
+        if not frame.provider_call_id:
+            await self._close(CLOSE_POLICY, "Missing callSid")
+            return False
+        return True
+
+    async def _join_call(self, call, stream_id: str) -> None:
+        """The stream is the call's now: counted as started, and in the call's group (an older stream closes)."""
+        self.call = call
+        self.stream_id = stream_id
+        self._mark_started()
+        self.frames = self.codec.outbound(stream_id)
+        self.group = commands.call_group(call.call_id)
+        # An older stream of this call (a reconnect) stops playing and closes.
+        await self.channel_layer.group_send(self.group, {"type": "stream.replaced", "stream_id": stream_id})
+        await self.channel_layer.group_add(self.group, self.channel_name)
+
+    async def _record_closed(self) -> None:
+        """The end of this stream in the database (reason and stats), once its call is known."""
+        if self.call is None:
+            return
+        try:
+            await service(services.stream_closed)(stream_pk=self.call.stream_pk, reason=self.close_reason, stats=self.stats.as_dict())
+        except Exception:
+            log.exception("recording the end of %s %s failed", self.kind, getattr(self, "stream_id", "-"))
 
     def _mark_started(self) -> None:
         self.started = True

@@ -25,7 +25,6 @@ from providers.realtime.base import RealtimeError, ToolCall
 from .. import services
 from ..gateway import get_gateway
 from ..runtime import get_runtime
-from . import commands
 from .consumer import (
     CLOSE_ERROR,
     CLOSE_NORMAL,
@@ -112,7 +111,6 @@ class RealtimeStreamConsumer(CarrierStreamConsumer):
         self.session = None
         self.provider = None
         self.token_call_id: str | None = None
-        self.admitting = False
         self.buffered: list[str | None] = []
         self.buffered_bytes = 0
         self.items: dict[str, _Item] = {}
@@ -167,12 +165,7 @@ class RealtimeStreamConsumer(CarrierStreamConsumer):
                     await session.close()
             except Exception as exc:
                 log.info("closing the realtime session failed: %s", exc)
-        if self.call is not None:
-            try:
-                await service(services.stream_closed)(
-                    stream_pk=self.call.stream_pk, reason=self.close_reason, stats=self.stats.as_dict())
-            except Exception:
-                log.exception("recording the end of realtime stream %s failed", self.stream_id)
+        await self._record_closed()
         return True
 
     # --- inbound frames ------------------------------------------------------------------
@@ -240,11 +233,7 @@ class RealtimeStreamConsumer(CarrierStreamConsumer):
     # --- admission -----------------------------------------------------------------------
 
     async def _on_start(self, frame: StreamStart) -> None:
-        if self.started or self.admitting:
-            await self._close(CLOSE_POLICY, "Duplicate start")
-            return
-        if not frame.provider_call_id:
-            await self._close(CLOSE_POLICY, "Missing callSid")
+        if not await self._start_allowed(frame):
             return
         self.admitting = True
         self._spawn(self._admit_call(frame))
@@ -262,16 +251,10 @@ class RealtimeStreamConsumer(CarrierStreamConsumer):
             self.admitting = False
             await self._close(CLOSE_ERROR, "Admission failed")
             return
-        self.call = call
-        self.stream_id = frame.stream_id
         if self.closing:  # the socket went away while the call was admitted
             await service(services.stream_closed)(stream_pk=call.stream_pk, reason="disconnected", stats={})
             return
-        self._mark_started()
-        self.frames = self.codec.outbound(frame.stream_id)
-        self.group = commands.call_group(call.call_id)
-        await self.channel_layer.group_send(self.group, {"type": "stream.replaced", "stream_id": frame.stream_id})
-        await self.channel_layer.group_add(self.group, self.channel_name)
+        await self._join_call(call, frame.stream_id)
         self.playback = Playback(send=self._send_frame, frames=self.frames, synthesize=self._no_synthesis, stats=self.stats)
         try:
             # On a worker thread: the provider's module may be imported now, and the setup reads the database.

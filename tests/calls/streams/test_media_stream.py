@@ -27,7 +27,7 @@ from calls.models import Call, CallEvent, MediaStream, TranscriptEntry
 from calls.services import call_end, call_speak, deadlines_sweep
 from calls.streams import commands
 from calls.streams.limits import TOO_MANY_CONNECTIONS, TOO_MANY_PENDING, StreamLimits, limits
-from calls.streams.media import client_ip, sanitize_reason
+from calls.streams.consumer import client_ip, sanitize_reason
 from calls.streams.stats import LatencyHistogram, StreamStats
 from calls.simulator.rest import TwilioRestStub
 from core.audio import FRAME_BYTES, SILENCE_FRAME
