@@ -37,6 +37,7 @@ class WebsocketMachinery:
     """
 
     label: str
+    provider: Any  # the session's provider (its api_key() is kept out of logs)
     max_message_size: ClassVar[int] = 2**22
     max_queued_frames: ClassVar[int] = 500
     # Sent as a text frame every keepalive_interval seconds when nothing else went out (None: never).
@@ -69,6 +70,15 @@ class WebsocketMachinery:
 
     def handle(self, message: dict[str, Any]) -> None:
         raise NotImplementedError
+
+    def redact(self, text: str) -> str:
+        """A provider's text (a close reason, an error) as it may be logged: never the key."""
+        key = self.provider.api_key()
+        return text.replace(key, "***") if key and key in text else text
+
+    def describe(self, exc: BaseException) -> str:
+        """An exception as a short log line, without the key (close reasons may echo what was sent)."""
+        return self.redact(describe(exc))
 
     # --- queueing -------------------------------------------------------------------------
 
@@ -119,7 +129,7 @@ class WebsocketMachinery:
         done, _ = await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
         sender_failed = sender in done and sender.exception() is not None
         if sender_failed:
-            log.info("%s: sending failed: %s", self.label, describe(sender.exception()))
+            log.info("%s: sending failed: %s", self.label, self.describe(sender.exception()))
             await ws.close()
         closed_cleanly = await receiver
         sender.cancel()
@@ -133,7 +143,7 @@ class WebsocketMachinery:
                 self.dispatch(raw)
             return getattr(ws, "close_code", None) == 1000
         except Exception as exc:
-            log.info("%s socket failed: %s", self.label, describe(exc))
+            log.info("%s socket failed: %s", self.label, self.describe(exc))
             return False
 
     async def _send_loop(self, ws: Any) -> None:
@@ -215,7 +225,7 @@ class WebsocketMachinery:
             try:
                 ws = await opened()
             except Exception as exc:
-                log.warning("%s reconnect failed: %s", self.label, describe(exc))
+                log.warning("%s reconnect failed: %s", self.label, self.describe(exc))
                 continue
             if self._closing:  # close() ran while this connection was opening: it belongs to nobody
                 await ws.close()

@@ -298,7 +298,7 @@ class RealtimeStreamConsumer(CarrierStreamConsumer):
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT):
                 await session.connect()
-        except (TimeoutError, RealtimeError, Exception) as exc:
+        except Exception as exc:
             reason = str(exc) or type(exc).__name__
             if isinstance(exc, TimeoutError):
                 reason = f"no answer within {CONNECT_TIMEOUT:g} s"
@@ -522,6 +522,8 @@ class RealtimeStreamConsumer(CarrierStreamConsumer):
                 result = await asyncio.shield(item.future)
         except TimeoutError:
             return
+        if result.outcome == Outcome.PLAYED:
+            return  # it played out before the clear: the model's record of it is already right
         played_ms = result.played_ms if result.outcome == Outcome.INTERRUPTED else 0
         self.stats.counters["truncations"] += 1
         try:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
 from ..settings import ProviderSettings
-from ..websocket import WebsocketMachinery, describe, websocket_origin
+from ..websocket import WebsocketMachinery, websocket_origin
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +190,7 @@ class RealtimeWebsocketSession(WebsocketMachinery, RealtimeSession):
         except RealtimeError:
             raise
         except Exception as exc:
-            raise RealtimeError(f"{self.label}: cannot connect ({describe(exc)})") from exc
+            raise RealtimeError(f"{self.label}: cannot connect ({self.describe(exc)})") from exc
         self._task = asyncio.create_task(self._run(), name=f"realtime-{self.provider.name}")
 
     async def _open(self, *, reconnect: bool):
@@ -207,7 +207,7 @@ class RealtimeWebsocketSession(WebsocketMachinery, RealtimeSession):
             self.close_code, self.close_reason = code, reason
             if not self.recoverable(code, reason):
                 error = None if code == 1000 else RealtimeError(
-                    f"{self.label}: the provider closed the session ({code} {reason[:120]})".rstrip())
+                    f"{self.label}: the provider closed the session ({code} {self.redact(reason)[:120]})".rstrip())
                 self._closing = True
                 self.listener.on_closed(error)
                 return

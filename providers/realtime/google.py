@@ -244,7 +244,7 @@ class GoogleRealtimeSession(RealtimeWebsocketSession):
         except ConnectionClosed:
             pass
         # The socket closed instead: say why (Gemini gives its errors only as close codes and reasons).
-        code, reason = ws.close_code, self._clean(ws.close_reason or "")
+        code, reason = ws.close_code, self.redact(ws.close_reason or "")
         if reconnect and code == 1007 and self.handle_token:
             # A refused resumption handle would be refused on every retry: start afresh instead.
             log.warning("google realtime: resuming was refused (%s %s); the next attempt starts a new session",
@@ -253,7 +253,7 @@ class GoogleRealtimeSession(RealtimeWebsocketSession):
         raise RealtimeError(f"google realtime: the provider closed the session during setup ({code} {reason})".rstrip())
 
     def recoverable(self, code: int | None, reason: str) -> bool:
-        reason = self._clean(reason)
+        reason = self.redact(reason)
         if self._going_away:
             log.info("google realtime: connection closed after goAway (%s %s); resuming", code, reason)
             return True
@@ -265,11 +265,6 @@ class GoogleRealtimeSession(RealtimeWebsocketSession):
             return False
         log.info("google realtime: connection closed (%s %s)", code, reason)
         return code is None or code in RECOVERABLE_CLOSE_CODES
-
-    def _clean(self, text: str) -> str:
-        """A provider's text as it may be logged: never the key."""
-        key = self.provider.api_key()
-        return text.replace(key, "***") if key and key in text else text
 
     # --- sending ------------------------------------------------------------------------
 

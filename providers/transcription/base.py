@@ -21,7 +21,7 @@ import logging
 from typing import Any, ClassVar, Protocol
 
 from ..settings import ProviderSettings
-from ..websocket import WebsocketMachinery, describe, websocket_origin
+from ..websocket import WebsocketMachinery, websocket_origin
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ class WebsocketSession(WebsocketMachinery, TranscriptionSession):
         except TranscriptionError:
             raise
         except Exception as exc:
-            raise TranscriptionError(f"{self.label}: cannot connect ({describe(exc)})") from exc
+            raise TranscriptionError(f"{self.label}: cannot connect ({self.describe(exc)})") from exc
         self._task = asyncio.create_task(self._run(), name=f"stt-{self.provider.name}")
 
     async def _open(self):
@@ -177,5 +177,5 @@ class WebsocketSession(WebsocketMachinery, TranscriptionSession):
             # Bounded: a session that ignores its cancellation must not hold the media stream's close.
             await asyncio.wait({task}, timeout=CLOSE_WAIT)
             if task.done() and not task.cancelled() and task.exception() is not None:
-                log.info("%s transcription ended with %s", self.provider.name, describe(task.exception()))
+                log.info("%s ended with %s", self.label, self.describe(task.exception()))
 

@@ -10,6 +10,8 @@ import asyncio
 import base64
 import json
 import secrets
+from types import SimpleNamespace
+from unittest.mock import AsyncMock
 from urllib.parse import urlencode
 from datetime import timedelta
 
@@ -24,6 +26,8 @@ from calls.selectors import call_timeline
 from calls.simulator.rest import TwilioRestStub
 from calls.models import Call, CallEvent, RealtimeStreamToken, TranscriptEntry
 from calls.streams import realtime as bridge
+from calls.streams.playback import Outcome, PlaybackResult
+from calls.streams.stats import StreamStats
 from core.audio import FRAME_BYTES, SILENCE_FRAME, samples_to_ulaw
 from providers.realtime.base import ToolCall
 from providers.registry import REALTIME, register_realtime
@@ -200,7 +204,7 @@ async def test_an_unused_token_is_purged_with_a_warning(gateway, caplog):
 
 
 @live
-async def test_start_for_another_call_sid_or_an_ended_call_is_refused(gateway):
+async def test_start_for_another_call_sid_or_an_ended_call_is_refused(gateway, caplog):
     call = await new_call()
     ws = await gateway.dial(await issue(str(call.pk)))
     await ws.send(start_frame(call, new_sid(), call_sid="CA" + "0" * 32))
@@ -210,6 +214,7 @@ async def test_start_for_another_call_sid_or_an_ended_call_is_refused(gateway):
     await ws.send(start_frame(done, new_sid()))
     assert await close_code(ws) in (1008, 4008)
     assert not ScriptedRealtime.sessions
+    assert "names another carrier call" in caplog.text and "has already ended" in caplog.text
 
 
 # --- admission, greeting, audio ---------------------------------------------------------------
@@ -284,6 +289,24 @@ async def test_barge_in_clears_and_truncates_at_the_heard_position(gateway):
     (speaker, heard), = [line for line in await _wait_lines(call, 1)]
     assert speaker == "bot" and heard and heard != "one two three four five six seven eight nine ten"
     await listener.stop()
+
+
+async def test_an_answer_that_played_out_before_the_clear_is_not_truncated():
+    # A barge-in races the answer's last frame: truncating a fully played item at 0 would erase it.
+    consumer = bridge.RealtimeStreamConsumer()
+    consumer.stats = StreamStats()
+    consumer.playback = SimpleNamespace(clear=AsyncMock())
+    consumer.session = SimpleNamespace(truncate=AsyncMock(), cancel_response=AsyncMock())
+    item = bridge._Item(consumer, "item-1")
+    item.future = asyncio.get_running_loop().create_future()
+    item.future.set_result(PlaybackResult(Outcome.PLAYED, played_ms=1200, total_ms=1200))
+    await consumer._clear_and_truncate(item, local=False)
+    consumer.playback.clear.assert_awaited_once()
+    consumer.session.truncate.assert_not_called()
+    item.future = asyncio.get_running_loop().create_future()
+    item.future.set_result(PlaybackResult(Outcome.INTERRUPTED, played_ms=700, total_ms=1200))
+    await consumer._clear_and_truncate(item, local=False)
+    consumer.session.truncate.assert_awaited_once_with("item-1", 700)
 
 
 async def _wait_lines(call, n):
