@@ -619,7 +619,7 @@ class VoiceCallConfig(Section):
     streaming: StreamingConfig = Field(default_factory=StreamingConfig)
     """Media streams and live transcription."""
     realtime: RealtimeConfig = Field(default_factory=RealtimeConfig)
-    """Realtime voice bridge (accepted; not built yet)."""
+    """Realtime voice: the call's audio bridged full-duplex to a speech-to-speech model (openai, google)."""
     tts: TtsConfig | None = None
     """Text-to-speech for media streams; a top-level tts outside the plugins entry is the base it
     deep-merges over."""
