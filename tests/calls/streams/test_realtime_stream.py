@@ -35,8 +35,10 @@ from tests.calls.streams.realtime_scripted import ScriptedRealtime
 from tests.calls.streams.test_media_stream import (
     ACCOUNT,
     TOKEN,
+    Gateway,
     Listener,
     _settle_limits,
+    close_clients,
     close_code,
     closed_row,
     fetch_call,
@@ -69,13 +71,8 @@ def scripted_provider():
     ScriptedRealtime.sessions.clear()
 
 
-class RealtimeGateway:
-    def __init__(self, host: str, configure, live_gateway: str, rest_stub) -> None:
-        self.host = host
-        self.configure = configure
-        self.live_gateway = live_gateway
-        self.rest_stub = rest_stub
-        self.clients: list = []
+class RealtimeGateway(Gateway):
+    """The live gateway under a realtime config, with the scripted provider."""
 
     def current(self) -> dict:
         return self.data
@@ -95,11 +92,7 @@ class RealtimeGateway:
         assert not loaded.errors, loaded.errors
 
     async def dial(self, token: str):
-        from websockets.asyncio.client import connect
-
-        ws = await connect(f"ws://{self.host}/voice/stream/realtime/{token}", open_timeout=5, close_timeout=1)
-        self.clients.append(ws)
-        return ws
+        return await super().dial(f"ws://{self.host}/voice/stream/realtime/{token}")
 
 
 @pytest.fixture
@@ -108,11 +101,7 @@ async def gateway(live_gateway, configure, rest_stub):
     gw = RealtimeGateway(live_gateway.split("://", 1)[1], configure, live_gateway, rest_stub)
     gw.config()
     yield gw
-    for ws in gw.clients:
-        try:
-            await asyncio.wait_for(ws.close(), 2)
-        except Exception:
-            pass
+    await close_clients(gw)
     await _settle_limits()
 
 
