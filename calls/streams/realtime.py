@@ -50,6 +50,7 @@ CONNECT_TIMEOUT = 15.0
 LAST_WORDS_TIMEOUT = 10.0  # end_call: how long the model's last words may still play
 CLOSE_TIMEOUT = 3.0
 BARGE_IN_SETTLE = 1.0
+MAX_ITEMS = 32  # model answers remembered (for their transcript and barge-in)
 
 
 def _prepare(*, config, call_id: str):
@@ -445,9 +446,11 @@ class RealtimeStreamConsumer(CarrierStreamConsumer):
         for key, item in list(self.items.items()):
             if item_id is None or key == item_id:
                 item.finish()
-        # Finished items whose words are recorded are forgotten; the few others stay for their transcript.
-        if len(self.items) > 32:
-            for key in [k for k, i in self.items.items() if i.recorded][: len(self.items) - 32]:
+        # Played items are forgotten, oldest first, beyond the last few (kept for a late transcript):
+        # one whose transcript never comes must not stay for the rest of a long call.
+        if len(self.items) > MAX_ITEMS:
+            played = [key for key, item in self.items.items() if item.result is not None]
+            for key in played[: len(self.items) - MAX_ITEMS]:
                 del self.items[key]
 
     def on_speech_started(self) -> None:

@@ -298,6 +298,20 @@ async def test_an_answer_that_played_out_before_the_clear_is_not_truncated():
     consumer.session.truncate.assert_awaited_once_with("item-1", 700)
 
 
+def test_played_answers_are_forgotten_even_without_a_transcript():
+    consumer = bridge.RealtimeStreamConsumer()
+    consumer.items = {}
+    for n in range(bridge.MAX_ITEMS + 10):
+        item = bridge._Item(consumer, f"item-{n}")
+        item.result = PlaybackResult(Outcome.PLAYED, played_ms=100, total_ms=100)  # no transcript ever came
+        consumer.items[item.item_id] = item
+    pending = bridge._Item(consumer, "item-pending")  # still playing: kept
+    consumer.items = {"item-pending": pending, **consumer.items}
+    consumer.on_response_done("item-pending", "completed")
+    assert len(consumer.items) == bridge.MAX_ITEMS and "item-pending" in consumer.items
+    assert f"item-{bridge.MAX_ITEMS + 9}" in consumer.items and "item-0" not in consumer.items
+
+
 async def _wait_lines(call, n):
     await await_until(lambda: _count(call, n), f"{n} transcript line(s)")
     return await lines(call)
