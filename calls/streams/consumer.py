@@ -13,7 +13,7 @@ from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import get_channel_layer
 
-from providers.carriers.media import FrameError
+from providers.carriers.media import FrameError, StreamMark, StreamMedia, StreamStart, StreamStop
 from providers.carriers.public_url import ip_in, normalize_ip
 
 from .. import services
@@ -75,7 +75,7 @@ class CarrierStreamConsumer(AsyncWebsocketConsumer):
     """One carrier WebSocket speaking a media codec; subclasses handle the parsed frames.
 
     Subclasses set `kind` (for logs), call `_admit()` from `websocket_connect`, implement
-    `_on_frame(frame)` and extend `_cleanup()`.
+    `_on_media`, `_on_start` (and `_on_other` for other frames they use) and extend `_cleanup()`.
     """
 
     groups: list[str] = []
@@ -239,6 +239,39 @@ class CarrierStreamConsumer(AsyncWebsocketConsumer):
         return True
 
     # --- inbound frames ------------------------------------------------------------------
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if self.closing:
+            return
+        await self._handle(text_data, bytes_data)
+
+    async def _handle(self, text_data: str | None, bytes_data: bytes | None = None) -> None:
+        """One WebSocket message: media, start, marks and stop mean the same on every stream."""
+        frame = await self._frame(text_data, bytes_data)
+        if frame is None:
+            return
+        if isinstance(frame, StreamMedia):
+            self._on_media(frame)
+        elif isinstance(frame, StreamStart):
+            await self._on_start(frame)
+        elif isinstance(frame, StreamMark):
+            if self.playback is not None:
+                self.playback.on_mark(frame.name)
+        elif isinstance(frame, StreamStop):
+            self.close_reason = "stop"
+            await self._close(CLOSE_NORMAL, "stop")
+        else:
+            await self._on_other(frame)
+
+    def _on_media(self, frame: StreamMedia) -> None:
+        raise NotImplementedError
+
+    async def _on_start(self, frame: StreamStart) -> None:
+        raise NotImplementedError
+
+    async def _on_other(self, frame) -> None:
+        """Any other frame (DTMF, carrier notices); ignored unless the stream has a use for it."""
+        self.stats.counters["ignored"] += 1
 
     async def _frame(self, text_data: str | None, bytes_data: bytes | None):
         """The codec's frame for one WebSocket message; None when dropped (or too big: closing)."""

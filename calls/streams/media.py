@@ -17,23 +17,14 @@ import time
 from typing import Any
 from urllib.parse import parse_qs
 
-from providers.carriers.media import (
-    StreamCleared,
-    StreamConnected,
-    StreamDtmf,
-    StreamMark,
-    StreamMedia,
-    StreamOther,
-    StreamStart,
-    StreamStop,
-)
+from providers.carriers.media import StreamConnected, StreamDtmf, StreamMedia, StreamStart
 from providers.transcription.base import TranscriptionError
 
 from ..gateway import get_gateway
 from ..runtime import get_runtime
 from .. import services
 from ..speech import transcription_provider, tts_chain
-from .consumer import CLOSE_ERROR, CLOSE_NORMAL, CLOSE_POLICY, CarrierStreamConsumer, service
+from .consumer import CLOSE_ERROR, CLOSE_POLICY, CarrierStreamConsumer, service
 from .playback import Playback, PlaybackQueueFull, PlaybackResult
 
 log = logging.getLogger(__name__)
@@ -84,23 +75,8 @@ class MediaStreamConsumer(CarrierStreamConsumer):
 
     # --- inbound frames ------------------------------------------------------------------
 
-    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
-        if self.closing:
-            return
-        frame = await self._frame(text_data, bytes_data)
-        if frame is None:
-            return
-        if isinstance(frame, StreamMedia):
-            self._on_media(frame)
-        elif isinstance(frame, StreamStart):
-            await self._on_start(frame)
-        elif isinstance(frame, StreamMark):
-            if self.playback is not None:
-                self.playback.on_mark(frame.name)
-        elif isinstance(frame, StreamStop):
-            self.close_reason = "stop"
-            await self._close(CLOSE_NORMAL, "stop")
-        elif isinstance(frame, StreamDtmf):
+    async def _on_other(self, frame) -> None:
+        if isinstance(frame, StreamDtmf):
             if self.started:
                 self.stats.counters["dtmf"] += 1
                 self._spawn(service(services.stream_dtmf)(
@@ -108,7 +84,7 @@ class MediaStreamConsumer(CarrierStreamConsumer):
                     sequence=self.stats.counters["dtmf"], digit=frame.digit))
         elif isinstance(frame, StreamConnected):
             self.handshake_token = frame.token
-        elif isinstance(frame, (StreamCleared, StreamOther)):
+        else:
             self.stats.counters["ignored"] += 1
 
     def _on_media(self, frame: StreamMedia) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 from core.audio import BYTES_PER_MS
 from core.states import CallState
 from core.urls import realtime_streams_on
-from providers.carriers.media import StreamMark, StreamMedia, StreamOther, StreamStart, StreamStop
+from providers.carriers.media import StreamMedia, StreamOther, StreamStart
 from providers.realtime.base import RealtimeError, ToolCall
 
 from .. import services
@@ -185,21 +185,8 @@ class RealtimeStreamConsumer(CarrierStreamConsumer):
             return
         await self._handle(text_data, bytes_data)
 
-    async def _handle(self, text_data: str | None, bytes_data: bytes | None = None) -> None:
-        frame = await self._frame(text_data, bytes_data)
-        if frame is None:
-            return
-        if isinstance(frame, StreamMedia):
-            self._on_media(frame)
-        elif isinstance(frame, StreamStart):
-            await self._on_start(frame)
-        elif isinstance(frame, StreamMark):
-            if self.playback is not None:
-                self.playback.on_mark(frame.name)
-        elif isinstance(frame, StreamStop):
-            self.close_reason = "stop"
-            await self._close(CLOSE_NORMAL, "stop")
-        elif isinstance(frame, StreamOther) and frame.event == "error":
+    async def _on_other(self, frame) -> None:
+        if isinstance(frame, StreamOther) and frame.event == "error":
             self.stats.counters["carrier_errors"] += 1
             log.warning("realtime stream %s: the carrier reports an error: %s", getattr(self, "stream_id", "-"),
                         sanitize_reason(frame.detail))
