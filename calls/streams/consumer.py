@@ -75,7 +75,7 @@ class CarrierStreamConsumer(AsyncWebsocketConsumer):
     """One carrier WebSocket speaking a media codec; subclasses handle the parsed frames.
 
     Subclasses set `kind` (for logs), call `_admit()` from `websocket_connect`, implement
-    `_on_media`, `_on_start` (and `_on_other` for other frames they use) and extend `_cleanup()`.
+    `_caller_audio`, `_on_start` (and `_on_other` for other frames they use) and extend `_cleanup()`.
     """
 
     groups: list[str] = []
@@ -264,6 +264,17 @@ class CarrierStreamConsumer(AsyncWebsocketConsumer):
             await self._on_other(frame)
 
     def _on_media(self, frame: StreamMedia) -> None:
+        if not self.started:
+            self._drop("before_start", "media before start")
+            return
+        if not frame.payload:
+            self._drop("empty", "media without audio")
+            return
+        self.stats.counters["frames_in"] += 1
+        self._caller_audio(frame)
+
+    def _caller_audio(self, frame: StreamMedia) -> None:
+        """A media frame with audio, once the stream started."""
         raise NotImplementedError
 
     async def _on_start(self, frame: StreamStart) -> None:

@@ -87,14 +87,7 @@ class MediaStreamConsumer(CarrierStreamConsumer):
         else:
             self.stats.counters["ignored"] += 1
 
-    def _on_media(self, frame: StreamMedia) -> None:
-        if not self.started:
-            self._drop("before_start", "media before start")
-            return
-        if not frame.payload:
-            self._drop("empty", "media without audio")
-            return
-        self.stats.counters["frames_in"] += 1
+    def _caller_audio(self, frame: StreamMedia) -> None:
         if frame.timestamp_ms is not None:
             now = time.monotonic()
             if self.inbound_origin is None:

@@ -193,16 +193,9 @@ class RealtimeStreamConsumer(CarrierStreamConsumer):
         else:
             self.stats.counters["ignored"] += 1
 
-    def _on_media(self, frame: StreamMedia) -> None:
-        if not self.started:
-            self._drop("before_start", "media before start")
-            return
-        if not frame.payload:
-            self._drop("empty", "media without audio")
-            return
+    def _caller_audio(self, frame: StreamMedia) -> None:
         now = time.monotonic()
         self.last_media_at = now
-        self.stats.counters["frames_in"] += 1
         if frame.timestamp_ms is not None:
             if self.last_timestamp is not None:
                 gap = frame.timestamp_ms - self.last_timestamp
