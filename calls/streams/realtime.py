@@ -62,6 +62,13 @@ def _prepare(*, config, call_id: str):
     return provider, session_setup(config=config, call_id=call_id)
 
 
+def _forced_consult_answer(*, call_id: str, text: str) -> str | None:
+    """A forced consult's answer (sync: its module, which pulls in the responders, is imported off the loop too)."""
+    from ..realtime.consult import forced_consult_answer
+
+    return forced_consult_answer(call_id=call_id, text=text)
+
+
 class _Item:
     """One model answer's audio on its way to the playback; iterated by the player."""
 
@@ -316,11 +323,9 @@ class RealtimeStreamConsumer(CarrierStreamConsumer):
         words = forced.take(time.monotonic())
         if words is None or self.closing:
             return
-        from ..realtime.consult import forced_consult_answer
-
         self.consults += 1
         try:
-            answer = await service(forced_consult_answer)(call_id=self.call.call_id, text=words)
+            answer = await service(_forced_consult_answer)(call_id=self.call.call_id, text=words)
         finally:
             self.consults -= 1
             self.last_activity_at = time.monotonic()
