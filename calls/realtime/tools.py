@@ -183,8 +183,9 @@ def _dispatch(call_id: str, call: ToolCall, partial: str) -> ToolOutcome:
     custom = call.name not in BUILT_IN_TOOLS and call.name in {tool.name for tool in realtime.tools}
     if not (consulting or custom):
         # Said before anything about its arguments: a made-up name is the mistake to tell the model.
-        log.warning("call %s: the model called an unknown tool %r", call_id, call.name[:64])
-        return ToolOutcome({"error": f"unknown tool {call.name[:64]}"})
+        shown = call.name[:64] or "(no name)"
+        log.warning("call %s: the model called an unknown tool %s", call_id, shown)
+        return ToolOutcome({"error": f"unknown tool {shown}"})
     arguments = parse_arguments(call.arguments)
     if consulting:
         from .consult import consult

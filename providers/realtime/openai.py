@@ -400,8 +400,9 @@ class OpenAIRealtimeSession(RealtimeWebsocketSession):
         if not isinstance(name, str) or not name:
             name = self._call_names.get(call_id)
         if not name:
+            # Still reported: the model waits for an output for this call id, so it gets an error result.
             self._skip("tool", "a function call without its name")
-            return
+            name = ""
         if call_id in self._calls_seen:
             return
         self._remember(self._calls_seen, call_id, None)
