@@ -1,13 +1,4 @@
-"""The realtime stream consumer: a carrier's call audio bridged full-duplex to a realtime voice model session.
-
-The carrier opens `<realtime stream path>/<token>` with the one-time token it was given; the token
-is used up before the upgrade is accepted. On `start` the stream is admitted to the token's call
-(the carrier call id must match), the greeting is taken and the model session opened on it; frames
-that arrive meanwhile are buffered. Caller audio goes to the model; the model's audio plays through
-the same paced, marked Playback as speech, one entry per model item. A barge-in (the provider's
-voice detection, or the local speech gate) clears the carrier's buffer and truncates the model's
-item at what the caller heard. Whoever ends the call, the model session is closed.
-"""
+"""The realtime stream consumer: a carrier's call audio bridged full-duplex to a realtime voice model session."""
 from __future__ import annotations
 
 import asyncio
@@ -109,7 +100,16 @@ class _Item:
 
 
 class RealtimeStreamConsumer(CarrierStreamConsumer):
-    """One carrier WebSocket bridged to one realtime model session."""
+    """One carrier WebSocket bridged to one realtime model session.
+
+    The carrier opens `<realtime stream path>/<token>` with the one-time token it was given; the token
+    is used up before the upgrade is accepted. On `start` the stream is admitted to the token's call
+    (the carrier call id must match), the greeting is taken and the model session opened on it; frames
+    that arrive meanwhile are buffered. Caller audio goes to the model; the model's audio plays through
+    the same paced, marked Playback as speech, one entry per model item. A barge-in (the provider's
+    voice detection, or the local speech gate) clears the carrier's buffer and truncates the model's
+    item at what the caller heard. Whoever ends the call, the model session is closed.
+    """
 
     kind = "realtime stream"
     max_message_bytes = MAX_MESSAGE_BYTES

@@ -1,24 +1,4 @@
-"""The realtime voice interface: a speech-to-speech model session per call. Subclass RealtimeProvider and its session.
-
-A provider is built from its block in `realtime.providers.<id>`; `create_session()` makes one
-session per call. The session takes the caller's 8 kHz μ-law audio (`send_audio`, never
-blocking) and reports to its listener, on the event loop:
-
-- `on_audio(ulaw, item_id)`: the model's speech, already 8 kHz μ-law, any length; `item_id` names
-  the model's output item (one spoken answer) it belongs to;
-- `on_output_transcript(item_id, text)`: the text of that item, once final;
-- `on_response_done(item_id, status)`: the model finished (or cancelled) an answer;
-- `on_speech_started()` / `on_speech_stopped()`: the provider's voice detection heard the caller
-  start / stop talking (barge-in; the start of a turn's latency);
-- `on_input_transcript(text)`: what the caller said, once final;
-- `on_tool_call(call)`: the model calls a function; answer with `send_tool_result`;
-- `on_closed(error)`: the session is gone for good (error None: the provider ended it normally).
-
-Cloud providers speak WebSocket: subclass RealtimeWebsocketSession and implement `url`,
-`headers`, `configure`, `audio_message` and `handle`; connecting with a timeout, ordered sends,
-a bounded audio queue (providers/websocket.py) and reconnects (0.5 s doubling to 8 s, 5 tries,
-only after a close the provider marks as recoverable) are done once.
-"""
+"""The realtime voice interface: a speech-to-speech model session per call. Subclass RealtimeProvider and its session."""
 from __future__ import annotations
 
 import asyncio
@@ -122,7 +102,27 @@ class RealtimeProvider(ProviderSettings):
 
 
 class RealtimeSession:
-    """One call's model session. Subclasses implement every method below."""
+    """One call's model session. Subclasses implement every method below.
+
+    A provider is built from its block in `realtime.providers.<id>`; `create_session()` makes one
+    session per call. The session takes the caller's 8 kHz μ-law audio (`send_audio`, never
+    blocking) and reports to its listener, on the event loop:
+
+    - `on_audio(ulaw, item_id)`: the model's speech, already 8 kHz μ-law, any length; `item_id` names
+      the model's output item (one spoken answer) it belongs to;
+    - `on_output_transcript(item_id, text)`: the text of that item, once final;
+    - `on_response_done(item_id, status)`: the model finished (or cancelled) an answer;
+    - `on_speech_started()` / `on_speech_stopped()`: the provider's voice detection heard the caller
+      start / stop talking (barge-in; the start of a turn's latency);
+    - `on_input_transcript(text)`: what the caller said, once final;
+    - `on_tool_call(call)`: the model calls a function; answer with `send_tool_result`;
+    - `on_closed(error)`: the session is gone for good (error None: the provider ended it normally).
+
+    Cloud providers speak WebSocket: subclass RealtimeWebsocketSession and implement `url`,
+    `headers`, `configure`, `audio_message` and `handle`; connecting with a timeout, ordered sends,
+    a bounded audio queue (providers/websocket.py) and reconnects (0.5 s doubling to 8 s, 5 tries,
+    only after a close the provider marks as recoverable) are done once.
+    """
 
     def __init__(self, provider: RealtimeProvider, listener: RealtimeListener, setup: SessionSetup) -> None:
         self.provider = provider

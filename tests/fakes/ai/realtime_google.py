@@ -1,22 +1,4 @@
-"""A loopback fake of Gemini Live (BidiGenerateContent over WebSocket) that speaks its real protocol.
-
-It checks the key (`x-goog-api-key` header or `?key=`; HTTP 401 on the upgrade otherwise), wants
-`setup` first and validates it (close 1007 "Request contains an invalid argument." otherwise),
-answers `setupComplete`, and sends its JSON as binary frames every other message (`binary`), so a
-client must take both. Caller audio (`realtimeInput.audio`, PCM16 16 kHz only) goes through an
-energy detector counted in audio time: `SPEECH_FRAMES` loud 20 ms frames start an utterance,
-the setup's silenceDurationMs (or `silence_ms`) of quiet ends it. Each utterance plays the next
-entry of `script`: the caller's words as inputTranscription, an optional tool call (the fake waits
-for its toolResponse), then a spoken reply: 24 kHz PCM16 tone chunks faster than real time with
-outputTranscription, generationComplete, turnComplete, and a sessionResumptionUpdate when the setup
-asked for resumption. Loud caller audio during a reply interrupts it (`interrupted`, turnComplete).
-`clientContent` with turnComplete is answered with `greeting_reply`; its text is kept in `texts`.
-
-Run it in the test's loop (`await fake.start()` / `async with`) or on its own thread and loop
-(`fake.start_thread()` / `with fake:`), for a gateway served from another thread. Knob actions
-(`go_away`, `close`, `send_raw`, `send_message`) may be called from any thread; attributes are
-plain knobs, read when used.
-"""
+"""A loopback fake of Gemini Live (BidiGenerateContent over WebSocket) that speaks its real protocol."""
 from __future__ import annotations
 
 import asyncio
@@ -128,7 +110,24 @@ def tone_pcm24k(ms: int, freq: float = 440.0, amplitude: int = 8000, *, start: i
 
 
 class FakeGeminiLive(FakeWebsocketServer):
-    """Gemini Live on 127.0.0.1; see the module docstring.
+    """Gemini Live on 127.0.0.1.
+
+    It checks the key (`x-goog-api-key` header or `?key=`; HTTP 401 on the upgrade otherwise), wants
+    `setup` first and validates it (close 1007 "Request contains an invalid argument." otherwise),
+    answers `setupComplete`, and sends its JSON as binary frames every other message (`binary`), so a
+    client must take both. Caller audio (`realtimeInput.audio`, PCM16 16 kHz only) goes through an
+    energy detector counted in audio time: `SPEECH_FRAMES` loud 20 ms frames start an utterance,
+    the setup's silenceDurationMs (or `silence_ms`) of quiet ends it. Each utterance plays the next
+    entry of `script`: the caller's words as inputTranscription, an optional tool call (the fake waits
+    for its toolResponse), then a spoken reply: 24 kHz PCM16 tone chunks faster than real time with
+    outputTranscription, generationComplete, turnComplete, and a sessionResumptionUpdate when the setup
+    asked for resumption. Loud caller audio during a reply interrupts it (`interrupted`, turnComplete).
+    `clientContent` with turnComplete is answered with `greeting_reply`; its text is kept in `texts`.
+
+    Run it in the test's loop (`await fake.start()` / `async with`) or on its own thread and loop
+    (`fake.start_thread()` / `with fake:`), for a gateway served from another thread. Knob actions
+    (`go_away`, `close`, `send_raw`, `send_message`) may be called from any thread; attributes are
+    plain knobs, read when used.
 
     Scripting: `script` is a list of `Line` (or plain strings: the caller's words with the default
     reply), one per caller utterance (the last repeats); `greeting_reply` answers text turns.
