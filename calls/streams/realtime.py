@@ -55,11 +55,19 @@ BARGE_IN_SETTLE = 1.0
 
 def _prepare(*, config, call_id: str):
     """The provider and the session setup for a call (sync: imports and database reads)."""
+    from ..realtime import forced  # noqa: F401  (imported here, off the loop, for consultPolicy "always")
     from ..realtime.instructions import session_setup
     from ..realtime.provider import realtime_provider
 
     provider = realtime_provider(config)
     return provider, session_setup(config=config, call_id=call_id)
+
+
+def _forced_answer(*, call_id: str, text: str) -> str | None:
+    """A forced consult's answer (sync: the consult module's first import happens here, off the loop)."""
+    from ..realtime.consult import forced_consult_answer
+
+    return forced_consult_answer(call_id=call_id, text=text)
 
 
 class _Item:
@@ -352,11 +360,9 @@ class RealtimeStreamConsumer(CarrierStreamConsumer):
         words = forced.take(time.monotonic())
         if words is None or self.closing:
             return
-        from ..realtime.consult import forced_consult_answer
-
         self.consults += 1
         try:
-            answer = await service(forced_consult_answer)(call_id=self.call.call_id, text=words)
+            answer = await service(_forced_answer)(call_id=self.call.call_id, text=words)
         finally:
             self.consults -= 1
             self.last_activity_at = time.monotonic()
