@@ -163,7 +163,9 @@ async def test_the_caller_is_greeted_then_answered(gateway, rest_stub, model):
     assert 0 <= turn["latencyMs"] < 5000, turn
     call = await ended(report.call_sid)
     assert call is not None and call.end_reason == "completed"  # the caller hung up
-    assert conn.closed_with is None and conn.ws.close_code is not None  # the gateway closed the model session
+    # The gateway closed the model's socket when the call ended (the fake did not).
+    await await_until(lambda: conn.ws.close_code is not None, "the model session closed")
+    assert conn.closed_with is None
 
 
 # --- 3: barge-in ----------------------------------------------------------------------------------
