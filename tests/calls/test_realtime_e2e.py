@@ -128,7 +128,7 @@ async def finished(task: asyncio.Task, *, timeout: float = 30):
 
 
 def assert_playout_accounts_for_everything(report) -> None:
-    assert report.frames_received > 0, report
+    assert report.frames_received > 0 and report.marks_received > 0, report
     assert report.frames_played + report.frames_cleared == report.frames_received, report
     assert report.marks_echoed == report.marks_received, report
 
@@ -187,6 +187,8 @@ async def test_barge_in_clears_the_caller_and_truncates_at_what_was_heard(gatewa
     long = conn.responses[1]
     assert long.text == LONG_ANSWER and long.status == "cancelled" and long.reason == "turn_detected"
     assert report.clears >= 1, report
+    interrupted_at = [t.at for t in report.transcript if t.who == "caller"][1]
+    assert report.clear_at[0] > interrupted_at, report  # the clear answered the caller talking over
     assert_playout_accounts_for_everything(report)
     (truncation,) = conn.truncations
     assert truncation["ok"] and truncation["item_id"] == long.item_id, truncation
