@@ -69,6 +69,7 @@ class CallReport:
     frames_cleared: int = 0  # media frames a clear dropped from the buffer before they played
     underruns: int = 0  # the buffer ran dry while the gateway was still sending the same speech
     send_lag_ms: list[float] = field(default_factory=list)
+    stream_closed_by_gateway: bool = False  # the gateway closed the media socket (the call ends, as on Twilio)
     error: str = ""
 
     def heard(self) -> str:
@@ -99,6 +100,7 @@ class SimulatedCall:
         self.report = CallReport(self.sid)
         self.stream_sid = "MZ" + secrets.token_hex(16)
         self.hung_up_by_gateway = asyncio.Event()
+        self.stream_closed = asyncio.Event()  # the gateway closed the media WebSocket
         self._t0 = time.monotonic()
         # Twilio's side of playback: frames queued in order, with marks between them (a jitter buffer).
         self._playout: deque[bytes | str] = deque()
@@ -160,7 +162,7 @@ class SimulatedCall:
                     self._ear = _Ear(self)
                     self.ear = self.ears.create_session(self._ear)
                     await self.ear.connect()
-                receiver = asyncio.create_task(self._receive(ws))
+                receiver = asyncio.create_task(self._receive_until_closed(ws))
                 try:
                     await self._clock(ws)
                     await self._ears_settle()
@@ -175,7 +177,8 @@ class SimulatedCall:
                     pass
             await self._webhook({"CallStatus": "completed", "CallDuration": str(int(self._now()))})
             if self.report.outcome == "pending":
-                self.report.outcome = "hangup-bot" if self.hung_up_by_gateway.is_set() else "completed"
+                gateway_ended = self.hung_up_by_gateway.is_set() or self.stream_closed.is_set()
+                self.report.outcome = "hangup-bot" if gateway_ended else "completed"
 
     async def _webhook(self, params: dict[str, str]) -> str:
         body = {
@@ -210,10 +213,12 @@ class SimulatedCall:
         self._awaiting_reply = False
 
     async def _speak_and_listen(self, ws, pacer: Pacer, lines: list[Line]) -> None:
+        from websockets.exceptions import ConnectionClosed
+
         sequence = 1
         timestamp = 0
         done_at: float | None = None
-        while not self.hung_up_by_gateway.is_set():
+        while not self.hung_up_by_gateway.is_set() and not self.stream_closed.is_set():
             lag = await pacer.wait()
             self.report.send_lag_ms.append(lag * 1000)
             now = time.monotonic()
@@ -229,9 +234,14 @@ class SimulatedCall:
                 self._awaiting_reply = True
             sequence += 1
             timestamp += 20
-            await ws.send('{"event":"media","sequenceNumber":"%d","streamSid":"%s","media":{"track":"inbound",'
-                          '"chunk":"%d","timestamp":"%d","payload":"%s"}}'
-                          % (sequence, self.stream_sid, sequence - 1, timestamp, base64.b64encode(frame).decode()))
+            if self.stream_closed.is_set():
+                return
+            try:
+                await ws.send('{"event":"media","sequenceNumber":"%d","streamSid":"%s","media":{"track":"inbound",'
+                              '"chunk":"%d","timestamp":"%d","payload":"%s"}}'
+                              % (sequence, self.stream_sid, sequence - 1, timestamp, base64.b64encode(frame).decode()))
+            except ConnectionClosed:
+                return  # the gateway closed the stream between two frames: the receiver notes it
             self.report.frames_sent += 1
             if self._awaiting_reply and self._line_end_at is not None and now - self._line_end_at >= REPLY_TIMEOUT:
                 self._unanswered()
@@ -305,6 +315,17 @@ class SimulatedCall:
                                            "mark": {"name": name}}))
         except Exception:
             pass
+
+    async def _receive_until_closed(self, ws) -> None:
+        """Twilio ends the call when the gateway closes the media socket (nothing follows <Connect>)."""
+        from websockets.exceptions import ConnectionClosed
+
+        try:
+            await self._receive(ws)
+        except ConnectionClosed:
+            pass
+        self.report.stream_closed_by_gateway = True
+        self.stream_closed.set()
 
     async def _receive(self, ws) -> None:
         async for raw in ws:

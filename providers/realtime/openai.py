@@ -383,6 +383,11 @@ class OpenAIRealtimeSession(RealtimeWebsocketSession):
             for output in response.get("output") or ():
                 if isinstance(output, dict) and output.get("type") == "message" and isinstance(output.get("id"), str):
                     item = output["id"]
+        so_far = self._transcripts.pop(item, "") if item is not None else ""
+        if so_far.strip():
+            # Cut off before its transcript was done (a barge-in cancelled it): the words made so far
+            # are the item's text, which the bridge cuts to what the caller heard.
+            self.listener.on_output_transcript(item, so_far.strip())
         if status not in ("completed", "cancelled"):
             details = response.get("status_details")
             reason = details.get("reason") or details.get("type") if isinstance(details, dict) else None

@@ -601,12 +601,14 @@ class FakeOpenAIRealtime(FakeWebsocketServer):
         half = len(arguments) // 2
         for piece in (arguments[:half], arguments[half:]):
             await self._emit(conn, {"type": "response.function_call_arguments.delta", **base, "delta": piece})
+        # Answerable from the moment its arguments are done: a fast client sends the output before
+        # the fake has sent the rest of the response.
+        conn.pending_calls[call_id] = turn
         await self._emit(conn, {"type": "response.function_call_arguments.done", **base, "name": tool.name,
                                 "arguments": arguments})
         item = {**item, "status": "completed", "arguments": arguments}
         await self._emit(conn, {"type": "response.output_item.done", "response_id": record.id, "output_index": index,
                                 "item": item})
-        conn.pending_calls[call_id] = turn
         return item
 
     async def _finish_response(self, conn: RealtimeConnection, status: str, reason: str | None) -> None:

@@ -323,6 +323,10 @@ async def test_barge_in_cancels_and_truncate_is_checked_against_the_audio_sent(f
     assert listener.of("speech_started") == [None, None]
     done = fake.last.events("response.done")[0]["response"]
     assert done["status_details"] == {"type": "cancelled", "reason": "turn_detected"}
+    # Its transcript never got its ".done": the words made before the cut are the item's text.
+    [(said_item, said)] = listener.of("output_transcript")
+    assert said_item == item and said and ("A long answer " * 20).startswith(said) and len(said) < len("A long answer " * 20)
+    assert listener.kinds()[-2:] == ["output_transcript", "response_done"]
     heard_ms = len(listener.audio[item]) // 8 - 100
     await session.truncate(item, heard_ms)
     await await_until(lambda: fake.last.events("conversation.item.truncated"), "the truncation acknowledged")
