@@ -5,13 +5,15 @@ readiness) that `loop` runs, on the thread that runs it. A callback is reported 
 
 - its thread CPU time exceeds `cpu_limit` (10 ms): real work on the loop (building a TLS context,
   a first import, a synchronous audio loop). Thread CPU time does not grow while the thread is
-  preempted or waits for the GIL, so a busy machine does not make a callback look heavy; time the
+  preempted or waits for the GIL, so a busy machine does not make a callback look heavy. Time the
   same thread spends in the cyclic garbage collector is subtracted (from the CPU and the wall time
   alike), since a collection runs in whichever thread happens to allocate and is not the callback's
   work: a full collection late in a long test run can take a second by itself;
 - or its wall time exceeds `wall_limit` (500 ms) while it used less than half of that in CPU: a
-  blocking sleep, socket or database call. Scheduling noise on a loaded machine (preemption, GIL
-  hand-offs every 5 ms) is orders of magnitude below that.
+  blocking sleep, socket or database call. A blocking call lets the other threads of the process
+  run; when instead the whole process was starved (the machine too busy to run it, or a thread
+  preempted while it held the GIL), the watch's own sampler thread was held up as well, and the
+  time it lost is not counted against the callback.
 
 Reports name the callback (`repr`, and for a task step the coroutine and where it is suspended
 now), the stack it was busy in (a sampler thread looks at callbacks still running after the CPU
@@ -25,6 +27,7 @@ import sys
 import threading
 import time
 import traceback
+from collections import deque
 from dataclasses import dataclass, field
 
 CPU_LIMIT = 0.010
@@ -39,6 +42,27 @@ _busy_in: dict[int, tuple[asyncio.Handle, str]] = {}  # thread id -> (callback, 
 _installed = threading.Lock()
 _patched = False
 SAMPLE_EVERY = 0.005
+STARVED_GAP = 0.05
+_sampler_wakes: deque[float] = deque(maxlen=4000)  # when the sampler thread last ran: 20 s of them
+
+
+def starved_seconds(start: float, end: float) -> float:
+    """How long, between two perf_counter readings, the sampler thread was kept from running.
+
+    It wakes every SAMPLE_EVERY; what a gap exceeds STARVED_GAP by is time the process was not run
+    (shorter gaps are the ordinary scheduling of a loaded machine, and a blocked callback may not hide
+    behind them).
+    """
+    wakes = [t for t in list(_sampler_wakes) if t > start]
+    starved, previous = 0.0, start
+    for wake in wakes:
+        starved += max(0.0, min(wake, end) - previous - STARVED_GAP)
+        previous = wake
+        if wake >= end:
+            break
+    else:
+        starved += max(0.0, end - previous - STARVED_GAP)  # still held up when the callback ended
+    return starved
 
 
 @dataclass(frozen=True)
@@ -84,11 +108,13 @@ class LoopWatch:
         if slow:
             raise AssertionError(f"{len(slow)} callback(s) blocked the event loop:\n" + "\n".join(map(str, slow)))
 
-    def _judge(self, handle: asyncio.Handle, cpu: float, wall: float, busy_in: str) -> None:
+    def _judge(self, handle: asyncio.Handle, cpu: float, wall: float, busy_in: str, started: float) -> None:
         if cpu > self.cpu_limit:
             self.slow.append(SlowCallback(describe(handle), cpu, wall, _scheduled_at(handle), busy_in))
         elif wall > self.wall_limit and cpu < wall / 2:
-            self.slow.append(SlowCallback(describe(handle), cpu, wall, _scheduled_at(handle), busy_in, "blocking"))
+            blocked = wall - starved_seconds(started, started + wall)
+            if blocked > self.wall_limit:
+                self.slow.append(SlowCallback(describe(handle), cpu, wall, _scheduled_at(handle), busy_in, "blocking"))
 
 
 def _timed_run(handle: asyncio.Handle) -> None:
@@ -98,6 +124,7 @@ def _timed_run(handle: asyncio.Handle) -> None:
     thread = threading.get_ident()
     gc_cpu_before, gc_wall_before = _gc_seconds.get(thread, (0.0, 0.0))
     cpu, wall = time.thread_time(), time.perf_counter()
+    started = wall
     _running[thread] = (wall, handle)
     try:
         return _original_run(handle)
@@ -107,7 +134,7 @@ def _timed_run(handle: asyncio.Handle) -> None:
         cpu = time.thread_time() - cpu - (gc_cpu - gc_cpu_before)
         _running.pop(thread, None)
         sampled, busy_in = _busy_in.pop(thread, (None, ""))
-        watch._judge(handle, cpu, wall, busy_in if sampled is handle else "")
+        watch._judge(handle, cpu, wall, busy_in if sampled is handle else "", started)
 
 
 def _sample() -> None:
@@ -115,6 +142,7 @@ def _sample() -> None:
     while True:
         time.sleep(SAMPLE_EVERY)
         now = time.perf_counter()
+        _sampler_wakes.append(now)
         long_running = [(thread, handle) for thread, (since, handle) in list(_running.items()) if now - since > CPU_LIMIT]
         if not long_running:
             continue

@@ -5,6 +5,7 @@ import asyncio
 import gc
 import threading
 import time
+from collections import deque
 
 import pytest
 
@@ -164,3 +165,45 @@ def test_check_clears_what_it_reported():
     with pytest.raises(AssertionError):
         watch.check()
     watch.check()  # already reported
+
+
+def sampler_ran(monkeypatch, start: float, gaps: list[float]) -> None:
+    """Pretend the watch's sampler thread woke after each of `gaps` (seconds), from `start` on."""
+    wakes, at = [], start
+    for gap in gaps:
+        at += gap
+        wakes.append(at)
+    # Far in the future of perf_counter, so the real sampler's wakes (all earlier) are ignored.
+    monkeypatch.setattr(loop_watch, "_sampler_wakes", deque(wakes, maxlen=4000))
+
+
+def judge_a_callback(watch: LoopWatch, *, cpu: float, wall: float, started: float) -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        watch._judge(asyncio.Handle(lambda: None, (), loop), cpu, wall, "", started)
+    finally:
+        loop.close()
+
+
+def test_a_process_that_was_not_run_is_not_reported_as_blocking(monkeypatch):
+    start = time.perf_counter() + 1000
+    sampler_ran(monkeypatch, start, [0.005] * 10 + [0.65] + [0.005] * 10)  # held up 650 ms with the callback
+    watch = LoopWatch()
+    judge_a_callback(watch, cpu=0.0002, wall=0.75, started=start)
+    assert watch.take() == []
+    assert loop_watch.starved_seconds(start, start + 0.75) == pytest.approx(0.60, abs=0.001)
+
+
+def test_a_blocking_call_is_reported_while_the_process_runs(monkeypatch):
+    start = time.perf_counter() + 1000
+    sampler_ran(monkeypatch, start, [0.03] * 26)  # ran all along, if only every 30 ms: only the loop waited
+    watch = LoopWatch()
+    judge_a_callback(watch, cpu=0.0002, wall=0.75, started=start)
+    [slow] = watch.take()
+    assert slow.kind == "blocking"
+
+
+def test_a_sampler_still_held_up_when_the_callback_ends_counts_as_starved(monkeypatch):
+    start = time.perf_counter() + 1000
+    sampler_ran(monkeypatch, start, [0.005] * 4)  # and then nothing until after the callback
+    assert loop_watch.starved_seconds(start, start + 0.7) == pytest.approx(0.7 - 0.02 - 0.05, abs=0.001)
