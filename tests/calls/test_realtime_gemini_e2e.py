@@ -1,0 +1,179 @@
+"""Whole realtime calls against a fake Gemini Live: a simulated Twilio caller through the real gateway (Daphne).
+
+The gateway bridges the caller's stream to FakeGeminiLive (its own thread and loop), configured as
+the `google` realtime provider. The caller speaks a loud tone for each line (the fake's voice
+detector hears it; its script says what the words were) and hears the fake's 24 kHz answers as
+8 kHz μ-law frames. Consults go through the llm responder, pointed at a fake Chat Completions server.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+
+import numpy as np
+import pytest
+from asgiref.sync import sync_to_async
+
+from calls import background
+from calls.models import Call, CallEvent, TranscriptEntry
+from calls.realtime.instructions import greeting_instructions
+from calls.simulator.call import Gateway, Line, SimulatedCall
+from calls.simulator.rest import TwilioRestStub
+from calls.streams import realtime as bridge
+from core.audio import FRAME_BYTES, samples_to_ulaw
+from core.urls import webhook_url
+from tests.calls.simulated import stream_recorded
+from tests.fakes.ai.llm import FakeChatCompletions
+from tests.fakes.ai.realtime_google import FakeGeminiLive
+from tests.fakes.ai.realtime_google import Line as Say
+from tests.waiting import await_until
+
+pytestmark = [pytest.mark.django_db(transaction=True)]
+
+ACCOUNT = "AC" + "4" * 32
+TOKEN = "simulator-token"
+KEY = "sk-fake-llm"
+NUMBER, CALLER = "+15550100040", "+15550100041"
+GREETING = "Welcome to the clinic."
+GREETING_REPLY = "Hello and welcome to the clinic, how can I help?"
+
+
+def caller_tone(ms: int = 600) -> bytes:
+    """What the caller says, as the fake hears it: loud enough for its voice detector."""
+    t = np.arange(ms * 8) / 8000
+    return samples_to_ulaw((np.sin(2 * np.pi * 300 * t) * 0.4 * 32767).astype(np.int16))
+
+
+class RecordingCall(SimulatedCall):
+    """The simulated caller, also noting when each media frame arrived and how long it was."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.arrivals: list[tuple[float, int]] = []
+
+    async def _receive(self, ws) -> None:
+        call = self
+
+        class Tap:
+            def __aiter__(self):
+                return self._frames()
+
+            async def _frames(self):
+                async for raw in ws:
+                    message = json.loads(raw)
+                    if message.get("event") == "media":
+                        call.arrivals.append((time.monotonic(), len(base64.b64decode(message["media"]["payload"]))))
+                    yield raw
+
+        await super()._receive(Tap())
+
+
+@pytest.fixture
+def rest_stub():
+    stub = TwilioRestStub(on_hangup=lambda sid: None).start()
+    yield stub
+    stub.stop()
+
+
+@pytest.fixture
+def llm():
+    with FakeChatCompletions(api_key=KEY, reply='{"spoken": "We open at ten on Sundays."}') as fake:
+        yield fake
+
+
+@pytest.fixture
+def gemini():
+    fake = FakeGeminiLive(greeting_reply=GREETING_REPLY)
+    fake.speed = 0  # as fast as it can: the gateway paces what the caller hears
+    with fake:
+        yield fake
+
+
+@pytest.fixture
+def site(live_gateway, configure, rest_stub, llm, gemini):
+    def apply(**google):
+        loaded = configure({
+            "provider": "twilio",
+            "twilio": {"accountSid": ACCOUNT, "authToken": TOKEN, "baseUrl": rest_stub.base_url},
+            "fromNumber": NUMBER,
+            "publicUrl": live_gateway,
+            "inboundPolicy": "open",
+            "inboundGreeting": GREETING,
+            "responseModel": "fake/clinic-model",
+            "models": {"providers": {"fake": {"baseUrl": llm.url, "apiKey": KEY}}},
+            "realtime": {"enabled": True, "provider": "google", "providers": {"google": {
+                "apiKey": "test-key", "baseUrl": gemini.url.replace("ws://", "http://", 1),
+                "silenceDurationMs": 300, **google}}},
+        })
+        assert not loaded.errors, loaded.errors
+        background.set_mode("thread")
+        return Gateway(base_url=live_gateway, webhook_url=webhook_url(loaded.config), account_sid=ACCOUNT,
+                       auth_token=TOKEN)
+
+    yield apply
+    background.drain(10)
+
+
+async def place_call(site: Gateway, rest: TwilioRestStub, lines: list[Line], *, max_seconds: float = 30,
+                     hangup_after_ms: int = 1000) -> RecordingCall:
+    """One simulated inbound call to the end (the caller's or the gateway's hang-up)."""
+    sim = RecordingCall(site, caller=CALLER, callee=NUMBER, lines=lines,
+                        audio={line.text: caller_tone() for line in lines},
+                        hangup_after_ms=hangup_after_ms, max_seconds=max_seconds)
+    loop = asyncio.get_running_loop()
+    rest.on_hangup = lambda sid: loop.call_soon_threadsafe(sim.gateway_hung_up) if sid == sim.sid else None
+    rest.status[sim.sid] = "in-progress"
+    await sim.run()
+    return sim
+
+
+@sync_to_async
+def records(call_sid: str) -> tuple[Call, list[tuple[str, str]], dict[str, list[dict]]]:
+    call = Call.objects.get(provider_call_id=call_sid)
+    lines = list(TranscriptEntry.objects.filter(call=call).order_by("timestamp", "pk").values_list("speaker", "text"))
+    events: dict[str, list[dict]] = {}
+    for type, payload in CallEvent.objects.filter(call=call).order_by("pk").values_list("type", "payload"):
+        events.setdefault(type, []).append(payload)
+    return call, lines, events
+
+
+async def settled(call_sid: str, speakers: list[str]):
+    """The records once the stream's end and the expected transcript lines are written."""
+    await stream_recorded(call_sid)
+
+    async def done():
+        found = await records(call_sid)
+        return found if [speaker for speaker, _ in found[1]] == speakers else None
+
+    return await await_until(done, f"transcript lines {speakers}")
+
+
+async def test_the_greeting_is_the_first_turn_and_a_caller_line_is_answered(site, rest_stub, gemini):
+    gemini.script = [Say(transcript="When do you open?", reply="We open at nine every morning.", reply_ms=600)]
+    sim = await place_call(site(), rest_stub, [Line("When do you open?")])
+    report = sim.report
+    assert report.outcome == "completed", report
+    conn = gemini.last
+    # The greeting was asked for as the model's first turn: a text turn with the configured greeting.
+    assert conn.texts == [greeting_instructions(GREETING)]
+    assert GREETING in conn.texts[0]
+    first_kinds = [next(iter(m)) for m in conn.received[:2]]
+    assert first_kinds[0] == "setup" and "clientContent" in [next(iter(m)) for m in conn.received[:3]], first_kinds
+    # Its audio (480 ms at 24 kHz) reached the caller as 20 ms μ-law frames, at the pace of real time.
+    assert all(size == FRAME_BYTES for _, size in sim.arrivals)
+    greeting = sim.arrivals[:20]
+    span = greeting[-1][0] - greeting[0][0]
+    assert span >= 0.7 * 19 * 0.02, span
+    assert report.speech_frames_played >= 40  # the greeting and the answer, heard
+    # The fake heard the caller as 16 kHz PCM (about 600 ms of the tone among the frames sent).
+    assert len(conn.audio) >= report.frames_sent * 640 * 0.9
+    pcm = np.frombuffer(bytes(conn.audio), dtype="<i2")
+    assert np.abs(pcm).max() > 8000  # the loud line came through the upsampler
+    assert report.turn_latencies_ms, report
+    call, lines, events = await settled(sim.sid, ["bot", "user", "bot"])
+    assert lines == [("bot", GREETING_REPLY), ("user", "When do you open?"), ("bot", "We open at nine every morning.")]
+    turns = events["realtime.turn"]
+    assert len(turns) == 1 and 0 <= turns[0]["latencyMs"] < 5000, turns
+    assert call.end_reason == "completed"
