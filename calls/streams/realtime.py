@@ -583,7 +583,7 @@ class RealtimeStreamConsumer(CarrierStreamConsumer):
         from ..realtime.instructions import checking_instructions
 
         session = self.session
-        if session is None:
+        if session is None or not getattr(self.provider, "speaks_while_tool_runs", True):
             return
         try:
             await session.respond(checking_instructions())
