@@ -15,6 +15,7 @@ import time
 import numpy as np
 import pytest
 from asgiref.sync import sync_to_async
+from websockets.exceptions import ConnectionClosedOK
 
 from calls import background
 from calls.models import Call, CallEvent, TranscriptEntry
@@ -68,6 +69,13 @@ class RecordingCall(SimulatedCall):
                     yield raw
 
         await super()._receive(Tap())
+
+    async def _speak_and_listen(self, ws, pacer, lines) -> None:
+        try:
+            await super()._speak_and_listen(ws, pacer, lines)
+        except ConnectionClosedOK:
+            # The gateway closed the stream: its hang-up, whose REST request may come a moment later.
+            await asyncio.wait_for(self.hung_up_by_gateway.wait(), 10)
 
 
 @pytest.fixture
@@ -177,3 +185,61 @@ async def test_the_greeting_is_the_first_turn_and_a_caller_line_is_answered(site
     turns = events["realtime.turn"]
     assert len(turns) == 1 and 0 <= turns[0]["latencyMs"] < 5000, turns
     assert call.end_reason == "completed"
+
+
+LONG_REPLY = " ".join(f"word{n}" for n in range(1, 61))
+
+
+async def test_the_caller_interrupts_a_long_answer(site, rest_stub, gemini):
+    gemini.speed = 1.0  # real time: the fake is still speaking when the caller talks over it
+    gemini.script = [Say(transcript="Tell me everything.", reply=LONG_REPLY, reply_ms=6000),
+                     Say(transcript="Stop, please.", reply="Okay, stopping.")]
+    sim = await place_call(site(), rest_stub, [Line("Tell me everything."), Line("Stop, please.", interrupt=True)])
+    report = sim.report
+    assert report.outcome == "completed", report
+    conn = gemini.last
+    assert conn.server_content("interrupted"), "the fake's own voice detection interrupted its answer"
+    assert report.clears >= 1 and report.frames_cleared > 0  # the gateway cleared Twilio's buffer
+    # Gemini keeps only what it sent: no truncation (nor any unknown message) went to it, and no
+    # second text turn cut the conversation.
+    assert {next(iter(m)) for m in conn.received} <= {"setup", "realtimeInput", "clientContent"}
+    assert conn.texts == [greeting_instructions(GREETING)] and conn.problem is None
+    call, lines, events = await settled(sim.sid, ["bot", "user", "bot", "user", "bot"])
+    bot = [text for speaker, text in lines if speaker == "bot"]
+    assert bot[0] == GREETING_REPLY and bot[-1] == "Okay, stopping."
+    cut = bot[1]
+    # What the caller heard of the long answer: its start, about 1.2 s of 6 s, nowhere near all of it.
+    assert cut and LONG_REPLY.startswith(cut) and len(cut.split()) < 40, cut
+    assert ("user", "Stop, please.") in lines
+
+
+async def test_a_consult_goes_through_the_llm_responder_and_its_answer_back_to_the_model(site, rest_stub, gemini, llm):
+    question = {"question": "When do you open on Sunday?", "reason": "current_external_data"}
+    gemini.script = [Say(transcript="Are you open on Sunday?", reply="We open at ten on Sundays.",
+                         tool=("openclaw_agent_consult", question))]
+    sim = await place_call(site(), rest_stub, [Line("Are you open on Sunday?")])
+    assert sim.report.outcome == "completed", sim.report
+    responses = gemini.tool_responses
+    assert len(responses) == 1, (responses, gemini.last.late_tool_responses)
+    assert responses[0]["name"] == "openclaw_agent_consult" and responses[0]["id"] == "fc-1"
+    assert responses[0]["response"]["output"]["answer"] == "We open at ten on Sundays."
+    assert "When do you open on Sunday?" in json.dumps(llm.last.json["messages"])
+    call, lines, events = await settled(sim.sid, ["bot", "user", "bot"])
+    assert lines[-1] == ("bot", "We open at ten on Sundays.")
+    (tool_call,), (tool_result,) = events["realtime.tool_call"], events["realtime.tool_result"]
+    assert tool_call["name"] == "openclaw_agent_consult" and "Sunday" in json.dumps(tool_call)
+    assert "ten on Sundays" in json.dumps(tool_result)
+
+
+async def test_the_model_hangs_up_after_its_last_words(site, rest_stub, gemini):
+    gemini.script = [Say(transcript="That is all, thanks.", reply="Goodbye, have a nice day.", reply_ms=800,
+                         tool=("openclaw_end_call", {}))]
+    sim = await place_call(site(), rest_stub, [Line("That is all, thanks.")], hangup_after_ms=8000)
+    report = sim.report
+    assert report.outcome == "hangup-bot", report  # the gateway hung up, not the caller
+    assert gemini.tool_responses[0]["response"] == {"output": {"ok": True}}
+    call, lines, events = await settled(sim.sid, ["bot", "user", "bot"])
+    assert lines[-1] == ("bot", "Goodbye, have a nice day.")  # played in full before the hang-up
+    assert report.frames_received >= (480 + 800) // 20 - 2, report.frames_received
+    assert call.end_reason == "completed"
+    assert events["realtime.tool_call"][0]["name"] == "openclaw_end_call"
