@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pytest
 from asgiref.sync import sync_to_async
-from websockets.exceptions import ConnectionClosedOK
+from websockets.exceptions import ConnectionClosed
 
 from calls import background
 from calls.models import Call, CallEvent, TranscriptEntry
@@ -53,6 +53,7 @@ class RecordingCall(SimulatedCall):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.arrivals: list[tuple[float, int]] = []
+        self.close_code: int | None = None  # how the gateway closed the stream, if it did
 
     async def _receive(self, ws) -> None:
         call = self
@@ -73,8 +74,9 @@ class RecordingCall(SimulatedCall):
     async def _speak_and_listen(self, ws, pacer, lines) -> None:
         try:
             await super()._speak_and_listen(ws, pacer, lines)
-        except ConnectionClosedOK:
+        except ConnectionClosed as exc:
             # The gateway closed the stream: its hang-up, whose REST request may come a moment later.
+            self.close_code = exc.rcvd.code if exc.rcvd is not None else None
             await asyncio.wait_for(self.hung_up_by_gateway.wait(), 10)
 
 
@@ -237,9 +239,56 @@ async def test_the_model_hangs_up_after_its_last_words(site, rest_stub, gemini):
     sim = await place_call(site(), rest_stub, [Line("That is all, thanks.")], hangup_after_ms=8000)
     report = sim.report
     assert report.outcome == "hangup-bot", report  # the gateway hung up, not the caller
+    assert sim.close_code == 1000
     assert gemini.tool_responses[0]["response"] == {"output": {"ok": True}}
     call, lines, events = await settled(sim.sid, ["bot", "user", "bot"])
     assert lines[-1] == ("bot", "Goodbye, have a nice day.")  # played in full before the hang-up
     assert report.frames_received >= (480 + 800) // 20 - 2, report.frames_received
     assert call.end_reason == "completed"
     assert events["realtime.tool_call"][0]["name"] == "openclaw_end_call"
+
+
+async def test_a_go_away_resumes_the_session_and_the_call_goes_on(site, rest_stub, gemini, caplog):
+    gemini.script = [Say(transcript="First question.", reply="First answer."),
+                     Say(transcript="Second question.", reply="Second answer.")]
+    call = asyncio.ensure_future(place_call(site(), rest_stub, [Line("First question."), Line("Second question.")]))
+    # Once the first answer is out (its resumption handle issued), the server announces it is going away.
+    await await_until(lambda: gemini.utterances == 1 and len(gemini.handles) == 2 or call.done(), "the first answer")
+    assert len(gemini.connections) == 1
+    gemini.go_away(0.05)
+    sim = await call
+    assert sim.report.outcome == "completed", sim.report
+    first, second = gemini.connections
+    assert first.hung_up == 1000 and second.resumption_handle == "h-2"  # resumed where the first left off
+    assert second.texts == []  # no second greeting
+    assert "goAway" in caplog.text
+    _, lines, events = await settled(sim.sid, ["bot", "user", "bot", "user", "bot"])
+    assert [text for speaker, text in lines if speaker == "bot"] == [GREETING_REPLY, "First answer.", "Second answer."]
+    assert len(events["realtime.turn"]) == 2
+
+
+@pytest.mark.parametrize("code, reason", [(1008, "Policy violation: the request was blocked."),
+                                          (1007, "Request contains an invalid argument.")])
+async def test_a_final_close_ends_the_call_with_its_reason(site, rest_stub, gemini, caplog, code, reason):
+    call = asyncio.ensure_future(place_call(site(), rest_stub, [Line("Hello?")], hangup_after_ms=8000))
+    await await_until(lambda: gemini.connections and gemini.last.texts or call.done(), "the greeting request")
+    gemini.close(code, reason)
+    sim = await call
+    assert sim.report.outcome == "hangup-bot", sim.report
+    assert len(gemini.connections) == 1  # not retried: a new session would be refused the same way
+    assert sim.close_code == 4011  # the stream closed as an error, after the carrier hang-up
+    row, _, _ = await records(sim.sid)
+    assert row.end_reason == "error"
+    assert f"{code} {reason}" in caplog.text, caplog.text[-2000:]
+
+
+async def test_a_provider_that_never_completes_setup_ends_the_call(site, rest_stub, gemini, monkeypatch, caplog):
+    monkeypatch.setattr(bridge, "CONNECT_TIMEOUT", 0.5)
+    gemini.never_setup = True
+    sim = await place_call(site(), rest_stub, [Line("Hello?")], hangup_after_ms=8000)
+    assert sim.report.outcome == "hangup-bot", sim.report
+    assert sim.report.speech_frames_played == 0 and sim.close_code == 4011
+    row, lines, _ = await records(sim.sid)
+    assert row.end_reason == "error" and lines == []
+    assert gemini.last.setup is not None and gemini.last.texts == []
+    assert "did not connect" in caplog.text and "no answer within 0.5 s" in caplog.text
