@@ -42,6 +42,10 @@ RECONNECT_MAX_DELAY = 8.0
 RECOVERABLE_CLOSE_CODES = frozenset({1001, 1005, 1006, 1011, 1012, 1013, 1015})
 # Caller audio held while (re)connecting: 5 s. Older frames are dropped (and counted) beyond that.
 MAX_QUEUED_FRAMES = 250
+# Frames sent back to back before the sender yields: a backlog (caller audio held while the socket
+# was set up or reconnected, up to 5 s) would otherwise go out in one callback, as a send does not
+# wait while the socket's buffer has room, and hold up every other call on the loop.
+SEND_BURST = 8
 CLOSE_WAIT = 2.0
 
 
@@ -313,8 +317,13 @@ class RealtimeWebsocketSession(RealtimeSession):
         return False
 
     async def _send_loop(self, ws) -> None:
+        sent = 0
         while True:
             while self._control or self._audio:
+                sent += 1
+                if sent % SEND_BURST == 0:
+                    await asyncio.sleep(0)
+                    continue  # the queues may have changed meanwhile
                 if self._control:
                     message = self._control.popleft()
                     try:
