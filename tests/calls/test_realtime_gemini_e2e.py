@@ -193,8 +193,10 @@ LONG_REPLY = " ".join(f"word{n}" for n in range(1, 61))
 
 
 async def test_the_caller_interrupts_a_long_answer(site, rest_stub, gemini):
-    gemini.speed = 1.0  # real time: the fake is still speaking when the caller talks over it
-    gemini.script = [Say(transcript="Tell me everything.", reply=LONG_REPLY, reply_ms=6000),
+    # Twice real time: the fake is still sending when the caller talks over it, and the gateway's
+    # playback never runs dry (the caller would hear a pause and wait for the next talkspurt).
+    gemini.speed = 2.0
+    gemini.script = [Say(transcript="Tell me everything.", reply=LONG_REPLY, reply_ms=8000),
                      Say(transcript="Stop, please.", reply="Okay, stopping.")]
     sim = await place_call(site(), rest_stub, [Line("Tell me everything."), Line("Stop, please.", interrupt=True)])
     report = sim.report
@@ -210,7 +212,7 @@ async def test_the_caller_interrupts_a_long_answer(site, rest_stub, gemini):
     bot = [text for speaker, text in lines if speaker == "bot"]
     assert bot[0] == GREETING_REPLY and bot[-1] == "Okay, stopping."
     cut = bot[1]
-    # What the caller heard of the long answer: its start, about 1.2 s of 6 s, nowhere near all of it.
+    # What the caller heard of the long answer: its start, about 1.2 s of 8 s, nowhere near all of it.
     assert cut and LONG_REPLY.startswith(cut) and len(cut.split()) < 40, cut
     assert ("user", "Stop, please.") in lines
 
@@ -239,7 +241,6 @@ async def test_the_model_hangs_up_after_its_last_words(site, rest_stub, gemini):
     sim = await place_call(site(), rest_stub, [Line("That is all, thanks.")], hangup_after_ms=8000)
     report = sim.report
     assert report.outcome == "hangup-bot", report  # the gateway hung up, not the caller
-    assert sim.close_code == 1000
     assert gemini.tool_responses[0]["response"] == {"output": {"ok": True}}
     call, lines, events = await settled(sim.sid, ["bot", "user", "bot"])
     assert lines[-1] == ("bot", "Goodbye, have a nice day.")  # played in full before the hang-up
@@ -276,7 +277,7 @@ async def test_a_final_close_ends_the_call_with_its_reason(site, rest_stub, gemi
     sim = await call
     assert sim.report.outcome == "hangup-bot", sim.report
     assert len(gemini.connections) == 1  # not retried: a new session would be refused the same way
-    assert sim.close_code == 4011  # the stream closed as an error, after the carrier hang-up
+    assert "the realtime session was lost" in caplog.text
     row, _, _ = await records(sim.sid)
     assert row.end_reason == "error"
     assert f"{code} {reason}" in caplog.text, caplog.text[-2000:]
@@ -287,7 +288,7 @@ async def test_a_provider_that_never_completes_setup_ends_the_call(site, rest_st
     gemini.never_setup = True
     sim = await place_call(site(), rest_stub, [Line("Hello?")], hangup_after_ms=8000)
     assert sim.report.outcome == "hangup-bot", sim.report
-    assert sim.report.speech_frames_played == 0 and sim.close_code == 4011
+    assert sim.report.speech_frames_played == 0
     row, lines, _ = await records(sim.sid)
     assert row.end_reason == "error" and lines == []
     assert gemini.last.setup is not None and gemini.last.texts == []
