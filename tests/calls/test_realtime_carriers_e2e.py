@@ -353,8 +353,8 @@ async def _at_least(found, n):
 
 
 async def stream_closed(call: Call) -> MediaStream:
-    return await await_until(sync_to_async(lambda: MediaStream.objects.filter(call=call, closed_at__isnull=False).first()),
-                             "the stream's end recorded")
+    closed = sync_to_async(lambda: MediaStream.objects.filter(call=call, closed_at__isnull=False).first())
+    return await await_until(closed, "the stream's end recorded")
 
 
 async def ended(call: Call) -> Call:

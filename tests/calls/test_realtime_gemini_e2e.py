@@ -293,3 +293,17 @@ async def test_a_provider_that_never_completes_setup_ends_the_call(site, rest_st
     assert row.end_reason == "error" and lines == []
     assert gemini.last.setup is not None and gemini.last.texts == []
     assert "did not connect" in caplog.text and "no answer within 0.5 s" in caplog.text
+
+
+async def test_a_dropped_connection_is_resumed_and_the_call_goes_on(site, rest_stub, gemini, caplog):
+    gemini.script = [Say(transcript="First question.", reply="First answer."),
+                     Say(transcript="Second question.", reply="Second answer.")]
+    call = asyncio.ensure_future(place_call(site(), rest_stub, [Line("First question."), Line("Second question.")]))
+    await await_until(lambda: gemini.utterances == 1 and len(gemini.handles) == 2 or call.done(), "the first answer")
+    gemini.close(1011, "Internal error encountered.")  # the server fails mid-call
+    sim = await call
+    assert sim.report.outcome == "completed", sim.report
+    first, second = gemini.connections
+    assert first.hung_up == 1011 and second.resumption_handle == "h-2" and second.texts == []
+    _, lines, _ = await settled(sim.sid, ["bot", "user", "bot", "user", "bot"])
+    assert [text for speaker, text in lines if speaker == "bot"] == [GREETING_REPLY, "First answer.", "Second answer."]
