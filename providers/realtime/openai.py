@@ -389,6 +389,11 @@ class OpenAIRealtimeSession(RealtimeWebsocketSession):
             error = details.get("error") if isinstance(details, dict) else None
             log.info("openai realtime: response %s ended %s (%s)", str(response_id)[:64], status,
                      error_text(error) if error else reason or "no reason given")
+        said = self._transcripts.pop(item, "") if item is not None else ""
+        if said.strip():
+            # A cancelled answer (the caller talked over it) gets no transcript.done: its words so far
+            # are what it said, and the bridge keeps the part the caller heard.
+            self.listener.on_output_transcript(item, " ".join(said.split()))
         self.listener.on_response_done(item, status)
 
     def _tool_call(self, message: dict[str, Any]) -> None:
