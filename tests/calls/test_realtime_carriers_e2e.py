@@ -332,9 +332,14 @@ async def a_whole_call(ringing: Ringing, side, live_gateway: str, model: FakeOpe
     # The records: both sides' words (the long answer cut to what was heard) and each turn's latency.
     async def lines_written():
         found = await lines_of(call)
-        return found if len(found) == 7 else None
+        return found if len(found) >= 7 else None
 
-    lines = await await_until(lines_written, "seven transcript lines")
+    try:
+        lines = await await_until(lines_written, "seven transcript lines", timeout=20)
+    except AssertionError as exc:
+        responses = [(r.cause, r.status, r.text[:20], r.audio_ms_sent) for r in conn.responses]
+        raise AssertionError(f"{exc}: {await lines_of(call)} {responses} {conn.input_transcripts}") from None
+    assert len(lines) == 7, lines
     # Each side in order (a line is stored once it is known, so the two sides may interleave late).
     assert [text for speaker, text in lines if speaker == "user"] == [
         "When do you open?", "Tell me everything.", "Stop please."], lines
