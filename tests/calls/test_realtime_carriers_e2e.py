@@ -1,18 +1,15 @@
-"""Realtime calls over Telnyx and Plivo streams, through the real gateway (Daphne) and a fake OpenAI Realtime.
-
-Each carrier's fake rings the gateway, which points the call (Telnyx's answer command, Plivo's
-answer XML) at the realtime stream path with a one-time token. The test then plays the carrier's
-side of that stream in the carrier's own frames: start, caller audio, mark echoes; it hears the
-model's greeting and answers in the carrier's outbound frames, talks over a long answer and gets
-the carrier's clear frame. FakeOpenAIRealtime (its own thread) is the model.
-"""
+"""Realtime calls over Telnyx and Plivo streams, through the real gateway (Daphne) and a fake OpenAI Realtime."""
+# Each carrier's fake rings the gateway, which points the call (Telnyx's answer command, Plivo's
+# answer XML) at the realtime stream path with a one-time token. The test then plays the carrier's
+# side of that stream in the carrier's own frames: start, caller audio, mark echoes; it hears the
+# model's greeting and answers in the carrier's outbound frames, talks over a long answer and gets
+# the carrier's clear frame. FakeOpenAIRealtime (its own thread) is the model.
 from __future__ import annotations
 
 import asyncio
 import base64
 import json
 import secrets
-import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -22,7 +19,7 @@ from asgiref.sync import sync_to_async
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from calls import background, services
+from calls import background
 from calls.models import Call, CallEvent, MediaStream, TranscriptEntry
 from calls.realtime.instructions import greeting_instructions
 from core.audio import FRAME_BYTES, SILENCE_FRAME, samples_to_ulaw

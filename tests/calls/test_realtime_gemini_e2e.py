@@ -1,10 +1,8 @@
-"""Whole realtime calls against a fake Gemini Live: a simulated Twilio caller through the real gateway (Daphne).
-
-The gateway bridges the caller's stream to FakeGeminiLive (its own thread and loop), configured as
-the `google` realtime provider. The caller speaks a loud tone for each line (the fake's voice
-detector hears it; its script says what the words were) and hears the fake's 24 kHz answers as
-8 kHz μ-law frames. Consults go through the llm responder, pointed at a fake Chat Completions server.
-"""
+"""Whole realtime calls against a fake Gemini Live: a simulated Twilio caller through the real gateway (Daphne)."""
+# The gateway bridges the caller's stream to FakeGeminiLive (its own thread and loop), configured as
+# the `google` realtime provider. The caller speaks a loud tone for each line (the fake's voice
+# detection hears it; its script says what the words were) and hears the fake's 24 kHz answers as
+# 8 kHz μ-law frames. Consults go through the llm responder, pointed at a fake Chat Completions server.
 from __future__ import annotations
 
 import asyncio
