@@ -12,6 +12,11 @@ from .tls import websocket_ssl
 
 log = logging.getLogger(__name__)
 
+# Frames sent back to back before the sender yields: a backlog (audio held while the socket was set
+# up or reconnected, several seconds of it) would otherwise go out in one callback, as a send does
+# not wait while the socket's buffer has room, and hold up every other call on the loop.
+SEND_BURST = 8
+
 
 def websocket_origin(url: str) -> str:
     """A provider origin as a WebSocket URL: config holds http(s) URLs (fakes, proxies) as well as ws(s)."""
@@ -153,9 +158,14 @@ class WebsocketMachinery:
         # One timer per keepalive interval, not one per frame: this loop wakes 50 times a second.
         self._keepalive_timer = loop.call_later(self.keepalive_interval, self._check_keepalive) \
             if self.keepalive_message else None
+        sent = 0
         try:
             while True:
                 while self._control or self._audio:
+                    sent += 1
+                    if sent % SEND_BURST == 0:
+                        await asyncio.sleep(0)
+                        continue  # the queues may have changed meanwhile
                     if self._control:
                         message = self._control.popleft()
                         try:

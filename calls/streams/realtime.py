@@ -39,6 +39,9 @@ GAP_MS = 120
 ITEM_AUDIO_TIMEOUT = 15.0  # longest pause inside one model answer's audio
 CONNECT_TIMEOUT = 15.0
 LAST_WORDS_TIMEOUT = 10.0  # end_call: how long the model's last words may still play
+# end_call with nothing queued: how long the model may take to begin the goodbye it says in answer
+# to the tool's result (Gemini speaks after the call as often as before it).
+LAST_WORDS_START = 2.0
 CLOSE_TIMEOUT = 3.0
 BARGE_IN_SETTLE = 1.0
 MAX_ITEMS = 32  # model answers remembered (for their transcript and barge-in)
@@ -136,6 +139,8 @@ class RealtimeStreamConsumer(CarrierStreamConsumer):
         self.ending = False
         self.records: set[asyncio.Task] = set()
         self.forced = None
+        self.responses_done = 0
+        self.model_news = asyncio.Event()  # model audio or a finished answer arrived
         try:
             runtime = get_gateway().current_runtime() or await asyncio.to_thread(get_runtime)
         except Exception as exc:
@@ -351,6 +356,7 @@ class RealtimeStreamConsumer(CarrierStreamConsumer):
             if item is None:
                 return
         item.push(ulaw)
+        self.model_news.set()
         if self._queued_audio() > MAX_QUEUED_AUDIO:
             self.stats.counters["audio_backpressure"] += 1
             self._spawn(self._close(CLOSE_TRY_LATER, "Backpressure: queued audio exceeded"))
@@ -428,6 +434,8 @@ class RealtimeStreamConsumer(CarrierStreamConsumer):
         self._record_model_text(item)
 
     def on_response_done(self, item_id: str | None, status: str) -> None:
+        self.responses_done += 1
+        self.model_news.set()
         for key, item in list(self.items.items()):
             if item_id is None or key == item_id:
                 item.finish()
@@ -543,12 +551,13 @@ class RealtimeStreamConsumer(CarrierStreamConsumer):
         session = self.session
         if session is None or self.closing:
             return
+        answered = self.responses_done
         try:
             await session.send_tool_result(call, outcome.output)
         except Exception as exc:
             log.warning("call %s: sending the result of %s failed: %s", self.call.call_id, call.name, exc)
         if outcome.end_call:
-            await self._last_words_played()
+            await self._last_words_played(answered)
             await self._end_call(CallState.COMPLETED.value, "Ended by the model")
 
     async def _checking_notice(self) -> None:
@@ -556,22 +565,38 @@ class RealtimeStreamConsumer(CarrierStreamConsumer):
         from ..realtime.instructions import checking_instructions
 
         session = self.session
-        if session is None:
+        if session is None or not getattr(self.provider, "speaks_while_tool_runs", True):
             return
         try:
             await session.respond(checking_instructions())
         except Exception as exc:
             log.info("call %s: the checking notice failed: %s", self.call.call_id, exc)
 
-    async def _last_words_played(self) -> None:
-        """Wait (bounded) until the model's audio queued so far has played."""
-        deadline = time.monotonic() + LAST_WORDS_TIMEOUT
+    async def _last_words_played(self, answered: int) -> None:
+        """Wait (bounded) until the model's last words have played: the audio queued so far, and
+        the goodbye it may still say in answer to the tool's result (`answered`: answers finished
+        before the result was sent)."""
+        started = time.monotonic()
+        deadline = started + LAST_WORDS_TIMEOUT
         while not self.closing:
             pending = [item.future for item in self.items.values() if item.future is not None and not item.future.done()]
             remaining = deadline - time.monotonic()
-            if not pending or remaining <= 0:
+            if remaining <= 0:
                 return
-            await asyncio.wait(pending, timeout=remaining)
+            if pending:
+                await asyncio.wait(pending, timeout=remaining)
+                continue
+            # Nothing left to play: done once an answer finished after the result, or when the model
+            # has not begun one for a while.
+            wait = min(remaining, started + LAST_WORDS_START - time.monotonic())
+            if self.responses_done > answered or wait <= 0:
+                return
+            self.model_news.clear()
+            try:
+                async with asyncio.timeout(wait):
+                    await self.model_news.wait()
+            except TimeoutError:
+                return
 
     # --- hang-up ----------------------------------------------------------------------------
 

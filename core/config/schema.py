@@ -364,7 +364,7 @@ ThinkingLevel = Literal[
 class RealtimeConfig(Section):
     enabled: Flag = False
     """Bridge call audio full-duplex to a realtime voice model, which greets, answers and may consult the
-    agent. Needs inboundPolicy other than disabled, streaming off, carrier twilio, telnyx or mock, and a
+    agent. Needs inboundPolicy other than disabled, streaming off, carrier twilio, telnyx, plivo or mock, and a
     ready realtime provider (setup names the missing key)."""
     provider: NonEmptyStr | None = None
     """Realtime provider id (openai, google); unset: the first one with a key. An unregistered id is a setup

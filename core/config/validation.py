@@ -8,7 +8,7 @@ from .models import KNOWN_PROVIDERS, model_problem
 from .schema import VoiceCallConfig
 
 STREAMING_CARRIERS = ("twilio", "telnyx", "plivo")
-REALTIME_CARRIERS = ("twilio", "telnyx", "mock")
+REALTIME_CARRIERS = ("twilio", "telnyx", "plivo", "mock")
 FUNNEL_PORTS = (443, 8443, 10000)
 LOOPBACK_BINDS = ("127.0.0.1", "::1", "localhost")
 UNSAFE_SKIP_ENV = "VOICECALL_UNSAFE_ALLOW_SKIP_SIGNATURE_VERIFICATION"

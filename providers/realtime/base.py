@@ -82,6 +82,10 @@ class RealtimeProvider(ProviderSettings):
     # The provider's own voice detection interrupts its answer when the caller talks and says so
     # (on_speech_started); when False the bridge's local speech gate decides barge-in.
     handles_barge_in: ClassVar[bool] = True
+    # The model may be asked to speak (respond) while one of its tool calls waits for its result:
+    # the bridge then has it say it is checking during a consult. False where a text turn would
+    # cancel the waiting call.
+    speaks_while_tool_runs: ClassVar[bool] = True
 
     def base_url(self) -> str:
         """The provider's WebSocket origin (`baseUrl` in its block, for fakes and proxies)."""

@@ -450,6 +450,9 @@ class GoogleRealtime(RealtimeProvider):
     default_base_url = "wss://generativelanguage.googleapis.com"
     default_model = "gemini-3.1-flash-live-preview"
     api_key_env = API_KEY_ENVS[0]
+    # A text turn ends the model's turn, and with it a BLOCKING function call still waiting for its
+    # response: the consult's answer would be refused. The model waits for it in silence instead.
+    speaks_while_tool_runs = False
 
     def api_key(self) -> str | None:
         secret = self.settings.get("apiKey")

@@ -301,6 +301,7 @@ async def test_an_answer_that_played_out_before_the_clear_is_not_truncated():
 def test_played_answers_are_forgotten_even_without_a_transcript():
     consumer = bridge.RealtimeStreamConsumer()
     consumer.items = {}
+    consumer.responses_done, consumer.model_news = 0, asyncio.Event()
     for n in range(bridge.MAX_ITEMS + 10):
         item = bridge._Item(consumer, f"item-{n}")
         item.result = PlaybackResult(Outcome.PLAYED, played_ms=100, total_ms=100)  # no transcript ever came

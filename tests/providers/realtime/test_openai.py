@@ -321,6 +321,10 @@ async def test_barge_in_cancels_and_truncate_is_checked_against_the_audio_sent(f
     [(item, status)] = await listener.wait("response_done")
     assert status == "cancelled"
     assert listener.of("speech_started") == [None, None]
+    # No transcript.done for a cancelled answer: the words streamed so far are its transcript.
+    [(said_item, said)] = listener.of("output_transcript")
+    whole = ("A long answer " * 20).strip()
+    assert said_item == item and said and whole.startswith(said) and said != whole, said
     done = fake.last.events("response.done")[0]["response"]
     assert done["status_details"] == {"type": "cancelled", "reason": "turn_detected"}
     # Its transcript never got its ".done": the words made before the cut are the item's text.
