@@ -122,7 +122,7 @@ class RealtimeStreamConsumer(CarrierStreamConsumer):
         self.session = None
         self.provider = None
         self.token_call_id: str | None = None
-        self.buffered: list[str | None] = []
+        self.buffered: deque[str | None] = deque()
         self.buffered_bytes = 0
         self.items: dict[str, _Item] = {}
         self.current_item: _Item | None = None
@@ -273,7 +273,7 @@ class RealtimeStreamConsumer(CarrierStreamConsumer):
             return
         # Frames held during admission, in order; the session queues caller audio until it connects.
         while self.buffered:
-            text = self.buffered.pop(0)
+            text = self.buffered.popleft()
             if self.closing:
                 return
             await self._handle(text, None if text is not None else b"")
