@@ -104,6 +104,18 @@ def thread_cpu_seconds(pid: int) -> dict[str, float]:
     return groups
 
 
+def run_queue_seconds(pid: int) -> float:
+    """Seconds the process's threads were ready to run but waited for a CPU (/proc schedstat): when this
+    grows with the load, other processes on the gateway's core, not the gateway, are in its way."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            total += int((task / "schedstat").read_text().split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    return total / 1e9
+
+
 def proc_rss_mb(pid: int) -> float:
     total = 0.0
     for member in _family(pid):

@@ -42,6 +42,7 @@ from bench.gateway_process import (  # noqa: E402
     pinned,
     proc_cpu_seconds,
     proc_rss_mb,
+    run_queue_seconds,
     start_gateway,
     start_helper,
     stop_gateway,
@@ -192,9 +193,14 @@ def measure(calls: int, server: str, process, gateway, rest, fake, db: Path) -> 
     started = time.time() - 1
     cpu_before, wall_before = proc_cpu_seconds(process.pid)[0], time.monotonic()
     threads_before = thread_cpu_seconds(process.pid)
+    waited_before = run_queue_seconds(process.pid)
+    # The load core's work: this process (the callers) and the fake's.
+    load_before = proc_cpu_seconds(os.getpid())[0] + proc_cpu_seconds(fake.pid)[0]
     summary, level, steady = asyncio.run(run_level(calls, gateway, rest, process.pid))
     wall = time.monotonic() - wall_before
     cpu = proc_cpu_seconds(process.pid)[0] - cpu_before
+    waited = run_queue_seconds(process.pid) - waited_before
+    load_core = proc_cpu_seconds(os.getpid())[0] + proc_cpu_seconds(fake.pid)[0] - load_before
     threads = {kind: round(seconds - threads_before.get(kind, 0.0), 2)
                for kind, seconds in thread_cpu_seconds(process.pid).items()}
     stats = wait_streams(db, started, calls)
@@ -219,24 +225,29 @@ def measure(calls: int, server: str, process, gateway, rest, fake, db: Path) -> 
         "cpuPerCall": 100 * steady["cpu"] / max(1e-9, steady["wall"]) / calls, "steadySeconds": steady["wall"],
         "cpuSeconds": cpu, "cpuSecondsPerCall": cpu / calls, "cpuByThread": threads, "wall": wall,
         "rss": proc_rss_mb(process.pid), "rssPerCall": max(0.0, proc_rss_mb(process.pid) - rss_before) / calls,
+        # Seconds the gateway was ready to run and waited for its core: other processes in its way.
+        "waitedForCpu": waited,
+        "loadCoreBusy": 100 * load_core / wall,
         "load": load, "streams": len(stats),
     }
 
 
 def print_table(rows: list[dict]) -> None:
     print("\n| server | calls | failed / unanswered | frames lost in / out (dropped) | inbound p50 / p99 (ms) "
-          "| first frame p50 / p99 (ms) | steady frames p50 / p99 (ms) | pacing late p99 (ms) | turn p50 / p99 (ms) "
-          "| simulator / fake late p99 (ms) | CPU per live call (% core) | CPU loop / threads (s) | RSS (MB) | load |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| first frame p50 / p99 (ms) (answers) | steady frames p50 / p99 (ms) | pacing late p99 (ms) | turn p50 / p99 (ms) "
+          "| simulator / fake late p99 (ms) | CPU per live call (% core) | CPU loop / threads (s) | waited for CPU (s) "
+          "| load core busy (%) | RSS (MB) | load |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         threads = r["cpuByThread"]
         print(f"| {r['server']} | {r['calls']} | {r['failed']} / {r['unanswered']} "
               f"| {r['lostIn']} of {r['framesIn']} / {r['lostOut']} of {r['framesOut']} ({r['dropped']}) "
-              f"| {r['inbound']['p50']:.2f} / {r['inbound']['p99']:.2f} | {r['first']['p50']:.2f} / {r['first']['p99']:.2f} "
+              f"| {r['inbound']['p50']:.2f} / {r['inbound']['p99']:.2f} | {r['first']['p50']:.2f} / {r['first']['p99']:.2f} ({r['first']['n']}) "
               f"| {r['steady']['p50']:.2f} / {r['steady']['p99']:.2f} | {r['pacingP99']:.1f} "
               f"| {r['turn']['p50']:.0f} / {r['turn']['p99']:.0f} "
               f"| {r['simulatorLagP99']:.1f} / {r['fakeLateP99']:.1f} | {r['cpuPerCall']:.2f} "
-              f"| {threads.get('loop', 0):.2f} / {threads.get('threads', 0):.2f} | {r['rss']:.0f} | {r['load']:.2f} |")
+              f"| {threads.get('loop', 0):.2f} / {threads.get('threads', 0):.2f} | {r['waitedForCpu']:.2f} "
+              f"| {r['loadCoreBusy']:.0f} | {r['rss']:.0f} | {r['load']:.2f} |")
 
 
 def summary_rows(rows: list[dict]) -> list[dict]:
