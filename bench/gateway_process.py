@@ -116,6 +116,27 @@ def run_queue_seconds(pid: int) -> float:
     return total / 1e9
 
 
+def runnable_now() -> int:
+    """Threads running or ready to run on the machine this moment (/proc/stat procs_running; this process counts)."""
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith("procs_running"):
+            return int(line.split()[1])
+    return 0
+
+
+def wait_quiet(limit: float, *, settled: float = 1.0, busy: int = 1) -> float:
+    """On a shared machine: wait, at most `limit` seconds, until no more than `busy` threads have been
+    runnable for `settled` seconds (other work between its bursts). Returns the seconds waited."""
+    started = quiet_since = time.monotonic()
+    while time.monotonic() - started < limit:
+        if runnable_now() > busy:
+            quiet_since = time.monotonic()
+        elif time.monotonic() - quiet_since >= settled:
+            break
+        time.sleep(0.1)
+    return time.monotonic() - started
+
+
 def proc_rss_mb(pid: int) -> float:
     total = 0.0
     for member in _family(pid):

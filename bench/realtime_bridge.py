@@ -49,6 +49,7 @@ from bench.gateway_process import (  # noqa: E402
     stop_helper,
     stream_stats,
     thread_cpu_seconds,
+    wait_quiet,
     worst,
 )
 from bench.report import figure, write_summary  # noqa: E402
@@ -84,6 +85,7 @@ class Level:
     def __init__(self) -> None:
         self.calls: list = []
         self.first_ms: list[float] = []  # fake sent an answer's first frame → the caller received it
+        self.greeting_first_ms: list[float] = []  # the same, of the greetings alone
         self.steady_ms: list[float] = []  # the same for the answer's later frames
 
     def all_streaming(self, calls: int) -> bool:
@@ -116,6 +118,8 @@ def timed_call_class(level: Level):
             if found is not None:
                 kind, sent = found
                 (level.first_ms if kind == FIRST else level.steady_ms).append((arrived - sent) * 1000)
+                if kind == FIRST and not self._heard_speech:
+                    level.greeting_first_ms.append((arrived - sent) * 1000)
 
         async def run(self):
             try:
@@ -214,6 +218,7 @@ def measure(calls: int, server: str, process, gateway, rest, fake, db: Path) -> 
         "errors": (summary.get("errors", []) + seen["errors"])[:5], "unanswered": summary["unansweredTurns"],
         "answers": seen["answers"],
         "inbound": inbound, "first": first, "steady": steady_frames, "turn": turns,
+        "greetingFirst": percentiles(level.greeting_first_ms),
         "pacingP99": worst(stats, "pacingLateMs", "p99"),
         # Frames that never made it: sent by the callers, not received by the fake, and the other way.
         "framesIn": summary["framesSent"], "lostIn": max(0, summary["framesSent"] - seen["framesIn"]),
@@ -274,6 +279,8 @@ def main() -> None:
                         help="Also run this level once more with the gateway under pyinstrument; print its profile")
     parser.add_argument("--summary", metavar="FILE", help="Write the headline figures for `make bench` to FILE")
     parser.add_argument("--json", action="store_true", help="Print one JSON object per level instead of progress lines")
+    parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
+                        help="On a shared machine, before each measured level wait up to SECONDS for the other work to pause")
     args = parser.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
     servers = [s.strip() for s in args.server.split(",") if s.strip()]
@@ -308,6 +315,7 @@ def main() -> None:
                 try:
                     asyncio.run(run_level(1, gateway, rest, process.pid, lines=LINES[:1]))  # warm-up: imports, caches
                     collect(fake)
+                    waited = wait_quiet(args.wait_quiet) if args.wait_quiet else 0.0
                     row = measure(calls, server, process, gateway, rest, fake, Path(server_dir) / "voicecall.sqlite3")
                 finally:
                     stop_gateway(process)
@@ -320,6 +328,7 @@ def main() -> None:
                     else:
                         print(f"\n--- profile of {server} at {calls} calls ---\n{profile.read_text()}")
                     continue
+                row["waitedForQuiet"] = waited
                 rows.append(row)
                 print(json.dumps(row) if args.json else
                       f"{server} {calls} calls: inbound p99 {row['inbound']['p99']:.2f} ms, first frame p99 "
