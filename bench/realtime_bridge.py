@@ -159,9 +159,11 @@ def collect(fake) -> dict:
     return json.loads(fake.stdout.readline())
 
 
-def turn_latencies(db: Path) -> list[float]:
+def turn_latencies(db: Path, since: float) -> list[float]:
+    """The turns the gateway recorded since `since` (epoch seconds; the warm-up call's are older)."""
     with sqlite3.connect(db) as conn:
-        rows = conn.execute("SELECT payload FROM calls_callevent WHERE type = 'realtime.turn'").fetchall()
+        rows = conn.execute("SELECT payload FROM calls_callevent WHERE type = 'realtime.turn' AND received_at >= ?",
+                            (time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(since)),)).fetchall()
     return [float(json.loads(row[0]).get("latencyMs", 0)) for row in rows]
 
 
@@ -210,7 +212,7 @@ def measure(calls: int, server: str, process, gateway, rest, fake, db: Path) -> 
     stats = wait_streams(db, started, calls)
     seen = collect(fake)
     inbound, first, steady_frames = percentiles(seen["inboundMs"]), percentiles(level.first_ms), percentiles(level.steady_ms)
-    turns = percentiles(turn_latencies(db))
+    turns = percentiles(turn_latencies(db, started))
     received = len(level.first_ms) + len(level.steady_ms)
     failed = calls - summary["outcomes"].get("completed", 0)
     return {
