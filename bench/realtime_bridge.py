@@ -16,7 +16,7 @@ one frame slot of waiting is by design). Also, from the gateway: turn latency (t
 speech stop → first answer frame sent, its `realtime.turn` events), pacing lateness and drops
 (its stream stats), and its CPU per live call while every call is live, and RSS.
 Run: `.venv/bin/python bench/realtime_bridge.py [--levels 1,10,50] [--server daphne,uvicorn]
-[--profile LEVEL] [--summary FILE]`.
+[--profile LEVEL] [--wait-quiet SECONDS] [--summary FILE]`.
 """
 from __future__ import annotations
 
