@@ -179,14 +179,18 @@ def _dispatch(call_id: str, call: ToolCall, partial: str) -> ToolOutcome:
     realtime = get_runtime().config.realtime
     if call.name == END_CALL_TOOL:
         return ToolOutcome({"ok": True}, end_call=True)
+    consulting = call.name == CONSULT_TOOL and realtime.tool_policy != "none"
+    custom = call.name not in BUILT_IN_TOOLS and call.name in {tool.name for tool in realtime.tools}
+    if not (consulting or custom):
+        # Said before anything about its arguments: a made-up name is the mistake to tell the model.
+        shown = call.name[:64] or "(no name)"
+        log.warning("call %s: the model called an unknown tool %s", call_id, shown)
+        return ToolOutcome({"error": f"unknown tool {shown}"})
     arguments = parse_arguments(call.arguments)
-    if call.name == CONSULT_TOOL and realtime.tool_policy != "none":
+    if consulting:
         from .consult import consult
 
         return ToolOutcome(consult(call_id=call_id, request=parse_consult(arguments), partial=partial))
-    if call.name in BUILT_IN_TOOLS or call.name not in {tool.name for tool in realtime.tools}:
-        log.warning("call %s: the model called an unknown tool %r", call_id, call.name)
-        return ToolOutcome({"error": f"unknown tool {call.name}"})
     from .consult import custom_tool_run
 
     return ToolOutcome(custom_tool_run(call_id=call_id, name=call.name, arguments=arguments))

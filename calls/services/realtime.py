@@ -88,7 +88,12 @@ def realtime_stream_open(*, call_id: str, provider_call_id: str | None, stream_i
     config = runtime.config
     with transaction.atomic():
         call = call_find_locked(ref=call_id)
-        if call is None or call.is_terminal or call.provider != runtime.carrier.name:
+        if call is None or call.provider != runtime.carrier.name:
+            log.warning("realtime stream refused: the call %s of its token is unknown to carrier %s",
+                        call_id, runtime.carrier.name)
+            raise StreamRefused("Unknown call")
+        if call.is_terminal:
+            log.warning("realtime stream for call %s refused: the call has already ended (%s)", call.pk, call.state)
             raise StreamRefused("Unknown call")
         if not provider_call_id or (call.provider_call_id and call.provider_call_id != provider_call_id):
             log.warning("realtime stream for call %s refused: its start names another carrier call", call.pk)

@@ -13,9 +13,11 @@ from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import get_channel_layer
 
-from providers.carriers.media import FrameError
+from providers.carriers.media import FrameError, StreamMark, StreamMedia, StreamStart, StreamStop
 from providers.carriers.public_url import ip_in, normalize_ip
 
+from .. import services
+from . import commands
 from .limits import TOO_MANY_CONNECTIONS, limits
 from .stats import StreamStats
 
@@ -73,7 +75,7 @@ class CarrierStreamConsumer(AsyncWebsocketConsumer):
     """One carrier WebSocket speaking a media codec; subclasses handle the parsed frames.
 
     Subclasses set `kind` (for logs), call `_admit()` from `websocket_connect`, implement
-    `_on_frame(frame)` and extend `_cleanup()`.
+    `_caller_audio`, `_on_start` (and `_on_other` for other frames they use) and extend `_cleanup()`.
     """
 
     groups: list[str] = []
@@ -137,6 +139,7 @@ class CarrierStreamConsumer(AsyncWebsocketConsumer):
         self.tasks: set[asyncio.Task] = set()
         self.reports: set[asyncio.Task] = set()
         self.admitted = False
+        self.admitting = False  # a start is being admitted (its frame checked, the call not yet joined)
         self.close_reason = "disconnected"
 
     async def _admit(self, config) -> bool:
@@ -158,6 +161,36 @@ class CarrierStreamConsumer(AsyncWebsocketConsumer):
             return False
         self.admitted = True
         return True
+
+    async def _start_allowed(self, frame) -> bool:
+        """A start frame may admit this stream (the first one, naming the carrier call); else closing."""
+        if self.started or self.admitting:
+            await self._close(CLOSE_POLICY, "Duplicate start")
+            return False
+        if not frame.provider_call_id:
+            await self._close(CLOSE_POLICY, "Missing callSid")
+            return False
+        return True
+
+    async def _join_call(self, call, stream_id: str) -> None:
+        """The stream is the call's now: counted as started, and in the call's group (an older stream closes)."""
+        self.call = call
+        self.stream_id = stream_id
+        self._mark_started()
+        self.frames = self.codec.outbound(stream_id)
+        self.group = commands.call_group(call.call_id)
+        # An older stream of this call (a reconnect) stops playing and closes.
+        await self.channel_layer.group_send(self.group, {"type": "stream.replaced", "stream_id": stream_id})
+        await self.channel_layer.group_add(self.group, self.channel_name)
+
+    async def _record_closed(self) -> None:
+        """The end of this stream in the database (reason and stats), once its call is known."""
+        if self.call is None:
+            return
+        try:
+            await service(services.stream_closed)(stream_pk=self.call.stream_pk, reason=self.close_reason, stats=self.stats.as_dict())
+        except Exception:
+            log.exception("recording the end of %s %s failed", self.kind, getattr(self, "stream_id", "-"))
 
     def _mark_started(self) -> None:
         self.started = True
@@ -206,6 +239,50 @@ class CarrierStreamConsumer(AsyncWebsocketConsumer):
         return True
 
     # --- inbound frames ------------------------------------------------------------------
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if self.closing:
+            return
+        await self._handle(text_data, bytes_data)
+
+    async def _handle(self, text_data: str | None, bytes_data: bytes | None = None) -> None:
+        """One WebSocket message: media, start, marks and stop mean the same on every stream."""
+        frame = await self._frame(text_data, bytes_data)
+        if frame is None:
+            return
+        if isinstance(frame, StreamMedia):
+            self._on_media(frame)
+        elif isinstance(frame, StreamStart):
+            await self._on_start(frame)
+        elif isinstance(frame, StreamMark):
+            if self.playback is not None:
+                self.playback.on_mark(frame.name)
+        elif isinstance(frame, StreamStop):
+            self.close_reason = "stop"
+            await self._close(CLOSE_NORMAL, "stop")
+        else:
+            await self._on_other(frame)
+
+    def _on_media(self, frame: StreamMedia) -> None:
+        if not self.started:
+            self._drop("before_start", "media before start")
+            return
+        if not frame.payload:
+            self._drop("empty", "media without audio")
+            return
+        self.stats.counters["frames_in"] += 1
+        self._caller_audio(frame)
+
+    def _caller_audio(self, frame: StreamMedia) -> None:
+        """A media frame with audio, once the stream started."""
+        raise NotImplementedError
+
+    async def _on_start(self, frame: StreamStart) -> None:
+        raise NotImplementedError
+
+    async def _on_other(self, frame) -> None:
+        """Any other frame (DTMF, carrier notices); ignored unless the stream has a use for it."""
+        self.stats.counters["ignored"] += 1
 
     async def _frame(self, text_data: str | None, bytes_data: bytes | None):
         """The codec's frame for one WebSocket message; None when dropped (or too big: closing)."""

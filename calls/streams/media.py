@@ -17,43 +17,17 @@ import time
 from typing import Any
 from urllib.parse import parse_qs
 
-from providers.carriers.media import (
-    StreamCleared,
-    StreamConnected,
-    StreamDtmf,
-    StreamMark,
-    StreamMedia,
-    StreamOther,
-    StreamStart,
-    StreamStop,
-)
+from providers.carriers.media import StreamConnected, StreamDtmf, StreamMedia, StreamStart
 from providers.transcription.base import TranscriptionError
 
 from ..gateway import get_gateway
 from ..runtime import get_runtime
 from .. import services
 from ..speech import transcription_provider, tts_chain
-from . import commands
-from .consumer import (  # noqa: F401  (re-exported: the stream's helpers were first defined here)
-    CLOSE_ERROR,
-    CLOSE_NORMAL,
-    CLOSE_POLICY,
-    CLOSE_TOO_BIG,
-    CLOSE_TRY_LATER,
-    MAX_MESSAGE_BYTES,
-    MAX_SEND_BUFFER,
-    CarrierStreamConsumer,
-    client_ip,
-    sanitize_reason,
-    send_backlog,
-    service,
-    wire_close_code,
-)
+from .consumer import CLOSE_ERROR, CLOSE_POLICY, CarrierStreamConsumer, service
 from .playback import Playback, PlaybackQueueFull, PlaybackResult
 
 log = logging.getLogger(__name__)
-
-_service = service
 
 
 class MediaStreamConsumer(CarrierStreamConsumer):
@@ -96,51 +70,24 @@ class MediaStreamConsumer(CarrierStreamConsumer):
                 await self.stt.close()
             except Exception as exc:
                 log.info("closing transcription failed: %s", exc)
-        if self.call is not None:
-            try:
-                await _service(services.stream_closed)(
-                    stream_pk=self.call.stream_pk, reason=self.close_reason, stats=self.stats.as_dict())
-            except Exception:
-                log.exception("recording the end of stream %s failed", self.stream_id)
+        await self._record_closed()
         return True
 
     # --- inbound frames ------------------------------------------------------------------
 
-    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
-        if self.closing:
-            return
-        frame = await self._frame(text_data, bytes_data)
-        if frame is None:
-            return
-        if isinstance(frame, StreamMedia):
-            self._on_media(frame)
-        elif isinstance(frame, StreamStart):
-            await self._on_start(frame)
-        elif isinstance(frame, StreamMark):
-            if self.playback is not None:
-                self.playback.on_mark(frame.name)
-        elif isinstance(frame, StreamStop):
-            self.close_reason = "stop"
-            await self._close(CLOSE_NORMAL, "stop")
-        elif isinstance(frame, StreamDtmf):
+    async def _on_other(self, frame) -> None:
+        if isinstance(frame, StreamDtmf):
             if self.started:
                 self.stats.counters["dtmf"] += 1
-                self._spawn(_service(services.stream_dtmf)(
+                self._spawn(service(services.stream_dtmf)(
                     call_id=self.call.call_id, stream_id=self.stream_id,
                     sequence=self.stats.counters["dtmf"], digit=frame.digit))
         elif isinstance(frame, StreamConnected):
             self.handshake_token = frame.token
-        elif isinstance(frame, (StreamCleared, StreamOther)):
+        else:
             self.stats.counters["ignored"] += 1
 
-    def _on_media(self, frame: StreamMedia) -> None:
-        if not self.started:
-            self._drop("before_start", "media before start")
-            return
-        if not frame.payload:
-            self._drop("empty", "media without audio")
-            return
-        self.stats.counters["frames_in"] += 1
+    def _caller_audio(self, frame: StreamMedia) -> None:
         if frame.timestamp_ms is not None:
             now = time.monotonic()
             if self.inbound_origin is None:
@@ -157,30 +104,19 @@ class MediaStreamConsumer(CarrierStreamConsumer):
             self.stt.send_audio(frame.payload)
 
     async def _on_start(self, frame: StreamStart) -> None:
-        if self.started:
-            await self._close(CLOSE_POLICY, "Duplicate start")
-            return
-        if not frame.provider_call_id:
-            await self._close(CLOSE_POLICY, "Missing callSid")
+        if not await self._start_allowed(frame):
             return
         token = frame.token or self._query_token() or getattr(self, "handshake_token", None) or self._header_token()
         try:
-            call = await _service(services.stream_open)(
+            call = await service(services.stream_open)(
                 provider_call_id=frame.provider_call_id, stream_id=frame.stream_id, token=token)
         except services.StreamRefused as exc:
             await self._close(CLOSE_POLICY, str(exc))
             return
         if self.closing:  # the socket went away while the call was looked up
-            await _service(services.stream_closed)(stream_pk=call.stream_pk, reason="disconnected", stats={})
+            await service(services.stream_closed)(stream_pk=call.stream_pk, reason="disconnected", stats={})
             return
-        self.call = call
-        self.stream_id = frame.stream_id
-        self._mark_started()
-        self.frames = self.codec.outbound(frame.stream_id)
-        self.group = commands.call_group(call.call_id)
-        # An older stream of this call (a reconnect) stops playing and closes.
-        await self.channel_layer.group_send(self.group, {"type": "stream.replaced", "stream_id": frame.stream_id})
-        await self.channel_layer.group_add(self.group, self.channel_name)
+        await self._join_call(call, frame.stream_id)
         self.tts = tts_chain(call.tts)
         timeout_ms = call.tts.get("timeoutMs") or 8000
         self.playback = Playback(send=self._send_frame, frames=self.frames, synthesize=self._synthesize,
@@ -217,7 +153,7 @@ class MediaStreamConsumer(CarrierStreamConsumer):
         self.stt = session
         self.stats.counters["stt_ready"] += 1
         # The greeting waits for this: nothing the caller says in reply may be lost.
-        self._spawn(_service(services.stream_ready)(call_id=self.call.call_id))
+        self._spawn(service(services.stream_ready)(call_id=self.call.call_id))
 
     # --- transcription events (TranscriptListener) ------------------------------------------
 
@@ -235,7 +171,7 @@ class MediaStreamConsumer(CarrierStreamConsumer):
         self._barge_in(trigger)
         if not self.utterance_open and self.call is not None:
             self.utterance_open = True
-            self._spawn(_service(services.stream_speech_started)(
+            self._spawn(service(services.stream_speech_started)(
                 call_id=self.call.call_id, since_ms=int(time.time() * 1000)))
 
     def on_final(self, text: str) -> None:
@@ -250,7 +186,7 @@ class MediaStreamConsumer(CarrierStreamConsumer):
         self.utterance_open = False
         self.transcripts += 1
         self.stats.turn_heard(time.monotonic())
-        self._spawn(_service(services.stream_transcript)(
+        self._spawn(service(services.stream_transcript)(
             call_id=self.call.call_id, stream_id=self.stream_id, sequence=self.transcripts, text=text,
             heard_ms=int(time.time() * 1000)))
 

@@ -1,13 +1,4 @@
-"""The realtime stream consumer: a carrier's call audio bridged full-duplex to a realtime voice model session.
-
-The carrier opens `<realtime stream path>/<token>` with the one-time token it was given; the token
-is used up before the upgrade is accepted. On `start` the stream is admitted to the token's call
-(the carrier call id must match), the greeting is taken and the model session opened on it; frames
-that arrive meanwhile are buffered. Caller audio goes to the model; the model's audio plays through
-the same paced, marked Playback as speech, one entry per model item. A barge-in (the provider's
-voice detection, or the local speech gate) clears the carrier's buffer and truncates the model's
-item at what the caller heard. Whoever ends the call, the model session is closed.
-"""
+"""The realtime stream consumer: a carrier's call audio bridged full-duplex to a realtime voice model session."""
 from __future__ import annotations
 
 import asyncio
@@ -19,13 +10,12 @@ from typing import Any
 from core.audio import BYTES_PER_MS
 from core.states import CallState
 from core.urls import realtime_streams_on
-from providers.carriers.media import StreamMark, StreamMedia, StreamOther, StreamStart, StreamStop
+from providers.carriers.media import StreamMedia, StreamOther, StreamStart
 from providers.realtime.base import RealtimeError, ToolCall
 
 from .. import services
 from ..gateway import get_gateway
 from ..runtime import get_runtime
-from . import commands
 from .consumer import (
     CLOSE_ERROR,
     CLOSE_NORMAL,
@@ -51,6 +41,7 @@ CONNECT_TIMEOUT = 15.0
 LAST_WORDS_TIMEOUT = 10.0  # end_call: how long the model's last words may still play
 CLOSE_TIMEOUT = 3.0
 BARGE_IN_SETTLE = 1.0
+MAX_ITEMS = 32  # model answers remembered (for their transcript and barge-in)
 
 
 def _prepare(*, config, call_id: str):
@@ -60,6 +51,13 @@ def _prepare(*, config, call_id: str):
 
     provider = realtime_provider(config)
     return provider, session_setup(config=config, call_id=call_id)
+
+
+def _forced_consult_answer(*, call_id: str, text: str) -> str | None:
+    """A forced consult's answer (sync: its module, which pulls in the responders, is imported off the loop too)."""
+    from ..realtime.consult import forced_consult_answer
+
+    return forced_consult_answer(call_id=call_id, text=text)
 
 
 class _Item:
@@ -102,7 +100,16 @@ class _Item:
 
 
 class RealtimeStreamConsumer(CarrierStreamConsumer):
-    """One carrier WebSocket bridged to one realtime model session."""
+    """One carrier WebSocket bridged to one realtime model session.
+
+    The carrier opens `<realtime stream path>/<token>` with the one-time token it was given; the token
+    is used up before the upgrade is accepted. On `start` the stream is admitted to the token's call
+    (the carrier call id must match), the greeting is taken and the model session opened on it; frames
+    that arrive meanwhile are buffered. Caller audio goes to the model; the model's audio plays through
+    the same paced, marked Playback as speech, one entry per model item. A barge-in (the provider's
+    voice detection, or the local speech gate) clears the carrier's buffer and truncates the model's
+    item at what the caller heard. Whoever ends the call, the model session is closed.
+    """
 
     kind = "realtime stream"
     max_message_bytes = MAX_MESSAGE_BYTES
@@ -112,7 +119,6 @@ class RealtimeStreamConsumer(CarrierStreamConsumer):
         self.session = None
         self.provider = None
         self.token_call_id: str | None = None
-        self.admitting = False
         self.buffered: list[str | None] = []
         self.buffered_bytes = 0
         self.items: dict[str, _Item] = {}
@@ -167,12 +173,7 @@ class RealtimeStreamConsumer(CarrierStreamConsumer):
                     await session.close()
             except Exception as exc:
                 log.info("closing the realtime session failed: %s", exc)
-        if self.call is not None:
-            try:
-                await service(services.stream_closed)(
-                    stream_pk=self.call.stream_pk, reason=self.close_reason, stats=self.stats.as_dict())
-            except Exception:
-                log.exception("recording the end of realtime stream %s failed", self.stream_id)
+        await self._record_closed()
         return True
 
     # --- inbound frames ------------------------------------------------------------------
@@ -191,37 +192,17 @@ class RealtimeStreamConsumer(CarrierStreamConsumer):
             return
         await self._handle(text_data, bytes_data)
 
-    async def _handle(self, text_data: str | None, bytes_data: bytes | None = None) -> None:
-        frame = await self._frame(text_data, bytes_data)
-        if frame is None:
-            return
-        if isinstance(frame, StreamMedia):
-            self._on_media(frame)
-        elif isinstance(frame, StreamStart):
-            await self._on_start(frame)
-        elif isinstance(frame, StreamMark):
-            if self.playback is not None:
-                self.playback.on_mark(frame.name)
-        elif isinstance(frame, StreamStop):
-            self.close_reason = "stop"
-            await self._close(CLOSE_NORMAL, "stop")
-        elif isinstance(frame, StreamOther) and frame.event == "error":
+    async def _on_other(self, frame) -> None:
+        if isinstance(frame, StreamOther) and frame.event == "error":
             self.stats.counters["carrier_errors"] += 1
             log.warning("realtime stream %s: the carrier reports an error: %s", getattr(self, "stream_id", "-"),
                         sanitize_reason(frame.detail))
         else:
             self.stats.counters["ignored"] += 1
 
-    def _on_media(self, frame: StreamMedia) -> None:
-        if not self.started:
-            self._drop("before_start", "media before start")
-            return
-        if not frame.payload:
-            self._drop("empty", "media without audio")
-            return
+    def _caller_audio(self, frame: StreamMedia) -> None:
         now = time.monotonic()
         self.last_media_at = now
-        self.stats.counters["frames_in"] += 1
         if frame.timestamp_ms is not None:
             if self.last_timestamp is not None:
                 gap = frame.timestamp_ms - self.last_timestamp
@@ -240,11 +221,7 @@ class RealtimeStreamConsumer(CarrierStreamConsumer):
     # --- admission -----------------------------------------------------------------------
 
     async def _on_start(self, frame: StreamStart) -> None:
-        if self.started or self.admitting:
-            await self._close(CLOSE_POLICY, "Duplicate start")
-            return
-        if not frame.provider_call_id:
-            await self._close(CLOSE_POLICY, "Missing callSid")
+        if not await self._start_allowed(frame):
             return
         self.admitting = True
         self._spawn(self._admit_call(frame))
@@ -262,16 +239,10 @@ class RealtimeStreamConsumer(CarrierStreamConsumer):
             self.admitting = False
             await self._close(CLOSE_ERROR, "Admission failed")
             return
-        self.call = call
-        self.stream_id = frame.stream_id
         if self.closing:  # the socket went away while the call was admitted
             await service(services.stream_closed)(stream_pk=call.stream_pk, reason="disconnected", stats={})
             return
-        self._mark_started()
-        self.frames = self.codec.outbound(frame.stream_id)
-        self.group = commands.call_group(call.call_id)
-        await self.channel_layer.group_send(self.group, {"type": "stream.replaced", "stream_id": frame.stream_id})
-        await self.channel_layer.group_add(self.group, self.channel_name)
+        await self._join_call(call, frame.stream_id)
         self.playback = Playback(send=self._send_frame, frames=self.frames, synthesize=self._no_synthesis, stats=self.stats)
         try:
             # On a worker thread: the provider's module may be imported now, and the setup reads the database.
@@ -315,7 +286,7 @@ class RealtimeStreamConsumer(CarrierStreamConsumer):
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT):
                 await session.connect()
-        except (TimeoutError, RealtimeError, Exception) as exc:
+        except Exception as exc:
             reason = str(exc) or type(exc).__name__
             if isinstance(exc, TimeoutError):
                 reason = f"no answer within {CONNECT_TIMEOUT:g} s"
@@ -352,11 +323,9 @@ class RealtimeStreamConsumer(CarrierStreamConsumer):
         words = forced.take(time.monotonic())
         if words is None or self.closing:
             return
-        from ..realtime.consult import forced_consult_answer
-
         self.consults += 1
         try:
-            answer = await service(forced_consult_answer)(call_id=self.call.call_id, text=words)
+            answer = await service(_forced_consult_answer)(call_id=self.call.call_id, text=words)
         finally:
             self.consults -= 1
             self.last_activity_at = time.monotonic()
@@ -462,9 +431,11 @@ class RealtimeStreamConsumer(CarrierStreamConsumer):
         for key, item in list(self.items.items()):
             if item_id is None or key == item_id:
                 item.finish()
-        # Finished items whose words are recorded are forgotten; the few others stay for their transcript.
-        if len(self.items) > 32:
-            for key in [k for k, i in self.items.items() if i.recorded][: len(self.items) - 32]:
+        # Played items are forgotten, oldest first, beyond the last few (kept for a late transcript):
+        # one whose transcript never comes must not stay for the rest of a long call.
+        if len(self.items) > MAX_ITEMS:
+            played = [key for key, item in self.items.items() if item.result is not None]
+            for key in played[: len(self.items) - MAX_ITEMS]:
                 del self.items[key]
 
     def on_speech_started(self) -> None:
@@ -539,6 +510,8 @@ class RealtimeStreamConsumer(CarrierStreamConsumer):
                 result = await asyncio.shield(item.future)
         except TimeoutError:
             return
+        if result.outcome == Outcome.PLAYED:
+            return  # it played out before the clear: the model's record of it is already right
         played_ms = result.played_ms if result.outcome == Outcome.INTERRUPTED else 0
         self.stats.counters["truncations"] += 1
         try:

@@ -54,6 +54,12 @@ def _between(low: float, high: float):
     return AfterValidator(check)
 
 
+def _sensitivity(value: str) -> str:
+    if value.strip().lower() not in ("high", "low"):
+        raise ValueError("must be high or low")
+    return value
+
+
 def _http_url(value: str) -> str:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -72,6 +78,8 @@ Port = Annotated[int, Strict(), _between(1, 65535)]
 NonEmptyStr = Annotated[str, Strict(), AfterValidator(_non_empty)]
 Unit = Annotated[float, Strict(), _between(0, 1)]
 Flag = Annotated[bool, Strict()]
+Temperature = Annotated[float, Strict(), _between(0, 2)]
+Sensitivity = Annotated[str, Strict(), AfterValidator(_sensitivity)]
 HttpUrl = Annotated[str, Strict(), AfterValidator(_http_url)]
 def _dump_secret(secret: Secret, info: SerializationInfo) -> Any:
     # JSON output (admin, RPC, setup) shows only where it comes from; a Python dump (e.g. a
@@ -309,17 +317,43 @@ class RealtimeProviderConfig(OpenSection):
     """The realtime provider's API key; unset: OPENAI_API_KEY (openai) or GEMINI_API_KEY / GOOGLE_API_KEY
     (google)."""
     model: NonEmptyStr | None = None
-    """Realtime model; unset: the provider's default."""
+    """Realtime model; unset: gpt-realtime (openai), gemini-3.1-flash-live-preview (google)."""
     voice: NonEmptyStr | None = None
-    """Realtime voice; unset: the provider's default."""
+    """Realtime voice; unset: marin (openai), Kore (google)."""
+    language: NonEmptyStr | None = None
+    """The call's language, e.g. en-US: openai's input transcription gets its first part (en), google's
+    speechConfig.languageCode gets it as written. Unset: not sent."""
     base_url: HttpUrl | None = None
-    """The provider's origin (http(s) is turned into ws(s)); tests point it at a local fake."""
+    """The provider's origin (http(s) is turned into ws(s)); unset: wss://api.openai.com (openai),
+    wss://generativelanguage.googleapis.com (google). Tests point it at a local fake."""
     silence_duration_ms: PositiveInt | None = None
-    """Silence that ends the caller's turn (the provider's voice detection)."""
-    start_sensitivity: NonEmptyStr | None = None
-    """Google: speech start sensitivity."""
-    end_sensitivity: NonEmptyStr | None = None
-    """Google: speech end sensitivity."""
+    """Silence that ends the caller's turn (the provider's voice detection); unset: 500 (openai), the
+    service's default (google)."""
+    prefix_padding_ms: NonNegativeInt | None = None
+    """Audio kept from before the caller's speech was detected; unset: 300 (openai), the service's default
+    (google)."""
+    vad_threshold: Unit | None = None
+    """openai: server VAD threshold, 0 to 1 (default 0.5)."""
+    idle_timeout_ms: PositiveInt | None = None
+    """openai: server VAD idle_timeout_ms (the model prompts a silent caller after this long); unset: not
+    sent. Hanging up on silence is realtime.idleHangupMs."""
+    transcription_model: NonEmptyStr | None = None
+    """openai: the model transcribing the caller (default gpt-4o-mini-transcribe)."""
+    noise_reduction: Literal["near_field", "far_field"] | None = None
+    """openai: input noise reduction for a handset (near_field) or a speakerphone (far_field); unset: not
+    sent."""
+    temperature: Temperature | None = None
+    """google: the model's sampling temperature, 0 to 2; unset: not sent."""
+    start_sensitivity: Sensitivity | None = None
+    """google: how readily speech start is detected, high or low; unset: the service's default."""
+    end_sensitivity: Sensitivity | None = None
+    """google: how readily speech end is detected, high or low; unset: the service's default."""
+    session_resumption: Flag | None = None
+    """google: ask for session resumption handles and resume a dropped or goAway'd connection with the newest
+    (default true)."""
+    context_window_compression: Flag | None = None
+    """google: sliding-window context compression, so long calls do not hit the session's context limit
+    (default true)."""
 
 
 ThinkingLevel = Literal[
@@ -585,7 +619,7 @@ class VoiceCallConfig(Section):
     streaming: StreamingConfig = Field(default_factory=StreamingConfig)
     """Media streams and live transcription."""
     realtime: RealtimeConfig = Field(default_factory=RealtimeConfig)
-    """Realtime voice bridge (accepted; not built yet)."""
+    """Realtime voice: the call's audio bridged full-duplex to a speech-to-speech model (openai, google)."""
     tts: TtsConfig | None = None
     """Text-to-speech for media streams; a top-level tts outside the plugins entry is the base it
     deep-merges over."""

@@ -1,36 +1,14 @@
-"""The realtime voice interface: a speech-to-speech model session per call. Subclass RealtimeProvider and its session.
-
-A provider is built from its block in `realtime.providers.<id>`; `create_session()` makes one
-session per call. The session takes the caller's 8 kHz μ-law audio (`send_audio`, never
-blocking) and reports to its listener, on the event loop:
-
-- `on_audio(ulaw, item_id)`: the model's speech, already 8 kHz μ-law, any length; `item_id` names
-  the model's output item (one spoken answer) it belongs to;
-- `on_output_transcript(item_id, text)`: the text of that item, once final;
-- `on_response_done(item_id, status)`: the model finished (or cancelled) an answer;
-- `on_speech_started()` / `on_speech_stopped()`: the provider's voice detection heard the caller
-  start / stop talking (barge-in; the start of a turn's latency);
-- `on_input_transcript(text)`: what the caller said, once final;
-- `on_tool_call(call)`: the model calls a function; answer with `send_tool_result`;
-- `on_closed(error)`: the session is gone for good (error None: the provider ended it normally).
-
-Cloud providers speak WebSocket: subclass RealtimeWebsocketSession and implement `url`,
-`headers`, `configure`, `audio_message` and `handle`; connecting with a timeout, ordered sends,
-a bounded audio queue and reconnects (0.5 s doubling to 8 s, 5 tries, only after a close the
-provider marks as recoverable) are done here once.
-"""
+"""The realtime voice interface: a speech-to-speech model session per call. Subclass RealtimeProvider and its session."""
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import random
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
 from ..settings import ProviderSettings
-from ..tls import websocket_ssl
+from ..websocket import WebsocketMachinery, websocket_origin
 
 log = logging.getLogger(__name__)
 
@@ -107,12 +85,7 @@ class RealtimeProvider(ProviderSettings):
 
     def base_url(self) -> str:
         """The provider's WebSocket origin (`baseUrl` in its block, for fakes and proxies)."""
-        url = self.setting("baseUrl") or self.default_base_url
-        if url.startswith("http://"):
-            url = "ws://" + url[len("http://"):]
-        elif url.startswith("https://"):
-            url = "wss://" + url[len("https://"):]
-        return url.rstrip("/")
+        return websocket_origin(self.setting("baseUrl") or self.default_base_url)
 
     def model(self) -> str:
         return self.setting("model") or self.default_model
@@ -129,7 +102,27 @@ class RealtimeProvider(ProviderSettings):
 
 
 class RealtimeSession:
-    """One call's model session. Subclasses implement every method below."""
+    """One call's model session. Subclasses implement every method below.
+
+    A provider is built from its block in `realtime.providers.<id>`; `create_session()` makes one
+    session per call. The session takes the caller's 8 kHz μ-law audio (`send_audio`, never
+    blocking) and reports to its listener, on the event loop:
+
+    - `on_audio(ulaw, item_id)`: the model's speech, already 8 kHz μ-law, any length; `item_id` names
+      the model's output item (one spoken answer) it belongs to;
+    - `on_output_transcript(item_id, text)`: the text of that item, once final;
+    - `on_response_done(item_id, status)`: the model finished (or cancelled) an answer;
+    - `on_speech_started()` / `on_speech_stopped()`: the provider's voice detection heard the caller
+      start / stop talking (barge-in; the start of a turn's latency);
+    - `on_input_transcript(text)`: what the caller said, once final;
+    - `on_tool_call(call)`: the model calls a function; answer with `send_tool_result`;
+    - `on_closed(error)`: the session is gone for good (error None: the provider ended it normally).
+
+    Cloud providers speak WebSocket: subclass RealtimeWebsocketSession and implement `url`,
+    `headers`, `configure`, `audio_message` and `handle`; connecting with a timeout, ordered sends,
+    a bounded audio queue (providers/websocket.py) and reconnects (0.5 s doubling to 8 s, 5 tries,
+    only after a close the provider marks as recoverable) are done once.
+    """
 
     def __init__(self, provider: RealtimeProvider, listener: RealtimeListener, setup: SessionSetup) -> None:
         self.provider = provider
@@ -164,61 +157,30 @@ class RealtimeSession:
         raise NotImplementedError
 
 
-class RealtimeWebsocketSession(RealtimeSession):
+class RealtimeWebsocketSession(WebsocketMachinery, RealtimeSession):
     """A cloud model over one WebSocket: ordered sends, a bounded audio queue, reconnects."""
 
+    max_message_size = 2**24
+    max_queued_frames = MAX_QUEUED_FRAMES
+
     def __init__(self, provider: RealtimeProvider, listener: RealtimeListener, setup: SessionSetup) -> None:
-        super().__init__(provider, listener, setup)
-        self._audio: deque[bytes] = deque()
-        self._control: deque[str | bytes] = deque()
-        self._wakeup = asyncio.Event()
-        self._ws: Any = None
-        self._task: asyncio.Task | None = None
-        self._closing = False
-        self.reconnects = 0
+        RealtimeSession.__init__(self, provider, listener, setup)
+        self._start_machinery()
         self.close_code: int | None = None
         self.close_reason = ""
 
-    # --- what a provider implements -------------------------------------------------------
+    @property
+    def label(self) -> str:
+        return f"{self.provider.name} realtime"
 
-    def url(self) -> str:
-        raise NotImplementedError
-
-    def headers(self) -> dict[str, str]:
-        return {}
+    # --- what a provider implements (and url, headers, audio_message, handle) ---------------
 
     async def configure(self, ws: Any, *, reconnect: bool) -> None:
         """Send the setup message(s) on a new socket and wait for the provider's acknowledgement."""
 
-    def audio_message(self, ulaw: bytes) -> str | bytes:
-        """The frame that carries this caller audio."""
-        raise NotImplementedError
-
-    def handle(self, message: dict[str, Any]) -> None:
-        """One JSON message from the provider: call the listener as it says."""
-        raise NotImplementedError
-
     def recoverable(self, code: int | None, reason: str) -> bool:
         """Whether a socket closed with `code` is worth a new connection."""
         return code is None or code in RECOVERABLE_CLOSE_CODES
-
-    # --- sending --------------------------------------------------------------------------
-
-    def send_audio(self, ulaw: bytes) -> None:
-        if self._closing:
-            return
-        if len(self._audio) >= MAX_QUEUED_FRAMES:
-            self._audio.popleft()
-            self.dropped_frames += 1
-        self._audio.append(ulaw)
-        self._wakeup.set()
-
-    def send_json(self, message: dict[str, Any]) -> None:
-        """Queue a control message; control messages go out in order, ahead of queued audio."""
-        if self._closing:
-            return
-        self._control.append(json.dumps(message, separators=(",", ":")))
-        self._wakeup.set()
 
     # --- the machinery --------------------------------------------------------------------
 
@@ -228,120 +190,43 @@ class RealtimeWebsocketSession(RealtimeSession):
         except RealtimeError:
             raise
         except Exception as exc:
-            raise RealtimeError(f"{self.provider.name} realtime: cannot connect ({describe(exc)})") from exc
+            raise RealtimeError(f"{self.label}: cannot connect ({self.describe(exc)})") from exc
         self._task = asyncio.create_task(self._run(), name=f"realtime-{self.provider.name}")
 
     async def _open(self, *, reconnect: bool):
-        from websockets.asyncio.client import connect
-
-        async def opening():
-            url = self.url()
-            # Compressing μ-law or PCM saves almost nothing and costs the event loop on every frame.
-            ws = await connect(url, additional_headers=self.headers(), max_size=2**24, open_timeout=CONNECT_TIMEOUT,
-                               ssl=websocket_ssl(url), compression=None)
-            try:
-                await self.configure(ws, reconnect=reconnect)
-            except BaseException:
-                await ws.close()
-                raise
-            return ws
-
-        # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation.
-        async with asyncio.timeout(CONNECT_TIMEOUT):
-            return await opening()
+        # The module constant is read at each call so tests can shorten it.
+        return await self.open_socket(timeout=CONNECT_TIMEOUT, configure=lambda ws: self.configure(ws, reconnect=reconnect))
 
     async def _run(self) -> None:
         while not self._closing:
             ws = self._ws
-            sender = asyncio.create_task(self._send_loop(ws))
-            receiver = asyncio.create_task(self._receive_loop(ws))
-            done, _ = await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
-            if sender in done and sender.exception() is not None:
-                log.info("%s realtime: sending failed: %s", self.provider.name, describe(sender.exception()))
-                await ws.close()
-            await asyncio.gather(receiver, return_exceptions=True)
-            sender.cancel()
-            await asyncio.gather(sender, return_exceptions=True)
+            await self.serve(ws)
             if self._closing:
                 return
             code, reason = getattr(ws, "close_code", None), getattr(ws, "close_reason", None) or ""
             self.close_code, self.close_reason = code, reason
             if not self.recoverable(code, reason):
                 error = None if code == 1000 else RealtimeError(
-                    f"{self.provider.name} realtime: the provider closed the session ({code} {reason[:120]})".rstrip())
+                    f"{self.label}: the provider closed the session ({code} {self.redact(reason)[:120]})".rstrip())
                 self._closing = True
                 self.listener.on_closed(error)
                 return
             if not await self._reconnect():
                 return
 
-    async def _receive_loop(self, ws) -> None:
-        try:
-            async for raw in ws:
-                self._dispatch(raw)
-        except Exception as exc:
-            log.info("%s realtime socket failed: %s", self.provider.name, describe(exc))
-
     async def _reconnect(self) -> bool:
-        attempts = 0
-        while attempts < MAX_RECONNECTS and not self._closing:
-            attempts += 1
-            self.reconnects += 1
-            delay = min(RECONNECT_FIRST_DELAY * 2 ** (attempts - 1), RECONNECT_MAX_DELAY)
-            delay *= random.uniform(0.8, 1.2)
-            log.info("%s realtime disconnected (%s); reconnect %d/%d in %.1f s",
-                     self.provider.name, self.close_code, attempts, MAX_RECONNECTS, delay)
-            await asyncio.sleep(delay)
-            try:
-                ws = await self._open(reconnect=True)
-            except Exception as exc:
-                log.warning("%s realtime reconnect failed: %s", self.provider.name, describe(exc))
-                continue
-            if self._closing:  # close() ran while this connection was opening: it belongs to nobody
-                await ws.close()
-                return False
-            self._ws = ws
+        def delays():
+            for attempt in range(1, MAX_RECONNECTS + 1):
+                delay = min(RECONNECT_FIRST_DELAY * 2 ** (attempt - 1), RECONNECT_MAX_DELAY)
+                yield delay * random.uniform(0.8, 1.2)
+
+        if await self.reconnect(delays(), first=1, tries=MAX_RECONNECTS, why=f" ({self.close_code})",
+                                opened=lambda: self._open(reconnect=True)):
             return True
         if not self._closing:
             self._closing = True
-            self.listener.on_closed(RealtimeError(
-                f"{self.provider.name} realtime: connection lost after {MAX_RECONNECTS} reconnects"))
+            self.listener.on_closed(RealtimeError(f"{self.label}: connection lost after {MAX_RECONNECTS} reconnects"))
         return False
-
-    async def _send_loop(self, ws) -> None:
-        while True:
-            while self._control or self._audio:
-                if self._control:
-                    message = self._control.popleft()
-                    try:
-                        await ws.send(message)
-                    except BaseException:
-                        self._control.appendleft(message)
-                        raise
-                    continue
-                # Taken off first: an overflow while this frame is in flight must not drop its neighbour.
-                chunk = self._audio.popleft()
-                try:
-                    await ws.send(self.audio_message(chunk))
-                except BaseException:
-                    self._audio.appendleft(chunk)  # resent after a reconnect
-                    raise
-            self._wakeup.clear()
-            await self._wakeup.wait()
-
-    def _dispatch(self, raw: str | bytes) -> None:
-        try:
-            message = json.loads(raw)
-        except ValueError:
-            log.info("%s realtime sent a frame that is not JSON; ignored", self.provider.name)
-            return
-        if not isinstance(message, dict):
-            log.info("%s realtime sent JSON that is not an object; ignored", self.provider.name)
-            return
-        try:
-            self.handle(message)
-        except Exception:
-            log.exception("%s realtime: handling a message failed", self.provider.name)
 
     async def close(self) -> None:
         if self._closing and self._task is None:
@@ -358,8 +243,3 @@ class RealtimeWebsocketSession(RealtimeSession):
             task.cancel()
             # Bounded: a session that ignores its cancellation must not hold the call's end.
             await asyncio.wait({task}, timeout=CLOSE_WAIT)
-
-
-def describe(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return text[:200]

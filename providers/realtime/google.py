@@ -1,28 +1,4 @@
-"""Gemini Live (BidiGenerateContent over WebSocket) as a realtime voice provider, without the SDK.
-
-What goes over the socket:
-
-- first a `setup` message: `models/<model>`, audio responses with the configured prebuilt voice
-  (and the call's language), the system instruction, the tools as function declarations (JSON
-  Schema types turned into Gemini's upper-case names), server voice detection with barge-in
-  (`START_OF_ACTIVITY_INTERRUPTS`; `silenceDurationMs`, `prefixPaddingMs`, `startSensitivity`,
-  `endSensitivity` from the provider block), transcription of both sides, session resumption
-  (with the newest handle after a reconnect) and sliding-window context compression; nothing else
-  is sent until `setupComplete` comes back;
-- the caller's audio as `realtimeInput.audio`: 8 kHz μ-law → PCM16 16 kHz, one message per 20 ms
-  frame, so nothing waits for a batch;
-- `clientContent` (a user text turn with `turnComplete`) for `respond()`, `toolResponse` for tool
-  results.
-
-What comes back (binary or text frames, both JSON): model audio as PCM16 24 kHz, resampled here to
-8 kHz μ-law; transcripts of both sides; `interrupted` (the server's own barge-in); `toolCall`;
-`sessionResumptionUpdate`; `goAway`. Gemini reports errors only as close codes with a reason.
-
-Gemini sends no "the caller stopped talking" event by default: the model simply starts answering.
-`on_speech_stopped()` is therefore called when the caller's input transcription says `finished`,
-or else when the first output of a model turn (audio, transcript or tool call) arrives after the
-caller was heard, so a turn's measured latency starts there at the latest.
-"""
+"""Gemini Live (BidiGenerateContent over WebSocket) as a realtime voice provider, without the SDK."""
 from __future__ import annotations
 
 import base64
@@ -145,7 +121,31 @@ def function_declaration(tool: ToolSpec) -> dict[str, Any]:
 
 
 class GoogleRealtimeSession(RealtimeWebsocketSession):
-    """One call's Gemini Live session; see the module docstring for the message flow."""
+    """One call's Gemini Live session.
+
+    What goes over the socket:
+
+    - first a `setup` message: `models/<model>`, audio responses with the configured prebuilt voice
+      (and the call's language), the system instruction, the tools as function declarations (JSON
+      Schema types turned into Gemini's upper-case names), server voice detection with barge-in
+      (`START_OF_ACTIVITY_INTERRUPTS`; `silenceDurationMs`, `prefixPaddingMs`, `startSensitivity`,
+      `endSensitivity` from the provider block), transcription of both sides, session resumption
+      (with the newest handle after a reconnect) and sliding-window context compression; nothing else
+      is sent until `setupComplete` comes back;
+    - the caller's audio as `realtimeInput.audio`: 8 kHz μ-law → PCM16 16 kHz, one message per 20 ms
+      frame, so nothing waits for a batch;
+    - `clientContent` (a user text turn with `turnComplete`) for `respond()`, `toolResponse` for tool
+      results.
+
+    What comes back (binary or text frames, both JSON): model audio as PCM16 24 kHz, resampled here to
+    8 kHz μ-law; transcripts of both sides; `interrupted` (the server's own barge-in); `toolCall`;
+    `sessionResumptionUpdate`; `goAway`. Gemini reports errors only as close codes with a reason.
+
+    Gemini sends no "the caller stopped talking" event by default: the model simply starts answering.
+    `on_speech_stopped()` is therefore called when the caller's input transcription says `finished`,
+    or else when the first output of a model turn (audio, transcript or tool call) arrives after the
+    caller was heard, so a turn's measured latency starts there at the latest.
+    """
 
     def __init__(self, provider: GoogleRealtime, listener: RealtimeListener, setup: SessionSetup) -> None:
         super().__init__(provider, listener, setup)
@@ -244,7 +244,7 @@ class GoogleRealtimeSession(RealtimeWebsocketSession):
         except ConnectionClosed:
             pass
         # The socket closed instead: say why (Gemini gives its errors only as close codes and reasons).
-        code, reason = ws.close_code, self._clean(ws.close_reason or "")
+        code, reason = ws.close_code, self.redact(ws.close_reason or "")
         if reconnect and code == 1007 and self.handle_token:
             # A refused resumption handle would be refused on every retry: start afresh instead.
             log.warning("google realtime: resuming was refused (%s %s); the next attempt starts a new session",
@@ -253,7 +253,7 @@ class GoogleRealtimeSession(RealtimeWebsocketSession):
         raise RealtimeError(f"google realtime: the provider closed the session during setup ({code} {reason})".rstrip())
 
     def recoverable(self, code: int | None, reason: str) -> bool:
-        reason = self._clean(reason)
+        reason = self.redact(reason)
         if self._going_away:
             log.info("google realtime: connection closed after goAway (%s %s); resuming", code, reason)
             return True
@@ -265,11 +265,6 @@ class GoogleRealtimeSession(RealtimeWebsocketSession):
             return False
         log.info("google realtime: connection closed (%s %s)", code, reason)
         return code is None or code in RECOVERABLE_CLOSE_CODES
-
-    def _clean(self, text: str) -> str:
-        """A provider's text as it may be logged: never the key."""
-        key = self.provider.api_key()
-        return text.replace(key, "***") if key and key in text else text
 
     # --- sending ------------------------------------------------------------------------
 

@@ -215,7 +215,7 @@ class OpenAIRealtimeSession(RealtimeWebsocketSession):
             if kind == wanted:
                 return message
             if kind == "error":
-                raise RealtimeError(f"openai realtime refused the session setup ({error_text(message.get('error'))})")
+                raise RealtimeError(f"openai realtime refused the session setup ({self.redact(error_text(message.get('error')))})")
             log.debug("openai realtime: %s arrived while %s was awaited; ignored", kind, wanted)
 
     # --- sending -------------------------------------------------------------------------------
@@ -313,7 +313,7 @@ class OpenAIRealtimeSession(RealtimeWebsocketSession):
                 self.listener.on_input_transcript(text.strip())
         elif kind == "conversation.item.input_audio_transcription.failed":
             log.warning("openai realtime: transcribing the caller's item %s failed (%s)",
-                        str(message.get("item_id"))[:64], error_text(message.get("error")))
+                        str(message.get("item_id"))[:64], self.redact(error_text(message.get("error"))))
         elif kind == "response.output_item.added":
             item = message.get("item")
             if isinstance(item, dict) and item.get("type") == "function_call":
@@ -325,7 +325,7 @@ class OpenAIRealtimeSession(RealtimeWebsocketSession):
         elif kind == "error":
             self.errors += 1
             error = message.get("error")
-            log.warning("openai realtime error event: %s", error_text(error))
+            log.warning("openai realtime error event: %s", self.redact(error_text(error)))
             if self._requested and isinstance(error, dict) and (
                     error.get("event_id") == self._last_request.get("event_id")
                     or error.get("code") == "conversation_already_has_active_response"):
@@ -388,7 +388,7 @@ class OpenAIRealtimeSession(RealtimeWebsocketSession):
             reason = details.get("reason") or details.get("type") if isinstance(details, dict) else None
             error = details.get("error") if isinstance(details, dict) else None
             log.info("openai realtime: response %s ended %s (%s)", str(response_id)[:64], status,
-                     error_text(error) if error else reason or "no reason given")
+                     self.redact(error_text(error)) if error else reason or "no reason given")
         self.listener.on_response_done(item, status)
 
     def _tool_call(self, message: dict[str, Any]) -> None:
@@ -400,8 +400,9 @@ class OpenAIRealtimeSession(RealtimeWebsocketSession):
         if not isinstance(name, str) or not name:
             name = self._call_names.get(call_id)
         if not name:
+            # Still reported: the model waits for an output for this call id, so it gets an error result.
             self._skip("tool", "a function call without its name")
-            return
+            name = ""
         if call_id in self._calls_seen:
             return
         self._remember(self._calls_seen, call_id, None)

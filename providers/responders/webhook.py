@@ -122,61 +122,19 @@ class WebhookResponder(Responder):
             document["consult"] = consult
         return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
-    def respond(self, turn: Turn) -> Iterator[str | Hangup]:
-        url = getattr(self.settings, "url", None)
-        if not url:
-            raise ResponderError("webhook responder: no url configured (set agents.<id>.responder.url)")
-        secret = self._secret()
-        shown = public_url(url)
-        budget = turn.remaining()
-        timeout_error = ResponderError(f"webhook responder: {shown} did not answer within {round(budget * 1000)} ms")
-        if budget <= 0:
-            raise timeout_error
-        body = self.request_body(turn)
-        headers = {
-            "Content-Type": "application/json",
-            "User-Agent": "voicecall-gateway",
-            SIGNATURE_HEADER: sign(secret, body, int(time.time())),
-        }
-        try:
-            with self._client.stream("POST", url, content=body, headers=headers,
-                                     timeout=httpx.Timeout(budget)) as response:
-                with DeadlineGuard(response, turn.deadline) as guard:
-                    try:
-                        raw = self._read(response, turn.deadline)
-                    except (httpx.HTTPError, TimeoutError) as exc:
-                        if guard.fired or isinstance(exc, TimeoutError):
-                            raise timeout_error from None
-                        raise
-        except ResponderError:
-            raise
-        except httpx.TimeoutException:
-            raise timeout_error from None
-        except (httpx.InvalidURL, httpx.UnsupportedProtocol):
-            raise ResponderError(f"webhook responder: {shown} is not a usable http(s) URL") from None
-        except httpx.HTTPError as exc:
-            raise ResponderError(redact(f"webhook responder: {shown} unreachable: {exc}", secret)) from None
-        if not response.is_success:
-            detail = clip(raw.decode("utf-8", "replace")) if raw else response.reason_phrase
-            raise ResponderError(redact(
-                f"webhook responder: {shown} answered HTTP {response.status_code}: {detail}", secret))
-        yield from self._answer(response, raw)
-
-    def tool_call(self, *, call_id: str, agent_id: str, session_key: str, name: str,
-                  arguments: dict[str, Any], deadline: float) -> dict[str, Any]:
-        """Run a realtime model's custom tool on the agent service; its JSON object answer is the result."""
+    def _post(self, body: bytes, deadline: float, *, about: str = "") -> tuple[httpx.Response, bytes]:
+        """POST the signed body and read the answer by the deadline; a ResponderError (never showing the
+        secret) for no URL, no answer in time, an unreachable service or an HTTP error. `about` names
+        what is answered in those messages (e.g. " the tool call")."""
         url = getattr(self.settings, "url", None)
         if not url:
             raise ResponderError("webhook responder: no url configured (set agents.<id>.responder.url)")
         secret = self._secret()
         shown = public_url(url)
         budget = max(0.0, deadline - time.monotonic())
-        timeout_error = ResponderError(f"webhook responder: {shown} did not answer the tool call within {round(budget * 1000)} ms")
+        timeout_error = ResponderError(f"webhook responder: {shown} did not answer{about} within {round(budget * 1000)} ms")
         if budget <= 0:
             raise timeout_error
-        body = json.dumps({"type": "tool_call", "callId": call_id, "agentId": agent_id, "sessionKey": session_key,
-                           "name": name, "arguments": arguments},
-                          separators=(",", ":"), ensure_ascii=False).encode("utf-8")
         headers = {
             "Content-Type": "application/json",
             "User-Agent": "voicecall-gateway",
@@ -202,8 +160,21 @@ class WebhookResponder(Responder):
             raise ResponderError(redact(f"webhook responder: {shown} unreachable: {exc}", secret)) from None
         if not response.is_success:
             detail = clip(raw.decode("utf-8", "replace")) if raw else response.reason_phrase
-            raise ResponderError(redact(
-                f"webhook responder: {shown} answered the tool call with HTTP {response.status_code}: {detail}", secret))
+            answered = f"answered{about} with HTTP" if about else "answered HTTP"
+            raise ResponderError(redact(f"webhook responder: {shown} {answered} {response.status_code}: {detail}", secret))
+        return response, raw
+
+    def respond(self, turn: Turn) -> Iterator[str | Hangup]:
+        response, raw = self._post(self.request_body(turn), turn.deadline)
+        yield from self._answer(response, raw)
+
+    def tool_call(self, *, call_id: str, agent_id: str, session_key: str, name: str,
+                  arguments: dict[str, Any], deadline: float) -> dict[str, Any]:
+        """Run a realtime model's custom tool on the agent service; its JSON object answer is the result."""
+        body = json.dumps({"type": "tool_call", "callId": call_id, "agentId": agent_id, "sessionKey": session_key,
+                           "name": name, "arguments": arguments},
+                          separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        response, raw = self._post(body, deadline, about=" the tool call")
         if response.status_code == 204 or not raw.strip():
             return {"ok": True}
         if media_type(response) == "text/plain":

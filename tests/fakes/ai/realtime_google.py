@@ -1,22 +1,4 @@
-"""A loopback fake of Gemini Live (BidiGenerateContent over WebSocket) that speaks its real protocol.
-
-It checks the key (`x-goog-api-key` header or `?key=`; HTTP 401 on the upgrade otherwise), wants
-`setup` first and validates it (close 1007 "Request contains an invalid argument." otherwise),
-answers `setupComplete`, and sends its JSON as binary frames every other message (`binary`), so a
-client must take both. Caller audio (`realtimeInput.audio`, PCM16 16 kHz only) goes through an
-energy detector counted in audio time: `SPEECH_FRAMES` loud 20 ms frames start an utterance,
-the setup's silenceDurationMs (or `silence_ms`) of quiet ends it. Each utterance plays the next
-entry of `script`: the caller's words as inputTranscription, an optional tool call (the fake waits
-for its toolResponse), then a spoken reply: 24 kHz PCM16 tone chunks faster than real time with
-outputTranscription, generationComplete, turnComplete, and a sessionResumptionUpdate when the setup
-asked for resumption. Loud caller audio during a reply interrupts it (`interrupted`, turnComplete).
-`clientContent` with turnComplete is answered with `greeting_reply`; its text is kept in `texts`.
-
-Run it in the test's loop (`await fake.start()` / `async with`) or on its own thread and loop
-(`fake.start_thread()` / `with fake:`), for a gateway served from another thread. Knob actions
-(`go_away`, `close`, `send_raw`, `send_message`) may be called from any thread; attributes are
-plain knobs, read when used.
-"""
+"""A loopback fake of Gemini Live (BidiGenerateContent over WebSocket) that speaks its real protocol."""
 from __future__ import annotations
 
 import asyncio
@@ -29,12 +11,14 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import numpy as np
-from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from core.audio import rms
 from tests.waiting import await_until, wait_until
+
+from .server import FakeWebsocketServer
 
 __all__ = ["FakeGeminiLive", "GeminiConnection", "Line", "tone_pcm24k"]
 
@@ -125,8 +109,25 @@ def tone_pcm24k(ms: int, freq: float = 440.0, amplitude: int = 8000, *, start: i
     return (amplitude * np.sin(2 * np.pi * freq * n / 24000)).astype("<i2").tobytes()
 
 
-class FakeGeminiLive:
-    """Gemini Live on 127.0.0.1; see the module docstring.
+class FakeGeminiLive(FakeWebsocketServer):
+    """Gemini Live on 127.0.0.1.
+
+    It checks the key (`x-goog-api-key` header or `?key=`; HTTP 401 on the upgrade otherwise), wants
+    `setup` first and validates it (close 1007 "Request contains an invalid argument." otherwise),
+    answers `setupComplete`, and sends its JSON as binary frames every other message (`binary`), so a
+    client must take both. Caller audio (`realtimeInput.audio`, PCM16 16 kHz only) goes through an
+    energy detector counted in audio time: `SPEECH_FRAMES` loud 20 ms frames start an utterance,
+    the setup's silenceDurationMs (or `silence_ms`) of quiet ends it. Each utterance plays the next
+    entry of `script`: the caller's words as inputTranscription, an optional tool call (the fake waits
+    for its toolResponse), then a spoken reply: 24 kHz PCM16 tone chunks faster than real time with
+    outputTranscription, generationComplete, turnComplete, and a sessionResumptionUpdate when the setup
+    asked for resumption. Loud caller audio during a reply interrupts it (`interrupted`, turnComplete).
+    `clientContent` with turnComplete is answered with `greeting_reply`; its text is kept in `texts`.
+
+    Run it in the test's loop (`await fake.start()` / `async with`) or on its own thread and loop
+    (`fake.start_thread()` / `with fake:`), for a gateway served from another thread. Knob actions
+    (`go_away`, `close`, `send_raw`, `send_message`) may be called from any thread; attributes are
+    plain knobs, read when used.
 
     Scripting: `script` is a list of `Line` (or plain strings: the caller's words with the default
     reply), one per caller utterance (the last repeats); `greeting_reply` answers text turns.
@@ -139,6 +140,9 @@ class FakeGeminiLive:
     `drop_after_audio` / `drop_code` / `drop_reason` / `drops` (close a connection after that many
     audio messages, `drops` times: a provider that goes away mid-call).
     """
+
+    serve_options = {"compression": None}
+    thread_name = "fake-gemini-live"
 
     def __init__(self, *, api_key: str = "test-key", script: list[Line | str] | None = None,
                  greeting_reply: str = "Hello, thanks for calling. How can I help?") -> None:
@@ -162,78 +166,15 @@ class FakeGeminiLive:
         self.utterances = 0
         self.handles: list[str] = []  # resumption handles issued
         self.refused = 0
-        self._server: Server | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        self._init_server()
         self._sent_count = 0
         self._tool_ids = 0
-
-    # --- lifecycle ----------------------------------------------------------------------
-
-    async def start(self) -> FakeGeminiLive:
-        self._loop = asyncio.get_running_loop()
-        self._server = await serve(self._handler, "127.0.0.1", 0, process_request=self._process_request,
-                                   compression=None)
-        return self
 
     async def stop(self) -> None:
         for conn in self.connections:
             if conn.reply_task is not None:
                 conn.reply_task.cancel()
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
-
-    async def __aenter__(self) -> FakeGeminiLive:
-        return await self.start()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-    def start_thread(self) -> FakeGeminiLive:
-        """Serve from a thread of its own (its own event loop), for sync tests and live gateways."""
-        ready = threading.Event()
-        loop = asyncio.new_event_loop()
-
-        def run() -> None:
-            asyncio.set_event_loop(loop)
-            loop.run_until_complete(self.start())
-            ready.set()
-            loop.run_forever()
-
-        self._thread = threading.Thread(target=run, name="fake-gemini-live", daemon=True)
-        self._thread.start()
-        if not ready.wait(10):
-            raise RuntimeError("the fake Gemini Live server did not start")
-        return self
-
-    def stop_thread(self) -> None:
-        loop = self._loop
-        if loop is None or self._thread is None:
-            return
-        asyncio.run_coroutine_threadsafe(self.stop(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        self._thread.join(10)
-        loop.close()
-        self._thread = None
-
-    def __enter__(self) -> FakeGeminiLive:
-        return self.start_thread()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop_thread()
-
-    @property
-    def url(self) -> str:
-        """The base URL to configure as `realtime.providers.google.baseUrl`."""
-        assert self._server is not None, "start the fake first"
-        port = self._server.sockets[0].getsockname()[1]
-        return f"ws://127.0.0.1:{port}"
-
-    @property
-    def last(self) -> GeminiConnection:
-        return self.connections[-1]
+        await super().stop()
 
     @property
     def texts(self) -> list[str]:

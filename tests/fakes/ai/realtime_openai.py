@@ -4,23 +4,23 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import concurrent.futures
 import itertools
 import json
 import re
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import numpy as np
-from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from core.audio import rms, samples_to_ulaw, ulaw_to_samples
 from tests.waiting import await_until
+
+from .server import FakeWebsocketServer
 
 __all__ = ["FakeOpenAIRealtime", "RealtimeConnection", "ResponseRecord", "Script", "ToolScript", "Turn"]
 
@@ -135,7 +135,7 @@ class RealtimeConnection:
         return 48 if fmt.get("type") == "audio/pcm" else 8
 
 
-class FakeOpenAIRealtime:
+class FakeOpenAIRealtime(FakeWebsocketServer):
     """The service on 127.0.0.1:<free port>.
 
     It checks what a client sends the way the real service does (the Authorization header, no
@@ -163,6 +163,8 @@ class FakeOpenAIRealtime:
     """
 
     path = "/v1/realtime"
+    serve_options = {"max_size": 2**24, "compression": None}
+    thread_name = "fake-openai-realtime"
 
     def __init__(self, *, api_key: str = "test-key", script: Script | None = None) -> None:
         self.api_key = api_key
@@ -182,84 +184,8 @@ class FakeOpenAIRealtime:
         self.never_answer = False
         self.beta_names = False
         self.refuse_status: int | None = None
-        self._server: Server | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._tasks: set[asyncio.Task] = set()
+        self._init_server()
         self._ids = itertools.count(1)
-
-    # --- lifecycle ----------------------------------------------------------------------------
-
-    async def start(self) -> FakeOpenAIRealtime:
-        """Serve on the running loop (the test's)."""
-        self._loop = asyncio.get_running_loop()
-        self._server = await serve(self._handler, "127.0.0.1", 0, process_request=self._process_request,
-                                   max_size=2**24, compression=None)
-        return self
-
-    async def stop(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
-
-    async def __aenter__(self) -> FakeOpenAIRealtime:
-        return await self.start()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-    def start_in_thread(self) -> FakeOpenAIRealtime:
-        """Serve from a thread with its own loop (for sync tests, or a gateway on another thread)."""
-        loop = asyncio.new_event_loop()
-        started: concurrent.futures.Future = concurrent.futures.Future()
-
-        def run() -> None:
-            asyncio.set_event_loop(loop)
-            try:
-                loop.run_until_complete(self.start())
-            except BaseException as exc:
-                started.set_exception(exc)
-                return
-            started.set_result(None)
-            loop.run_forever()
-            loop.run_until_complete(self.stop())
-            loop.close()
-
-        self._thread = threading.Thread(target=run, name="fake-openai-realtime", daemon=True)
-        self._thread.start()
-        started.result(timeout=10)
-        return self
-
-    def stop_thread(self) -> None:
-        if self._thread is not None and self._loop is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(10)
-            self._thread = None
-
-    def __enter__(self) -> FakeOpenAIRealtime:
-        return self.start_in_thread()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop_thread()
-
-    @property
-    def url(self) -> str:
-        """The base URL to configure as `realtime.providers.openai.baseUrl`."""
-        assert self._server is not None, "start the fake first"
-        port = self._server.sockets[0].getsockname()[1]
-        return f"ws://127.0.0.1:{port}"
-
-    @property
-    def http_url(self) -> str:
-        """The same origin as http:// (config validates baseUrl as an HTTP URL; the client turns it into ws://)."""
-        return self.url.replace("ws://", "http://", 1)
-
-    @property
-    def last(self) -> RealtimeConnection:
-        return self.connections[-1]
 
     async def wait_connections(self, count: int) -> None:
         await await_until(lambda: len(self.connections) >= count, f"{count} connections to the fake")
@@ -272,11 +198,6 @@ class FakeOpenAIRealtime:
 
     async def close(self, code: int = 1011, reason: str = "", conn: RealtimeConnection | None = None) -> None:
         await self._on_loop(self._close(conn or self.last, code, reason))
-
-    def submit(self, coro) -> concurrent.futures.Future:
-        """Run an action from synchronous code: `fake.submit(fake.close(1000)).result()`."""
-        assert self._loop is not None
-        return asyncio.run_coroutine_threadsafe(coro, self._loop)
 
     async def _on_loop(self, coro) -> Any:
         assert self._loop is not None
@@ -358,12 +279,6 @@ class FakeOpenAIRealtime:
         if conn.closed_with is None:
             conn.closed_with = code
             self._spawn(conn.ws.close(code, reason))
-
-    def _spawn(self, coro) -> asyncio.Task:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
 
     async def _emit(self, conn: RealtimeConnection, message: dict[str, Any]) -> None:
         message.setdefault("event_id", f"event_{next(self._ids)}")

@@ -22,12 +22,14 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from core.audio import BYTES_PER_MS, FRAME_BYTES, rms, ulaw_to_samples
 from tests.waiting import await_until
+
+from .server import FakeWebsocketServer
 
 __all__ = [
     "FakeDeepgram",
@@ -94,7 +96,7 @@ class SttConnection:
         return [m for m in self.sent if isinstance(m, dict) and m.get(key) == kind]
 
 
-class FakeStt:
+class FakeStt(FakeWebsocketServer):
     """The protocol-independent part; subclasses say how their protocol looks."""
 
     path = "/"
@@ -114,37 +116,7 @@ class FakeStt:
         self.silent = False
         self.garbage_on_open = False  # send frames that are not JSON objects before anything else
         self.keep_frames = True  # record every frame and all audio (off for long benchmark runs)
-        self._server: Server | None = None
-        self._tasks: list[asyncio.Task] = []
-
-    # --- lifecycle ----------------------------------------------------------------------
-
-    async def start(self) -> FakeStt:
-        self._server = await serve(self._handler, "127.0.0.1", 0, process_request=self._process_request)
-        return self
-
-    async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-
-    async def __aenter__(self) -> FakeStt:
-        return await self.start()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-    @property
-    def url(self) -> str:
-        assert self._server is not None, "start() the fake first"
-        port = self._server.sockets[0].getsockname()[1]
-        return f"ws://127.0.0.1:{port}"
-
-    @property
-    def last(self) -> SttConnection:
-        return self.connections[-1]
+        self._init_server()
 
     # --- what a protocol defines ----------------------------------------------------------
 
@@ -234,7 +206,7 @@ class FakeStt:
         would stop the handler reading, so the client's close reply could stay stuck behind audio."""
         if conn.hung_up is None:
             conn.hung_up = code
-            self._tasks.append(asyncio.get_running_loop().create_task(conn.ws.close(code, reason)))
+            self._spawn(conn.ws.close(code, reason))
 
     async def emit(self, conn: SttConnection, message: dict[str, Any]) -> None:
         conn.sent.append(message)
@@ -430,7 +402,7 @@ class FakeDeepgram(FakeStt):
 
     async def on_open(self, conn: SttConnection) -> None:
         if self.idle_timeout is not None:
-            self._tasks.append(asyncio.get_running_loop().create_task(self._watch_idle(conn)))
+            self._spawn(self._watch_idle(conn))
 
     async def _watch_idle(self, conn: SttConnection) -> None:
         """Hang up once `idle_timeout` passes with no input: wake at that deadline (or when the socket closes)."""

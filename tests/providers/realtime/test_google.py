@@ -463,6 +463,19 @@ async def test_wrong_key_refused_without_leaking_it(fake: FakeGeminiLive, caplog
     assert not fake.connections
 
 
+async def test_a_close_reason_echoing_the_key_is_redacted(fake: FakeGeminiLive, caplog) -> None:
+    caplog.set_level(logging.DEBUG, logger="providers")
+    listener = Listener()
+    session = await open_session(fake, listener)
+    try:
+        await fake.close(1008, f"API key {KEY} is not allowed here")
+        await await_until(lambda: listener.closed, "the session to end")
+        assert "***" in str(listener.closed[0])
+        assert KEY not in str(listener.closed[0]) and KEY not in caplog.text
+    finally:
+        await session.close()
+
+
 def test_missing_key_named_by_problems() -> None:
     bare = GoogleRealtime({}, environ={})
     [problem] = bare.problems()
