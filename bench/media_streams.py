@@ -25,9 +25,6 @@ import argparse
 import asyncio
 import json
 import os
-import signal
-import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,7 +34,21 @@ from urllib.parse import urlsplit
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.gateway_process import free_port, wait_serving  # noqa: E402
+from bench.gateway_process import (  # noqa: E402
+    LOAD_CORE,
+    free_port,
+    loadavg,
+    pinned,
+    proc_cpu_seconds,
+    proc_rss_mb,
+    start_gateway,
+    start_helper,
+    stop_gateway,
+    stop_helper,
+    stream_stats,
+    thread_cpu_seconds,
+    worst,
+)
 from bench.report import figure, write_summary  # noqa: E402
 
 ACCOUNT = "AC" + "b" * 32
@@ -48,80 +59,6 @@ REPLIES = ["Your appointment is booked for Monday morning.", "You are welcome, g
 # When a level breaks, per engine: inbound lag p99 and pacing late p99 (ms). Any failed call,
 # unanswered turn or unhandled frame breaks a level too.
 BREAK = {"cloud": (20.0, 5.0), "local": (100.0, 20.0)}
-GATEWAY_CORE, LOAD_CORE = 0, 1
-
-
-def pinned() -> bool:
-    return (os.cpu_count() or 1) >= 2
-
-
-def on_core(core: int) -> list[str]:
-    return ["taskset", "-c", str(core)] if pinned() else []
-
-
-def _family(pid: int) -> list[int]:
-    """The gateway and its children (the PocketSphinx worker processes)."""
-    pids = [pid]
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                pids.append(int(stat.parent.name))
-        except (OSError, ValueError, IndexError):
-            continue
-    return pids
-
-
-def proc_cpu_seconds(pid: int) -> tuple[float, float]:
-    """CPU seconds of the gateway process itself and of its children (the offline decoder workers)."""
-    own = children = 0
-    for member in _family(pid):
-        try:
-            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        ticks = int(fields[11]) + int(fields[12])
-        if member == pid:
-            own += ticks
-        else:
-            children += ticks
-    hertz = os.sysconf("SC_CLK_TCK")
-    return own / hertz, children / hertz
-
-
-def thread_cpu_seconds(pid: int) -> dict[str, float]:
-    """The gateway's CPU seconds: its event loop's thread, and all its other threads (jobs, database work)."""
-    groups: dict[str, float] = {}
-    tick = os.sysconf("SC_CLK_TCK")
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        # Python names no OS threads: the main thread runs the event loop, the others are worker threads.
-        kind = "loop" if task.name == str(pid) else "threads"
-        groups[kind] = groups.get(kind, 0.0) + (int(fields[11]) + int(fields[12])) / tick
-    return groups
-
-
-def proc_rss_mb(pid: int) -> float:
-    total = 0.0
-    for member in _family(pid):
-        try:
-            for line in Path(f"/proc/{member}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) / 1024
-        except OSError:
-            continue
-    return total
-
-
-def start_fakes() -> tuple[subprocess.Popen, dict]:
-    process = subprocess.Popen([*on_core(LOAD_CORE), sys.executable, str(ROOT / "bench" / "cloud_fakes.py")],
-                               cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    line = process.stdout.readline()
-    if not line:
-        raise RuntimeError("the cloud fakes did not start")
-    return process, json.loads(line)
 
 
 def gateway_config(engine: str, port: int, rest_port: int, fakes: dict | None) -> dict:
@@ -145,52 +82,6 @@ def gateway_config(engine: str, port: int, rest_port: int, fakes: dict | None) -
         config["tts"] = {"provider": "openai", "providers": {"openai": {
             "apiKey": fakes["ttsKey"], "baseUrl": fakes["tts"] + "/v1"}}}
     return config
-
-
-def start_gateway(data_dir: str, config: dict, server: str, profile: Path | None = None) -> subprocess.Popen:
-    path = Path(data_dir) / "voicecall.json"
-    path.write_text(json.dumps(config))
-    env = {**os.environ, "VOICECALL_DATA_DIR": data_dir, "VOICECALL_CONFIG": str(path),
-           "DJANGO_SETTINGS_MODULE": "voicecall_project.settings", "VOICECALL_LOG_LEVEL": "WARNING"}
-    env.pop("DATABASE_URL", None)
-    env.pop("REDIS_URL", None)
-    python = sys.executable
-    subprocess.run([python, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, env=env, check=True)
-    command = [python, "manage.py", "gateway", "--server", server]
-    if profile is not None and os.environ.get("BENCH_CPROFILE"):
-        # Deterministic: every Python function's own time, also under uvloop (which pyinstrument cannot see into).
-        command = [python, "-m", "cProfile", "-o", str(profile) + ".pstats", *command[1:]]
-    elif profile is not None:
-        # Two views: time per function wherever it is called (flat), and the call tree below 1 %.
-        command = [python, "-m", "pyinstrument", "-i", "0.001", "-r", "text", "-p", "flat=true", "-p", "time=percent_of_total",
-                   "-o", str(profile), *command[1:]]
-    gateway = subprocess.Popen([*on_core(GATEWAY_CORE), *command], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                               stderr=open(Path(data_dir) / f"gateway-{server}.log", "w"))
-    return wait_serving(gateway, config["serve"]["port"], log=f"{data_dir}/gateway-{server}.log")
-
-
-def stop_gateway(process: subprocess.Popen) -> None:
-    process.send_signal(signal.SIGINT)  # a clean stop, so a profiler writes its report
-    try:
-        process.wait(30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(10)
-
-
-def stream_stats(db: Path, since: float) -> list[dict]:
-    with sqlite3.connect(db) as conn:
-        rows = conn.execute("SELECT stats FROM calls_mediastream WHERE closed_at IS NOT NULL AND opened_at >= ?",
-                            (time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(since)),)).fetchall()
-    return [json.loads(row[0]) for row in rows]
-
-
-def worst(stats: list[dict], key: str, p: str) -> float:
-    return max((s.get(key, {}).get(p, 0.0) for s in stats), default=0.0)
-
-
-def loadavg() -> float:
-    return float(Path("/proc/loadavg").read_text().split()[0])
 
 
 GARBAGE = [
@@ -360,7 +251,7 @@ def main() -> None:
     from calls.simulator.call import Gateway
     from calls.simulator.rest import TwilioRestStub
 
-    fakes_process, fakes = start_fakes() if args.engine == "cloud" else (None, None)
+    fakes_process, fakes = start_helper("cloud_fakes.py") if args.engine == "cloud" else (None, None)
     rest = TwilioRestStub(on_hangup=lambda sid: None).start()
     rest_port = int(rest.base_url.rsplit(":", 1)[1])
     rows: list[dict] = []
@@ -399,8 +290,7 @@ def main() -> None:
     finally:
         rest.stop()
         if fakes_process is not None:
-            fakes_process.stdin.close()
-            fakes_process.wait(10)
+            stop_helper(fakes_process)
     print_table(rows, args.engine)
     write_summary(args.summary, summary_rows(rows, args.engine))
 

@@ -21,6 +21,7 @@ from bench.report import read_summary  # noqa: E402
 RUNS = [
     ("media path, cloud fakes", ["media_streams.py", "--engine", "cloud", "--levels", "10,50", "--server", "daphne,uvicorn"]),
     ("media path, offline", ["media_streams.py", "--engine", "local", "--levels", "4"]),
+    ("realtime bridge, instant fake", ["realtime_bridge.py", "--levels", "1,10", "--server", "daphne,uvicorn"]),
     ("webhooks", ["webhook_events.py", "--calls", "60"]),
     ("codecs", ["codecs.py", "--frames", "1000", "--repeat", "2"]),
     ("CLI start-up", ["cli_startup.py", "--runs", "3"]),

@@ -239,7 +239,8 @@ class SimulatedCall:
             try:
                 await ws.send('{"event":"media","sequenceNumber":"%d","streamSid":"%s","media":{"track":"inbound",'
                               '"chunk":"%d","timestamp":"%d","payload":"%s"}}'
-                              % (sequence, self.stream_sid, sequence - 1, timestamp, base64.b64encode(frame).decode()))
+                              % (sequence, self.stream_sid, sequence - 1, timestamp,
+                                 base64.b64encode(self._sending(frame)).decode()))
             except ConnectionClosed:
                 return  # the gateway closed the stream between two frames: the receiver notes it
             self.report.frames_sent += 1
@@ -252,6 +253,13 @@ class SimulatedCall:
                     done_at = now
                 if now - done_at > 0.2:
                     return
+
+    def _sending(self, frame: bytes) -> bytes:
+        """The caller's 20 ms frame as it goes out (a benchmark stamps its send time into it)."""
+        return frame
+
+    def _received(self, frame: bytes, arrived: float) -> None:
+        """A media frame from the gateway arrived (monotonic time), before it is buffered for playout."""
 
     def _ready_for(self, line: Line, now: float) -> bool:
         if line.interrupt:
@@ -341,7 +349,9 @@ class SimulatedCall:
                     if not self._playing and self._ran_dry_at is not None and arrived - self._ran_dry_at < UNDERRUN_WINDOW_S:
                         self.report.underruns += 1
                         self._jitter_s = min(2 * self._jitter_s, MAX_JITTER_MS / 1000)
-                self._playout.append(base64.b64decode(message["media"]["payload"]))
+                frame = base64.b64decode(message["media"]["payload"])
+                self._received(frame, arrived)
+                self._playout.append(frame)
                 self._buffered += 1
                 self.report.frames_received += 1
             elif event == "mark":

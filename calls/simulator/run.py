@@ -54,13 +54,17 @@ async def caller_audio(lines: list[Line]) -> dict[str, bytes]:
 
 async def simulate(gateway: Gateway, lines: list[Line], *, calls: int = 1, ramp_ms: int = 200, listen: bool = True,
                    rest: TwilioRestStub | None = None, caller: str = "+15550100001", callee: str = "+15550100000",
-                   hangup_after_ms: int = 1500, max_seconds: float = 60.0, jitter_ms: int = JITTER_MS) -> SimulationReport:
+                   hangup_after_ms: int = 1500, max_seconds: float = 60.0, jitter_ms: int = JITTER_MS,
+                   audio: dict[str, bytes] | None = None, call_class: type[SimulatedCall] = SimulatedCall) -> SimulationReport:
     """Place `calls` simulated inbound calls, `ramp_ms` apart, each speaking `lines`; each caller's
-    playout starts `jitter_ms` into a talkspurt (a carrier's jitter buffer, deepened by underruns)."""
-    audio = await caller_audio(lines)
+    playout starts `jitter_ms` into a talkspurt (a carrier's jitter buffer, deepened by underruns).
+
+    `audio` (line text → μ-law) replaces the offline voice; `call_class` a SimulatedCall subclass.
+    """
+    audio = audio if audio is not None else await caller_audio(lines)
     ears = LocalTranscription({"silenceDurationMs": 600}) if listen else None
     loop = asyncio.get_running_loop()
-    sims = [SimulatedCall(gateway, caller=caller, callee=callee, lines=lines, audio=audio, ears=ears,
+    sims = [call_class(gateway, caller=caller, callee=callee, lines=lines, audio=audio, ears=ears,
                           hangup_after_ms=hangup_after_ms, max_seconds=max_seconds, jitter_ms=jitter_ms) for _ in range(calls)]
     by_sid = {sim.sid: sim for sim in sims}
     if rest is not None:

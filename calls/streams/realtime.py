@@ -44,6 +44,9 @@ LAST_WORDS_TIMEOUT = 10.0  # end_call: how long the model's last words may still
 LAST_WORDS_START = 2.0
 CLOSE_TIMEOUT = 3.0
 BARGE_IN_SETTLE = 1.0
+# A caller transcript that arrives just before the answer's audio is recorded once the answer's first
+# frame has gone, at most this much later (seconds).
+HELD_RECORD_WAIT = 0.1
 MAX_ITEMS = 32  # model answers remembered (for their transcript and barge-in)
 
 
@@ -138,6 +141,8 @@ class RealtimeStreamConsumer(CarrierStreamConsumer):
         self.speech_stops_seen = False
         self.ending = False
         self.records: set[asyncio.Task] = set()
+        self.held: list[tuple[Any, dict[str, Any]]] = []
+        self.held_timer: asyncio.TimerHandle | None = None
         self.forced = None
         self.responses_done = 0
         self.model_news = asyncio.Event()  # model audio or a finished answer arrived
@@ -171,6 +176,7 @@ class RealtimeStreamConsumer(CarrierStreamConsumer):
     async def _cleanup(self, reason: str) -> bool:
         if not await super()._cleanup(reason):
             return False
+        self._release_held()
         session, self.session = self.session, None
         if session is not None:
             try:
@@ -328,6 +334,7 @@ class RealtimeStreamConsumer(CarrierStreamConsumer):
         words = forced.take(time.monotonic())
         if words is None or self.closing:
             return
+        self._release_held()  # the consult reads the transcript
         self.consults += 1
         try:
             answer = await service(_forced_consult_answer)(call_id=self.call.call_id, text=words)
@@ -391,6 +398,7 @@ class RealtimeStreamConsumer(CarrierStreamConsumer):
     def _audio_started(self, item: _Item, at: float) -> None:
         self.current_item = item
         item.started_at = at
+        self._release_held()
         if self.turn_started_at is None:
             return
         latency_ms = int((at - self.turn_started_at) * 1000)
@@ -466,7 +474,7 @@ class RealtimeStreamConsumer(CarrierStreamConsumer):
             self.turn_started_at = time.monotonic()
             self.stats.turn_heard(self.turn_started_at)
         self.stats.counters["caller_transcripts"] += 1
-        self._record(services.realtime_transcript, call_id=self.call.call_id, speaker="user", text=text)
+        self._record_after_first_frame(services.realtime_transcript, call_id=self.call.call_id, speaker="user", text=text)
         if self.forced is not None:
             self.forced.on_final_transcript(text, time.monotonic())
             self._spawn(self._force_consult_when_due())
@@ -532,6 +540,7 @@ class RealtimeStreamConsumer(CarrierStreamConsumer):
     async def _run_tool(self, call: ToolCall) -> None:
         from ..realtime.tools import ToolOutcome, tool_is_slow, tool_run
 
+        self._release_held()  # a tool (the consult) may read the transcript
         slow = tool_is_slow(call.name)
         if slow:
             self.consults += 1
@@ -665,6 +674,25 @@ class RealtimeStreamConsumer(CarrierStreamConsumer):
         task = asyncio.ensure_future(service(func)(**kwargs))
         self.records.add(task)
         task.add_done_callback(self._record_done)
+
+    def _record_after_first_frame(self, func, **kwargs) -> None:
+        """A record made while the turn's answer is about to start waits for its first frame (at most
+        HELD_RECORD_WAIT): a worker thread's database work holds the interpreter in slices of the
+        switch interval, which would delay that frame by milliseconds."""
+        if self.turn_started_at is None:
+            self._record(func, **kwargs)
+            return
+        self.held.append((func, kwargs))
+        if self.held_timer is None:
+            self.held_timer = asyncio.get_running_loop().call_later(HELD_RECORD_WAIT, self._release_held)
+
+    def _release_held(self) -> None:
+        if self.held_timer is not None:
+            self.held_timer.cancel()
+            self.held_timer = None
+        held, self.held = self.held, []
+        for func, kwargs in held:
+            self._record(func, **kwargs)
 
     def _record_done(self, task: asyncio.Task) -> None:
         self.records.discard(task)

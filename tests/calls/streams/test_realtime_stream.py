@@ -263,6 +263,19 @@ async def test_model_audio_is_paced_in_frames_with_marks_and_recorded(gateway):
 
 
 @live
+async def test_a_caller_transcript_is_recorded_even_when_no_answer_follows(gateway):
+    # Held for the answer's first frame (so the record's database work does not delay it), but only briefly.
+    call = await new_call()
+    ws, sid, session = await open_call(gateway, call)
+    on_loop(session.listener.on_speech_stopped)
+    on_loop(session.listener.on_input_transcript, "Are you there?")
+    await await_until(lambda: _count(call, 1), "the caller's transcript")
+    assert await lines(call) == [("user", "Are you there?")]
+    await ws.send(stop_frame(sid, call))
+    await closed_row(sid)
+
+
+@live
 async def test_barge_in_clears_and_truncates_at_the_heard_position(gateway):
     call = await new_call()
     ws, sid, session = await open_call(gateway, call)
