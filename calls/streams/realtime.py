@@ -43,6 +43,7 @@ LAST_WORDS_TIMEOUT = 10.0  # end_call: how long the model's last words may still
 # to the tool's result (Gemini speaks after the call as often as before it).
 LAST_WORDS_START = 2.0
 CLOSE_TIMEOUT = 3.0
+RECORDS_WAIT = 2.0  # a consult waits this long at most for the transcript records before it
 BARGE_IN_SETTLE = 1.0
 # A caller transcript that arrives just before the answer's audio is recorded once the answer's first
 # frame has gone, at most this much later (seconds).
@@ -334,7 +335,7 @@ class RealtimeStreamConsumer(CarrierStreamConsumer):
         words = forced.take(time.monotonic())
         if words is None or self.closing:
             return
-        self._release_held()  # the consult reads the transcript
+        await self._transcript_written()  # the consult reads it
         self.consults += 1
         try:
             answer = await service(_forced_consult_answer)(call_id=self.call.call_id, text=words)
@@ -540,7 +541,7 @@ class RealtimeStreamConsumer(CarrierStreamConsumer):
     async def _run_tool(self, call: ToolCall) -> None:
         from ..realtime.tools import ToolOutcome, tool_is_slow, tool_run
 
-        self._release_held()  # a tool (the consult) may read the transcript
+        await self._transcript_written()  # a tool (the consult) may read it
         slow = tool_is_slow(call.name)
         if slow:
             self.consults += 1
@@ -693,6 +694,13 @@ class RealtimeStreamConsumer(CarrierStreamConsumer):
         held, self.held = self.held, []
         for func, kwargs in held:
             self._record(func, **kwargs)
+
+    async def _transcript_written(self) -> None:
+        """Every record made so far is in the database (bounded): what runs next reads the transcript."""
+        self._release_held()
+        pending = list(self.records)
+        if pending:
+            await asyncio.wait(pending, timeout=RECORDS_WAIT)
 
     def _record_done(self, task: asyncio.Task) -> None:
         self.records.discard(task)
