@@ -177,7 +177,6 @@ class RealtimeStreamConsumer(CarrierStreamConsumer):
     async def _cleanup(self, reason: str) -> bool:
         if not await super()._cleanup(reason):
             return False
-        self._release_held()
         session, self.session = self.session, None
         if session is not None:
             try:
@@ -185,6 +184,8 @@ class RealtimeStreamConsumer(CarrierStreamConsumer):
                     await session.close()
             except Exception as exc:
                 log.info("closing the realtime session failed: %s", exc)
+        # The stream's end is its last record: the transcript and turns it made are written first.
+        await self._transcript_written()
         await self._record_closed()
         return True
 

@@ -7,6 +7,7 @@ on the gateway's own event loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import base64
 import json
 import secrets
@@ -38,6 +39,7 @@ from tests.calls.streams.test_media_stream import (
     Gateway,
     Listener,
     _settle_limits,
+    _streams_recorded,
     close_clients,
     close_code,
     closed_row,
@@ -103,6 +105,9 @@ async def gateway(live_gateway, configure, rest_stub):
     yield gw
     await close_clients(gw)
     await _settle_limits()
+    # Let the gateway record this test's streams (their transcripts first) before the database is flushed.
+    with contextlib.suppress(AssertionError):
+        await await_until(sync_to_async(_streams_recorded), "every stream of the test recorded as closed", timeout=3)
 
 
 @sync_to_async
