@@ -238,7 +238,8 @@ def test_bad_model_output_and_failures(configure, llm, caplog, setup, heard, sta
     assert spoken(call)[1:] == ([heard] if heard else [])
     reply = ReplyTurn.objects.get(call=call)
     assert reply.status == status
-    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    # The reply's own warnings: a live gateway another test of this process left running may log too.
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING and r.name.split(".")[0] == "calls"]
     assert len(warnings) == (1 if status == ReplyStatus.FAILED else 0), [r.getMessage() for r in warnings]
     if status == ReplyStatus.FAILED:
         assert "llm responder" in reply.error and KEY not in reply.error
