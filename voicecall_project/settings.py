@@ -156,9 +156,12 @@ LOGGING = {
     "handlers": {
         "console": {"class": "logging.StreamHandler", "formatter": "plain"},
     },
+    # One handler, on the root logger: the project's loggers propagate to it. A handler of their own
+    # as well would print each line twice once a server (Daphne) gives the root logger one.
+    "root": {"handlers": ["console"], "level": "WARNING"},
     "loggers": {
         **{
-            name: {"handlers": ["console"], "level": env("VOICECALL_LOG_LEVEL", default="INFO")}
+            name: {"level": env("VOICECALL_LOG_LEVEL", default="INFO")}
             for name in ("calls", "routing", "providers")
         },
         # At DEBUG the WebSocket client logs every request's headers, the providers' API keys among them.
