@@ -19,12 +19,17 @@ SEND_BURST = 8
 
 
 def websocket_origin(url: str) -> str:
-    """A provider origin as a WebSocket URL: config holds http(s) URLs (fakes, proxies) as well as ws(s)."""
+    """A provider origin as a WebSocket URL: config holds http(s) URLs (fakes, proxies) as well as ws(s).
+
+    A trailing /v1 is dropped: the socket endpoints' paths carry it themselves, while the same
+    service's HTTP clients (TTS, chat) are configured with it, so either form of baseUrl works.
+    """
     if url.startswith("http://"):
         url = "ws://" + url[len("http://"):]
     elif url.startswith("https://"):
         url = "wss://" + url[len("https://"):]
-    return url.rstrip("/")
+    url = url.rstrip("/")
+    return url[: -len("/v1")] if url.endswith("/v1") else url
 
 
 def describe(exc: BaseException) -> str:

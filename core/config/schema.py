@@ -222,7 +222,7 @@ class StreamingProviderConfig(OpenSection):
     language: NonEmptyStr | None = None
     """Language hint passed to the recognizer."""
     base_url: HttpUrl | None = None
-    """The provider's origin (http(s) is turned into ws(s)); tests point it at a local fake."""
+    """The provider's origin (http(s) is turned into ws(s); a trailing /v1, as HTTP clients take it, is accepted); tests point it at a local fake."""
     endpoint: NonEmptyStr | None = None
     """xai: the full WebSocket URL (default wss://api.x.ai/v1/stt)."""
     silence_duration_ms: PositiveInt | None = None
@@ -324,7 +324,7 @@ class RealtimeProviderConfig(OpenSection):
     """The call's language, e.g. en-US: openai's input transcription gets its first part (en), google's
     speechConfig.languageCode gets it as written. Unset: not sent."""
     base_url: HttpUrl | None = None
-    """The provider's origin (http(s) is turned into ws(s)); unset: wss://api.openai.com (openai),
+    """The provider's origin (http(s) is turned into ws(s); a trailing /v1 is accepted); unset: wss://api.openai.com (openai),
     wss://generativelanguage.googleapis.com (google). Tests point it at a local fake."""
     silence_duration_ms: PositiveInt | None = None
     """Silence that ends the caller's turn (the provider's voice detection); unset: 500 (openai), the
