@@ -17,6 +17,7 @@ from providers.carriers.media import FrameError, StreamMark, StreamMedia, Stream
 from providers.carriers.public_url import ip_in, normalize_ip
 
 from .. import services
+from ..gateway import get_gateway
 from . import commands
 from .limits import TOO_MANY_CONNECTIONS, limits
 from .stats import StreamStats
@@ -143,7 +144,8 @@ class CarrierStreamConsumer(AsyncWebsocketConsumer):
         self.close_reason = "disconnected"
 
     async def _admit(self, config) -> bool:
-        """Count this socket against the caps (accepting it unless the total cap is reached)."""
+        """Count this socket against the caps (accepting it unless the total cap is reached); once
+        admitted, it has `preStartTimeoutMs` to send its start."""
         self.ip = client_ip(self.scope, config)
         streaming = config.streaming
         refusal = limits.admit(
@@ -160,6 +162,8 @@ class CarrierStreamConsumer(AsyncWebsocketConsumer):
             await self._close(CLOSE_TRY_LATER, refusal)
             return False
         self.admitted = True
+        get_gateway().bind_loop(asyncio.get_running_loop())
+        self._spawn(self._start_timeout(config.streaming.pre_start_timeout_ms / 1000))
         return True
 
     async def _start_allowed(self, frame) -> bool:

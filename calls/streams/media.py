@@ -57,10 +57,7 @@ class MediaStreamConsumer(CarrierStreamConsumer):
             await self.close()
             return
         self.codec = self.codec_class()
-        if not await self._admit(self.config):
-            return
-        get_gateway().bind_loop(asyncio.get_running_loop())
-        self._spawn(self._start_timeout(self.config.streaming.pre_start_timeout_ms / 1000))
+        await self._admit(self.config)
 
     async def _cleanup(self, reason: str) -> bool:
         if not await super()._cleanup(reason):

@@ -169,10 +169,7 @@ class RealtimeStreamConsumer(CarrierStreamConsumer):
         if self.token_call_id is None:
             await self.close()  # before accept: the upgrade is refused
             return
-        if not await self._admit(self.config):
-            return
-        get_gateway().bind_loop(asyncio.get_running_loop())
-        self._spawn(self._start_timeout(self.config.streaming.pre_start_timeout_ms / 1000))
+        await self._admit(self.config)
 
     async def _cleanup(self, reason: str) -> bool:
         if not await super()._cleanup(reason):
