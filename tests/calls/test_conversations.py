@@ -14,6 +14,7 @@ from providers.responders.spoken import OPENING_CONTEXT_POLICY, OUTPUT_CONTRACT
 from routing.models import NumberRoute
 from tests.fakes.agent import FakeAgentWebhook
 from tests.fakes.ai.llm import FakeChatCompletions
+from tests.logs import records_of
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -238,8 +239,7 @@ def test_bad_model_output_and_failures(configure, llm, caplog, setup, heard, sta
     assert spoken(call)[1:] == ([heard] if heard else [])
     reply = ReplyTurn.objects.get(call=call)
     assert reply.status == status
-    # The reply's own warnings: a live gateway another test of this process left running may log too.
-    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING and r.name.split(".")[0] == "calls"]
+    warnings = records_of(caplog, "calls", logging.WARNING)
     assert len(warnings) == (1 if status == ReplyStatus.FAILED else 0), [r.getMessage() for r in warnings]
     if status == ReplyStatus.FAILED:
         assert "llm responder" in reply.error and KEY not in reply.error
@@ -326,7 +326,7 @@ def test_webhook_agent_down_gives_the_fallback_line(configure, agent, caplog):
     with caplog.at_level(logging.WARNING, logger="calls"):
         say(call, "hello")
     assert spoken(call) == ["Hi there.", "Sorry, I'm having trouble answering right now."]
-    assert len([r for r in caplog.records if r.levelno >= logging.WARNING]) == 1
+    assert len(records_of(caplog, "calls", logging.WARNING)) == 1
     assert not Call.objects.get(pk=call.pk).is_terminal
 
 

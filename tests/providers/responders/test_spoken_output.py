@@ -27,6 +27,7 @@ from providers.responders.spoken import (
     system_prompt,
     turn_prompt,
 )
+from tests.logs import records_of
 
 HEADER = "[Audible call-opening context]"
 FOOTER = "[End audible call-opening context]"
@@ -298,7 +299,7 @@ def test_inline_scan_logs_counts_never_text(caplog):
     with caplog.at_level(logging.INFO, logger="providers.responders.spoken"):
         assert parse_spoken_json(f'{{"spoken": "{secret}."}} {{"spoken": 7}}') is None
         assert parse_spoken_json(f'{{"spoken": "{secret}!"}}{{"spoken":"ok"}}') == f"{secret}! ok"
-    messages = [record.getMessage() for record in caplog.records]
+    messages = [record.getMessage() for record in records_of(caplog, "providers.responders.spoken")]
     assert len(messages) == 2
     assert "2 spoken fields declared but only 1 readable" in messages[0]
     assert all("4111" not in message for message in messages)
@@ -605,8 +606,9 @@ def test_divergence_returns_nothing_more(caplog):
     assert rest == []
     assert stream.final_text == "Something else entirely."
     assert stream.delivered == ["Hello there."]
-    assert [r.levelno for r in caplog.records] == [logging.WARNING]
-    assert "Hello" not in caplog.records[0].getMessage()
+    records = records_of(caplog, "providers.responders.spoken")
+    assert [r.levelno for r in records] == [logging.WARNING]
+    assert "Hello" not in records[0].getMessage()
 
 
 def test_prose_before_json_is_held_and_json_syntax_never_spoken():
