@@ -28,11 +28,13 @@ def live_gateway_url() -> str:
         return _url
     from daphne.server import Server
 
+    from calls import daphne_guards
     from calls.daphne_requests import skip_form_parsing
     from calls.warmup import warm
     from voicecall_project.asgi import application
 
     skip_form_parsing()  # as `manage.py gateway` does: the carriers' form posts must arrive whole
+    daphne_guards.install()  # and with the same HTTP limits
     warm()  # as Gateway.start() does before a real gateway serves
 
     ready = threading.Event()

@@ -18,6 +18,7 @@ from asgiref.sync import sync_to_async  # noqa: E402
 from calls.config import get_config  # noqa: E402
 from calls.gateway import get_gateway  # noqa: E402
 from core.config.schema import normalize_path  # noqa: E402
+from calls.http_limits import BodyGuard  # noqa: E402
 from calls.webhooks import HOLD_MUSIC_PATH, WebhookApp  # noqa: E402
 
 
@@ -80,7 +81,7 @@ class GatewayWebsocket:
 
 application = ProtocolTypeRouter(
     {
-        "http": GatewayHttp(WebhookApp(), django_application),
+        "http": GatewayHttp(WebhookApp(), BodyGuard(django_application)),
         "websocket": GatewayWebsocket(),
         "lifespan": Lifespan(),
     }

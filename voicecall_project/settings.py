@@ -136,6 +136,12 @@ VOICECALL_GATEWAY_URL = env("VOICECALL_GATEWAY_URL", default="")
 # The token the CLI sends; default: the first write token above, else the local token file.
 VOICECALL_RPC_TOKEN = env("VOICECALL_RPC_TOKEN", default="")
 
+# HTTP limits every server enforces (docs/operations.md, HTTP limits): seconds a connection has for a
+# whole request head (from its opening or its previous answer), and for a body after its head.
+VOICECALL_HTTP_HEAD_TIMEOUT = env.float("VOICECALL_HTTP_HEAD_TIMEOUT", default=10.0)
+VOICECALL_WEBHOOK_BODY_TIMEOUT = env.float("VOICECALL_WEBHOOK_BODY_TIMEOUT", default=5.0)
+VOICECALL_HTTP_BODY_TIMEOUT = env.float("VOICECALL_HTTP_BODY_TIMEOUT", default=30.0)
+
 # Path of the call config file (JSON or JSON5); unset means defaults with the mock carrier.
 VOICECALL_CONFIG = env("VOICECALL_CONFIG", default="")
 

@@ -174,6 +174,10 @@ class ServeConfig(Section):
     """Webhook requests one client address may have in progress at once; more are answered 429 Too Many
     Requests. Carriers send from a few addresses, so a burst of calls arrives from one: keep it well
     above the calls you expect to start at once."""
+    max_connections_per_ip: Annotated[int, Strict(), _between(1, 100_000)] = 512
+    """Open HTTP connections one client address may hold (idle, sending or waiting for an answer); more are
+    closed as soon as they are accepted. Media and realtime WebSockets do not count (they have their own
+    caps). Behind a proxy every connection comes from the proxy's address: raise it there."""
 
 
 class TailscaleConfig(Section):

@@ -42,9 +42,15 @@ def start(server: str, tmp_path, stt: FakeDeepgram, tts: FakeTts, rest: TwilioRe
         "tts": {"provider": "openai", "providers": {"openai": {"apiKey": TTS_KEY, "baseUrl": f"{tts.url}/v1"}}},
         "agents": {"main": {"responder": {"type": "scripted", "replies": [REPLY]}}},
     }
+    return serve(server, tmp_path, config), port
+
+
+def serve(server: str, tmp_path, config: dict, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """`manage.py gateway --server SERVER` with `config` (its serve.port set) and SQLite in `tmp_path`, once /healthz answers."""
+    port = config["serve"]["port"]
     (tmp_path / "voicecall.json").write_text(json.dumps(config))
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "voicecall_project.settings", "VOICECALL_DATA_DIR": str(tmp_path),
-           "VOICECALL_CONFIG": str(tmp_path / "voicecall.json"), "PYTHONUNBUFFERED": "1"}
+           "VOICECALL_CONFIG": str(tmp_path / "voicecall.json"), "PYTHONUNBUFFERED": "1", **(env or {})}
     for name in ("DATABASE_URL", "REDIS_URL", "VOICECALL_BACKGROUND"):
         env.pop(name, None)
     subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
@@ -61,7 +67,7 @@ def start(server: str, tmp_path, stt: FakeDeepgram, tts: FakeTts, rest: TwilioRe
             return False
 
     wait_until(healthy, f"the gateway under {server} to answer /healthz", timeout=30, interval=0.1)
-    return process, port
+    return process
 
 
 @pytest.mark.parametrize("server", ["daphne", "uvicorn"])

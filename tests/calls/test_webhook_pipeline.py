@@ -216,8 +216,8 @@ async def test_body_arriving_in_parts_over_the_limit_is_413():
     assert status == 413
 
 
-async def test_slow_body_times_out_with_408(monkeypatch):
-    monkeypatch.setattr(webhooks, "BODY_TIMEOUT_SECONDS", 0.1)
+async def test_slow_body_times_out_with_408(settings):
+    settings.VOICECALL_WEBHOOK_BODY_TIMEOUT = 0.1
     status, body, _ = await call_app(webhooks.WebhookApp(), hang=True)
     assert (status, body) == (408, b"Request Timeout")
 

@@ -284,9 +284,9 @@ async def test_body_over_64kb_is_413(asgi, configure, provider):
 
 
 @pytest.mark.parametrize("provider", CARRIERS)
-async def test_nine_in_flight_requests_from_one_ip_over_a_cap_of_eight_get_one_429(configure, monkeypatch, provider):
+async def test_nine_in_flight_requests_from_one_ip_over_a_cap_of_eight_get_one_429(configure, settings, provider):
     configure({**carrier_config(provider), "serve": {"maxInFlightPerIp": 8}})
-    monkeypatch.setattr(webhooks, "BODY_TIMEOUT_SECONDS", 0.3)
+    settings.VOICECALL_WEBHOOK_BODY_TIMEOUT = 0.3
     app = webhooks.WebhookApp()
     headers = PRESENT_HEADERS[provider]
     results = await asyncio.gather(
@@ -300,9 +300,9 @@ async def test_nine_in_flight_requests_from_one_ip_over_a_cap_of_eight_get_one_4
 
 
 @pytest.mark.parametrize("provider", CARRIERS)
-async def test_slow_body_is_408(configure, monkeypatch, provider):
+async def test_slow_body_is_408(configure, settings, provider):
     configure(carrier_config(provider))
-    monkeypatch.setattr(webhooks, "BODY_TIMEOUT_SECONDS", 0.1)
+    settings.VOICECALL_WEBHOOK_BODY_TIMEOUT = 0.1
     status, body, received = await call_app(webhooks.WebhookApp(), headers=PRESENT_HEADERS[provider], hang=True)
     assert (status, body) == (408, b"Request Timeout")
     assert received

@@ -19,18 +19,25 @@ GIL_SWITCH_SECONDS = 0.001
 def run_daphne(bind: str, port: int) -> None:
     from daphne.cli import CommandLineInterface
 
+    from calls import daphne_guards
     from calls.daphne_requests import skip_form_parsing
 
     skip_form_parsing()
+    daphne_guards.install()  # the HTTP limits, enforced before Daphne buffers a body
     CommandLineInterface().run(["-b", bind, "-p", str(port), APP])
 
 
 def run_uvicorn(bind: str, port: int) -> None:
     import uvicorn
 
-    # Media streams are never compressed by carriers, and an access line per webhook is noise.
+    from calls.http_limits import head_timeout
+    from calls.uvicorn_guards import GuardedHttpToolsProtocol
+
+    # Media streams are never compressed by carriers, and an access line per webhook is noise. The
+    # HTTP limits: the guarded protocol for connections and heads, the ASGI layer for bodies; a kept-alive
+    # connection idles as long as a new one may (uvicorn's own timer, which any byte cancels).
     uvicorn.run(APP, host=bind, port=port, lifespan="off", ws_per_message_deflate=False, access_log=False,
-                log_level="warning")
+                log_level="warning", http=GuardedHttpToolsProtocol, timeout_keep_alive=head_timeout())
 
 
 SERVERS = {"daphne": run_daphne, "uvicorn": run_uvicorn}

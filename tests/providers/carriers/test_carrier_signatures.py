@@ -28,7 +28,7 @@ from plivo.utils.signature_v3 import construct_get_url, construct_post_url, get_
 from telnyx.lib.webhook_verification import WebhookVerificationError, verify_webhook_signature
 from twilio.request_validator import RequestValidator
 
-from calls.webhooks import _headers as asgi_headers
+from calls.http_limits import scope_headers as asgi_headers
 from core.config import load_config_data
 from core.config.keys import PublicKeyError, load_public_key
 from core.urls import webhook_url

@@ -1,0 +1,199 @@
+"""The HTTP limits through a real server's socket, under Daphne (the live gateway, in this process) and uvicorn
+(a `manage.py gateway --server uvicorn` process): refusals before a body is read, stalled and idle
+connections closed, the per-address connection cap, descriptors given back."""
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+from calls import daphne_guards
+from tests.calls.test_gateway_servers import free_port, serve
+from tests.raw_http import (answered_yet, connect, head, open_fds, peer_closed, raise_fd_limit, read_answer,
+                            server_side_sockets, timed)
+from tests.waiting import wait_until
+
+TWILIO = {"enabled": True, "provider": "twilio", "fromNumber": "+15550000001",
+          "publicUrl": "https://gateway.example.com/voice/webhook", "inboundPolicy": "open",
+          "twilio": {"accountSid": "AC" + "1" * 32, "authToken": "guards-token"}}
+SIGNED = {"X-Twilio-Signature": "not-checked-before-the-body", "Content-Type": "application/x-www-form-urlencoded"}
+# Short deadlines, so a test waits a fraction of the documented ones; the uvicorn process's cap is the tests'.
+FAST = {"VOICECALL_WEBHOOK_BODY_TIMEOUT": "0.5", "VOICECALL_HTTP_BODY_TIMEOUT": "0.5", "VOICECALL_HTTP_HEAD_TIMEOUT": "0.5"}
+CAP = 100
+IN_FLIGHT = 2
+
+
+@dataclass
+class Served:
+    server: str
+    port: int
+    pid: int | str  # "self" for the live gateway
+
+
+@pytest.fixture(scope="module")
+def uvicorn_gateway(tmp_path_factory):
+    port = free_port()
+    config = {**TWILIO, "serve": {"port": port, "maxConnectionsPerIp": CAP, "maxInFlightPerIp": IN_FLIGHT}}
+    process = serve("uvicorn", tmp_path_factory.mktemp("uvicorn"), config, env=FAST)
+    yield Served("uvicorn", port, process.pid)
+    process.terminate()
+    process.wait(15)
+
+
+@pytest.fixture(params=["daphne", "uvicorn"])
+def gateway(request, settings, configure) -> Served:
+    if request.param == "uvicorn":
+        return request.getfixturevalue("uvicorn_gateway")
+    live = request.getfixturevalue("live_gateway")
+    configure({**TWILIO, "serve": {"maxConnectionsPerIp": CAP, "maxInFlightPerIp": IN_FLIGHT}})
+    for name, value in FAST.items():
+        setattr(settings, name, float(value))
+    return Served("daphne", urlsplit(live).port, "self")
+
+
+@pytest.fixture
+def port(gateway) -> int:
+    return gateway.port
+
+
+def test_unsigned_webhook_with_a_stalled_body_is_401_at_once(port):
+    with connect(port) as sock:
+        sock.sendall(head("POST", "/voice/webhook", {"Content-Length": "1000"}) + b"CallSid=CA1")
+        (status, body, closed), seconds = timed(lambda: read_answer(sock))
+    assert (status, body, closed) == (401, b"Unauthorized", True)
+    assert seconds < 2  # not after the body's 5 s, nor Twisted's 60 s idle timeout
+
+
+def test_signed_webhook_with_a_stalled_body_is_408_after_the_body_timeout(port):
+    with connect(port) as sock:
+        sock.sendall(head("POST", "/voice/webhook", {**SIGNED, "Content-Length": "1000"}) + b"CallSid=CA1")
+        (status, body, closed), seconds = timed(lambda: read_answer(sock))
+    assert (status, body, closed) == (408, b"Request Timeout", True)
+    assert 0.4 <= seconds < 3
+
+
+def test_the_documented_limits_are_the_defaults():
+    from django.conf import settings
+
+    from calls.config import get_config
+    from calls.http_limits import body_limits, head_timeout, webhook_body_limits
+
+    assert (webhook_body_limits().max_bytes, webhook_body_limits().timeout) == (64 * 1024, 5.0)
+    assert (body_limits("/voice/rpc").max_bytes, body_limits("/admin/").timeout) == (2 * 1024 * 1024, 30.0)
+    assert head_timeout() == settings.VOICECALL_HTTP_HEAD_TIMEOUT == 10.0
+    assert get_config().config.serve.max_connections_per_ip == 512
+
+
+def test_a_declared_100_mb_body_is_413_before_any_of_it_is_sent(port):
+    with connect(port) as sock:
+        sock.sendall(head("POST", "/voice/webhook", {**SIGNED, "Content-Length": str(100 * 1024 * 1024)}))
+        (status, body, closed), seconds = timed(lambda: read_answer(sock))
+    assert (status, body, closed) == (413, b"Payload Too Large", True)
+    assert seconds < 2
+
+
+def test_a_declared_body_over_the_cap_of_other_paths_is_413_at_once(port):
+    with connect(port) as sock:
+        sock.sendall(head("POST", "/voice/rpc", {"Content-Length": str(3 * 1024 * 1024)}))
+        assert read_answer(sock)[0::2] == (413, True)
+
+
+@pytest.mark.parametrize("path, cap", [("/voice/webhook", 64 * 1024), ("/voice/rpc", 2 * 1024 * 1024)])
+def test_a_chunked_body_is_413_as_soon_as_it_passes_the_cap(port, path, cap):
+    chunk = 16 * 1024
+    with connect(port) as sock:
+        sock.sendall(head("POST", path, {**SIGNED, "Transfer-Encoding": "chunked"}))
+        sent = 0
+        while sent <= cap:
+            assert not answered_yet(sock), f"answered after {sent} bytes, before the cap"
+            sock.sendall(b"%x\r\n%s\r\n" % (chunk, b"x" * chunk))
+            sent += chunk
+        status, body, closed = read_answer(sock)
+    assert (status, body, closed) == (413, b"Payload Too Large", True)
+
+
+def test_a_stalled_request_head_is_408(port):
+    with connect(port) as sock:
+        sock.sendall(b"POST /voice/webhook HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        (status, _, closed), seconds = timed(lambda: read_answer(sock))
+    assert (status, closed) == (408, True) and seconds < 3
+
+
+def test_an_idle_connection_is_closed_after_the_head_timeout(port):
+    with connect(port) as sock:
+        (closed, seconds) = timed(lambda: peer_closed(sock))
+    assert closed and 0.4 <= seconds < 3
+
+
+def test_requests_on_a_kept_alive_connection_are_served_then_it_closes_when_idle(port):
+    with connect(port) as sock:
+        for _ in range(3):
+            sock.sendall(head("GET", "/healthz", {}))
+            status, body, _ = read_answer(sock)
+            assert status == 200 and b"ok" in body
+        assert peer_closed(sock)
+
+
+def test_a_webhook_within_the_limits_is_still_served(port):
+    response = httpx.post(f"http://127.0.0.1:{port}/voice/webhook", content=b"CallSid=CA1", headers=SIGNED)
+    assert response.status_code == 401 and response.text == "Unauthorized"  # read whole, then the signature check
+
+
+def in_flight_seen(gateway: Served, count: int) -> None:
+    """Wait until the gateway counts `count` webhooks in flight from 127.0.0.1."""
+    if gateway.server == "daphne":
+        wait_until(lambda: daphne_guards.webhooks_in_flight.counts.get("127.0.0.1") == count, f"{count} webhooks in flight")
+    else:
+        # uvicorn counts a webhook in flight as its task starts, at the end of its head, before any
+        # request taken through Django later: one answered /healthz is past that point.
+        assert httpx.get(f"http://127.0.0.1:{gateway.port}/healthz").status_code == 200
+
+
+def test_stalled_webhook_bodies_count_against_the_in_flight_cap(gateway):
+    stalled = [connect(gateway.port) for _ in range(IN_FLIGHT)]
+    try:
+        for sock in stalled:
+            sock.sendall(head("POST", "/voice/webhook", {**SIGNED, "Content-Length": "1000"}) + b"Call")
+        in_flight_seen(gateway, IN_FLIGHT)
+        with connect(gateway.port) as third:
+            third.sendall(head("POST", "/voice/webhook", {**SIGNED, "Content-Length": "1000"}))
+            (status, _, closed), seconds = timed(lambda: read_answer(third))
+            assert (status, closed) == (429, True) and seconds < 0.5  # at once, not after the body timeout
+        for sock in stalled:
+            assert read_answer(sock)[0] == 408
+    finally:
+        for sock in stalled:
+            sock.close()
+    if gateway.server == "daphne":
+        wait_until(lambda: "127.0.0.1" not in daphne_guards.webhooks_in_flight.counts, "the in-flight count to drain")
+
+
+def test_a_thousand_idle_connections_are_capped_and_closed_and_the_fds_come_back(gateway):
+    raise_fd_limit(2 * 1000 + 200)  # the clients' sockets, and the server's when it runs in this process
+    port, pid = gateway.port, gateway.pid
+    wait_until(lambda: server_side_sockets(port, pid) == 0, "the gateway to hold no connection")
+    server_baseline, own_baseline = open_fds(pid), open_fds()
+    clients: list[socket.socket] = []
+    try:
+        for _ in range(1000):
+            clients.append(connect(port))
+        # Past the cap each is closed as soon as it is accepted: the gateway never holds more.
+        assert server_side_sockets(port, pid) <= CAP
+        refused = sum(peer_closed(sock, timeout=0.001) for sock in clients)
+        assert refused >= 1000 - CAP - 5
+        # The rest are closed after the head timeout: every server-side descriptor is given back.
+        wait_until(lambda: server_side_sockets(port, pid) == 0, "the idle connections to be closed", timeout=5)
+        if gateway.server == "uvicorn":
+            wait_until(lambda: open_fds(pid) <= server_baseline + 5, "the gateway's descriptors to come back")
+        else:
+            assert open_fds() <= own_baseline + len(clients) + 5  # only the clients' own sockets remain
+    finally:
+        for sock in clients:
+            sock.close()
+    wait_until(lambda: open_fds() <= own_baseline + 5, "this process's descriptors to come back")
+    with connect(port) as sock:  # and the address is served again
+        sock.sendall(head("GET", "/healthz", {"Connection": "close"}))
+        assert read_answer(sock)[0] == 200
