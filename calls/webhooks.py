@@ -4,7 +4,8 @@ method → signature headers present (401 before the body is read) → per-IP in
 (serve.maxInFlightPerIp, 429)
 → body size (413) and read timeout (408), here; then `services.webhook_process`: signature
 verification (401) → replay check → parse (400 names the problem) → process events → the
-carrier's answer.
+carrier's answer. Under uvicorn these checks see the body as it arrives; under Daphne, which buffers
+it first, calls/daphne_guards.py makes the same ones in Twisted before that (docs/operations.md, HTTP limits).
 """
 from __future__ import annotations
 
