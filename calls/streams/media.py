@@ -27,6 +27,10 @@ from ..speech import transcription_provider, tts_chain
 from .consumer import CLOSE_ERROR, CLOSE_POLICY, CarrierStreamConsumer, service
 from .playback import Playback, PlaybackQueueFull, PlaybackResult
 
+# Closing transcription waits for its last results (a few seconds at most); past this the stream
+# closes without them, well inside Daphne's 10 s for a disconnected connection's application.
+STT_CLOSE_TIMEOUT = 5.0
+
 log = logging.getLogger(__name__)
 
 
@@ -64,9 +68,11 @@ class MediaStreamConsumer(CarrierStreamConsumer):
             return False
         if self.stt is not None:
             try:
-                await self.stt.close()
+                # Bounded, so the stream's end is recorded before the server gives up on this consumer.
+                async with asyncio.timeout(STT_CLOSE_TIMEOUT):
+                    await self.stt.close()
             except Exception as exc:
-                log.info("closing transcription failed: %s", exc)
+                log.info("closing transcription failed: %s", exc or type(exc).__name__)
         await self._record_closed()
         return True
 

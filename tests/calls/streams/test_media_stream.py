@@ -886,3 +886,86 @@ async def test_dtmf_on_the_stream_is_recorded(gateway):
     await ws.send(stop_frame(sid, call))
     assert await close_code(ws) == 1000
     assert (await closed_row(sid)).stats["dtmf"] == 1
+
+
+class MuteProvider:
+    """A speech provider's WebSocket that accepts the upgrade, then reads and never answers again: not even
+    the close handshake (a provider that hung, or a network path that went dark)."""
+
+    def __init__(self) -> None:
+        import socket
+        import threading
+
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.received = 0  # bytes after the upgrade
+        self.sockets: list = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        import hashlib
+        import threading
+
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.sockets.append(conn)
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += conn.recv(4096)
+            key = next(line.split(b":", 1)[1].strip() for line in data.split(b"\r\n")
+                       if line.lower().startswith(b"sec-websocket-key:"))
+            accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+            conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                         b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+            threading.Thread(target=self._swallow, args=(conn,), daemon=True).start()
+
+    def _swallow(self, conn) -> None:
+        while True:
+            try:
+                data = conn.recv(65536)
+            except OSError:
+                return
+            if not data:
+                return
+            self.received += len(data)
+
+    def stop(self) -> None:
+        self.listener.close()
+        for conn in self.sockets:
+            conn.close()
+
+
+def _stream_applications() -> set:
+    """The live gateway's application tasks of /voice/stream connections."""
+    from tests.live_gateway import _server
+
+    return {details["application_instance"] for protocol, details in list(_server.connections.items())
+            if getattr(protocol, "path", None) == b"/voice/stream" and "application_instance" in details}
+
+
+@live
+async def test_a_vanished_carrier_with_a_hung_provider_still_lets_the_stream_finish_in_time(gateway):
+    """The carrier's socket drops without a close while the speech provider answers nothing, not even
+    its close: the stream's consumer still finishes, well within Daphne's application_close_timeout
+    (10 s, after which Daphne kills it and the stream's end would go unrecorded)."""
+    provider = MuteProvider()
+    try:
+        gateway.config(provider="deepgram", providers={"deepgram": {"apiKey": "dg-mute",
+                                                                    "baseUrl": f"http://127.0.0.1:{provider.port}"}})
+        before = _stream_applications()
+        call = await new_call()
+        ws, sid = await open_stream(gateway, call)
+        (application,) = _stream_applications() - before
+        for sequence in range(2, 40):  # the provider receives audio: transcription is up
+            await ws.send(media_frame(sid, sequence=sequence))
+        await await_until(lambda: provider.received > 0, "audio to reach the provider")
+        ws.transport.abort()  # gone: no close frame, no FIN handshake to wait for
+        await await_until(application.done, "the stream's consumer to finish", timeout=8)
+        assert not application.cancelled()  # it finished by itself, not killed by Daphne
+        row = await closed_row(sid)
+        assert row.close_reason.startswith("disconnected")
+    finally:
+        provider.stop()
