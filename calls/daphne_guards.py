@@ -212,7 +212,7 @@ def _guarded_factory_class():
         def buildProtocol(self, addr):
             host = getattr(addr, "host", None)
             if host is not None and not connections.take(host, http_limits.max_connections_per_ip()):
-                log.info("HTTP connection from %s refused: it holds serve.maxConnectionsPerIp already", host)
+                http_limits.note_connection_refused(log, host)
                 return None  # Twisted closes the accepted socket at once
             try:
                 protocol = super().buildProtocol(addr)

@@ -6,6 +6,8 @@ its protocol and in this ASGI layer (calls/uvicorn_guards.py); the numbers are t
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -93,6 +95,22 @@ class PerIpCount:
 
     def total(self) -> int:
         return sum(self.counts.values())
+
+
+_refusals_noted: dict[str, float] = {}
+REFUSAL_LOG_EVERY = 60.0
+
+
+def note_connection_refused(log: logging.Logger, host: str) -> None:
+    """Log that `host` hit `serve.maxConnectionsPerIp`: once a minute per address, as a flood of them is the point."""
+    now = time.monotonic()
+    if now - _refusals_noted.get(host, -REFUSAL_LOG_EVERY) < REFUSAL_LOG_EVERY:
+        return
+    if len(_refusals_noted) > 1000:
+        _refusals_noted.clear()
+    _refusals_noted[host] = now
+    log.warning("HTTP connections from %s refused: it holds serve.maxConnectionsPerIp (%d) already "
+                "(logged once a minute per address)", host, max_connections_per_ip())
 
 
 class BodyError(Exception):

@@ -37,7 +37,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_made(transport)
         host = self.client[0] if self.client else None
         if host is not None and not connections.take(host, http_limits.max_connections_per_ip()):
-            log.info("HTTP connection from %s refused: it holds serve.maxConnectionsPerIp already", host)
+            http_limits.note_connection_refused(log, host)
             transport.abort()
             return
         self._host = host

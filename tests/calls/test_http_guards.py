@@ -23,6 +23,7 @@ SIGNED = {"X-Twilio-Signature": "not-checked-before-the-body", "Content-Type": "
 # Short deadlines, so a test waits a fraction of the documented ones; the uvicorn process's cap is the tests'.
 FAST = {"VOICECALL_WEBHOOK_BODY_TIMEOUT": "0.5", "VOICECALL_HTTP_BODY_TIMEOUT": "0.5", "VOICECALL_HTTP_HEAD_TIMEOUT": "0.5"}
 CAP = 100
+SLACK = 20  # descriptors other work of the process may hold meanwhile (database files, a worker thread's socket)
 IN_FLIGHT = 2
 
 
@@ -187,13 +188,13 @@ def test_a_thousand_idle_connections_are_capped_and_closed_and_the_fds_come_back
         # The rest are closed after the head timeout: every server-side descriptor is given back.
         wait_until(lambda: server_side_sockets(port, pid) == 0, "the idle connections to be closed", timeout=5)
         if gateway.server == "uvicorn":
-            wait_until(lambda: open_fds(pid) <= server_baseline + 5, "the gateway's descriptors to come back")
+            wait_until(lambda: open_fds(pid) <= server_baseline + SLACK, "the gateway's descriptors to come back")
         else:
-            assert open_fds() <= own_baseline + len(clients) + 5  # only the clients' own sockets remain
+            assert open_fds() <= own_baseline + len(clients) + SLACK  # only the clients' own sockets remain
     finally:
         for sock in clients:
             sock.close()
-    wait_until(lambda: open_fds() <= own_baseline + 5, "this process's descriptors to come back")
+    wait_until(lambda: open_fds() <= own_baseline + SLACK, "this process's descriptors to come back")
     with connect(port) as sock:  # and the address is served again
         sock.sendall(head("GET", "/healthz", {"Connection": "close"}))
         assert read_answer(sock)[0] == 200

@@ -193,7 +193,7 @@ class Gateway:
         self.clients: list = []
         self.url = f"ws://{host}/voice/stream"
 
-    def config(self, *, enabled: bool = True, **streaming) -> str:
+    def config(self, *, enabled: bool = True, serve: dict | None = None, **streaming) -> str:
         loaded = self.configure({
             "provider": "twilio",
             "twilio": {"accountSid": ACCOUNT, "authToken": TOKEN, "baseUrl": self.rest_stub.base_url},
@@ -201,6 +201,7 @@ class Gateway:
             "publicUrl": self.live_gateway,
             "streaming": {"enabled": enabled, "provider": "local", **streaming},
             "tts": {"provider": "local"},
+            **({"serve": serve} if serve else {}),
         })
         assert not loaded.errors, loaded.errors
         return self.url
@@ -969,3 +970,15 @@ async def test_a_vanished_carrier_with_a_hung_provider_still_lets_the_stream_fin
         assert row.close_reason.startswith("disconnected")
     finally:
         provider.stop()
+
+
+@live
+async def test_open_streams_do_not_count_against_the_http_connection_cap(gateway):
+    """A WebSocket stops counting as an HTTP connection of its address once upgraded: the streams have caps of their own."""
+    import httpx
+
+    gateway.config(serve={"maxConnectionsPerIp": 2})
+    for _ in range(3):
+        await open_stream(gateway, await new_call())
+    async with httpx.AsyncClient() as client:
+        assert (await client.get(f"{gateway.live_gateway}/voice/hold-music")).status_code == 200
