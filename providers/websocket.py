@@ -16,10 +16,6 @@ log = logging.getLogger(__name__)
 # up or reconnected, several seconds of it) would otherwise go out in one callback, as a send does
 # not wait while the socket's buffer has room, and hold up every other call on the loop.
 SEND_BURST = 8
-# How long closing a provider's socket waits for the provider's close frame, then for the TCP close
-# (websockets' default is 10 s each): a provider that hung must not hold the call's stream open
-# past what the ASGI server allows a finished connection's application (Daphne: 10 s).
-SOCKET_CLOSE_TIMEOUT = 1.0
 
 
 def websocket_origin(url: str) -> str:
@@ -122,8 +118,7 @@ class WebsocketMachinery:
             url = self.url()
             # Compressing μ-law or PCM saves almost nothing and costs the event loop on every frame.
             ws = await connect(url, additional_headers=self.headers(), max_size=self.max_message_size,
-                               open_timeout=timeout, close_timeout=SOCKET_CLOSE_TIMEOUT, ssl=websocket_ssl(url),
-                               compression=None)
+                               open_timeout=timeout, ssl=websocket_ssl(url), compression=None)
             try:
                 await configure(ws)
             except BaseException:

@@ -30,6 +30,7 @@ from .playback import Playback, PlaybackQueueFull, PlaybackResult
 # Closing transcription waits for its last results (a few seconds at most); past this the stream
 # closes without them, well inside Daphne's 10 s for a disconnected connection's application.
 STT_CLOSE_TIMEOUT = 5.0
+_closing_sessions: set[asyncio.Task] = set()  # closes that outlived their stream, held until done
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +68,19 @@ class MediaStreamConsumer(CarrierStreamConsumer):
         if not await super()._cleanup(reason):
             return False
         if self.stt is not None:
+            # Its own task, waited for a bounded time: a provider that does not answer its close (the
+            # socket library waits 10 s for that) must not keep this consumer past the server's limit
+            # for a disconnected connection (Daphne kills it after 10 s, before the end is recorded).
+            closing = asyncio.ensure_future(self.stt.close())
+            _closing_sessions.add(closing)
+            closing.add_done_callback(_closing_sessions.discard)
             try:
-                # Bounded, so the stream's end is recorded before the server gives up on this consumer.
                 async with asyncio.timeout(STT_CLOSE_TIMEOUT):
-                    await self.stt.close()
+                    await asyncio.shield(closing)
+            except TimeoutError:
+                log.info("transcription still closing after %g s; it goes on without this stream", STT_CLOSE_TIMEOUT)
             except Exception as exc:
-                log.info("closing transcription failed: %s", exc or type(exc).__name__)
+                log.info("closing transcription failed: %s", exc)
         await self._record_closed()
         return True
 
