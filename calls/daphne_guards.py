@@ -8,7 +8,7 @@ answer), else the connection is closed (408 if a request had begun); at the end 
 webhook POST without the carrier's signature headers gets 401, one over `serve.maxInFlightPerIp`
 gets 429, and a declared body over the path's cap 413; a body must then arrive within its timeout
 (408) and stay under the cap as it comes (413, also for chunked bodies). Each refusal answers at
-once and closes: the write side first, the socket when the client closes or `LINGER_SECONDS` later.
+once, stops reading and closes the write side; the socket goes `LINGER_SECONDS` later.
 """
 from __future__ import annotations
 
@@ -163,6 +163,7 @@ class GuardedChannel(http.HTTPChannel):
         log.info("HTTP %s to %s: %s", status, getattr(peer, "host", peer), why)
         self.transport.write(http_limits.refusal_bytes(status))
         self.transport.loseWriteConnection()
+        self.transport.pauseProducing()  # read no more of it: the client is held back by its own buffers
         self._linger = self.callLater(http_limits.LINGER_SECONDS, self.transport.abortConnection)
 
     def dataReceived(self, data):

@@ -21,8 +21,8 @@ WEBHOOK_MAX_BODY_BYTES = 64 * 1024
 # Admin forms and RPC calls are small; the RPC answers its own JSON-RPC 413 above 1 MB, so the
 # server's cap for every other path sits above that.
 OTHER_MAX_BODY_BYTES = 2 * 1024 * 1024
-# After an early refusal the answer is sent and the write side closed; the socket is released when
-# the client closes, at most this long later (so the client can read the answer before a reset).
+# After an early refusal the answer is sent, reading stops and the write side is closed; the socket
+# is released this long later (so the client can read the answer before a reset).
 LINGER_SECONDS = 1.0
 # Request line and headers together (Twisted's own cap; uvicorn's httptools parser has none).
 MAX_HEAD_BYTES = 16 * 1024
