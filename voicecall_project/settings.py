@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import environ
+from django.core.exceptions import ImproperlyConfigured
 
 from voicecall_project.rpc_tokens import parse_rpc_tokens
 from voicecall_project.secret_files import secret_file
@@ -136,14 +137,17 @@ VOICECALL_GATEWAY_URL = env("VOICECALL_GATEWAY_URL", default="")
 # The token the CLI sends; default: the first write token above, else the local token file.
 VOICECALL_RPC_TOKEN = env("VOICECALL_RPC_TOKEN", default="")
 
+# Path of the call config file (JSON or JSON5); unset means defaults with the mock carrier.
+VOICECALL_CONFIG = env("VOICECALL_CONFIG", default="")
+
 # HTTP limits every server enforces (docs/operations.md, HTTP limits): seconds a connection has for a
 # whole request head (from its opening or its previous answer), and for a body after its head.
 VOICECALL_HTTP_HEAD_TIMEOUT = env.float("VOICECALL_HTTP_HEAD_TIMEOUT", default=10.0)
 VOICECALL_WEBHOOK_BODY_TIMEOUT = env.float("VOICECALL_WEBHOOK_BODY_TIMEOUT", default=5.0)
 VOICECALL_HTTP_BODY_TIMEOUT = env.float("VOICECALL_HTTP_BODY_TIMEOUT", default=30.0)
-
-# Path of the call config file (JSON or JSON5); unset means defaults with the mock carrier.
-VOICECALL_CONFIG = env("VOICECALL_CONFIG", default="")
+for _name in ("VOICECALL_HTTP_HEAD_TIMEOUT", "VOICECALL_WEBHOOK_BODY_TIMEOUT", "VOICECALL_HTTP_BODY_TIMEOUT"):
+    if not 0 < globals()[_name] < float("inf"):  # also refuses NaN
+        raise ImproperlyConfigured(f"{_name} must be a finite number of seconds above 0")
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"

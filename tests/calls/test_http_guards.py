@@ -205,3 +205,18 @@ def test_a_thousand_idle_connections_are_capped_and_closed_and_the_fds_come_back
     with connect(port) as sock:  # and the address is served again
         sock.sendall(head("GET", "/healthz", {"Connection": "close"}))
         assert read_answer(sock)[0] == 200
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "soon"])
+def test_a_deadline_that_is_not_a_positive_number_stops_the_process(value):
+    import os
+    import subprocess
+    import sys
+
+    from tests.paths import ROOT
+
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "voicecall_project.settings", "VOICECALL_HTTP_HEAD_TIMEOUT": value}
+    result = subprocess.run([sys.executable, "-c", "import django; django.setup()"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert "VOICECALL_HTTP_HEAD_TIMEOUT" in result.stderr or "could not convert string to float" in result.stderr
