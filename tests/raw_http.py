@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 
 
-def connect(port: int, *, timeout: float = 10.0) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+def connect(port: int, *, timeout: float = 10.0, source: str | None = None) -> socket.socket:
+    """A connection to 127.0.0.1:`port`, from the loopback address `source` if given."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout,
+                                    source_address=(source, 0) if source else None)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock
 
