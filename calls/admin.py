@@ -3,8 +3,13 @@ from __future__ import annotations
 
 from django.contrib import admin
 
+from .admin_login import ThrottledAdminAuthenticationForm
 from .models import Call, CallEvent, CallTurn, ConversationSession, ReplyTurn, SessionMessage, TranscriptEntry
 from .selectors import call_timeline
+
+
+# Failed logins are counted per username and client address; too many lock the pair out for a while.
+admin.site.login_form = ThrottledAdminAuthenticationForm
 
 
 class ReadOnlyInline(admin.TabularInline):
