@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from copy import deepcopy
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -262,8 +263,10 @@ def _rekey(call: Call, provider_call_id: str) -> None:
     call.provider_call_id = provider_call_id
 
 
-def _create_webhook_call(runtime: CallRuntime, event: NormalizedEvent, routes) -> tuple[Call, bool]:
+def _create_webhook_call(runtime: CallRuntime, event: NormalizedEvent, routes: Callable[[], dict]) -> tuple[Call, bool]:
     """A call first seen in a webhook: inbound (policy applies) or an outbound call we do not know.
+
+    `routes`: the number routes (read once for the whole batch).
 
     Returns the new record, not yet saved (the batch inserts it), and whether the inbound policy
     rejected it (then it is already ended).
