@@ -32,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.gateway_process import free_port, wait_serving  # noqa: E402
+from bench.gateway_process import GATEWAY_CORE, free_port, on_core, wait_serving  # noqa: E402
 from bench.report import figure, write_summary  # noqa: E402
 
 ACCOUNT = "AC" + "c" * 32
@@ -74,7 +74,7 @@ def start_gateway(data_dir: Path, port: int, rest_port: int, trace: bool) -> sub
         env["VOICECALL_TRACEMALLOC"] = str(data_dir / "heap")
     python = sys.executable
     subprocess.run([python, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, env=env, check=True)
-    gateway = subprocess.Popen([python, "manage.py", "gateway"], cwd=ROOT, env=env,
+    gateway = subprocess.Popen([*on_core(GATEWAY_CORE), python, "manage.py", "gateway"], cwd=ROOT, env=env,
                                stdout=subprocess.DEVNULL, stderr=open(data_dir / "gateway.log", "w"))
     return wait_serving(gateway, port, log=str(data_dir / "gateway.log"))
 

@@ -1,0 +1,145 @@
+"""Benchmark: 1,000 short calls against one gateway process; do RSS, open files, threads and open stream rows stay flat?
+
+The gateway is bench/memory.py's (SQLite, embedded mode, Twilio carrier on a loopback REST stub,
+local STT and TTS, a scripted responder), pinned to core 0; the simulated callers run here, on
+core 1. Calls go in rounds of --every (100): each round's calls run --concurrency at a time, the
+round waits until the gateway has recorded every call ended and every media stream closed, then
+reads the gateway process: RSS (VmRSS), open file descriptors (/proc/PID/fd), threads
+(/proc/PID/status) and media stream rows still open in the database. Readings: at start (no call
+yet), after the first 10 calls (every path run once), after each round, at the end.
+
+Pass rule (flat): at the end, RSS within +10 % of the reading after the warm-up (the first 10
+calls and the first round: the allocator's pools and the caches fill during the first hundred
+or two calls, then RSS levels off), open file descriptors and threads no more than after the
+warm-up (+2 for a pool thread or socket that happens to be alive at the reading), no open
+stream row and no call left unended.
+Run: `.venv/bin/python bench/soak.py [--calls 1000] [--every 100] [--concurrency 8] [--turn-every 10]`.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sqlite3
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.gateway_process import LOAD_CORE, free_port, pinned  # noqa: E402
+from bench.memory import ACCOUNT, LINE, TOKEN, WARM_CALLS, Driver, start_gateway, wait_recorded  # noqa: E402
+from bench.report import figure, write_summary  # noqa: E402
+
+RSS_GROWTH_LIMIT = 0.10  # end RSS within +10 % of the reading after the warm-up
+SLACK = 2  # fds / threads: a pool thread or a keep-alive socket alive at the moment of a reading
+
+
+def reading(pid: int, db: Path, calls: int) -> dict:
+    """One look at the gateway process and its database."""
+    status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    with sqlite3.connect(db) as conn:
+        open_streams = conn.execute("SELECT COUNT(*) FROM calls_mediastream WHERE closed_at IS NULL").fetchone()[0]
+        live_calls = conn.execute("SELECT COUNT(*) FROM calls_call WHERE ended_at IS NULL").fetchone()[0]
+    return {"calls": calls, "rssMb": round(int(status["VmRSS"].split()[0]) / 1024, 1),
+            "fds": len(os.listdir(f"/proc/{pid}/fd")), "threads": int(status["Threads"]),
+            "openStreams": open_streams, "liveCalls": live_calls}
+
+
+def verdict(warm: dict, end: dict) -> list[str]:
+    """What is not flat at the end against the reading after the warm-up (empty: flat)."""
+    problems = []
+    if end["rssMb"] > warm["rssMb"] * (1 + RSS_GROWTH_LIMIT):
+        problems.append(f"RSS {warm['rssMb']} -> {end['rssMb']} MB (over +{RSS_GROWTH_LIMIT:.0%})")
+    for key in ("fds", "threads"):
+        if end[key] > warm[key] + SLACK:
+            problems.append(f"{key} {warm[key]} -> {end[key]}")
+    for key in ("openStreams", "liveCalls"):
+        if end[key]:
+            problems.append(f"{end[key]} {key} left")
+    return problems
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--calls", type=int, default=1000)
+    parser.add_argument("--every", type=int, default=100, help="Calls per round (a reading after each)")
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--turn-every", type=int, default=10, help="Every n-th call says a line and hears the reply")
+    parser.add_argument("--summary", metavar="FILE", help="Write the headline figures for `make bench` to FILE")
+    args = parser.parse_args()
+
+    data_dir = Path(tempfile.mkdtemp(prefix="voicecall-bench-soak-"))
+    os.environ.update(VOICECALL_DATA_DIR=str(data_dir), DJANGO_SETTINGS_MODULE="voicecall_project.settings",
+                      VOICECALL_CONFIG="")
+    import django
+
+    django.setup()
+    from calls.simulator.call import Gateway, Line
+    from calls.simulator.rest import TwilioRestStub
+    from calls.simulator.run import caller_audio
+
+    rest = TwilioRestStub(on_hangup=lambda sid: None).start()
+    port = free_port()
+    process = start_gateway(data_dir, port, int(rest.base_url.rsplit(":", 1)[1]), trace=False)
+    if pinned():
+        os.sched_setaffinity(0, {LOAD_CORE})  # the callers beside the gateway, not on its core
+    gateway = Gateway(base_url=f"http://127.0.0.1:{port}", webhook_url=f"http://127.0.0.1:{port}/voice/webhook",
+                      account_sid=ACCOUNT, auth_token=TOKEN)
+    db = data_dir / "voicecall.sqlite3"
+    readings = [reading(process.pid, db, 0)]
+    print(json.dumps(readings[-1]), flush=True)
+    started = time.monotonic()
+    try:
+        audio = asyncio.run(caller_audio([Line(LINE)]))
+        driver = Driver(gateway, rest, audio, args.concurrency, args.turn_every, process.pid)
+        placed = 0
+        for size in [WARM_CALLS] + [args.every] * ((args.calls - WARM_CALLS) // args.every) + \
+                [(args.calls - WARM_CALLS) % args.every]:
+            if size <= 0:
+                continue
+            asyncio.run(driver.run(size))
+            placed += size
+            wait_recorded(db, placed)
+            readings.append(reading(process.pid, db, placed))
+            print(json.dumps({**readings[-1], "outcomes": driver.outcomes}), flush=True)
+    finally:
+        process.terminate()
+        process.wait(10)
+        rest.stop()
+    seconds = time.monotonic() - started
+    start, end = readings[0], readings[-1]
+    warm = readings[2] if len(readings) > 3 else readings[1]  # after the first round, when there are several
+    print(f"\n{args.calls} calls, {args.concurrency} at a time, in {seconds:.0f} s; outcomes: "
+          + ", ".join(f"{name} {count}" for name, count in sorted(driver.outcomes.items())))
+    print("\n| after calls | RSS (MB) | open fds | threads | open stream rows | unended calls |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    for row in readings:
+        print(f"| {row['calls']} | {row['rssMb']} | {row['fds']} | {row['threads']} | {row['openStreams']} "
+              f"| {row['liveCalls']} |")
+    for error in driver.errors:
+        print(f"error: {error}")
+    problems = verdict(warm, end)
+    failed = sum(count for name, count in driver.outcomes.items() if name not in ("completed", "hangup-bot"))
+    if failed:
+        problems.append(f"{failed} calls did not complete")
+    growth = (end["rssMb"] - warm["rssMb"]) / warm["rssMb"] * 100
+    write_summary(args.summary, [
+        figure(f"RSS growth, after {warm['calls']} calls to after {args.calls}", growth, unit="%", target="<= +10 %",
+               met=growth <= RSS_GROWTH_LIMIT * 100),
+        figure("fds / threads / open streams, warm-up -> end",
+               f"{warm['fds']}/{warm['threads']}/{warm['openStreams']} -> {end['fds']}/{end['threads']}/{end['openStreams']}",
+               target="back to the warm-up reading", met=not problems),
+    ])
+    print(f"\nstart: {start['rssMb']} MB, {start['fds']} fds, {start['threads']} threads; after the warm-up "
+          f"({warm['calls']} calls): {warm['rssMb']} MB, {warm['fds']} fds, {warm['threads']} threads; "
+          f"RSS {growth:+.1f} % to the end")
+    print("FLAT" if not problems else "NOT FLAT: " + "; ".join(problems))
+    return 0 if not problems else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
