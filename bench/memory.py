@@ -79,6 +79,26 @@ def start_gateway(data_dir: Path, port: int, rest_port: int, trace: bool) -> sub
     return wait_serving(gateway, port, log=str(data_dir / "gateway.log"))
 
 
+def start_run(prefix: str, trace: bool = False):
+    """Django set up here on a new data directory, the Twilio REST stub, and the gateway process serving:
+    (data_dir, rest, process, the simulator's Gateway)."""
+    data_dir = Path(tempfile.mkdtemp(prefix=prefix))
+    os.environ.update(VOICECALL_DATA_DIR=str(data_dir), DJANGO_SETTINGS_MODULE="voicecall_project.settings",
+                      VOICECALL_CONFIG="")
+    import django
+
+    django.setup()
+    from calls.simulator.call import Gateway
+    from calls.simulator.rest import TwilioRestStub
+
+    rest = TwilioRestStub(on_hangup=lambda sid: None).start()
+    port = free_port()
+    process = start_gateway(data_dir, port, int(rest.base_url.rsplit(":", 1)[1]), trace)
+    gateway = Gateway(base_url=f"http://127.0.0.1:{port}", webhook_url=f"http://127.0.0.1:{port}/voice/webhook",
+                      account_sid=ACCOUNT, auth_token=TOKEN)
+    return data_dir, rest, process, gateway
+
+
 def all_recorded(db: Path, calls: int) -> bool:
     """`calls` calls ended and every media stream closed, as the gateway recorded them."""
     with sqlite3.connect(db) as conn:
@@ -175,21 +195,10 @@ def main() -> None:
     parser.add_argument("--summary", metavar="FILE", help="Write the headline figures for `make bench` to FILE")
     args = parser.parse_args()
 
-    data_dir = Path(tempfile.mkdtemp(prefix="voicecall-bench-memory-"))
-    os.environ.update(VOICECALL_DATA_DIR=str(data_dir), DJANGO_SETTINGS_MODULE="voicecall_project.settings",
-                      VOICECALL_CONFIG="")
-    import django
-
-    django.setup()
-    from calls.simulator.call import Gateway, Line
-    from calls.simulator.rest import TwilioRestStub
+    data_dir, rest, process, gateway = start_run("voicecall-bench-memory-", args.trace)
+    from calls.simulator.call import Line
     from calls.simulator.run import caller_audio
 
-    rest = TwilioRestStub(on_hangup=lambda sid: None).start()
-    port = free_port()
-    process = start_gateway(data_dir, port, int(rest.base_url.rsplit(":", 1)[1]), args.trace)
-    gateway = Gateway(base_url=f"http://127.0.0.1:{port}", webhook_url=f"http://127.0.0.1:{port}/voice/webhook",
-                      account_sid=ACCOUNT, auth_token=TOKEN)
     db = data_dir / "voicecall.sqlite3"
     heap = data_dir / "heap"
     try:

@@ -23,15 +23,14 @@ import json
 import os
 import sqlite3
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.gateway_process import LOAD_CORE, free_port, pinned  # noqa: E402
-from bench.memory import ACCOUNT, LINE, TOKEN, WARM_CALLS, Driver, start_gateway, wait_recorded  # noqa: E402
+from bench.gateway_process import LOAD_CORE, pinned  # noqa: E402
+from bench.memory import LINE, WARM_CALLS, Driver, start_run, wait_recorded  # noqa: E402
 from bench.report import figure, write_summary  # noqa: E402
 
 RSS_GROWTH_LIMIT = 0.10  # end RSS within +10 % of the reading after the warm-up
@@ -72,23 +71,12 @@ def main() -> int:
     parser.add_argument("--summary", metavar="FILE", help="Write the headline figures for `make bench` to FILE")
     args = parser.parse_args()
 
-    data_dir = Path(tempfile.mkdtemp(prefix="voicecall-bench-soak-"))
-    os.environ.update(VOICECALL_DATA_DIR=str(data_dir), DJANGO_SETTINGS_MODULE="voicecall_project.settings",
-                      VOICECALL_CONFIG="")
-    import django
-
-    django.setup()
-    from calls.simulator.call import Gateway, Line
-    from calls.simulator.rest import TwilioRestStub
-    from calls.simulator.run import caller_audio
-
-    rest = TwilioRestStub(on_hangup=lambda sid: None).start()
-    port = free_port()
-    process = start_gateway(data_dir, port, int(rest.base_url.rsplit(":", 1)[1]), trace=False)
+    data_dir, rest, process, gateway = start_run("voicecall-bench-soak-")
     if pinned():
         os.sched_setaffinity(0, {LOAD_CORE})  # the callers beside the gateway, not on its core
-    gateway = Gateway(base_url=f"http://127.0.0.1:{port}", webhook_url=f"http://127.0.0.1:{port}/voice/webhook",
-                      account_sid=ACCOUNT, auth_token=TOKEN)
+    from calls.simulator.call import Line
+    from calls.simulator.run import caller_audio
+
     db = data_dir / "voicecall.sqlite3"
     readings = [reading(process.pid, db, 0)]
     print(json.dumps(readings[-1]), flush=True)
@@ -123,16 +111,18 @@ def main() -> int:
     for error in driver.errors:
         print(f"error: {error}")
     problems = verdict(warm, end)
+    leftovers = [problem for problem in problems if not problem.startswith("RSS")]
     failed = sum(count for name, count in driver.outcomes.items() if name not in ("completed", "hangup-bot"))
     if failed:
         problems.append(f"{failed} calls did not complete")
     growth = (end["rssMb"] - warm["rssMb"]) / warm["rssMb"] * 100
     write_summary(args.summary, [
-        figure(f"RSS growth, after {warm['calls']} calls to after {args.calls}", growth, unit="%", target="<= +10 %",
-               met=growth <= RSS_GROWTH_LIMIT * 100),
+        # RSS is judged over 1,000 calls (the allocator's pools still fill over a short run); the rest at any length.
+        figure(f"RSS growth, after {warm['calls']} calls to after {args.calls}", growth, unit="%",
+               target="<= +10 % over 1,000 calls", met=growth <= RSS_GROWTH_LIMIT * 100 if args.calls >= 1000 else None),
         figure("fds / threads / open streams, warm-up -> end",
                f"{warm['fds']}/{warm['threads']}/{warm['openStreams']} -> {end['fds']}/{end['threads']}/{end['openStreams']}",
-               target="back to the warm-up reading", met=not problems),
+               target="back to the warm-up reading", met=not leftovers),
     ])
     print(f"\nstart: {start['rssMb']} MB, {start['fds']} fds, {start['threads']} threads; after the warm-up "
           f"({warm['calls']} calls): {warm['rssMb']} MB, {warm['fds']} fds, {warm['threads']} threads; "
