@@ -58,7 +58,7 @@ class GatewayProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
-    def start(self, timeout: float = 45.0) -> "GatewayProcess":
+    def start(self, timeout: float = 90.0) -> "GatewayProcess":
         """Start the process (migrating the database the first time) and return once /healthz answers 200."""
         if not self._migrated:
             if self.database_url == f"sqlite:///{self.dir / 'gateway.sqlite3'}":

@@ -13,12 +13,16 @@ import threading
 import time
 
 import httpx
+import pytest
 
 from tests.faults.gateway import GatewayProcess, private_postgres
 from tests.waiting import wait_until
 
+# Real processes: on a machine shared with other work a start alone can take many seconds.
+pytestmark = pytest.mark.timeout(240)
+
 KILLS = 2
-EVENTS_BETWEEN_KILLS = 10
+EVENTS_BETWEEN_KILLS = 6
 CONFIG = {
     "provider": "mock", "inboundPolicy": "open", "inboundGreeting": "Hello.", "maxConcurrentCalls": 50,
     "agents": {"main": {"responder": {"type": "scripted", "replies": ["Noted."]}}},
@@ -85,11 +89,11 @@ def run_kills(gateway: GatewayProcess, tag: str) -> Carrier:
     try:
         for _ in range(KILLS):
             target = len(carrier.acked) + EVENTS_BETWEEN_KILLS
-            wait_until(lambda: len(carrier.acked) >= target or carrier.error, "events acknowledged", timeout=30)
+            wait_until(lambda: len(carrier.acked) >= target or carrier.error, "events acknowledged", timeout=60)
             gateway.kill()
             gateway.start()
         target = len(carrier.acked) + EVENTS_BETWEEN_KILLS
-        wait_until(lambda: len(carrier.acked) >= target or carrier.error, "events after the last restart", timeout=30)
+        wait_until(lambda: len(carrier.acked) >= target or carrier.error, "events after the last restart", timeout=60)
     finally:
         carrier.stopping.set()
         carrier.join(90)

@@ -6,12 +6,17 @@ was cut too, still ends a call at its deadline.
 """
 from __future__ import annotations
 
+import pytest
+
 from tests.faults.gateway import GatewayProcess, private_postgres, terminate_backends
 from tests.faults.test_kill_mid_webhooks import CONFIG, Carrier, assert_nothing_lost, call_events
 from tests.waiting import wait_until
 
-CUTS = 4
-EVENTS_BETWEEN_CUTS = 8
+# Real processes: on a machine shared with other work a start alone can take many seconds.
+pytestmark = pytest.mark.timeout(240)
+
+CUTS = 3
+EVENTS_BETWEEN_CUTS = 6
 
 
 def test_gateway_recovers_from_cut_postgresql_connections(tmp_path):
@@ -24,11 +29,11 @@ def test_gateway_recovers_from_cut_postgresql_connections(tmp_path):
             cut = 0
             for _ in range(CUTS):
                 target = len(carrier.acked) + EVENTS_BETWEEN_CUTS
-                wait_until(lambda: len(carrier.acked) >= target or carrier.error, "webhooks acknowledged", timeout=30)
+                wait_until(lambda: len(carrier.acked) >= target or carrier.error, "webhooks acknowledged", timeout=60)
                 cut += terminate_backends(url)
             # Webhooks after the last cut are acknowledged: the gateway reconnected by itself.
             target = len(carrier.acked) + EVENTS_BETWEEN_CUTS
-            wait_until(lambda: len(carrier.acked) >= target or carrier.error, "webhooks after the last cut", timeout=30)
+            wait_until(lambda: len(carrier.acked) >= target or carrier.error, "webhooks after the last cut", timeout=60)
         finally:
             carrier.stopping.set()
             carrier.join(60)
@@ -59,4 +64,4 @@ def assert_sweeper_survives(gateway: GatewayProcess, url: str) -> None:
         return gateway.rows("SELECT ended_at IS NOT NULL FROM calls_call WHERE provider_call_id = %s",
                             ("fault-cut-late-0",)) == [(True,)]
 
-    wait_until(ended, "the sweeper to end the call at its deadline", timeout=30, interval=0.2)
+    wait_until(ended, "the sweeper to end the call at its deadline", timeout=60, interval=0.2)

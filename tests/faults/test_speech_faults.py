@@ -10,6 +10,7 @@ import asyncio
 import re
 
 import numpy as np
+import pytest
 
 from calls.simulator.call import Gateway, Line
 from calls.simulator.rest import TwilioRestStub
@@ -19,6 +20,9 @@ from tests.faults.gateway import GatewayProcess
 from tests.fakes.ai.stt import FakeDeepgram
 from tests.fakes.ai.tts import FakeTts
 from tests.waiting import await_until
+
+# Real processes: on a machine shared with other work a start alone can take many seconds.
+pytestmark = pytest.mark.timeout(240)
 
 ACCOUNT = "AC" + "7" * 32
 TOKEN = "faults-token"
@@ -72,10 +76,10 @@ async def test_streaming_stt_dropping_mid_utterance(tmp_path):
                 call = asyncio.create_task(simulate(caller(gateway), lines, rest=rest, listen=False, audio=audio,
                                                     max_seconds=60))
                 first = await await_until(lambda: stt.connections and stt.connections[0], "the STT connection",
-                                          timeout=30)
+                                          timeout=60)
                 # Mid-utterance: the first line was final, the second has started and is not final yet.
                 await await_until(lambda: (first.speech.ended == 1 and first.speech.active) or call.done(),
-                                  "the second line being heard", timeout=30)
+                                  "the second line being heard", timeout=60)
                 assert not call.done(), call.result()
                 stt.hang_up(first, 1011, "fault injected")
                 report = (await call).calls[0]
