@@ -446,9 +446,13 @@ class _Synthesis:
 async def _first(done: asyncio.Event, aborted: asyncio.Event, *, timeout: float) -> bool:
     """Wait until `done` or `aborted` is set; False on timeout."""
     waiters = [asyncio.create_task(done.wait()), asyncio.create_task(aborted.wait())]
-    finished, pending = await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    for task in pending:
-        task.cancel()
+    try:
+        finished, _ = await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        # Also when this wait is itself cancelled (the stream closing): a waiter left pending
+        # would wait on its event until garbage collection destroys it ("Task was destroyed").
+        for task in waiters:
+            task.cancel()
     return bool(finished)
 
 

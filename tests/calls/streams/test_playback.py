@@ -647,6 +647,16 @@ async def test_first_audio_may_take_the_fallbacks_time_then_gaps_get_the_provide
     assert "timed out after 0.5 s" in result.error and time.monotonic() - started >= 0.5, result
 
 
+async def test_waiting_for_the_end_mark_cancelled_leaves_no_waiter_behind():
+    done, aborted = asyncio.Event(), asyncio.Event()
+    before = asyncio.all_tasks()
+    waiting = asyncio.create_task(playback_module._first(done, aborted, timeout=30))
+    await await_until(lambda: len(asyncio.all_tasks() - before) == 3, "the two waiters started")
+    waiting.cancel()
+    await asyncio.gather(waiting, return_exceptions=True)
+    await await_until(lambda: asyncio.all_tasks() == before, "every waiter gone")
+
+
 async def test_synthesis_stalling_after_audio_times_out_and_clears(make):
     async def synthesize(text, voice):
         yield bytes([AUDIO]) * (3 * FRAME_BYTES)
