@@ -21,6 +21,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from core.errors import VoiceCallError
+from core.redact import redact
 from voicecall_project.rpc_tokens import RpcToken
 
 from . import selectors, services, tools
@@ -45,6 +46,7 @@ FORBIDDEN = -32003
 
 class RpcError(Exception):
     def __init__(self, code: int, message: str, kind: str) -> None:
+        message = redact(message)  # RPC answers carry carrier and provider errors to the caller
         super().__init__(message)
         self.code, self.message, self.kind = code, message, kind
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from core.audio import AudioFormat, TelephonyEncoder
+from core.redact import RedactedError
 
 from ..settings import ProviderSettings
 
@@ -30,7 +31,7 @@ DEFAULT_TIMEOUT_MS = 8000
 _encoder_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tts-encode")
 
 
-class TtsError(Exception):
+class TtsError(RedactedError):
     """Synthesis failed; the message names the provider."""
 
 
