@@ -12,6 +12,7 @@ from core.errors import CarrierError, VoiceCallError
 from core.states import TERMINAL_STATES, CallState, next_state
 
 from .. import background
+from ..log_limit import warn_limited
 from ..clock import now
 from ..models import Call, CallTurn, Speaker, TranscriptEntry, TurnStatus
 
@@ -30,7 +31,8 @@ def carrier_request(action: str, func, **kwargs):
     except VoiceCallError:
         raise
     except Exception as exc:  # carriers raise their own errors; surfaces need one shape
-        log.warning("carrier %s failed: %s", action, exc)
+        # Per kind of failure, not per call: a carrier that is down fails every call's request.
+        warn_limited(log, ("carrier", action, type(exc).__name__), "carrier %s failed: %s", action, exc)
         raise CarrierError(str(exc) or f"{action} failed") from exc
 
 

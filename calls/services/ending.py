@@ -13,7 +13,8 @@ from ..clock import now
 from ..models import Call
 from ..runtime import get_runtime
 from ..selectors import call_find
-from .common import CLAIM_TTL, carrier_request, finalize
+from ..log_limit import warn_limited
+from .common import CLAIM_TTL, carrier_request, finalize, log
 from .dialing import DIAL_GRACE
 
 
@@ -66,7 +67,12 @@ def carrier_hangup(*, call_id: str, reason: str) -> None:
     runtime = get_runtime()
     call = call_find(ref=call_id)
     if call is not None and call.provider_call_id:
-        carrier_request("hangup", runtime.carrier.hangup_call, call_id=call_id, provider_call_id=call.provider_call_id, reason=reason)
+        try:
+            carrier_request("hangup", runtime.carrier.hangup_call, call_id=call_id, provider_call_id=call.provider_call_id, reason=reason)
+        except CarrierError as exc:
+            # One line a minute per kind of failure, not a traceback per call (an unreachable carrier fails them all).
+            warn_limited(log, ("carrier_hangup", type(exc.__cause__ or exc).__name__),
+                         "carrier hang-up of call %s failed: %s", call_id, exc)
 
 
 @background.job("calls.end")

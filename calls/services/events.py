@@ -7,6 +7,7 @@ from enum import StrEnum
 
 from django.db import IntegrityError, transaction
 
+from core.call_context import bind_call_id, call_scope
 from core.events import (
     CallActive,
     CallAmd,
@@ -116,6 +117,10 @@ class EventBatch:
         return known
 
     def apply(self, event: NormalizedEvent) -> EventOutcome:
+        with call_scope():  # the lines logged while applying it name the call, once it is known
+            return self._apply(event)
+
+    def _apply(self, event: NormalizedEvent) -> EventOutcome:
         if self.check_duplicates and CallEvent.objects.filter(dedupe_key=event.key).exists():
             return EventOutcome.DUPLICATE
         call = self.call(event.call_id)
@@ -124,6 +129,7 @@ class EventBatch:
         if call is None and event.provider_call_id and event.direction:
             call, rejected = _create_webhook_call(self.runtime, event)
             call.pending_turn_id, call.replay_keys = None, 0  # new: no turn, no remembered answers
+            bind_call_id(call.pk)
             self._hold(call, event.call_id)
             self.unsaved.add(call.pk)
             if rejected:
@@ -134,6 +140,7 @@ class EventBatch:
         if call is None:
             log.warning("event %s for unknown call %s ignored", event.type, event.call_id)
             return EventOutcome.UNKNOWN_CALL
+        bind_call_id(call.pk)
 
         if call.pk in self.unsaved and not isinstance(event, _ROW_ONLY):
             self._insert(call)

@@ -10,6 +10,7 @@ from django.db.models import Min, Q
 from core.states import CONVERSATION_STATES, CallState
 
 from .. import background
+from ..log_limit import warn_limited
 from ..clock import now
 from ..config import get_config
 from ..models import Call, CallTurn, CarrierDocument, ContinueOperation, OperationStatus, ProcessedWebhook, TurnStatus
@@ -58,7 +59,9 @@ def deadline_end(*, call_id: str, reason: str, column: str) -> None:
     try:
         call_end(call_id=call_id, reason=reason)
     except Exception as exc:
-        log.warning("ending call %s for %s failed, retrying: %s", call_id, column, exc)
+        # An unreachable carrier fails every call's hang-up each retry: one line a minute says so.
+        warn_limited(log, ("deadline_end", column, type(exc).__name__),
+                     "ending call %s for %s failed, retrying: %s", call_id, column, exc)
         retry_at = now() + RETRY_DELAY
         Call.objects.live().filter(pk=call_id).update(**{column: retry_at})
         background.deadline_set(retry_at)
