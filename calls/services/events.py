@@ -128,8 +128,8 @@ class EventBatch:
             call = self.call(event.provider_call_id)
         if call is None and event.provider_call_id and event.direction:
             call, rejected = _create_webhook_call(self.runtime, event)
-            call.pending_turn_id, call.replay_keys = None, 0  # new: no turn, no remembered answers
             bind_call_id(call.pk)
+            call.pending_turn_id, call.replay_keys = None, 0  # new: no turn, no remembered answers
             self._hold(call, event.call_id)
             self.unsaved.add(call.pk)
             if rejected:
@@ -264,6 +264,7 @@ def _create_webhook_call(runtime: CallRuntime, event: NormalizedEvent) -> tuple[
         to_number=call.to_number,
         call_id=str(call.pk),
     )
+    bind_call_id(call.pk)  # within EventBatch.apply's call scope
     log.info("%s call %s created from webhook (%s)", direction, call.pk, event.provider_call_id)
     return call, False
 
