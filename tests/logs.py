@@ -59,3 +59,32 @@ class ConsoleCapture:
         import json
 
         return [json.loads(line) for line in self.text.splitlines() if line.strip()]
+
+
+class RealConsole:
+    """What the settings' console handler writes while in use: its stream is swapped for a buffer.
+
+    The real handler, filter and formatter, so `text` is exactly what an operator would read.
+    """
+
+    def __enter__(self) -> "RealConsole":
+        import io
+        import logging
+
+        from core.redact import RedactFilter
+
+        consoles = [handler for handler in logging.getLogger().handlers
+                    if isinstance(handler, logging.StreamHandler)
+                    and any(isinstance(f, RedactFilter) for f in handler.filters)]
+        assert len(consoles) == 1, f"expected the one console handler of the settings, found {consoles}"
+        self.handler = consoles[0]
+        self.buffer = io.StringIO()
+        self._previous = self.handler.setStream(self.buffer)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.handler.setStream(self._previous)
+
+    @property
+    def text(self) -> str:
+        return self.buffer.getvalue()
