@@ -36,7 +36,7 @@ def websocket_origin(url: str) -> str:
 
 def describe(exc: BaseException) -> str:
     """An exception as a short log line (its message, else its type)."""
-    text = str(exc) or type(exc).__name__
+    text = redact(str(exc)) or type(exc).__name__  # redacted before it is cut
     return text[:200]
 
 

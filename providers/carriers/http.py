@@ -10,6 +10,7 @@ from urllib.parse import quote, urlencode, urlsplit
 import httpx
 
 from core.errors import CarrierError
+from core.redact import redact
 
 from ..tls import http_tls
 from .base import ProviderCallStatus
@@ -120,7 +121,7 @@ class CarrierHttp:
         try:
             data = response.json()
         except ValueError:
-            raise CarrierError(f"{self.carrier}: expected JSON, got {response.text[:200]!r}") from None
+            raise CarrierError(f"{self.carrier}: expected JSON, got {response_text(response)!r}") from None
         if not isinstance(data, dict):
             raise CarrierError(f"{self.carrier}: expected a JSON object, got {type(data).__name__}")
         return data
@@ -140,4 +141,5 @@ class CarrierHttp:
 
 
 def response_text(response: httpx.Response, limit: int = 200) -> str:
-    return response.text[:limit] if response.text else response.reason_phrase
+    """The start of an error body: redacted before it is cut, so no credential is left half masked."""
+    return redact(response.text)[:limit] if response.text else response.reason_phrase

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 
 from core.config.models import ResolvedModel
+from core.redact import redact
 
 from ..tls import http_tls
 from .base import Hangup, Responder, ResponderError, Turn
@@ -99,7 +100,8 @@ def _socket_of(response: httpx.Response) -> socket.socket | None:
 
 
 def clip(text: str, limit: int = MESSAGE_LIMIT) -> str:
-    text = " ".join(text.split())
+    """Upstream text as one short line; redacted before it is cut, so no credential is left half masked."""
+    text = " ".join(redact(text).split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
