@@ -28,37 +28,55 @@ _FIELD_WORDS = (
     r"|private[_-]?key"
 )
 
-# (pattern, replacement); applied in this order, each precompiled once.
-_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
+_FIELD_HINTS = ("key", "secret", "passw", "token", "authorization", "credential")
+
+
+def _has(*words: str):
+    return lambda text, lower: any(word in lower for word in words)
+
+
+# (cheap test, pattern, replacement); applied in this order, each precompiled once. The test is a
+# few substring checks on the text and its lowercase form: most log lines hold none of the words
+# a pattern needs, and skip its regular expression altogether.
+_PATTERNS: tuple[tuple[object, re.Pattern[str], str], ...] = (
     # Header lines and header dicts: keep the name and the auth scheme, mask the credential.
-    (re.compile(
+    (_has("authorization", "api-key", "auth-token", "subscription-key"), re.compile(
         rf"(?i)(\b(?:{_HEADER_NAMES})[\"']?\s*[:=]\s*[\"']?(?:{_SCHEMES}\s+)?)"
         rf"(?!{_SCHEMES}\b)[^\s\"',;<>]+"), rf"\1{MASK}"),
     # A short lowercase word is prose ("bearer token: send ..."), not a credential.
-    (re.compile(r"(?i)(\bbearer\s+)(?!(?-i:[a-z]{1,11})(?![A-Za-z0-9\-._~+/=]))[A-Za-z0-9\-._~+/]+=*"), rf"\1{MASK}"),
+    (_has("bearer"),
+     re.compile(r"(?i)(\bbearer\s+)(?!(?-i:[a-z]{1,11})(?![A-Za-z0-9\-._~+/=]))[A-Za-z0-9\-._~+/]+=*"), rf"\1{MASK}"),
     # Base64 only (mixed case, a digit or a symbol), so "basic configuration" stays readable.
-    (re.compile(r"(?i)(\bbasic\s+)(?=[A-Za-z0-9+/]*(?:[0-9+/=]|(?-i:[a-z][A-Z])))[A-Za-z0-9+/]{6,}=*"), rf"\1{MASK}"),
+    (_has("basic"),
+     re.compile(r"(?i)(\bbasic\s+)(?=[A-Za-z0-9+/]*(?:[0-9+/=]|(?-i:[a-z][A-Z])))[A-Za-z0-9+/]{6,}=*"), rf"\1{MASK}"),
     # URL passwords: scheme://user:password@host keeps the user.
-    (re.compile(r"(?i)(\b[a-z][a-z0-9+.\-]*://[^\s/@:]*:)[^\s/@]+@"), rf"\1{MASK}@"),
-    # Query and form parameters, in URLs and in text.
-    (re.compile(rf"(?i)((?<![\w\-])(?:{_PARAM_NAMES})=)[^&\s\"'#<>,;]+"), rf"\1{MASK}"),
+    (lambda text, lower: "://" in text and "@" in text,
+     re.compile(r"(?i)(\b[a-z][a-z0-9+.\-]*://[^\s/@:]*:)[^\s/@]+@"), rf"\1{MASK}@"),
+    # Query and form parameters, in URLs and in text (every name ends in one of these words).
+    (_has("key=", "token=", "password=", "passwd=", "secret="),
+     re.compile(rf"(?i)((?<![\w\-])(?:{_PARAM_NAMES})=)[^&\s\"'#<>,;]+"), rf"\1{MASK}"),
     # JSON / repr fields named like secrets: a quoted value, or a bare one (number, word).
-    (re.compile(rf"(?i)([\"'][\w\-]*?(?:{_FIELD_WORDS})[\"']\s*:\s*\")(?:[^\"\\]|\\.)*\""), rf'\1{MASK}"'),
-    (re.compile(rf"(?i)([\"'][\w\-]*?(?:{_FIELD_WORDS})[\"']\s*:\s*')(?:[^'\\]|\\.)*'"), rf"\1{MASK}'"),
-    (re.compile(rf"(?i)([\"'][\w\-]*?(?:{_FIELD_WORDS})[\"']\s*:\s*)(?!null\b|\"|')[^\s,}}\]\"']+"), rf"\1{MASK}"),
+    (lambda text, lower: ('"' in text or "'" in text) and any(hint in lower for hint in _FIELD_HINTS),
+     re.compile(rf"(?i)([\"'][\w\-]*?(?:{_FIELD_WORDS})[\"']\s*:\s*\")(?:[^\"\\]|\\.)*\""), rf'\1{MASK}"'),
+    (lambda text, lower: "'" in text and any(hint in lower for hint in _FIELD_HINTS),
+     re.compile(rf"(?i)([\"'][\w\-]*?(?:{_FIELD_WORDS})[\"']\s*:\s*')(?:[^'\\]|\\.)*'"), rf"\1{MASK}'"),
+    (lambda text, lower: ('"' in text or "'" in text) and any(hint in lower for hint in _FIELD_HINTS),
+     re.compile(rf"(?i)([\"'][\w\-]*?(?:{_FIELD_WORDS})[\"']\s*:\s*)(?!null\b|\"|')[^\s,}}\]\"']+"), rf"\1{MASK}"),
     # Well-known key shapes wherever they appear.
-    (re.compile(r"(?<![\w\-])sk-[A-Za-z0-9_\-]{10,}"), MASK),
-    (re.compile(r"(?<![\w\-])AIza[0-9A-Za-z_\-]{20,}"), MASK),
+    (lambda text, lower: "sk-" in text, re.compile(r"(?<![\w\-])sk-[A-Za-z0-9_\-]{10,}"), MASK),
+    (lambda text, lower: "AIza" in text, re.compile(r"(?<![\w\-])AIza[0-9A-Za-z_\-]{20,}"), MASK),
 )
 
 _lock = threading.Lock()
 _secrets: set[str] = set()
-_secret_pattern: re.Pattern[str] | None = None
+# The remembered secrets as one alternation, with the values themselves for a quick substring test
+# first; replaced as a whole (one assignment, so readers never lock) when the set changes.
+_remembered: tuple[re.Pattern[str], tuple[str, ...]] | None = None
 
 
 def remember_secret(value: str | None) -> None:
     """Mask this value wherever it appears from now on (and its URL-encoded form); short values are ignored."""
-    global _secret_pattern
+    global _remembered
     if not isinstance(value, str):
         return
     # A piece of the mask itself could never be masked away.
@@ -71,16 +89,16 @@ def remember_secret(value: str | None) -> None:
             return
         _secrets.update(forms)
         # Longest first, so a secret that contains another is masked whole.
-        alternation = "|".join(re.escape(secret) for secret in sorted(_secrets, key=len, reverse=True))
-        _secret_pattern = re.compile(alternation)
+        ordered = tuple(sorted(_secrets, key=len, reverse=True))
+        _remembered = (re.compile("|".join(re.escape(secret) for secret in ordered)), ordered)
 
 
 def forget_secrets() -> None:
     """Drop every remembered secret (tests)."""
-    global _secret_pattern
+    global _remembered
     with _lock:
         _secrets.clear()
-        _secret_pattern = None
+        _remembered = None
 
 
 def redact(text: str) -> str:
@@ -89,17 +107,23 @@ def redact(text: str) -> str:
         return text
     if not isinstance(text, str):
         text = str(text)
-    pattern = _secret_pattern
-    if pattern is not None:
-        text = _mask_secrets(pattern, text)
-    for shape, replacement in _PATTERNS:
-        text = shape.sub(replacement, text)
-    if pattern is not None:
-        text = _mask_secrets(pattern, text)
+    remembered = _remembered
+    if remembered is not None:
+        text = _mask_secrets(remembered, text)
+    lower = text.lower()
+    for applies, shape, replacement in _PATTERNS:
+        if applies(text, lower):
+            text = shape.sub(replacement, text)
+            lower = text.lower()
+    if remembered is not None:
+        text = _mask_secrets(remembered, text)
     return text
 
 
-def _mask_secrets(pattern: re.Pattern[str], text: str) -> str:
+def _mask_secrets(remembered: tuple[re.Pattern[str], tuple[str, ...]], text: str) -> str:
+    pattern, values = remembered
+    if not any(value in text for value in values):  # the usual case, far cheaper than the regex
+        return text
     # A secret may begin inside the mask just written ("ted]ab" in "[redacted]ab"): mask again.
     # Bounded, as a secret made of pieces of the mask could otherwise match forever.
     for _ in range(8):
