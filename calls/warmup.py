@@ -21,6 +21,9 @@ def warm() -> None:
 
     get_channel_layer()  # builds the configured layer now: importing channels_redis takes tens of ms
     import httpcore  # noqa: F401  (httpx imports it when the first client is made)
+    from django.urls import get_resolver
+
+    get_resolver().url_patterns  # the URLconf (views, RPC, tools) is imported by the first request otherwise
 
     for backends in (registry.CARRIERS, registry.TRANSCRIPTION, registry.TTS):
         for name, path in backends.items():
