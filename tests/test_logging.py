@@ -111,3 +111,17 @@ def test_log_format_is_read_case_insensitively():
                        LOG_FORMAT=" JSON ")
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stderr.strip())["message"] == "hi"
+
+
+def test_a_celery_worker_keeps_the_console_handler_and_its_redaction():
+    # A worker sets up logging when it starts; by default Celery would swap in a handler of its own.
+    script = (
+        "import django, logging; django.setup()\n"
+        "from voicecall_project.celery import app\n"
+        "app.log.setup_logging_subsystem(loglevel='INFO')\n"
+        "logging.getLogger('calls.example').warning('job failed: Bearer abcdefghijklmnop12')\n"
+    )
+    done = run_logging(script, LOG_FORMAT="json")
+    assert done.returncode == 0, done.stderr
+    (line,) = [json.loads(text) for text in done.stderr.splitlines() if text.strip()]
+    assert line["message"] == "job failed: Bearer [redacted]"
