@@ -50,6 +50,12 @@ def _no_remembered_secrets():
     ('{"password": 12345678}', "12345678"),
     ('{"apiKey": "with \\" escaped quote"}', "escaped quote"),
     ("{'api_key': 'repr-value'}", "repr-value"),
+    # Any case: the quick checks before each pattern look at the lowercase text.
+    ("AUTHORIZATION: BEARER ABCDEF123456", "ABCDEF123456"),
+    ("GET /X?API_KEY=UPPER-VALUE-1", "UPPER-VALUE-1"),
+    ("X-Goog-Api-Key: MixedCaseKey99", "MixedCaseKey99"),
+    ('{"ApiKey": "camel-value"}', "camel-value"),
+    ("HTTPS://USER:PASSWORD1@HOST/", "PASSWORD1"),
 ])
 def test_every_credential_shape_is_masked(text, secret):
     redacted = redact(text)
@@ -71,6 +77,17 @@ def test_every_credential_shape_is_masked(text, secret):
 ])
 def test_ordinary_text_is_left_alone(text):
     assert redact(text) == text
+
+
+def test_several_credentials_in_one_text_are_all_masked():
+    remember_secret("remembered-value-1")
+    text = (f"Authorization: Basic {SID_TOKEN}\nurl=https://a:pw123456@h/?key=k-value&token=t-value "
+            "{\"apiKey\": \"json-value\"} sk-abcdefghijklmnop remembered-value-1 xi-api-key: eleven-value")
+    redacted = redact(text)
+    for secret in (SID_TOKEN, "pw123456", "k-value", "t-value", "json-value", "sk-abcdefghijklmnop",
+                   "remembered-value-1", "eleven-value"):
+        assert secret not in redacted
+    assert redacted.count(MASK) == 8
 
 
 def test_the_header_name_and_scheme_stay_readable():
