@@ -78,3 +78,21 @@ def test_text_lines_name_the_call_after_the_logger():
     assert lines[0].endswith("WARNING calls.example [call call-9]: about a call")
     assert lines[1].endswith("WARNING calls.example: about none")
     assert lines[2].endswith("WARNING calls.example [call call-3]: named explicitly")
+
+
+def test_lines_of_an_rpc_request_about_a_call_name_it(live_gateway):
+    import httpx
+    from django.conf import settings
+
+    from calls.rpc_tokens import local_token
+    from calls.services import call_initiate
+
+    call = call_initiate(to="+15550001111", message="Hi")
+    Call.objects.filter(pk=call.pk).update(state="answered", answered_at=timezone.now())
+    body = {"jsonrpc": "2.0", "method": "voicecall.end", "params": {"callId": str(call.pk)}, "id": 1}
+    with ConsoleCapture() as console:
+        reply = httpx.post(f"{live_gateway}/voice/rpc", json=body, timeout=10,
+                           headers={"Authorization": f"Bearer {local_token(settings.DATA_DIR).token}"}).json()
+    assert reply["result"] == {"success": True}, reply
+    ended = [r for r in console.records if r["message"].startswith(f"call {call.pk} ended")]
+    assert ended and ended[0]["call_id"] == str(call.pk)
