@@ -1,6 +1,7 @@
 """REST requests to a carrier over httpx: one pinned host, quoted ids, and the carrier's errors as CarrierError."""
 from __future__ import annotations
 
+import base64
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -10,7 +11,7 @@ from urllib.parse import quote, urlencode, urlsplit
 import httpx
 
 from core.errors import CarrierError
-from core.redact import redact
+from core.redact import redact, remember_secret
 
 from ..tls import http_tls
 from .base import ProviderCallStatus
@@ -60,6 +61,9 @@ class CarrierHttp:
         parts = urlsplit(self.base_url)
         self._origin = (parts.scheme, parts.netloc)
         self._read_error = error_reader
+        if isinstance(auth, tuple):
+            # The Authorization header's own credential: masked even where an echo drops the "Basic ".
+            remember_secret(base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode())
         self._client = httpx.Client(
             auth=auth,
             headers={"Accept": "application/json", "User-Agent": "voicecall-gateway", **(headers or {})},

@@ -40,7 +40,7 @@ LEAKS = (AUTH_TOKEN, BASIC, OPENAI_KEY, ELEVEN_KEY, QUERY_KEY)
 
 def echoing_body(what: str) -> str:
     """An upstream's 401 text that echoes the request's credentials back, in every shape seen in the wild."""
-    return (f"{what}: invalid credentials. Authorization: Basic {BASIC}; tried Bearer {OPENAI_KEY} "
+    return (f"{what}: invalid credentials. Authorization: Basic {BASIC} ({BASIC}); tried Bearer {OPENAI_KEY} "
             f"from https://api.example.com/v1/x?api_key={QUERY_KEY}&lang=en with xi-api-key: {ELEVEN_KEY} "
             f"(token {AUTH_TOKEN})")
 
