@@ -10,6 +10,7 @@ MASK = "[redacted]"
 # Shorter values would mask ordinary words; no real credential is this short.
 MIN_SECRET_LENGTH = 6
 # Bounded: the config holds a handful of secrets, but a process reloading it for hours must not grow.
+# Past the cap the oldest go first: the secrets in use now are the last remembered.
 MAX_SECRETS = 1024
 
 _SCHEMES = r"(?:bearer|basic|token|digest|negotiate|apikey)"
@@ -68,7 +69,7 @@ _PATTERNS: tuple[tuple[object, re.Pattern[str], str], ...] = (
 )
 
 _lock = threading.Lock()
-_secrets: set[str] = set()
+_secrets: dict[str, None] = {}  # insertion-ordered set
 # The remembered secrets as one alternation, with the values themselves for a quick substring test
 # first; replaced as a whole (one assignment, so readers never lock) when the set changes.
 _remembered: tuple[re.Pattern[str], tuple[str, ...]] | None = None
@@ -85,9 +86,13 @@ def remember_secret(value: str | None) -> None:
     if not forms:
         return
     with _lock:
-        if forms <= _secrets or len(_secrets) >= MAX_SECRETS:
+        if forms <= _secrets.keys():
             return
-        _secrets.update(forms)
+        for form in forms:
+            _secrets.pop(form, None)
+            _secrets[form] = None
+        while len(_secrets) > MAX_SECRETS:
+            del _secrets[next(iter(_secrets))]
         # Longest first, so a secret that contains another is masked whole.
         ordered = tuple(sorted(_secrets, key=len, reverse=True))
         _remembered = (re.compile("|".join(re.escape(secret) for secret in ordered)), ordered)
@@ -153,8 +158,8 @@ class RedactFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         try:
             message = record.getMessage()
-        except Exception:  # a bad format string: let the handler report it as usual
-            return True
+        except Exception:  # a bad format string: written as it is, since the handler's own report would not be redacted
+            message = f"{record.msg} (arguments that do not fit it: {record.args!r})"
         record.msg, record.args = redact(message), None
         if record.exc_info and not getattr(record, "_redacted_exc", False):
             text = record.exc_text or self._formatter.formatException(record.exc_info)

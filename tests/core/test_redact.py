@@ -203,10 +203,21 @@ def test_a_message_with_a_percent_sign_survives_the_filter():
     assert logging.Formatter("%(message)s").format(literal) == "50% done"
 
 
-def test_a_record_with_a_bad_format_is_passed_on_for_the_handler_to_report():
-    record = _record("%d calls", "not a number")
+def test_a_record_with_a_bad_format_is_written_as_it_is_redacted():
+    record = _record("%d calls with key %s", "not a number", "Bearer abcdefghijklmnop")
     assert RedactFilter().filter(record) is True
-    assert record.args == ("not a number",)
+    line = logging.Formatter("%(message)s").format(record)
+    assert line.startswith("%d calls with key %s (arguments that do not fit it: ('not a number', 'Bearer [redacted]'")
+
+
+def test_past_the_cap_the_oldest_secrets_go_first(monkeypatch):
+    from core import redact as module
+
+    monkeypatch.setattr(module, "MAX_SECRETS", 3)
+    for index in range(5):
+        remember_secret(f"secret-number-{index}")
+    assert redact("secret-number-4 secret-number-2") == f"{MASK} {MASK}"
+    assert redact("secret-number-0") == "secret-number-0"
 
 
 def test_a_secret_that_begins_inside_the_mask_is_masked_again():
