@@ -12,8 +12,8 @@ from core.errors import CarrierError, VoiceCallError
 from core.states import TERMINAL_STATES, CallState, next_state
 
 from .. import background
-from ..log_limit import warn_limited
 from ..clock import now
+from ..log_limit import warn_limited
 from ..models import Call, CallTurn, Speaker, TranscriptEntry, TurnStatus
 
 _UNREAD = object()

@@ -10,10 +10,10 @@ from core.states import CallState
 
 from .. import background
 from ..clock import now
+from ..log_limit import warn_limited
 from ..models import Call
 from ..runtime import get_runtime
 from ..selectors import call_find
-from ..log_limit import warn_limited
 from .common import CLAIM_TTL, carrier_request, finalize, log
 from .dialing import DIAL_GRACE
 

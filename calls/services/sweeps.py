@@ -10,9 +10,9 @@ from django.db.models import Min, Q
 from core.states import CONVERSATION_STATES, CallState
 
 from .. import background
-from ..log_limit import warn_limited
 from ..clock import now
 from ..config import get_config
+from ..log_limit import warn_limited
 from ..models import Call, CallTurn, CarrierDocument, ContinueOperation, OperationStatus, ProcessedWebhook, TurnStatus
 from ..runtime import get_runtime
 from .common import finalize_by_id, log
