@@ -38,9 +38,9 @@ BASIC = base64.b64encode(f"{ACCOUNT_SID}:{AUTH_TOKEN}".encode()).decode()
 LEAKS = (AUTH_TOKEN, BASIC, OPENAI_KEY, ELEVEN_KEY, QUERY_KEY)
 
 
-def echoing_body(what: str) -> str:
+def echoing_body(what: str, *, bare_basic: str = "") -> str:
     """An upstream's 401 text that echoes the request's credentials back, in every shape seen in the wild."""
-    return (f"{what}: invalid credentials. Authorization: Basic {BASIC} ({BASIC}); tried Bearer {OPENAI_KEY} "
+    return (f"{what}: invalid credentials. Authorization: Basic {BASIC} ({bare_basic}); tried Bearer {OPENAI_KEY} "
             f"from https://api.example.com/v1/x?api_key={QUERY_KEY}&lang=en with xi-api-key: {ELEVEN_KEY} "
             f"(token {AUTH_TOKEN})")
 
@@ -77,14 +77,14 @@ def test_the_console_has_the_redact_filter_on_its_one_handler():
 def test_a_carrier_401_echoing_credentials_reaches_no_log_rpc_answer_or_tool_result(twilio, live_gateway):
     with RealConsole() as console:
         # Placing a call: the carrier refuses it.
-        twilio.fail_next("POST", r"/Calls\.json$", 401, {"code": 20003, "message": echoing_body("Authenticate")}, times=2)
+        twilio.fail_next("POST", r"/Calls\.json$", 401, {"code": 20003, "message": echoing_body("Authenticate", bare_basic=BASIC)}, times=2)
         placed = rpc(live_gateway, "voicecall.initiate", {"to": "+15550001111", "message": "Hello", "mode": "notify"})
         tool_placed = rpc(live_gateway, "voicecall.tool", {"action": "initiate_call", "to": "+15550001111", "message": "Hi"})
 
         # Hanging up a live call: the carrier refuses every hang-up, from the RPC, the tool and the sweeper.
         call_id = rpc(live_gateway, "voicecall.initiate", {"to": "+15550001111", "message": "Hello",
                                                            "mode": "conversation"})["result"]["callId"]
-        twilio.fail_next("POST", r"/Calls/[^/]+\.json$", 401, {"code": 20003, "message": echoing_body("Hang-up")}, times=50)
+        twilio.fail_next("POST", r"/Calls/[^/]+\.json$", 401, {"code": 20003, "message": echoing_body("Hang-up", bare_basic=BASIC)}, times=50)
         ended = rpc(live_gateway, "voicecall.end", {"callId": call_id})
         tool_ended = rpc(live_gateway, "voicecall.tool", {"action": "end_call", "callId": call_id})
         Call.objects.filter(pk=call_id).update(max_duration_deadline=timezone.now() - timedelta(seconds=1))
