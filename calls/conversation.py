@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from core.call_context import bind_call_id
 from core.config.models import DEFAULT_MODEL, ModelError, ResolvedModel, resolve_model
 from core.errors import VoiceCallError
 from providers.responders import responder_for
@@ -73,6 +74,7 @@ def auto_reply(*, reply_id: int) -> None:
     if reply is None or reply.status != ReplyStatus.PENDING:
         return
     call = reply.call
+    bind_call_id(call.pk)  # within the job's call scope: the reply's lines name its call
     if call.is_terminal:
         _settle(reply, ReplyStatus.SUPERSEDED, error="the call ended")
         return

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import environ
+from django.core.exceptions import ImproperlyConfigured
 
 from voicecall_project.env_numbers import positive_int_env
 from voicecall_project.rpc_tokens import parse_rpc_tokens
@@ -154,14 +155,23 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = DATA_DIR / "static"
 
+# Console lines as text (the default) or one JSON object per line; both name the call a line is about.
+LOG_FORMAT = env("LOG_FORMAT", default="text").strip().lower() or "text"
+if LOG_FORMAT not in ("text", "json"):
+    raise ImproperlyConfigured(f"LOG_FORMAT must be text or json, got {LOG_FORMAT!r}")
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
+    # By dotted path, so reading the settings imports no project code; resolved when logging is set up.
     "formatters": {
-        "plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
+        "text": {"()": "core.log_format.TextFormatter"},
+        "json": {"()": "core.log_format.JsonFormatter"},
     },
+    # No line leaves with a credential in its message or traceback, whichever logger wrote it.
+    "filters": {"redact": {"()": "core.redact.RedactFilter"}},
     "handlers": {
-        "console": {"class": "logging.StreamHandler", "formatter": "plain"},
+        "console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["redact"]},
     },
     # One handler, on the root logger: the project's loggers propagate to it. A handler of their own
     # as well would print each line twice once a server (Daphne) gives the root logger one.

@@ -13,6 +13,7 @@ from core.states import TERMINAL_STATES, CallState, next_state
 
 from .. import background
 from ..clock import now
+from ..log_limit import warn_limited
 from ..models import Call, CallTurn, Speaker, TranscriptEntry, TurnStatus
 
 _UNREAD = object()
@@ -34,7 +35,8 @@ def carrier_request(action: str, func, *, quiet: bool = False, **kwargs):
         raise
     except Exception as exc:  # carriers raise their own errors; surfaces need one shape
         if not quiet:
-            log.warning("carrier %s failed: %s", action, exc)
+            # Per kind of failure, not per call: a carrier that is down fails every call's request.
+            warn_limited(log, ("carrier", action, type(exc).__name__), "carrier %s failed: %s", action, exc)
         raise CarrierError(str(exc) or f"{action} failed") from exc
 
 

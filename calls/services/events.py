@@ -10,6 +10,7 @@ from enum import StrEnum
 from django.db import IntegrityError, transaction
 from django.db.models import Q
 
+from core.call_context import bind_call_id, call_scope
 from core.events import (
     CallActive,
     CallAmd,
@@ -163,6 +164,10 @@ class EventBatch:
         return known
 
     def apply(self, event: NormalizedEvent) -> EventOutcome:
+        with call_scope():  # the lines logged while applying it name the call, once it is known
+            return self._apply(event)
+
+    def _apply(self, event: NormalizedEvent) -> EventOutcome:
         if event.key in self.seen_keys:
             return EventOutcome.DUPLICATE  # stored before (preload), or earlier in this request
         if self.check_duplicates and CallEvent.objects.filter(dedupe_key=event.key).exists():
@@ -172,6 +177,7 @@ class EventBatch:
             call = self.call(event.provider_call_id)
         if call is None and event.provider_call_id and event.direction:
             call, rejected = _create_webhook_call(self.runtime, event, self.routes)
+            bind_call_id(call.pk)
             call.pending_turn_id, call.replay_keys = None, 0  # new: no turn, no remembered answers
             self._hold(call, event.call_id)
             self.unsaved.add(call.pk)
@@ -183,6 +189,7 @@ class EventBatch:
         if call is None:
             log.warning("event %s for unknown call %s ignored", event.type, event.call_id)
             return EventOutcome.UNKNOWN_CALL
+        bind_call_id(call.pk)
 
         if call.pk in self.unsaved and not isinstance(event, _ROW_ONLY):
             self._insert(call)
@@ -315,6 +322,7 @@ def _create_webhook_call(runtime: CallRuntime, event: NormalizedEvent, routes: C
         to_number=call.to_number,
         call_id=str(call.pk),
     )
+    bind_call_id(call.pk)  # within EventBatch.apply's call scope
     log.info("%s call %s created from webhook (%s)", direction, call.pk, event.provider_call_id)
     return call, False
 

@@ -9,6 +9,7 @@ from core.states import END_REASONS, CallState
 
 from .. import background
 from ..clock import now
+from ..log_limit import warn_limited
 from ..models import Call
 from .common import finalize, log
 
@@ -49,8 +50,9 @@ def hangup_failed(call_id, reason: str, error: Exception) -> datetime | None:
                 call.save(update_fields=["end_attempts", "end_retry_at", "last_error", "updated_at"])
             else:
                 finalize(call, CallState.ERROR.value, error=message)
-            log.warning("call %s: hang-up attempt %d of %d failed: %s; giving up, %s", call.pk, attempt,
-                        MAX_HANGUP_ATTEMPTS, error, "the call had already ended" if ended_before else "the call ends with error")
+            warn_limited(log, _line_key(attempt, error), "call %s: hang-up attempt %d of %d failed: %s; giving up, %s",
+                         call.pk, attempt, MAX_HANGUP_ATTEMPTS, error,
+                         "the call had already ended" if ended_before else "the call ends with error")
             return None
         retry_at = now() + retry_delay(attempt)
         call.end_retry_at = retry_at
@@ -59,9 +61,15 @@ def hangup_failed(call_id, reason: str, error: Exception) -> datetime | None:
             call.hangup_reason = reason
         call.save(update_fields=["end_attempts", "end_retry_at", "hangup_reason", "updated_at"])
         background.deadline_set(retry_at)
-    log.warning("call %s: hang-up attempt %d of %d failed: %s; next try at %s",
-                call.pk, attempt, MAX_HANGUP_ATTEMPTS, error, retry_at.isoformat(timespec="seconds"))
+    warn_limited(log, _line_key(attempt, error), "call %s: hang-up attempt %d of %d failed: %s; next try at %s",
+                 call.pk, attempt, MAX_HANGUP_ATTEMPTS, error, retry_at.isoformat(timespec="seconds"))
     return retry_at
+
+
+def _line_key(attempt: int, error: Exception) -> tuple:
+    """Lines are limited per attempt number and kind of failure: a carrier that is down fails every
+    call's hang-up, and one line a minute stands for them all, while one call's tries each show."""
+    return ("hangup", attempt, type(error.__cause__ or error).__name__)
 
 
 def retries_due(*, at: datetime) -> list[str]:

@@ -20,6 +20,8 @@ import asyncio
 import logging
 from typing import Any, ClassVar, Protocol
 
+from core.redact import RedactedError
+
 from ..settings import ProviderSettings
 from ..websocket import WebsocketMachinery, websocket_origin
 
@@ -34,7 +36,7 @@ FINAL_RESULTS_WAIT = 1.5
 CLOSE_WAIT = 2.0
 
 
-class TranscriptionError(Exception):
+class TranscriptionError(RedactedError):
     """A transcription provider could not be set up or used; the message names the provider."""
 
 

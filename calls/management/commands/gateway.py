@@ -19,18 +19,22 @@ GIL_SWITCH_SECONDS = 0.001
 def run_daphne(bind: str, port: int) -> None:
     from daphne.cli import CommandLineInterface
 
+    from calls.access_log import with_logged_access
     from calls.daphne_requests import skip_form_parsing
 
     skip_form_parsing()
-    CommandLineInterface().run(["-b", bind, "-p", str(port), APP])
+    interface = CommandLineInterface()
+    interface.server_class = with_logged_access(interface.server_class)
+    interface.run(["-b", bind, "-p", str(port), APP])
 
 
 def run_uvicorn(bind: str, port: int) -> None:
     import uvicorn
 
     # Media streams are never compressed by carriers, and an access line per webhook is noise.
+    # log_config=None: uvicorn's loggers keep the project's console handler (redacted, LOG_FORMAT).
     uvicorn.run(APP, host=bind, port=port, lifespan="off", ws_per_message_deflate=False, access_log=False,
-                log_level="warning")
+                log_level="warning", log_config=None)
 
 
 SERVERS = {"daphne": run_daphne, "uvicorn": run_uvicorn}
