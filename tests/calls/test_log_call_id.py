@@ -47,7 +47,7 @@ def test_a_jobs_lines_name_its_call(monkeypatch):
     with ConsoleCapture() as console:
         deadlines_sweep()
     sweep = [r for r in console.records if "reached, ending" in r["message"]]
-    failed = [r for r in console.records if r["message"].startswith("ending call ")]
+    failed = [r for r in console.records if " hang-up attempt 1 of " in r["message"]]
     assert sweep and failed
     assert failed[0]["call_id"] == str(call.pk)  # logged by the deadline job
     assert "sk-abcdefghijklmnopqrstu" not in console.text
