@@ -53,7 +53,9 @@ class Sweeper(threading.Thread):
 
     def tick(self) -> float:
         """One pass; returns how long to sleep before the next."""
-        from .services import REAP_INTERVAL_SECONDS, deadlines_sweep, next_deadline, processed_webhooks_purge, stale_calls_reap
+        from .services import (
+            REAP_INTERVAL_SECONDS, deadlines_sweep, lost_jobs_resume, next_deadline, processed_webhooks_purge, stale_calls_reap,
+        )
 
         try:
             deadlines_sweep()
@@ -61,6 +63,7 @@ class Sweeper(threading.Thread):
             if clock >= self._next_reap:
                 self._next_reap = clock + REAP_INTERVAL_SECONDS
                 stale_calls_reap()
+                lost_jobs_resume()  # jobs whose claim expired: their process died (calls/services/resume.py)
             if clock >= self._next_purge:
                 self._next_purge = clock + PURGE_INTERVAL_SECONDS
                 processed_webhooks_purge()

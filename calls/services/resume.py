@@ -1,0 +1,99 @@
+"""Jobs a dead process took with it, found again from what the call rows say and started again (restore, sweeper).
+
+Jobs run in memory (a thread pool, or a Celery worker that dies mid-task), but each leaves its
+intent on the rows before it acts: an answered call that still has its initial message has not
+been greeted; a greeting or hang-up claim that is no longer renewed (calls/leases.py) belongs to
+a process that is gone; a reply still pending was never finished. Starting the job again is safe
+because every one of them claims its work first (one conditional UPDATE), so a job still running
+elsewhere is never doubled.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from django.db.models import Q
+
+from core.states import TERMINAL_STATES, CallState
+
+from .. import background
+from ..clock import now
+from ..models import Call, ReplyStatus, ReplyTurn
+from .common import CLAIM_TTL, log
+from .greeting import greeting_decision
+
+# An answered call's own greeting job claims within milliseconds; after this it was lost.
+ANSWER_GRACE = timedelta(seconds=10)
+
+
+def lost_jobs_resume(*, at: datetime | None = None, abandoned_before: datetime | None = None,
+                     replies_upto: int | None = None) -> int:
+    """Start again the greetings, answer digits, hang-ups and replies no live process is working on.
+
+    Claims older than CLAIM_TTL are abandoned. `abandoned_before` (a restart with one gateway per
+    database): so are claims taken, and answers received, before that moment. `replies_upto`: the
+    last reply created before this process started; pending replies up to it are run again (a reply
+    holds no claim, so only a restart can tell it is lost). Returns how many jobs were submitted.
+    """
+    at = at or now()
+    claims_before = at - CLAIM_TTL
+    answered_before = at - ANSWER_GRACE
+    if abandoned_before is not None:
+        claims_before = max(claims_before, abandoned_before)
+        answered_before = max(answered_before, abandoned_before)
+    count = _greetings_resume(claims_before, answered_before) + _hangups_resume(claims_before)
+    if replies_upto is not None:
+        count += _replies_resume(replies_upto)
+    return count
+
+
+def _greetings_resume(claims_before: datetime, answered_before: datetime) -> int:
+    count = 0
+    answered = Call.objects.live().filter(answered_at__isnull=False)
+    # Claimed and never said: the greeting had begun in a process that is gone. Only that very
+    # claim is released (a newer one taken meanwhile stays), then the greeting job claims it again.
+    abandoned = answered.exclude(initial_message="").filter(greeting_claimed_at__lte=claims_before)
+    for call_id, claimed in list(abandoned.values_list("pk", "greeting_claimed_at")):
+        if Call.objects.filter(pk=call_id, greeting_claimed_at=claimed).update(greeting_claimed_at=None):
+            log.warning("call %s: its greeting was claimed by a process that is gone; speaking it again", call_id)
+            background.submit("calls.greeting", call_id=str(call_id))
+            count += 1
+    # Never claimed: the answer's job (digits, then the greeting) was lost before it began. Calls
+    # whose greeting waits for something else (a media stream, the carrier's answer document) are left to it.
+    unclaimed = (
+        answered.filter(greeting_claimed_at__isnull=True, answered_at__lte=answered_before)
+        .filter(~Q(initial_message="") | ~Q(pending_dtmf=""))
+    )
+    for call in list(unclaimed):
+        decision = greeting_decision(call=call)
+        if call.pending_dtmf or decision.speak or decision.spoken_by_carrier:
+            log.warning("call %s: answered but never greeted; greeting it now", call.pk)
+            background.submit("calls.call_answered", call_id=str(call.pk))
+            count += 1
+    return count
+
+
+def _hangups_resume(claims_before: datetime) -> int:
+    """A hang-up claimed and never finished: the call is ended again (the carrier request is idempotent)."""
+    count = 0
+    abandoned = Call.objects.live().filter(hangup_claimed_at__lte=claims_before)
+    for call_id, claimed, reason in list(abandoned.values_list("pk", "hangup_claimed_at", "hangup_reason")):
+        if Call.objects.filter(pk=call_id, hangup_claimed_at=claimed).update(hangup_claimed_at=None):
+            log.warning("call %s: its hang-up was left unfinished by a process that is gone; hanging up again", call_id)
+            background.submit("calls.end", call_id=str(call_id), reason=reason or CallState.HANGUP_BOT.value)
+            count += 1
+    return count
+
+
+def _replies_resume(replies_upto: int) -> int:
+    """Replies pending since before this process started, on live calls: each is made and said again."""
+    pending = (
+        ReplyTurn.objects.filter(status=ReplyStatus.PENDING, pk__lte=replies_upto)
+        .exclude(call__state__in=[state.value for state in TERMINAL_STATES])
+    )
+    count = 0
+    for reply_id, call_id in list(pending.values_list("pk", "call_id")):
+        log.warning("call %s: reply %s was left unfinished by a process that is gone; replying again", call_id, reply_id)
+        background.submit("calls.auto_reply", reply_id=reply_id)
+        count += 1
+    return count
+
