@@ -1,0 +1,1 @@
+"""Fault injection with real gateway processes: kill -9, carriers that stall or fail, restarts."""
