@@ -17,9 +17,10 @@ from core.states import TERMINAL_STATES, CallState
 
 from .. import background
 from ..clock import now
-from ..models import Call, ReplyStatus, ReplyTurn
+from ..models import Call, MediaStream, ReplyStatus, ReplyTurn
 from .common import CLAIM_TTL, log
 from .greeting import greeting_decision
+from .streams import stream_closed
 
 # An answered call's own greeting job claims within milliseconds; after this it was lost.
 ANSWER_GRACE = timedelta(seconds=10)
@@ -30,7 +31,8 @@ def lost_jobs_resume(*, at: datetime | None = None, abandoned_before: datetime |
     """Start again the greetings, answer digits, hang-ups and replies no live process is working on.
 
     Claims older than CLAIM_TTL are abandoned. `abandoned_before` (a restart with one gateway per
-    database): so are claims taken, and answers received, before that moment. `replies_upto`: the
+    database): so are claims taken, and answers received, before that moment, and media streams
+    opened before it are closed as the dead process would have (the disconnect grace starts). `replies_upto`: the
     last reply created before this process started; pending replies up to it are run again (a reply
     holds no claim, so only a restart can tell it is lost). Returns how many jobs were submitted.
     """
@@ -43,6 +45,8 @@ def lost_jobs_resume(*, at: datetime | None = None, abandoned_before: datetime |
     count = _greetings_resume(claims_before, answered_before) + _hangups_resume(claims_before)
     if replies_upto is not None:
         count += _replies_resume(replies_upto)
+    if abandoned_before is not None:
+        count += _dead_streams_close(abandoned_before)
     return count
 
 
@@ -97,3 +101,18 @@ def _replies_resume(replies_upto: int) -> int:
         count += 1
     return count
 
+
+
+def _dead_streams_close(abandoned_before: datetime) -> int:
+    """Media streams still open from before the restart: their socket died with the process.
+
+    Closed as a disconnect is: the call's 2 s grace starts, and unless the carrier reconnects a
+    stream the call ends (docs/operations.md, Upgrades and migrations).
+    """
+    dead = MediaStream.objects.open().filter(opened_at__lt=abandoned_before)
+    count = 0
+    for stream_pk, call_id, stats in list(dead.values_list("pk", "call_id", "stats")):
+        log.warning("call %s: its media stream was held by a process that is gone; closing it", call_id)
+        stream_closed(stream_pk=stream_pk, reason="gateway restarted", stats=stats or {})
+        count += 1
+    return count

@@ -112,6 +112,29 @@ def test_a_reply_left_pending_by_the_process_before_is_made_again(configure, out
     assert spoken(outbox) == ["Monday at nine."]
 
 
+def test_after_a_restart_a_stream_of_the_dead_process_is_closed_and_its_grace_starts():
+    from calls.models import MediaStream
+    from calls.services import deadlines_sweep
+
+    started = timezone.now()
+    call = make_call(provider_call_id="mock-streamed", state="listening", age_seconds=40, answered_ago=30)
+    dead = MediaStream.objects.create(call=call, stream_id="MZdead", carrier="mock", opened_at=started - timedelta(seconds=20),
+                                      stats={"framesIn": 900})
+    other = make_call(provider_call_id="mock-new-stream", state="listening", age_seconds=5, answered_ago=4)
+    fresh = MediaStream.objects.create(call=other, stream_id="MZfresh", carrier="mock", opened_at=started + timedelta(seconds=1))
+    assert lost_jobs_resume() == 0  # without a restart nothing says which process holds a stream
+    assert lost_jobs_resume(abandoned_before=started) == 1
+    dead.refresh_from_db()
+    fresh.refresh_from_db()
+    assert dead.closed_at is not None and dead.close_reason == "gateway restarted" and dead.stats == {"framesIn": 900}
+    assert fresh.closed_at is None
+    call.refresh_from_db()
+    assert call.stream_grace_deadline is not None
+    assert deadlines_sweep(at=call.stream_grace_deadline) == 1
+    call.refresh_from_db()
+    assert call.state == "hangup-bot"
+
+
 def test_a_greeting_playing_longer_than_the_claim_lifetime_keeps_its_claim(outbox, monkeypatch):
     """The claim is renewed while it plays: the sweeper never takes a slow greeting over (no double greeting)."""
     keeper = LeaseKeeper(every=0.05)
