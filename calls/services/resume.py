@@ -42,11 +42,11 @@ def lost_jobs_resume(*, at: datetime | None = None, abandoned_before: datetime |
     if abandoned_before is not None:
         claims_before = max(claims_before, abandoned_before)
         answered_before = max(answered_before, abandoned_before)
-    count = _greetings_resume(claims_before, answered_before) + _hangups_resume(claims_before)
+    # Dead streams first: a greeting resumed next is then said on a stream only if one is really up.
+    count = _dead_streams_close(abandoned_before) if abandoned_before is not None else 0
+    count += _greetings_resume(claims_before, answered_before) + _hangups_resume(claims_before)
     if replies_upto is not None:
         count += _replies_resume(replies_upto)
-    if abandoned_before is not None:
-        count += _dead_streams_close(abandoned_before)
     return count
 
 
@@ -55,12 +55,20 @@ def _greetings_resume(claims_before: datetime, answered_before: datetime) -> int
     answered = Call.objects.live().filter(answered_at__isnull=False)
     # Claimed and never said: the greeting had begun in a process that is gone. Only that very
     # claim is released (a newer one taken meanwhile stays), then the greeting job claims it again.
+    # A greeting that waits for a media stream is said now only if a stream is open (one opened since
+    # could not claim it); otherwise the next stream's readiness says it.
     abandoned = answered.exclude(initial_message="").filter(greeting_claimed_at__lte=claims_before)
-    for call_id, claimed in list(abandoned.values_list("pk", "greeting_claimed_at")):
-        if Call.objects.filter(pk=call_id, greeting_claimed_at=claimed).update(greeting_claimed_at=None):
-            log.warning("call %s: its greeting was claimed by a process that is gone; speaking it again", call_id)
-            background.submit("calls.greeting", call_id=str(call_id))
+    for call in list(abandoned):
+        if not Call.objects.filter(pk=call.pk, greeting_claimed_at=call.greeting_claimed_at).update(greeting_claimed_at=None):
+            continue
+        decision = greeting_decision(call=call)
+        if decision.speak or MediaStream.objects.open().filter(call=call).exists():
+            log.warning("call %s: its greeting was claimed by a process that is gone; speaking it again", call.pk)
+            background.submit("calls.greeting", call_id=str(call.pk))
             count += 1
+        else:
+            log.warning("call %s: its greeting was claimed by a process that is gone; it waits for the call's "
+                        "next media stream", call.pk)
     # Never claimed: the answer's job (digits, then the greeting) was lost before it began. Calls
     # whose greeting waits for something else (a media stream, the carrier's answer document) are left to it.
     unclaimed = (

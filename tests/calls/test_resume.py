@@ -68,6 +68,26 @@ def test_a_claim_taken_after_the_restart_is_not_taken_over(outbox):
     assert spoken(outbox) == []
 
 
+def test_a_greeting_that_waits_for_a_media_stream_is_released_for_the_next_stream(outbox, monkeypatch):
+    from calls.models import MediaStream
+    from calls.services import GreetingDecision
+
+    waits = GreetingDecision(False, "spoken when the media stream's transcription is ready")
+    monkeypatch.setattr("calls.services.resume.greeting_decision", lambda call: waits)
+    call = answered_call(claimed_ago=CLAIM_TTL.total_seconds() + 1)
+    assert lost_jobs_resume() == 0  # no stream up: its next stream's readiness says it
+    call.refresh_from_db()
+    assert (call.initial_message, call.greeting_claimed_at) == (HELLO, None)
+    assert spoken(outbox) == []
+    # A stream opened meanwhile (whose readiness found the greeting claimed): said on it now.
+    Call.objects.filter(pk=call.pk).update(greeting_claimed_at=timezone.now() - CLAIM_TTL - timedelta(seconds=1))
+    MediaStream.objects.create(call=call, stream_id="MZnew", carrier="mock")
+    monkeypatch.setattr("calls.services.greeting.call_speak", lambda **kwargs: spoken_on_stream.append(kwargs["text"]))
+    spoken_on_stream: list[str] = []
+    assert lost_jobs_resume() == 1
+    assert spoken_on_stream == [HELLO]
+
+
 def test_an_answered_call_whose_answer_job_was_lost_is_greeted(outbox):
     call = answered_call(answered_ago=ANSWER_GRACE.total_seconds() + 2, pending_dtmf="1234")
     assert lost_jobs_resume() == 1
