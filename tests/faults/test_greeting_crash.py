@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 import threading
 
+import httpx
 import pytest
 
 from tests.fakes.base import Recorded, Reply
@@ -18,23 +19,25 @@ from tests.waiting import wait_until
 GREETING = "Thanks for calling the clinic."
 CALLER, CLINIC = "+15550002222", "+15550001111"
 SPEAK = r"/actions/speak$"
+TOKEN = "faults-greeting-token"
 
 
 
 class StallingTelnyx(FakeTelnyx):
-    """Fake Telnyx whose `speak` commands hang while `stall` is set, so a greeting is in flight on demand.
+    """Fake Telnyx whose commands matching `action` hang while `stall` is set (a greeting in flight on demand).
 
     A stalled command never reaches the call: once released it is answered 503 (its sender is gone).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, action: str = SPEAK) -> None:
         super().__init__()
+        self.action = action
         self.stall = threading.Event()
         self.stalled = threading.Event()
         self.release = threading.Event()
 
     def _dispatch(self, record: Recorded) -> Reply:
-        if self.stall.is_set() and re.search(SPEAK, record.path):
+        if self.stall.is_set() and re.search(self.action, record.path):
             self.stalled.set()
             self.release.wait(30)
             record.status = 503
@@ -115,6 +118,42 @@ def test_kill_during_the_greeting_then_restart_speaks_it_once(database, tmp_path
             assert greetings_said(telnyx, call.call_control_id) == [GREETING]
             assert "its greeting was claimed by a process that is gone" in gateway.log()
             assert gateway.restore_state() == "done"
+        finally:
+            gateway.stop()
+        assert not telnyx.errors
+
+
+def test_kill_right_after_the_answer_before_the_greeting_began_then_restart_greets(database, tmp_path):
+    """The answer's job is lost before it claimed the greeting (it was sending the dial digits first)."""
+    with StallingTelnyx(action=r"/actions/send_dtmf$") as telnyx:
+        port = free_port()
+        gateway = GatewayProcess(tmp_path, database, telnyx_config(telnyx, port), port=port,
+                                 env={"VOICECALL_RPC_TOKENS": f"write:{TOKEN}"})
+        gateway.migrate()
+        try:
+            gateway.start()
+            placed = httpx.post(f"{gateway.base}/voice/rpc", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30, json={
+                "jsonrpc": "2.0", "id": 1, "method": "voicecall.initiate",
+                "params": {"to": CALLER, "message": GREETING, "mode": "conversation", "dtmfSequence": "1234"}}).json()
+            assert "result" in placed, placed
+            control_id = telnyx.last_call.call_control_id
+            telnyx.stall.set()
+            telnyx.answer(control_id, wait=False)
+            wait_until(telnyx.stalled.is_set, "the answer's job to be sending the digits", timeout=20, interval=0.02)
+            state, message, claimed = call_row(database)
+            assert (state, message, claimed) == ("answered", GREETING, False), (state, message, claimed)
+            gateway.kill()
+            telnyx.stall.clear()
+            telnyx.release.set()
+
+            gateway.start()
+            wait_until(lambda: greetings_said(telnyx, control_id) == [GREETING],
+                       "the restarted gateway to greet the answered call", timeout=20, interval=0.05)
+            wait_greeted(database, gateway)
+            assert bot_lines(database) == [GREETING]
+            assert "answered but never greeted" in gateway.log()
+            telnyx.wait_idle()
+            assert greetings_said(telnyx, control_id) == [GREETING]
         finally:
             gateway.stop()
         assert not telnyx.errors
