@@ -43,7 +43,9 @@ def lost_jobs_resume(*, at: datetime | None = None, abandoned_before: datetime |
         claims_before = max(claims_before, abandoned_before)
         answered_before = max(answered_before, abandoned_before)
     # Dead streams first: a greeting resumed next is then said on a stream only if one is really up.
-    count = _dead_streams_close(abandoned_before) if abandoned_before is not None else 0
+    count = 0
+    if abandoned_before is not None:
+        count += _dead_streams_close(abandoned_before) + _max_duration_rearm(abandoned_before)
     count += _greetings_resume(claims_before, answered_before) + _hangups_resume(claims_before)
     if replies_upto is not None:
         count += _replies_resume(replies_upto)
@@ -123,4 +125,16 @@ def _dead_streams_close(abandoned_before: datetime) -> int:
         log.warning("call %s: its media stream was held by a process that is gone; closing it", call_id)
         stream_closed(stream_pk=stream_pk, reason="gateway restarted", stats=stats or {})
         count += 1
+    return count
+
+
+def _max_duration_rearm(abandoned_before: datetime) -> int:
+    """An answered live call without its max-duration deadline: a sweep claimed it (the column is
+    cleared first) and the process died before the call was ended. Due now, so the sweeper ends it."""
+    at = now()
+    lost = Call.objects.live().filter(answered_at__lt=abandoned_before, max_duration_deadline__isnull=True)
+    count = lost.update(max_duration_deadline=at)
+    if count:
+        log.warning("%d call(s) past their max duration were left live by a process that is gone; ending them", count)
+        background.deadline_set(at)
     return count

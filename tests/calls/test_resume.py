@@ -28,7 +28,7 @@ def answered_call(*, answered_ago: float = 60, claimed_ago: float | None = None,
     claimed = timezone.now() - timedelta(seconds=claimed_ago) if claimed_ago is not None else None
     return make_call(provider_call_id=extra.pop("provider_call_id", "mock-live"), state=extra.pop("state", "answered"),
                      age_seconds=answered_ago + 5, answered_ago=answered_ago, initial_message=HELLO,
-                     greeting_claimed_at=claimed, **extra)
+                     greeting_claimed_at=claimed, max_duration_deadline=timezone.now() + timedelta(seconds=200), **extra)
 
 
 def spoken(outbox) -> list[str]:
@@ -137,10 +137,13 @@ def test_after_a_restart_a_stream_of_the_dead_process_is_closed_and_its_grace_st
     from calls.services import deadlines_sweep
 
     started = timezone.now()
-    call = make_call(provider_call_id="mock-streamed", state="listening", age_seconds=40, answered_ago=30)
+    later = started + timedelta(seconds=200)
+    call = make_call(provider_call_id="mock-streamed", state="listening", age_seconds=40, answered_ago=30,
+                     max_duration_deadline=later)
     dead = MediaStream.objects.create(call=call, stream_id="MZdead", carrier="mock", opened_at=started - timedelta(seconds=20),
                                       stats={"framesIn": 900})
-    other = make_call(provider_call_id="mock-new-stream", state="listening", age_seconds=5, answered_ago=4)
+    other = make_call(provider_call_id="mock-new-stream", state="listening", age_seconds=5, answered_ago=4,
+                      max_duration_deadline=later)
     fresh = MediaStream.objects.create(call=other, stream_id="MZfresh", carrier="mock", opened_at=started + timedelta(seconds=1))
     assert lost_jobs_resume() == 0  # without a restart nothing says which process holds a stream
     assert lost_jobs_resume(abandoned_before=started) == 1
@@ -153,6 +156,24 @@ def test_after_a_restart_a_stream_of_the_dead_process_is_closed_and_its_grace_st
     assert deadlines_sweep(at=call.stream_grace_deadline) == 1
     call.refresh_from_db()
     assert call.state == "hangup-bot"
+
+
+def test_after_a_restart_a_max_duration_end_the_dead_process_claimed_is_done(outbox):
+    from calls.services import deadlines_sweep
+
+    started = timezone.now()
+    # The sweep had cleared the deadline (its claim) and the process died before the hang-up.
+    lost = make_call(provider_call_id="mock-overdue", state="listening", age_seconds=400, answered_ago=300)
+    kept = make_call(provider_call_id="mock-fine", state="listening", age_seconds=40, answered_ago=30,
+                     max_duration_deadline=started + timedelta(seconds=270))
+    assert lost_jobs_resume() == 0  # without a restart the end may still be in flight
+    assert lost_jobs_resume(abandoned_before=started) == 1
+    assert deadlines_sweep() == 1
+    lost.refresh_from_db()
+    kept.refresh_from_db()
+    assert (lost.state, lost.end_reason) == ("timeout", "timeout")
+    assert kept.state == "listening" and kept.max_duration_deadline == started + timedelta(seconds=270)
+    assert [(r.action, r.provider_call_id) for r in outbox] == [("hangup_call", "mock-overdue")]
 
 
 def test_a_greeting_playing_longer_than_the_claim_lifetime_keeps_its_claim(outbox, monkeypatch):
