@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+STOP_RESTORE_WAIT_SECONDS = 2.0
+
 
 class Gateway:
     """Everything this process holds between requests; see the module docstring for the lifecycle."""
@@ -179,7 +181,7 @@ class Gateway:
             return
         except Exception as exc:
             log.exception("restore failed; live calls keep their deadlines")
-            self.restore.skip(f"{type(exc).__name__}: {exc}")
+            self.restore.fail(f"{type(exc).__name__}: {exc}")
             return
         self.restore.start(process_started_at=started_at, replies_upto=replies_upto or 0)
 
@@ -193,7 +195,10 @@ class Gateway:
             self.started = False
             from .restoring import Restore
 
-            self.restore = Restore()  # the next start restores again (a restore still running ends on its own)
+            # A restore still running (a slow carrier) gets a moment, then ends on its own thread;
+            # the next start restores again.
+            self.restore.wait(STOP_RESTORE_WAIT_SECONDS)
+            self.restore = Restore()
 
 
 def _read_config_file() -> LoadedConfig:

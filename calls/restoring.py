@@ -51,11 +51,15 @@ class Restore:
 
     def skip(self, why: str) -> None:
         """Nothing to restore in this process (calls disabled or setup incomplete)."""
-        self.state, self.detail = SKIPPED, why
-        self.finished.set()
+        self._end(SKIPPED, why)
+
+    def fail(self, why: str) -> None:
+        """Restore could not even begin (e.g. the database did not answer)."""
+        self._end(FAILED, why)
 
     def wait(self, timeout: float | None = None) -> bool:
-        return self.finished.wait(timeout)
+        """Wait for a restore that was started to end; True when none is running."""
+        return self.state == NOT_STARTED or self.finished.wait(timeout)
 
     def as_dict(self) -> dict[str, Any]:
         body: dict[str, Any] = {"state": self.state}

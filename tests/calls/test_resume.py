@@ -283,3 +283,46 @@ def _report(*, timed_out: bool):
     from calls.services import RestoreReport
 
     return RestoreReport(kept=["a"], unchecked=["b"] if timed_out else [])
+
+
+def test_gateway_start_returns_at_once_while_restore_waits_on_the_carrier(settings, monkeypatch, client):
+    make_call(provider_call_id="mock-waiting", state="listening", age_seconds=30, answered_ago=20,
+              max_duration_deadline=timezone.now() + timedelta(seconds=200))
+    settings.VOICECALL_EMBEDDED_SCHEDULER = False
+    settings.VOICECALL_RESTORE_SECONDS = 30
+    answer = threading.Event()
+
+    def slow_status(self, provider_call_id):
+        answer.wait(10)
+        raise RuntimeError("no answer")
+
+    monkeypatch.setattr(mock.MockCarrier, "get_call_status", slow_status)
+    gateway = get_gateway()
+    monkeypatch.setattr(gateway, "started", False)
+    began = time.monotonic()
+    try:
+        assert gateway.start() is True
+        assert time.monotonic() - began < 5  # not the carrier's 10 s: restore waits on its own thread
+        body = client.get("/readyz").json()
+        assert body["ready"] is True and body["restore"]["state"] == "running", body
+        answer.set()
+        assert gateway.restore.wait(10)
+        body = client.get("/readyz").json()
+        assert body["restore"]["state"] == "done" and "kept 1," in body["restore"]["detail"], body
+    finally:
+        answer.set()
+        gateway.stop()
+    assert client.get("/readyz").json()["restore"] == {"state": "not started"}
+
+
+def test_readyz_says_restore_was_skipped_when_calls_are_disabled(settings, monkeypatch, configure, client):
+    settings.VOICECALL_EMBEDDED_SCHEDULER = False
+    configure({"enabled": False})
+    gateway = get_gateway()
+    monkeypatch.setattr(gateway, "started", False)
+    try:
+        gateway.start()
+        body = client.get("/readyz").json()
+        assert body["restore"]["state"] == "skipped" and body["ready"] is False, body
+    finally:
+        gateway.stop()
