@@ -120,14 +120,16 @@ def test_a_carrier_that_never_answers_keeps_neither_the_port_nor_the_gateway_wai
             while dial.is_alive() and time.monotonic() - began < 3:
                 asked = time.monotonic()
                 assert httpx.get(f"{gateway.base}/healthz", timeout=2).status_code == 200
-                assert time.monotonic() - asked < 1.0
+                # Well under the dial's 10 s wait on the carrier (the margin is for a loaded machine).
+                assert time.monotonic() - asked < 3.0
 
             # Restore gives up at its bound and says so; every call it could not check is kept with its deadline.
             state = wait_until(lambda: (s := gateway.readyz()["restore"])["state"] != "running" and s,
                                "restore to end", timeout=RESTORE_SECONDS + 5, interval=0.1)
             assert state["state"] == "timed out", state
+            print(f"restore {state['state']} after {state['seconds']:.2f} s (bound {RESTORE_SECONDS:g} s)")
             assert f"{LIVE_CALLS} not checked in time" in state["detail"], state
-            assert RESTORE_SECONDS - 0.5 <= state["seconds"] <= RESTORE_SECONDS + 2, state
+            assert RESTORE_SECONDS - 0.5 <= state["seconds"] <= RESTORE_SECONDS + 4, state
             assert gateway.readyz()["ready"] is True
             assert live_calls(database) == [("listening", True)] * LIVE_CALLS
             assert "restore stopped after" in gateway.log()
