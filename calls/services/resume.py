@@ -17,7 +17,8 @@ from core.states import TERMINAL_STATES, CallState
 
 from .. import background
 from ..clock import now
-from ..models import Call, MediaStream, ReplyStatus, ReplyTurn
+from ..models import Call, Direction, MediaStream, ReplyStatus, ReplyTurn
+from ..runtime import get_runtime
 from .common import CLAIM_TTL, log
 from .greeting import greeting_decision
 from .streams import stream_closed
@@ -45,7 +46,8 @@ def lost_jobs_resume(*, at: datetime | None = None, abandoned_before: datetime |
     # Dead streams first: a greeting resumed next is then said on a stream only if one is really up.
     count = 0
     if abandoned_before is not None:
-        count += _dead_streams_close(abandoned_before) + _max_duration_rearm(abandoned_before)
+        count += (_dead_streams_close(abandoned_before) + _max_duration_rearm(abandoned_before)
+                  + _answers_resume(abandoned_before))
     count += _greetings_resume(claims_before, answered_before) + _hangups_resume(claims_before)
     if replies_upto is not None:
         count += _replies_resume(replies_upto)
@@ -137,4 +139,21 @@ def _max_duration_rearm(abandoned_before: datetime) -> int:
     if count:
         log.warning("%d call(s) past their max duration were left live by a process that is gone; ending them", count)
         background.deadline_set(at)
+    return count
+
+
+def _answers_resume(abandoned_before: datetime) -> int:
+    """Inbound calls accepted before the restart that the carrier was never asked to pick up (carriers
+    that need an explicit answer): asked now. The answer request is idempotent at the carrier."""
+    if not get_runtime().carrier.supports_answer:
+        return 0
+    waiting = Call.objects.live().filter(
+        direction=Direction.INBOUND, answered_at__isnull=True, started_at__lt=abandoned_before,
+        state__in=[CallState.INITIATED.value, CallState.RINGING.value],
+    ).exclude(provider_call_id__isnull=True)
+    count = 0
+    for call_id in list(waiting.values_list("pk", flat=True)):
+        log.warning("call %s: inbound and never picked up by a process that is gone; answering it", call_id)
+        background.submit("calls.answer", call_id=str(call_id))
+        count += 1
     return count

@@ -176,6 +176,21 @@ def test_after_a_restart_a_max_duration_end_the_dead_process_claimed_is_done(out
     assert [(r.action, r.provider_call_id) for r in outbox] == [("hangup_call", "mock-overdue")]
 
 
+def test_after_a_restart_an_inbound_call_never_picked_up_is_answered(monkeypatch):
+    answered: list[str] = []
+    monkeypatch.setattr(mock.MockCarrier, "supports_answer", True, raising=False)
+    monkeypatch.setattr(mock.MockCarrier, "answer_call", lambda self, call_id, provider_call_id: answered.append(provider_call_id),
+                        raising=False)
+    started = timezone.now()
+    Call.objects.create(provider="mock", provider_call_id="mock-ringing-in", direction="inbound", state="initiated",
+                        from_number="+15550000000", to_number="+15550001111", started_at=started - timedelta(seconds=3))
+    Call.objects.create(provider="mock", provider_call_id="mock-new-in", direction="inbound", state="initiated",
+                        from_number="+15550000001", to_number="+15550001111", started_at=started + timedelta(seconds=1))
+    assert lost_jobs_resume() == 0  # without a restart the answer job may be running
+    assert lost_jobs_resume(abandoned_before=started) == 1
+    assert answered == ["mock-ringing-in"]
+
+
 def test_a_greeting_playing_longer_than_the_claim_lifetime_keeps_its_claim(outbox, monkeypatch):
     """The claim is renewed while it plays: the sweeper never takes a slow greeting over (no double greeting)."""
     keeper = LeaseKeeper(every=0.05)
