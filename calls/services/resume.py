@@ -4,8 +4,10 @@ Jobs run in memory (a thread pool, or a Celery worker that dies mid-task), but e
 intent on the rows before it acts: an answered call that still has its initial message has not
 been greeted; a greeting or hang-up claim that is no longer renewed (calls/leases.py) belongs to
 a process that is gone; a reply still pending was never finished. Starting the job again is safe
-because every one of them claims its work first (one conditional UPDATE), so a job still running
-elsewhere is never doubled.
+because every one of them claims its work first (one conditional UPDATE) or asks the carrier for
+something idempotent, so a job still running elsewhere is never doubled. What holds no claim (a
+reply, an inbound answer, a media stream, a max-duration end in flight) is only known lost after a
+restart of the one gateway of the embedded mode, when everything from before the start is.
 """
 from __future__ import annotations
 
@@ -29,13 +31,14 @@ ANSWER_GRACE = timedelta(seconds=10)
 
 def lost_jobs_resume(*, at: datetime | None = None, abandoned_before: datetime | None = None,
                      replies_upto: int | None = None) -> int:
-    """Start again the greetings, answer digits, hang-ups and replies no live process is working on.
+    """Start again the greetings, answer digits and hang-ups no live process is working on.
 
     Claims older than CLAIM_TTL are abandoned. `abandoned_before` (a restart with one gateway per
-    database): so are claims taken, and answers received, before that moment, and media streams
-    opened before it are closed as the dead process would have (the disconnect grace starts). `replies_upto`: the
-    last reply created before this process started; pending replies up to it are run again (a reply
-    holds no claim, so only a restart can tell it is lost). Returns how many jobs were submitted.
+    database): so are claims taken, and answers received, before that moment; media streams opened
+    before it are closed as the dead process would have (the disconnect grace starts), inbound calls
+    never picked up are answered and max-duration ends it claimed are done. `replies_upto`: the last
+    reply created before this process started; pending replies up to it are run again. Returns how
+    many jobs were submitted (and streams closed).
     """
     at = at or now()
     claims_before = at - CLAIM_TTL
