@@ -38,7 +38,7 @@ from .selectors import (
 )
 from .services import (
     ReplyHeard,
-    call_end,
+    call_end_or_retry,
     call_reply_say,
     reply_settle,
     reply_speaking_begin,
@@ -242,7 +242,7 @@ def _run_reply(call: Call, reply: ReplyTurn, plan: ReplyPlan) -> None:
     status = _finish(voice, reply, ReplyStatus.SPOKEN if voice.started else ReplyStatus.SILENT, first_text_ms)
     if hangup is not None and status in (ReplyStatus.SPOKEN, ReplyStatus.SILENT):
         try:
-            call_end(call_id=str(call.pk), reason=hangup.reason)
+            call_end_or_retry(call_id=str(call.pk), reason=hangup.reason)
         except VoiceCallError as exc:
             log.warning("call %s: hanging up after the reply failed: %s", call.pk, exc)
 

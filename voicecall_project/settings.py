@@ -5,6 +5,7 @@ from pathlib import Path
 
 import environ
 
+from voicecall_project.env_numbers import positive_int_env
 from voicecall_project.rpc_tokens import parse_rpc_tokens
 from voicecall_project.secret_files import secret_file
 
@@ -142,6 +143,12 @@ VOICECALL_RPC_TOKENS = parse_rpc_tokens(env("VOICECALL_RPC_TOKENS", default=""))
 VOICECALL_GATEWAY_URL = env("VOICECALL_GATEWAY_URL", default="")
 # The token the CLI sends; default: the first write token above, else the local token file.
 VOICECALL_RPC_TOKEN = env("VOICECALL_RPC_TOKEN", default="")
+
+# Admin login throttling (calls/admin_login.py): this many failed logins for one username from one
+# client address within the window lock that pair out for the lockout time.
+VOICECALL_ADMIN_LOGIN_MAX_FAILURES = positive_int_env("VOICECALL_ADMIN_LOGIN_MAX_FAILURES", 5)
+VOICECALL_ADMIN_LOGIN_WINDOW_SECONDS = positive_int_env("VOICECALL_ADMIN_LOGIN_WINDOW_SECONDS", 15 * 60)
+VOICECALL_ADMIN_LOGIN_LOCKOUT_SECONDS = positive_int_env("VOICECALL_ADMIN_LOGIN_LOCKOUT_SECONDS", 15 * 60)
 
 # Path of the call config file (JSON or JSON5); unset means defaults with the mock carrier.
 VOICECALL_CONFIG = env("VOICECALL_CONFIG", default="")

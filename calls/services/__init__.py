@@ -19,7 +19,7 @@ from .call_requests import (
 from .common import transcript_add
 from .dialing import MODES, call_initiate
 from .dtmf import DTMF_MESSAGE, DTMF_PATTERN, call_send_dtmf
-from .ending import call_end
+from .ending import call_end, call_end_or_retry
 from .events import EventOutcome, call_event_record, event_process
 from .greeting import GreetingDecision, greeting_decision, initial_message_delivered, initial_message_speak
 from .memory import session_message_add
@@ -92,6 +92,7 @@ __all__ = [
     "call_continue",
     "call_continue_request",
     "call_end",
+    "call_end_or_retry",
     "call_event_record",
     "call_end_request",
     "call_initiate",

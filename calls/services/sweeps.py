@@ -18,12 +18,12 @@ from ..models import Call, CallTurn, CarrierDocument, ContinueOperation, Operati
 from ..runtime import get_runtime
 from .common import finalize_by_id, log
 from .dialing import DIAL_GRACE
-from .ending import call_end
+from .ending import call_end_or_retry
+from .hangup_retry import retries_due
 from .turns import turn_timeout
 
 REAP_INTERVAL_SECONDS = 30
 UNFINISHED_DIAL = "the dial did not finish (no carrier call id when the gateway restarted)"
-RETRY_DELAY = timedelta(seconds=5)
 # Deadline columns on Call and the end reason each one ends the call with.
 CALL_DEADLINES = {
     "max_duration_deadline": CallState.TIMEOUT.value,
@@ -33,7 +33,7 @@ CALL_DEADLINES = {
 
 
 def deadlines_sweep(*, at: datetime | None = None) -> int:
-    """End calls whose max duration or notify hang-up time has come; time out waiting turns.
+    """End calls whose max duration or notify hang-up time has come; retry failed hang-ups; time out waiting turns.
 
     Each due deadline is claimed with a conditional UPDATE, so concurrent sweepers in several
     processes act on it once. The hang-up itself runs as a background job.
@@ -48,6 +48,9 @@ def deadlines_sweep(*, at: datetime | None = None) -> int:
                 acted += 1
                 log.info("call %s: %s reached, ending (%s)", call_id, column, reason)
                 background.submit("calls.deadline_end", call_id=str(call_id), reason=reason, column=column)
+    for call_id in retries_due(at=at):
+        acted += 1
+        background.submit("calls.hangup_retry", call_id=call_id)
     timeout_ms = _transcript_timeout_ms()
     for turn_id in list(CallTurn.objects.filter(status=TurnStatus.PENDING, deadline__lte=at).values_list("pk", flat=True)):
         acted += turn_timeout(turn_id=turn_id, timeout_ms=timeout_ms)
@@ -56,21 +59,17 @@ def deadlines_sweep(*, at: datetime | None = None) -> int:
 
 @background.job("calls.deadline_end")
 def deadline_end(*, call_id: str, reason: str, column: str) -> None:
-    """End a call for a deadline; on failure put the deadline back a little later to retry."""
-    try:
-        call_end(call_id=call_id, reason=reason)
-    except Exception as exc:
-        log.warning("ending call %s for %s failed, retrying: %s", call_id, column, exc)
-        retry_at = now() + RETRY_DELAY
-        Call.objects.live().filter(pk=call_id).update(**{column: retry_at})
-        background.deadline_set(retry_at)
+    """End a call for a deadline (`column` names it); a failed hang-up is retried with backoff."""
+    call_end_or_retry(call_id=call_id, reason=reason)
 
 
 def next_deadline() -> datetime | None:
     """The earliest pending deadline of any kind (the embedded scheduler sleeps until then)."""
     live = Call.objects.live().aggregate(**{column: Min(column) for column in CALL_DEADLINES})
+    # Hang-up retries are due on ended calls too (a refused caller's line).
+    retry = Call.objects.aggregate(retry=Min("end_retry_at"))
     turn = CallTurn.objects.filter(status=TurnStatus.PENDING).aggregate(turn=Min("deadline"))
-    candidates = [value for value in (*live.values(), turn["turn"]) if value is not None]
+    candidates = [value for value in (*live.values(), retry["retry"], turn["turn"]) if value is not None]
     return min(candidates) if candidates else None
 
 
@@ -87,6 +86,8 @@ def stale_calls_reap(*, at: datetime | None = None) -> int:
         Call.objects.live()
         .filter(answered_at__isnull=True, started_at__lt=cutoff)
         .exclude(state__in=[s.value for s in CONVERSATION_STATES])
+        # A hang-up already waiting for its next try is left to its backoff.
+        .filter(end_retry_at__isnull=True)
         .values_list("pk", flat=True)
     )
     count = 0

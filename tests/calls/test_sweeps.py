@@ -64,11 +64,12 @@ def test_failed_deadline_hangup_is_retried(monkeypatch):
     deadlines_sweep()
     call.refresh_from_db()
     assert not call.is_terminal
-    assert call.max_duration_deadline > timezone.now()  # put back for a retry
+    assert call.end_attempts == 1 and call.end_retry_at > timezone.now()  # scheduled for a retry
+    assert next_deadline() == call.end_retry_at
     monkeypatch.undo()
-    deadlines_sweep(at=call.max_duration_deadline)
+    assert deadlines_sweep(at=call.end_retry_at) == 1
     call.refresh_from_db()
-    assert call.state == "timeout"
+    assert (call.state, call.end_reason, call.end_retry_at) == ("timeout", "timeout", None)
 
 
 def test_turn_deadline_times_out_the_waiting_turn():
@@ -115,14 +116,16 @@ def test_reaper_disabled_with_zero(configure):
     assert stale_calls_reap() == 0
 
 
-def test_reaper_retries_a_failed_hangup_next_tick(monkeypatch):
+def test_reaper_leaves_a_failed_hangup_to_its_backoff(monkeypatch):
     call = make_call(age_seconds=500)
     monkeypatch.setattr(mock.MockCarrier, "hangup_call", lambda self, **kw: (_ for _ in ()).throw(RuntimeError("down")))
     stale_calls_reap()
     call.refresh_from_db()
     assert not call.is_terminal and call.hangup_claimed_at is None
+    assert call.end_attempts == 1 and call.end_retry_at is not None
+    assert stale_calls_reap() == 0  # not again on the next tick: the retry is due later
     monkeypatch.undo()
-    stale_calls_reap()
+    deadlines_sweep(at=call.end_retry_at)
     call.refresh_from_db()
     assert call.state == "hangup-bot"
 

@@ -1,1 +1,1 @@
-"""Fault injection with real gateway processes: kill -9, carriers that stall or fail, restarts."""
+"""Fault injection with real processes: a gateway killed, its providers dropping or stalling, its database connections cut."""
