@@ -137,7 +137,9 @@ def _max_duration_rearm(abandoned_before: datetime) -> int:
     """An answered live call without its max-duration deadline: a sweep claimed it (the column is
     cleared first) and the process died before the call was ended. Due now, so the sweeper ends it."""
     at = now()
-    lost = Call.objects.live().filter(answered_at__lt=abandoned_before, max_duration_deadline__isnull=True)
+    # A hang-up waiting for its next try (end_retry_at) or in flight (its claim) is left to that.
+    lost = Call.objects.live().filter(answered_at__lt=abandoned_before, max_duration_deadline__isnull=True,
+                                      end_retry_at__isnull=True, hangup_claimed_at__isnull=True)
     count = lost.update(max_duration_deadline=at)
     if count:
         log.warning("%d call(s) past their max duration were left live by a process that is gone; ending them", count)

@@ -166,9 +166,14 @@ def test_after_a_restart_a_max_duration_end_the_dead_process_claimed_is_done(out
     lost = make_call(provider_call_id="mock-overdue", state="listening", age_seconds=400, answered_ago=300)
     kept = make_call(provider_call_id="mock-fine", state="listening", age_seconds=40, answered_ago=30,
                      max_duration_deadline=started + timedelta(seconds=270))
+    # A failed hang-up waiting for its next try keeps its backoff.
+    backing_off = make_call(provider_call_id="mock-backoff", state="listening", age_seconds=400, answered_ago=300,
+                            end_attempts=2, end_retry_at=started + timedelta(seconds=60), hangup_reason="timeout")
     assert lost_jobs_resume() == 0  # without a restart the end may still be in flight
     assert lost_jobs_resume(abandoned_before=started) == 1
     assert deadlines_sweep() == 1
+    backing_off.refresh_from_db()
+    assert backing_off.state == "listening" and backing_off.max_duration_deadline is None
     lost.refresh_from_db()
     kept.refresh_from_db()
     assert (lost.state, lost.end_reason) == ("timeout", "timeout")
