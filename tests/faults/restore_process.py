@@ -2,32 +2,31 @@
 
 The gateway runs as `manage.py gateway` in its own process, in the embedded mode (its own job
 threads and sweeper), on a fixed port so a restarted process is reached at the same webhook URL.
-PostgreSQL: a private database `voicecall_fault_<random>` is created on the server named by
-VOICECALL_FAULTS_PG (default postgresql://postgres@127.0.0.1:5432/test) and dropped afterwards;
-the tests that need it skip when that server cannot be reached.
+PostgreSQL: a private database created for the test and dropped afterwards (the fault suite's
+`private_postgres`); the tests that need it skip when no server answers.
 """
 from __future__ import annotations
 
 import json
 import os
-import secrets
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx
-import pytest
 
+from bench.gateway_process import free_port
+from tests.faults.gateway import private_postgres
 from tests.paths import ROOT
 from tests.waiting import wait_until
 
-PG_SERVER = os.environ.get("VOICECALL_FAULTS_PG", "postgresql://postgres@127.0.0.1:5432/test")
+__all__ = ["Database", "GatewayProcess", "free_port"]
+
 # What the test process's own settings put in the environment (inline jobs, no sweeper...): a real
 # gateway runs with its defaults instead.
 TEST_ONLY_ENV = ("DATABASE_URL", "REDIS_URL", "VOICECALL_BACKGROUND", "VOICECALL_EMBEDDED_SCHEDULER",
@@ -35,40 +34,27 @@ TEST_ONLY_ENV = ("DATABASE_URL", "REDIS_URL", "VOICECALL_BACKGROUND", "VOICECALL
                  "DJANGO_SETTINGS_MODULE")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class Database:
-    """The gateway's database for one test: its DATABASE_URL (None: SQLite in the data folder) and SQL reads."""
+    """The gateway's database for one test: its DATABASE_URL (None: SQLite in the data folder) and SQL reads.
+
+    PostgreSQL: a private database of the test's own (tests/faults/gateway.py, private_postgres).
+    """
 
     def __init__(self, kind: str, data_dir: Path) -> None:
         self.kind = kind
         self.data_dir = data_dir
         self.url: str | None = None
-        self._name = ""
+        self._private: ExitStack | None = None
 
     def __enter__(self) -> Database:
         if self.kind == "postgresql":
-            import psycopg
-
-            self._name = f"voicecall_fault_{secrets.token_hex(6)}"
-            try:
-                with psycopg.connect(PG_SERVER, autocommit=True, connect_timeout=3) as conn:
-                    conn.execute(f'CREATE DATABASE "{self._name}"')
-            except psycopg.Error as exc:
-                pytest.skip(f"PostgreSQL not reachable at {PG_SERVER}: {exc}")
-            self.url = urlunsplit(urlsplit(PG_SERVER)._replace(path=f"/{self._name}"))
+            self._private = ExitStack()
+            self.url = self._private.enter_context(private_postgres())
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        if self.kind == "postgresql" and self._name:
-            import psycopg
-
-            with psycopg.connect(PG_SERVER, autocommit=True, connect_timeout=3) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{self._name}" WITH (FORCE)')
+        if self._private is not None:
+            self._private.close()
 
     def rows(self, sql: str, params: tuple = ()) -> list[tuple]:
         """Read the gateway's tables (`%s` placeholders on both databases)."""
@@ -79,16 +65,6 @@ class Database:
                 return conn.execute(sql, params).fetchall()
         with sqlite3.connect(self.data_dir / "voicecall.sqlite3", timeout=10) as conn:
             return conn.execute(sql.replace("%s", "?"), params).fetchall()
-
-
-def postgres_available() -> bool:
-    try:
-        import psycopg
-
-        with psycopg.connect(PG_SERVER, connect_timeout=2):
-            return True
-    except Exception:
-        return False
 
 
 class GatewayProcess:
