@@ -127,6 +127,13 @@ VOICECALL_BACKGROUND = env(
 VOICECALL_EMBEDDED_SCHEDULER = env.bool(
     "VOICECALL_EMBEDDED_SCHEDULER", default=VOICECALL_MODE == "embedded"
 )
+# The most seconds restore after start spends asking the carrier about live calls (it runs in the
+# background while the server listens); calls not asked about by then keep their deadlines.
+VOICECALL_RESTORE_SECONDS = env.float("VOICECALL_RESTORE_SECONDS", default=60.0)
+# How often the embedded sweeper looks for jobs a dead process left (an expired greeting or hang-up
+# claim, an answered call never greeted) and starts them again; a greeting the carrier refused is
+# retried at this pace too.
+VOICECALL_RESUME_SECONDS = env.float("VOICECALL_RESUME_SECONDS", default=30.0)
 # Start the gateway's background services on the first ASGI request when the server did not.
 VOICECALL_AUTOSTART_SERVICES = env.bool("VOICECALL_AUTOSTART_SERVICES", default=True)
 

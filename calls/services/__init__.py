@@ -40,6 +40,7 @@ from .realtime import (
     realtime_transcript,
 )
 from .replies import ReplyHeard, reply_settle
+from .resume import lost_jobs_resume
 from .speech import call_reply_say, call_speak, reply_speaking_begin, speaking_begin, speaking_end
 from .streams import (
     StreamCall,
@@ -112,6 +113,7 @@ __all__ = [
     "initial_message_delivered",
     "initial_message_speak",
     "input_required",
+    "lost_jobs_resume",
     "next_deadline",
     "processed_webhooks_purge",
     "reply_settle",

@@ -1,7 +1,9 @@
 """Periodic work: enforce deadlines, reap stale calls, restore calls after a restart, forget old replay keys."""
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+import queue
+import threading
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -128,19 +130,33 @@ class RestoreReport:
     failed_dials: list[str] = field(default_factory=list)
     expired: list[str] = field(default_factory=list)
     ended_at_carrier: list[str] = field(default_factory=list)
+    # Live calls the carrier was not asked about within the time bound: kept, with their deadlines.
+    unchecked: list[str] = field(default_factory=list)
+
+    @property
+    def timed_out(self) -> bool:
+        return bool(self.unchecked)
 
     def summary(self) -> str:
-        return (
+        text = (
             f"kept {len(self.kept)}, ended {len(self.ended_at_carrier)} that the carrier reports over, "
             f"timed out {len(self.expired)} past maxDurationSeconds, failed {len(self.failed_dials)} unfinished dials"
         )
+        if self.unchecked:
+            text += f"; {len(self.unchecked)} not checked in time (kept with their deadlines)"
+        return text
 
 
-def calls_restore() -> RestoreReport:
+# Status requests in flight at once; the rest wait in line (the carrier's rate limits are per account).
+RESTORE_CONCURRENCY = 8
+
+
+def calls_restore(*, budget: float | None = None) -> RestoreReport:
     """Check every live call after a restart against the carrier (docs/compatibility.md, Restore after restart).
 
     Deadlines are already on the rows, so kept calls need nothing more; this ends the calls
-    that cannot still be up.
+    that cannot still be up. With `budget` (seconds), the carrier is asked only until then: calls
+    not answered for in time are kept, and the sweeper still ends them at their deadlines.
     """
     runtime = get_runtime()
     config = runtime.config
@@ -168,9 +184,12 @@ def calls_restore() -> RestoreReport:
             log.info("status of %s unavailable (relying on its deadlines): %s", call.pk, exc)
             return None
 
-    with ThreadPoolExecutor(max_workers=8, thread_name_prefix="voicecall-restore") as pool:
-        statuses = list(pool.map(status, to_check))
-    for call, result in zip(to_check, statuses):
+    statuses = bounded_map(status, to_check, workers=RESTORE_CONCURRENCY, budget=budget)
+    for call in to_check:
+        if call.pk not in statuses:
+            report.unchecked.append(str(call.pk))
+            continue
+        result = statuses[call.pk]
         if result is not None and result.is_terminal:
             finalize_by_id(call.pk, CallState.COMPLETED.value)
             report.ended_at_carrier.append(str(call.pk))
@@ -178,6 +197,47 @@ def calls_restore() -> RestoreReport:
             report.kept.append(str(call.pk))
     log.info("restore: %s", report.summary())
     return report
+
+
+def bounded_map(func, calls: list[Call], *, workers: int, budget: float | None) -> dict:
+    """`func(call)` for each call on up to `workers` daemon threads, for at most `budget` seconds.
+
+    Returns {call.pk: result} for the calls done in time. Daemon threads: a request still hanging
+    when the budget runs out is left to its own timeout and never holds up the process's exit.
+    """
+    results: dict = {}
+    pending = queue.SimpleQueue()
+    for call in calls:
+        pending.put(call)
+    done = threading.Condition()
+
+    def work() -> None:
+        while True:
+            try:
+                call = pending.get_nowait()
+            except queue.Empty:
+                return
+            result = func(call)
+            with done:
+                results[call.pk] = result
+                done.notify_all()
+
+    for index in range(min(workers, len(calls))):
+        threading.Thread(target=work, name=f"voicecall-restore-{index}", daemon=True).start()
+    deadline = None if budget is None else time.monotonic() + budget
+    with done:
+        while len(results) < len(calls):
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                break
+            done.wait(remaining)
+        # Calls not started yet are dropped from the line: nothing more goes to the carrier.
+        while True:
+            try:
+                pending.get_nowait()
+            except queue.Empty:
+                break
+        return dict(results)
 
 
 def _transcript_timeout_ms() -> int:
