@@ -32,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.gateway_process import free_port, wait_serving  # noqa: E402
+from bench.gateway_process import GATEWAY_CORE, free_port, on_core, wait_serving  # noqa: E402
 from bench.report import figure, write_summary  # noqa: E402
 
 ACCOUNT = "AC" + "c" * 32
@@ -74,9 +74,29 @@ def start_gateway(data_dir: Path, port: int, rest_port: int, trace: bool) -> sub
         env["VOICECALL_TRACEMALLOC"] = str(data_dir / "heap")
     python = sys.executable
     subprocess.run([python, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, env=env, check=True)
-    gateway = subprocess.Popen([python, "manage.py", "gateway"], cwd=ROOT, env=env,
+    gateway = subprocess.Popen([*on_core(GATEWAY_CORE), python, "manage.py", "gateway"], cwd=ROOT, env=env,
                                stdout=subprocess.DEVNULL, stderr=open(data_dir / "gateway.log", "w"))
     return wait_serving(gateway, port, log=str(data_dir / "gateway.log"))
+
+
+def start_run(prefix: str, trace: bool = False):
+    """Django set up here on a new data directory, the Twilio REST stub, and the gateway process serving:
+    (data_dir, rest, process, the simulator's Gateway)."""
+    data_dir = Path(tempfile.mkdtemp(prefix=prefix))
+    os.environ.update(VOICECALL_DATA_DIR=str(data_dir), DJANGO_SETTINGS_MODULE="voicecall_project.settings",
+                      VOICECALL_CONFIG="")
+    import django
+
+    django.setup()
+    from calls.simulator.call import Gateway
+    from calls.simulator.rest import TwilioRestStub
+
+    rest = TwilioRestStub(on_hangup=lambda sid: None).start()
+    port = free_port()
+    process = start_gateway(data_dir, port, int(rest.base_url.rsplit(":", 1)[1]), trace)
+    gateway = Gateway(base_url=f"http://127.0.0.1:{port}", webhook_url=f"http://127.0.0.1:{port}/voice/webhook",
+                      account_sid=ACCOUNT, auth_token=TOKEN)
+    return data_dir, rest, process, gateway
 
 
 def all_recorded(db: Path, calls: int) -> bool:
@@ -175,21 +195,10 @@ def main() -> None:
     parser.add_argument("--summary", metavar="FILE", help="Write the headline figures for `make bench` to FILE")
     args = parser.parse_args()
 
-    data_dir = Path(tempfile.mkdtemp(prefix="voicecall-bench-memory-"))
-    os.environ.update(VOICECALL_DATA_DIR=str(data_dir), DJANGO_SETTINGS_MODULE="voicecall_project.settings",
-                      VOICECALL_CONFIG="")
-    import django
-
-    django.setup()
-    from calls.simulator.call import Gateway, Line
-    from calls.simulator.rest import TwilioRestStub
+    data_dir, rest, process, gateway = start_run("voicecall-bench-memory-", args.trace)
+    from calls.simulator.call import Line
     from calls.simulator.run import caller_audio
 
-    rest = TwilioRestStub(on_hangup=lambda sid: None).start()
-    port = free_port()
-    process = start_gateway(data_dir, port, int(rest.base_url.rsplit(":", 1)[1]), args.trace)
-    gateway = Gateway(base_url=f"http://127.0.0.1:{port}", webhook_url=f"http://127.0.0.1:{port}/voice/webhook",
-                      account_sid=ACCOUNT, auth_token=TOKEN)
     db = data_dir / "voicecall.sqlite3"
     heap = data_dir / "heap"
     try:

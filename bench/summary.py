@@ -26,6 +26,7 @@ RUNS = [
     ("codecs", ["codecs.py", "--frames", "1000", "--repeat", "2"]),
     ("CLI start-up", ["cli_startup.py", "--runs", "3"]),
     ("memory", ["memory.py", "--calls", "120", "--concurrency", "8"]),
+    ("soak", ["soak.py", "--calls", "50", "--every", "20"]),
     ("signatures", ["signatures.py", "--rounds", "3000"]),
 ]
 

@@ -3,8 +3,13 @@ from __future__ import annotations
 
 from django.contrib import admin
 
+from .admin_login import ThrottledAdminAuthenticationForm
 from .models import Call, CallEvent, CallTurn, ConversationSession, ReplyTurn, SessionMessage, TranscriptEntry
 from .selectors import call_timeline
+
+
+# Failed logins are counted per username and client address; too many lock the pair out for a while.
+admin.site.login_form = ThrottledAdminAuthenticationForm
 
 
 class ReadOnlyInline(admin.TabularInline):
@@ -60,7 +65,8 @@ class CallAdmin(admin.ModelAdmin):
         (None, {"fields": ("id", "provider", "provider_call_id", "direction", "mode", "state")}),
         ("Parties", {"fields": ("from_number", "to_number", "agent_id", "session_key", "requester_session_key", "route_key", "route")}),
         ("To say and key in", {"fields": ("initial_message", "pending_dtmf")}),
-        ("How it went", {"fields": ("answered_by", "answered_by_first", "turn_count", "end_reason", "hangup_reason", "last_error")}),
+        ("How it went", {"fields": ("answered_by", "answered_by_first", "turn_count", "end_reason", "hangup_reason", "last_error",
+                                    "end_attempts", "end_retry_at")}),
         ("Inbound policy", {"fields": ("rejection_reason", "pairing", "pairing_attempts", "pairing_digits", "paired_code")}),
         ("Times", {"fields": ("started_at", "answered_at", "ended_at", "max_duration_deadline", "notify_hangup_at")}),
         ("Carrier extras", {"fields": ("metadata",)}),

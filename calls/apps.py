@@ -8,7 +8,17 @@ class CallsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        from django.conf import settings
+
+        from core.redact import remember_secret
+
         from .gateway import Gateway
+
+        # The settings' secrets are masked in every log line and error from the start (the call
+        # config's are remembered as they are resolved; the local RPC token when it is read).
+        for secret in (settings.SECRET_KEY, settings.VOICECALL_RPC_TOKEN,
+                       *(token.token for token in settings.VOICECALL_RPC_TOKENS)):
+            remember_secret(secret)
 
         self.gateway = Gateway()
         from . import checks  # noqa: F401  (registers the config system check)

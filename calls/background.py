@@ -16,6 +16,8 @@ from typing import Any
 from django.conf import settings
 from django.db import connections, transaction
 
+from core.call_context import call_scope
+
 from .gateway import get_gateway
 
 log = logging.getLogger(__name__)
@@ -102,10 +104,12 @@ def submit(name: str, **kwargs: Any) -> None:
 def run_job(name: str, kwargs: dict[str, Any]) -> None:
     """Execute a registered job; failures are logged, never raised into the caller."""
     load_jobs()
-    try:
-        JOBS[name](**kwargs)
-    except Exception:
-        log.exception("background job %s failed (%s)", name, kwargs)
+    # A job about a call names it on every line it logs (jobs take call_id when they are about one).
+    with call_scope(kwargs.get("call_id")):
+        try:
+            JOBS[name](**kwargs)
+        except Exception:
+            log.exception("background job %s failed (%s)", name, kwargs)
 
 
 def _run_in_thread(name: str, kwargs: dict[str, Any]) -> None:

@@ -1,13 +1,28 @@
-"""The call domain's clock: the current time and the epoch-millisecond form the reference's JSON uses."""
+"""The call domain's clock: the current time (replaceable, so tests can move it) and the epoch-millisecond form the reference's JSON uses."""
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone as dt_timezone
 
 from django.utils import timezone
 
+_source: Callable[[], datetime] = timezone.now
+
 
 def now() -> datetime:
-    return timezone.now()
+    return _source()
+
+
+@contextmanager
+def clock_source(source: Callable[[], datetime]) -> Iterator[None]:
+    """Read the time from `source` meanwhile (a test moves time forward instead of waiting for it)."""
+    global _source
+    previous, _source = _source, source
+    try:
+        yield
+    finally:
+        _source = previous
 
 
 def to_ms(value: datetime | None) -> int | None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from core.call_context import bind_call_id
 from core.config.models import DEFAULT_MODEL, ModelError, ResolvedModel, resolve_model
 from core.errors import VoiceCallError
 from providers.responders import responder_for
@@ -38,7 +39,7 @@ from .selectors import (
 )
 from .services import (
     ReplyHeard,
-    call_end,
+    call_end_or_retry,
     call_reply_say,
     reply_settle,
     reply_speaking_begin,
@@ -73,6 +74,7 @@ def auto_reply(*, reply_id: int) -> None:
     if reply is None or reply.status != ReplyStatus.PENDING:
         return
     call = reply.call
+    bind_call_id(call.pk)  # within the job's call scope: the reply's lines name its call
     if call.is_terminal:
         _settle(reply, ReplyStatus.SUPERSEDED, error="the call ended")
         return
@@ -242,7 +244,7 @@ def _run_reply(call: Call, reply: ReplyTurn, plan: ReplyPlan) -> None:
     status = _finish(voice, reply, ReplyStatus.SPOKEN if voice.started else ReplyStatus.SILENT, first_text_ms)
     if hangup is not None and status in (ReplyStatus.SPOKEN, ReplyStatus.SILENT):
         try:
-            call_end(call_id=str(call.pk), reason=hangup.reason)
+            call_end_or_retry(call_id=str(call.pk), reason=hangup.reason)
         except VoiceCallError as exc:
             log.warning("call %s: hanging up after the reply failed: %s", call.pk, exc)
 

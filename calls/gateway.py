@@ -5,8 +5,8 @@ module-level accessors elsewhere (`get_config`, `get_runtime`, `background.submi
 and change the state through it, so nothing else keeps process state in module globals.
 
 Lifecycle: `start()` once per serving process (the `gateway` command, the ASGI lifespan, or the
-first request under a plain ASGI server) reports the config, restores live calls and starts the
-embedded sweeper; `stop()` stops the sweeper and the job threads. Processes that only run jobs
+first request under a plain ASGI server) reports the config, starts restoring live calls on a
+thread of its own (bounded in time; the server listens meanwhile) and starts the embedded sweeper; `stop()` stops the sweeper and the job threads. Processes that only run jobs
 or commands (Celery workers, the CLI) never start it and use the config and runtime lazily.
 """
 from __future__ import annotations
@@ -31,14 +31,22 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+STOP_RESTORE_WAIT_SECONDS = 2.0
+
 
 class Gateway:
     """Everything this process holds between requests; see the module docstring for the lifecycle."""
 
     def __init__(self) -> None:
         from .background import JobExecutor
+        from .leases import LeaseKeeper
+        from .restoring import Restore
 
         self.jobs: JobExecutor = JobExecutor()
+        # Claims this process holds while their work runs (a greeting playing), renewed on one thread.
+        self.leases = LeaseKeeper()
+        # Restore after start, in the background; /readyz reports its state.
+        self.restore = Restore()
         # Told when a deadline is written (the embedded sweeper wakes up for it).
         self.deadline_listeners: list[Callable[[datetime], None]] = []
         # The event loop media streams run on here (the in-memory channel layer is bound to it).
@@ -125,7 +133,7 @@ class Gateway:
     # --- lifecycle -----------------------------------------------------------------------------
 
     def start(self) -> bool:
-        """Report the config, restore live calls, start the embedded sweeper.
+        """Report the config, start restoring live calls (in the background), start the embedded sweeper.
 
         Idempotent; returns True the first time. Safe to call from any thread.
         """
@@ -144,23 +152,38 @@ class Gateway:
         loaded = self.config()
         report_config(loaded)
         if loaded.ok:
-            from core.errors import VoiceCallError
-
-            from .services import calls_restore
-
-            try:
-                self.runtime()  # the carrier is built here rather than by the first media stream
-                calls_restore()
-            except VoiceCallError as exc:
-                log.warning("restore skipped: %s", exc)
-            except Exception:
-                log.exception("restore failed; live calls keep their deadlines")
+            self._restore_start()
+        else:
+            self.restore.skip("voice calls are disabled or their setup is incomplete")
         if settings.VOICECALL_EMBEDDED_SCHEDULER:
             from .scheduler import Sweeper
 
             self.sweeper = Sweeper()
             self.sweeper.start()
         return True
+
+    def _restore_start(self) -> None:
+        """Restore on its own thread: the server listens meanwhile (calls/restoring.py)."""
+        from core.errors import VoiceCallError
+
+        from .clock import now
+        from .models import ReplyTurn
+
+        started_at = now()
+        try:
+            self.runtime()  # the carrier is built here rather than by the first media stream
+            # What exists before this process serves was left by the one before it (read now, before
+            # the server listens; one indexed query).
+            replies_upto = ReplyTurn.objects.order_by("-pk").values_list("pk", flat=True).first()
+        except VoiceCallError as exc:
+            log.warning("restore skipped: %s", exc)
+            self.restore.skip(str(exc))
+            return
+        except Exception as exc:
+            log.exception("restore failed; live calls keep their deadlines")
+            self.restore.fail(f"{type(exc).__name__}: {exc}")
+            return
+        self.restore.start(process_started_at=started_at, replies_upto=replies_upto or 0)
 
     def stop(self) -> None:
         """Stop the sweeper and let the job threads finish; start() may be called again."""
@@ -170,6 +193,12 @@ class Gateway:
                 self.sweeper = None
             self.jobs.shutdown()
             self.started = False
+            from .restoring import Restore
+
+            # A restore still running (a slow carrier) gets a moment, then ends on its own thread;
+            # the next start restores again.
+            self.restore.wait(STOP_RESTORE_WAIT_SECONDS)
+            self.restore = Restore()
 
 
 def _read_config_file() -> LoadedConfig:

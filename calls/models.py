@@ -106,6 +106,10 @@ class Call(models.Model):
     # In-flight claims: one greeting playback and one hang-up at a time, across processes.
     greeting_claimed_at = models.DateTimeField(null=True, blank=True)
     hangup_claimed_at = models.DateTimeField(null=True, blank=True)
+    # Hang-ups the carrier failed: how many so far, and when the next try is due (the sweeper
+    # retries it; calls/services/hangup_retry.py). Kept on ended calls too: the line may still be up.
+    end_attempts = models.PositiveSmallIntegerField("failed hang-up attempts", default=0)
+    end_retry_at = models.DateTimeField("next hang-up attempt", null=True, blank=True)
 
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -125,6 +129,7 @@ class Call(models.Model):
             models.Index(fields=["state", "started_at"], name="call_state_started"),
             models.Index(fields=["max_duration_deadline"], name="call_max_duration_deadline"),
             models.Index(fields=["notify_hangup_at"], name="call_notify_hangup_at"),
+            models.Index(fields=["end_retry_at"], name="call_end_retry_at"),
             models.Index(fields=["updated_at"], name="call_updated_at"),
             # Recent failed pairings lock pairing (calls/services/pairing.py).
             models.Index(fields=["rejection_reason", "started_at"], name="call_rejection_started"),
@@ -399,3 +404,20 @@ class RealtimeStreamToken(models.Model):
 
     def __str__(self) -> str:
         return f"realtime token of {self.call_id} ({'used' if self.used_at else 'unused'})"
+
+
+class AdminLoginFailure(models.Model):
+    """One failed admin login: enough of them from one address for one username lock it (calls/admin_login.py)."""
+
+    username = models.CharField(max_length=150)
+    ip_address = models.CharField("client address", max_length=45)
+    failed_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["username", "ip_address", "failed_at"], name="admin_login_failure_key"),
+            models.Index(fields=["failed_at"], name="admin_login_failure_at"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.username} from {self.ip_address} at {self.failed_at:%Y-%m-%d %H:%M:%S}"

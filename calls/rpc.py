@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +21,9 @@ from django.db import close_old_connections
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
+from core.call_context import call_scope
 from core.errors import VoiceCallError
+from core.redact import redact
 from voicecall_project.rpc_tokens import RpcToken
 
 from . import selectors, services, tools
@@ -45,6 +48,7 @@ FORBIDDEN = -32003
 
 class RpcError(Exception):
     def __init__(self, code: int, message: str, kind: str) -> None:
+        message = redact(message)  # RPC answers carry carrier and provider errors to the caller
         super().__init__(message)
         self.code, self.message, self.kind = code, message, kind
 
@@ -187,7 +191,8 @@ def call_method(name: str, raw_params: Any, token: RpcToken) -> Any:
         raise RpcError(FORBIDDEN, f"{name} needs a token with the {scope} scope", "FORBIDDEN")
     close_old_connections()
     try:
-        return method.handler(params)
+        with call_scope(_our_call_id(params)):  # the lines it logs name the call it is about
+            return method.handler(params)
     except InputRejected as exc:
         raise invalid_params(exc.message) from None
     except VoiceCallError as exc:
@@ -200,6 +205,15 @@ def call_method(name: str, raw_params: Any, token: RpcToken) -> Any:
         raise RpcError(INTERNAL_ERROR, "Internal error", "INTERNAL") from None
     finally:
         close_old_connections()
+
+
+def _our_call_id(params: dict[str, Any]) -> str | None:
+    """The gateway's own id of the call a request names (a carrier's id is looked up later, if at all)."""
+    value = params.get("callId")
+    try:
+        return str(uuid.UUID(value)) if isinstance(value, str) else None
+    except ValueError:
+        return None
 
 
 # --- the JSON-RPC envelope ---------------------------------------------------------------------

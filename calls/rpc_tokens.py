@@ -8,6 +8,7 @@ import functools
 import hmac
 from pathlib import Path
 
+from core.redact import remember_secret
 from voicecall_project.rpc_tokens import TOKEN_PATTERN, RpcToken
 from voicecall_project.secret_files import secret_file
 
@@ -21,7 +22,9 @@ def local_token(data_dir: Path) -> RpcToken:
     Read once per process: every request checks it, and the file does not change while we run.
     """
     path = Path(data_dir) / LOCAL_TOKEN_FILE
-    return RpcToken("write", secret_file(path, 32), str(path))
+    token = RpcToken("write", secret_file(path, 32), str(path))
+    remember_secret(token.token)
+    return token
 
 
 def accepted_tokens() -> tuple[RpcToken, ...]:

@@ -10,6 +10,7 @@ import logging
 import threading
 import time
 
+from django.conf import settings
 from django.db import connections
 
 from core.errors import VoiceCallError
@@ -30,6 +31,8 @@ class Sweeper(threading.Thread):
         self._stopping = threading.Event()
         self._next_reap = 0.0
         self._next_purge = 0.0
+        # The restore at start resumes lost jobs first; the sweeper's own look comes one interval later.
+        self._next_resume = time.monotonic() + settings.VOICECALL_RESUME_SECONDS
 
     def wake(self, *_args) -> None:
         self._wake.set()
@@ -53,7 +56,9 @@ class Sweeper(threading.Thread):
 
     def tick(self) -> float:
         """One pass; returns how long to sleep before the next."""
-        from .services import REAP_INTERVAL_SECONDS, deadlines_sweep, next_deadline, processed_webhooks_purge, stale_calls_reap
+        from .services import (
+            REAP_INTERVAL_SECONDS, deadlines_sweep, lost_jobs_resume, next_deadline, processed_webhooks_purge, stale_calls_reap,
+        )
 
         try:
             deadlines_sweep()
@@ -61,6 +66,9 @@ class Sweeper(threading.Thread):
             if clock >= self._next_reap:
                 self._next_reap = clock + REAP_INTERVAL_SECONDS
                 stale_calls_reap()
+            if clock >= self._next_resume:
+                self._next_resume = clock + settings.VOICECALL_RESUME_SECONDS
+                lost_jobs_resume()  # jobs whose claim expired: their process died (calls/services/resume.py)
             if clock >= self._next_purge:
                 self._next_purge = clock + PURGE_INTERVAL_SECONDS
                 processed_webhooks_purge()

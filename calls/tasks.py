@@ -49,3 +49,10 @@ def purge_processed_webhooks_task() -> int:
     from .services import processed_webhooks_purge
 
     return processed_webhooks_purge()
+
+
+@shared_task(name="calls.resume_lost_jobs")
+def resume_lost_jobs_task() -> int:
+    from .services import lost_jobs_resume
+
+    return _when_ready(lost_jobs_resume)

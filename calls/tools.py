@@ -10,6 +10,7 @@ from typing import Any
 from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed, JsonResponse
 
 from core.errors import VoiceCallError
+from core.redact import redact
 from core.phone import E164
 
 from . import selectors, services
@@ -274,6 +275,8 @@ def execute(arguments: Any, *, session_key: str | None = None, agent_id: str | N
     except Exception as exc:  # the agent gets an error result, never a traceback
         log.exception("%s tool action %s failed", TOOL_NAME, name)
         result = {"error": services.failure_message(exc, f"{_verb(name)} failed")}
+    if "error" in result:  # the agent may repeat it anywhere: never a credential an upstream echoed
+        result["error"] = redact(str(result["error"]))
     return _result(result)
 
 

@@ -21,6 +21,9 @@ def warm() -> None:
 
     get_channel_layer()  # builds the configured layer now: importing channels_redis takes tens of ms
     import httpcore  # noqa: F401  (httpx imports it when the first client is made)
+    from django.urls import reverse
+
+    reverse("healthz")  # builds the URL resolver now: the first request would import every admin page's views
 
     for backends in (registry.CARRIERS, registry.TRANSCRIPTION, registry.TTS):
         for name, path in backends.items():

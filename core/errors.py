@@ -1,11 +1,15 @@
 """Named errors of the call domain; every surface (CLI, RPC, tool, admin) maps them to one shape."""
 from __future__ import annotations
 
+from core.redact import redact
+
 
 class VoiceCallError(Exception):
     """Base: the message is the user-facing text (the reference's wording where it has one)."""
 
     def __init__(self, message: str, *, call_id: str | None = None) -> None:
+        # Messages are often built from a carrier's or provider's answer, which may echo credentials.
+        message = redact(message)
         super().__init__(message)
         self.message = message
         self.call_id = call_id

@@ -4,6 +4,8 @@ from __future__ import annotations
 import os
 from typing import Any, ClassVar
 
+from core.redact import remember_secret
+
 
 class ProviderSettings:
     """A provider built from its camelCase config block (e.g. `streaming.providers.<id>`)."""
@@ -22,8 +24,11 @@ class ProviderSettings:
     def api_key(self) -> str | None:
         secret = self.settings.get("apiKey")
         if secret not in (None, ""):
-            return secret.reveal() if hasattr(secret, "reveal") else str(secret)
-        return self.environ.get(self.api_key_env) if self.api_key_env else None
+            key = secret.reveal() if hasattr(secret, "reveal") else str(secret)
+        else:
+            key = self.environ.get(self.api_key_env) if self.api_key_env else None
+        remember_secret(key)  # masked in every log line and error from now on, wherever it came from
+        return key
 
     def configured(self) -> bool:
         """Whether this provider can run (has its key, or needs none)."""

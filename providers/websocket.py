@@ -8,6 +8,8 @@ from collections import deque
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
+from core.redact import redact
+
 from .tls import websocket_ssl
 
 log = logging.getLogger(__name__)
@@ -34,7 +36,7 @@ def websocket_origin(url: str) -> str:
 
 def describe(exc: BaseException) -> str:
     """An exception as a short log line (its message, else its type)."""
-    text = str(exc) or type(exc).__name__
+    text = redact(str(exc)) or type(exc).__name__  # redacted before it is cut
     return text[:200]
 
 
@@ -83,8 +85,8 @@ class WebsocketMachinery:
 
     def redact(self, text: str) -> str:
         """A provider's text (a close reason, an error) as it may be logged: never the key."""
-        key = self.provider.api_key()
-        return text.replace(key, "***") if key and key in text else text
+        self.provider.api_key()  # remembers the key, wherever it came from
+        return redact(text)
 
     def describe(self, exc: BaseException) -> str:
         """An exception as a short log line, without the key (close reasons may echo what was sent)."""

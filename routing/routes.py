@@ -26,11 +26,15 @@ def all_routes(config: VoiceCallConfig) -> dict[str, NumberRoute]:
     return routes
 
 
-def match_route(config: VoiceCallConfig, dialed: str | None) -> tuple[str, NumberRoute] | None:
-    """Exact key first, else the first key whose digits equal the dialed number's digits."""
+def match_route(config: VoiceCallConfig, dialed: str | None, *, routes: dict[str, NumberRoute] | None = None,
+                ) -> tuple[str, NumberRoute] | None:
+    """Exact key first, else the first key whose digits equal the dialed number's digits.
+
+    `routes`: all_routes(config) when the caller already read them (one read for many calls).
+    """
     if not dialed:
         return None
-    routes = all_routes(config)
+    routes = all_routes(config) if routes is None else routes
     if dialed in routes:
         return dialed, routes[dialed]
     wanted = digits_only(dialed)

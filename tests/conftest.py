@@ -142,3 +142,13 @@ def hold_hangup_until_seen(monkeypatch, owner: Any, *, others: int) -> None:
 
     monkeypatch.setattr(ending, "call_find", watched_find)
     monkeypatch.setattr(owner, "hangup_call", held_hangup)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_warning_limits():
+    """Rate-limited warnings start unseen in every test: one test's failures never silence another's."""
+    from calls import log_limit
+
+    log_limit.reset()
+    yield
+    log_limit.reset()

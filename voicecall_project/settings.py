@@ -6,6 +6,7 @@ from pathlib import Path
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
+from voicecall_project.env_numbers import positive_int_env
 from voicecall_project.rpc_tokens import parse_rpc_tokens
 from voicecall_project.secret_files import secret_file
 
@@ -126,6 +127,13 @@ VOICECALL_BACKGROUND = env(
 VOICECALL_EMBEDDED_SCHEDULER = env.bool(
     "VOICECALL_EMBEDDED_SCHEDULER", default=VOICECALL_MODE == "embedded"
 )
+# The most seconds restore after start spends asking the carrier about live calls (it runs in the
+# background while the server listens); calls not asked about by then keep their deadlines.
+VOICECALL_RESTORE_SECONDS = env.float("VOICECALL_RESTORE_SECONDS", default=60.0)
+# How often the embedded sweeper looks for jobs a dead process left (an expired greeting or hang-up
+# claim, an answered call never greeted) and starts them again; a greeting the carrier refused is
+# retried at this pace too.
+VOICECALL_RESUME_SECONDS = env.float("VOICECALL_RESUME_SECONDS", default=30.0)
 # Start the gateway's background services on the first ASGI request when the server did not.
 VOICECALL_AUTOSTART_SERVICES = env.bool("VOICECALL_AUTOSTART_SERVICES", default=True)
 
@@ -136,6 +144,12 @@ VOICECALL_RPC_TOKENS = parse_rpc_tokens(env("VOICECALL_RPC_TOKENS", default=""))
 VOICECALL_GATEWAY_URL = env("VOICECALL_GATEWAY_URL", default="")
 # The token the CLI sends; default: the first write token above, else the local token file.
 VOICECALL_RPC_TOKEN = env("VOICECALL_RPC_TOKEN", default="")
+
+# Admin login throttling (calls/admin_login.py): this many failed logins for one username from one
+# client address within the window lock that pair out for the lockout time.
+VOICECALL_ADMIN_LOGIN_MAX_FAILURES = positive_int_env("VOICECALL_ADMIN_LOGIN_MAX_FAILURES", 5)
+VOICECALL_ADMIN_LOGIN_WINDOW_SECONDS = positive_int_env("VOICECALL_ADMIN_LOGIN_WINDOW_SECONDS", 15 * 60)
+VOICECALL_ADMIN_LOGIN_LOCKOUT_SECONDS = positive_int_env("VOICECALL_ADMIN_LOGIN_LOCKOUT_SECONDS", 15 * 60)
 
 # Path of the call config file (JSON or JSON5); unset means defaults with the mock carrier.
 VOICECALL_CONFIG = env("VOICECALL_CONFIG", default="")
@@ -157,14 +171,23 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = DATA_DIR / "static"
 
+# Console lines as text (the default) or one JSON object per line; both name the call a line is about.
+LOG_FORMAT = env("LOG_FORMAT", default="text").strip().lower() or "text"
+if LOG_FORMAT not in ("text", "json"):
+    raise ImproperlyConfigured(f"LOG_FORMAT must be text or json, got {LOG_FORMAT!r}")
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
+    # By dotted path, so reading the settings imports no project code; resolved when logging is set up.
     "formatters": {
-        "plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
+        "text": {"()": "core.log_format.TextFormatter"},
+        "json": {"()": "core.log_format.JsonFormatter"},
     },
+    # No line leaves with a credential in its message or traceback, whichever logger wrote it.
+    "filters": {"redact": {"()": "core.redact.RedactFilter"}},
     "handlers": {
-        "console": {"class": "logging.StreamHandler", "formatter": "plain"},
+        "console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["redact"]},
     },
     # One handler, on the root logger: the project's loggers propagate to it. A handler of their own
     # as well would print each line twice once a server (Daphne) gives the root logger one.

@@ -19,7 +19,7 @@ from .call_requests import (
 from .common import transcript_add
 from .dialing import MODES, call_initiate
 from .dtmf import DTMF_MESSAGE, DTMF_PATTERN, call_send_dtmf
-from .ending import call_end
+from .ending import call_end, call_end_or_retry
 from .events import EventOutcome, call_event_record, event_process
 from .greeting import GreetingDecision, greeting_decision, initial_message_delivered, initial_message_speak
 from .memory import session_message_add
@@ -40,6 +40,7 @@ from .realtime import (
     realtime_transcript,
 )
 from .replies import ReplyHeard, reply_settle
+from .resume import lost_jobs_resume
 from .speech import call_reply_say, call_speak, reply_speaking_begin, speaking_begin, speaking_end
 from .streams import (
     StreamCall,
@@ -91,6 +92,7 @@ __all__ = [
     "call_continue",
     "call_continue_request",
     "call_end",
+    "call_end_or_retry",
     "call_event_record",
     "call_end_request",
     "call_initiate",
@@ -111,6 +113,7 @@ __all__ = [
     "initial_message_delivered",
     "initial_message_speak",
     "input_required",
+    "lost_jobs_resume",
     "next_deadline",
     "processed_webhooks_purge",
     "reply_settle",

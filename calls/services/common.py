@@ -13,6 +13,7 @@ from core.states import TERMINAL_STATES, CallState, next_state
 
 from .. import background
 from ..clock import now
+from ..log_limit import warn_limited
 from ..models import Call, CallTurn, Speaker, TranscriptEntry, TurnStatus
 
 _UNREAD = object()
@@ -23,14 +24,19 @@ CLAIM_TTL = timedelta(seconds=30)
 log = logging.getLogger("calls.services")
 
 
-def carrier_request(action: str, func, **kwargs):
-    """Run a carrier request; any failure becomes CarrierError with the carrier's message."""
+def carrier_request(action: str, func, *, quiet: bool = False, **kwargs):
+    """Run a carrier request; any failure becomes CarrierError with the carrier's message.
+
+    `quiet`: the caller logs the failure itself (with what it does next), so it is not logged here.
+    """
     try:
         return func(**kwargs)
     except VoiceCallError:
         raise
     except Exception as exc:  # carriers raise their own errors; surfaces need one shape
-        log.warning("carrier %s failed: %s", action, exc)
+        if not quiet:
+            # Per kind of failure, not per call: a carrier that is down fails every call's request.
+            warn_limited(log, ("carrier", action, type(exc).__name__), "carrier %s failed: %s", action, exc)
         raise CarrierError(str(exc) or f"{action} failed") from exc
 
 
@@ -88,6 +94,8 @@ def finalize(
     call.max_duration_deadline = None
     call.notify_hangup_at = None
     call.stream_grace_deadline = None
+    # Whoever ends the call now hangs it up (or the carrier ended it): an earlier hang-up's retry is moot.
+    call.end_retry_at = None
     if save:
         call.save()
     _close_streams_on_commit(str(call.pk))

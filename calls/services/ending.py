@@ -15,6 +15,7 @@ from ..runtime import get_runtime
 from ..selectors import call_find
 from .common import CLAIM_TTL, carrier_request, finalize
 from .dialing import DIAL_GRACE
+from .hangup_retry import hangup_failed
 
 
 def call_end(*, call_id: str, reason: str = CallState.HANGUP_BOT.value) -> None:
@@ -43,7 +44,9 @@ def call_end(*, call_id: str, reason: str = CallState.HANGUP_BOT.value) -> None:
         time.sleep(0.1)  # another request is hanging up this call (or the dial is in flight)
 
     try:
-        carrier_request("hangup", runtime.carrier.hangup_call, call_id=str(call.pk), provider_call_id=call.provider_call_id, reason=reason)
+        # Not logged here: the caller's retry logs it with the attempt, or the requester gets the error.
+        carrier_request("hangup", runtime.carrier.hangup_call, quiet=True, call_id=str(call.pk),
+                        provider_call_id=call.provider_call_id, reason=reason)
     except CarrierError:
         Call.objects.filter(pk=call.pk).update(hangup_claimed_at=None)
         raise
@@ -62,13 +65,39 @@ def reject_hangup(*, call_id: str) -> None:
 
 @background.job("calls.carrier_hangup")
 def carrier_hangup(*, call_id: str, reason: str) -> None:
-    """Ask the carrier to hang up without touching the record (it is already final)."""
+    """Ask the carrier to hang up without touching the record (it is already final); retried with backoff."""
     runtime = get_runtime()
     call = call_find(ref=call_id)
-    if call is not None and call.provider_call_id:
-        carrier_request("hangup", runtime.carrier.hangup_call, call_id=call_id, provider_call_id=call.provider_call_id, reason=reason)
+    if call is None or not call.provider_call_id:
+        return
+    try:
+        carrier_request("hangup", runtime.carrier.hangup_call, quiet=True, call_id=str(call.pk),
+                        provider_call_id=call.provider_call_id, reason=reason)
+    except CarrierError as exc:
+        hangup_failed(call.pk, reason, exc)
+
+
+def call_end_or_retry(*, call_id: str, reason: str) -> None:
+    """End the call; if the carrier fails the hang-up, it is tried again later with backoff."""
+    try:
+        call_end(call_id=call_id, reason=reason)
+    except CarrierError as exc:
+        hangup_failed(call_id, reason, exc)
 
 
 @background.job("calls.end")
 def end_job(*, call_id: str, reason: str) -> None:
-    call_end(call_id=call_id, reason=reason)
+    call_end_or_retry(call_id=call_id, reason=reason)
+
+
+@background.job("calls.hangup_retry")
+def hangup_retry(*, call_id: str) -> None:
+    """The next try of a hang-up that failed: end a live call, or only hang up one that has ended."""
+    call = call_find(ref=call_id)
+    if call is None:
+        return
+    reason = call.hangup_reason or call.end_reason or CallState.HANGUP_BOT.value
+    if call.is_terminal:
+        carrier_hangup(call_id=str(call.pk), reason=reason)
+    else:
+        call_end_or_retry(call_id=str(call.pk), reason=reason)

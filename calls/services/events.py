@@ -1,12 +1,16 @@
 """Applying normalized events to calls, in the reference's order (docs/compatibility.md, Event processing)."""
 from __future__ import annotations
 
+import uuid
+from collections.abc import Callable
 from copy import deepcopy
 from datetime import datetime, timedelta
 from enum import StrEnum
 
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 
+from core.call_context import bind_call_id, call_scope
 from core.events import (
     CallActive,
     CallAmd,
@@ -24,20 +28,23 @@ from core.events import (
 )
 from core.states import CallState
 from routing.policy import inbound_decision
-from routing.routes import greeting_for, match_route, route_snapshot
+from routing.routes import all_routes, greeting_for, match_route, route_snapshot
 
 from .. import background
 from ..clock import from_ms, now, to_ms
-from ..models import Call, CallEvent, CallMode, CallTurn, Direction, PairingStatus, TurnStatus
+from ..models import Call, CallEvent, CallMode, CallTurn, Direction, PairingStatus, Speaker, TranscriptEntry, TurnStatus
 from ..runtime import CallRuntime, get_runtime
 from ..selectors import call_find_locked, call_pending_turn
 from ..session_keys import session_key_for_call
-from .common import CLAIM_TTL, finalize, log, move_to, set_answered, transcript_add, turn_changed
+from .common import CLAIM_TTL, finalize, log, move_to, set_answered, turn_changed
 from .greeting import greeting_decision
 from .pairing import PAIRING_PROMPT, pairing_admission, pairing_input
-from .replies import conversational, reply_requested
+from .replies import conversational, replies_requested
 
 FIELD_LIMIT = Call._meta.get_field("from_number").max_length
+# Keys or refs per preload statement: well under every database's limit on bound parameters.
+PRELOAD_CHUNK = 500
+PRELOAD_MIN_EVENTS = 8
 VERDICT_LIMIT = Call._meta.get_field("answered_by").max_length
 
 
@@ -80,10 +87,12 @@ _ROW_ONLY = (CallInitiated, CallRinging, CallAnswered, CallActive, CallSpeaking,
 class EventBatch:
     """Events applied in the caller's transaction: each call row read once under its lock, written once.
 
-    `flush()` writes the calls and inserts the event records together. Without `check_duplicates`
-    an event already seen is not looked up first: its record's unique dedupe key makes `flush()`
-    raise IntegrityError, and the caller rolls the whole transaction back (webhook_process then
-    takes the careful path, event by event).
+    `flush()` writes the calls and inserts the event records together, with the caller's words
+    (transcript lines, and the replies they ask for) one statement per table, however many events.
+    Without `check_duplicates` an event already seen is not looked up one by one: `preload()`
+    reads the stored keys of a whole request at once, and a key stored meanwhile makes `flush()`
+    raise IntegrityError; the caller rolls the whole transaction back (webhook_process then takes
+    the careful path, event by event).
     """
 
     def __init__(self, runtime: CallRuntime, *, hangup_rejected: bool, check_duplicates: bool) -> None:
@@ -95,12 +104,51 @@ class EventBatch:
         self.changed: set = set()  # pks of calls to save at flush
         self.records: list[CallEvent] = []
         self.read: dict = {}  # pk → the stored columns of each call read here, as read
+        self.by_pk: dict = {}  # pk → the one Call object held for it
+        self.seen_keys: set[str] = set()  # dedupe keys stored before (preload) or recorded in this batch
+        self.missing: set[str] = set()  # refs known to name no stored call (preload)
+        self.lines: list[TranscriptEntry] = []  # the caller's final words, inserted at flush
+        self.heard: dict = {}  # pk → [(text, heard_at)] to answer, in order (conversational calls)
+        self._routes = None
+
+    def preload(self, events: list[NormalizedEvent]) -> None:
+        """Read what a whole request's events will ask, in a statement or two instead of one per event.
+
+        Which dedupe keys are already stored (those events are duplicates), and which call refs
+        name no stored call (no lookup each). A carrier's usual request (one to three events) is
+        left to its own lookups: reading ahead would only add a statement to it. Repeats within
+        the request are caught without any (`seen_keys`).
+        """
+        if len(events) < PRELOAD_MIN_EVENTS:
+            return
+        keys = list({event.key for event in events})
+        for start in range(0, len(keys), PRELOAD_CHUNK):
+            chunk = keys[start:start + PRELOAD_CHUNK]
+            self.seen_keys.update(CallEvent.objects.filter(dedupe_key__in=chunk).values_list("dedupe_key", flat=True))
+        refs = {ref for event in events for ref in (event.call_id, event.provider_call_id) if ref}
+        ids = {ref: _as_uuid(ref) for ref in refs}
+        found: set[str] = set()
+        refs_list = sorted(refs)
+        for start in range(0, len(refs_list), PRELOAD_CHUNK):
+            chunk = refs_list[start:start + PRELOAD_CHUNK]
+            uuids = [ids[ref] for ref in chunk if ids[ref] is not None]
+            for pk, carrier_id in Call.objects.filter(Q(pk__in=uuids) | Q(provider_call_id__in=chunk)).values_list("pk", "provider_call_id"):
+                found.update((str(pk), carrier_id or ""))
+        self.missing = {ref for ref in refs if ref not in found and str(ids[ref]) not in found}
+
+    def routes(self):
+        """The number routes, read once per batch (a batch of new inbound calls matches each)."""
+        if self._routes is None:
+            self._routes = all_routes(self.runtime.config)
+        return self._routes
 
     def call(self, ref: str | None) -> Call | None:
         """A call this batch holds (locked), else looked up and locked now."""
         if not ref:
             return None
         if ref not in self.calls:
+            if ref in self.missing:
+                return None
             call = call_find_locked(ref=ref)
             if call is None:
                 return None
@@ -109,20 +157,27 @@ class EventBatch:
         return self.calls[ref]
 
     def _hold(self, call: Call, ref: str | None = None) -> Call:
-        known = next((held for held in self.calls.values() if held.pk == call.pk), call)
+        known = self.by_pk.setdefault(call.pk, call)
         for key in (ref, str(call.pk), call.provider_call_id):
             if key:
                 self.calls[key] = known
         return known
 
     def apply(self, event: NormalizedEvent) -> EventOutcome:
+        with call_scope():  # the lines logged while applying it name the call, once it is known
+            return self._apply(event)
+
+    def _apply(self, event: NormalizedEvent) -> EventOutcome:
+        if event.key in self.seen_keys:
+            return EventOutcome.DUPLICATE  # stored before (preload), or earlier in this request
         if self.check_duplicates and CallEvent.objects.filter(dedupe_key=event.key).exists():
             return EventOutcome.DUPLICATE
         call = self.call(event.call_id)
         if call is None and event.provider_call_id and event.provider_call_id != event.call_id:
             call = self.call(event.provider_call_id)
         if call is None and event.provider_call_id and event.direction:
-            call, rejected = _create_webhook_call(self.runtime, event)
+            call, rejected = _create_webhook_call(self.runtime, event, self.routes)
+            bind_call_id(call.pk)
             call.pending_turn_id, call.replay_keys = None, 0  # new: no turn, no remembered answers
             self._hold(call, event.call_id)
             self.unsaved.add(call.pk)
@@ -134,6 +189,7 @@ class EventBatch:
         if call is None:
             log.warning("event %s for unknown call %s ignored", event.type, event.call_id)
             return EventOutcome.UNKNOWN_CALL
+        bind_call_id(call.pk)
 
         if call.pk in self.unsaved and not isinstance(event, _ROW_ONLY):
             self._insert(call)
@@ -142,27 +198,32 @@ class EventBatch:
             self._hold(call)
         self._record(call, event)
         if not call.is_terminal:
-            _apply(self.runtime, call, event)
+            _apply(self, call, event)
         self.changed.add(call.pk)
         return EventOutcome.PROCESSED
 
     def held(self) -> list[Call]:
-        unique: dict = {}
-        for call in self.calls.values():
-            unique.setdefault(call.pk, call)
-        return list(unique.values())
+        return list(self.by_pk.values())
 
     def flush(self) -> None:
         """Write every held call (insert the new ones) and the event records, in this transaction."""
+        inserted = set(self.unsaved)
+        if inserted:  # one insert for a request's new calls
+            Call.objects.bulk_create([call for call in self.held() if call.pk in inserted])
+            self.unsaved.clear()
         for call in self.held():
-            if call.pk in self.unsaved:
-                self._insert(call)
-            elif call.pk in self.changed:
+            if call.pk in self.changed and call.pk not in inserted:
                 call.save(update_fields=self._changed_columns(call))
         self.changed.clear()
         if self.records:
             CallEvent.objects.bulk_create(self.records)
             self.records = []
+        if self.lines:
+            TranscriptEntry.objects.bulk_create(self.lines)
+            self.lines = []
+        heard, self.heard = self.heard, {}
+        for pk, said in heard.items():
+            replies_requested(self.by_pk[pk], said)
 
     def _changed_columns(self, call: Call) -> list[str] | None:
         """The columns that differ from the row as read, and updated_at (followers of it see the event)."""
@@ -179,6 +240,8 @@ class EventBatch:
     def _record(self, call: Call, event: NormalizedEvent) -> None:
         # A retryable error is not remembered as processed, so a redelivery is applied again.
         retryable = isinstance(event, CallError) and event.retryable
+        if not retryable:
+            self.seen_keys.add(event.key)
         self.records.append(CallEvent(
             call=call,
             type=event.type,
@@ -207,8 +270,10 @@ def _rekey(call: Call, provider_call_id: str) -> None:
     call.provider_call_id = provider_call_id
 
 
-def _create_webhook_call(runtime: CallRuntime, event: NormalizedEvent) -> tuple[Call, bool]:
+def _create_webhook_call(runtime: CallRuntime, event: NormalizedEvent, routes: Callable[[], dict]) -> tuple[Call, bool]:
     """A call first seen in a webhook: inbound (policy applies) or an outbound call we do not know.
+
+    `routes`: the number routes (read once for the whole batch).
 
     Returns the new record, not yet saved (the batch inserts it), and whether the inbound policy
     rejected it (then it is already ended).
@@ -235,7 +300,7 @@ def _create_webhook_call(runtime: CallRuntime, event: NormalizedEvent) -> tuple[
             call.ended_at = call.started_at
             call.rejection_reason = reason
             return call, True
-        matched = match_route(config, event.to_number)
+        matched = match_route(config, event.to_number, routes=routes())
         route_key, route = matched if matched else (None, None)
         if route and route.agent_id:
             call.agent_id = route.agent_id
@@ -257,12 +322,14 @@ def _create_webhook_call(runtime: CallRuntime, event: NormalizedEvent) -> tuple[
         to_number=call.to_number,
         call_id=str(call.pk),
     )
+    bind_call_id(call.pk)  # within EventBatch.apply's call scope
     log.info("%s call %s created from webhook (%s)", direction, call.pk, event.provider_call_id)
     return call, False
 
 
-def _apply(runtime: CallRuntime, call: Call, event: NormalizedEvent) -> None:
+def _apply(batch: EventBatch, call: Call, event: NormalizedEvent) -> None:
     """The event's effect on the call in memory (the batch saves the row) and on its other rows."""
+    runtime = batch.runtime
     config = runtime.config
     if isinstance(event, CallInitiated):
         move_to(call, CallState.INITIATED)
@@ -280,7 +347,7 @@ def _apply(runtime: CallRuntime, call: Call, event: NormalizedEvent) -> None:
         move_to(call, CallState.SPEAKING)
         set_answered(call, from_ms(event.timestamp), config.max_duration_seconds)
     elif isinstance(event, CallSpeech):
-        _apply_speech(runtime, call, event)
+        _apply_speech(batch, call, event)
     elif isinstance(event, CallEnded):
         finalize(call, _end_reason(call, event), ended_at=from_ms(event.timestamp), save=False)
     elif isinstance(event, CallError):
@@ -328,7 +395,7 @@ def _notify_message_played(config, call: Call) -> None:
     background.deadline_set(call.notify_hangup_at)
 
 
-def _apply_speech(runtime: CallRuntime, call: Call, event: CallSpeech) -> None:
+def _apply_speech(batch: EventBatch, call: Call, event: CallSpeech) -> None:
     text = event.transcript.strip()
     if event.is_final and text:
         turn = call_pending_turn(call=call)
@@ -337,16 +404,16 @@ def _apply_speech(runtime: CallRuntime, call: Call, event: CallSpeech) -> None:
             log.warning("speech for call %s ignored: turn token %r does not match", call.pk, event.turn_token)
             return
         heard_at = from_ms(event.timestamp)
-        # The call row is saved after the event, which tells followers of updated_at.
-        transcript_add(call=call, speaker="user", text=text, at=heard_at, touch=False)
+        # Inserted at flush with the batch's other lines; the call row saved then tells followers of updated_at.
+        batch.lines.append(TranscriptEntry(call=call, speaker=Speaker.USER, text=text, is_final=True, timestamp=heard_at))
         if turn is not None:
             _complete_turn(call, turn, text)
         elif call.pairing == PairingStatus.WAITING:
             pairing_input(call, text=text)
         elif conversational(call):
-            reply_requested(call, text, heard_at=heard_at)
+            batch.heard.setdefault(call.pk, []).append((text, heard_at))
     move_to(call, CallState.LISTENING)
-    set_answered(call, from_ms(event.timestamp), runtime.config.max_duration_seconds)
+    set_answered(call, from_ms(event.timestamp), batch.runtime.config.max_duration_seconds)
 
 
 def _complete_turn(call: Call, turn: CallTurn, text: str) -> None:
@@ -382,3 +449,10 @@ def call_event_record(*, call_id: str, type: str, payload: dict, key: str | None
     except IntegrityError:
         return False
     return True
+
+
+def _as_uuid(ref: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(ref)
+    except ValueError:
+        return None

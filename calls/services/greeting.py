@@ -14,6 +14,7 @@ from providers.carriers.base import Prompt
 
 from .. import background
 from ..clock import now
+from ..gateway import get_gateway
 from ..models import Call, CallMode, Direction
 from ..runtime import CallRuntime, get_runtime
 from ..selectors import call_find, call_voice
@@ -91,6 +92,7 @@ def initial_message_delivered(*, call_id: str) -> bool:
         message = initial_message_taken(call) if call is not None else None
         if message is None:
             return False
+        call.greeting_claimed_at = None
         call.save()
         transcript_add(call=call, speaker="bot", text=message, touch=False)
     return True
@@ -127,6 +129,12 @@ def initial_message_speak(*, call_id: str) -> bool:
     if not claimed:
         return False
     call.greeting_claimed_at = at
+    # Held as a lease while it plays: renewed, so only a claim whose process died expires.
+    with get_gateway().leases.hold("greeting_claimed_at", call.pk, at):
+        return _greeting_speak(runtime, call, call_id)
+
+
+def _greeting_speak(runtime: CallRuntime, call: Call, call_id: str) -> bool:
     message = call.initial_message
     conversation = call.mode != CallMode.NOTIFY
     if conversation and runtime.carrier.listens_with_prompt and not runtime.config.streaming.enabled:
@@ -171,8 +179,11 @@ def _greet_and_listen(runtime: CallRuntime, call: Call, message: str) -> bool:
         )
     except VoiceCallError as exc:
         return _greeting_failed(call, exc)
+    # The claim goes with the message, in one statement: never an unclaimed message already said.
+    if initial_message_delivered(call_id=str(call.pk)):
+        return True
     Call.objects.filter(pk=call.pk).update(greeting_claimed_at=None)
-    return initial_message_delivered(call_id=str(call.pk))
+    return False
 
 
 def _greeting_failed(call: Call, error: VoiceCallError) -> bool:

@@ -16,24 +16,43 @@ def session_message_add(*, call: Call, role: MessageRole | str, text: str, at: d
     `session_id`: the call's session when already known (no lookup). None for a call without a
     session key, or for blank text.
     """
-    if not call.session_key:
-        return None
-    if not text.strip():
-        ConversationSession.objects.get_or_create(key=call.session_key, defaults={"agent_id": call.agent_id})
-        return None
-    if session_id is not None:  # known to the caller: touched by id
+    if session_id is not None and call.session_key and text.strip():  # known to the caller: touched by id
         message = SessionMessage.objects.create(session_id=session_id, call=call, role=role, text=text.strip(),
                                                 spoken_at=at or now())
         ConversationSession.objects.filter(pk=session_id).update(updated_at=now())
         return message
+    return session_messages_add(call=call, role=role, lines=[(text, at)])[0]
+
+
+def session_messages_add(*, call: Call, role: MessageRole | str,
+                         lines: list[tuple[str, datetime | None]]) -> list[SessionMessage | None]:
+    """Add lines (text, when said) to the call's session memory in order, in one insert; each line's message.
+
+    None in place of a blank line, and for every line of a call without a session key.
+    """
+    if not call.session_key:
+        return [None] * len(lines)
+    kept = [(text.strip(), at or now()) for text, at in lines]
+    if not any(text for text, _ in kept):
+        ConversationSession.objects.get_or_create(key=call.session_key, defaults={"agent_id": call.agent_id})
+        return [None] * len(lines)
     session_id, touch = _session_touched(call.session_key), False
     if session_id is None:
         session, created = _session_new(call)
         session_id, touch = session.pk, not created
-    message = SessionMessage.objects.create(session_id=session_id, call=call, role=role, text=text.strip(), spoken_at=at or now())
+    messages = [
+        SessionMessage(session_id=session_id, call=call, role=role, text=text, spoken_at=at) if text else None
+        for text, at in kept
+    ]
+    rows = [message for message in messages if message is not None]
+    if len(rows) > 1 and connection.features.can_return_rows_from_bulk_insert:
+        SessionMessage.objects.bulk_create(rows)
+    else:  # one row, or a database that would not hand back the new ids (replies refer to them)
+        for row in rows:
+            row.save(force_insert=True)
     if touch:
         ConversationSession.objects.filter(pk=session_id).update(updated_at=now())
-    return message
+    return messages
 
 
 def _session_new(call: Call) -> tuple[ConversationSession, bool]:

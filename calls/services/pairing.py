@@ -20,7 +20,7 @@ from ..runtime import get_runtime
 from ..clock import now
 from ..selectors import call_uses_stream
 from .common import log
-from .ending import call_end
+from .ending import call_end_or_retry
 from .speech import call_reply_say, call_speak, spoken_duration_estimate
 
 PAIRING_PROMPT = "This number is not registered yet. Please enter or say your pairing code."
@@ -95,7 +95,7 @@ def pairing_failed(*, call_id: str) -> None:
         on_stream = True  # nothing is playing: hang up now
     if on_stream:
         try:
-            call_end(call_id=call_id, reason="hangup-bot")
+            call_end_or_retry(call_id=call_id, reason="hangup-bot")
         except VoiceCallError as exc:
             log.warning("call %s: hanging up after failed pairing failed: %s", call_id, exc)
         return

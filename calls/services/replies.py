@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from django.db import transaction
+from django.db import connection, transaction
 
 from routing.routes import call_route
 
@@ -13,7 +13,7 @@ from ..clock import from_ms, now
 from ..models import Call, CallMode, Direction, MessageRole, ReplyStatus, ReplyTurn, Speaker, TranscriptEntry
 from ..runtime import get_runtime
 from .common import back_to_listening, log
-from .memory import session_message_add
+from .memory import session_message_add, session_messages_add
 
 
 def conversational(call: Call) -> bool:
@@ -37,13 +37,35 @@ def reply_requested(call: Call, text: str, *, heard_at: datetime) -> ReplyTurn:
 
     Runs inside the event's transaction; the job starts after it commits.
     """
+    return replies_requested(call, [(text, heard_at)])
+
+
+def replies_requested(call: Call, heard: list[tuple[str, datetime]]) -> ReplyTurn:
+    """The caller finished saying each of `heard`, in order (one request's worth): `reply_requested` for each.
+
+    Every utterance is remembered (memory and a reply row), but as each supersedes the one before,
+    only the last is answered: the earlier ones are written superseded, in a few statements
+    whatever their number. Returns the reply that is answered.
+    """
     superseded = ReplyTurn.objects.filter(call=call, status=ReplyStatus.PENDING).update(
         status=ReplyStatus.SUPERSEDED, completed_at=now())
+    superseded += len(heard) - 1
     if superseded:
         log.info("call %s: newer caller speech supersedes %d pending repl%s", call.pk, superseded,
                  "y" if superseded == 1 else "ies")
-    message = session_message_add(call=call, role=MessageRole.USER, text=text, at=heard_at)
-    reply = ReplyTurn.objects.create(call=call, transcript=text, user_message=message, heard_at=heard_at)
+    messages = session_messages_add(call=call, role=MessageRole.USER, lines=heard)
+    last = len(heard) - 1
+    replies = [
+        ReplyTurn(call=call, transcript=text, user_message=message, heard_at=heard_at,
+                  **({} if index == last else {"status": ReplyStatus.SUPERSEDED, "completed_at": now()}))
+        for index, ((text, heard_at), message) in enumerate(zip(heard, messages))
+    ]
+    if len(replies) > 1 and connection.features.can_return_rows_from_bulk_insert:
+        ReplyTurn.objects.bulk_create(replies)
+    else:  # one row, or a database that would not hand back the new ids (the job needs the last one's)
+        for reply in replies:
+            reply.save(force_insert=True)
+    reply = replies[-1]
     background.submit("calls.auto_reply", reply_id=reply.pk)
     return reply
 

@@ -1,7 +1,9 @@
 """Periodic work: enforce deadlines, reap stale calls, restore calls after a restart, forget old replay keys."""
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+import queue
+import threading
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -16,12 +18,12 @@ from ..models import Call, CallTurn, CarrierDocument, ContinueOperation, Operati
 from ..runtime import get_runtime
 from .common import finalize_by_id, log
 from .dialing import DIAL_GRACE
-from .ending import call_end
+from .ending import call_end_or_retry
+from .hangup_retry import retries_due
 from .turns import turn_timeout
 
 REAP_INTERVAL_SECONDS = 30
 UNFINISHED_DIAL = "the dial did not finish (no carrier call id when the gateway restarted)"
-RETRY_DELAY = timedelta(seconds=5)
 # Deadline columns on Call and the end reason each one ends the call with.
 CALL_DEADLINES = {
     "max_duration_deadline": CallState.TIMEOUT.value,
@@ -31,7 +33,7 @@ CALL_DEADLINES = {
 
 
 def deadlines_sweep(*, at: datetime | None = None) -> int:
-    """End calls whose max duration or notify hang-up time has come; time out waiting turns.
+    """End calls whose max duration or notify hang-up time has come; retry failed hang-ups; time out waiting turns.
 
     Each due deadline is claimed with a conditional UPDATE, so concurrent sweepers in several
     processes act on it once. The hang-up itself runs as a background job.
@@ -46,6 +48,9 @@ def deadlines_sweep(*, at: datetime | None = None) -> int:
                 acted += 1
                 log.info("call %s: %s reached, ending (%s)", call_id, column, reason)
                 background.submit("calls.deadline_end", call_id=str(call_id), reason=reason, column=column)
+    for call_id in retries_due(at=at):
+        acted += 1
+        background.submit("calls.hangup_retry", call_id=call_id)
     timeout_ms = _transcript_timeout_ms()
     for turn_id in list(CallTurn.objects.filter(status=TurnStatus.PENDING, deadline__lte=at).values_list("pk", flat=True)):
         acted += turn_timeout(turn_id=turn_id, timeout_ms=timeout_ms)
@@ -54,21 +59,17 @@ def deadlines_sweep(*, at: datetime | None = None) -> int:
 
 @background.job("calls.deadline_end")
 def deadline_end(*, call_id: str, reason: str, column: str) -> None:
-    """End a call for a deadline; on failure put the deadline back a little later to retry."""
-    try:
-        call_end(call_id=call_id, reason=reason)
-    except Exception as exc:
-        log.warning("ending call %s for %s failed, retrying: %s", call_id, column, exc)
-        retry_at = now() + RETRY_DELAY
-        Call.objects.live().filter(pk=call_id).update(**{column: retry_at})
-        background.deadline_set(retry_at)
+    """End a call for a deadline (`column` names it); a failed hang-up is retried with backoff."""
+    call_end_or_retry(call_id=call_id, reason=reason)
 
 
 def next_deadline() -> datetime | None:
     """The earliest pending deadline of any kind (the embedded scheduler sleeps until then)."""
     live = Call.objects.live().aggregate(**{column: Min(column) for column in CALL_DEADLINES})
+    # Hang-up retries are due on ended calls too (a refused caller's line).
+    retry = Call.objects.aggregate(retry=Min("end_retry_at"))
     turn = CallTurn.objects.filter(status=TurnStatus.PENDING).aggregate(turn=Min("deadline"))
-    candidates = [value for value in (*live.values(), turn["turn"]) if value is not None]
+    candidates = [value for value in (*live.values(), retry["retry"], turn["turn"]) if value is not None]
     return min(candidates) if candidates else None
 
 
@@ -85,6 +86,8 @@ def stale_calls_reap(*, at: datetime | None = None) -> int:
         Call.objects.live()
         .filter(answered_at__isnull=True, started_at__lt=cutoff)
         .exclude(state__in=[s.value for s in CONVERSATION_STATES])
+        # A hang-up already waiting for its next try is left to its backoff.
+        .filter(end_retry_at__isnull=True)
         .values_list("pk", flat=True)
     )
     count = 0
@@ -127,19 +130,33 @@ class RestoreReport:
     failed_dials: list[str] = field(default_factory=list)
     expired: list[str] = field(default_factory=list)
     ended_at_carrier: list[str] = field(default_factory=list)
+    # Live calls the carrier was not asked about within the time bound: kept, with their deadlines.
+    unchecked: list[str] = field(default_factory=list)
+
+    @property
+    def timed_out(self) -> bool:
+        return bool(self.unchecked)
 
     def summary(self) -> str:
-        return (
+        text = (
             f"kept {len(self.kept)}, ended {len(self.ended_at_carrier)} that the carrier reports over, "
             f"timed out {len(self.expired)} past maxDurationSeconds, failed {len(self.failed_dials)} unfinished dials"
         )
+        if self.unchecked:
+            text += f"; {len(self.unchecked)} not checked in time (kept with their deadlines)"
+        return text
 
 
-def calls_restore() -> RestoreReport:
+# Status requests in flight at once; the rest wait in line (the carrier's rate limits are per account).
+RESTORE_CONCURRENCY = 8
+
+
+def calls_restore(*, budget: float | None = None) -> RestoreReport:
     """Check every live call after a restart against the carrier (docs/compatibility.md, Restore after restart).
 
     Deadlines are already on the rows, so kept calls need nothing more; this ends the calls
-    that cannot still be up.
+    that cannot still be up. With `budget` (seconds), the carrier is asked only until then: calls
+    not answered for in time are kept, and the sweeper still ends them at their deadlines.
     """
     runtime = get_runtime()
     config = runtime.config
@@ -167,9 +184,12 @@ def calls_restore() -> RestoreReport:
             log.info("status of %s unavailable (relying on its deadlines): %s", call.pk, exc)
             return None
 
-    with ThreadPoolExecutor(max_workers=8, thread_name_prefix="voicecall-restore") as pool:
-        statuses = list(pool.map(status, to_check))
-    for call, result in zip(to_check, statuses):
+    statuses = bounded_map(status, to_check, workers=RESTORE_CONCURRENCY, budget=budget)
+    for call in to_check:
+        if call.pk not in statuses:
+            report.unchecked.append(str(call.pk))
+            continue
+        result = statuses[call.pk]
         if result is not None and result.is_terminal:
             finalize_by_id(call.pk, CallState.COMPLETED.value)
             report.ended_at_carrier.append(str(call.pk))
@@ -177,6 +197,47 @@ def calls_restore() -> RestoreReport:
             report.kept.append(str(call.pk))
     log.info("restore: %s", report.summary())
     return report
+
+
+def bounded_map(func, calls: list[Call], *, workers: int, budget: float | None) -> dict:
+    """`func(call)` for each call on up to `workers` daemon threads, for at most `budget` seconds.
+
+    Returns {call.pk: result} for the calls done in time. Daemon threads: a request still hanging
+    when the budget runs out is left to its own timeout and never holds up the process's exit.
+    """
+    results: dict = {}
+    pending = queue.SimpleQueue()
+    for call in calls:
+        pending.put(call)
+    done = threading.Condition()
+
+    def work() -> None:
+        while True:
+            try:
+                call = pending.get_nowait()
+            except queue.Empty:
+                return
+            result = func(call)
+            with done:
+                results[call.pk] = result
+                done.notify_all()
+
+    for index in range(min(workers, len(calls))):
+        threading.Thread(target=work, name=f"voicecall-restore-{index}", daemon=True).start()
+    deadline = None if budget is None else time.monotonic() + budget
+    with done:
+        while len(results) < len(calls):
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                break
+            done.wait(remaining)
+        # Calls not started yet are dropped from the line: nothing more goes to the carrier.
+        while True:
+            try:
+                pending.get_nowait()
+            except queue.Empty:
+                break
+        return dict(results)
 
 
 def _transcript_timeout_ms() -> int:

@@ -118,10 +118,12 @@ def _first_answer(key: str) -> WebhookReply | None:
 def _process_at_once(runtime: CallRuntime, key: str, parsed: ParsedWebhook) -> WebhookReply:
     """The usual case, in the caller's transaction: each call row read and written once, one insert per table.
 
-    Raises IntegrityError on any duplicate (the request key remembered, an event's dedupe key, a
-    new call's carrier id); the caller rolls back.
+    Events already stored, or repeated within the request, are found up front and skipped as
+    duplicates. Raises IntegrityError on a duplicate written meanwhile by another request (the
+    request key remembered, an event's dedupe key, a new call's carrier id); the caller rolls back.
     """
     batch = EventBatch(runtime, hangup_rejected=False, check_duplicates=False)
+    batch.preload(parsed.events)
     outcomes = [batch.apply(event) for event in parsed.events]
     rejected = EventOutcome.REJECTED in outcomes
     call = batch.call(parsed.call_ref)

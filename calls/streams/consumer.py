@@ -13,6 +13,7 @@ from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import get_channel_layer
 
+from core.call_context import bind_call_id, call_scope
 from providers.carriers.media import FrameError, StreamMark, StreamMedia, StreamStart, StreamStop
 from providers.carriers.public_url import ip_in, normalize_ip
 
@@ -126,7 +127,9 @@ class CarrierStreamConsumer(AsyncWebsocketConsumer):
         handler = getattr(self, get_handler_name(message), None)
         if handler is None:
             raise ValueError(f"No handler for message type {message['type']}")
-        await handler(message)
+        # Lines logged while handling it, and by tasks it starts, name the stream's call once known.
+        with call_scope(self.call.call_id if getattr(self, "call", None) is not None else None):
+            await handler(message)
 
     # --- connection ----------------------------------------------------------------------
 
@@ -179,6 +182,7 @@ class CarrierStreamConsumer(AsyncWebsocketConsumer):
     async def _join_call(self, call, stream_id: str) -> None:
         """The stream is the call's now: counted as started, and in the call's group (an older stream closes)."""
         self.call = call
+        bind_call_id(call.call_id)
         self.stream_id = stream_id
         self._mark_started()
         self.frames = self.codec.outbound(stream_id)

@@ -34,6 +34,9 @@ _closing_sessions: set[asyncio.Task] = set()  # closes that outlived their strea
 
 log = logging.getLogger(__name__)
 
+# After the last TTS provider's own timeout, a moment for its error to arrive before the speak gives up.
+FALLBACK_MARGIN_S = 0.5
+
 
 class MediaStreamConsumer(CarrierStreamConsumer):
     """One carrier media WebSocket."""
@@ -129,9 +132,11 @@ class MediaStreamConsumer(CarrierStreamConsumer):
             return
         await self._join_call(call, frame.stream_id)
         self.tts = tts_chain(call.tts)
-        timeout_ms = call.tts.get("timeoutMs") or 8000
+        timeout = (call.tts.get("timeoutMs") or 8000) / 1000
+        # tts.timeoutMs is each provider's: the chain's fallbacks get theirs before the speak fails.
         self.playback = Playback(send=self._send_frame, frames=self.frames, synthesize=self._synthesize,
-                                 stats=self.stats, synthesis_timeout=timeout_ms / 1000)
+                                 stats=self.stats, synthesis_timeout=timeout,
+                                 first_audio_timeout=timeout * max(1, len(self.tts.providers)) + FALLBACK_MARGIN_S)
         log.info("media stream %s started for call %s", frame.stream_id, call.call_id)
         self._spawn(self._start_transcription())
 

@@ -96,12 +96,15 @@ class Playback:
     """The FIFO and its player task. `send` writes one text frame to the carrier."""
 
     def __init__(self, *, send: Callable[[str], Awaitable[None]], frames, synthesize: Synthesizer,
-                 stats: StreamStats, synthesis_timeout: float = 8.0) -> None:
+                 stats: StreamStats, synthesis_timeout: float = 8.0, first_audio_timeout: float | None = None) -> None:
         self.send = send
         self.frames = frames
         self.synthesize = synthesize
         self.stats = stats
-        self.synthesis_timeout = synthesis_timeout
+        self.synthesis_timeout = synthesis_timeout  # longest gap between two pieces of audio
+        # Longest wait for the first audio: a TTS chain may spend a provider's whole timeout on
+        # each provider before the next one answers.
+        self.first_audio_timeout = first_audio_timeout or synthesis_timeout
         self._queue: deque[Entry] = deque()
         self._wakeup = asyncio.Event()
         self._active: Entry | None = None
@@ -299,7 +302,7 @@ class Playback:
                     continue
                 if synth.done:
                     break
-                limit = entry.timeout or self.synthesis_timeout
+                limit = entry.timeout or (self.synthesis_timeout if synth.first_audio_at else self.first_audio_timeout)
                 if time.monotonic() - synth.last_audio_at > limit:
                     raise TimeoutError(f"speech synthesis timed out after {limit:g} s")
                 if sent == 0:
@@ -443,9 +446,13 @@ class _Synthesis:
 async def _first(done: asyncio.Event, aborted: asyncio.Event, *, timeout: float) -> bool:
     """Wait until `done` or `aborted` is set; False on timeout."""
     waiters = [asyncio.create_task(done.wait()), asyncio.create_task(aborted.wait())]
-    finished, pending = await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    for task in pending:
-        task.cancel()
+    try:
+        finished, _ = await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        # Also when this wait is itself cancelled (the stream closing): a waiter left pending
+        # would wait on its event until garbage collection destroys it ("Task was destroyed").
+        for task in waiters:
+            task.cancel()
     return bool(finished)
 
 

@@ -5,6 +5,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from core.redact import remember_secret
+
 DEFAULT_PROVIDER = "openai"
 DEFAULT_MODEL = "openai/gpt-4o-mini"
 
@@ -35,6 +37,9 @@ class ResolvedModel:
     model: str
     base_url: str
     api_key: str | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        remember_secret(self.api_key)  # servers echo the key in their errors: masked wherever it is logged
 
     @property
     def name(self) -> str:

@@ -456,7 +456,7 @@ class TtsConfig(Section):
     """Settings per TTS provider id; keys beyond those listed pass through to the provider (e.g. elevenlabs
     voiceSettings, local lengthScale)."""
     timeout_ms: TtsTimeout | None = None
-    """Time allowed for one synthesis before the next provider is tried; unset: 8000."""
+    """Time allowed for one synthesis before the next provider is tried (and, once audio flows, for each gap in it); a speak waits for its first audio as long as every provider in the chain may take; unset: 8000."""
     auto: Literal["off", "always", "inbound", "tagged"] | None = None
     """Core TTS setting of the host app. Accepted, no effect yet."""
     enabled: Flag | None = None

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from core.redact import remember_secret
+
 ENV_TEMPLATE = re.compile(r"^\$\{([A-Z][A-Z0-9_]{0,127})\}$")
 ENV_ID = re.compile(r"^[A-Z][A-Z0-9_]{0,127}$")
 PROVIDER_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
@@ -60,6 +62,7 @@ class Secret:
         """Read the value now (env/file) and remember it; raises SecretError naming what is missing."""
         if self._resolved is None:
             self._resolved = self.literal if self.ref is None else _read_ref(self.ref, os.environ if environ is None else environ)
+            remember_secret(self._resolved)  # from now on masked in every log line and error
         return self._resolved
 
     def reveal(self) -> str:

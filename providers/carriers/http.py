@@ -1,6 +1,7 @@
 """REST requests to a carrier over httpx: one pinned host, quoted ids, and the carrier's errors as CarrierError."""
 from __future__ import annotations
 
+import base64
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -10,6 +11,7 @@ from urllib.parse import quote, urlencode, urlsplit
 import httpx
 
 from core.errors import CarrierError
+from core.redact import redact, remember_secret
 
 from ..tls import http_tls
 from .base import ProviderCallStatus
@@ -59,6 +61,9 @@ class CarrierHttp:
         parts = urlsplit(self.base_url)
         self._origin = (parts.scheme, parts.netloc)
         self._read_error = error_reader
+        if isinstance(auth, tuple):
+            # The Authorization header's own credential: masked even where an echo drops the "Basic ".
+            remember_secret(base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode())
         self._client = httpx.Client(
             auth=auth,
             headers={"Accept": "application/json", "User-Agent": "voicecall-gateway", **(headers or {})},
@@ -120,7 +125,7 @@ class CarrierHttp:
         try:
             data = response.json()
         except ValueError:
-            raise CarrierError(f"{self.carrier}: expected JSON, got {response.text[:200]!r}") from None
+            raise CarrierError(f"{self.carrier}: expected JSON, got {response_text(response)!r}") from None
         if not isinstance(data, dict):
             raise CarrierError(f"{self.carrier}: expected a JSON object, got {type(data).__name__}")
         return data
@@ -140,4 +145,5 @@ class CarrierHttp:
 
 
 def response_text(response: httpx.Response, limit: int = 200) -> str:
-    return response.text[:limit] if response.text else response.reason_phrase
+    """The start of an error body: redacted before it is cut, so no credential is left half masked."""
+    return redact(response.text)[:limit] if response.text else response.reason_phrase

@@ -7,6 +7,8 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
+from core.redact import RedactedError
+
 from ..settings import ProviderSettings
 from ..websocket import WebsocketMachinery, websocket_origin
 
@@ -23,7 +25,7 @@ MAX_QUEUED_FRAMES = 250
 CLOSE_WAIT = 2.0
 
 
-class RealtimeError(Exception):
+class RealtimeError(RedactedError):
     """A realtime provider could not be set up or used; the message names the provider, never a key."""
 
 

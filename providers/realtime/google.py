@@ -11,6 +11,7 @@ import numpy as np
 from websockets.exceptions import ConnectionClosed
 
 from core.audio import AudioFormat, TelephonyEncoder, ulaw_to_samples
+from core.redact import remember_secret
 
 from .base import (
     RECOVERABLE_CLOSE_CODES,
@@ -457,9 +458,12 @@ class GoogleRealtime(RealtimeProvider):
     def api_key(self) -> str | None:
         secret = self.settings.get("apiKey")
         if secret not in (None, ""):
-            return secret.reveal() if hasattr(secret, "reveal") else str(secret)
+            key = secret.reveal() if hasattr(secret, "reveal") else str(secret)
+            remember_secret(key)
+            return key
         for env in API_KEY_ENVS:
             if self.environ.get(env):
+                remember_secret(self.environ[env])
                 return self.environ[env]
         return None
 

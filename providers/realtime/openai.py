@@ -11,6 +11,8 @@ from collections import OrderedDict, deque
 from typing import Any
 from urllib.parse import quote
 
+from core.redact import redact
+
 from . import base
 from .base import (
     RealtimeError,
@@ -436,6 +438,7 @@ class OpenAIRealtimeSession(RealtimeWebsocketSession):
 def error_text(error: Any) -> str:
     """An error payload as one line: type, code, message and param, each cut short."""
     if not isinstance(error, dict):
-        return str(error or "unspecified error")[:300]
-    parts = [f"{key} {str(error[key])[:200]}" for key in ("type", "code", "message", "param") if error.get(key)]
+        return redact(str(error or "unspecified error"))[:300]
+    # Redacted before each part is cut, so no credential is left half masked.
+    parts = [f"{key} {redact(str(error[key]))[:200]}" for key in ("type", "code", "message", "param") if error.get(key)]
     return "; ".join(parts) or "unspecified error"

@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from core.config.models import ResolvedModel
+from core.redact import RedactedError
 
 
-class ResponderError(Exception):
+class ResponderError(RedactedError):
     """A reply could not be made; the message names the responder and the cause (never secrets)."""
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 
 from core.config.models import ResolvedModel
+from core.redact import redact
 
 from ..tls import http_tls
 from .base import Hangup, Responder, ResponderError, Turn
@@ -99,7 +100,8 @@ def _socket_of(response: httpx.Response) -> socket.socket | None:
 
 
 def clip(text: str, limit: int = MESSAGE_LIMIT) -> str:
-    text = " ".join(text.split())
+    """Upstream text as one short line; redacted before it is cut, so no credential is left half masked."""
+    text = " ".join(redact(text).split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -124,11 +126,6 @@ def _message_of(payload: Any) -> str:
             if message:
                 return message
     return ""
-
-
-def redact(text: str, secret: str | None) -> str:
-    # servers echo what they were sent; a key must not reach logs through their error messages
-    return text.replace(secret, "[redacted]") if secret else text
 
 
 def host_of(url: str) -> str:
@@ -224,16 +221,16 @@ class LlmResponder(Responder):
         except ResponderError as exc:
             if exc is timeout_error:
                 raise
-            raise ResponderError(redact(str(exc), model.api_key)) from None
+            raise ResponderError(str(exc)) from None
         except httpx.TimeoutException:
             raise timeout_error from None
         except httpx.ConnectError as exc:
-            raise ResponderError(redact(f"llm responder: cannot reach {host_of(url)}: {exc}", model.api_key)) from None
+            raise ResponderError(f"llm responder: cannot reach {host_of(url)}: {exc}") from None
         except (httpx.InvalidURL, httpx.UnsupportedProtocol):
             raise ResponderError(f"llm responder: the base URL of {model.name} is not a usable http(s) URL") from None
         except httpx.HTTPError as exc:
             message = f"llm responder: request to {host_of(url)} failed: {type(exc).__name__}: {exc}"
-            raise ResponderError(redact(message, model.api_key)) from None
+            raise ResponderError(message) from None
 
     def _http_error(self, response: httpx.Response, model: ResolvedModel, deadline: float) -> ResponderError:
         try:

@@ -23,9 +23,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
+from core.redact import remember_secret
+
 from ..tls import http_tls
 from .base import Hangup, Responder, ResponderError, Turn
-from .llm import DeadlineGuard, clip, is_json, media_type, read_capped, redact
+from .llm import DeadlineGuard, clip, is_json, media_type, read_capped
 
 __all__ = ["SIGNATURE_HEADER", "WebhookResponder", "sign", "verify"]
 
@@ -157,11 +159,11 @@ class WebhookResponder(Responder):
         except (httpx.InvalidURL, httpx.UnsupportedProtocol):
             raise ResponderError(f"webhook responder: {shown} is not a usable http(s) URL") from None
         except httpx.HTTPError as exc:
-            raise ResponderError(redact(f"webhook responder: {shown} unreachable: {exc}", secret)) from None
+            raise ResponderError(f"webhook responder: {shown} unreachable: {exc}") from None
         if not response.is_success:
             detail = clip(raw.decode("utf-8", "replace")) if raw else response.reason_phrase
             answered = f"answered{about} with HTTP" if about else "answered HTTP"
-            raise ResponderError(redact(f"webhook responder: {shown} {answered} {response.status_code}: {detail}", secret))
+            raise ResponderError(f"webhook responder: {shown} {answered} {response.status_code}: {detail}")
         return response, raw
 
     def respond(self, turn: Turn) -> Iterator[str | Hangup]:
@@ -197,6 +199,7 @@ class WebhookResponder(Responder):
             raise ResponderError(f"webhook responder: secret: {exc}") from None
         if not value:
             raise ResponderError("webhook responder: the secret is empty")
+        remember_secret(value)  # ResponderError messages (the agent's answers) are redacted with it
         return value
 
     @staticmethod

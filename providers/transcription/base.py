@@ -20,6 +20,8 @@ import asyncio
 import logging
 from typing import Any, ClassVar, Protocol
 
+from core.redact import RedactedError
+
 from ..settings import ProviderSettings
 from ..websocket import WebsocketMachinery, websocket_origin
 
@@ -34,7 +36,7 @@ FINAL_RESULTS_WAIT = 1.5
 CLOSE_WAIT = 2.0
 
 
-class TranscriptionError(Exception):
+class TranscriptionError(RedactedError):
     """A transcription provider could not be set up or used; the message names the provider."""
 
 
@@ -134,15 +136,15 @@ class WebsocketSession(WebsocketMachinery, TranscriptionSession):
             if closed_cleanly and not sender_failed and not self.reconnect_after_clean_close():
                 self.listener.on_error(TranscriptionError(f"{self.label}: the provider closed the session"))
                 return
-            if not await self._reconnect(backoff=not (closed_cleanly and not sender_failed)):
+            if not await self._reconnect(backoff=not (closed_cleanly and not sender_failed), why=_close_of(self._ws)):
                 return
 
-    async def _reconnect(self, *, backoff: bool = True) -> bool:
+    async def _reconnect(self, *, backoff: bool = True, why: str = "") -> bool:
         # A clean close reconnects at once the first time; every later try backs off (1 s × 2^(n−1)).
         first = self.reconnects + 1
         delays = [RECONNECT_BASE_DELAY * 2 ** (n - 1) if backoff or n > first else 0.0
                   for n in range(first, MAX_RECONNECTS + 1)]
-        if await self.reconnect(delays, first=first, tries=MAX_RECONNECTS, opened=self._open):
+        if await self.reconnect(delays, first=first, tries=MAX_RECONNECTS, opened=self._open, why=why):
             return True
         if not self._closing:
             self.listener.on_error(TranscriptionError(f"{self.label}: connection lost after {MAX_RECONNECTS} reconnects"))
@@ -179,3 +181,11 @@ class WebsocketSession(WebsocketMachinery, TranscriptionSession):
             if task.done() and not task.cancelled() and task.exception() is not None:
                 log.info("%s ended with %s", self.label, self.describe(task.exception()))
 
+
+def _close_of(ws) -> str:
+    """Why a provider's socket closed, for the reconnect line: " (1011 internal error)"; empty when unknown."""
+    code = getattr(ws, "close_code", None)
+    if code is None:
+        return ""
+    reason = (getattr(ws, "close_reason", None) or "")[:120]
+    return f" ({code} {reason})" if reason else f" ({code})"

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from core.audio import AudioFormat, TelephonyEncoder
+from core.redact import RedactedError, redact
 
 from ..settings import ProviderSettings
 
@@ -30,7 +31,7 @@ DEFAULT_TIMEOUT_MS = 8000
 _encoder_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tts-encode")
 
 
-class TtsError(Exception):
+class TtsError(RedactedError):
     """Synthesis failed; the message names the provider."""
 
 
@@ -96,7 +97,7 @@ class TtsChain:
             except Exception as exc:
                 if started:
                     raise TtsError(f"{provider.name} failed mid-utterance: {exc}") from exc
-                message = str(exc)[:200] or type(exc).__name__
+                message = redact(str(exc))[:200] or type(exc).__name__  # redacted before it is cut
                 if not message.startswith(f"{provider.name}:"):
                     message = f"{provider.name}: {message}"
                 report.failures.append(message)

@@ -149,6 +149,16 @@ class Gateway:
 @pytest.fixture
 def gateway(tmp_path):
     """`manage.py gateway` on a free port with its own SQLite file, as the README runs it."""
+    yield from serve(tmp_path)
+
+
+@pytest.fixture
+def json_log_gateway(tmp_path):
+    """The same, logging JSON lines (LOG_FORMAT=json)."""
+    yield from serve(tmp_path, LOG_FORMAT="json")
+
+
+def serve(tmp_path, **extra_env: str):
     port = free_port()
     config = tmp_path / "voicecall.json5"
     config.write_text(
@@ -162,6 +172,7 @@ def gateway(tmp_path):
         "VOICECALL_CONFIG": str(config),
         "DATABASE_URL": f"sqlite:///{tmp_path / 'gateway.sqlite3'}",
         "PYTHONUNBUFFERED": "1",
+        **extra_env,
     }
     env.pop("REDIS_URL", None)
     env.pop("VOICECALL_BACKGROUND", None)
@@ -192,7 +203,9 @@ def gateway(tmp_path):
 
 def test_readme_flow_on_a_real_gateway(gateway):
     gw = gateway
-    assert httpx.get(f"{gw.base}/readyz").json() == {"ready": True, "provider": "mock"}
+    ready = httpx.get(f"{gw.base}/readyz").json()
+    assert ready.pop("restore")["state"] in {"not started", "running", "done"}
+    assert ready == {"ready": True, "provider": "mock"}
 
     call_id = gw.cli("call", "--to", "+15550001111", "--message", "Hello")["callId"]
     status = gw.cli("status", "--call-id", call_id)
@@ -225,3 +238,27 @@ def test_readme_flow_on_a_real_gateway(gateway):
     notify_id = gw.cli("call", "--to", "+15550002222", "--message", "Your order shipped", "--mode", "notify")["callId"]
     gw.post({"type": "call.answered", "callId": notify_id})
     gw.wait(lambda: gw.cli("status", "--call-id", notify_id)["state"] == "hangup-bot", "the notify hang-up")
+
+
+def test_json_log_lines_of_a_call_name_it(json_log_gateway):
+    gw = json_log_gateway
+    call_id = gw.cli("call", "--to", "+15550002222", "--message", "Your order shipped", "--mode", "notify")["callId"]
+    gw.post({"type": "call.answered", "callId": call_id})
+    gw.wait(lambda: gw.cli("status", "--call-id", call_id)["state"] == "hangup-bot", "the notify hang-up")
+    gw.wait(lambda: f"call {call_id} ended" in gw.log(), "the end of the call to be logged")
+    # Daphne's access lines go through the same handler: JSON, and redacted.
+    assert httpx.get(f"{gw.base}/healthz?token=query-token-123456").status_code == 200
+    gw.wait(lambda: "/healthz?token=" in gw.log(), "the access line of the request")
+    assert "query-token-123456" not in gw.log()
+
+    records = [json.loads(line) for line in gw.log().splitlines() if line.startswith("{")]
+    assert records and all({"time", "level", "logger", "message"} <= set(r) for r in records)
+    ended = [r for r in records if r["message"].startswith(f"call {call_id} ended")]
+    assert ended and ended[0]["call_id"] == call_id, ended
+    # The lines logged while the call's events and jobs ran name it; no other call's id is seen.
+    assert {r["call_id"] for r in records if "call_id" in r} == {call_id}
+    access = [r for r in records if r["logger"] == "calls.access"]
+    assert any('"GET /healthz?token=[redacted]" 200' in r["message"] for r in access), access
+    # Nothing else the server wrote on standard error is a log line that escaped the JSON format.
+    others = [line for line in gw.log().splitlines() if line.strip() and not line.startswith("{")]
+    assert all(line.startswith("Voice-call gateway on ") for line in others), others

@@ -1,6 +1,7 @@
 """Deadlines on rows, the sweeper, the stale-call reaper, and restore after a restart."""
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 
 import pytest
@@ -19,6 +20,7 @@ from calls.services import (
 )
 from core.events import CallAnswered, CallSpeech
 from providers.carriers import mock
+from tests.logs import records_of
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -64,11 +66,25 @@ def test_failed_deadline_hangup_is_retried(monkeypatch):
     deadlines_sweep()
     call.refresh_from_db()
     assert not call.is_terminal
-    assert call.max_duration_deadline > timezone.now()  # put back for a retry
+    assert call.end_attempts == 1 and call.end_retry_at > timezone.now()  # scheduled for a retry
+    assert next_deadline() == call.end_retry_at
     monkeypatch.undo()
-    deadlines_sweep(at=call.max_duration_deadline)
+    assert deadlines_sweep(at=call.end_retry_at) == 1
     call.refresh_from_db()
-    assert call.state == "timeout"
+    assert (call.state, call.end_reason, call.end_retry_at) == ("timeout", "timeout", None)
+
+
+def test_a_carrier_that_is_down_for_every_call_is_warned_about_once_a_minute(monkeypatch, caplog):
+    calls = [make_call(provider_call_id=f"mock-down-{index}", answered_ago=400,
+                       max_duration_deadline=timezone.now() - timedelta(seconds=100)) for index in range(30)]
+    monkeypatch.setattr(mock.MockCarrier, "hangup_call", lambda self, **kw: (_ for _ in ()).throw(RuntimeError("503")))
+    with caplog.at_level(logging.INFO, logger="calls"):
+        deadlines_sweep()
+    warnings = [r.getMessage() for r in records_of(caplog, "calls.services", logging.WARNING)]
+    assert len([w for w in warnings if " hang-up attempt 1 of " in w]) == 1, warnings
+    for call in calls:  # every call is still retried: only the lines are limited
+        call.refresh_from_db()
+        assert call.end_attempts == 1 and call.end_retry_at > timezone.now()
 
 
 def test_turn_deadline_times_out_the_waiting_turn():
@@ -115,14 +131,16 @@ def test_reaper_disabled_with_zero(configure):
     assert stale_calls_reap() == 0
 
 
-def test_reaper_retries_a_failed_hangup_next_tick(monkeypatch):
+def test_reaper_leaves_a_failed_hangup_to_its_backoff(monkeypatch):
     call = make_call(age_seconds=500)
     monkeypatch.setattr(mock.MockCarrier, "hangup_call", lambda self, **kw: (_ for _ in ()).throw(RuntimeError("down")))
     stale_calls_reap()
     call.refresh_from_db()
     assert not call.is_terminal and call.hangup_claimed_at is None
+    assert call.end_attempts == 1 and call.end_retry_at is not None
+    assert stale_calls_reap() == 0  # not again on the next tick: the retry is due later
     monkeypatch.undo()
-    stale_calls_reap()
+    deadlines_sweep(at=call.end_retry_at)
     call.refresh_from_db()
     assert call.state == "hangup-bot"
 

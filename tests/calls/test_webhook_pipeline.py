@@ -274,7 +274,7 @@ async def test_non_webhook_paths_go_to_django(asgi):
 
 
 async def test_first_request_starts_gateway_services_off_the_event_loop(asgi, settings, monkeypatch):
-    """Under a plain ASGI server the first request runs restore (database work) in a thread."""
+    """Under a plain ASGI server the first request starts the services (restore runs on a thread of its own)."""
     from calls.gateway import get_gateway
 
     gateway = get_gateway()
@@ -287,6 +287,7 @@ async def test_first_request_starts_gateway_services_off_the_event_loop(asgi, se
     try:
         assert (await asgi.get("/healthz")).status_code == 200
         assert gateway.started
+        assert await sync_to_async(gateway.restore.wait, thread_sensitive=False)(10)  # in the background
         call = await sync_to_async(Call.objects.get)(provider_call_id="mock-ended-1")
         assert call.state == "completed"  # restore asked the carrier and closed it
     finally:

@@ -20,11 +20,14 @@ def run_daphne(bind: str, port: int) -> None:
     from daphne.cli import CommandLineInterface
 
     from calls import daphne_guards
+    from calls.access_log import with_logged_access
     from calls.daphne_requests import skip_form_parsing
 
     skip_form_parsing()
     daphne_guards.install()  # the HTTP limits, enforced before Daphne buffers a body
-    CommandLineInterface().run(["-b", bind, "-p", str(port), APP])
+    interface = CommandLineInterface()
+    interface.server_class = with_logged_access(interface.server_class)
+    interface.run(["-b", bind, "-p", str(port), APP])
 
 
 def run_uvicorn(bind: str, port: int) -> None:
@@ -36,8 +39,9 @@ def run_uvicorn(bind: str, port: int) -> None:
     # Media streams are never compressed by carriers, and an access line per webhook is noise. The
     # HTTP limits: the guarded protocol for connections and heads, the ASGI layer for bodies; a kept-alive
     # connection idles as long as a new one may (uvicorn's own timer, which any byte cancels).
+    # log_config=None: uvicorn's loggers keep the project's console handler (redacted, LOG_FORMAT).
     uvicorn.run(APP, host=bind, port=port, lifespan="off", ws_per_message_deflate=False, access_log=False,
-                log_level="warning", http=GuardedHttpToolsProtocol, timeout_keep_alive=head_timeout())
+                log_level="warning", log_config=None, http=GuardedHttpToolsProtocol, timeout_keep_alive=head_timeout())
 
 
 SERVERS = {"daphne": run_daphne, "uvicorn": run_uvicorn}

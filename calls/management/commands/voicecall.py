@@ -15,6 +15,7 @@ from calls.cli import simulate as simulate_cli
 from calls.config import get_config
 from calls.models import CallMode
 from core.errors import InvalidRequest, VoiceCallError
+from core.redact import redact
 
 # Each command imports what it uses inside its method: `status` must not pay for the services,
 # the HTTP client or the config schema, and a short-lived CLI process feels every import.
@@ -105,7 +106,7 @@ class Command(BaseCommand):
         try:
             getattr(self, "cmd_" + command.replace("-", "_"))(**options)
         except VoiceCallError as exc:
-            self.stderr.write(str(exc))
+            self.stderr.write(redact(str(exc)))
             sys.exit(1)
         except KeyboardInterrupt:
             pass
@@ -163,7 +164,7 @@ class Command(BaseCommand):
             return via_gateway()
         except GatewayUnreachable as exc:
             if not exc.quiet:
-                self.stderr.write(f"voicecall: {exc}; running standalone")
+                self.stderr.write(redact(f"voicecall: {exc}; running standalone"))  # the URL may hold a password
             return standalone()
 
     def place_call(self, method: str, *, to, message, mode) -> str:

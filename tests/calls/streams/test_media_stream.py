@@ -31,6 +31,7 @@ from calls.streams.consumer import client_ip, sanitize_reason
 from calls.streams.stats import LatencyHistogram, StreamStats
 from calls.simulator.rest import TwilioRestStub
 from core.audio import FRAME_BYTES, SILENCE_FRAME
+from tests.logs import ConsoleCapture
 from tests.waiting import await_stays, await_until
 
 ACCOUNT = "AC" + "1" * 32
@@ -475,6 +476,23 @@ async def test_the_pre_start_timer_does_not_fire_once_started(gateway):
     assert (await stream_row(sid)).closed_at is None
     await ws.send(stop_frame(sid, call))
     assert await close_code(ws) == 1000
+
+
+@live
+async def test_the_streams_log_lines_name_its_call(gateway):
+    call = await new_call()
+    with ConsoleCapture() as console:
+        ws, sid = await open_stream(gateway, call)
+        await ws.send(stop_frame(sid, call))
+        assert await close_code(ws) == 1000
+
+        def line(start: str) -> dict | None:
+            return next((r for r in console.records if r["message"].startswith(start)), None)
+
+        started = await await_until(lambda: line(f"media stream {sid} started"))
+        closing = await await_until(lambda: line(f"media stream {sid} closing"))
+    assert started["call_id"] == closing["call_id"] == str(call.pk)
+    assert started["logger"].startswith("calls.")
 
 
 @live

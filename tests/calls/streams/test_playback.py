@@ -156,11 +156,11 @@ async def make():
     """make(synthesizer, carrier=None, timeout=8.0) → (playback, carrier, stats); closed at the end."""
     made: list[Playback] = []
 
-    def factory(synthesize, carrier: Carrier | None = None, *, timeout: float = 8.0):
+    def factory(synthesize, carrier: Carrier | None = None, *, timeout: float = 8.0, first_audio: float | None = None):
         carrier = carrier or Carrier()
         stats = StreamStats()
         playback = Playback(send=carrier, frames=TwilioFrames(STREAM), synthesize=synthesize, stats=stats,
-                            synthesis_timeout=timeout)
+                            synthesis_timeout=timeout, first_audio_timeout=first_audio)
         carrier.playback = playback
         made.append(playback)
         return playback, carrier, stats
@@ -626,6 +626,35 @@ async def test_stalled_synthesis_times_out(make):
     assert 0.18 < took < 1.0, took
     assert len(carrier.silence()) >= 7  # the line stayed warm meanwhile
     assert carrier.clears() == 0
+
+
+async def test_first_audio_may_take_the_fallbacks_time_then_gaps_get_the_provider_timeout(make):
+    """A TTS chain whose first provider stalls for its whole timeout before the next one answers: the
+    speak waits for the first audio up to first_audio_timeout, then gaps between pieces get synthesis_timeout."""
+    async def fallback_after_a_stall(text, voice):
+        await asyncio.sleep(0.35)  # the first provider's timeout, spent
+        yield bytes([AUDIO]) * (3 * FRAME_BYTES)
+        await forever()  # and then the next one stalls mid-utterance
+
+    playback, carrier, _ = make(fallback_after_a_stall, timeout=0.2, first_audio=0.8)
+    result = await settle(playback.enqueue("late but coming"))
+    assert result.outcome == Outcome.FAILED and "timed out after 0.2 s" in result.error, result
+    assert carrier.script()[-4:] == ["A"] * 3 + ["clear"]  # the audio that came was played
+
+    playback, carrier, _ = make(stall, timeout=0.2, first_audio=0.5)
+    started = time.monotonic()
+    result = await settle(playback.enqueue("never"))
+    assert "timed out after 0.5 s" in result.error and time.monotonic() - started >= 0.5, result
+
+
+async def test_waiting_for_the_end_mark_cancelled_leaves_no_waiter_behind():
+    done, aborted = asyncio.Event(), asyncio.Event()
+    before = asyncio.all_tasks()
+    waiting = asyncio.create_task(playback_module._first(done, aborted, timeout=30))
+    await await_until(lambda: len(asyncio.all_tasks() - before) == 3, "the two waiters started")
+    waiting.cancel()
+    await asyncio.gather(waiting, return_exceptions=True)
+    await await_until(lambda: asyncio.all_tasks() == before, "every waiter gone")
 
 
 async def test_synthesis_stalling_after_audio_times_out_and_clears(make):

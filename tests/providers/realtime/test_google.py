@@ -470,7 +470,7 @@ async def test_a_close_reason_echoing_the_key_is_redacted(fake: FakeGeminiLive, 
     try:
         await fake.close(1008, f"API key {KEY} is not allowed here")
         await await_until(lambda: listener.closed, "the session to end")
-        assert "***" in str(listener.closed[0])
+        assert "[redacted]" in str(listener.closed[0])
         assert KEY not in str(listener.closed[0]) and KEY not in caplog.text
     finally:
         await session.close()

@@ -1,0 +1,164 @@
+"""Jobs a dead process took with it, found again from what the call rows say and started again (restore, sweeper).
+
+Jobs run in memory (a thread pool, or a Celery worker that dies mid-task), but each leaves its
+intent on the rows before it acts: an answered call that still has its initial message has not
+been greeted; a greeting or hang-up claim that is no longer renewed (calls/leases.py) belongs to
+a process that is gone; a reply still pending was never finished. Starting the job again is safe
+because every one of them claims its work first (one conditional UPDATE) or asks the carrier for
+something idempotent, so a job still running elsewhere is never doubled. What holds no claim (a
+reply, an inbound answer, a media stream, a max-duration end in flight) is only known lost after a
+restart of the one gateway of the embedded mode, when everything from before the start is.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from django.db.models import Q
+
+from core.states import TERMINAL_STATES, CallState
+
+from .. import background
+from ..clock import now
+from ..models import Call, Direction, MediaStream, ReplyStatus, ReplyTurn
+from ..runtime import get_runtime
+from .common import CLAIM_TTL, log
+from .greeting import greeting_decision
+from .streams import stream_closed
+
+# An answered call's own greeting job claims within milliseconds; after this it was lost.
+ANSWER_GRACE = timedelta(seconds=10)
+
+
+def lost_jobs_resume(*, at: datetime | None = None, abandoned_before: datetime | None = None,
+                     replies_upto: int | None = None) -> int:
+    """Start again the greetings, answer digits and hang-ups no live process is working on.
+
+    Claims older than CLAIM_TTL are abandoned. `abandoned_before` (a restart with one gateway per
+    database): so are claims taken, and answers received, before that moment; media streams opened
+    before it are closed as the dead process would have (the disconnect grace starts), inbound calls
+    never picked up are answered and max-duration ends it claimed are done. `replies_upto`: the last
+    reply created before this process started; pending replies up to it are run again. Returns how
+    many jobs were submitted (and streams closed).
+    """
+    at = at or now()
+    claims_before = at - CLAIM_TTL
+    answered_before = at - ANSWER_GRACE
+    if abandoned_before is not None:
+        claims_before = max(claims_before, abandoned_before)
+        answered_before = max(answered_before, abandoned_before)
+    # Dead streams first: a greeting resumed next is then said on a stream only if one is really up.
+    count = 0
+    if abandoned_before is not None:
+        count += (_dead_streams_close(abandoned_before) + _max_duration_rearm(abandoned_before)
+                  + _answers_resume(abandoned_before))
+    count += _greetings_resume(claims_before, answered_before) + _hangups_resume(claims_before)
+    if replies_upto is not None:
+        count += _replies_resume(replies_upto)
+    return count
+
+
+def _greetings_resume(claims_before: datetime, answered_before: datetime) -> int:
+    count = 0
+    answered = Call.objects.live().filter(answered_at__isnull=False)
+    # Claimed and never said: the greeting had begun in a process that is gone. Only that very
+    # claim is released (a newer one taken meanwhile stays), then the greeting job claims it again.
+    # A greeting that waits for a media stream is said now only if a stream is open (one opened since
+    # could not claim it); otherwise the next stream's readiness says it.
+    abandoned = answered.exclude(initial_message="").filter(greeting_claimed_at__lte=claims_before)
+    for call in list(abandoned):
+        if not Call.objects.filter(pk=call.pk, greeting_claimed_at=call.greeting_claimed_at).update(greeting_claimed_at=None):
+            continue
+        decision = greeting_decision(call=call)
+        if decision.speak or MediaStream.objects.open().filter(call=call).exists():
+            log.warning("call %s: its greeting was claimed by a process that is gone; speaking it again", call.pk)
+            background.submit("calls.greeting", call_id=str(call.pk))
+            count += 1
+        else:
+            log.warning("call %s: its greeting was claimed by a process that is gone; it waits for the call's "
+                        "next media stream", call.pk)
+    # Never claimed: the answer's job (digits, then the greeting) was lost before it began. Calls
+    # whose greeting waits for something else (a media stream, the carrier's answer document) are left to it.
+    unclaimed = (
+        answered.filter(greeting_claimed_at__isnull=True, answered_at__lte=answered_before)
+        .filter(~Q(initial_message="") | ~Q(pending_dtmf=""))
+    )
+    for call in list(unclaimed):
+        decision = greeting_decision(call=call)
+        if call.pending_dtmf or decision.speak or decision.spoken_by_carrier:
+            log.warning("call %s: answered but never greeted; greeting it now", call.pk)
+            background.submit("calls.call_answered", call_id=str(call.pk))
+            count += 1
+    return count
+
+
+def _hangups_resume(claims_before: datetime) -> int:
+    """A hang-up claimed and never finished: the call is ended again (the carrier request is idempotent)."""
+    count = 0
+    abandoned = Call.objects.live().filter(hangup_claimed_at__lte=claims_before)
+    for call_id, claimed, reason in list(abandoned.values_list("pk", "hangup_claimed_at", "hangup_reason")):
+        if Call.objects.filter(pk=call_id, hangup_claimed_at=claimed).update(hangup_claimed_at=None):
+            log.warning("call %s: its hang-up was left unfinished by a process that is gone; hanging up again", call_id)
+            background.submit("calls.end", call_id=str(call_id), reason=reason or CallState.HANGUP_BOT.value)
+            count += 1
+    return count
+
+
+def _replies_resume(replies_upto: int) -> int:
+    """Replies pending since before this process started, on live calls: each is made and said again."""
+    pending = (
+        ReplyTurn.objects.filter(status=ReplyStatus.PENDING, pk__lte=replies_upto)
+        .exclude(call__state__in=[state.value for state in TERMINAL_STATES])
+    )
+    count = 0
+    for reply_id, call_id in list(pending.values_list("pk", "call_id")):
+        log.warning("call %s: reply %s was left unfinished by a process that is gone; replying again", call_id, reply_id)
+        background.submit("calls.auto_reply", reply_id=reply_id)
+        count += 1
+    return count
+
+
+
+def _dead_streams_close(abandoned_before: datetime) -> int:
+    """Media streams still open from before the restart: their socket died with the process.
+
+    Closed as a disconnect is: the call's 2 s grace starts, and unless the carrier reconnects a
+    stream the call ends (docs/operations.md, Upgrades and migrations).
+    """
+    dead = MediaStream.objects.open().filter(opened_at__lt=abandoned_before)
+    count = 0
+    for stream_pk, call_id, stats in list(dead.values_list("pk", "call_id", "stats")):
+        log.warning("call %s: its media stream was held by a process that is gone; closing it", call_id)
+        stream_closed(stream_pk=stream_pk, reason="gateway restarted", stats=stats or {})
+        count += 1
+    return count
+
+
+def _max_duration_rearm(abandoned_before: datetime) -> int:
+    """An answered live call without its max-duration deadline: a sweep claimed it (the column is
+    cleared first) and the process died before the call was ended. Due now, so the sweeper ends it."""
+    at = now()
+    # A hang-up waiting for its next try (end_retry_at) or in flight (its claim) is left to that.
+    lost = Call.objects.live().filter(answered_at__lt=abandoned_before, max_duration_deadline__isnull=True,
+                                      end_retry_at__isnull=True, hangup_claimed_at__isnull=True)
+    count = lost.update(max_duration_deadline=at)
+    if count:
+        log.warning("%d call(s) past their max duration were left live by a process that is gone; ending them", count)
+        background.deadline_set(at)
+    return count
+
+
+def _answers_resume(abandoned_before: datetime) -> int:
+    """Inbound calls accepted before the restart that the carrier was never asked to pick up (carriers
+    that need an explicit answer): asked now. The answer request is idempotent at the carrier."""
+    if not get_runtime().carrier.supports_answer:
+        return 0
+    waiting = Call.objects.live().filter(
+        direction=Direction.INBOUND, answered_at__isnull=True, started_at__lt=abandoned_before,
+        state__in=[CallState.INITIATED.value, CallState.RINGING.value],
+    ).exclude(provider_call_id__isnull=True)
+    count = 0
+    for call_id in list(waiting.values_list("pk", flat=True)):
+        log.warning("call %s: inbound and never picked up by a process that is gone; answering it", call_id)
+        background.submit("calls.answer", call_id=str(call_id))
+        count += 1
+    return count

@@ -1,0 +1,1 @@
+"""Fault injection with real processes: a gateway killed, its providers dropping or stalling, its database connections cut."""
