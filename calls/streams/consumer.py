@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import logging
 import re
 
@@ -13,6 +12,7 @@ from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import get_channel_layer
 
+from core import jsonsafe
 from providers.carriers.media import FrameError, StreamMark, StreamMedia, StreamStart, StreamStop
 from providers.carriers.public_url import ip_in, normalize_ip
 
@@ -301,7 +301,7 @@ class CarrierStreamConsumer(AsyncWebsocketConsumer):
             self._drop("binary", "binary frames are not part of the stream protocol")
             return None
         try:
-            message = json.loads(text_data)
+            message = jsonsafe.loads(text_data)  # a ValueError naming the problem, never a RecursionError
             if not isinstance(message, dict):
                 raise FrameError("a frame must be a JSON object")
             return self.codec.parse(message)

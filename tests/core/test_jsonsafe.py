@@ -37,10 +37,10 @@ def test_valid_json_is_parsed_from_bytes_and_text():
     ("-1E+999", "non-finite number -1E+999"),
     ("[" * (MAX_DEPTH + 1) + "]" * (MAX_DEPTH + 1), f"nesting deeper than {MAX_DEPTH}"),
     ('{"a":' * 20_000, f"nesting deeper than {MAX_DEPTH}"),
-    ("", "not JSON"),
-    ("{'a': 1}", "not JSON"),
-    ('{"a": 1} x', "not JSON"),
-    ('"\\x41"', "not JSON"),
+    ("", "not valid JSON"),
+    ("{'a': 1}", "not valid JSON"),
+    ('{"a": 1} x', "not valid JSON"),
+    ('"\\x41"', "not valid JSON"),
 ])
 def test_refusals_name_the_problem(data, problem):
     with pytest.raises(JsonInputError) as refused:
@@ -75,7 +75,7 @@ def test_a_deep_document_is_refused_quickly_without_recursion():
 
 def test_huge_integers_are_kept_and_too_long_ones_refused():
     assert loads("1" + "0" * 400) == 10**400  # an integer never becomes inf
-    with pytest.raises(JsonInputError, match="not JSON"):
+    with pytest.raises(JsonInputError, match="not valid JSON"):
         loads("1" * 5000)  # beyond Python's digit limit for int()
 
 
