@@ -162,3 +162,27 @@ def test_rpc_answers_a_parse_error_for_unstorable_json(rpc_post, outbox, where, 
     assert reply["error"]["message"].startswith("Parse error: ") and problem in reply["error"]["message"]
     assert Call.objects.count() == calls  # nothing of the refused request ran
     assert Call.objects.filter(pk=started["result"]["callId"]).exists()
+
+
+# --- form bodies (Twilio) -------------------------------------------------------------------------
+
+
+def test_percent_encoded_bytes_that_are_not_utf8_are_never_a_500(live_gateway, configure, monkeypatch):
+    """A form decode cannot make a lone surrogate: %ED%A0%BD (a surrogate in UTF-8) and %E9 become U+FFFD."""
+    from twilio.request_validator import RequestValidator
+
+    public = "https://gw.example.com/voice/webhook"
+    configure({"enabled": True, "provider": "twilio", "fromNumber": "+15550000001", "inboundPolicy": "open",
+               "publicUrl": public, "twilio": {"accountSid": "AC" + "1" * 32, "authToken": "secret-token"}})
+    monkeypatch.setattr(CarrierHttp, "request", lambda self, method, path, **kw: httpx.Response(
+        200, json={}, request=httpx.Request(method, self.base_url + path)))
+    body = ("CallSid=CA" + "b" * 32 + "&AccountSid=AC" + "1" * 32 + "&From=%2B1555%ED%A0%BD%E9&To=%2B15550000001"
+            "&CallStatus=ringing&Direction=inbound")
+    signed = dict(pair.split("=", 1) for pair in body.split("&"))
+    signed.update({"From": "+1555\ufffd\ufffd\ufffd\ufffd", "To": "+15550000001"})
+    signature = RequestValidator("secret-token").compute_signature(public, signed)
+    response = httpx.post(live_gateway + "/voice/webhook", content=body, timeout=10, headers={
+        "X-Twilio-Signature": signature, "Content-Type": "application/x-www-form-urlencoded"})
+    assert response.status_code < 500, response.text
+    assert response.status_code == 200
+    assert Call.objects.get(provider_call_id="CA" + "b" * 32).from_number == "+1555\ufffd\ufffd\ufffd\ufffd"
