@@ -106,6 +106,7 @@ class CarrierStreamConsumer(AsyncWebsocketConsumer):
                     await self.dispatch(message)
 
         readers = [asyncio.ensure_future(read(source)) for source in sources]
+        done: set[asyncio.Future] = set()  # stays empty when this task is cancelled while it waits
         try:
             done, _ = await asyncio.wait(readers, return_when=asyncio.FIRST_COMPLETED)
         finally:
