@@ -36,12 +36,6 @@ def mostly(usual: st.SearchStrategy, odd: st.SearchStrategy, one_in: int = 8) ->
     return st.integers(0, one_in - 1).flatmap(lambda i: odd if i == 0 else usual)
 
 
-def nasty(strategy: st.SearchStrategy, one_in: int = 6) -> st.SearchStrategy:
-    """Values from `strategy`, with a nasty or broken value one time in `one_in`."""
-    bad = st.sampled_from(NASTY + BROKEN)
-    return st.integers(0, one_in - 1).flatmap(lambda i: bad if i == 0 else strategy)
-
-
 @st.composite
 def spliced(draw, document: Any) -> str:
     """`document` as text, one time in three with one of its values (at any depth) replaced by a nasty one."""
