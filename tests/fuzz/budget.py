@@ -11,8 +11,8 @@ from collections import Counter
 from hypothesis import HealthCheck, settings
 
 DEFAULT_TOTAL = 700
-# Relative weights of the fuzz tests: webhooks (4 carriers), the RPC envelope, media frames (3 codecs).
-WEIGHTS = {"mock": 2, "telnyx": 2, "twilio": 2, "plivo": 2, "rpc": 3, "media": 3}
+# Relative weights of the fuzz tests: webhooks (mock, Telnyx, Twilio and Plivo forms), the RPC envelope, media frames.
+WEIGHTS = {"mock": 2, "telnyx": 2, "forms": 4, "rpc": 3, "media": 3}
 
 inputs_sent = 0  # requests and frames sent by the fuzz tests in this process
 outcomes: Counter[str] = Counter()  # how the application answered them, for the summary

@@ -231,7 +231,7 @@ def form_bodies(draw, carrier: str) -> tuple[str, bytes]:
     return request.query_string, body
 
 
-def signed_as_gateway_sees_it(carrier: str, request: httpx.Request) -> WebhookRequest:
+def signed_as_gateway_sees_it(request: httpx.Request) -> WebhookRequest:
     """The request as the webhook app builds it: the query as sent, the body's form fields decoded."""
     return WebhookRequest(method="POST", path="/voice/webhook", query_string=request.url.query.decode("latin-1"),
                           headers={"host": HOST}, body=request.content)
@@ -245,13 +245,13 @@ def form_params(seen: WebhookRequest) -> list[tuple[str, str]]:
 
 
 def twilio_sign(request: httpx.Request) -> None:
-    seen = signed_as_gateway_sees_it("twilio", request)
+    seen = signed_as_gateway_sees_it(request)
     url = PUBLIC_URL + (f"?{seen.query_string}" if seen.query_string else "")
     request.headers["X-Twilio-Signature"] = twilio_signature("twilio-token", url, form_params(seen))
 
 
 def plivo_sign(request: httpx.Request) -> None:
-    seen = signed_as_gateway_sees_it("plivo", request)
+    seen = signed_as_gateway_sees_it(request)
     url = PUBLIC_URL + (f"?{seen.query_string}" if seen.query_string else "")
     nonce = uuid.uuid4().hex[:20]
     base = v3_base("POST", url, _grouped(form_params(seen)))
@@ -259,17 +259,12 @@ def plivo_sign(request: httpx.Request) -> None:
     request.headers["X-Plivo-Signature-V3-Nonce"] = nonce
 
 
-@pytest.mark.parametrize("webhooks", ["twilio"], indirect=True)
-@budget.fuzz_settings("twilio")
-@given(form=form_bodies("twilio"))
-def test_twilio_webhook(webhooks, form):
-    query, body = form
-    webhooks.post(query, body, content_type="application/x-www-form-urlencoded", sign=twilio_sign)
+FORM_SIGNERS = {"twilio": twilio_sign, "plivo": plivo_sign}
 
 
-@pytest.mark.parametrize("webhooks", ["plivo"], indirect=True)
-@budget.fuzz_settings("plivo")
-@given(form=form_bodies("plivo"))
-def test_plivo_webhook(webhooks, form):
-    query, body = form
-    webhooks.post(query, body, content_type="application/x-www-form-urlencoded", sign=plivo_sign)
+@pytest.mark.parametrize("webhooks", sorted(FORM_SIGNERS), indirect=True)
+@budget.fuzz_settings("forms", parts=len(FORM_SIGNERS))
+@given(data=st.data())
+def test_form_webhook(webhooks, data):
+    query, body = data.draw(form_bodies(webhooks.carrier))
+    webhooks.post(query, body, content_type="application/x-www-form-urlencoded", sign=FORM_SIGNERS[webhooks.carrier])
