@@ -235,7 +235,7 @@ def _type_fields(cls: type[NormalizedEvent], data: dict[str, Any], where: str) -
         out["digits"] = _string(data["digits"], f"{where}.digits")
     elif cls is CallEnded and "reason" in data:
         reason = data["reason"]
-        if reason not in END_REASONS:
+        if not isinstance(reason, str) or reason not in END_REASONS:  # an object is not hashable: `in` would raise
             raise EventFormatError(f"{where}.reason: must be one of {', '.join(sorted(END_REASONS))}")
         out["reason"] = reason
     elif cls is CallAmd and "answeredBy" in data:

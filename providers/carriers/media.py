@@ -147,6 +147,8 @@ def media_frame(message: dict[str, Any], *, sequence_key: str) -> StreamMedia | 
     """
     media = require_dict(message, "media")
     track = media.get("track", "inbound")
+    if not isinstance(track, str):  # an object or a list is not hashable: `in` would raise TypeError
+        raise FrameError("media.track must be a string")
     if track not in INBOUND_TRACKS:
         return StreamOther("media", f"track {track!r} ignored")
     return StreamMedia(

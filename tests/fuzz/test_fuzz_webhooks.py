@@ -141,6 +141,11 @@ VALUES = {
 }
 
 
+# Any JSON value, for a field that expects another type (objects and lists are not hashable, for one).
+WRONG_TYPES = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | text,
+                           lambda inner: st.lists(inner, max_size=2) | st.dictionaries(text, inner, max_size=2), max_leaves=4)
+
+
 @st.composite
 def mock_events(draw):
     kind = draw(mostly(st.sampled_from(sorted(EVENT_TYPES)), text))
@@ -148,7 +153,7 @@ def mock_events(draw):
              "dedupeKey": draw(st.uuids().map(str))}
     optional = FIELDS.get(kind, []) + ["timestamp", "direction", "from", "to", "providerCallId", "turnToken"]
     for name in draw(st.lists(st.sampled_from(optional), unique=True, max_size=4)):
-        event[name] = draw(VALUES[name])
+        event[name] = draw(mostly(VALUES[name], WRONG_TYPES, one_in=12))
     if draw(st.integers(0, 30)) == 0:
         event[draw(text)] = draw(text)  # an unknown field
     return event

@@ -233,6 +233,9 @@ def media_cases(media_frame, sequence_key: str) -> list[tuple[dict, str]]:
         (replaced(media_frame, 4.5, sequence_key), f"{sequence_key} must be a number"),
         (replaced(media_frame, "5ms", "media", "timestamp"), "media.timestamp must be a number"),
         (replaced(media_frame, {"ms": 5}, "media", "timestamp"), "media.timestamp must be a number"),
+        # Found by the fuzz job: an unhashable track made the membership test raise TypeError.
+        (replaced(media_frame, {}, "media", "track"), "media.track must be a string"),
+        (replaced(media_frame, ["inbound"], "media", "track"), "media.track must be a string"),
     ]
 
 
