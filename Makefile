@@ -23,11 +23,11 @@ bench: $(TEST_STAMP)
 
 # Hypothesis fuzzing through the real ASGI application (tests/fuzz/): FUZZ_EXAMPLES examples shared by
 # the webhook, RPC and media-frame fuzz tests, each example one request or a few frames. Nightly-style:
-# it takes many minutes, so the per-test and session time limits are off. `make test` runs a short version.
+# it takes many minutes, so the per-test limit is off and the session limit a day. `make test` runs a short version.
 FUZZ_EXAMPLES ?= 100000
 
 fuzz: $(TEST_STAMP)
-	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -n 0 --timeout=0 --session-timeout=0 tests/fuzz $(PYTEST_ARGS)
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -n 0 --timeout=0 --session-timeout=86400 tests/fuzz $(PYTEST_ARGS)
 
 migrate: $(RUNTIME_STAMP)
 	$(PY) manage.py migrate --noinput
