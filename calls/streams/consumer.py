@@ -118,6 +118,7 @@ class CarrierStreamConsumer(AsyncWebsocketConsumer):
             error = None if reader.cancelled() else reader.exception()
             if error is not None and not isinstance(error, StopConsumer):
                 await self._crashed(error)  # a handler's error ends the consumer, as in Channels, but cleanly
+                break
 
     async def _crashed(self, error: BaseException) -> None:
         """A handler raised: close 1011 and record the stream's end (its grace starts), so the call never
