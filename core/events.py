@@ -15,7 +15,10 @@ def now_ms() -> int:
 
 
 MAX_KEY_LENGTH = 255  # CallEvent.dedupe_key
-LAST_MILLISECOND = 253_402_300_800_000  # 10000-01-01: later times cannot be stored
+# 9000-01-01. Times up to year 9999 could be stored, but an event time is also the start of deadlines
+# (the max duration from the answer): near the end of the calendar that sum overflows and a webhook
+# failed with a 500 (found by the fuzz job). No carrier's clock is centuries ahead.
+LAST_MILLISECOND = 221_845_392_000_000
 
 
 class EventFormatError(ValueError):
