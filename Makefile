@@ -8,7 +8,7 @@ TEST_WORKERS ?= $(shell echo $$((2 * $$(nproc 2>/dev/null || echo 1))))
 RUNTIME_STAMP := $(VENV)/.runtime-$(shell cat requirements.txt | cksum | cut -d' ' -f1)
 TEST_STAMP := $(VENV)/.test-$(shell cat requirements.txt requirements-test.txt | cksum | cut -d' ' -f1)
 
-.PHONY: serve test migrate bench
+.PHONY: serve test migrate bench fuzz
 
 serve: $(RUNTIME_STAMP)
 	$(PY) manage.py migrate --noinput
@@ -20,6 +20,14 @@ test: $(TEST_STAMP)
 # Every benchmark at small levels (a few minutes), then one table against the targets (bench/README.md).
 bench: $(TEST_STAMP)
 	$(PY) bench/summary.py
+
+# Hypothesis fuzzing through the real ASGI application (tests/fuzz/): FUZZ_EXAMPLES examples shared by
+# the webhook, RPC and media-frame fuzz tests, each example one request or a few frames. Nightly-style:
+# it takes many minutes, so the per-test limit is off and the session limit a day. `make test` runs a short version.
+FUZZ_EXAMPLES ?= 100000
+
+fuzz: $(TEST_STAMP)
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -n 0 --timeout=0 --session-timeout=86400 tests/fuzz $(PYTEST_ARGS)
 
 migrate: $(RUNTIME_STAMP)
 	$(PY) manage.py migrate --noinput

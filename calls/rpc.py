@@ -8,8 +8,8 @@ reference's UNAVAILABLE), -32001 unauthenticated, -32003 the token's scope is to
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
+import math
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,8 +21,10 @@ from django.db import close_old_connections
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
+from core import jsonsafe
 from core.call_context import call_scope
 from core.errors import VoiceCallError
+from core.jsonsafe import JsonInputError
 from core.redact import redact
 from voicecall_project.rpc_tokens import RpcToken
 
@@ -239,6 +241,8 @@ def _envelope_problem(message: Any) -> str | None:
     request_id = message.get("id")
     if request_id is not None and (isinstance(request_id, bool) or not isinstance(request_id, (str, int, float))):
         return "id must be a string, a number or null"
+    if isinstance(request_id, float) and not math.isfinite(request_id):  # echoed back, it would not be JSON
+        return "id must be a finite number"
     extra = set(message) - {"jsonrpc", "method", "params", "id"}
     if extra:
         return f"unknown member {sorted(extra)[0]!r}"
@@ -290,8 +294,8 @@ async def rpc_view(request: HttpRequest) -> HttpResponse:
     if len(body) > MAX_BODY_BYTES:
         return too_large
     try:
-        message = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+        message = jsonsafe.loads(body)
+    except JsonInputError as exc:
         return _error_reply(PARSE_ERROR, f"Parse error: {exc}", "PARSE_ERROR", 400)
 
     if isinstance(message, list):

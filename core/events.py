@@ -15,7 +15,10 @@ def now_ms() -> int:
 
 
 MAX_KEY_LENGTH = 255  # CallEvent.dedupe_key
-LAST_MILLISECOND = 253_402_300_800_000  # 10000-01-01: later times cannot be stored
+# 9000-01-01. Times up to year 9999 could be stored, but an event time is also the start of deadlines
+# (the max duration from the answer): near the end of the calendar that sum overflows and a webhook
+# failed with a 500 (found by the fuzz job). No carrier's clock is centuries ahead.
+LAST_MILLISECOND = 221_845_392_000_000
 
 
 class EventFormatError(ValueError):
@@ -235,7 +238,7 @@ def _type_fields(cls: type[NormalizedEvent], data: dict[str, Any], where: str) -
         out["digits"] = _string(data["digits"], f"{where}.digits")
     elif cls is CallEnded and "reason" in data:
         reason = data["reason"]
-        if reason not in END_REASONS:
+        if not isinstance(reason, str) or reason not in END_REASONS:  # an object is not hashable: `in` would raise
             raise EventFormatError(f"{where}.reason: must be one of {', '.join(sorted(END_REASONS))}")
         out["reason"] = reason
     elif cls is CallAmd and "answeredBy" in data:

@@ -8,6 +8,8 @@ from collections import deque
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
+from core import jsonsafe
+from core.jsonsafe import JsonInputError
 from core.redact import redact
 
 from .tls import websocket_ssl
@@ -215,9 +217,9 @@ class WebsocketMachinery:
     def dispatch(self, raw: str | bytes) -> None:
         """One frame from the provider: JSON objects go to `handle`; anything else is logged and ignored."""
         try:
-            message = json.loads(raw)
-        except ValueError:
-            log.info("%s sent a frame that is not JSON; ignored", self.label)
+            message = jsonsafe.loads(raw)
+        except JsonInputError as exc:
+            log.info("%s sent a frame that is not JSON we can use (%s); ignored", self.label, exc)
             return
         if not isinstance(message, dict):
             log.info("%s sent JSON that is not an object; ignored", self.label)

@@ -7,6 +7,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from core import jsonsafe
+from core.jsonsafe import JsonInputError
 from providers.realtime.base import ToolCall, ToolSpec
 
 from ..runtime import get_runtime
@@ -118,9 +120,9 @@ def parse_arguments(text: str | None) -> dict[str, Any]:
     if text is None or not text.strip():
         return {}
     try:
-        value = json.loads(text)
-    except ValueError as exc:
-        raise ToolArgumentError(f"arguments are not valid JSON ({exc.msg} at position {exc.pos})") from None
+        value = jsonsafe.loads(text)
+    except JsonInputError as exc:
+        raise ToolArgumentError(f"arguments: {exc}") from None
     if not isinstance(value, dict):
         raise ToolArgumentError(f"arguments must be a JSON object, not {type(value).__name__}")
     return value

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import logging
 import re
 
@@ -13,6 +12,7 @@ from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import get_channel_layer
 
+from core import jsonsafe
 from core.call_context import bind_call_id, call_scope
 from providers.carriers.media import FrameError, StreamMark, StreamMedia, StreamStart, StreamStop
 from providers.carriers.public_url import ip_in, normalize_ip
@@ -107,15 +107,33 @@ class CarrierStreamConsumer(AsyncWebsocketConsumer):
                     await self.dispatch(message)
 
         readers = [asyncio.ensure_future(read(source)) for source in sources]
+        done: set[asyncio.Future] = set()  # stays empty when this task is cancelled while it waits
         try:
             done, _ = await asyncio.wait(readers, return_when=asyncio.FIRST_COMPLETED)
-            for reader in done:
-                if not reader.cancelled() and not isinstance(reader.exception(), StopConsumer):
-                    reader.result()  # a handler's error ends the consumer, as in Channels
         finally:
             for reader in readers:
-                reader.cancel()
+                if reader not in done:
+                    reader.cancel()
             await asyncio.gather(*readers, return_exceptions=True)
+        for reader in done:
+            error = None if reader.cancelled() else reader.exception()
+            if error is not None and not isinstance(error, StopConsumer):
+                await self._crashed(error)  # a handler's error ends the consumer, as in Channels, but cleanly
+                break
+
+    async def _crashed(self, error: BaseException) -> None:
+        """A handler raised: close 1011 and record the stream's end (its grace starts), so the call never
+        waits on a stream that is gone; the cause is logged once."""
+        log.error("%s %s: handler failed; closing", self.kind, getattr(self, "stream_id", "-"), exc_info=error)
+        try:
+            if not getattr(self, "closing", False):
+                await self._close(CLOSE_ERROR, "Internal error")
+            else:  # it failed while closing: the socket may be open still, and the caps held
+                await self.close(code=wire_close_code(CLOSE_ERROR))
+                await self._cleanup("Internal error")
+        except Exception:
+            log.exception("closing %s %s after a failure failed", self.kind, getattr(self, "stream_id", "-"))
+        await self._record_closed()  # once only: done already unless the cleanup itself failed
 
     async def dispatch(self, message) -> None:
         """Channels' dispatch, without its hop to the shared sync thread before every message.
@@ -193,8 +211,9 @@ class CarrierStreamConsumer(AsyncWebsocketConsumer):
 
     async def _record_closed(self) -> None:
         """The end of this stream in the database (reason and stats), once its call is known."""
-        if self.call is None:
+        if self.call is None or getattr(self, "end_recorded", False):
             return
+        self.end_recorded = True
         try:
             await service(services.stream_closed)(stream_pk=self.call.stream_pk, reason=self.close_reason, stats=self.stats.as_dict())
         except Exception:
@@ -305,7 +324,7 @@ class CarrierStreamConsumer(AsyncWebsocketConsumer):
             self._drop("binary", "binary frames are not part of the stream protocol")
             return None
         try:
-            message = json.loads(text_data)
+            message = jsonsafe.loads(text_data)  # a ValueError naming the problem, never a RecursionError
             if not isinstance(message, dict):
                 raise FrameError("a frame must be a JSON object")
             return self.codec.parse(message)

@@ -88,18 +88,25 @@ def decode_payload(value: Any) -> bytes:
         raise FrameError("media payload is not base64") from None
 
 
+# Sequence numbers and millisecond timestamps fit in 63 bits; a larger one (JSON integers have no
+# limit) overflowed the lag arithmetic and closed the stream (found by the fuzz job).
+MAX_FRAME_INT = 2**63 - 1
+
+
 def optional_int(value: Any, name: str) -> int | None:
-    """Carriers send numbers as strings or integers; anything else is a malformed frame."""
-    if isinstance(value, str) and value.isdigit():  # the usual case, on every media frame
+    """Carriers send numbers as strings or integers; anything else (or beyond 63 bits) is a malformed frame."""
+    if isinstance(value, str) and value.isdigit() and len(value) < 19:  # the usual case, on every media frame
         return int(value)
     if value is None:
         return None
     if isinstance(value, bool):
         raise FrameError(f"{name} must be a number")
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit() and len(value.strip()) < 40:
+        value = int(value)
     if isinstance(value, int):
+        if abs(value) > MAX_FRAME_INT:
+            raise FrameError(f"{name} is out of range")
         return value
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        return int(value)
     raise FrameError(f"{name} must be a number")
 
 
@@ -147,6 +154,8 @@ def media_frame(message: dict[str, Any], *, sequence_key: str) -> StreamMedia | 
     """
     media = require_dict(message, "media")
     track = media.get("track", "inbound")
+    if not isinstance(track, str):  # an object or a list is not hashable: `in` would raise TypeError
+        raise FrameError("media.track must be a string")
     if track not in INBOUND_TRACKS:
         return StreamOther("media", f"track {track!r} ignored")
     return StreamMedia(

@@ -10,7 +10,9 @@ from typing import Any
 import numpy as np
 from websockets.exceptions import ConnectionClosed
 
+from core import jsonsafe
 from core.audio import AudioFormat, TelephonyEncoder, ulaw_to_samples
+from core.jsonsafe import JsonInputError
 from core.redact import remember_secret
 
 from .base import (
@@ -492,8 +494,8 @@ def _sensitivity(value: Any, prefix: str) -> str | None:
 
 def _parse(raw: str | bytes) -> dict[str, Any] | None:
     try:
-        message = json.loads(raw)
-    except ValueError:
+        message = jsonsafe.loads(raw)
+    except JsonInputError:
         return None
     return message if isinstance(message, dict) else None
 

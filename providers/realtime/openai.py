@@ -11,6 +11,8 @@ from collections import OrderedDict, deque
 from typing import Any
 from urllib.parse import quote
 
+from core import jsonsafe
+from core.jsonsafe import JsonInputError
 from core.redact import redact
 
 from . import base
@@ -207,9 +209,9 @@ class OpenAIRealtimeSession(RealtimeWebsocketSession):
         while True:
             raw = await ws.recv()
             try:
-                message = json.loads(raw)
-            except ValueError:
-                log.info("openai realtime sent a frame that is not JSON while %s was awaited; ignored", wanted)
+                message = jsonsafe.loads(raw)
+            except JsonInputError as exc:
+                log.info("openai realtime sent a frame that is not JSON we can use (%s) while %s was awaited; ignored", exc, wanted)
                 continue
             if not isinstance(message, dict):
                 continue

@@ -8,6 +8,9 @@ import logging
 from typing import Any, ClassVar
 from urllib.parse import urlencode
 
+from core import jsonsafe
+from core.jsonsafe import JsonInputError
+
 from .base import TranscriptionError, TranscriptionProvider, WebsocketSession
 from .vad import DEFAULT_SILENCE_MS, DEFAULT_THRESHOLD, EnergyVad
 
@@ -156,8 +159,9 @@ class CloudSession(WebsocketSession):
         while True:
             raw = await ws.recv()
             try:
-                message = json.loads(raw)
-            except ValueError:
+                message = jsonsafe.loads(raw)
+            except JsonInputError as exc:
+                log.info("%s transcription sent a frame that is not JSON we can use (%s); ignored", self.provider.name, exc)
                 continue
             if not isinstance(message, dict):
                 continue

@@ -67,6 +67,11 @@ async def test_wrong_method_is_405(asgi):
         (b"[]", 'body: expected {"events": [...]} or {"event": {...}}'),
         (json.dumps({"events": [{"type": "call.ringing"}]}).encode(), "events[0].callId: required"),
         (json.dumps({"event": {"type": "call.ringing", "callId": "c", "timestamp": -1}}).encode(), "event.timestamp: must be"),
+        # Year 9999: the max-duration deadline from it would overflow (found by the fuzz job).
+        (json.dumps({"event": {"type": "call.answered", "callId": "c", "timestamp": 253402300799998}}).encode(),
+         "event.timestamp: must be"),
+        # An object where a name is expected is not hashable: a set lookup would raise (found by the fuzz job).
+        (json.dumps({"event": {"type": "call.ended", "callId": "c", "reason": {}}}).encode(), "event.reason: must be one of"),
     ],
 )
 async def test_malformed_bodies_get_400_naming_the_problem(asgi, body, message):

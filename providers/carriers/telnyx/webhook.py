@@ -4,7 +4,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import json
 import logging
 import math
 import time
@@ -14,6 +13,7 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from core import jsonsafe
 from core.config.keys import b64decode
 from core.events import (
     LAST_MILLISECOND,
@@ -29,6 +29,7 @@ from core.events import (
     CallSpoken,
     NormalizedEvent,
 )
+from core.jsonsafe import JsonInputError
 
 from ..base import ParsedWebhook, WebhookParseError, WebhookRequest, WebhookVerification
 
@@ -133,11 +134,9 @@ def _text(payload: dict[str, Any], name: str) -> str | None:
 
 def parse(request: WebhookRequest, *, request_key: str) -> ParsedWebhook:
     try:
-        envelope = json.loads(request.body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise WebhookParseError(f"body: not valid JSON ({exc})") from None
-    except RecursionError:
-        raise WebhookParseError("body: JSON nested too deeply") from None
+        envelope = jsonsafe.loads(request.body)
+    except JsonInputError as exc:
+        raise WebhookParseError(f"body: {exc}") from None
     data = envelope.get("data") if isinstance(envelope, dict) else None
     if not isinstance(data, dict) or not isinstance(data.get("event_type"), str):
         return ParsedWebhook()  # nothing we act on; acknowledged so Telnyx does not retry

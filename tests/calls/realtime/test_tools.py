@@ -87,7 +87,7 @@ def test_unusable_consult_arguments(arguments, error):
 
 def test_argument_json():
     assert tools.parse_arguments("") == {} and tools.parse_arguments('{"a": 1}') == {"a": 1}
-    with pytest.raises(ToolArgumentError, match="arguments are not valid JSON"):
+    with pytest.raises(ToolArgumentError, match="arguments: not valid JSON"):
         tools.parse_arguments('{"question": ')
     with pytest.raises(ToolArgumentError, match="must be a JSON object, not list"):
         tools.parse_arguments("[1]")
@@ -132,7 +132,12 @@ def test_a_repeated_tool_call_id_is_recorded_once(configure):
     ("open_the_pod_bay_doors", "{}", "unknown tool open_the_pod_bay_doors"),
     ("open_the_pod_bay_doors", '{"door": ', "unknown tool open_the_pod_bay_doors"),  # the name is the mistake
     ("", "{}", "unknown tool (no name)"),
-    (CONSULT_TOOL, '{"question": "hours?", "reason": ', "arguments are not valid JSON"),
+    (CONSULT_TOOL, '{"question": "hours?", "reason": ', "arguments: not valid JSON"),
+    # JSON the database cannot hold, or nested deep enough to exhaust the parser: an error result, never a crash.
+    (CONSULT_TOOL, "[" * 20_000 + "]" * 20_000, "arguments: nesting deeper than 64 levels"),
+    (CONSULT_TOOL, '{"question": NaN, "reason": "private_context"}', "arguments: non-finite number NaN"),
+    (CONSULT_TOOL, '{"question": 1e400, "reason": "private_context"}', "arguments: non-finite number 1e400"),
+    (CONSULT_TOOL, '{"question": "\\ud83d?", "reason": "private_context"}', "arguments: lone surrogate U+D83D at $.question"),
     (CONSULT_TOOL, '{"question": "", "reason": "private_context"}', "question required"),
     (CONSULT_TOOL, '{"question": "hours?", "reason": "curious"}', "valid reason required"),
 ])

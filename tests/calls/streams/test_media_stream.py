@@ -11,6 +11,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import logging
 import secrets
 import time
 from datetime import timedelta
@@ -28,10 +29,11 @@ from calls.services import call_end, call_speak, deadlines_sweep
 from calls.streams import commands
 from calls.streams.limits import TOO_MANY_CONNECTIONS, TOO_MANY_PENDING, StreamLimits, limits
 from calls.streams.consumer import client_ip, sanitize_reason
+from calls.streams.media import MediaStreamConsumer
 from calls.streams.stats import LatencyHistogram, StreamStats
 from calls.simulator.rest import TwilioRestStub
 from core.audio import FRAME_BYTES, SILENCE_FRAME
-from tests.logs import ConsoleCapture
+from tests.logs import ConsoleCapture, records_of
 from tests.waiting import await_stays, await_until
 
 ACCOUNT = "AC" + "1" * 32
@@ -719,6 +721,58 @@ async def test_a_message_of_exactly_64_kib_is_accepted(gateway):
     await ws.send(stop_frame(sid, call))
     assert await close_code(ws) == 1000
     assert (await closed_row(sid)).stats["frames_in"] == 1
+
+
+@live
+async def test_unsafe_json_frames_are_dropped_with_their_reason_and_the_stream_goes_on(gateway, caplog):
+    """A 20,000-deep frame never reaches the recursive parser; a lone surrogate or NaN never reaches the database."""
+    caplog.set_level(logging.INFO, logger="calls.streams.media")
+    call = await new_call()
+    ws, sid = await open_stream(gateway, call)
+    await ws.send("[" * 20_000 + "]" * 20_000)  # 40 kB: under the message cap
+    await ws.send(json.dumps({"event": "dtmf", "streamSid": sid, "dtmf": {"digit": "\ud83d"}}))  # sent as the escape
+    await ws.send('{"event": "media", "streamSid": "%s", "sequenceNumber": NaN}' % sid)
+    await ws.send(media_frame(sid, b"\x10" * FRAME_BYTES, sequence=2))
+    assert await stays_open(ws, 0.3)
+    await ws.send(stop_frame(sid, call))
+    assert await close_code(ws) == 1000
+    row = await closed_row(sid)
+    assert row.close_reason == "stop"
+    assert row.stats["dropped_malformed"] == 3 and row.stats["frames_in"] == 1
+    logged = [r.getMessage() for r in records_of(caplog, "calls.streams.media")]
+    for reason in ("nesting deeper than 64 levels", "lone surrogate U+D83D at $.dtmf.digit", "non-finite number NaN"):
+        assert sum(reason in line for line in logged) == 1, (reason, logged)
+
+
+@live
+async def test_a_failing_handler_closes_1011_records_the_stream_and_the_call_ends_after_the_grace(
+        gateway, rest_stub, monkeypatch, caplog):
+    caplog.set_level(logging.ERROR, logger="calls.streams")
+    call = await new_call(state="listening")
+    rest_stub.status[call.provider_call_id] = "in-progress"
+    real = MediaStreamConsumer._caller_audio
+
+    def fails_on_0x66(self, frame):
+        if frame.payload[:1] == b"\x66":
+            raise RuntimeError("injected failure")
+        real(self, frame)
+
+    monkeypatch.setattr(MediaStreamConsumer, "_caller_audio", fails_on_0x66)
+    ws, sid = await open_stream(gateway, call)
+    await ws.send(media_frame(sid, b"\x10" * FRAME_BYTES, sequence=2))
+    await ws.send(media_frame(sid, b"\x66" * FRAME_BYTES, sequence=3))
+    assert await close_code(ws) in spec_code(1011)
+    row = await closed_row(sid)
+    assert row.close_reason == "Internal error"
+    assert row.stats["frames_in"] == 2  # what the stream did before the failure is kept
+    assert [r.exc_info[1].args for r in records_of(caplog, "calls.streams") if r.exc_info] == [("injected failure",)]
+    await await_until(lambda: limits.total == 0, "the admission slot released", timeout=2)
+    assert (await fetch_call(call)).stream_grace_deadline is not None  # the grace runs, as after any lost stream
+    sweep = sync_to_async(deadlines_sweep, thread_sensitive=False)
+    assert await sweep(at=now() + timedelta(seconds=3)) == 1
+    ended = await await_until(lambda: _terminal(call), timeout=5)
+    assert ended.end_reason == "hangup-bot"
+    assert rest_stub.status[call.provider_call_id] == "completed"
 
 
 # --- caps ---------------------------------------------------------------------------------------

@@ -46,6 +46,7 @@ from tests.calls.streams.test_media_stream import (
     fetch_call,
     media_frame,
     new_sid,
+    spec_code,
     stop_frame,
 )
 from tests.live_gateway import live_gateway_loop
@@ -470,6 +471,26 @@ async def test_stop_starts_the_disconnect_grace_and_closes_the_session(gateway):
     row = await closed_row(sid)
     assert row.close_reason == "stop"
     assert (await fetch_call(call)).stream_grace_deadline is not None
+    assert session.closed
+
+
+@live
+async def test_a_deep_frame_is_dropped_and_a_failing_handler_closes_the_stream_and_its_session(gateway, monkeypatch):
+    call = await new_call()
+    ws, sid, session = await open_call(gateway, call)
+    await ws.send("[" * 20_000 + "]" * 20_000)  # dropped before the parser could recurse
+    await ws.send(media_frame(sid, tone(20), sequence=2))
+    await await_until(lambda: len(session.audio) >= FRAME_BYTES, "caller audio at the model after the deep frame")
+
+    def fails(self, frame):
+        raise RuntimeError("injected failure")
+
+    monkeypatch.setattr(bridge.RealtimeStreamConsumer, "_caller_audio", fails)
+    await ws.send(media_frame(sid, tone(20), sequence=3))
+    assert await close_code(ws) in spec_code(1011)
+    row = await closed_row(sid)
+    assert row.close_reason == "Internal error" and row.stats["dropped_malformed"] == 1
+    assert (await fetch_call(call)).stream_grace_deadline is not None  # the call ends after the grace, as after a drop
     assert session.closed
 
 

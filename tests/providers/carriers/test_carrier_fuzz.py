@@ -687,7 +687,7 @@ def test_telnyx_deeply_nested_json_is_answered_400(configure):
 
 
 @pytest.mark.django_db(transaction=True)
-@pytest.mark.parametrize("occurred_at", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-05:00"])
+@pytest.mark.parametrize("occurred_at", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-05:00", "9999-12-31T23:59:59Z"])
 def test_telnyx_occurred_at_outside_the_datetime_range_is_not_a_500(configure, occurred_at):
     from calls.services import webhook_process
 

@@ -233,6 +233,13 @@ def media_cases(media_frame, sequence_key: str) -> list[tuple[dict, str]]:
         (replaced(media_frame, 4.5, sequence_key), f"{sequence_key} must be a number"),
         (replaced(media_frame, "5ms", "media", "timestamp"), "media.timestamp must be a number"),
         (replaced(media_frame, {"ms": 5}, "media", "timestamp"), "media.timestamp must be a number"),
+        # Found by the fuzz job: a 400-digit timestamp overflowed the lag arithmetic.
+        (replaced(media_frame, 10**400, "media", "timestamp"), "media.timestamp is out of range"),
+        (replaced(media_frame, "9" * 30, "media", "timestamp"), "media.timestamp is out of range"),
+        (replaced(media_frame, 2**63, sequence_key), f"{sequence_key} is out of range"),
+        # Found by the fuzz job: an unhashable track made the membership test raise TypeError.
+        (replaced(media_frame, {}, "media", "track"), "media.track must be a string"),
+        (replaced(media_frame, ["inbound"], "media", "track"), "media.track must be a string"),
     ]
 
 

@@ -498,13 +498,16 @@ async def test_malformed_messages_are_skipped(fake: FakeGeminiLive, caplog) -> N
                      json.dumps({"serverContent": {"modelTurn": {"parts": "x"}}}),
                      json.dumps({"toolCall": {"functionCalls": [{"id": "x"}]}}),
                      json.dumps({"toolCall": "x"}),
-                     json.dumps({"sessionResumptionUpdate": {"newHandle": "h-x", "resumable": False}})):
+                     json.dumps({"sessionResumptionUpdate": {"newHandle": "h-x", "resumable": False}}),
+                     "[" * 20_000 + "]" * 20_000, '{"serverContent": NaN}', b'{"serverContent": {"x": "\\ud83d"}}'):
             fake.send_raw(junk)
         await session.respond("Say hello.")
         await await_until(lambda: listener.of("done"), "the reply after the junk")
         assert not listener.closed and not listener.of("tool")
         assert session.handle_token == "h-1"  # from the reply, never the unresumable "h-x"
         assert "not JSON" in caplog.text
+        for reason in ("nesting deeper than 64 levels", "non-finite number NaN", "lone surrogate U+D83D"):
+            assert reason in caplog.text, reason
     finally:
         await session.close()
 

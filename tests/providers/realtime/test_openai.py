@@ -388,6 +388,9 @@ async def test_malformed_events_are_skipped_and_logged(fake, sessions, caplog):
         {"type": "conversation.item.input_audio_transcription.completed", "item_id": "i"},
         {"type": "error", "error": "a plain string"},
         {"type": "some.future.event", "payload": 1},
+        # Frames the JSON parser must not be handed as they are (recursion) or whose values nothing can store.
+        "[" * 20_000 + "]" * 20_000, '{"type": "error", "error": NaN}',
+        '{"type": "response.output_audio_transcript.done", "item_id": "i", "transcript": "\\ud83d"}',
     ]
     with caplog.at_level(logging.INFO, logger="providers.realtime"):
         for message in junk:
@@ -399,7 +402,8 @@ async def test_malformed_events_are_skipped_and_logged(fake, sessions, caplog):
     assert listener.kinds().count("response_done") == 1
     for what in ("not valid base64", "without its item_id or delta", "output transcript without its item_id",
                  "response.done without its response", "function call without its call_id",
-                 "function call without its name", "input transcription without its transcript", "not JSON"):
+                 "function call without its name", "input transcription without its transcript", "not JSON",
+                 "nesting deeper than 64 levels", "non-finite number NaN", "lone surrogate U+D83D"):
         assert what in caplog.text, what
     assert "Traceback" not in caplog.text and KEY not in caplog.text
 
