@@ -26,6 +26,9 @@ OTHER_MAX_BODY_BYTES = 2 * 1024 * 1024
 LINGER_SECONDS = 1.0
 # Request line and headers together (Twisted's own cap; uvicorn's httptools parser has none).
 MAX_HEAD_BYTES = 16 * 1024
+# Connections the kernel queues before the server accepts them (uvicorn's default). Twisted's own 50
+# drops a burst's handshakes, and each dropped client is accepted only seconds later on a retry.
+LISTEN_BACKLOG = 2048
 
 REASONS = {400: b"Bad Request", 401: b"Unauthorized", 408: b"Request Timeout", 413: b"Payload Too Large",
            429: b"Too Many Requests", 431: b"Request Header Fields Too Large"}
@@ -204,3 +207,9 @@ class BodyGuard:
             return {"type": "http.request", "body": body, "more_body": False}
 
         await self.app(scope, replay, send)
+
+
+def daphne_endpoint(bind: str, port: int) -> str:
+    """The Twisted endpoint Daphne listens on: `bind`:`port` with the gateway's listen backlog."""
+    host = bind.strip("[]").replace(":", r"\:")
+    return f"tcp:port={int(port)}:interface={host}:backlog={LISTEN_BACKLOG}"

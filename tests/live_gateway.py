@@ -30,6 +30,7 @@ def live_gateway_url() -> str:
 
     from calls import daphne_guards
     from calls.daphne_requests import skip_form_parsing
+    from calls.http_limits import daphne_endpoint
     from calls.warmup import warm
     from voicecall_project.asgi import application
 
@@ -40,7 +41,7 @@ def live_gateway_url() -> str:
     ready = threading.Event()
     _server = Server(
         application=application,
-        endpoints=["tcp:port=0:interface=127.0.0.1"],
+        endpoints=[daphne_endpoint("127.0.0.1", 0)],
         signal_handlers=False,
         ready_callable=ready.set,
         verbosity=0,

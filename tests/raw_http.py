@@ -101,18 +101,18 @@ def socket_inodes(pid: int | str = "self") -> set[str]:
     return inodes
 
 
-def server_side_sockets(port: int, pid: int | str = "self") -> int:
-    """Accepted connections on local `port` that process `pid` holds open (the listening socket excluded)."""
+def server_side_sockets(port: int, pid: int | str = "self", host: str = "127.0.0.1") -> int:
+    """Accepted connections on `host`:`port` that process `pid` holds open (the listening socket excluded).
+
+    The address counts as well as the port: a client socket of this process, bound to another
+    loopback address, may be given the server's port number as its own.
+    """
     held = socket_inodes(pid)
+    local = f"{socket.inet_aton(host)[::-1].hex().upper()}:{port:04X}"  # /proc/net/tcp's form
     count = 0
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        path = Path(table)
-        if not path.exists():
-            continue
-        for line in path.read_text().splitlines()[1:]:
-            fields = line.split()
-            local_port = int(fields[1].rsplit(":", 1)[1], 16)
-            listening = fields[3] == "0A"
-            if local_port == port and not listening and fields[9] in held:
-                count += 1
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        listening = fields[3] == "0A"
+        if fields[1] == local and not listening and fields[9] in held:
+            count += 1
     return count

@@ -22,12 +22,13 @@ def run_daphne(bind: str, port: int) -> None:
     from calls import daphne_guards
     from calls.access_log import with_logged_access
     from calls.daphne_requests import skip_form_parsing
+    from calls.http_limits import daphne_endpoint
 
     skip_form_parsing()
     daphne_guards.install()  # the HTTP limits, enforced before Daphne buffers a body
     interface = CommandLineInterface()
     interface.server_class = with_logged_access(interface.server_class)
-    interface.run(["-b", bind, "-p", str(port), APP])
+    interface.run(["-e", daphne_endpoint(bind, port), APP])
 
 
 def run_uvicorn(bind: str, port: int) -> None:
