@@ -636,7 +636,7 @@ async def test_first_audio_may_take_the_fallbacks_time_then_gaps_get_the_provide
         yield bytes([AUDIO]) * (3 * FRAME_BYTES)
         await forever()  # and then the next one stalls mid-utterance
 
-    playback, carrier, _ = make(fallback_after_a_stall, timeout=0.2, first_audio=0.8)
+    playback, carrier, _ = make(fallback_after_a_stall, timeout=0.2, first_audio=5.0)
     result = await settle(playback.enqueue("late but coming"))
     assert result.outcome == Outcome.FAILED and "timed out after 0.2 s" in result.error, result
     assert carrier.script()[-4:] == ["A"] * 3 + ["clear"]  # the audio that came was played
