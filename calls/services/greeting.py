@@ -15,6 +15,7 @@ from providers.carriers.base import Prompt
 from .. import background
 from ..clock import now
 from ..gateway import get_gateway
+from ..log_limit import warn_limited
 from ..models import Call, CallMode, Direction
 from ..runtime import CallRuntime, get_runtime
 from ..selectors import call_find, call_voice
@@ -189,7 +190,9 @@ def _greet_and_listen(runtime: CallRuntime, call: Call, message: str) -> bool:
 def _greeting_failed(call: Call, error: VoiceCallError) -> bool:
     """Release the greeting claim and keep the message, so a later trigger retries it."""
     Call.objects.filter(pk=call.pk).update(greeting_claimed_at=None)
-    log.warning("initial message on %s failed (kept for a retry): %s", call.pk, error)
+    # Per kind of failure, not per call: a carrier that is down fails every call's greeting each retry.
+    warn_limited(log, ("greeting", type(error.__cause__ or error).__name__),
+                 "initial message on %s failed (kept for a retry): %s", call.pk, error)
     return False
 
 
