@@ -48,6 +48,7 @@ TYPE_NAMES: list[tuple[Any, str]] = [
     (schema.HttpUrl, "http(s) URL"),
     (schema.Credential, "secret"),
     (schema.TtsTimeout, "integer 1000–120000"),
+    (schema.CallSeconds, "integer 1–86400"),
 ]
 PLAIN_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean", Any: "any"}
 

@@ -45,6 +45,12 @@ def _non_empty(value: str) -> str:
     return value
 
 
+def _at_most(value: float, high: float) -> float:
+    if value > high:
+        raise ValueError(f"must be at most {high:g}")
+    return value
+
+
 def _between(low: float, high: float):
     def check(value: float) -> float:
         if not low <= value <= high:
@@ -445,6 +451,8 @@ class TtsModelOverrides(Section):
 
 
 TtsTimeout = Annotated[int, Strict(), _between(1000, 120000)]
+# A call's length: a day at most, so the deadline arithmetic on event times stays in range.
+CallSeconds = Annotated[PositiveInt, AfterValidator(lambda value: _at_most(value, 86400))]
 
 
 class TtsConfig(Section):
@@ -590,7 +598,7 @@ class VoiceCallConfig(Section):
     """What inbound calls hear first; unset: "Hello! How can I help you today?"."""
     outbound: OutboundConfig = Field(default_factory=OutboundConfig)
     """Outbound call defaults."""
-    max_duration_seconds: PositiveInt = 300
+    max_duration_seconds: CallSeconds = 300
     """Hard cap on a call's length from its answer; the call is then ended with reason timeout."""
     stale_call_reaper_seconds: NonNegativeInt = 120
     """End calls that were never answered this many seconds after they started; 0 disables."""

@@ -1492,3 +1492,14 @@ def test_deep_merge_does_not_mutate_inputs():
     assert merged == {"a": {"x": 2, "list": [1, 2], "new": {"deep": True}}, "b": 1, "c": [3]}
     assert (base, override) == (base_before, override_before)
     assert merged is not base and merged["a"] is not base["a"]
+
+
+@pytest.mark.parametrize("seconds, error", [
+    (86400, None),
+    (86401, "maxDurationSeconds: must be at most 86400"),
+    (10**30, "maxDurationSeconds: must be at most 86400"),  # would overflow a deadline computed from it
+    (0, "maxDurationSeconds: must be a positive integer"),
+])
+def test_max_duration_is_at_most_a_day(seconds, error):
+    loaded = load_config_data({"provider": "mock", "maxDurationSeconds": seconds}, environ={})
+    assert loaded.errors == ([error] if error else [])
