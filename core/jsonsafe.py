@@ -2,7 +2,8 @@
 
 `loads` refuses, with a JsonInputError naming the problem, what `json.loads` accepts or chokes on
 but no database column or JSON answer can hold: bytes that are not UTF-8, lone surrogates
-("\\ud83d": SQLite cannot encode them, PostgreSQL refuses them), NaN / Infinity and numbers that
+("\\ud83d": SQLite cannot encode them, PostgreSQL refuses them), the NUL character ("\\u0000":
+PostgreSQL text and jsonb refuse it), NaN / Infinity and numbers that
 overflow to infinity (1e400), and nesting deeper than MAX_DEPTH, which is found by a bracket scan
 before the recursive parser ever sees the document (a 20,000-deep one would raise RecursionError).
 """
@@ -21,8 +22,10 @@ _STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
 _NOT_BRACKET = re.compile(r"[^\[\]{}]+")
 _STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
 _SURROGATE = re.compile("[\ud800-\udfff]")
-# A \u escape of a surrogate, possibly part of a valid pair; only a hint that the parsed strings need a look.
-_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abcdefABCDEF]")
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")  # what a parsed string must not hold
+# A \u escape of NUL or of a surrogate (possibly part of a valid pair); only a hint that the parsed
+# strings need a look. A raw NUL is not JSON inside a string, and outside one the parser refuses it.
+_UNSTORABLE_ESCAPE = re.compile(r"\\u(?:0000|[dD][89abcdefABCDEF])")
 
 
 class JsonInputError(ValueError):
@@ -53,10 +56,10 @@ def loads(data: bytes | bytearray | memoryview | str) -> Any:
         raise JsonInputError(f"nesting deeper than {MAX_DEPTH} levels") from None
     except ValueError as exc:
         raise JsonInputError(f"not valid JSON ({exc})") from None
-    if "\\u" in text and _SURROGATE_ESCAPE.search(text):
-        where = _lone_surrogate(value, "$")
+    if "\\u" in text and _UNSTORABLE_ESCAPE.search(text):
+        where = _unstorable(value, "$")
         if where is not None:
-            raise JsonInputError(f"lone surrogate {where}")
+            raise JsonInputError(where)
     return value
 
 
@@ -88,22 +91,27 @@ def _codepoint(char: str) -> str:
     return f"U+{ord(char):04X}"
 
 
-def _lone_surrogate(value: Any, path: str) -> str | None:
-    """Where the first lone surrogate is ("U+D83D at $.events[0].text"), or None. Depth is bounded by the scan."""
+def _named(char: str) -> str:
+    return f"{'NUL character' if char == chr(0) else 'lone surrogate'} {_codepoint(char)}"
+
+
+def _unstorable(value: Any, path: str) -> str | None:
+    """What and where the first unstorable character is ("lone surrogate U+D83D at $.events[0].text"),
+    or None. Depth is bounded by the scan."""
     if isinstance(value, str):
-        found = _SURROGATE.search(value)
-        return f"{_codepoint(found.group())} at {path}" if found else None
+        found = _UNSTORABLE.search(value)
+        return f"{_named(found.group())} at {path}" if found else None
     if isinstance(value, list):
         for index, item in enumerate(value):
-            where = _lone_surrogate(item, f"{path}[{index}]")
+            where = _unstorable(item, f"{path}[{index}]")
             if where:
                 return where
     elif isinstance(value, dict):
         for key, item in value.items():
-            found = _SURROGATE.search(key)
+            found = _UNSTORABLE.search(key)
             if found:
-                return f"{_codepoint(found.group())} in a member name at {path}"
-            where = _lone_surrogate(item, f"{path}.{key[:40]}")
+                return f"{_named(found.group())} in a member name at {path}"
+            where = _unstorable(item, f"{path}.{key[:40]}")
             if where:
                 return where
     return None

@@ -30,6 +30,8 @@ def test_valid_json_is_parsed_from_bytes_and_text():
     ('{"\\udc00": 1}', "lone surrogate U+DC00 in a member name at $"),
     ('["\\ude00\\ud83d"]', "lone surrogate U+DE00 at $[0]"),  # the wrong order is not a pair
     ("\"\ud83d\"", "lone surrogate U+D83D"),  # a str holding one
+    ('{"digits": "1\\u00002"}', "NUL character U+0000 at $.digits"),  # PostgreSQL text refuses it
+    ('{"\\u0000": 1}', "NUL character U+0000 in a member name at $"),
     ("NaN", "non-finite number NaN"),
     ('{"n": Infinity}', "non-finite number Infinity"),
     ("[-Infinity]", "non-finite number -Infinity"),
@@ -83,7 +85,7 @@ def test_huge_integers_are_kept_and_too_long_ones_refused():
 
 # Values json.loads can return that a database and a JSON answer can hold.
 finite = st.floats(allow_nan=False, allow_infinity=False)
-storable_text = st.text(st.characters(exclude_categories=["Cs"]))
+storable_text = st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\x00"))
 scalars = st.none() | st.booleans() | st.integers() | finite | storable_text
 storable = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(storable_text, inner, max_size=4),
                         max_leaves=30)
@@ -112,6 +114,14 @@ def test_a_lone_surrogate_anywhere_is_refused(value, surrogate):
     text = json.dumps(["\u0000marker", value])
     text = text.replace("\\u0000marker", f"\\u{surrogate:04x}", 1)
     with pytest.raises(JsonInputError, match="lone surrogate"):
+        loads(text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(storable, st.integers(0, 3))
+def test_a_nul_character_anywhere_is_refused(value, where):
+    text = json.dumps([value, "a\u0000b"][where % 2:] + [{"\u0000": where}][: where // 2])
+    with pytest.raises(JsonInputError, match="NUL character U\\+0000"):
         loads(text)
 
 
