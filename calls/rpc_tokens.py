@@ -5,6 +5,7 @@ The configured tokens are parsed with the settings (voicecall_project.rpc_tokens
 from __future__ import annotations
 
 import functools
+import hashlib
 import hmac
 from pathlib import Path
 
@@ -17,12 +18,21 @@ LOCAL_TOKEN_FILE = "rpc_token"
 
 @functools.lru_cache(maxsize=4)
 def local_token(data_dir: Path) -> RpcToken:
-    """A write token kept in the data directory, so the CLI on this machine can use the gateway's RPC.
+    """A write token the CLI can use on the gateway's RPC without configuring one.
 
-    Read once per process: every request checks it, and the file does not change while we run.
+    Embedded: kept in the data directory, so the CLI on this machine has it. Distributed: derived
+    from SECRET_KEY, which every process shares, so the CLI's token is accepted by whichever gateway
+    a load balancer sends it to (a file per data directory would differ between hosts). Read once
+    per process: every request checks it, and neither source changes while we run.
     """
-    path = Path(data_dir) / LOCAL_TOKEN_FILE
-    token = RpcToken("write", secret_file(path, 32), str(path))
+    from django.conf import settings
+
+    if settings.VOICECALL_MODE == "distributed":
+        derived = hmac.new(settings.SECRET_KEY.encode(), b"voicecall-local-rpc-token", hashlib.sha256).hexdigest()
+        token = RpcToken("write", derived, "derived from SECRET_KEY")
+    else:
+        path = Path(data_dir) / LOCAL_TOKEN_FILE
+        token = RpcToken("write", secret_file(path, 32), str(path))
     remember_secret(token.token)
     return token
 

@@ -23,6 +23,10 @@ if _worker.startswith("gw") and os.environ.get("REDIS_URL"):
     _redis = urlsplit(os.environ["REDIS_URL"])
     os.environ["REDIS_URL"] = urlunsplit(_redis._replace(path=f"/{1 + int(_worker[2:]) % 15}"))
 
+if os.environ.get("REDIS_URL"):
+    # The distributed mode refuses to start without a shared key; processes a test starts inherit it.
+    os.environ.setdefault("SECRET_KEY", "voicecall-tests-" + "k" * 40)
+
 from voicecall_project.settings import *  # noqa: E402,F401,F403
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

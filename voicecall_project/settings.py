@@ -19,18 +19,27 @@ environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
 DATA_DIR = Path(env("VOICECALL_DATA_DIR", default=str(BASE_DIR / "var")))
 DATA_DIR.mkdir(parents=True, exist_ok=True)
 
-
-
-# Distributed deployments must set SECRET_KEY: every process has to agree on it.
-# Without it, a random key kept in the data directory (so restarts keep sessions).
-SECRET_KEY = env("SECRET_KEY", default="") or secret_file(DATA_DIR / "secret_key", 50)
-DEBUG = env.bool("DEBUG", default=False)
-ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]"])
-CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
-
 # The two run modes (docs/operations.md, Run modes): REDIS_URL switches on channels-redis and Celery.
 REDIS_URL = env("REDIS_URL", default="")
 VOICECALL_MODE = "distributed" if REDIS_URL else "embedded"
+
+# Signs media-stream tokens, admin sessions and the local RPC token (docs/operations.md, Secrets and
+# tokens). Embedded: unset means a random key kept in the data directory (so restarts keep sessions).
+# Distributed: every process must share one, or a stream that lands on another node than its webhook
+# is refused; a key per data directory would silently differ between hosts, so it must be set.
+SECRET_KEY = env("SECRET_KEY", default="").strip()
+if not SECRET_KEY:
+    if VOICECALL_MODE == "distributed":
+        raise ImproperlyConfigured(
+            "SECRET_KEY must be set in the distributed mode (REDIS_URL is set): every gateway, worker and beat "
+            "process must share the same value, because media-stream tokens and the local RPC token are derived "
+            "from it and a process with another key refuses streams and commands the others accept. "
+            "Generate one with: python -c 'import secrets; print(secrets.token_urlsafe(50))'"
+        )
+    SECRET_KEY = secret_file(DATA_DIR / "secret_key", 50)
+DEBUG = env.bool("DEBUG", default=False)
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
 INSTALLED_APPS = [
     # Only for its `runserver` (Daphne's, loaded when that command runs): first, so it wins over

@@ -49,8 +49,14 @@ def stream_open(*, provider_call_id: str, stream_id: str, token: str | None) -> 
         call = call_find_locked(ref=provider_call_id)  # its statement is built once, not per stream
         if call is None or call.is_terminal or call.provider != runtime.carrier.name:
             raise StreamRefused("Unknown call")
-        if not token or not stream_token_valid(str(call.pk), token):
-            log.warning("media stream for call %s refused: bad or missing stream token", call.pk)
+        if not token:
+            log.warning("media stream for call %s refused: its start carries no stream token", call.pk)
+            raise StreamRefused("Unknown call")
+        if not stream_token_valid(str(call.pk), token):
+            # The call exists, so the token was most likely made by a process with another key.
+            log.warning("media stream for call %s refused: bad stream token; the likely cause is a gateway "
+                        "process with a different SECRET_KEY answered the call's webhook (every process "
+                        "must share SECRET_KEY)", call.pk)
             raise StreamRefused("Unknown call")
         replaced = MediaStream.objects.open().filter(call=call).update(closed_at=now(), close_reason="replaced")
         stream = MediaStream.objects.create(call=call, stream_id=stream_id[:128], carrier=runtime.carrier.name)

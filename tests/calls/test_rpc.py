@@ -8,6 +8,7 @@ from datetime import timedelta
 
 import httpx
 import pytest
+from django.conf import settings as django_settings
 from django.db import connections
 
 from calls.clock import now
@@ -142,11 +143,31 @@ def test_a_read_token_reads_status_and_operation_results(rpc):
     )
 
 
+@pytest.mark.skipif(django_settings.VOICECALL_MODE != "embedded",
+                    reason="the local token is a file only in the embedded mode")
 def test_the_local_token_file_is_a_write_token(rpc, settings):
     token = local_token(settings.DATA_DIR)
     assert token.scope == "write"
     assert (settings.DATA_DIR / "rpc_token").stat().st_mode & 0o077 == 0  # readable by its owner only
     assert result_of(rpc("voicecall.start", {"to": TO}, token=token.token))["initiated"] is True
+
+
+def test_the_local_token_is_derived_from_secret_key_in_the_distributed_mode(rpc, settings, tmp_path):
+    """Every node sharing SECRET_KEY accepts the CLI's token, whatever its data directory."""
+    settings.VOICECALL_MODE = "distributed"
+    local_token.cache_clear()
+    try:
+        token = local_token(tmp_path / "one-node")
+        assert token == local_token(tmp_path / "another-node")
+        assert token.scope == "write" and token.source == "derived from SECRET_KEY"
+        assert not (tmp_path / "one-node" / "rpc_token").exists()
+        settings.DATA_DIR = tmp_path / "one-node"
+        assert result_of(rpc("voicecall.start", {"to": TO}, token=token.token))["initiated"] is True
+        settings.SECRET_KEY = "another-key-" + "x" * 40
+        local_token.cache_clear()
+        assert local_token(tmp_path / "one-node").token != token.token
+    finally:
+        local_token.cache_clear()
 
 
 @pytest.mark.parametrize(
