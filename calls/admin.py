@@ -1,10 +1,12 @@
-"""Admin: call records, read-only, with transcript, turns, replies and events; conversation sessions."""
+"""Admin: call records, read-only, with transcript, turns, replies and events; conversation sessions; gateway nodes."""
 from __future__ import annotations
 
 from django.contrib import admin
 
 from .admin_login import ThrottledAdminAuthenticationForm
-from .models import Call, CallEvent, CallTurn, ConversationSession, ReplyTurn, SessionMessage, TranscriptEntry
+from .models import (
+    Call, CallEvent, CallTurn, ConversationSession, GatewayNode, ReplyTurn, SessionMessage, TranscriptEntry,
+)
 from .selectors import call_timeline
 
 
@@ -107,4 +109,24 @@ class ConversationSessionAdmin(admin.ModelAdmin):
     readonly_fields = ("key", "agent_id", "created_at", "updated_at")
 
     def has_add_permission(self, request) -> bool:
+        return False
+
+
+@admin.register(GatewayNode)
+class GatewayNodeAdmin(admin.ModelAdmin):
+    """Gateway processes, live and gone: written by the processes themselves and by the sweep, never by hand."""
+
+    list_display = ("host", "pid", "started_at", "heartbeat_at", "stopped_at", "stop_reason", "open_streams")
+    list_filter = (("stopped_at", admin.EmptyFieldListFilter),)
+    search_fields = ("host", "id")
+    readonly_fields = ("id", "host", "pid", "started_at", "heartbeat_at", "suspected_at", "stopped_at", "stop_reason")
+
+    @admin.display(description="open streams")
+    def open_streams(self, node: GatewayNode) -> int:
+        return node.media_streams.filter(closed_at__isnull=True).count()
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
         return False

@@ -5,8 +5,10 @@ module-level accessors elsewhere (`get_config`, `get_runtime`, `background.submi
 and change the state through it, so nothing else keeps process state in module globals.
 
 Lifecycle: `start()` once per serving process (the `gateway` command, the ASGI lifespan, or the
-first request under a plain ASGI server) reports the config, starts restoring live calls on a
-thread of its own (bounded in time; the server listens meanwhile) and starts the embedded sweeper; `stop()` stops the sweeper and the job threads. Processes that only run jobs
+first request under a plain ASGI server) reports the config, registers the process as a gateway
+node with a heartbeat (calls/nodes.py), starts restoring live calls on a thread of its own
+(bounded in time; the server listens meanwhile) and starts the embedded sweeper; `stop()` stops
+the sweeper and the job threads and marks the node stopped. Processes that only run jobs
 or commands (Celery workers, the CLI) never start it and use the config and runtime lazily.
 """
 from __future__ import annotations
@@ -40,6 +42,7 @@ class Gateway:
     def __init__(self) -> None:
         from .background import JobExecutor
         from .leases import LeaseKeeper
+        from .nodes import NodeHeartbeat
         from .restoring import Restore
 
         self.jobs: JobExecutor = JobExecutor()
@@ -47,6 +50,8 @@ class Gateway:
         self.leases = LeaseKeeper()
         # Restore after start, in the background; /readyz reports its state.
         self.restore = Restore()
+        # This serving process as a node other processes can see die (calls/nodes.py).
+        self.node = NodeHeartbeat()
         # Told when a deadline is written (the embedded sweeper wakes up for it).
         self.deadline_listeners: list[Callable[[datetime], None]] = []
         # The event loop media streams run on here (the in-memory channel layer is bound to it).
@@ -151,6 +156,8 @@ class Gateway:
         load_jobs()  # the first webhook or reply of a serving process does not wait for the imports
         loaded = self.config()
         report_config(loaded)
+        # Registered before restore and before the server listens: every stream it opens names it.
+        self.node.start()
         if loaded.ok:
             self._restore_start()
         else:
@@ -183,15 +190,16 @@ class Gateway:
             log.exception("restore failed; live calls keep their deadlines")
             self.restore.fail(f"{type(exc).__name__}: {exc}")
             return
-        self.restore.start(process_started_at=started_at, replies_upto=replies_upto or 0)
+        self.restore.start(process_started_at=started_at, replies_upto=replies_upto or 0, node_id=self.node.node_id)
 
     def stop(self) -> None:
-        """Stop the sweeper and let the job threads finish; start() may be called again."""
+        """Stop the sweeper, let the job threads finish, mark the node stopped; start() may be called again."""
         with self._start_lock:
             if self.sweeper is not None:
                 self.sweeper.stop()
                 self.sweeper = None
             self.jobs.shutdown()
+            self.stop_node()
             self.started = False
             from .restoring import Restore
 
@@ -199,6 +207,14 @@ class Gateway:
             # the next start restores again.
             self.restore.wait(STOP_RESTORE_WAIT_SECONDS)
             self.restore = Restore()
+
+
+    def stop_node(self) -> None:
+        """Stop the heartbeat and mark this process's node stopped (a server that exits calls this last)."""
+        from .nodes import NodeHeartbeat
+
+        node, self.node = self.node, NodeHeartbeat()
+        node.stop()
 
 
 def _read_config_file() -> LoadedConfig:

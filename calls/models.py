@@ -266,6 +266,32 @@ class GatewayLock(models.Model):
         return self.name
 
 
+class GatewayNode(models.Model):
+    """One serving gateway process: registered at start, heartbeating while it runs, then stopped or declared dead.
+
+    Media streams record the node whose process holds their socket, so the streams of a process
+    that died are found and closed by another (calls/services/nodes.py).
+    """
+
+    id = models.UUIDField("node id", primary_key=True, default=uuid.uuid4, editable=False)
+    host = models.CharField(max_length=255)
+    pid = models.PositiveIntegerField("process id")
+    started_at = models.DateTimeField(default=timezone.now)
+    heartbeat_at = models.DateTimeField("last heartbeat", default=timezone.now)
+    # Set by a sweep that found the heartbeat stale; a heartbeat clears it, a later sweep confirms it.
+    suspected_at = models.DateTimeField(null=True, blank=True)
+    # Set once: by the process itself when it stops cleanly, or by a sweep that declared it dead.
+    stopped_at = models.DateTimeField(null=True, blank=True)
+    stop_reason = models.CharField(max_length=255, blank=True, default="")
+
+    class Meta:
+        ordering = ["-started_at"]
+        indexes = [models.Index(fields=["stopped_at", "heartbeat_at"], name="gateway_node_live")]
+
+    def __str__(self) -> str:
+        return f"{self.host} pid {self.pid}"
+
+
 class MediaStreamQuerySet(models.QuerySet):
     def open(self):
         return self.filter(closed_at__isnull=True)
@@ -282,11 +308,18 @@ class MediaStream(models.Model):
     close_reason = models.CharField(max_length=64, blank=True, default="")
     # Counters kept by the stream: frames in/out, drops by cause, playback marks.
     stats = models.JSONField(default=dict, blank=True)
+    node = models.ForeignKey(
+        GatewayNode, null=True, blank=True, on_delete=models.SET_NULL, related_name="media_streams",
+        help_text="The gateway process holding the stream's socket (empty when it was opened outside a serving gateway).",
+    )
 
     objects = MediaStreamQuerySet.as_manager()
 
     class Meta:
-        indexes = [models.Index(fields=["call", "closed_at"], name="media_stream_open")]
+        indexes = [
+            models.Index(fields=["call", "closed_at"], name="media_stream_open"),
+            models.Index(fields=["node", "closed_at"], name="media_stream_node_open"),
+        ]
 
     def __str__(self) -> str:
         return f"stream {self.stream_id} of {self.call_id}"

@@ -35,18 +35,20 @@ class Restore:
         self._thread: threading.Thread | None = None
         self.finished = threading.Event()
 
-    def start(self, *, process_started_at: datetime, replies_upto: int | None = None, budget: float | None = None) -> None:
+    def start(self, *, process_started_at: datetime, replies_upto: int | None = None, budget: float | None = None,
+              node_id=None) -> None:
         """Run restore on a daemon thread; returns at once.
 
         `process_started_at` and `replies_upto` (the newest reply row then) are read before the
-        server listens: what is older than them was left by the process before this one.
+        server listens: what is older than them was left by the process before this one. `node_id`:
+        this process's gateway node (never taken for a dead one).
         """
         self.budget = settings.VOICECALL_RESTORE_SECONDS if budget is None else budget
         self.state, self.detail = RUNNING, ""
         self._started, self._finished = time.monotonic(), None
         self.finished.clear()
-        self._thread = threading.Thread(target=self._run, args=(process_started_at, replies_upto), name="voicecall-restore",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(process_started_at, replies_upto, node_id),
+                                        name="voicecall-restore", daemon=True)
         self._thread.start()
 
     def skip(self, why: str) -> None:
@@ -70,15 +72,21 @@ class Restore:
             body["detail"] = self.detail
         return body
 
-    def _run(self, process_started_at: datetime, replies_upto: int | None) -> None:
-        from .services import calls_restore, lost_jobs_resume
+    def _run(self, process_started_at: datetime, replies_upto: int | None, node_id) -> None:
+        from .services import calls_restore, dead_nodes_sweep, lost_jobs_resume, nodes_gone
 
         try:
-            # One gateway per database in the embedded mode: a claim older than this process is a dead one's.
-            # With several gateways (distributed) only expired claims are.
+            # One gateway per database in the embedded mode: a claim older than this process is a dead one's,
+            # and so is every stream opened before it and every other node.
+            # With several gateways (distributed) only expired claims are, and only the streams of nodes
+            # that stopped or died (calls/services/nodes.py): a node starting never closes another's live streams.
             sole = settings.VOICECALL_MODE == "embedded"
             resumed = lost_jobs_resume(abandoned_before=process_started_at if sole else None,
                                        replies_upto=replies_upto if sole else None)
+            if sole:
+                nodes_gone(except_node=node_id)
+            else:
+                resumed += dead_nodes_sweep(exclude=node_id)
             report = calls_restore(budget=self.budget)
         except VoiceCallError as exc:
             log.warning("restore skipped: %s", exc)

@@ -1,4 +1,4 @@
-"""The embedded mode's sweeper: a thread in the gateway that enforces deadlines and reaps stale calls.
+"""The embedded mode's sweeper: a thread in the gateway that enforces deadlines, reaps stale calls, resumes lost jobs.
 
 It sleeps until the next deadline on the database (at most one second, so deadlines written
 by other processes are seen) and wakes early when this process writes a new one. In the
@@ -31,6 +31,7 @@ class Sweeper(threading.Thread):
         self._stopping = threading.Event()
         self._next_reap = 0.0
         self._next_purge = 0.0
+        self._next_nodes = 0.0
         # The restore at start resumes lost jobs first; the sweeper's own look comes one interval later.
         self._next_resume = time.monotonic() + settings.VOICECALL_RESUME_SECONDS
 
@@ -56,8 +57,10 @@ class Sweeper(threading.Thread):
 
     def tick(self) -> float:
         """One pass; returns how long to sleep before the next."""
+        from .gateway import get_gateway
         from .services import (
-            REAP_INTERVAL_SECONDS, deadlines_sweep, lost_jobs_resume, next_deadline, processed_webhooks_purge, stale_calls_reap,
+            REAP_INTERVAL_SECONDS, dead_nodes_sweep, deadlines_sweep, lost_jobs_resume, next_deadline, processed_webhooks_purge,
+            stale_calls_reap,
         )
 
         try:
@@ -69,6 +72,9 @@ class Sweeper(threading.Thread):
             if clock >= self._next_resume:
                 self._next_resume = clock + settings.VOICECALL_RESUME_SECONDS
                 lost_jobs_resume()  # jobs whose claim expired: their process died (calls/services/resume.py)
+            if clock >= self._next_nodes:
+                self._next_nodes = clock + settings.VOICECALL_NODE_HEARTBEAT_SECONDS
+                dead_nodes_sweep(exclude=get_gateway().node.node_id)  # gateway processes that died (calls/services/nodes.py)
             if clock >= self._next_purge:
                 self._next_purge = clock + PURGE_INTERVAL_SECONDS
                 processed_webhooks_purge()

@@ -56,3 +56,11 @@ def resume_lost_jobs_task() -> int:
     from .services import lost_jobs_resume
 
     return _when_ready(lost_jobs_resume)
+
+
+@shared_task(name="calls.sweep_dead_nodes")
+def sweep_dead_nodes_task() -> int:
+    """Gateway processes whose heartbeat stopped: declared dead, their media streams closed (calls/services/nodes.py)."""
+    from .services import dead_nodes_sweep
+
+    return dead_nodes_sweep()

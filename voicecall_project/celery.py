@@ -5,6 +5,7 @@ import os
 
 from celery import Celery
 from celery.signals import setup_logging
+from django.conf import settings
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "voicecall_project.settings")
 
@@ -26,4 +27,6 @@ app.conf.beat_schedule = {
     # Greetings and hang-ups whose claim expired (their worker died) are started again.
     "resume-lost-jobs": {"task": "calls.resume_lost_jobs", "schedule": 30.0},
     "purge-replay-keys": {"task": "calls.purge_processed_webhooks", "schedule": 600.0},
+    # Gateway processes that stopped heartbeating: declared dead, the media streams they held closed.
+    "sweep-dead-nodes": {"task": "calls.sweep_dead_nodes", "schedule": settings.VOICECALL_NODE_HEARTBEAT_SECONDS},
 }

@@ -1,4 +1,4 @@
-"""Whole-number settings read from the environment, checked when the settings are read (a bad value names its variable)."""
+"""Number settings read from the environment, checked when the settings are read (a bad value names its variable)."""
 from __future__ import annotations
 
 import os
@@ -19,4 +19,20 @@ def positive_int(name: str, raw: str) -> int:
         raise ImproperlyConfigured(f"{name}: expected a whole number of at least 1, got {raw!r}") from None
     if value < 1:
         raise ImproperlyConfigured(f"{name}: expected a whole number of at least 1, got {value}")
+    return value
+
+
+def seconds_env(name: str, default: float) -> float:
+    """The variable as a finite number of seconds above 0, or `default` when unset or empty."""
+    from django.core.exceptions import ImproperlyConfigured
+
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}: expected a number of seconds, got {raw!r}") from None
+    if not 0 < value < float("inf"):  # also refuses NaN
+        raise ImproperlyConfigured(f"{name}: expected a finite number of seconds above 0, got {raw!r}")
     return value

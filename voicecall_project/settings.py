@@ -6,7 +6,7 @@ from pathlib import Path
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
-from voicecall_project.env_numbers import positive_int_env
+from voicecall_project.env_numbers import positive_int_env, seconds_env
 from voicecall_project.rpc_tokens import parse_rpc_tokens
 from voicecall_project.secret_files import secret_file
 
@@ -143,6 +143,17 @@ VOICECALL_RESTORE_SECONDS = env.float("VOICECALL_RESTORE_SECONDS", default=60.0)
 # claim, an answered call never greeted) and starts them again; a greeting the carrier refused is
 # retried at this pace too.
 VOICECALL_RESUME_SECONDS = env.float("VOICECALL_RESUME_SECONDS", default=30.0)
+# Each serving gateway process writes a heartbeat row this often (calls/services/nodes.py); a process
+# whose heartbeat is older than the timeout is suspected, then declared dead by the next sweep, and the
+# media streams it held are closed as a disconnect is (docs/operations.md, Restore after start and crashes).
+VOICECALL_NODE_HEARTBEAT_SECONDS = seconds_env("VOICECALL_NODE_HEARTBEAT_SECONDS", 5.0)
+VOICECALL_NODE_TIMEOUT_SECONDS = seconds_env("VOICECALL_NODE_TIMEOUT_SECONDS", 15.0)
+if VOICECALL_NODE_TIMEOUT_SECONDS < 2 * VOICECALL_NODE_HEARTBEAT_SECONDS:
+    raise ImproperlyConfigured(
+        f"VOICECALL_NODE_TIMEOUT_SECONDS ({VOICECALL_NODE_TIMEOUT_SECONDS:g}) must be at least twice "
+        f"VOICECALL_NODE_HEARTBEAT_SECONDS ({VOICECALL_NODE_HEARTBEAT_SECONDS:g}), so that one late heartbeat "
+        "does not get a live gateway declared dead"
+    )
 # Start the gateway's background services on the first ASGI request when the server did not.
 VOICECALL_AUTOSTART_SERVICES = env.bool("VOICECALL_AUTOSTART_SERVICES", default=True)
 

@@ -23,6 +23,7 @@ from .ending import call_end, call_end_or_retry
 from .events import EventOutcome, call_event_record, event_process
 from .greeting import GreetingDecision, greeting_decision, initial_message_delivered, initial_message_speak
 from .memory import session_message_add
+from .nodes import dead_nodes_sweep, node_heartbeat, node_register, node_stop, nodes_gone, orphaned_streams_close
 from .operations import (
     ContinueOperationState,
     OperationNotFound,
@@ -107,6 +108,7 @@ __all__ = [
     "continue_operation_start",
     "continue_operations_wait",
     "deadlines_sweep",
+    "dead_nodes_sweep",
     "event_process",
     "failure_message",
     "greeting_decision",
@@ -115,6 +117,11 @@ __all__ = [
     "input_required",
     "lost_jobs_resume",
     "next_deadline",
+    "node_heartbeat",
+    "node_register",
+    "node_stop",
+    "nodes_gone",
+    "orphaned_streams_close",
     "processed_webhooks_purge",
     "reply_settle",
     "reply_speaking_begin",

@@ -18,7 +18,7 @@ from ..selectors import call_find_locked
 from .common import log, transcript_add
 from .greeting import initial_message_taken
 from .memory import session_message_add
-from .streams import StreamRefused, _live_call_event
+from .streams import StreamRefused, _live_call_event, serving_node
 
 TOKEN_TTL = timedelta(seconds=30)
 # Used tokens are kept a while for the record, then purged with the other expired rows.
@@ -102,7 +102,8 @@ def realtime_stream_open(*, call_id: str, provider_call_id: str | None, stream_i
             log.warning("realtime stream for call %s refused: %s", call.pk, POLICY_REJECTED)
             raise StreamRefused(POLICY_REJECTED)
         replaced = MediaStream.objects.open().filter(call=call).update(closed_at=now(), close_reason="replaced")
-        stream = MediaStream.objects.create(call=call, stream_id=stream_id[:128], carrier=runtime.carrier.name)
+        stream = MediaStream.objects.create(call=call, stream_id=stream_id[:128], carrier=runtime.carrier.name,
+                                            node_id=serving_node())
         if not call.provider_call_id:
             call.provider_call_id = provider_call_id
         call.stream_grace_deadline = None

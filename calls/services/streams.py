@@ -59,7 +59,8 @@ def stream_open(*, provider_call_id: str, stream_id: str, token: str | None) -> 
                         "must share SECRET_KEY)", call.pk)
             raise StreamRefused("Unknown call")
         replaced = MediaStream.objects.open().filter(call=call).update(closed_at=now(), close_reason="replaced")
-        stream = MediaStream.objects.create(call=call, stream_id=stream_id[:128], carrier=runtime.carrier.name)
+        stream = MediaStream.objects.create(call=call, stream_id=stream_id[:128], carrier=runtime.carrier.name,
+                                            node_id=serving_node())
         if call.stream_grace_deadline is not None:
             call.stream_grace_deadline = None  # a reconnect within the grace keeps the call
             call.save(update_fields=["stream_grace_deadline", "updated_at"])
@@ -70,6 +71,13 @@ def stream_open(*, provider_call_id: str, stream_id: str, token: str | None) -> 
         call_id=str(call.pk), stream_pk=stream.pk, provider_call_id=call.provider_call_id or provider_call_id,
         direction=call.direction, mode=call.mode, tts=effective_tts(runtime.config, route),
     )
+
+
+def serving_node():
+    """This process's gateway node, which holds the sockets of the streams it opens (None outside a serving gateway)."""
+    from ..gateway import get_gateway
+
+    return get_gateway().node.node_id
 
 
 def stream_ready(*, call_id: str) -> None:

@@ -70,4 +70,9 @@ class Command(BaseCommand):
         get_gateway().start()
         self.stdout.write(f"Voice-call gateway on http://{bind}:{port} (admin at /admin/, webhooks at {serve.path}, RPC at /voice/rpc)")
         self.stdout.flush()
-        SERVERS[server](bind, port)
+        try:
+            SERVERS[server](bind, port)
+        finally:
+            # A clean stop says so at once: the streams this process still held are closed by the next
+            # sweep rather than after the heartbeat timeout.
+            get_gateway().stop_node()
