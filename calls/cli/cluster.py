@@ -353,3 +353,91 @@ def _first_write_token(tokens: str) -> str | None:
         if scope.strip() == "write" and token.strip():
             return token.strip()
     return None
+
+
+# --- `manage.py voicecall cluster`: the services it needs, and running until Ctrl-C --------------
+
+def ensure_postgres(database_url: str) -> str:
+    """Check that `database_url` is a PostgreSQL database that answers; create the database when only it is missing.
+
+    Returns a line saying what was done; raises ClusterError saying what is missing otherwise.
+    """
+    from urllib.parse import urlsplit, urlunsplit
+
+    import psycopg
+
+    parts = urlsplit(database_url)
+    if parts.scheme not in ("postgres", "postgresql", "pgsql", "postgis"):
+        raise ClusterError(f"DATABASE_URL must point at PostgreSQL (postgresql://…) for a cluster, got a {parts.scheme or 'plain'} "
+                           "URL: several processes on the same data need a database server")
+    name = parts.path.lstrip("/")
+    where = f"{parts.hostname or 'localhost'}:{parts.port or 5432}"
+    if not name:
+        raise ClusterError(f"DATABASE_URL names no database (postgresql://…@{where}/NAME)")
+    try:
+        psycopg.connect(database_url, connect_timeout=5).close()
+        return f"database {name} on {where}"
+    except psycopg.OperationalError as exc:
+        if f'database "{name}" does not exist' not in str(exc):
+            raise ClusterError(f"PostgreSQL at {where} does not answer for DATABASE_URL ({_first_line(exc)}): "
+                               "start it, or point DATABASE_URL at one that runs") from None
+    server = urlunsplit(parts._replace(path="/postgres"))
+    try:
+        with psycopg.connect(server, connect_timeout=5, autocommit=True) as admin:
+            admin.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.Error as exc:
+        raise ClusterError(f"the database {name} does not exist on {where}, and creating it failed ({_first_line(exc)}): "
+                           f"create it (createdb {name}) or name another in DATABASE_URL") from None
+    return f"database {name} on {where} (created)"
+
+
+def ensure_redis(redis_url: str) -> str:
+    """Check that Redis answers PING at `redis_url`; ClusterError saying so otherwise."""
+    from urllib.parse import urlsplit
+
+    import redis
+
+    parts = urlsplit(redis_url)
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        raise ClusterError(f"REDIS_URL must be a redis://… URL, got {parts.scheme or 'no scheme'}")
+    where = f"{parts.hostname or 'localhost'}:{parts.port or 6379}"
+    client = redis.Redis.from_url(redis_url, socket_connect_timeout=3, socket_timeout=3)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        raise ClusterError(f"Redis at {where} does not answer for REDIS_URL ({_first_line(exc)}): "
+                           "start it, or point REDIS_URL at one that runs") from None
+    finally:
+        client.close()
+    return f"Redis on {where}"
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def describe(cluster: Cluster) -> list[str]:
+    """One line per process: what it is, where it listens, its pid and its log file."""
+    lines = []
+    for process in cluster.processes():
+        where = {"balancer": f"http://{cluster.bind}:{cluster.port}"}.get(process.name) or (
+            process.base if process.port else getattr(process, "hostname", "") or "-")
+        lines.append(f"  {process.name:<10} {where:<32} pid {process.pid:<8} log {process.log_path}")
+    return lines
+
+
+def run_until_stopped(cluster: Cluster, write: Callable[[str], None], *, poll: float = 0.5,
+                      stop_requested: Callable[[], bool] = lambda: False) -> None:
+    """Watch the cluster until Ctrl-C (KeyboardInterrupt) or `stop_requested()`; a child that exits is reported once."""
+    reported: set[tuple[str, int]] = set()
+    while not stop_requested():
+        for process in cluster.exited():
+            key = (process.name, process.pid)
+            if key not in reported:
+                reported.add(key)
+                write(f"{process.name} (pid {process.pid}) exited with code {process.process.returncode}; "
+                      f"the rest keep running. Its log: {process.log_path}")
+        if not any(process.alive() for process in cluster.processes()):
+            write("every process has exited")
+            return
+        time.sleep(poll)
