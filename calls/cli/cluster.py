@@ -55,13 +55,14 @@ class Process:
                  what: str = "") -> None:
         self.name = name
         self.command = command
-        self.env = env
+        self.env = dict(env)  # its own: a test may change one process's environment before a restart
         self.log_path = log_path
         self.port = port
         self.what = what or name
         self._ready = ready
         self.process: subprocess.Popen | None = None
         self.starts = 0
+        self.spawned_at = 0.0  # wall-clock time of the last start (file times are compared with it)
 
     @property
     def base(self) -> str:
@@ -82,6 +83,7 @@ class Process:
         if self.alive():
             raise ClusterError(f"{self.name} is already running (pid {self.pid})")
         self.starts += 1
+        self.spawned_at = time.time()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "a") as log:
             log.write(f"\n--- start {self.starts}: {' '.join(self.command)} ---\n")
@@ -139,6 +141,16 @@ class Process:
         return f"<{self.name} pid={self.pid} port={self.port}>"
 
 
+def _written_since(paths, moment: float) -> bool:
+    for path in paths:
+        try:
+            if path.stat().st_mtime >= moment - 1.0:  # a second's slack for coarse file times
+                return True
+        except FileNotFoundError:
+            continue
+    return False
+
+
 def _http_ok(url: str) -> bool:
     try:
         return httpx.get(url, timeout=1.0).status_code == 200
@@ -155,13 +167,16 @@ class Cluster:
     and publicUrl defaulting to the balancer's address; with no `config`, `config_path` (the operator's
     file, used as it is) or none at all. Logs and beat's schedule are in data_dir/cluster/.
     Node ports: `node_ports`, else consecutive after `port` when that is given, else free ports.
+    `worker_args` replaces the workers' pool options (default: prefork, 2 processes); `prefix` puts a
+    command before a process's own, by name ({"node-0": ["taskset", "-c", "0"]}).
     """
 
     def __init__(self, data_dir: Path, *, database_url: str, redis_url: str, config: dict | None = None,
                  nodes: int = 2, workers: int = 1, beat: bool = True, port: int | None = None,
                  secret_key: str | None = None, env: dict[str, str] | None = None, server: str = "daphne",
                  config_path: Path | None = None, bind: str = "127.0.0.1", node_ports: list[int] | None = None,
-                 worker_args: list[str] | None = None, rpc_token: str | None = None) -> None:
+                 worker_args: list[str] | None = None, rpc_token: str | None = None,
+                 prefix: dict[str, list[str]] | None = None) -> None:
         if nodes < 1:
             raise ValueError(f"nodes: a cluster needs at least one gateway process, got {nodes}")
         if workers < 0:
@@ -182,6 +197,7 @@ class Cluster:
         self.secret_key = secret_key or secret_file(self.data_dir / "secret_key", 50)
         self.name = "cluster-" + secrets.token_hex(4)  # Celery node names: unique on a shared broker
         self.worker_args = worker_args if worker_args is not None else ["--concurrency", "2"]
+        self.prefix = prefix or {}
         if config is not None:
             self.config_path: Path | None = self.dir / "voicecall.json"
             self.config_path.write_text(json.dumps(self._cluster_config(config), indent=2))
@@ -208,7 +224,7 @@ class Cluster:
             self.env["VOICECALL_RPC_TOKENS"] = tokens
         self.nodes = [self._node(i, node_port) for i, node_port in enumerate(node_ports)]
         self.balancer = Process(
-            "balancer", [sys.executable, "-m", "calls.balancer", "--listen", f"{bind}:{self.port}",
+            "balancer", [*self.prefix.get("balancer", []), sys.executable, "-m", "calls.balancer", "--listen", f"{bind}:{self.port}",
                          *[arg for node in self.nodes for arg in ("--backend", f"127.0.0.1:{node.port}")]],
             env=self.env, log_path=self.dir / "balancer.log", port=self.port,
             ready=lambda p: "listening on " in p.log(), what=f"listening on port {self.port}")
@@ -231,7 +247,7 @@ class Cluster:
 
     def _node(self, index: int, port: int) -> Process:
         return Process(
-            f"node-{index}", [sys.executable, "manage.py", "gateway", "--bind", "127.0.0.1", "--port", str(port),
+            f"node-{index}", [*self.prefix.get(f"node-{index}", []), sys.executable, "manage.py", "gateway", "--bind", "127.0.0.1", "--port", str(port),
                               "--server", self.server],
             env=self.env, log_path=self.dir / f"node-{index}.log", port=port,
             ready=lambda p: _http_ok(f"{p.base}/healthz"), what=f"/healthz on port {port}")
@@ -239,7 +255,7 @@ class Cluster:
     def _worker(self, index: int) -> Process:
         hostname = f"worker{index}@{self.name}"
         process = Process(
-            f"worker-{index}", [sys.executable, "-m", "celery", "-A", "voicecall_project", "worker", "-n", hostname,
+            f"worker-{index}", [*self.prefix.get(f"worker-{index}", []), sys.executable, "-m", "celery", "-A", "voicecall_project", "worker", "-n", hostname,
                                 "-l", "info", *self.worker_args],
             env=self.env, log_path=self.dir / f"worker-{index}.log",
             ready=lambda p: self._pings(hostname), what=f"celery ping to {hostname}")
@@ -249,11 +265,12 @@ class Cluster:
     def _beat(self) -> Process:
         schedule = self.dir / "celerybeat-schedule"
         return Process(
-            "beat", [sys.executable, "-m", "celery", "-A", "voicecall_project", "beat", "-l", "info",
+            "beat", [*self.prefix.get("beat", []), sys.executable, "-m", "celery", "-A", "voicecall_project", "beat", "-l", "info",
                      "--schedule", str(schedule), "--pidfile", ""],
             env=self.env, log_path=self.dir / "beat.log",
-            # Beat opens its schedule file once it has loaded the app and is about to tick.
-            ready=lambda p: any(self.dir.glob("celerybeat-schedule*")), what=f"its schedule file {schedule}")
+            # Beat writes its schedule file once it has loaded the app and is about to tick.
+            ready=lambda p: _written_since(self.dir.glob("celerybeat-schedule*"), p.spawned_at),
+            what=f"its schedule file {schedule}")
 
     def _pings(self, hostname: str) -> bool:
         """The worker answers a control ping on the broker: it is consuming its queues."""

@@ -51,10 +51,13 @@ def test_a_cluster_serves_through_the_balancer_routes_around_a_dead_node_and_lea
 
         cluster.nodes[0].start()
         assert httpx.get(cluster.nodes[0].base + "/healthz", timeout=5).status_code == 200
+        cluster.beat.kill()
+        cluster.beat.start()  # ready again: it wrote its schedule since this start
+        assert cluster.beat.alive() and cluster.beat.starts == 2
         worker = cluster.add_worker()
         assert worker.alive() and len(cluster.workers) == 2
         groups.append(worker.pid)
-        groups.append(cluster.nodes[0].pid)
+        groups += [cluster.nodes[0].pid, cluster.beat.pid]
 
     for pgid in groups:
         wait_until(lambda: group_gone(pgid), f"process group {pgid} to be gone", timeout=10)
