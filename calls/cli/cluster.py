@@ -161,8 +161,9 @@ def _http_ok(url: str) -> bool:
 class Cluster:
     """Gateways behind the balancer, Celery workers and a beat on one PostgreSQL and one Redis; a context manager.
 
-    The processes share `data_dir` as their VOICECALL_DATA_DIR (so the CLI's local RPC token works
-    through the balancer), and one SECRET_KEY (`secret_key`, else one kept in data_dir/secret_key).
+    The processes share `data_dir` as their VOICECALL_DATA_DIR and one SECRET_KEY (`secret_key`, else
+    the one kept in data_dir/secret_key, which the settings use when none is set); each accepts the
+    data directory's local RPC token, so the CLI on this machine works through the balancer.
     `config` is written to data_dir/cluster/voicecall.json, with serve.port set to the balancer's port
     and publicUrl defaulting to the balancer's address; with no `config`, `config_path` (the operator's
     file, used as it is) or none at all. Logs and beat's schedule are in data_dir/cluster/.
@@ -204,13 +205,15 @@ class Cluster:
         else:
             self.config_path = Path(config_path) if config_path else None
         extra = dict(env or {})
-        # A write token every process accepts, unless the caller's environment names its own.
-        tokens = extra.get("VOICECALL_RPC_TOKENS", os.environ.get("VOICECALL_RPC_TOKENS", ""))
-        if rpc_token is None and not tokens:
-            rpc_token = secrets.token_urlsafe(32)
-        if rpc_token is not None:
-            tokens = ",".join(filter(None, [f"write:{rpc_token}", tokens]))
-        self.rpc_token = rpc_token or _first_write_token(tokens)
+        # Every process accepts the data directory's local RPC token (the file the CLI on this machine
+        # sends from an embedded-mode shell), whatever else VOICECALL_RPC_TOKENS lists; it is the
+        # token `rpc()` sends unless `rpc_token` names another.
+        local = secret_file(self.data_dir / "rpc_token", 32)
+        self.rpc_token = rpc_token or local
+        configured = extra.get("VOICECALL_RPC_TOKENS", os.environ.get("VOICECALL_RPC_TOKENS", ""))
+        accepted = [token for token in dict.fromkeys([local, *([rpc_token] if rpc_token else [])])
+                    if token not in configured]
+        tokens = ",".join([*(f"write:{token}" for token in accepted), *([configured] if configured.strip() else [])])
         self.env = {key: value for key, value in os.environ.items()
                     if key not in NOT_INHERITED and not key.startswith("PYTEST_")}
         self.env.update(
@@ -220,8 +223,7 @@ class Cluster:
         )
         self.env.setdefault("VOICECALL_LOG_LEVEL", "INFO")
         self.env.update(extra)
-        if tokens:
-            self.env["VOICECALL_RPC_TOKENS"] = tokens
+        self.env["VOICECALL_RPC_TOKENS"] = tokens
         self.nodes = [self._node(i, node_port) for i, node_port in enumerate(node_ports)]
         self.balancer = Process(
             "balancer", [*self.prefix.get("balancer", []), sys.executable, "-m", "calls.balancer", "--listen", f"{bind}:{self.port}",
@@ -363,13 +365,6 @@ class Cluster:
         with psycopg.connect(self.database_url, connect_timeout=5) as db:
             return db.execute(sql, params).fetchall()
 
-
-def _first_write_token(tokens: str) -> str | None:
-    for entry in tokens.split(","):
-        scope, _, token = entry.strip().partition(":")
-        if scope.strip() == "write" and token.strip():
-            return token.strip()
-    return None
 
 
 # --- `manage.py voicecall cluster`: the services it needs, and running until Ctrl-C --------------
