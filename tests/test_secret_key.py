@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.paths import ROOT
 
 SETUP = "import django; django.setup(); from django.conf import settings; print(settings.SECRET_KEY)"
@@ -36,3 +38,23 @@ def test_the_embedded_mode_keeps_a_generated_key_in_the_data_directory(tmp_path)
     first, second = run_settings(tmp_path), run_settings(tmp_path)
     assert first.returncode == 0, first.stderr
     assert first.stdout.strip() == second.stdout.strip() == (tmp_path / "secret_key").read_text().strip()
+
+
+@pytest.mark.django_db
+def test_a_stream_token_made_with_another_secret_key_is_refused_naming_the_likely_cause(settings, caplog):
+    """A webhook answered by a node with another SECRET_KEY: the stream that lands here is refused, and the log says why."""
+    from calls.documents import stream_token
+    from calls.services import StreamRefused, stream_open
+    from tests.calls.test_sweeps import make_call
+
+    call = make_call(provider_call_id="mock-crossed", state="answered", answered_ago=1)
+    settings.SECRET_KEY = "the-key-of-the-node-that-answered-" + "a" * 20
+    token = stream_token(str(call.pk))
+    settings.SECRET_KEY = "the-key-of-this-node-" + "b" * 30
+    with pytest.raises(StreamRefused, match="Unknown call"):
+        stream_open(provider_call_id="mock-crossed", stream_id="MZcrossed", token=token)
+    assert (f"media stream for call {call.pk} refused: bad stream token; the likely cause is a gateway process "
+            "with a different SECRET_KEY") in caplog.text
+    with pytest.raises(StreamRefused, match="Unknown call"):
+        stream_open(provider_call_id="mock-crossed", stream_id="MZcrossed", token=None)
+    assert f"media stream for call {call.pk} refused: its start carries no stream token" in caplog.text

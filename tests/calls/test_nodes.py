@@ -286,3 +286,21 @@ def test_the_admin_lists_nodes_read_only_with_their_open_streams(client, django_
     assert "web-7.internal" in text and "4242" in text
     assert client.get("/admin/calls/gatewaynode/add/").status_code == 403
     assert client.post(f"/admin/calls/gatewaynode/{node.pk}/change/", {"host": "x"}).status_code == 403
+
+
+def test_the_embedded_sweeper_and_the_beat_task_close_the_streams_of_stopped_nodes(settings):
+    from calls.scheduler import Sweeper
+    from calls.tasks import sweep_dead_nodes_task
+    from voicecall_project.celery import app
+
+    assert app.conf.beat_schedule["sweep-dead-nodes"] == {"task": "calls.sweep_dead_nodes",
+                                                          "schedule": settings.VOICECALL_NODE_HEARTBEAT_SECONDS}
+    first, second = node_register(host="web-1", pid=1), node_register(host="web-2", pid=2)
+    streamed_call(first, "first")
+    streamed_call(second, "second")
+    node_stop(node_id=first.pk)
+    Sweeper().tick()
+    assert open_streams() == {"MZsecond"}
+    node_stop(node_id=second.pk)
+    assert sweep_dead_nodes_task() == 1
+    assert open_streams() == set()
