@@ -27,8 +27,8 @@ VOICECALL_MODE = "distributed" if REDIS_URL else "embedded"
 # tokens). Embedded: unset means a random key kept in the data directory (so restarts keep sessions).
 # Distributed: every process must share one, or a stream that lands on another node than its webhook
 # is refused; a key per data directory would silently differ between hosts, so it must be set.
-SECRET_KEY = env("SECRET_KEY", default="").strip()
-if not SECRET_KEY:
+SECRET_KEY = env("SECRET_KEY", default="")
+if not SECRET_KEY.strip():
     if VOICECALL_MODE == "distributed":
         raise ImproperlyConfigured(
             "SECRET_KEY must be set in the distributed mode (REDIS_URL is set): every gateway, worker and beat "
