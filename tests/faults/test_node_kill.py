@@ -130,11 +130,10 @@ def _run(cluster, caller: Caller, victim, sid: str, hung_up: list[str]) -> None:
         wait_until(lambda: len(acknowledged) >= 5, "node 0 to acknowledge a few webhooks", timeout=30)
         victim.kill()
         killed_at = time.monotonic()
-        acknowledged_by_then = list(acknowledged)
     finally:
         stop.set()
         sender.join(15)
-    assert acknowledged == acknowledged_by_then or len(acknowledged) == len(acknowledged_by_then) + 1  # one in flight
+    # Every 200 came from node 0 before it died (nothing answers after a SIGKILL).
 
     call_of = "SELECT id, state, end_reason FROM calls_call WHERE provider_call_id = %s"
     ended = wait_until(lambda: (rows := cluster.rows(call_of, (sid,))) and rows[0][1] not in (
@@ -162,7 +161,7 @@ def _run(cluster, caller: Caller, victim, sid: str, hung_up: list[str]) -> None:
     # Every webhook node 0 acknowledged before it died is on the database.
     stored = {payload["digits"] for (payload,) in cluster.rows(
         "SELECT payload FROM calls_callevent WHERE call_id = %s AND type = 'call.dtmf'", (call_id,))}
-    assert set(acknowledged_by_then) <= stored, sorted(set(acknowledged_by_then) - stored)
+    assert len(acknowledged) >= 5 and set(acknowledged) <= stored, sorted(set(acknowledged) - stored)
 
     # The place is free again: a new inbound streamed call is connected to a stream, not held.
     url, token = caller.ring(cluster.base, "CA" + secrets.token_hex(16))
