@@ -44,6 +44,17 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
+def port_free(host: str, port: int) -> bool:
+    """Nothing listens on host:port now (a bind succeeds, as the server's own would)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
 class Process:
     """One of the cluster's processes: started in its own process group, its output appended to one log file.
 
@@ -301,6 +312,11 @@ class Cluster:
         accepts and every worker answers a ping. Anything that fails stops the whole cluster first."""
         deadline = time.monotonic() + timeout
         self.started = True
+        taken = [f"{p.name} {host}:{p.port}" for p, host in [(self.balancer, self.bind), *((n, "127.0.0.1") for n in self.nodes)]
+                 if not port_free(host, p.port)]
+        if taken:
+            raise ClusterError(f"port in use, for {', '.join(taken)}: stop what listens there, or choose another "
+                               "serve.port (the gateways take the ports after it)")
         try:
             self.migrate()
             for process in self.processes():
