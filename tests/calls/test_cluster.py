@@ -103,9 +103,13 @@ def test_the_cluster_command_runs_a_working_cluster_and_stops_every_child_on_ctr
             assert placed.returncode == 0, placed.stderr
             assert "running standalone" not in placed.stderr
             call_id = json.loads(placed.stdout)["callId"]
-            with psycopg.connect(database_url) as db:
-                assert db.execute("SELECT provider_call_id FROM calls_call WHERE id = %s", (call_id,)).fetchall() == [
-                    (f"mock-{call_id}",)]
+
+            def dialed() -> bool:
+                with psycopg.connect(database_url) as db:
+                    return db.execute("SELECT provider_call_id FROM calls_call WHERE id = %s", (call_id,)).fetchall() == [
+                        (f"mock-{call_id}",)]
+
+            wait_until(dialed, "the call to be dialed", timeout=30)
             answered = httpx.post(f"http://127.0.0.1:{port}/voice/webhook", timeout=10,
                                   json={"event": {"type": "call.answered", "callId": call_id}})
             assert answered.status_code == 200
