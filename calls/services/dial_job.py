@@ -23,7 +23,7 @@ from .. import background, dial_rate
 from ..clock import now
 from ..gateway import get_gateway
 from ..models import Call, Direction
-from ..runtime import get_runtime
+from ..runtime import CallRuntime, get_runtime
 from ..selectors import call_voice
 from .common import CLAIM_TTL, carrier_request, finalize, log
 
@@ -54,6 +54,7 @@ def dial_run(*, call_id: str, sleep: Callable[[float], None] = time.sleep) -> st
     placed, failed, ended (before its request), skipped (not ours to dial: claimed, dialed, ended or
     a request of a dead process may have placed it), or lost (the claim was taken over meanwhile).
     """
+    runtime = get_runtime()  # setup incomplete or calls disabled: the dial stays queued, unclaimed
     at = now()
     token = uuid.uuid4()
     claimed = (
@@ -67,13 +68,18 @@ def dial_run(*, call_id: str, sleep: Callable[[float], None] = time.sleep) -> st
     # the claim of a process that died expires.
     with get_gateway().leases.hold("dial_claimed_at", call_id, at):
         try:
-            return _dial_tries(call_id, token, sleep)
+            return _dial_tries(runtime, call_id, token, sleep)
         finally:
             dial_changed()
 
 
-def _dial_tries(call_id: str, token: uuid.UUID, sleep: Callable[[float], None]) -> str:
-    runtime = get_runtime()
+def _dial_tries(runtime: CallRuntime, call_id: str, token: uuid.UUID, sleep: Callable[[float], None]) -> str:
+    call = Call.objects.get(pk=call_id)
+    dial = DialRequest(
+        call_id=str(call.pk), from_number=call.from_number, to_number=call.to_number,
+        webhook_url=runtime.webhook_url(), mode=call.mode, initial_message=call.initial_message or None,
+        voice=call_voice(call=call), dtmf_sequence=call.dial_dtmf or None,
+    )
     for attempt in range(1, DIAL_TRIES + 1):
         dial_rate.slot_wait(runtime.config, runtime.carrier, sleep=sleep)
         # The mark: from here the carrier may place the call, so no other claim may dial it again.
@@ -83,12 +89,6 @@ def _dial_tries(call_id: str, token: uuid.UUID, sleep: Callable[[float], None]) 
         )
         if not marked:
             return _released(call_id, token)
-        call = Call.objects.get(pk=call_id)
-        dial = DialRequest(
-            call_id=str(call.pk), from_number=call.from_number, to_number=call.to_number,
-            webhook_url=runtime.webhook_url(), mode=call.mode, initial_message=call.initial_message or None,
-            voice=call_voice(call=call), dtmf_sequence=call.dial_dtmf or None,
-        )
         try:
             result = carrier_request("initiate", runtime.carrier.initiate_call, quiet=True, dial=dial)
         except CarrierError as exc:
