@@ -74,7 +74,7 @@ def test_a_cluster_serves_through_the_balancer_routes_around_a_dead_node_and_lea
 
 @distributed
 def test_the_cluster_command_runs_a_working_cluster_and_stops_every_child_on_ctrl_c(tmp_path):
-    """`manage.py voicecall cluster` as an operator runs it: a call placed by the CLI through the balancer reaches the worker."""
+    """`manage.py voicecall cluster` as an operator runs it: a call placed by the CLI through the balancer is dialed by the worker."""
     port = free_ports_in_a_row(3)
     (tmp_path / "voicecall.json").write_text(json.dumps({"serve": {"port": port}, "maxConcurrentCalls": 2}))
     env = {key: value for key, value in os.environ.items() if key not in NOT_INHERITED and not key.startswith("PYTEST_")}
@@ -110,11 +110,15 @@ def test_the_cluster_command_runs_a_working_cluster_and_stops_every_child_on_ctr
                         (f"mock-{call_id}",)]
 
             wait_until(dialed, "the call to be dialed", timeout=30)
+            logs = tmp_path / "data" / "cluster"
+            placed_line = f"outbound call {call_id} to +15550001111 placed (mock-{call_id}, conversation)"
+            wait_until(lambda: placed_line in (logs / "worker-0.log").read_text(), "the worker to log the dial", timeout=10)
+            assert not any(placed_line in (logs / f"node-{i}.log").read_text() for i in (0, 1))
             answered = httpx.post(f"http://127.0.0.1:{port}/voice/webhook", timeout=10,
                                   json={"event": {"type": "call.answered", "callId": call_id}})
             assert answered.status_code == 200
-            worker_log = tmp_path / "data" / "cluster" / "worker-0.log"
-            wait_until(lambda: call_id in worker_log.read_text(), "the worker to run a job of the call", timeout=30)
+            greeted = f"call {call_id} answered; greeting: conversation"
+            wait_until(lambda: greeted in (logs / "worker-0.log").read_text(), "the worker to run the greeting", timeout=30)
 
             os.kill(pids["node-1"], signal.SIGKILL)  # a child that dies is reported; the rest keep serving
             wait_until(lambda: f"node-1 (pid {pids['node-1']}) exited with code -9; the rest keep running." in
