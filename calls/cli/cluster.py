@@ -44,6 +44,17 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
+def port_free(host: str, port: int) -> bool:
+    """Nothing listens on host:port now (a bind succeeds, as the server's own would)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
 class Process:
     """One of the cluster's processes: started in its own process group, its output appended to one log file.
 
@@ -144,7 +155,7 @@ class Process:
 def _written_since(paths, moment: float) -> bool:
     for path in paths:
         try:
-            if path.stat().st_mtime >= moment - 1.0:  # a second's slack for coarse file times
+            if path.stat().st_mtime >= moment - 0.1:  # file times come from a coarser clock
                 return True
         except FileNotFoundError:
             continue
@@ -225,9 +236,10 @@ class Cluster:
         self.env.update(extra)
         self.env["VOICECALL_RPC_TOKENS"] = tokens
         self.nodes = [self._node(i, node_port) for i, node_port in enumerate(node_ports)]
+        backends = [arg for node in self.nodes for arg in ("--backend", f"127.0.0.1:{node.port}")]
         self.balancer = Process(
-            "balancer", [*self.prefix.get("balancer", []), sys.executable, "-m", "calls.balancer", "--listen", f"{bind}:{self.port}",
-                         *[arg for node in self.nodes for arg in ("--backend", f"127.0.0.1:{node.port}")]],
+            "balancer", [*self.prefix.get("balancer", []), sys.executable, "-m", "calls.balancer",
+                         "--listen", f"{bind}:{self.port}", *backends],
             env=self.env, log_path=self.dir / "balancer.log", port=self.port,
             ready=lambda p: "listening on " in p.log(), what=f"listening on port {self.port}")
         self.workers = [self._worker(i) for i in range(workers)]
@@ -249,16 +261,16 @@ class Cluster:
 
     def _node(self, index: int, port: int) -> Process:
         return Process(
-            f"node-{index}", [*self.prefix.get(f"node-{index}", []), sys.executable, "manage.py", "gateway", "--bind", "127.0.0.1", "--port", str(port),
-                              "--server", self.server],
+            f"node-{index}", [*self.prefix.get(f"node-{index}", []), sys.executable, "manage.py", "gateway",
+                              "--bind", "127.0.0.1", "--port", str(port), "--server", self.server],
             env=self.env, log_path=self.dir / f"node-{index}.log", port=port,
             ready=lambda p: _http_ok(f"{p.base}/healthz"), what=f"/healthz on port {port}")
 
     def _worker(self, index: int) -> Process:
         hostname = f"worker{index}@{self.name}"
         process = Process(
-            f"worker-{index}", [*self.prefix.get(f"worker-{index}", []), sys.executable, "-m", "celery", "-A", "voicecall_project", "worker", "-n", hostname,
-                                "-l", "info", *self.worker_args],
+            f"worker-{index}", [*self.prefix.get(f"worker-{index}", []), sys.executable, "-m", "celery",
+                                "-A", "voicecall_project", "worker", "-n", hostname, "-l", "info", *self.worker_args],
             env=self.env, log_path=self.dir / f"worker-{index}.log",
             ready=lambda p: self._pings(hostname), what=f"celery ping to {hostname}")
         process.hostname = hostname
@@ -267,8 +279,8 @@ class Cluster:
     def _beat(self) -> Process:
         schedule = self.dir / "celerybeat-schedule"
         return Process(
-            "beat", [*self.prefix.get("beat", []), sys.executable, "-m", "celery", "-A", "voicecall_project", "beat", "-l", "info",
-                     "--schedule", str(schedule), "--pidfile", ""],
+            "beat", [*self.prefix.get("beat", []), sys.executable, "-m", "celery", "-A", "voicecall_project", "beat",
+                     "-l", "info", "--schedule", str(schedule), "--pidfile", ""],
             env=self.env, log_path=self.dir / "beat.log",
             # Beat writes its schedule file once it has loaded the app and is about to tick.
             ready=lambda p: _written_since(self.dir.glob("celerybeat-schedule*"), p.spawned_at),
@@ -301,6 +313,11 @@ class Cluster:
         accepts and every worker answers a ping. Anything that fails stops the whole cluster first."""
         deadline = time.monotonic() + timeout
         self.started = True
+        taken = [f"{p.name} {host}:{p.port}" for p, host in [(self.balancer, self.bind), *((n, "127.0.0.1") for n in self.nodes)]
+                 if not port_free(host, p.port)]
+        if taken:
+            raise ClusterError(f"port in use, for {', '.join(taken)}: stop what listens there, or choose another "
+                               "serve.port (the gateways take the ports after it)")
         try:
             self.migrate()
             for process in self.processes():
