@@ -16,11 +16,10 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from core.errors import InvalidRequest
-from core.phone import E164, E164_MESSAGE
+from core.phone import DTMF_MESSAGE, DTMF_PATTERN, E164, E164_MESSAGE
 
 from .dial_time import due_time_parse
 from .models import CallMode, PendingDial
-from .services.dtmf import DTMF_MESSAGE, DTMF_PATTERN
 
 COLUMNS = ("to", "message", "mode", "dtmfSequence", "at")
 REQUIRED = ("to", "message")

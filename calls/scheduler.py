@@ -57,11 +57,13 @@ class Sweeper(threading.Thread):
     def tick(self) -> float:
         """One pass; returns how long to sleep before the next."""
         from .services import (
-            REAP_INTERVAL_SECONDS, deadlines_sweep, lost_jobs_resume, next_deadline, processed_webhooks_purge, stale_calls_reap,
+            REAP_INTERVAL_SECONDS, deadlines_sweep, dials_advance, lost_jobs_resume, next_deadline, processed_webhooks_purge,
+            stale_calls_reap,
         )
 
         try:
             deadlines_sweep()
+            dials_advance()  # scheduled calls and dial-list rows that are due, while lines are free
             clock = time.monotonic()
             if clock >= self._next_reap:
                 self._next_reap = clock + REAP_INTERVAL_SECONDS

@@ -56,3 +56,10 @@ def resume_lost_jobs_task() -> int:
     from .services import lost_jobs_resume
 
     return _when_ready(lost_jobs_resume)
+
+
+@shared_task(name="calls.advance_dials")
+def advance_dials_task() -> int:
+    from .services import dials_advance
+
+    return _when_ready(dials_advance)

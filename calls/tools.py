@@ -44,7 +44,7 @@ ACTION_DESCRIPTIONS = {
 
 # What each action needs, in the words the flattened (OpenAI) form gives the model.
 ACTION_FIELDS = {
-    "initiate_call": "message (required); to, mode, dtmfSequence, sessionKey, requesterSessionKey optional",
+    "initiate_call": "message (required); to, mode, dtmfSequence, sessionKey, requesterSessionKey, at optional",
     "continue_call": "callId and message",
     "speak_to_user": "callId and message",
     "send_dtmf": "callId and digits",
@@ -79,6 +79,11 @@ FIELDS: dict[str, dict[str, Any]] = {
     ),
     "requesterSessionKey": _string(
         "Session of whoever asked for the call, so results can be reported back to it",
+        minLength=1,
+    ),
+    "at": _string(
+        "Place the call later instead of now: an ISO 8601 time with its UTC offset, e.g. 2026-12-05T10:30:00+01:00, "
+        "or a delay like +15m or +2h. The result says scheduled and when; end_call cancels it until then",
         minLength=1,
     ),
     "callId": _string(
@@ -149,6 +154,7 @@ def tool_schema() -> dict[str, Any]:
                     "dtmfSequence": FIELDS["dtmfSequence"],
                     "sessionKey": FIELDS["sessionKey"],
                     "requesterSessionKey": FIELDS["requesterSessionKey"],
+                    "at": FIELDS["at"],
                 },
                 ["message"],
             ),
@@ -186,6 +192,7 @@ def openai_function() -> dict[str, Any]:
                     "dtmfSequence": FIELDS["dtmfSequence"],
                     "sessionKey": FIELDS["sessionKey"],
                     "requesterSessionKey": FIELDS["requesterSessionKey"],
+                    "at": FIELDS["at"],
                 },
                 "required": ["action"],
                 "additionalProperties": False,
@@ -334,6 +341,7 @@ def _initiate(arguments: dict[str, Any], *, session_key: str | None, agent_id: s
         requester_session_key=(session_key or "").strip() or _text(arguments, "requesterSessionKey"),
         agent_id=agent_id,
         missing_to=missing_to,
+        at=_text(arguments, "at"),
     ).as_dict()
 
 

@@ -97,7 +97,7 @@ def test_tool_schema_is_valid_draft_2020_12():
         "get_status": ["action", "callId"],
     }
     initiate = branches[0]["properties"]
-    assert set(initiate) == {"action", "message", "to", "mode", "dtmfSequence", "sessionKey", "requesterSessionKey"}
+    assert set(initiate) == {"action", "message", "to", "mode", "dtmfSequence", "sessionKey", "requesterSessionKey", "at"}
     assert initiate["mode"]["enum"] == ["notify", "conversation"]
     legacy = branches[-1]
     assert set(legacy["properties"]) == {"mode", "to", "sid", "message", "sessionKey", "requesterSessionKey", "dtmfSequence"}
@@ -126,7 +126,7 @@ def test_openai_function_form():
     assert parameters["properties"]["action"]["enum"] == list(tools.ACTIONS)
     assert parameters["required"] == ["action"]
     assert set(parameters["properties"]) == {
-        "action", "callId", "message", "to", "mode", "digits", "dtmfSequence", "sessionKey", "requesterSessionKey",
+        "action", "callId", "message", "to", "mode", "digits", "dtmfSequence", "sessionKey", "requesterSessionKey", "at",
     }
     action_help = parameters["properties"]["action"]["description"]
     for action in tools.ACTIONS:
