@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from core.states import CallState
+
 from .clock import to_ms
 from .dial_time import iso
 from .models import Call, DialList, PendingDial, PendingDialStatus
@@ -108,7 +110,9 @@ def _outcome(dial: PendingDial, call: Call | None) -> RowOutcome:
     dialed_at = call_dialed_at(call)
     if call.is_terminal:
         if dialed_at is None:
-            return outcome("failed", call.last_error or f"ended before it was dialed ({call.end_reason or call.state})")
+            if call.state == CallState.FAILED.value:
+                return outcome("failed", call.last_error)
+            return outcome("cancelled", f"ended before it was dialed ({call.end_reason or call.state})")
         return outcome("ended", ", ".join(filter(None, [call.state, call.last_error])), dialed_at)
     if dialed_at is None:
         return outcome("queued", "waiting for the carrier's rate limit or a worker")
