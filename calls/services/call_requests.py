@@ -16,6 +16,7 @@ from ..clock import now
 from ..dial_time import due_time_parse
 from ..runtime import get_runtime
 from ..selectors import call_find
+from .dial_job import dial_status
 from .dial_queue import CallScheduled, call_schedule, dial_cancel
 from .dialing import call_initiate
 from .dtmf import call_send_dtmf
@@ -32,10 +33,31 @@ class InputRejected(InvalidRequest):
 
 @dataclass(frozen=True)
 class CallPlaced:
+    """A call written and its dial queued; `initiated` only once the carrier accepted the dial."""
+
     call_id: str
+    dial: str = "placed"  # dial_job.dial_status: placed, dialing, retrying, queued or ended
+
+    @property
+    def initiated(self) -> bool:
+        return self.dial == "placed"
 
     def as_dict(self) -> dict[str, Any]:
-        return {"callId": self.call_id, "initiated": True}
+        if self.initiated:
+            return {"callId": self.call_id, "initiated": True}
+        return {"callId": self.call_id, "initiated": False, "queued": self.dial != "ended", "status": self.status_text()}
+
+    def status_text(self) -> str:
+        return DIAL_STATUS_TEXTS[self.dial]
+
+
+DIAL_STATUS_TEXTS = {
+    "placed": "the carrier accepted the dial",
+    "queued": "queued: the dial waits for a worker or a rate-limit slot; the call's status shows when it is placed",
+    "dialing": "queued: the carrier has not answered the dial request yet; the call's status shows when it is placed",
+    "retrying": "queued: the carrier refused the dial for now (rate limit or server error); it is tried again with backoff",
+    "ended": "ended before it was dialed",
+}
 
 
 @dataclass(frozen=True)
@@ -96,11 +118,12 @@ def call_active_id(*, call_id: str | None, message: str | None, missing: str = C
 
 
 def call_initiate_request(
-    *, to: str | None = None, missing_to: str = "to required", at: str | None = None, **options: str | None,
+    *, to: str | None = None, missing_to: str = "to required", at: str | None = None, **options: Any,
 ) -> CallPlaced | CallScheduled:
     """Place a call to `to`, or to the configured toNumber when none is given; at `at` when given (a scheduled call).
 
-    `options` are call_initiate's other keywords (message, mode, dtmf_sequence, session keys, agent_id).
+    `options` are call_initiate's other keywords (message, mode, dtmf_sequence, session keys, agent_id,
+    idempotency_key, call_id, wait).
     """
     config = get_runtime().config
     to = input_required(to or config.to_number, message=missing_to)
@@ -109,10 +132,11 @@ def call_initiate_request(
             due_at = due_time_parse(at, now=now(), param="at")
         except InvalidRequest as exc:
             raise InputRejected(exc.message) from None
+        options.pop("wait", None)  # nothing is dialed now: there is no dial to wait for
         dial = call_schedule(to=to, due_at=due_at, **options)
         return CallScheduled(call_id=str(dial.pk), due_at=dial.due_at)
     call = call_initiate(to=to, **options)
-    return CallPlaced(call_id=str(call.pk))
+    return CallPlaced(call_id=str(call.pk), dial=dial_status(call))
 
 
 def call_continue_request(*, call_id: str | None, message: str | None) -> TurnHeard:
