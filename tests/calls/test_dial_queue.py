@@ -45,7 +45,7 @@ def later(delta: timedelta):
 
 
 def dialed(outbox) -> list[str]:
-    return [request.kwargs["dial"].to_number for request in outbox if request.action == "initiate_call"]
+    return [request.params["to"] for request in outbox if request.action == "initiate_call"]
 
 
 def csv_rows(count: int, *, start: int = 1) -> str:
