@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from datetime import timedelta
 
 from tests.cluster import distributed, make_cluster  # noqa: F401 (a fixture)
 from tests.paths import ROOT
@@ -14,6 +13,7 @@ pytestmark = distributed
 
 ROWS = 100
 CPS = 5
+JITTER = 0.25
 
 
 def test_a_hundred_rows_are_dialed_at_or_under_the_rate_limit_and_every_row_is_accounted_for(make_cluster, tmp_path):
@@ -57,11 +57,10 @@ def test_a_hundred_rows_are_dialed_at_or_under_the_rate_limit_and_every_row_is_a
     assert {attempts for _, attempts, _ in calls} == {1}
     assert cluster.rows("SELECT count(*) FROM calls_call") == [(ROWS,)]
 
-    times = [dialed_at for _, _, dialed_at in calls]
-    span = (times[-1] - times[0]).total_seconds()
-    # The whole list: at or under the limit (100 dials at 5 per second need at least 99 / 5 s between first and last).
-    assert (ROWS - 1) / span <= CPS * 1.05, f"{ROWS} dials in {span:.2f} s"
-    # Every second of it: a dial's time is stamped when the carrier answered, a few ms after its slot,
-    # so a window may catch one dial early; more than that would be a burst over the limit.
-    busiest = max(sum(1 for t in times[i:] if t - start < timedelta(seconds=1)) for i, start in enumerate(times))
-    assert busiest <= CPS + 1, f"{busiest} dials within one second"
+    # At or under the limit over every stretch of the run: any k+1 consecutive dials span at least k / CPS
+    # seconds (one second's worth, five seconds' worth, the whole list). A dial's time is stamped when the
+    # carrier answered, a little after its slot, so a busy worker may stamp one late: JITTER allows for that.
+    times = sorted(dialed_at for _, _, dialed_at in calls)
+    for k in (CPS, 5 * CPS, ROWS - 1):
+        tightest = min((times[i + k] - times[i]).total_seconds() for i in range(len(times) - k))
+        assert tightest >= k / CPS - JITTER, f"{k + 1} dials within {tightest:.2f} s (at {CPS} per second: {k / CPS:.1f} s)"
