@@ -1,4 +1,4 @@
-"""The embedded mode's sweeper: a thread in the gateway that enforces deadlines and reaps stale calls.
+"""The embedded mode's sweeper: a thread in the gateway that enforces deadlines, admits due dials and reaps stale calls.
 
 It sleeps until the next deadline on the database (at most one second, so deadlines written
 by other processes are seen) and wakes early when this process writes a new one. In the

@@ -21,7 +21,7 @@ from ..dial_time import iso
 from ..models import Call, DialList, PendingDial, PendingDialStatus
 from ..runtime import get_runtime
 from .common import log
-from .dialing import MODES, call_initiate
+from .dialing import MODES, call_initiate, idempotency_key_checked
 
 # Rows written per INSERT when a dial list is stored.
 BATCH = 500
@@ -68,6 +68,7 @@ def call_schedule(
         raise InvalidRequest(problems[0])
     if not config.effective_from_number():
         raise InvalidRequest("fromNumber not configured")
+    idempotency_key = idempotency_key_checked(idempotency_key)
     if idempotency_key:
         existing = PendingDial.objects.filter(idempotency_key=idempotency_key).first()
         if existing is not None:

@@ -29,7 +29,7 @@ from calls.services import (
 )
 from calls.services import dial_queue
 from core.errors import InvalidRequest
-from core.events import CallAnswered, CallEnded
+from core.events import CallEnded
 from voicecall_project.rpc_tokens import RpcToken
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -387,3 +387,29 @@ def test_admin_cancel_action(staff, configure, outbox):
     dials_advance()
     staff.post(reverse("admin:calls_diallist_changelist"), {"action": "cancel_waiting_rows", "_selected_action": [str(dial_list.pk)]})
     assert PendingDial.objects.filter(status=PendingDialStatus.CANCELLED).count() == 2
+
+
+# --- who advances --------------------------------------------------------------------------------
+
+
+def test_the_embedded_sweeper_and_the_beat_task_admit_due_dials(configure, outbox):
+    from calls.scheduler import Sweeper
+    from calls.tasks import advance_dials_task
+
+    configure({"maxConcurrentCalls": 10})
+    dial_list_create(name="two.csv", data=csv_rows(1) + "+15550000002,Hi\n")
+    Sweeper().tick()
+    assert dialed(outbox) == ["+15550000001", "+15550000002"]
+    call_initiate_request(to=TO, message="Hi", at="+1m")
+    with later(timedelta(minutes=1)):
+        assert advance_dials_task() == 1
+    assert dialed(outbox)[-1] == TO
+
+
+def test_the_beat_task_waits_while_setup_is_incomplete(configure):
+    from calls.tasks import advance_dials_task
+
+    dial_list_create(name="one.csv", data=csv_rows(1))
+    configure({"provider": "twilio"})  # no credentials: nothing can be dialed
+    assert advance_dials_task() == 0
+    assert PendingDial.objects.get().status == "pending"
