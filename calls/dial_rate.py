@@ -94,6 +94,13 @@ def slots() -> LocalSlots | RedisSlots:
         return _slots
 
 
+def reset() -> None:
+    """Forget this process's slot book (tests: each starts with idle accounts)."""
+    global _slots, _slots_url
+    with _slots_lock:
+        _slots, _slots_url = None, None
+
+
 def slot_wait(config: VoiceCallConfig, carrier: CarrierBackend, *, sleep: Callable[[float], None] = time.sleep) -> float:
     """Reserve this dial's slot and sleep until it comes; returns the seconds waited (0 when unlimited)."""
     limit = calls_per_second(config, carrier.name)

@@ -44,7 +44,7 @@ ACTION_DESCRIPTIONS = {
 
 # What each action needs, in the words the flattened (OpenAI) form gives the model.
 ACTION_FIELDS = {
-    "initiate_call": "message (required); to, mode, dtmfSequence, sessionKey, requesterSessionKey, at optional",
+    "initiate_call": "message (required); to, mode, dtmfSequence, sessionKey, requesterSessionKey, idempotencyKey, at optional",
     "continue_call": "callId and message",
     "speak_to_user": "callId and message",
     "send_dtmf": "callId and digits",
@@ -80,6 +80,11 @@ FIELDS: dict[str, dict[str, Any]] = {
     "requesterSessionKey": _string(
         "Session of whoever asked for the call, so results can be reported back to it",
         minLength=1,
+    ),
+    "idempotencyKey": _string(
+        "Your own id for this call request (up to 255 characters); asking again with the same key returns "
+        "the same call instead of placing a second one",
+        minLength=1, maxLength=255,
     ),
     "at": _string(
         "Place the call later instead of now: an ISO 8601 time with its UTC offset, e.g. 2026-12-05T10:30:00+01:00, "
@@ -154,6 +159,7 @@ def tool_schema() -> dict[str, Any]:
                     "dtmfSequence": FIELDS["dtmfSequence"],
                     "sessionKey": FIELDS["sessionKey"],
                     "requesterSessionKey": FIELDS["requesterSessionKey"],
+                    "idempotencyKey": FIELDS["idempotencyKey"],
                     "at": FIELDS["at"],
                 },
                 ["message"],
@@ -192,6 +198,7 @@ def openai_function() -> dict[str, Any]:
                     "dtmfSequence": FIELDS["dtmfSequence"],
                     "sessionKey": FIELDS["sessionKey"],
                     "requesterSessionKey": FIELDS["requesterSessionKey"],
+                    "idempotencyKey": FIELDS["idempotencyKey"],
                     "at": FIELDS["at"],
                 },
                 "required": ["action"],
@@ -340,6 +347,7 @@ def _initiate(arguments: dict[str, Any], *, session_key: str | None, agent_id: s
         session_key=_text(arguments, "sessionKey"),
         requester_session_key=(session_key or "").strip() or _text(arguments, "requesterSessionKey"),
         agent_id=agent_id,
+        idempotency_key=_text(arguments, "idempotencyKey"),
         missing_to=missing_to,
         at=_text(arguments, "at"),
     ).as_dict()

@@ -44,6 +44,17 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
+def port_free(host: str, port: int) -> bool:
+    """Nothing listens on host:port now (a bind succeeds, as the server's own would)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
 class Process:
     """One of the cluster's processes: started in its own process group, its output appended to one log file.
 
@@ -55,13 +66,14 @@ class Process:
                  what: str = "") -> None:
         self.name = name
         self.command = command
-        self.env = env
+        self.env = dict(env)  # its own: a test may change one process's environment before a restart
         self.log_path = log_path
         self.port = port
         self.what = what or name
         self._ready = ready
         self.process: subprocess.Popen | None = None
         self.starts = 0
+        self.spawned_at = 0.0  # wall-clock time of the last start (file times are compared with it)
 
     @property
     def base(self) -> str:
@@ -82,6 +94,7 @@ class Process:
         if self.alive():
             raise ClusterError(f"{self.name} is already running (pid {self.pid})")
         self.starts += 1
+        self.spawned_at = time.time()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "a") as log:
             log.write(f"\n--- start {self.starts}: {' '.join(self.command)} ---\n")
@@ -139,6 +152,16 @@ class Process:
         return f"<{self.name} pid={self.pid} port={self.port}>"
 
 
+def _written_since(paths, moment: float) -> bool:
+    for path in paths:
+        try:
+            if path.stat().st_mtime >= moment - 1.0:  # a second's slack for coarse file times
+                return True
+        except FileNotFoundError:
+            continue
+    return False
+
+
 def _http_ok(url: str) -> bool:
     try:
         return httpx.get(url, timeout=1.0).status_code == 200
@@ -149,19 +172,23 @@ def _http_ok(url: str) -> bool:
 class Cluster:
     """Gateways behind the balancer, Celery workers and a beat on one PostgreSQL and one Redis; a context manager.
 
-    The processes share `data_dir` as their VOICECALL_DATA_DIR (so the CLI's local RPC token works
-    through the balancer), and one SECRET_KEY (`secret_key`, else one kept in data_dir/secret_key).
+    The processes share `data_dir` as their VOICECALL_DATA_DIR and one SECRET_KEY (`secret_key`, else
+    the one kept in data_dir/secret_key, which the settings use when none is set); each accepts the
+    data directory's local RPC token, so the CLI on this machine works through the balancer.
     `config` is written to data_dir/cluster/voicecall.json, with serve.port set to the balancer's port
     and publicUrl defaulting to the balancer's address; with no `config`, `config_path` (the operator's
     file, used as it is) or none at all. Logs and beat's schedule are in data_dir/cluster/.
     Node ports: `node_ports`, else consecutive after `port` when that is given, else free ports.
+    `worker_args` replaces the workers' pool options (default: prefork, 2 processes); `prefix` puts a
+    command before a process's own, by name ({"node-0": ["taskset", "-c", "0"]}).
     """
 
     def __init__(self, data_dir: Path, *, database_url: str, redis_url: str, config: dict | None = None,
                  nodes: int = 2, workers: int = 1, beat: bool = True, port: int | None = None,
                  secret_key: str | None = None, env: dict[str, str] | None = None, server: str = "daphne",
                  config_path: Path | None = None, bind: str = "127.0.0.1", node_ports: list[int] | None = None,
-                 worker_args: list[str] | None = None, rpc_token: str | None = None) -> None:
+                 worker_args: list[str] | None = None, rpc_token: str | None = None,
+                 prefix: dict[str, list[str]] | None = None) -> None:
         if nodes < 1:
             raise ValueError(f"nodes: a cluster needs at least one gateway process, got {nodes}")
         if workers < 0:
@@ -182,19 +209,22 @@ class Cluster:
         self.secret_key = secret_key or secret_file(self.data_dir / "secret_key", 50)
         self.name = "cluster-" + secrets.token_hex(4)  # Celery node names: unique on a shared broker
         self.worker_args = worker_args if worker_args is not None else ["--concurrency", "2"]
+        self.prefix = prefix or {}
         if config is not None:
             self.config_path: Path | None = self.dir / "voicecall.json"
             self.config_path.write_text(json.dumps(self._cluster_config(config), indent=2))
         else:
             self.config_path = Path(config_path) if config_path else None
         extra = dict(env or {})
-        # A write token every process accepts, unless the caller's environment names its own.
-        tokens = extra.get("VOICECALL_RPC_TOKENS", os.environ.get("VOICECALL_RPC_TOKENS", ""))
-        if rpc_token is None and not tokens:
-            rpc_token = secrets.token_urlsafe(32)
-        if rpc_token is not None:
-            tokens = ",".join(filter(None, [f"write:{rpc_token}", tokens]))
-        self.rpc_token = rpc_token or _first_write_token(tokens)
+        # Every process accepts the data directory's local RPC token (the file the CLI on this machine
+        # sends from an embedded-mode shell), whatever else VOICECALL_RPC_TOKENS lists; it is the
+        # token `rpc()` sends unless `rpc_token` names another.
+        local = secret_file(self.data_dir / "rpc_token", 32)
+        self.rpc_token = rpc_token or local
+        configured = extra.get("VOICECALL_RPC_TOKENS", os.environ.get("VOICECALL_RPC_TOKENS", ""))
+        accepted = [token for token in dict.fromkeys([local, *([rpc_token] if rpc_token else [])])
+                    if token not in configured]
+        tokens = ",".join([*(f"write:{token}" for token in accepted), *([configured] if configured.strip() else [])])
         self.env = {key: value for key, value in os.environ.items()
                     if key not in NOT_INHERITED and not key.startswith("PYTEST_")}
         self.env.update(
@@ -204,11 +234,10 @@ class Cluster:
         )
         self.env.setdefault("VOICECALL_LOG_LEVEL", "INFO")
         self.env.update(extra)
-        if tokens:
-            self.env["VOICECALL_RPC_TOKENS"] = tokens
+        self.env["VOICECALL_RPC_TOKENS"] = tokens
         self.nodes = [self._node(i, node_port) for i, node_port in enumerate(node_ports)]
         self.balancer = Process(
-            "balancer", [sys.executable, "-m", "calls.balancer", "--listen", f"{bind}:{self.port}",
+            "balancer", [*self.prefix.get("balancer", []), sys.executable, "-m", "calls.balancer", "--listen", f"{bind}:{self.port}",
                          *[arg for node in self.nodes for arg in ("--backend", f"127.0.0.1:{node.port}")]],
             env=self.env, log_path=self.dir / "balancer.log", port=self.port,
             ready=lambda p: "listening on " in p.log(), what=f"listening on port {self.port}")
@@ -231,7 +260,7 @@ class Cluster:
 
     def _node(self, index: int, port: int) -> Process:
         return Process(
-            f"node-{index}", [sys.executable, "manage.py", "gateway", "--bind", "127.0.0.1", "--port", str(port),
+            f"node-{index}", [*self.prefix.get(f"node-{index}", []), sys.executable, "manage.py", "gateway", "--bind", "127.0.0.1", "--port", str(port),
                               "--server", self.server],
             env=self.env, log_path=self.dir / f"node-{index}.log", port=port,
             ready=lambda p: _http_ok(f"{p.base}/healthz"), what=f"/healthz on port {port}")
@@ -239,7 +268,7 @@ class Cluster:
     def _worker(self, index: int) -> Process:
         hostname = f"worker{index}@{self.name}"
         process = Process(
-            f"worker-{index}", [sys.executable, "-m", "celery", "-A", "voicecall_project", "worker", "-n", hostname,
+            f"worker-{index}", [*self.prefix.get(f"worker-{index}", []), sys.executable, "-m", "celery", "-A", "voicecall_project", "worker", "-n", hostname,
                                 "-l", "info", *self.worker_args],
             env=self.env, log_path=self.dir / f"worker-{index}.log",
             ready=lambda p: self._pings(hostname), what=f"celery ping to {hostname}")
@@ -249,11 +278,12 @@ class Cluster:
     def _beat(self) -> Process:
         schedule = self.dir / "celerybeat-schedule"
         return Process(
-            "beat", [sys.executable, "-m", "celery", "-A", "voicecall_project", "beat", "-l", "info",
+            "beat", [*self.prefix.get("beat", []), sys.executable, "-m", "celery", "-A", "voicecall_project", "beat", "-l", "info",
                      "--schedule", str(schedule), "--pidfile", ""],
             env=self.env, log_path=self.dir / "beat.log",
-            # Beat opens its schedule file once it has loaded the app and is about to tick.
-            ready=lambda p: any(self.dir.glob("celerybeat-schedule*")), what=f"its schedule file {schedule}")
+            # Beat writes its schedule file once it has loaded the app and is about to tick.
+            ready=lambda p: _written_since(self.dir.glob("celerybeat-schedule*"), p.spawned_at),
+            what=f"its schedule file {schedule}")
 
     def _pings(self, hostname: str) -> bool:
         """The worker answers a control ping on the broker: it is consuming its queues."""
@@ -282,6 +312,11 @@ class Cluster:
         accepts and every worker answers a ping. Anything that fails stops the whole cluster first."""
         deadline = time.monotonic() + timeout
         self.started = True
+        taken = [f"{p.name} {host}:{p.port}" for p, host in [(self.balancer, self.bind), *((n, "127.0.0.1") for n in self.nodes)]
+                 if not port_free(host, p.port)]
+        if taken:
+            raise ClusterError(f"port in use, for {', '.join(taken)}: stop what listens there, or choose another "
+                               "serve.port (the gateways take the ports after it)")
         try:
             self.migrate()
             for process in self.processes():
@@ -347,9 +382,90 @@ class Cluster:
             return db.execute(sql, params).fetchall()
 
 
-def _first_write_token(tokens: str) -> str | None:
-    for entry in tokens.split(","):
-        scope, _, token = entry.strip().partition(":")
-        if scope.strip() == "write" and token.strip():
-            return token.strip()
-    return None
+
+# --- `manage.py voicecall cluster`: the services it needs, and running until Ctrl-C --------------
+
+def ensure_postgres(database_url: str) -> str:
+    """Check that `database_url` is a PostgreSQL database that answers; create the database when only it is missing.
+
+    Returns a line saying what was done; raises ClusterError saying what is missing otherwise.
+    """
+    from urllib.parse import urlsplit, urlunsplit
+
+    import psycopg
+
+    parts = urlsplit(database_url)
+    if parts.scheme not in ("postgres", "postgresql", "pgsql", "postgis"):
+        raise ClusterError(f"DATABASE_URL must point at PostgreSQL (postgresql://…) for a cluster, got a {parts.scheme or 'plain'} "
+                           "URL: several processes on the same data need a database server")
+    name = parts.path.lstrip("/")
+    where = f"{parts.hostname or 'localhost'}:{parts.port or 5432}"
+    if not name:
+        raise ClusterError(f"DATABASE_URL names no database (postgresql://…@{where}/NAME)")
+    try:
+        psycopg.connect(database_url, connect_timeout=5).close()
+        return f"database {name} on {where}"
+    except psycopg.OperationalError as exc:
+        if f'database "{name}" does not exist' not in str(exc):
+            raise ClusterError(f"PostgreSQL at {where} does not answer for DATABASE_URL ({_first_line(exc)}): "
+                               "start it, or point DATABASE_URL at one that runs") from None
+    server = urlunsplit(parts._replace(path="/postgres"))
+    try:
+        with psycopg.connect(server, connect_timeout=5, autocommit=True) as admin:
+            admin.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.Error as exc:
+        raise ClusterError(f"the database {name} does not exist on {where}, and creating it failed ({_first_line(exc)}): "
+                           f"create it (createdb {name}) or name another in DATABASE_URL") from None
+    return f"database {name} on {where} (created)"
+
+
+def ensure_redis(redis_url: str) -> str:
+    """Check that Redis answers PING at `redis_url`; ClusterError saying so otherwise."""
+    from urllib.parse import urlsplit
+
+    import redis
+
+    parts = urlsplit(redis_url)
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        raise ClusterError(f"REDIS_URL must be a redis://… URL, got {parts.scheme or 'no scheme'}")
+    where = f"{parts.hostname or 'localhost'}:{parts.port or 6379}"
+    client = redis.Redis.from_url(redis_url, socket_connect_timeout=3, socket_timeout=3)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        raise ClusterError(f"Redis at {where} does not answer for REDIS_URL ({_first_line(exc)}): "
+                           "start it, or point REDIS_URL at one that runs") from None
+    finally:
+        client.close()
+    return f"Redis on {where}"
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def describe(cluster: Cluster) -> list[str]:
+    """One line per process: what it is, where it listens, its pid and its log file."""
+    lines = []
+    for process in cluster.processes():
+        where = {"balancer": f"http://{cluster.bind}:{cluster.port}"}.get(process.name) or (
+            process.base if process.port else getattr(process, "hostname", "") or "-")
+        lines.append(f"  {process.name:<10} {where:<32} pid {process.pid:<8} log {process.log_path}")
+    return lines
+
+
+def run_until_stopped(cluster: Cluster, write: Callable[[str], None], *, poll: float = 0.5,
+                      stop_requested: Callable[[], bool] = lambda: False) -> None:
+    """Watch the cluster until Ctrl-C (KeyboardInterrupt) or `stop_requested()`; a child that exits is reported once."""
+    reported: set[tuple[str, int]] = set()
+    while not stop_requested():
+        for process in cluster.exited():
+            key = (process.name, process.pid)
+            if key not in reported:
+                reported.add(key)
+                write(f"{process.name} (pid {process.pid}) exited with code {process.process.returncode}; "
+                      f"the rest keep running. Its log: {process.log_path}")
+        if not any(process.alive() for process in cluster.processes()):
+            write("every process has exited")
+            return
+        time.sleep(poll)

@@ -61,12 +61,14 @@ class Command(BaseCommand):
         p.add_argument("-m", "--message", required=True, help="Message to speak when the call connects")
         p.add_argument("-t", "--to", help="Number to call (E.164; default: toNumber)")
         p.add_argument("--mode", default="conversation", help="notify (hang up after the message) or conversation")
+        p.add_argument("--idempotency-key", help="Your id for this request: repeated, it returns the same call (places one)")
         p.add_argument("--at", help=AT_HELP)
 
         p = sub.add_parser("start", help="Place an outbound call (alias of call)")
         p.add_argument("--to", required=True, help="Number to call (E.164)")
         p.add_argument("--message", help="Message to speak when the call connects")
         p.add_argument("--mode", default="conversation", help="notify or conversation")
+        p.add_argument("--idempotency-key", help="Your id for this request: repeated, it returns the same call (places one)")
         p.add_argument("--at", help=AT_HELP)
 
         p = sub.add_parser("dial-list", help="Dial every row of a CSV file (columns: to, message, and optionally mode, dtmfSequence, at)")
@@ -105,6 +107,13 @@ class Command(BaseCommand):
 
         p = sub.add_parser("simulate", help="Play a carrier's side of calls against the running gateway")
         simulate_cli.add_arguments(p, decimal_int)
+
+        p = sub.add_parser("cluster", help="Run a local cluster: gateways behind a balancer, a Celery worker and beat")
+        p.add_argument("--nodes", type=decimal_int("--nodes", 1), default=2, help="Gateway processes (2)")
+        p.add_argument("--workers", type=decimal_int("--workers", 0), default=1, help="Celery workers (1)")
+        p.add_argument("--server", choices=("daphne", "uvicorn"), default="daphne", help="The gateways' ASGI server")
+        p.add_argument("--database-url", help="PostgreSQL for the cluster (default: DATABASE_URL); created when missing")
+        p.add_argument("--redis-url", help="Redis for the cluster (default: REDIS_URL)")
 
         p = sub.add_parser("doctor", help="Find (and with --fix rewrite) legacy config keys")
         p.add_argument("--fix", action="store_true", help="Rewrite the config file (a .bak copy is kept)")
@@ -152,7 +161,7 @@ class Command(BaseCommand):
             result = {"ok": True, "setup": setup, "liveCall": False, "wouldCall": to}
             text = f"live-call: dry run for {to} (add --yes to place it)"
         else:
-            call_id = self.place_call("voicecall.start", to=to, message=message, mode=mode)["callId"]
+            call_id = self.place_call("voicecall.start", to=to, message=message, mode=mode)
             result = {"ok": True, "setup": setup, "liveCall": True, "callId": call_id}
             text = f"live-call: started {call_id}"
         if json:
@@ -176,31 +185,41 @@ class Command(BaseCommand):
                 self.stderr.write(redact(f"voicecall: {exc}; running standalone"))  # the URL may hold a password
             return standalone()
 
-    def place_call(self, method: str, *, to, message, mode, at=None) -> dict:
+    def place_call(self, method: str, *, to, message, mode, idempotency_key=None) -> str:
+        return self.placed(method, to=to, message=message, mode=mode, idempotency_key=idempotency_key)["callId"]
+
+    def placed(self, method: str, *, to, message, mode, idempotency_key=None, at=None) -> dict:
+        """The gateway's (or the standalone runtime's) answer to placing a call: callId, initiated, ..."""
         from calls import services
         from calls.cli.gateway import placement_timeout_s, rpc_call
 
         mode = mode if mode in CallMode.values else None  # the reference: an unknown mode means the default
+        params = {"to": to, "message": message, "mode": mode, "idempotencyKey": idempotency_key, "at": at}
         return self.delegate(
-            lambda: rpc_call(method, {"to": to, "message": message, "mode": mode, "at": at}, timeout=placement_timeout_s()),
-            lambda: services.call_initiate_request(to=to, message=message, mode=mode, at=at).as_dict(),
+            lambda: rpc_call(method, params, timeout=placement_timeout_s()),
+            lambda: services.call_initiate_request(to=to, message=message, mode=mode,
+                                                   idempotency_key=idempotency_key, at=at).as_dict(),
         )
 
-    def placed(self, result: dict) -> None:
-        """`{callId}` as the reference prints it; a scheduled call also says when it is due."""
+    def placed_out(self, result: dict) -> None:
+        """The call's id; a call only queued (the carrier has not accepted its dial yet) or scheduled says so."""
         if result.get("scheduled"):
             self.out({key: result[key] for key in ("callId", "scheduled", "scheduledAt", "status") if key in result})
+        elif result.get("initiated") is False:
+            self.out({"callId": result["callId"], "queued": result.get("queued", True), "status": result.get("status", "")})
         else:
             self.out({"callId": result["callId"]})
 
-    def cmd_call(self, *, message, to, mode, at=None, **_) -> None:
+    def cmd_call(self, *, message, to, mode, idempotency_key=None, at=None, **_) -> None:
         to = to or get_config().config.to_number
         if not to:
             raise InvalidRequest("Missing --to and no toNumber configured")
-        self.placed(self.place_call("voicecall.initiate", to=to, message=message, mode=mode, at=at))
+        self.placed_out(self.placed("voicecall.initiate", to=to, message=message, mode=mode,
+                                    idempotency_key=idempotency_key, at=at))
 
-    def cmd_start(self, *, to, message, mode, at=None, **_) -> None:
-        self.placed(self.place_call("voicecall.start", to=to, message=message, mode=mode, at=at))
+    def cmd_start(self, *, to, message, mode, idempotency_key=None, at=None, **_) -> None:
+        self.placed_out(self.placed("voicecall.start", to=to, message=message, mode=mode,
+                                    idempotency_key=idempotency_key, at=at))
 
     def cmd_dial_list(self, *, file, name=None, wait=False, poll=1000, **_) -> None:
         from calls.cli.dial_list import dial_list_run
@@ -299,6 +318,53 @@ class Command(BaseCommand):
             self.out({"summary": report.summary(), "calls": [asdict(call) for call in report.calls]})
         else:
             self.stdout.write(simulate_cli.report_text(report))
+
+    def cmd_cluster(self, *, nodes, workers, server, database_url, redis_url, **_) -> None:
+        import os
+        import signal
+        import threading
+
+        from calls.cli.cluster import Cluster, ClusterError, describe, ensure_postgres, ensure_redis, run_until_stopped
+
+        database_url = database_url or os.environ.get("DATABASE_URL", "")
+        redis_url = redis_url or os.environ.get("REDIS_URL", "")
+        if not database_url or not redis_url:
+            missing = " and ".join(name for name, value in (("--database-url (or DATABASE_URL)", database_url),
+                                                             ("--redis-url (or REDIS_URL)", redis_url)) if not value)
+            raise InvalidRequest(f"A cluster needs PostgreSQL and Redis: give {missing} (`make cluster` sets both)")
+        loaded = get_config()
+        if not loaded.ok:
+            raise InvalidRequest("The config has errors; fix them first (manage.py voicecall setup):\n"
+                                 + "\n".join(loaded.errors))
+        serve = loaded.config.serve
+        try:
+            services = [ensure_postgres(database_url), ensure_redis(redis_url)]
+        except ClusterError as exc:
+            raise VoiceCallError(str(exc)) from None
+        cluster = Cluster(settings.DATA_DIR, database_url=database_url, redis_url=redis_url,
+                          config_path=Path(settings.VOICECALL_CONFIG).expanduser() if settings.VOICECALL_CONFIG else None,
+                          nodes=nodes, workers=workers, port=serve.port, bind=serve.bind, server=server,
+                          secret_key=os.environ.get("SECRET_KEY") or None)
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        self.stdout.write(f"Starting a cluster on {' and '.join(services)} (data in {settings.DATA_DIR})…")
+        self.stdout.flush()
+        try:
+            cluster.start()
+            self.stdout.write("\n".join(["Cluster ready:", *describe(cluster),
+                                          f"Gateway at http://{serve.bind}:{serve.port} (Ctrl-C stops everything)"]))
+            self.stdout.flush()
+            run_until_stopped(cluster, lambda line: (self.stderr.write(line), self.stderr.flush()),
+                              stop_requested=stop.is_set)
+        except ClusterError as exc:
+            raise VoiceCallError(str(exc)) from None
+        except KeyboardInterrupt:
+            pass
+        finally:
+            self.stdout.write("Stopping the cluster…")
+            self.stdout.flush()
+            cluster.stop()
+            self.stdout.write("Cluster stopped.")
 
     def cmd_doctor(self, *, fix, **_) -> None:
         from calls.cli.doctor import DoctorError, doctor, doctor_text
