@@ -475,6 +475,7 @@ def test_call_and_start_with_an_idempotency_key_place_one_call(outbox):
     assert actions(outbox) == ["initiate_call"]
 
 
+@pytest.mark.django_db
 def test_call_places_a_call_and_prints_its_id(outbox):
     out, err = run("call", "-m", "Hello there", "-t", TO)
     call = Call.objects.get()
