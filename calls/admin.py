@@ -1,11 +1,21 @@
-"""Admin: call records, read-only, with transcript, turns, replies and events; conversation sessions; gateway nodes."""
+"""Admin: call records, read-only, with transcript, turns, replies and events; conversation sessions; dial lists; gateway nodes."""
 from __future__ import annotations
 
-from django.contrib import admin
+from django import forms
+from django.contrib import admin, messages
+from django.db.models import Count
+from django.http import HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import reverse
+
+from core.errors import VoiceCallError
 
 from .admin_login import ThrottledAdminAuthenticationForm
+from .dial_progress import dial_list_progress
+from .dial_rows import COLUMNS, MAX_BYTES, MAX_ROWS
 from .models import (
-    Call, CallEvent, CallTurn, ConversationSession, GatewayNode, ReplyTurn, SessionMessage, TranscriptEntry,
+    Call, CallEvent, CallTurn, ConversationSession, DialList, GatewayNode, PendingDial, PendingDialStatus, ReplyTurn,
+    SessionMessage, TranscriptEntry,
 )
 from .selectors import call_timeline
 
@@ -125,8 +135,103 @@ class GatewayNodeAdmin(admin.ModelAdmin):
     def open_streams(self, node: GatewayNode) -> int:
         return node.media_streams.filter(closed_at__isnull=True).count()
 
+
+class DialListUploadForm(forms.Form):
+    file = forms.FileField(
+        label="CSV file",
+        help_text=(
+            f"First row: the column names. Columns: {', '.join(COLUMNS)} (to and message required). "
+            f"At most {MAX_ROWS} rows and {MAX_BYTES // (1024 * 1024)} MB."
+        ),
+    )
+    name = forms.CharField(max_length=255, required=False, help_text="Default: the file name.")
+
+
+@admin.register(DialList)
+class DialListAdmin(admin.ModelAdmin):
+    """Upload a CSV dial list; its page shows the counts and each row's outcome, read-only."""
+
+    list_display = ("name", "created_at", "rows_total", "rows_rejected", "progress")
+    ordering = ("-created_at",)
+    readonly_fields = ("id", "name", "created_at", "rows_total", "rows_rejected")
+    actions = ("cancel_waiting_rows",)
+    add_form_template = "admin/calls/diallist/upload.html"
+
+    @admin.display(description="rows by status")
+    def progress(self, obj: DialList) -> str:
+        # One grouped query per list: the list page stays cheap however long the lists are.
+        counts = dict(obj.dials.order_by().values_list("status").annotate(n=Count("pk")))
+        return ", ".join(f"{counts[status]} {status}" for status in PendingDialStatus.values if counts.get(status))
+
+    @admin.action(description="Cancel the rows still waiting (calls already placed go on)")
+    def cancel_waiting_rows(self, request, queryset) -> None:
+        from .services import dial_list_cancel
+
+        cancelled = sum(dial_list_cancel(dial_list_id=dial_list.pk) for dial_list in queryset)
+        self.message_user(request, f"{cancelled} waiting rows cancelled.")
+
+    def add_view(self, request, form_url="", extra_context=None):
+        if not self.has_add_permission(request):
+            return super().add_view(request, form_url, extra_context)  # answers 403 as usual
+        form = DialListUploadForm(request.POST or None, request.FILES or None)
+        if request.method == "POST" and form.is_valid():
+            from .services import dial_list_create
+
+            upload = form.cleaned_data["file"]
+            try:
+                if upload.size > MAX_BYTES:
+                    raise VoiceCallError(f"dial list is over {MAX_BYTES // (1024 * 1024)} MB")
+                dial_list = dial_list_create(name=form.cleaned_data["name"] or upload.name, data=upload.read())
+            except VoiceCallError as exc:
+                form.add_error("file", exc.message)
+            else:
+                self.message_user(
+                    request, f"{dial_list.rows_total - dial_list.rows_rejected} rows will be dialed, {dial_list.rows_rejected} refused.",
+                    messages.WARNING if dial_list.rows_rejected else messages.SUCCESS,
+                )
+                return HttpResponseRedirect(reverse("admin:calls_diallist_change", args=[dial_list.pk]))
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": "Upload a dial list",
+            "form": form,
+            "has_view_permission": self.has_view_permission(request),
+            **(extra_context or {}),
+        }
+        return TemplateResponse(request, self.add_form_template, context)
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        dial_list = self.get_object(request, object_id)
+        progress = dial_list_progress(dial_list=dial_list) if dial_list else None
+        extra_context = {**(extra_context or {}), "progress": progress}
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False  # rows are dialed by the gateway; the page is view-only
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False  # the rows are the record of who was called
+
+
+@admin.register(PendingDial)
+class PendingDialAdmin(admin.ModelAdmin):
+    """Scheduled calls and dial-list rows not placed yet (and what became of them), read-only."""
+
+    list_display = ("id", "due_at", "to_number", "status", "dial_list", "row", "error")
+    list_filter = ("status", ("dial_list", admin.RelatedOnlyFieldListFilter))
+    search_fields = ("id", "to_number", "idempotency_key")
+    ordering = ("-due_at",)
+
+    def get_readonly_fields(self, request, obj=None):
+        return [field.name for field in PendingDial._meta.fields]
+
     def has_add_permission(self, request) -> bool:
         return False
 
     def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+
+
+    def has_delete_permission(self, request, obj=None) -> bool:
         return False

@@ -469,3 +469,71 @@ class AdminLoginFailure(models.Model):
 
     def __str__(self) -> str:
         return f"{self.username} from {self.ip_address} at {self.failed_at:%Y-%m-%d %H:%M:%S}"
+
+
+class DialList(models.Model):
+    """A CSV of numbers and messages to call: each valid row becomes a PendingDial, each bad one is kept with its error."""
+
+    id = models.UUIDField("dial list id", primary_key=True, default=uuid.uuid4, editable=False)
+    name = models.CharField(max_length=255, help_text="The file it came from.")
+    created_at = models.DateTimeField(default=timezone.now)
+    rows_total = models.PositiveIntegerField("rows", default=0, help_text="Data rows in the file (the header not counted).")
+    rows_rejected = models.PositiveIntegerField("rows refused", default=0, help_text="Rows reported as bad and skipped.")
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.created_at:%Y-%m-%d %H:%M})"
+
+
+class PendingDialStatus(models.TextChoices):
+    PENDING = "pending", "waiting for its time or a free line"
+    ADMITTED = "admitted", "call written (its outcome is the call's)"
+    CANCELLED = "cancelled"
+    FAILED = "failed", "refused when its turn came"
+    REJECTED = "rejected", "bad row, skipped"
+
+
+class PendingDialQuerySet(models.QuerySet):
+    def due(self, at) -> PendingDialQuerySet:
+        """Dials whose time has come, in the order they are placed."""
+        return self.filter(status=PendingDialStatus.PENDING, due_at__lte=at).order_by("due_at", "created_at", "row")
+
+
+class PendingDial(models.Model):
+    """A dial that is not a call yet: a scheduled call or a dial-list row.
+
+    Its id is the id the call gets when it is admitted, so the caller can follow it from the start.
+    """
+
+    id = models.UUIDField("call id", primary_key=True, default=uuid.uuid4, editable=False)
+    dial_list = models.ForeignKey(DialList, null=True, blank=True, on_delete=models.CASCADE, related_name="dials")
+    row = models.PositiveIntegerField(null=True, blank=True, help_text="Its row in the file (the header is row 1).")
+    # Admission passes it on to the call: a second admission of the same dial places nothing.
+    idempotency_key = models.CharField(max_length=255, unique=True)
+    status = models.CharField(max_length=10, choices=PendingDialStatus.choices, default=PendingDialStatus.PENDING)
+    due_at = models.DateTimeField(null=True, blank=True, help_text="Not dialed before this time.")
+    to_number = models.CharField("to", max_length=64, blank=True, default="")
+    message = models.TextField(blank=True, default="")
+    mode = models.CharField(max_length=12, blank=True, default="", help_text="Empty: the configured default.")
+    dtmf_sequence = models.CharField("DTMF sequence", max_length=64, blank=True, default="")
+    session_key = models.CharField(max_length=255, blank=True, default="")
+    requester_session_key = models.CharField(max_length=255, blank=True, default="")
+    agent_id = models.CharField(max_length=128, blank=True, default="")
+    error = models.TextField(blank=True, default="", help_text="Why the row was refused, or why admission failed.")
+    created_at = models.DateTimeField(default=timezone.now)
+    admitted_at = models.DateTimeField(null=True, blank=True)
+
+    objects = PendingDialQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["due_at", "created_at", "row"]
+        indexes = [
+            models.Index(fields=["status", "due_at"], name="pending_dial_status_due"),
+            models.Index(fields=["dial_list", "row"], name="pending_dial_list_row"),
+        ]
+
+    def __str__(self) -> str:
+        where = f"row {self.row}" if self.row is not None else "scheduled call"
+        return f"{where} to {self.to_number} ({self.status})"

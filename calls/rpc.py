@@ -99,7 +99,7 @@ def _initiate(p: dict[str, Any]) -> dict[str, Any]:
     return services.call_initiate_request(
         to=p.get("to"), message=p["message"], mode=_mode(p), dtmf_sequence=p.get("dtmfSequence"),
         session_key=p.get("sessionKey"), requester_session_key=p.get("requesterSessionKey"),
-        idempotency_key=p.get("idempotencyKey"),
+        idempotency_key=p.get("idempotencyKey"), at=p.get("at"),
     ).as_dict()
 
 
@@ -109,13 +109,15 @@ def _start(p: dict[str, Any]) -> dict[str, Any]:
     return services.call_initiate_request(
         to=p["to"], message=p.get("message"), mode=_mode(p), dtmf_sequence=p.get("dtmfSequence"),
         session_key=p.get("sessionKey"), requester_session_key=p.get("requesterSessionKey"), agent_id=agent,
-        idempotency_key=p.get("idempotencyKey"),
+        idempotency_key=p.get("idempotencyKey"), at=p.get("at"),
     ).as_dict()
 
 
 _CALL_MESSAGE = {"callId": str, "message": str}
-_INITIATE = {"to": str, "message": str, "mode": str, "dtmfSequence": str, "sessionKey": str, "requesterSessionKey": str,
-             "idempotencyKey": str}
+_INITIATE = {
+    "to": str, "message": str, "mode": str, "dtmfSequence": str, "sessionKey": str, "requesterSessionKey": str,
+    "idempotencyKey": str, "at": str,  # at: a scheduled call (calls/dial_time.py)
+}
 
 METHODS: dict[str, Method] = {
     "voicecall.initiate": Method("write", _INITIATE, _initiate, "initiate failed"),

@@ -1,4 +1,4 @@
-"""The embedded mode's sweeper: a thread in the gateway that enforces deadlines, reaps stale calls, resumes lost jobs.
+"""The embedded mode's sweeper: a thread in the gateway that enforces deadlines, admits due dials, reaps stale calls, resumes lost jobs.
 
 It sleeps until the next deadline on the database (at most one second, so deadlines written
 by other processes are seen) and wakes early when this process writes a new one. In the
@@ -59,12 +59,14 @@ class Sweeper(threading.Thread):
         """One pass; returns how long to sleep before the next."""
         from .gateway import get_gateway
         from .services import (
-            REAP_INTERVAL_SECONDS, dead_nodes_sweep, deadlines_sweep, lost_jobs_resume, next_deadline, processed_webhooks_purge,
+            REAP_INTERVAL_SECONDS, dead_nodes_sweep, deadlines_sweep, dials_advance, lost_jobs_resume, next_deadline,
+            processed_webhooks_purge,
             stale_calls_reap,
         )
 
         try:
             deadlines_sweep()
+            dials_advance()  # scheduled calls and dial-list rows that are due, while lines are free
             clock = time.monotonic()
             if clock >= self._next_reap:
                 self._next_reap = clock + REAP_INTERVAL_SECONDS

@@ -18,6 +18,7 @@ from providers.responders.base import HistoryMessage
 from routing.routes import call_route, effective_tts, preferred_voice
 
 from .clock import to_ms
+from .dial_progress import pending_dial_find, pending_dial_summary
 from .documents import document_for, stream_token
 from .models import (
     Call,
@@ -386,7 +387,10 @@ def call_status(*, ref: str | None = None) -> dict[str, Any]:
     if not ref:
         return {"found": True, "calls": [call_summary(call) for call in calls_live()]}
     call = call_find(ref=ref)
-    return {"found": True, "call": call_summary(call)} if call else {"found": False}
+    if call is not None:
+        return {"found": True, "call": call_summary(call)}
+    dial = pending_dial_find(ref=ref)  # a scheduled call (or dial-list row) not placed yet
+    return {"found": True, "call": pending_dial_summary(dial)} if dial else {"found": False}
 
 
 def _without_none(data: dict[str, Any]) -> dict[str, Any]:

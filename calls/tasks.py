@@ -64,3 +64,10 @@ def sweep_dead_nodes_task() -> int:
     from .services import dead_nodes_sweep
 
     return dead_nodes_sweep()
+
+
+@shared_task(name="calls.advance_dials")
+def advance_dials_task() -> int:
+    from .services import dials_advance
+
+    return _when_ready(dials_advance)

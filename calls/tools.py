@@ -44,7 +44,7 @@ ACTION_DESCRIPTIONS = {
 
 # What each action needs, in the words the flattened (OpenAI) form gives the model.
 ACTION_FIELDS = {
-    "initiate_call": "message (required); to, mode, dtmfSequence, sessionKey, requesterSessionKey, idempotencyKey optional",
+    "initiate_call": "message (required); to, mode, dtmfSequence, sessionKey, requesterSessionKey, idempotencyKey, at optional",
     "continue_call": "callId and message",
     "speak_to_user": "callId and message",
     "send_dtmf": "callId and digits",
@@ -85,6 +85,11 @@ FIELDS: dict[str, dict[str, Any]] = {
         "Your own id for this call request (up to 255 characters); asking again with the same key returns "
         "the same call instead of placing a second one",
         minLength=1, maxLength=255,
+    ),
+    "at": _string(
+        "Place the call later instead of now: an ISO 8601 time with its UTC offset, e.g. 2026-12-05T10:30:00+01:00, "
+        "or a delay like +15m or +2h. The result says scheduled and when; end_call cancels it until then",
+        minLength=1,
     ),
     "callId": _string(
         "The callId returned by initiate_call (the carrier's call id is accepted too)",
@@ -155,6 +160,7 @@ def tool_schema() -> dict[str, Any]:
                     "sessionKey": FIELDS["sessionKey"],
                     "requesterSessionKey": FIELDS["requesterSessionKey"],
                     "idempotencyKey": FIELDS["idempotencyKey"],
+                    "at": FIELDS["at"],
                 },
                 ["message"],
             ),
@@ -193,6 +199,7 @@ def openai_function() -> dict[str, Any]:
                     "sessionKey": FIELDS["sessionKey"],
                     "requesterSessionKey": FIELDS["requesterSessionKey"],
                     "idempotencyKey": FIELDS["idempotencyKey"],
+                    "at": FIELDS["at"],
                 },
                 "required": ["action"],
                 "additionalProperties": False,
@@ -342,6 +349,7 @@ def _initiate(arguments: dict[str, Any], *, session_key: str | None, agent_id: s
         agent_id=agent_id,
         idempotency_key=_text(arguments, "idempotencyKey"),
         missing_to=missing_to,
+        at=_text(arguments, "at"),
     ).as_dict()
 
 

@@ -24,6 +24,8 @@ app.conf.beat_schedule = {
     # Deadlines are also scheduled at their exact time when written; this catches the rest.
     "sweep-deadlines": {"task": "calls.sweep_deadlines", "schedule": 1.0},
     "reap-stale-calls": {"task": "calls.reap_stale_calls", "schedule": 30.0},
+    # Scheduled calls and dial-list rows that are due are admitted while maxConcurrentCalls allows.
+    "advance-dials": {"task": "calls.advance_dials", "schedule": 1.0},
     # Greetings and hang-ups whose claim expired (their worker died) are started again.
     "resume-lost-jobs": {"task": "calls.resume_lost_jobs", "schedule": 30.0},
     "purge-replay-keys": {"task": "calls.purge_processed_webhooks", "schedule": 600.0},

@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('calls', '0011_call_end_attempts'),
+        ('calls', '0012_dial_queue'),
     ]
 
     operations = [

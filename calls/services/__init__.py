@@ -17,6 +17,7 @@ from .call_requests import (
     runtime_ready,
 )
 from .common import transcript_add
+from .dial_queue import CallScheduled, call_schedule, dial_cancel, dial_list_cancel, dial_list_create, dials_advance
 from .dialing import MODES, call_initiate
 from .dtmf import DTMF_MESSAGE, DTMF_PATTERN, call_send_dtmf
 from .ending import call_end, call_end_or_retry
@@ -72,6 +73,7 @@ __all__ = [
     "REAP_INTERVAL_SECONDS",
     "ActionResult",
     "CallPlaced",
+    "CallScheduled",
     "ContinueOperationState",
     "EventOutcome",
     "GreetingDecision",
@@ -99,6 +101,7 @@ __all__ = [
     "call_initiate",
     "call_initiate_request",
     "call_reply_say",
+    "call_schedule",
     "call_send_dtmf",
     "call_send_dtmf_request",
     "call_speak",
@@ -107,8 +110,12 @@ __all__ = [
     "continue_operation_result",
     "continue_operation_start",
     "continue_operations_wait",
-    "deadlines_sweep",
     "dead_nodes_sweep",
+    "deadlines_sweep",
+    "dial_cancel",
+    "dial_list_cancel",
+    "dial_list_create",
+    "dials_advance",
     "event_process",
     "failure_message",
     "greeting_decision",

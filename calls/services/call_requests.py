@@ -12,9 +12,12 @@ from datetime import timezone as dt_timezone
 from typing import Any
 
 from core.errors import InvalidRequest, VoiceCallError
+from ..clock import now
+from ..dial_time import due_time_parse
 from ..runtime import get_runtime
 from ..selectors import call_find
 from .dial_job import dial_status
+from .dial_queue import CallScheduled, call_schedule, dial_cancel
 from .dialing import call_initiate
 from .dtmf import call_send_dtmf
 from .ending import call_end
@@ -114,14 +117,25 @@ def call_active_id(*, call_id: str | None, message: str | None, missing: str = C
     return str(call.pk)
 
 
-def call_initiate_request(*, to: str | None = None, missing_to: str = "to required", **options: Any) -> CallPlaced:
-    """Place a call to `to`, or to the configured toNumber when none is given.
+def call_initiate_request(
+    *, to: str | None = None, missing_to: str = "to required", at: str | None = None, **options: Any,
+) -> CallPlaced | CallScheduled:
+    """Place a call to `to`, or to the configured toNumber when none is given; at `at` when given (a scheduled call).
 
     `options` are call_initiate's other keywords (message, mode, dtmf_sequence, session keys, agent_id,
     idempotency_key, call_id, wait).
     """
     config = get_runtime().config
-    call = call_initiate(to=input_required(to or config.to_number, message=missing_to), **options)
+    to = input_required(to or config.to_number, message=missing_to)
+    if at:
+        try:
+            due_at = due_time_parse(at, now=now(), param="at")
+        except InvalidRequest as exc:
+            raise InputRejected(exc.message) from None
+        options.pop("wait", None)  # nothing is dialed now: there is no dial to wait for
+        dial = call_schedule(to=to, due_at=due_at, **options)
+        return CallScheduled(call_id=str(dial.pk), due_at=dial.due_at)
+    call = call_initiate(to=to, **options)
     return CallPlaced(call_id=str(call.pk), dial=dial_status(call))
 
 
@@ -163,5 +177,7 @@ def call_send_dtmf_request(*, call_id: str | None, digits: str | None) -> Action
 def call_end_request(*, call_id: str | None) -> ActionResult:
     input_required(call_id, message="callId required")
     get_runtime()
+    if dial_cancel(call_id=call_id):
+        return ActionResult()  # a scheduled call or dial-list row not placed yet: cancelled, nothing to hang up
     call_end(call_id=call_id)
     return ActionResult()

@@ -1,15 +1,11 @@
 """Keypad digits: what a digit string may contain, and sending digits on a live call."""
 from __future__ import annotations
 
-import re
-
 from core.errors import InvalidRequest, UnsupportedByCarrier
+from core.phone import DTMF_MESSAGE, DTMF_PATTERN
 from ..runtime import get_runtime
 from ..selectors import call_connected
 from .common import carrier_request
-
-DTMF_PATTERN = re.compile(r"^[0-9*#wWpP,]+$")
-DTMF_MESSAGE = "digits may only contain digits, *, #, comma, w, p"
 
 
 def call_send_dtmf(*, call_id: str, digits: str) -> None:

@@ -98,7 +98,7 @@ def test_tool_schema_is_valid_draft_2020_12():
     }
     initiate = branches[0]["properties"]
     assert set(initiate) == {"action", "message", "to", "mode", "dtmfSequence", "sessionKey", "requesterSessionKey",
-                              "idempotencyKey"}
+                              "idempotencyKey", "at"}
     assert initiate["mode"]["enum"] == ["notify", "conversation"]
     legacy = branches[-1]
     assert set(legacy["properties"]) == {"mode", "to", "sid", "message", "sessionKey", "requesterSessionKey", "dtmfSequence"}
@@ -128,7 +128,7 @@ def test_openai_function_form():
     assert parameters["required"] == ["action"]
     assert set(parameters["properties"]) == {
         "action", "callId", "message", "to", "mode", "digits", "dtmfSequence", "sessionKey", "requesterSessionKey",
-        "idempotencyKey",
+        "idempotencyKey", "at",
     }
     action_help = parameters["properties"]["action"]["description"]
     for action in tools.ACTIONS:

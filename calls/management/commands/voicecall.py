@@ -21,6 +21,7 @@ from core.redact import redact
 # the HTTP client or the config schema, and a short-lived CLI process feels every import.
 
 SMOKE_MESSAGE = "Voice call smoke test."
+AT_HELP = "Place the call later: an ISO 8601 time with its UTC offset (2026-12-05T10:30:00+01:00) or a delay (+15m, +2h)"
 
 
 def decimal_int(flag: str, minimum: int):
@@ -61,12 +62,20 @@ class Command(BaseCommand):
         p.add_argument("-t", "--to", help="Number to call (E.164; default: toNumber)")
         p.add_argument("--mode", default="conversation", help="notify (hang up after the message) or conversation")
         p.add_argument("--idempotency-key", help="Your id for this request: repeated, it returns the same call (places one)")
+        p.add_argument("--at", help=AT_HELP)
 
         p = sub.add_parser("start", help="Place an outbound call (alias of call)")
         p.add_argument("--to", required=True, help="Number to call (E.164)")
         p.add_argument("--message", help="Message to speak when the call connects")
         p.add_argument("--mode", default="conversation", help="notify or conversation")
         p.add_argument("--idempotency-key", help="Your id for this request: repeated, it returns the same call (places one)")
+        p.add_argument("--at", help=AT_HELP)
+
+        p = sub.add_parser("dial-list", help="Dial every row of a CSV file (columns: to, message, and optionally mode, dtmfSequence, at)")
+        p.add_argument("file", help="The CSV file; its first row names the columns")
+        p.add_argument("--name", help="The list's name in the admin (default: the file name)")
+        p.add_argument("--wait", action="store_true", help="Print the progress until every row is dialed, refused or cancelled")
+        p.add_argument("--poll", type=decimal_int("--poll", 50), default=1000, help="Progress interval in ms with --wait (1000)")
 
         p = sub.add_parser("continue", help="Speak, then wait for and print the caller's answer")
         p.add_argument("--call-id", required=True)
@@ -179,34 +188,46 @@ class Command(BaseCommand):
     def place_call(self, method: str, *, to, message, mode, idempotency_key=None) -> str:
         return self.placed(method, to=to, message=message, mode=mode, idempotency_key=idempotency_key)["callId"]
 
-    def placed(self, method: str, *, to, message, mode, idempotency_key=None) -> dict:
+    def placed(self, method: str, *, to, message, mode, idempotency_key=None, at=None) -> dict:
         """The gateway's (or the standalone runtime's) answer to placing a call: callId, initiated, ..."""
         from calls import services
         from calls.cli.gateway import placement_timeout_s, rpc_call
 
         mode = mode if mode in CallMode.values else None  # the reference: an unknown mode means the default
-        params = {"to": to, "message": message, "mode": mode, "idempotencyKey": idempotency_key}
+        params = {"to": to, "message": message, "mode": mode, "idempotencyKey": idempotency_key, "at": at}
         return self.delegate(
             lambda: rpc_call(method, params, timeout=placement_timeout_s()),
             lambda: services.call_initiate_request(to=to, message=message, mode=mode,
-                                                   idempotency_key=idempotency_key).as_dict(),
+                                                   idempotency_key=idempotency_key, at=at).as_dict(),
         )
 
     def placed_out(self, result: dict) -> None:
-        """The call's id; a call that is only queued says so (the carrier has not accepted its dial yet)."""
-        if result.get("initiated") is False:
+        """The call's id; a call only queued (the carrier has not accepted its dial yet) or scheduled says so."""
+        if result.get("scheduled"):
+            self.out({key: result[key] for key in ("callId", "scheduled", "scheduledAt", "status") if key in result})
+        elif result.get("initiated") is False:
             self.out({"callId": result["callId"], "queued": result.get("queued", True), "status": result.get("status", "")})
         else:
             self.out({"callId": result["callId"]})
 
-    def cmd_call(self, *, message, to, mode, idempotency_key=None, **_) -> None:
+    def cmd_call(self, *, message, to, mode, idempotency_key=None, at=None, **_) -> None:
         to = to or get_config().config.to_number
         if not to:
             raise InvalidRequest("Missing --to and no toNumber configured")
-        self.placed_out(self.placed("voicecall.initiate", to=to, message=message, mode=mode, idempotency_key=idempotency_key))
+        self.placed_out(self.placed("voicecall.initiate", to=to, message=message, mode=mode,
+                                    idempotency_key=idempotency_key, at=at))
 
-    def cmd_start(self, *, to, message, mode, idempotency_key=None, **_) -> None:
-        self.placed_out(self.placed("voicecall.start", to=to, message=message, mode=mode, idempotency_key=idempotency_key))
+    def cmd_start(self, *, to, message, mode, idempotency_key=None, at=None, **_) -> None:
+        self.placed_out(self.placed("voicecall.start", to=to, message=message, mode=mode,
+                                    idempotency_key=idempotency_key, at=at))
+
+    def cmd_dial_list(self, *, file, name=None, wait=False, poll=1000, **_) -> None:
+        from calls.cli.dial_list import dial_list_run
+
+        path = Path(file).expanduser()
+        if not path.is_file():
+            raise InvalidRequest(f"No dial list file at {path}")
+        dial_list_run(path, name=name or path.name, wait=wait, poll_ms=poll, out=self.out, note=self.stderr.write)
 
     def cmd_continue(self, *, call_id, message, **_) -> None:
         from calls import services
@@ -255,7 +276,13 @@ class Command(BaseCommand):
             self.out({"found": True, "calls": [call_record(call) for call in calls_live()]})
             return
         call = call_find(ref=call_id)
-        self.out(call_record(call) if call else {"found": False})
+        if call is None:
+            from calls.dial_progress import pending_dial_find, pending_dial_summary
+
+            dial = pending_dial_find(ref=call_id)  # a scheduled call not placed yet
+            self.out(pending_dial_summary(dial) if dial else {"found": False})
+            return
+        self.out(call_record(call))
 
     # --- records -----------------------------------------------------------------------
 
