@@ -126,6 +126,10 @@ CELERY_TIMEZONE = "UTC"
 CELERY_BROKER_CONNECTION_TIMEOUT = 2.0
 CELERY_BROKER_TRANSPORT_OPTIONS = {"socket_timeout": 2.0, "socket_connect_timeout": 2.0}
 CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2}
+if REDIS_URL:
+    # kombu's Redis transport, except that a worker losing Redis with a job in flight reconnects
+    # instead of exiting (voicecall_project/broker.py).
+    CELERY_BROKER_TRANSPORT = "voicecall_project.broker:Transport"
 # A job running when the worker loses the broker goes on (a greeting mid-playback is not cut off);
 # it cannot be acknowledged on that connection, so the broker hands it out again later, and a job
 # claims its work first or asks the carrier for something idempotent (calls/services/resume.py).
