@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 
 log = logging.getLogger(__name__)
@@ -28,13 +29,13 @@ def layer_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean the channel layer is unreachable, not that the code using it is wrong.
 
     OSError covers refused connections and TimeoutError (a stalled server); Redis's own errors are
-    added when channels-redis is in use.
+    added once redis-py is loaded (channels-redis loads it). Nothing is imported here: this runs on
+    the event loop whenever an exception, a cancellation included, leaves a stream's reader.
     """
-    try:
-        from redis.exceptions import RedisError
-    except ImportError:  # pragma: no cover - redis comes with channels-redis, a requirement
+    redis_exceptions = sys.modules.get("redis.exceptions")
+    if redis_exceptions is None:  # not loaded: no Redis error can have been raised
         return (OSError,)
-    return (OSError, RedisError)
+    return (OSError, redis_exceptions.RedisError)
 
 
 def describe(exc: BaseException) -> str:
