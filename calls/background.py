@@ -60,7 +60,14 @@ class JobExecutor:
         elif kind == "celery":
             from .tasks import run_job_task
 
-            run_job_task.delay(name, kwargs)
+            try:
+                run_job_task.delay(name, kwargs)
+            except broker_errors() as exc:
+                # After the commit: the rows already say what was meant, so the caller's work stands.
+                # Raising here would fail it for a job it does not wait for, and skip the hooks after this one.
+                log.error("background job %s (%s) not queued: the Celery broker (Redis) did not take it: %s. "
+                          "The resume sweep starts lost greetings and hang-ups again; other jobs are lost",
+                          name, kwargs, exc)
         else:
             with self._lock:
                 if self._executor is None:
@@ -143,11 +150,24 @@ def deadline_set(when: datetime) -> None:
         if gateway.jobs.mode() == "celery":
             from .tasks import sweep_deadlines_task
 
-            sweep_deadlines_task.apply_async(eta=when)
+            try:
+                sweep_deadlines_task.apply_async(eta=when)
+            except broker_errors() as exc:
+                # Beat's sweep every second finds the deadline anyway, once the broker is back.
+                log.warning("the sweep at the deadline %s was not queued (the Celery broker, Redis, did not take it: "
+                            "%s); the periodic sweep ends it", when.isoformat(), exc)
         for listener in list(gateway.deadline_listeners):
             listener(when)
 
     transaction.on_commit(notify)
+
+
+def broker_errors() -> tuple[type[BaseException], ...]:
+    """What a publish to an unreachable or stalled Celery broker raises (after its bounded retries, see the settings)."""
+    from kombu.exceptions import OperationalError
+    from redis.exceptions import RedisError
+
+    return (OperationalError, OSError, RedisError)
 
 
 def load_jobs() -> None:

@@ -112,7 +112,9 @@ if REDIS_URL:
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             # redis-py reads time out after 5 s by default, the same as the layer's blocking pop:
             # an idle consumer (a media stream waiting for commands) would die with a timeout.
-            "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 30}]},
+            # Commands to streams bound their own waits (calls/streams/commands.py); a connection
+            # that cannot be made in 2 s is an outage, not a slow server.
+            "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 30, "socket_connect_timeout": 2}]},
         }
     }
 else:
@@ -126,6 +128,21 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TIMEZONE = "UTC"
+# A job is queued from the request that wrote its rows (a webhook, an RPC, a stream's end): with the
+# broker (Redis) down or stalled, that request must not wait long. Each try gives up after 2 s, and
+# one retry follows (kombu's defaults: no read timeout at all, so a stalled Redis hangs the request;
+# three retries). What happens to a job that could not be queued: calls/background.py.
+CELERY_BROKER_CONNECTION_TIMEOUT = 2.0
+CELERY_BROKER_TRANSPORT_OPTIONS = {"socket_timeout": 2.0, "socket_connect_timeout": 2.0}
+CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2}
+if REDIS_URL:
+    # kombu's Redis transport, except that a worker losing Redis with a job in flight reconnects
+    # instead of exiting (voicecall_project/broker.py).
+    CELERY_BROKER_TRANSPORT = "voicecall_project.broker:Transport"
+# A job running when the worker loses the broker goes on (a greeting mid-playback is not cut off);
+# it cannot be acknowledged on that connection, so the broker hands it out again later, and a job
+# claims its work first or asks the carrier for something idempotent (calls/services/resume.py).
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
 
 # How background jobs run: "thread" (embedded: a pool inside the gateway), "celery"
 # (distributed), or "inline" (run on commit in the caller; CLI standalone runtime and tests).

@@ -4,6 +4,8 @@ Service code runs in worker threads, Celery workers or CLI processes; the stream
 whichever gateway process the carrier's WebSocket landed on. Every stream joins the group
 `call_group(call_id)`, so a group message reaches it wherever it is. `speak` waits for the
 stream to accept (proof that one is alive) and then for the playback's outcome on a reply channel.
+When the layer (Redis) fails or stalls, a command fails within its bound with ChannelLayerUnavailable,
+which says so; it never waits on Redis longer than that.
 
 The in-memory layer (embedded mode) is bound to the gateway's event loop (`Gateway.loop`), so
 from other threads its coroutines run on that loop; with Redis any thread may use the layer directly.
@@ -19,6 +21,7 @@ from asgiref.sync import async_to_sync
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 
 from ..gateway import get_gateway
+from .outage import LAYER_TIMEOUT, describe, layer_errors, retrieve_failures
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +30,10 @@ ACCEPT_TIMEOUT = 3.0
 
 class StreamUnavailable(Exception):
     """No live media stream answered for this call."""
+
+
+class ChannelLayerUnavailable(StreamUnavailable):
+    """The channel layer (Redis) failed or did not answer in time: no command reaches any stream."""
 
 
 class PlaybackRefused(Exception):
@@ -60,17 +67,26 @@ def _run(coro_factory, timeout: float | None = None):
         try:
             async with asyncio.timeout(timeout):
                 return await coro_factory(layer_)
+        except TimeoutError:
+            raise  # the whole command took too long; its caller says what that means
+        except layer_errors() as exc:
+            raise ChannelLayerUnavailable(describe(exc)) from exc
         finally:
             # channels_redis removes a received message from its backup queue in a task of its own;
             # this loop ends when we return, and a cancelled clean-up hands the same message to the
-            # next receive on the channel. Let those tasks finish first.
+            # next receive on the channel. Let those tasks finish first (bounded: Redis may be stalled).
             loop = asyncio.get_running_loop()
             # The layer is shared by threads, each with its own loop: only this loop's tasks.
             cleaners = [task for task in list(getattr(layer_, "receive_cleaners", ())) if task.get_loop() is loop]
             if cleaners:
-                await asyncio.gather(*cleaners, return_exceptions=True)
+                retrieve_failures(layer_)
+                await asyncio.wait(cleaners, timeout=LAYER_TIMEOUT)
 
     return async_to_sync(bounded)(layer)
+
+
+def _layer_name() -> str:
+    return "the channel layer" if isinstance(get_channel_layer(), InMemoryChannelLayer) else "the channel layer (Redis)"
 
 
 def stream_send(call_id: str, message: dict[str, Any]) -> bool:
@@ -78,6 +94,13 @@ def stream_send(call_id: str, message: dict[str, Any]) -> bool:
     try:
         _run(lambda layer: layer.group_send(call_group(call_id), message), timeout=ACCEPT_TIMEOUT)
         return True
+    except ChannelLayerUnavailable as exc:
+        log.warning("stream command %s for %s not sent: %s", message.get("type"), call_id, exc)
+        return False
+    except TimeoutError:
+        log.warning("stream command %s for %s not sent: %s did not answer within %g s", message.get("type"), call_id,
+                    _layer_name(), ACCEPT_TIMEOUT)
+        return False
     except StreamUnavailable:
         return False
     except Exception as exc:
@@ -111,7 +134,11 @@ def stream_enqueue(call_id: str, text: str, voice: str | None, *, interruptible:
             raise PlaybackRefused(accepted.get("error") or "the media stream refused the playback")
         return reply
 
-    return _run(offer, timeout=ACCEPT_TIMEOUT + 1)
+    try:
+        return _run(offer, timeout=ACCEPT_TIMEOUT + 1)
+    except TimeoutError:
+        # The acceptance has its own shorter wait: only the layer itself can have taken this long.
+        raise ChannelLayerUnavailable(f"{_layer_name()} did not answer within {ACCEPT_TIMEOUT + 1:g} s") from None
 
 
 def stream_outcome(reply: str, *, timeout: float) -> dict[str, Any]:
@@ -127,6 +154,8 @@ def stream_outcome(reply: str, *, timeout: float) -> dict[str, Any]:
         return _run(receive, timeout=timeout)
     except TimeoutError:
         return {"type": "stream.result", "outcome": "failed", "error": f"playback did not finish within {timeout:.0f} s"}
+    except ChannelLayerUnavailable as exc:
+        return {"type": "stream.result", "outcome": "failed", "error": f"playback outcome lost: {exc}"}
 
 
 def stream_speak(call_id: str, text: str, voice: str | None, *, interruptible: bool = True, timeout: float) -> dict[str, Any]:

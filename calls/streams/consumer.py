@@ -19,7 +19,7 @@ from providers.carriers.public_url import ip_in, normalize_ip
 
 from .. import services
 from ..gateway import get_gateway
-from . import commands
+from . import commands, outage
 from .limits import TOO_MANY_CONNECTIONS, limits
 from .stats import StreamStats
 
@@ -97,7 +97,7 @@ class CarrierStreamConsumer(AsyncWebsocketConsumer):
         sources = [receive]
         if self.channel_layer is not None:
             self.channel_name = await self.channel_layer.new_channel()
-            sources.append(functools.partial(self.channel_layer.receive, self.channel_name))
+            sources.append(self._commands)
         one_at_a_time = asyncio.Lock()
 
         async def read(source) -> None:
@@ -120,6 +120,34 @@ class CarrierStreamConsumer(AsyncWebsocketConsumer):
             if error is not None and not isinstance(error, StopConsumer):
                 await self._crashed(error)  # a handler's error ends the consumer, as in Channels, but cleanly
                 break
+
+    async def _commands(self) -> dict:
+        """The next command from the channel layer. An outage of the layer (Redis gone, or stalled) is
+        waited out, never fatal: the stream's audio does not depend on it, only commands do."""
+        while True:
+            try:
+                message = await self.channel_layer.receive(self.channel_name)
+                outage.retrieve_failures(self.channel_layer)
+                return message
+            except outage.layer_errors() as exc:
+                outage.groups.noticed(self.channel_layer, exc)
+            # One probe per process tries the layer meanwhile (not every stream on its own).
+            await outage.groups.wait(outage.CONSUMER_RETRY)
+
+    async def _layer(self, operation: str, coro) -> bool:
+        """A group operation or reply on the channel layer, bounded; an outage is noticed and logged, not raised."""
+        try:
+            async with asyncio.timeout(outage.LAYER_TIMEOUT):
+                await coro
+            return True
+        except outage.layer_errors() as exc:
+            log.info("%s %s: %s failed: %s", self.kind, getattr(self, "stream_id", "-"), operation, outage.describe(exc))
+            outage.groups.noticed(self.channel_layer, exc)
+            return False
+
+    async def _reply(self, reply_to: str, message: dict) -> None:
+        """Answer a command's sender on its reply channel (it reports a failure itself when none arrives)."""
+        await self._layer("replying to a command", self.channel_layer.send(reply_to, message))
 
     async def _crashed(self, error: BaseException) -> None:
         """A handler raised: close 1011 and record the stream's end (its grace starts), so the call never
@@ -206,8 +234,11 @@ class CarrierStreamConsumer(AsyncWebsocketConsumer):
         self.frames = self.codec.outbound(stream_id)
         self.group = commands.call_group(call.call_id)
         # An older stream of this call (a reconnect) stops playing and closes.
-        await self.channel_layer.group_send(self.group, {"type": "stream.replaced", "stream_id": stream_id})
-        await self.channel_layer.group_add(self.group, self.channel_name)
+        await self._layer("replacing an older stream",
+                          self.channel_layer.group_send(self.group, {"type": "stream.replaced", "stream_id": stream_id}))
+        # Kept even when the layer is down now: its group is joined again once it is back.
+        outage.groups.joined(self.channel_name, self.group)
+        await self._layer("joining the call's group", self.channel_layer.group_add(self.group, self.channel_name))
 
     async def _record_closed(self) -> None:
         """The end of this stream in the database (reason and stats), once its call is known."""
@@ -260,7 +291,8 @@ class CarrierStreamConsumer(AsyncWebsocketConsumer):
             if task is not current:
                 task.cancel()
         if self.group:
-            await self.channel_layer.group_discard(self.group, self.channel_name)
+            outage.groups.left(self.channel_name)
+            await self._layer("leaving the call's group", self.channel_layer.group_discard(self.group, self.channel_name))
         if self.close_reason == "disconnected":
             self.close_reason = reason
         return True

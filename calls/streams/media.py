@@ -237,10 +237,10 @@ class MediaStreamConsumer(CarrierStreamConsumer):
                                            group=str(group) if group is not None else None)
         except (PlaybackQueueFull, RuntimeError) as exc:
             if reply_to:
-                await self.channel_layer.send(reply_to, {"type": "stream.result", "outcome": "failed", "error": str(exc)})
+                await self._reply(reply_to, {"type": "stream.result", "outcome": "failed", "error": str(exc)})
             return
         if reply_to:
-            await self.channel_layer.send(reply_to, {"type": "stream.accepted"})
+            await self._reply(reply_to, {"type": "stream.accepted"})
             # Not cancelled with the stream's tasks: the playback settles on close and this reports it.
             report = asyncio.ensure_future(self._report(future, reply_to))
             self.reports.add(report)
@@ -248,4 +248,4 @@ class MediaStreamConsumer(CarrierStreamConsumer):
 
     async def _report(self, future: asyncio.Future[PlaybackResult], reply_to: str) -> None:
         result = await future
-        await self.channel_layer.send(reply_to, {"type": "stream.result", **result.as_message()})
+        await self._reply(reply_to, {"type": "stream.result", **result.as_message()})

@@ -648,7 +648,7 @@ class RealtimeStreamConsumer(CarrierStreamConsumer):
         if not self.started or self.closing or self.session is None:
             return  # not ours to answer: the sender times out and falls back
         if reply_to:
-            await self.channel_layer.send(reply_to, {"type": "stream.accepted"})
+            await self._reply(reply_to, {"type": "stream.accepted"})
         self._spawn(self._inject(str(event.get("text", ""))))
 
     async def _inject(self, text: str) -> None:
