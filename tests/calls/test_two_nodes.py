@@ -1,0 +1,304 @@
+"""Two gateway processes, a real Celery worker and beat, one PostgreSQL database and one Redis: a call split across nodes.
+
+A simulated Twilio caller's webhooks go to node A and its media stream to node B (as a load
+balancer may route them). `speak`, `continue`, `dtmf` and `end` sent by RPC to node A act on the
+call whose stream lives on node B: the stream plays what A asked for, the caller's answer comes
+back to A's `continue`, the digits reach the carrier, and the hang-up closes B's stream. An
+outbound call started by RPC on node B is dialed by the Celery worker, not by B.
+
+Skipped unless the run is distributed (DATABASE_URL on PostgreSQL and REDIS_URL set); every test
+module gets its own PostgreSQL database and its own redis-server, so parallel runs share nothing.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+from django.conf import settings
+
+from bench.gateway_process import start_helper, stop_helper
+from calls.simulator.call import Gateway, Line
+from tests.calls.split_caller import ClusterTwilio, SplitCaller, ancestors
+from tests.faults.gateway import GatewayProcess, private_postgres
+from tests.paths import ROOT
+from tests.private_redis import PrivateRedis
+from tests.waiting import await_until, wait_until
+
+distributed = pytest.mark.skipif(
+    not settings.REDIS_URL or settings.DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql",
+    reason="needs DATABASE_URL=postgresql://... and REDIS_URL (distributed mode)",
+)
+# Real processes on a machine shared with other work: starting them alone can take many seconds.
+pytestmark = [distributed, pytest.mark.timeout(240)]
+
+RPC_TOKEN = "two-nodes-write-token"
+CLINIC, CALLER, CALLEE = "+15550104000", "+15550104001", "+15550104002"
+GREETING = "Welcome to the clinic."
+SAID_BY_A = "Node A says your appointment is on Monday."
+PROMPT = "What else can I do for you?"
+
+
+class CeleryProcess:
+    """`celery -A voicecall_project worker|beat` with a gateway's environment, its log in `directory`."""
+
+    def __init__(self, kind: str, directory: Path, env: dict[str, str]) -> None:
+        self.kind, self.dir, self.env = kind, directory, env
+        self.name = f"{kind}-{secrets.token_hex(3)}@{socket.gethostname()}"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def log(self) -> str:
+        path = self.dir / f"{self.kind}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def start(self, timeout: float = 60.0) -> "CeleryProcess":
+        extra = (["-s", str(self.dir / "celerybeat-schedule")] if self.kind == "beat"
+                 else ["-n", self.name, "--concurrency", "2"])
+        with open(self.dir / f"{self.kind}.log", "a") as log:
+            self.process = subprocess.Popen([sys.executable, "-m", "celery", "-A", "voicecall_project", self.kind,
+                                             "-l", "info", *extra], cwd=ROOT, env=self.env, stdout=log,
+                                            stderr=subprocess.STDOUT)
+        wait_until(lambda: self.process.poll() is not None or self.ready(), f"celery {self.kind} to start",
+                   timeout=timeout, interval=0.2)
+        assert self.process.poll() is None, f"celery {self.kind} exited:\n{self.log()[-3000:]}"
+        return self
+
+    def ready(self) -> bool:
+        """A worker answers a ping through the broker; beat has started its schedule."""
+        if self.kind == "beat":
+            return any(self.dir.glob("celerybeat-schedule*"))  # dbm may add a suffix
+        from celery import Celery
+
+        app = Celery(broker=self.env["REDIS_URL"])
+        try:
+            return bool(app.control.ping(destination=[self.name], timeout=0.5))
+        finally:
+            app.close()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+
+
+class TwoNodes:
+    """Two gateway processes (A, B) with one worker and one beat on a shared database and Redis."""
+
+    def __init__(self, directory: Path, *, database_url: str, redis_url: str, config: dict) -> None:
+        env = {"REDIS_URL": redis_url, "SECRET_KEY": "two-nodes-" + secrets.token_hex(16),
+               "VOICECALL_RPC_TOKENS": f"write:{RPC_TOKEN}"}
+        for name in ("a", "b"):
+            (directory / name).mkdir()
+        a = GatewayProcess(directory / "a", config, database_url=database_url, env=env)
+        # Every process signs and checks against the same public URL: node A's.
+        shared = {**config, "publicUrl": a.base}
+        b = GatewayProcess(directory / "b", shared, database_url=database_url, env=env)
+        self.nodes = [a, b]
+        celery_env = {**a.env, "VOICECALL_DATA_DIR": str(directory / "celery")}
+        self.workers = [CeleryProcess("worker", directory / "celery", celery_env)]
+        self.beat = CeleryProcess("beat", directory / "celery", celery_env)
+        self.database_url = database_url
+
+    def start(self) -> "TwoNodes":
+        a, b = self.nodes
+        a.start()
+        b._migrated = True  # one database: node A migrated it
+        b.start()
+        for worker in self.workers:
+            worker.start()
+        self.beat.start()
+        return self
+
+    def stop(self) -> None:
+        for process in (self.beat, *self.workers, *self.nodes):
+            process.stop()
+
+    def rpc(self, method: str, params: dict, node: int = 0) -> dict:
+        response = httpx.post(f"{self.nodes[node].base}/voice/rpc", headers={"Authorization": f"Bearer {RPC_TOKEN}"},
+                              json={"jsonrpc": "2.0", "id": 1, "method": method, "params": params}, timeout=60)
+        return response.json()
+
+    def rows(self, sql: str, params: tuple = ()) -> list[tuple]:
+        return self.nodes[0].rows(sql, params)
+
+    def logs(self) -> str:
+        parts = [f"--- node {'AB'[i]} ---\n{node.log()[-3000:]}" for i, node in enumerate(self.nodes)]
+        parts += [f"--- worker ---\n{w.log()[-3000:]}" for w in self.workers]
+        return "\n".join(parts + [f"--- beat ---\n{self.beat.log()[-1500:]}"])
+
+
+@pytest.fixture(scope="module")
+def twilio():
+    with ClusterTwilio() as fake:
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def speech():
+    """Instant fakes of Deepgram's streaming STT and OpenAI's TTS, in a process of their own."""
+    process, urls = start_helper("cloud_fakes.py")
+    yield urls
+    stop_helper(process)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, twilio, speech):
+    config = {
+        "provider": "twilio", "fromNumber": CLINIC, "inboundPolicy": "open", "inboundGreeting": GREETING,
+        "maxConcurrentCalls": 4,
+        "twilio": {"accountSid": twilio.account_sid, "authToken": twilio.auth_token, "baseUrl": twilio.base_url},
+        "streaming": {"enabled": True, "provider": "deepgram", "providers": {"deepgram": {
+            "apiKey": speech["sttKey"], "baseUrl": speech["stt"], "endpointingMs": 300}}},
+        "tts": {"provider": "openai", "providers": {"openai": {"apiKey": speech["ttsKey"], "baseUrl": speech["tts"] + "/v1"}}},
+    }
+    with private_postgres() as database_url, PrivateRedis() as redis:
+        nodes = TwoNodes(tmp_path_factory.mktemp("two-nodes"), database_url=database_url, redis_url=redis.url,
+                         config=config)
+        try:
+            nodes.start()
+            yield nodes
+        finally:
+            nodes.stop()
+
+
+def bot_lines(cluster, call_id: str) -> list[str]:
+    return [text for (text,) in cluster.rows(
+        "SELECT text FROM calls_transcriptentry WHERE call_id = %s AND speaker = 'bot' ORDER BY id", (call_id,))]
+
+
+def open_streams(cluster, call_id: str) -> int:
+    return cluster.rows("SELECT count(*) FROM calls_mediastream WHERE call_id = %s AND closed_at IS NULL", (call_id,))[0][0]
+
+
+async def _is(read, expected) -> bool:
+    return (await read()) == expected
+
+
+def result_of(answer: dict, cluster) -> dict:
+    assert "result" in answer, f"{answer}\n{cluster.logs()}"
+    return answer["result"]
+
+
+async def test_commands_on_node_a_act_on_the_stream_held_by_node_b(cluster, twilio):
+    a, b = cluster.nodes
+    gateway = Gateway(base_url=a.base, webhook_url=f"{a.base}/voice/webhook", account_sid=twilio.account_sid,
+                      auth_token=twilio.auth_token, stream_base_url=b.base)
+    # The caller's one line is held until the test asks for it: its answer to A's `continue`.
+    caller = SplitCaller(gateway, [Line("answer")], held=("answer",), line_ms=1200, twilio=twilio, caller=CALLER,
+                         callee=CLINIC, max_seconds=120)
+    call_task = asyncio.create_task(caller.run())
+    db = asyncio.to_thread
+
+    async def call_id() -> str | None:
+        found = await db(cluster.rows, "SELECT id FROM calls_call WHERE provider_call_id = %s", (caller.sid,))
+        return str(found[0][0]) if found else None
+
+    try:
+        cid = await await_until(call_id, "the ring webhook on node A to create the call", timeout=30)
+
+        async def said() -> list[str]:
+            return await db(bot_lines, cluster, cid)
+
+        async def state() -> str:
+            return (await db(cluster.rows, "SELECT state FROM calls_call WHERE id = %s", (cid,)))[0][0]
+
+        # The stream landed on node B (the caller connected there) and the worker's greeting job reached it.
+        await await_until(lambda: db(open_streams, cluster, cid), "the media stream to open on node B", timeout=30)
+        assert await await_until(said, "the greeting to be played on node B's stream", timeout=30) == [GREETING]
+        played_before = caller.report.speech_frames_played
+
+        # speak on A: node B's stream plays it (the line is recorded only once played).
+        spoken = await db(cluster.rpc, "voicecall.speak", {"callId": cid, "message": SAID_BY_A})
+        assert result_of(spoken, cluster) == {"success": True}
+        await await_until(lambda: caller.report.speech_frames_played > played_before,
+                          "the caller to hear what node A said", timeout=20)
+        assert (await said())[-1] == SAID_BY_A
+
+        # continue on A: the prompt plays on B, the caller answers, B's transcript answers A's turn.
+        heard_before = caller.report.speech_frames_played
+        turn = asyncio.ensure_future(db(cluster.rpc, "voicecall.continue", {"callId": cid, "message": PROMPT}))
+        await await_until(lambda: caller.report.speech_frames_played > heard_before or turn.done(),
+                          "the caller to hear the prompt", timeout=20)
+        caller.go("answer")
+        answered = result_of(await asyncio.wait_for(turn, 60), cluster)
+        assert answered["success"] is True and "book an appointment" in answered["transcript"], answered
+        assert (await said())[-1] == PROMPT
+
+        # dtmf on A: Twilio sends digits only through a TwiML update, which the carrier receives from node A.
+        # (On Twilio itself the update also ends the <Connect><Stream>; this fake leaves the stream up.)
+        pressed = await db(cluster.rpc, "voicecall.dtmf", {"callId": cid, "digits": "1234"})
+        assert result_of(pressed, cluster) == {"success": True}
+        assert await await_until(lambda: twilio.call(caller.sid).played_digits, "the carrier to play the digits",
+                                 timeout=10) == ["1234"]
+
+        # end on A: the carrier hangs up, B's stream closes, the call is recorded as ended by the bot.
+        assert result_of(await db(cluster.rpc, "voicecall.end", {"callId": cid}), cluster) == {"success": True}
+        report = await asyncio.wait_for(call_task, 60)
+        assert report.outcome == "hangup-bot", (report.outcome, report.error)
+        await await_until(lambda: _is(state, "hangup-bot"), "the call to be recorded as ended", timeout=20)
+        await await_until(lambda: _is(lambda: db(open_streams, cluster, cid), 0), "node B to close the stream row",
+                          timeout=20)
+    except BaseException:
+        call_task.cancel()
+        print(cluster.logs())
+        raise
+
+
+def pid_of(process) -> int:
+    return process.pid if hasattr(process, "pid") else process.process.pid
+
+
+def dialing_is_a_job() -> bool:
+    from calls import background
+
+    background.load_jobs()
+    return "calls.dial" in background.JOBS
+
+
+@pytest.fixture
+def dial_jobs():
+    if not dialing_is_a_job():
+        pytest.skip("needs outbound dialing as a queued job (the `calls.dial` background job is not registered): "
+                    "until then node B dials in its own RPC request")
+
+
+def test_an_outbound_call_started_on_node_b_is_dialed_by_the_worker(dial_jobs, cluster, twilio):
+    a, b = cluster.nodes
+    before = len(twilio.dials())
+    placed = result_of(cluster.rpc("voicecall.initiate", {"to": CALLEE, "message": "Your car is ready.",
+                                                          "mode": "notify"}, node=1), cluster)
+    cid = placed["callId"]
+    dial = wait_until(lambda: twilio.dials()[before:], "the carrier to receive the dial", timeout=30)[0]
+    assert dial.value("To") == CALLEE and cid in dial.value("StatusCallback"), dial.form
+    sender = twilio.sender_pid(dial)
+    assert sender is not None, "the process that sent the dial was not found"
+    family = ancestors(sender)
+    workers = {pid_of(worker) for worker in cluster.workers}
+    nodes = {pid_of(node) for node in cluster.nodes}
+    assert workers & set(family), f"dialed by pid {sender} ({family}), not by a worker {workers}; nodes {nodes}"
+    assert not nodes & set(family)
+
+    # The carrier's id is stored with the call; the callee answers, hears the message, and the call completes.
+    sid = next(call.sid for call in list(twilio.calls.values()) if call.to == CALLEE and call.direction == "outbound-api")
+    wait_until(lambda: cluster.rows("SELECT provider_call_id FROM calls_call WHERE id = %s", (cid,))[0][0] == sid,
+               "the call to get the carrier's id", timeout=30)
+    twilio.answer(sid)
+    assert [said["text"] for said in twilio.call(sid).said] == ["Your car is ready."]
+    wait_until(lambda: cluster.rows("SELECT state FROM calls_call WHERE id = %s", (cid,))[0][0] == "completed",
+               "the call to be recorded as completed", timeout=30)
