@@ -12,7 +12,6 @@ module gets its own PostgreSQL database and its own redis-server, so parallel ru
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
 import signal
 import socket
