@@ -8,11 +8,20 @@ TEST_WORKERS ?= $(shell echo $$((2 * $$(nproc 2>/dev/null || echo 1))))
 RUNTIME_STAMP := $(VENV)/.runtime-$(shell cat requirements.txt | cksum | cut -d' ' -f1)
 TEST_STAMP := $(VENV)/.test-$(shell cat requirements.txt requirements-test.txt | cksum | cut -d' ' -f1)
 
-.PHONY: serve test migrate bench fuzz
+.PHONY: serve test migrate bench fuzz cluster
 
 serve: $(RUNTIME_STAMP)
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py gateway
+
+# A local cluster (distributed mode): two gateways behind a balancer on serve.port, a Celery worker and
+# beat, on this machine's PostgreSQL (the database is created when missing) and Redis. Ctrl-C stops it.
+CLUSTER_DATABASE_URL ?= $(or $(DATABASE_URL),postgresql://postgres@127.0.0.1:5432/voicecall)
+CLUSTER_REDIS_URL ?= $(or $(REDIS_URL),redis://127.0.0.1:6379/0)
+CLUSTER_ARGS ?=
+
+cluster: $(RUNTIME_STAMP)
+	$(PY) manage.py voicecall cluster --database-url "$(CLUSTER_DATABASE_URL)" --redis-url "$(CLUSTER_REDIS_URL)" $(CLUSTER_ARGS)
 
 test: $(TEST_STAMP)
 	$(PY) -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)

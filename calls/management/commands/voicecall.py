@@ -97,6 +97,13 @@ class Command(BaseCommand):
         p = sub.add_parser("simulate", help="Play a carrier's side of calls against the running gateway")
         simulate_cli.add_arguments(p, decimal_int)
 
+        p = sub.add_parser("cluster", help="Run a local cluster: gateways behind a balancer, a Celery worker and beat")
+        p.add_argument("--nodes", type=decimal_int("--nodes", 1), default=2, help="Gateway processes (2)")
+        p.add_argument("--workers", type=decimal_int("--workers", 0), default=1, help="Celery workers (1)")
+        p.add_argument("--server", choices=("daphne", "uvicorn"), default="daphne", help="The gateways' ASGI server")
+        p.add_argument("--database-url", help="PostgreSQL for the cluster (default: DATABASE_URL); created when missing")
+        p.add_argument("--redis-url", help="Redis for the cluster (default: REDIS_URL)")
+
         p = sub.add_parser("doctor", help="Find (and with --fix rewrite) legacy config keys")
         p.add_argument("--fix", action="store_true", help="Rewrite the config file (a .bak copy is kept)")
 
@@ -270,6 +277,53 @@ class Command(BaseCommand):
             self.out({"summary": report.summary(), "calls": [asdict(call) for call in report.calls]})
         else:
             self.stdout.write(simulate_cli.report_text(report))
+
+    def cmd_cluster(self, *, nodes, workers, server, database_url, redis_url, **_) -> None:
+        import os
+        import signal
+        import threading
+
+        from calls.cli.cluster import Cluster, ClusterError, describe, ensure_postgres, ensure_redis, run_until_stopped
+
+        database_url = database_url or os.environ.get("DATABASE_URL", "")
+        redis_url = redis_url or os.environ.get("REDIS_URL", "")
+        if not database_url or not redis_url:
+            missing = " and ".join(name for name, value in (("--database-url (or DATABASE_URL)", database_url),
+                                                             ("--redis-url (or REDIS_URL)", redis_url)) if not value)
+            raise InvalidRequest(f"A cluster needs PostgreSQL and Redis: give {missing} (`make cluster` sets both)")
+        loaded = get_config()
+        if not loaded.ok:
+            raise InvalidRequest("The config has errors; fix them first (manage.py voicecall setup):\n"
+                                 + "\n".join(loaded.errors))
+        serve = loaded.config.serve
+        try:
+            services = [ensure_postgres(database_url), ensure_redis(redis_url)]
+        except ClusterError as exc:
+            raise VoiceCallError(str(exc)) from None
+        cluster = Cluster(settings.DATA_DIR, database_url=database_url, redis_url=redis_url,
+                          config_path=Path(settings.VOICECALL_CONFIG).expanduser() if settings.VOICECALL_CONFIG else None,
+                          nodes=nodes, workers=workers, port=serve.port, bind=serve.bind, server=server,
+                          secret_key=os.environ.get("SECRET_KEY") or None)
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        self.stdout.write(f"Starting a cluster on {' and '.join(services)} (data in {settings.DATA_DIR})…")
+        self.stdout.flush()
+        try:
+            cluster.start()
+            self.stdout.write("\n".join(["Cluster ready:", *describe(cluster),
+                                          f"Gateway at http://{serve.bind}:{serve.port} (Ctrl-C stops everything)"]))
+            self.stdout.flush()
+            run_until_stopped(cluster, lambda line: (self.stderr.write(line), self.stderr.flush()),
+                              stop_requested=stop.is_set)
+        except ClusterError as exc:
+            raise VoiceCallError(str(exc)) from None
+        except KeyboardInterrupt:
+            pass
+        finally:
+            self.stdout.write("Stopping the cluster…")
+            self.stdout.flush()
+            cluster.stop()
+            self.stdout.write("Cluster stopped.")
 
     def cmd_doctor(self, *, fix, **_) -> None:
         from calls.cli.doctor import DoctorError, doctor, doctor_text
