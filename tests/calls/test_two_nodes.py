@@ -12,134 +12,21 @@ module gets its own PostgreSQL database and its own redis-server, so parallel ru
 from __future__ import annotations
 
 import asyncio
-import secrets
-import signal
-import socket
-import subprocess
-import sys
-from pathlib import Path
 
-import httpx
 import pytest
-from django.conf import settings
 
 from bench.gateway_process import start_helper, stop_helper
 from calls.simulator.call import Gateway, Line
 from tests.calls.split_caller import ClusterTwilio, SplitCaller, ancestors
-from tests.faults.gateway import GatewayProcess, private_postgres
-from tests.paths import ROOT
-from tests.private_redis import PrivateRedis
+from tests.cluster import cluster_running, distributed
 from tests.waiting import await_until, wait_until
-
-distributed = pytest.mark.skipif(
-    not settings.REDIS_URL or settings.DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql",
-    reason="needs DATABASE_URL=postgresql://... and REDIS_URL (distributed mode)",
-)
 # Real processes on a machine shared with other work: starting them alone can take many seconds.
 pytestmark = [distributed, pytest.mark.timeout(240)]
 
-RPC_TOKEN = "two-nodes-write-token"
 CLINIC, CALLER, CALLEE = "+15550104000", "+15550104001", "+15550104002"
 GREETING = "Welcome to the clinic."
 SAID_BY_A = "Node A says your appointment is on Monday."
 PROMPT = "What else can I do for you?"
-
-
-class CeleryProcess:
-    """`celery -A voicecall_project worker|beat` with a gateway's environment, its log in `directory`."""
-
-    def __init__(self, kind: str, directory: Path, env: dict[str, str]) -> None:
-        self.kind, self.dir, self.env = kind, directory, env
-        self.name = f"{kind}-{secrets.token_hex(3)}@{socket.gethostname()}"
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.process: subprocess.Popen | None = None
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def log(self) -> str:
-        path = self.dir / f"{self.kind}.log"
-        return path.read_text(errors="replace") if path.exists() else ""
-
-    def start(self, timeout: float = 60.0) -> "CeleryProcess":
-        extra = (["-s", str(self.dir / "celerybeat-schedule")] if self.kind == "beat"
-                 else ["-n", self.name, "--concurrency", "2"])
-        with open(self.dir / f"{self.kind}.log", "a") as log:
-            self.process = subprocess.Popen([sys.executable, "-m", "celery", "-A", "voicecall_project", self.kind,
-                                             "-l", "info", *extra], cwd=ROOT, env=self.env, stdout=log,
-                                            stderr=subprocess.STDOUT)
-        wait_until(lambda: self.process.poll() is not None or self.ready(), f"celery {self.kind} to start",
-                   timeout=timeout, interval=0.2)
-        assert self.process.poll() is None, f"celery {self.kind} exited:\n{self.log()[-3000:]}"
-        return self
-
-    def ready(self) -> bool:
-        """A worker answers a ping through the broker; beat has started its schedule."""
-        if self.kind == "beat":
-            return any(self.dir.glob("celerybeat-schedule*"))  # dbm may add a suffix
-        from celery import Celery
-
-        app = Celery(broker=self.env["REDIS_URL"])
-        try:
-            return bool(app.control.ping(destination=[self.name], timeout=0.5))
-        finally:
-            app.close()
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-
-
-class TwoNodes:
-    """Two gateway processes (A, B) with one worker and one beat on a shared database and Redis."""
-
-    def __init__(self, directory: Path, *, database_url: str, redis_url: str, config: dict) -> None:
-        env = {"REDIS_URL": redis_url, "SECRET_KEY": "two-nodes-" + secrets.token_hex(16),
-               "VOICECALL_RPC_TOKENS": f"write:{RPC_TOKEN}"}
-        for name in ("a", "b"):
-            (directory / name).mkdir()
-        a = GatewayProcess(directory / "a", config, database_url=database_url, env=env)
-        # Every process signs and checks against the same public URL: node A's.
-        shared = {**config, "publicUrl": a.base}
-        b = GatewayProcess(directory / "b", shared, database_url=database_url, env=env)
-        self.nodes = [a, b]
-        celery_env = {**a.env, "VOICECALL_DATA_DIR": str(directory / "celery")}
-        self.workers = [CeleryProcess("worker", directory / "celery", celery_env)]
-        self.beat = CeleryProcess("beat", directory / "celery", celery_env)
-        self.database_url = database_url
-
-    def start(self) -> "TwoNodes":
-        a, b = self.nodes
-        a.start()
-        b._migrated = True  # one database: node A migrated it
-        b.start()
-        for worker in self.workers:
-            worker.start()
-        self.beat.start()
-        return self
-
-    def stop(self) -> None:
-        for process in (self.beat, *self.workers, *self.nodes):
-            process.stop()
-
-    def rpc(self, method: str, params: dict, node: int = 0) -> dict:
-        response = httpx.post(f"{self.nodes[node].base}/voice/rpc", headers={"Authorization": f"Bearer {RPC_TOKEN}"},
-                              json={"jsonrpc": "2.0", "id": 1, "method": method, "params": params}, timeout=60)
-        return response.json()
-
-    def rows(self, sql: str, params: tuple = ()) -> list[tuple]:
-        return self.nodes[0].rows(sql, params)
-
-    def logs(self) -> str:
-        parts = [f"--- node {'AB'[i]} ---\n{node.log()[-3000:]}" for i, node in enumerate(self.nodes)]
-        parts += [f"--- worker ---\n{w.log()[-3000:]}" for w in self.workers]
-        return "\n".join(parts + [f"--- beat ---\n{self.beat.log()[-1500:]}"])
 
 
 @pytest.fixture(scope="module")
@@ -166,14 +53,8 @@ def cluster(tmp_path_factory, twilio, speech):
             "apiKey": speech["sttKey"], "baseUrl": speech["stt"], "endpointingMs": 300}}},
         "tts": {"provider": "openai", "providers": {"openai": {"apiKey": speech["ttsKey"], "baseUrl": speech["tts"] + "/v1"}}},
     }
-    with private_postgres() as database_url, PrivateRedis() as redis:
-        nodes = TwoNodes(tmp_path_factory.mktemp("two-nodes"), database_url=database_url, redis_url=redis.url,
-                         config=config)
-        try:
-            nodes.start()
-            yield nodes
-        finally:
-            nodes.stop()
+    with cluster_running(tmp_path_factory.mktemp("two-nodes"), config=config, nodes=2, workers=1) as (running, _):
+        yield running
 
 
 def bot_lines(cluster, call_id: str) -> list[str]:
@@ -189,14 +70,19 @@ async def _is(read, expected) -> bool:
     return (await read()) == expected
 
 
+def logs(cluster) -> str:
+    return "\n".join(f"--- {process.name} ---\n{process.log()[-3000:]}" for process in cluster.processes())
+
+
 def result_of(answer: dict, cluster) -> dict:
-    assert "result" in answer, f"{answer}\n{cluster.logs()}"
+    assert "result" in answer, f"{answer}\n{logs(cluster)}"
     return answer["result"]
 
 
 async def test_commands_on_node_a_act_on_the_stream_held_by_node_b(cluster, twilio):
     a, b = cluster.nodes
-    gateway = Gateway(base_url=a.base, webhook_url=f"{a.base}/voice/webhook", account_sid=twilio.account_sid,
+    # Signed for the public URL (the balancer's), posted to node A; the stream URL's socket goes to node B.
+    gateway = Gateway(base_url=a.base, webhook_url=f"{cluster.base}/voice/webhook", account_sid=twilio.account_sid,
                       auth_token=twilio.auth_token, stream_base_url=b.base)
     # The caller's one line is held until the test asks for it: its answer to A's `continue`.
     caller = SplitCaller(gateway, [Line("answer")], held=("answer",), line_ms=1200, twilio=twilio, caller=CALLER,
@@ -255,12 +141,8 @@ async def test_commands_on_node_a_act_on_the_stream_held_by_node_b(cluster, twil
                           timeout=20)
     except BaseException:
         call_task.cancel()
-        print(cluster.logs())
+        print(logs(cluster))
         raise
-
-
-def pid_of(process) -> int:
-    return process.pid if hasattr(process, "pid") else process.process.pid
 
 
 def dialing_is_a_job() -> bool:
@@ -288,8 +170,8 @@ def test_an_outbound_call_started_on_node_b_is_dialed_by_the_worker(dial_jobs, c
     sender = twilio.sender_pid(dial)
     assert sender is not None, "the process that sent the dial was not found"
     family = ancestors(sender)
-    workers = {pid_of(worker) for worker in cluster.workers}
-    nodes = {pid_of(node) for node in cluster.nodes}
+    workers = {worker.pid for worker in cluster.workers}
+    nodes = {node.pid for node in cluster.nodes}
     assert workers & set(family), f"dialed by pid {sender} ({family}), not by a worker {workers}; nodes {nodes}"
     assert not nodes & set(family)
 
