@@ -19,7 +19,7 @@ fakes, balancer, worker, beat) on core 1, as the other benchmarks do. With two n
 core 0 and node 1 on core 1, the rest unpinned: there is no third core, so the load and the
 helpers share the cores with the gateways, and the two-node figures measure what two processes get
 out of the same machine, not two machines.
-Run: `.venv/bin/python bench/cluster.py [--nodes 1,2] [--calls 150] [--levels 10,30]`.
+Run: `.venv/bin/python bench/cluster.py [--nodes 1,2] [--calls 100] [--levels 10,25]`.
 """
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -74,6 +75,13 @@ def pins(nodes: int) -> dict[str, list[str]]:
     if nodes == 1:
         return {"node-0": on_core(0), **{name: on_core(LOAD_CORE) for name in HELPERS}}
     return {f"node-{i}": on_core(i % 2) for i in range(nodes)}
+
+
+def worker_args(pool: str) -> list[str] | None:
+    if not pool:
+        return None
+    name, _, size = pool.partition(":")
+    return ["--pool", name, "--concurrency", size or "2"]
 
 
 def cpu(pid: int | None) -> float:
@@ -194,7 +202,8 @@ def run_nodes(nodes: int, args, fakes: dict, rest, data_dir: Path) -> dict:
 
     with private_postgres() as database_url, PrivateRedis() as redis:
         cluster = Cluster(data_dir / f"nodes-{nodes}", database_url=database_url, redis_url=redis.url,
-                          config=cluster_config(rest.base_url, fakes), nodes=nodes, workers=1, prefix=pins(nodes))
+                          config=cluster_config(rest.base_url, fakes), nodes=nodes, workers=1, prefix=pins(nodes),
+                          worker_args=worker_args(args.worker_pool))
         with cluster.start(timeout=180):
             hooks = []
             for route in ("balancer", "direct"):
@@ -213,7 +222,8 @@ def run_nodes(nodes: int, args, fakes: dict, rest, data_dir: Path) -> dict:
 
 
 def print_tables(results: list[dict], args) -> None:
-    print(f"\nwebhooks: {args.calls} signed Twilio calls of 5 requests, {args.concurrency} in flight, through the balancer")
+    print(f"\nCelery worker pool: {args.worker_pool or 'prefork:2'}; load average {Path('/proc/loadavg').read_text().split()[0]} at the end")
+    print(f"\nwebhooks: {args.calls} signed Twilio calls of 5 requests, {args.concurrency} in flight")
     print("| nodes | to | requests | requests/s | p50 ms | p99 ms | gateways' CPU per request (ms) "
           "| balancer's CPU per request (ms) | load |")
     print("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
@@ -236,14 +246,21 @@ def print_tables(results: list[dict], args) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--nodes", default="1,2", help="Gateway processes per run, comma-separated")
-    parser.add_argument("--calls", type=int, default=150, help="Signed webhook calls (5 requests each) per run")
+    parser.add_argument("--calls", type=int, default=100, help="Signed webhook calls (5 requests each) per run")
     parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--levels", default="10,30", help="Simultaneous streamed calls, comma-separated")
+    parser.add_argument("--levels", default="10,25", help="Simultaneous streamed calls, comma-separated")
+    parser.add_argument("--worker-pool", default="", metavar="POOL:N",
+                        help="The Celery worker's pool and its size, e.g. threads:64 (default: the cluster's, prefork:2)")
     parser.add_argument("--summary", metavar="FILE", help="Write the headline figures for `make bench` to FILE")
     args = parser.parse_args()
     args.levels = [int(x) for x in args.levels.split(",") if x]
     counts = [int(x) for x in args.nodes.split(",") if x]
 
+    from tests.faults.gateway import postgres_available
+
+    if not postgres_available() or shutil.which("redis-server") is None:
+        print("skipped: the cluster needs PostgreSQL on 127.0.0.1:5432 (user postgres) and redis-server installed")
+        return
     if pinned():
         os.sched_setaffinity(0, {LOAD_CORE})
     data_dir = Path(tempfile.mkdtemp(prefix="voicecall-bench-cluster-"))

@@ -20,8 +20,10 @@ from calls.simulator.call import Gateway, Line
 from tests.calls.split_caller import ClusterTwilio, SplitCaller, ancestors
 from tests.cluster import cluster_running, distributed
 from tests.waiting import await_until, wait_until
-# Real processes on a machine shared with other work: starting them alone can take many seconds.
-pytestmark = [distributed, pytest.mark.timeout(240)]
+
+# Real processes on a machine shared with other work: starting them alone can take many seconds. One
+# xdist worker runs both tests, so the module starts one cluster.
+pytestmark = [distributed, pytest.mark.timeout(240), pytest.mark.xdist_group("two-nodes")]
 
 CLINIC, CALLER, CALLEE = "+15550104000", "+15550104001", "+15550104002"
 GREETING = "Welcome to the clinic."
@@ -103,8 +105,10 @@ async def test_commands_on_node_a_act_on_the_stream_held_by_node_b(cluster, twil
         async def state() -> str:
             return (await db(cluster.rows, "SELECT state FROM calls_call WHERE id = %s", (cid,)))[0][0]
 
-        # The stream landed on node B (the caller connected there) and the worker's greeting job reached it.
+        # The stream landed on node B (node A never saw it) and the greeting is played on it.
         await await_until(lambda: db(open_streams, cluster, cid), "the media stream to open on node B", timeout=30)
+        started = f"media stream {caller.stream_sid} started"
+        assert started in b.log() and started not in a.log()
         assert await await_until(said, "the greeting to be played on node B's stream", timeout=30) == [GREETING]
         played_before = caller.report.speech_frames_played
 
