@@ -108,7 +108,8 @@ async def test_commands_on_node_a_act_on_the_stream_held_by_node_b(cluster, twil
         # The stream landed on node B (node A never saw it) and the greeting is played on it.
         await await_until(lambda: db(open_streams, cluster, cid), "the media stream to open on node B", timeout=30)
         started = f"media stream {caller.stream_sid} started"
-        assert started in b.log() and started not in a.log()
+        await await_until(lambda: started in b.log(), "node B to log the stream's start", timeout=10)
+        assert started not in a.log()
         assert await await_until(said, "the greeting to be played on node B's stream", timeout=30) == [GREETING]
         played_before = caller.report.speech_frames_played
 
