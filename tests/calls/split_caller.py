@@ -6,9 +6,10 @@ a TwiML update the gateway sends for one of them is applied to it, and it notes 
 each REST request (`sender_pid`), so a test can tell a dial placed by a Celery worker from one
 placed by the gateway that took the RPC.
 
-`SplitCaller` is a RealtimeCaller whose media stream connects to `stream_base_url` while its
-webhooks go to `base_url`: the stream URL in the TwiML names the public URL, and the test points
-the socket at another node, as a load balancer would.
+`SplitCaller` is a RealtimeCaller registered with a ClusterTwilio. Given a simulator Gateway whose
+`stream_base_url` names another node than its `base_url`, its webhooks go to one node and its media
+stream to the other: the stream URL in the TwiML names the public URL, and the test points the
+socket at a node of its choice, as a load balancer may.
 """
 from __future__ import annotations
 
