@@ -129,6 +129,8 @@ async def test_commands_on_node_a_act_on_the_stream_held_by_node_b(cluster, twil
         answered = result_of(await asyncio.wait_for(turn, 60), cluster)
         assert answered["success"] is True and "book an appointment" in answered["transcript"], answered
         assert (await said())[-1] == PROMPT
+        # Both went over node B's stream: the carrier was never asked to say anything itself.
+        assert twilio.call(caller.sid).said == [] and twilio.updates(caller.sid) == []
 
         # dtmf on A: Twilio sends digits only through a TwiML update, which the carrier receives from node A.
         # (On Twilio itself the update also ends the <Connect><Stream>; this fake leaves the stream up.)
