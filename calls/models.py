@@ -110,6 +110,21 @@ class Call(models.Model):
     # retries it; calls/services/hangup_retry.py). Kept on ended calls too: the line may still be up.
     end_attempts = models.PositiveSmallIntegerField("failed hang-up attempts", default=0)
     end_retry_at = models.DateTimeField("next hang-up attempt", null=True, blank=True)
+    # The outbound dial, a queued job (calls/services/dial_job.py). The key a client sent makes a
+    # repeated request return this call instead of placing another.
+    idempotency_key = models.CharField(max_length=255, null=True, blank=True, unique=True)
+    # The dial job's claim (a lease renewed while it runs) and the token that says whose it is.
+    dial_claimed_at = models.DateTimeField(null=True, blank=True)
+    dial_claim_token = models.UUIDField(null=True, blank=True)
+    # Set just before each request to the carrier, cleared when the carrier's answer shows nothing
+    # was placed: a claim abandoned while this is set may have a call at the carrier, so it is never dialed again.
+    dial_requested_at = models.DateTimeField("dial request sent", null=True, blank=True)
+    dial_attempts = models.PositiveSmallIntegerField("dial requests sent", default=0)
+    dial_dtmf = models.TextField(
+        "DTMF sent with the dial", blank=True, default="",
+        help_text="Digits the dial request carries (carriers that dial with them); see pending DTMF for the others.",
+    )
+    dialed_at = models.DateTimeField("carrier accepted the dial", null=True, blank=True)
 
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -99,6 +99,7 @@ def _initiate(p: dict[str, Any]) -> dict[str, Any]:
     return services.call_initiate_request(
         to=p.get("to"), message=p["message"], mode=_mode(p), dtmf_sequence=p.get("dtmfSequence"),
         session_key=p.get("sessionKey"), requester_session_key=p.get("requesterSessionKey"),
+        idempotency_key=p.get("idempotencyKey"),
     ).as_dict()
 
 
@@ -108,11 +109,13 @@ def _start(p: dict[str, Any]) -> dict[str, Any]:
     return services.call_initiate_request(
         to=p["to"], message=p.get("message"), mode=_mode(p), dtmf_sequence=p.get("dtmfSequence"),
         session_key=p.get("sessionKey"), requester_session_key=p.get("requesterSessionKey"), agent_id=agent,
+        idempotency_key=p.get("idempotencyKey"),
     ).as_dict()
 
 
 _CALL_MESSAGE = {"callId": str, "message": str}
-_INITIATE = {"to": str, "message": str, "mode": str, "dtmfSequence": str, "sessionKey": str, "requesterSessionKey": str}
+_INITIATE = {"to": str, "message": str, "mode": str, "dtmfSequence": str, "sessionKey": str, "requesterSessionKey": str,
+             "idempotencyKey": str}
 
 METHODS: dict[str, Method] = {
     "voicecall.initiate": Method("write", _INITIATE, _initiate, "initiate failed"),

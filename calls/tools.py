@@ -44,7 +44,7 @@ ACTION_DESCRIPTIONS = {
 
 # What each action needs, in the words the flattened (OpenAI) form gives the model.
 ACTION_FIELDS = {
-    "initiate_call": "message (required); to, mode, dtmfSequence, sessionKey, requesterSessionKey optional",
+    "initiate_call": "message (required); to, mode, dtmfSequence, sessionKey, requesterSessionKey, idempotencyKey optional",
     "continue_call": "callId and message",
     "speak_to_user": "callId and message",
     "send_dtmf": "callId and digits",
@@ -80,6 +80,11 @@ FIELDS: dict[str, dict[str, Any]] = {
     "requesterSessionKey": _string(
         "Session of whoever asked for the call, so results can be reported back to it",
         minLength=1,
+    ),
+    "idempotencyKey": _string(
+        "Your own id for this call request (up to 255 characters); asking again with the same key returns "
+        "the same call instead of placing a second one",
+        minLength=1, maxLength=255,
     ),
     "callId": _string(
         "The callId returned by initiate_call (the carrier's call id is accepted too)",
@@ -149,6 +154,7 @@ def tool_schema() -> dict[str, Any]:
                     "dtmfSequence": FIELDS["dtmfSequence"],
                     "sessionKey": FIELDS["sessionKey"],
                     "requesterSessionKey": FIELDS["requesterSessionKey"],
+                    "idempotencyKey": FIELDS["idempotencyKey"],
                 },
                 ["message"],
             ),
@@ -186,6 +192,7 @@ def openai_function() -> dict[str, Any]:
                     "dtmfSequence": FIELDS["dtmfSequence"],
                     "sessionKey": FIELDS["sessionKey"],
                     "requesterSessionKey": FIELDS["requesterSessionKey"],
+                    "idempotencyKey": FIELDS["idempotencyKey"],
                 },
                 "required": ["action"],
                 "additionalProperties": False,
@@ -333,6 +340,7 @@ def _initiate(arguments: dict[str, Any], *, session_key: str | None, agent_id: s
         session_key=_text(arguments, "sessionKey"),
         requester_session_key=(session_key or "").strip() or _text(arguments, "requesterSessionKey"),
         agent_id=agent_id,
+        idempotency_key=_text(arguments, "idempotencyKey"),
         missing_to=missing_to,
     ).as_dict()
 

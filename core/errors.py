@@ -69,6 +69,10 @@ class CarrierError(VoiceCallError):
     """The carrier refused or failed a request."""
 
 
+class CarrierUnreachable(CarrierError):
+    """The request never reached the carrier (refused connection, name lookup, connect timeout): safe to send again."""
+
+
 class UnsupportedByCarrier(VoiceCallError):
     """The active carrier cannot do what was asked (e.g. outbound DTMF)."""
 

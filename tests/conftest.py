@@ -8,16 +8,17 @@ from typing import Any
 import httpx
 import pytest
 
-from calls import background
+from calls import background, dial_rate
 from calls.config import use_config
 from providers.carriers import mock
 
 
 @pytest.fixture(autouse=True)
 def _clean_state():
-    """Each test starts with an empty outbox, default config and inline background jobs."""
+    """Each test starts with an empty outbox, default config, inline background jobs and idle dial rate limits."""
     mock.reset_outbox()
     background.set_mode(None)
+    dial_rate.reset()
     with use_config({}):
         yield
     mock.reset_outbox()

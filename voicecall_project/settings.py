@@ -134,6 +134,11 @@ VOICECALL_RESTORE_SECONDS = env.float("VOICECALL_RESTORE_SECONDS", default=60.0)
 # claim, an answered call never greeted) and starts them again; a greeting the carrier refused is
 # retried at this pace too.
 VOICECALL_RESUME_SECONDS = env.float("VOICECALL_RESUME_SECONDS", default=30.0)
+# How long placing an outbound call waits for the carrier to accept the dial before it answers that
+# the call is queued (the dial job goes on in the background); a request's own `wait` overrides it.
+VOICECALL_DIAL_WAIT_SECONDS = env.float("VOICECALL_DIAL_WAIT_SECONDS", default=15.0)
+if not 0 <= VOICECALL_DIAL_WAIT_SECONDS < float("inf"):
+    raise ImproperlyConfigured(f"VOICECALL_DIAL_WAIT_SECONDS must be a finite number of seconds, 0 or more")
 # Start the gateway's background services on the first ASGI request when the server did not.
 VOICECALL_AUTOSTART_SERVICES = env.bool("VOICECALL_AUTOSTART_SERVICES", default=True)
 

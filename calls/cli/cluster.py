@@ -44,6 +44,17 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
+def port_free(host: str, port: int) -> bool:
+    """Nothing listens on host:port now (a bind succeeds, as the server's own would)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
 class Process:
     """One of the cluster's processes: started in its own process group, its output appended to one log file.
 
@@ -144,7 +155,7 @@ class Process:
 def _written_since(paths, moment: float) -> bool:
     for path in paths:
         try:
-            if path.stat().st_mtime >= moment - 1.0:  # a second's slack for coarse file times
+            if path.stat().st_mtime >= moment - 0.1:  # file times come from a coarser clock
                 return True
         except FileNotFoundError:
             continue
@@ -161,8 +172,9 @@ def _http_ok(url: str) -> bool:
 class Cluster:
     """Gateways behind the balancer, Celery workers and a beat on one PostgreSQL and one Redis; a context manager.
 
-    The processes share `data_dir` as their VOICECALL_DATA_DIR (so the CLI's local RPC token works
-    through the balancer), and one SECRET_KEY (`secret_key`, else one kept in data_dir/secret_key).
+    The processes share `data_dir` as their VOICECALL_DATA_DIR and one SECRET_KEY (`secret_key`, else
+    the one kept in data_dir/secret_key, which the settings use when none is set); each accepts the
+    data directory's local RPC token, so the CLI on this machine works through the balancer.
     `config` is written to data_dir/cluster/voicecall.json, with serve.port set to the balancer's port
     and publicUrl defaulting to the balancer's address; with no `config`, `config_path` (the operator's
     file, used as it is) or none at all. Logs and beat's schedule are in data_dir/cluster/.
@@ -204,13 +216,15 @@ class Cluster:
         else:
             self.config_path = Path(config_path) if config_path else None
         extra = dict(env or {})
-        # A write token every process accepts, unless the caller's environment names its own.
-        tokens = extra.get("VOICECALL_RPC_TOKENS", os.environ.get("VOICECALL_RPC_TOKENS", ""))
-        if rpc_token is None and not tokens:
-            rpc_token = secrets.token_urlsafe(32)
-        if rpc_token is not None:
-            tokens = ",".join(filter(None, [f"write:{rpc_token}", tokens]))
-        self.rpc_token = rpc_token or _first_write_token(tokens)
+        # Every process accepts the data directory's local RPC token (the file the CLI on this machine
+        # sends from an embedded-mode shell), whatever else VOICECALL_RPC_TOKENS lists; it is the
+        # token `rpc()` sends unless `rpc_token` names another.
+        local = secret_file(self.data_dir / "rpc_token", 32)
+        self.rpc_token = rpc_token or local
+        configured = extra.get("VOICECALL_RPC_TOKENS", os.environ.get("VOICECALL_RPC_TOKENS", ""))
+        accepted = [token for token in dict.fromkeys([local, *([rpc_token] if rpc_token else [])])
+                    if token not in configured]
+        tokens = ",".join([*(f"write:{token}" for token in accepted), *([configured] if configured.strip() else [])])
         self.env = {key: value for key, value in os.environ.items()
                     if key not in NOT_INHERITED and not key.startswith("PYTEST_")}
         self.env.update(
@@ -220,12 +234,12 @@ class Cluster:
         )
         self.env.setdefault("VOICECALL_LOG_LEVEL", "INFO")
         self.env.update(extra)
-        if tokens:
-            self.env["VOICECALL_RPC_TOKENS"] = tokens
+        self.env["VOICECALL_RPC_TOKENS"] = tokens
         self.nodes = [self._node(i, node_port) for i, node_port in enumerate(node_ports)]
+        backends = [arg for node in self.nodes for arg in ("--backend", f"127.0.0.1:{node.port}")]
         self.balancer = Process(
-            "balancer", [*self.prefix.get("balancer", []), sys.executable, "-m", "calls.balancer", "--listen", f"{bind}:{self.port}",
-                         *[arg for node in self.nodes for arg in ("--backend", f"127.0.0.1:{node.port}")]],
+            "balancer", [*self.prefix.get("balancer", []), sys.executable, "-m", "calls.balancer",
+                         "--listen", f"{bind}:{self.port}", *backends],
             env=self.env, log_path=self.dir / "balancer.log", port=self.port,
             ready=lambda p: "listening on " in p.log(), what=f"listening on port {self.port}")
         self.workers = [self._worker(i) for i in range(workers)]
@@ -247,16 +261,16 @@ class Cluster:
 
     def _node(self, index: int, port: int) -> Process:
         return Process(
-            f"node-{index}", [*self.prefix.get(f"node-{index}", []), sys.executable, "manage.py", "gateway", "--bind", "127.0.0.1", "--port", str(port),
-                              "--server", self.server],
+            f"node-{index}", [*self.prefix.get(f"node-{index}", []), sys.executable, "manage.py", "gateway",
+                              "--bind", "127.0.0.1", "--port", str(port), "--server", self.server],
             env=self.env, log_path=self.dir / f"node-{index}.log", port=port,
             ready=lambda p: _http_ok(f"{p.base}/healthz"), what=f"/healthz on port {port}")
 
     def _worker(self, index: int) -> Process:
         hostname = f"worker{index}@{self.name}"
         process = Process(
-            f"worker-{index}", [*self.prefix.get(f"worker-{index}", []), sys.executable, "-m", "celery", "-A", "voicecall_project", "worker", "-n", hostname,
-                                "-l", "info", *self.worker_args],
+            f"worker-{index}", [*self.prefix.get(f"worker-{index}", []), sys.executable, "-m", "celery",
+                                "-A", "voicecall_project", "worker", "-n", hostname, "-l", "info", *self.worker_args],
             env=self.env, log_path=self.dir / f"worker-{index}.log",
             ready=lambda p: self._pings(hostname), what=f"celery ping to {hostname}")
         process.hostname = hostname
@@ -265,8 +279,8 @@ class Cluster:
     def _beat(self) -> Process:
         schedule = self.dir / "celerybeat-schedule"
         return Process(
-            "beat", [*self.prefix.get("beat", []), sys.executable, "-m", "celery", "-A", "voicecall_project", "beat", "-l", "info",
-                     "--schedule", str(schedule), "--pidfile", ""],
+            "beat", [*self.prefix.get("beat", []), sys.executable, "-m", "celery", "-A", "voicecall_project", "beat",
+                     "-l", "info", "--schedule", str(schedule), "--pidfile", ""],
             env=self.env, log_path=self.dir / "beat.log",
             # Beat writes its schedule file once it has loaded the app and is about to tick.
             ready=lambda p: _written_since(self.dir.glob("celerybeat-schedule*"), p.spawned_at),
@@ -299,6 +313,11 @@ class Cluster:
         accepts and every worker answers a ping. Anything that fails stops the whole cluster first."""
         deadline = time.monotonic() + timeout
         self.started = True
+        taken = [f"{p.name} {host}:{p.port}" for p, host in [(self.balancer, self.bind), *((n, "127.0.0.1") for n in self.nodes)]
+                 if not port_free(host, p.port)]
+        if taken:
+            raise ClusterError(f"port in use, for {', '.join(taken)}: stop what listens there, or choose another "
+                               "serve.port (the gateways take the ports after it)")
         try:
             self.migrate()
             for process in self.processes():
@@ -363,13 +382,6 @@ class Cluster:
         with psycopg.connect(self.database_url, connect_timeout=5) as db:
             return db.execute(sql, params).fetchall()
 
-
-def _first_write_token(tokens: str) -> str | None:
-    for entry in tokens.split(","):
-        scope, _, token = entry.strip().partition(":")
-        if scope.strip() == "write" and token.strip():
-            return token.strip()
-    return None
 
 
 # --- `manage.py voicecall cluster`: the services it needs, and running until Ctrl-C --------------

@@ -14,6 +14,7 @@ from typing import Any
 from core.errors import InvalidRequest, VoiceCallError
 from ..runtime import get_runtime
 from ..selectors import call_find
+from .dial_job import dial_status
 from .dialing import call_initiate
 from .dtmf import call_send_dtmf
 from .ending import call_end
@@ -29,10 +30,31 @@ class InputRejected(InvalidRequest):
 
 @dataclass(frozen=True)
 class CallPlaced:
+    """A call written and its dial queued; `initiated` only once the carrier accepted the dial."""
+
     call_id: str
+    dial: str = "placed"  # dial_job.dial_status: placed, dialing, retrying, queued or ended
+
+    @property
+    def initiated(self) -> bool:
+        return self.dial == "placed"
 
     def as_dict(self) -> dict[str, Any]:
-        return {"callId": self.call_id, "initiated": True}
+        if self.initiated:
+            return {"callId": self.call_id, "initiated": True}
+        return {"callId": self.call_id, "initiated": False, "queued": self.dial != "ended", "status": self.status_text()}
+
+    def status_text(self) -> str:
+        return DIAL_STATUS_TEXTS[self.dial]
+
+
+DIAL_STATUS_TEXTS = {
+    "placed": "the carrier accepted the dial",
+    "queued": "queued: the dial waits for a worker or a rate-limit slot; the call's status shows when it is placed",
+    "dialing": "queued: the carrier has not answered the dial request yet; the call's status shows when it is placed",
+    "retrying": "queued: the carrier refused the dial for now (rate limit or server error); it is tried again with backoff",
+    "ended": "ended before it was dialed",
+}
 
 
 @dataclass(frozen=True)
@@ -92,14 +114,15 @@ def call_active_id(*, call_id: str | None, message: str | None, missing: str = C
     return str(call.pk)
 
 
-def call_initiate_request(*, to: str | None = None, missing_to: str = "to required", **options: str | None) -> CallPlaced:
+def call_initiate_request(*, to: str | None = None, missing_to: str = "to required", **options: Any) -> CallPlaced:
     """Place a call to `to`, or to the configured toNumber when none is given.
 
-    `options` are call_initiate's other keywords (message, mode, dtmf_sequence, session keys, agent_id).
+    `options` are call_initiate's other keywords (message, mode, dtmf_sequence, session keys, agent_id,
+    idempotency_key, call_id, wait).
     """
     config = get_runtime().config
     call = call_initiate(to=input_required(to or config.to_number, message=missing_to), **options)
-    return CallPlaced(call_id=str(call.pk))
+    return CallPlaced(call_id=str(call.pk), dial=dial_status(call))
 
 
 def call_continue_request(*, call_id: str | None, message: str | None) -> TurnHeard:

@@ -29,8 +29,10 @@ def call_end(*, call_id: str, reason: str = CallState.HANGUP_BOT.value) -> None:
                 raise CallNotFound()
             if call.is_terminal:
                 return
-            if not call.provider_call_id and now() - call.started_at > DIAL_GRACE:
-                finalize(call, reason)  # the dial never completed: nothing to hang up
+            if not call.provider_call_id and (call.dial_requested_at is None or now() - call.dial_requested_at > DIAL_GRACE):
+                # Still queued (no request to the carrier in flight; the dial job will find the call
+                # ended and dial nothing), or a dial that never completed: nothing to hang up.
+                finalize(call, reason)
                 return
             claim = call.hangup_claimed_at
             if call.provider_call_id and (claim is None or now() - claim > CLAIM_TTL):

@@ -1,7 +1,8 @@
 """Jobs a dead process took with it, found again from what the call rows say and started again (restore, sweeper).
 
 Jobs run in memory (a thread pool, or a Celery worker that dies mid-task), but each leaves its
-intent on the rows before it acts: an answered call that still has its initial message has not
+intent on the rows before it acts: an outbound call without a carrier id has not been dialed (and
+one whose request was sent is never dialed again); an answered call that still has its initial message has not
 been greeted; a greeting or hang-up claim that is no longer renewed (calls/leases.py) belongs to
 a process that is gone; a reply still pending was never finished. Starting the job again is safe
 because every one of them claims its work first (one conditional UPDATE) or asks the carrier for
@@ -21,12 +22,18 @@ from .. import background
 from ..clock import now
 from ..models import Call, Direction, MediaStream, ReplyStatus, ReplyTurn
 from ..runtime import get_runtime
-from .common import CLAIM_TTL, log
+from .common import CLAIM_TTL, finalize_by_id, log
+from .dial_job import undialed
+from .dialing import DIAL_GRACE
 from .greeting import greeting_decision
 from .streams import stream_closed
 
 # An answered call's own greeting job claims within milliseconds; after this it was lost.
 ANSWER_GRACE = timedelta(seconds=10)
+# A queued dial is claimed as soon as a worker is free; unclaimed after this, its job may be lost.
+DIAL_QUEUE_GRACE = timedelta(seconds=30)
+DIAL_LOST = ("the dial did not finish: the process that sent it stopped before the carrier answered, "
+             "and no webhook from the carrier named the call since (it is not dialed again, to never call twice)")
 
 
 def lost_jobs_resume(*, at: datetime | None = None, abandoned_before: datetime | None = None,
@@ -51,9 +58,48 @@ def lost_jobs_resume(*, at: datetime | None = None, abandoned_before: datetime |
     if abandoned_before is not None:
         count += (_dead_streams_close(abandoned_before) + _max_duration_rearm(abandoned_before)
                   + _answers_resume(abandoned_before))
+    count += _dials_resume(at, claims_before, sole_restart=abandoned_before is not None)
     count += _greetings_resume(claims_before, answered_before) + _hangups_resume(claims_before)
     if replies_upto is not None:
         count += _replies_resume(replies_upto)
+    return count
+
+
+def _dials_resume(at: datetime, claims_before: datetime, *, sole_restart: bool) -> int:
+    """Dial jobs lost before their request (never claimed, or claimed by a process that is gone) are
+    queued again; a dial whose request was in flight when its process died is never sent again, and
+    fails once DIAL_GRACE has passed without the carrier's webhooks linking a call to it.
+
+    `sole_restart`: the one gateway restarted; calls queued longer than DIAL_GRACE before it are
+    failed by restore (calls_restore) rather than dialed late.
+    """
+    count = 0
+    waiting = Call.objects.filter(undialed())
+    abandoned = list(waiting.filter(dial_claimed_at__lte=claims_before).values_list("pk", "dial_claimed_at"))
+    never_claimed = waiting.filter(dial_claimed_at__isnull=True, started_at__lte=at - DIAL_QUEUE_GRACE)
+    if sole_restart:
+        never_claimed = never_claimed.filter(started_at__gt=at - DIAL_GRACE)
+    never_claimed = list(never_claimed.values_list("pk", flat=True))
+    for call_id, claimed in abandoned:
+        # Only that very claim is released (a newer one taken meanwhile stays), then queued again.
+        if Call.objects.filter(pk=call_id, dial_claimed_at=claimed).update(dial_claimed_at=None, dial_claim_token=None):
+            log.warning("call %s: its dial was claimed by a process that is gone before it asked the carrier; "
+                        "queueing it again", call_id)
+            background.submit("calls.dial", call_id=str(call_id))
+            count += 1
+    for call_id in never_claimed:
+        # A job still waiting in the broker makes this one a duplicate, which its claim turns into nothing.
+        log.warning("call %s: queued and never picked up by a worker; queueing its dial again", call_id)
+        background.submit("calls.dial", call_id=str(call_id))
+        count += 1
+    in_flight = (
+        Call.objects.live().filter(direction=Direction.OUTBOUND, provider_call_id__isnull=True, dialed_at__isnull=True,
+                                   dial_claimed_at__lte=claims_before, dial_requested_at__lte=at - DIAL_GRACE)
+    )
+    for call_id in list(in_flight.values_list("pk", flat=True)):
+        log.warning("call %s: %s", call_id, DIAL_LOST)
+        finalize_by_id(call_id, CallState.FAILED.value, error=DIAL_LOST)
+        count += 1
     return count
 
 

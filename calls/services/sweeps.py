@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from django.conf import settings
 from django.db.models import Min, Q
 
 from core.states import CONVERSATION_STATES, CallState
@@ -14,7 +15,7 @@ from core.states import CONVERSATION_STATES, CallState
 from .. import background
 from ..clock import now
 from ..config import get_config
-from ..models import Call, CallTurn, CarrierDocument, ContinueOperation, OperationStatus, ProcessedWebhook, TurnStatus
+from ..models import Call, CallTurn, CarrierDocument, ContinueOperation, Direction, OperationStatus, ProcessedWebhook, TurnStatus
 from ..runtime import get_runtime
 from .common import finalize_by_id, log
 from .dialing import DIAL_GRACE
@@ -84,7 +85,11 @@ def stale_calls_reap(*, at: datetime | None = None) -> int:
     cutoff = (at or now()) - timedelta(seconds=seconds)
     stale = (
         Call.objects.live()
-        .filter(answered_at__isnull=True, started_at__lt=cutoff)
+        # An outbound call counts from the carrier's acceptance of its dial; one still queued is the
+        # dial job's (a rate-limited queue can be longer than this).
+        .filter(answered_at__isnull=True)
+        .filter(Q(dialed_at__lt=cutoff) | Q(dialed_at__isnull=True, started_at__lt=cutoff))
+        .exclude(direction=Direction.OUTBOUND, provider_call_id__isnull=True, dialed_at__isnull=True)
         .exclude(state__in=[s.value for s in CONVERSATION_STATES])
         # A hang-up already waiting for its next try is left to its backoff.
         .filter(end_retry_at__isnull=True)
@@ -164,9 +169,10 @@ def calls_restore(*, budget: float | None = None) -> RestoreReport:
     current = now()
     max_age = timedelta(seconds=config.max_duration_seconds)
     to_check: list[Call] = []
+    shared_queue = settings.VOICECALL_MODE == "distributed"
     for call in Call.objects.live().order_by("started_at"):
         if not call.provider_call_id:
-            if current - call.started_at > DIAL_GRACE:
+            if _dial_unfinished(call, current, shared_queue=shared_queue):
                 finalize_by_id(call.pk, CallState.FAILED.value, error=UNFINISHED_DIAL)
                 report.failed_dials.append(str(call.pk))
             continue
@@ -197,6 +203,19 @@ def calls_restore(*, budget: float | None = None) -> RestoreReport:
             report.kept.append(str(call.pk))
     log.info("restore: %s", report.summary())
     return report
+
+
+def _dial_unfinished(call: Call, current: datetime, *, shared_queue: bool) -> bool:
+    """A call without a carrier id that no dial will ever complete: failed by restore.
+
+    With one gateway (embedded) its dial job died with the process: a call waiting longer than
+    DIAL_GRACE is failed rather than dialed late (a newer one is queued again by lost_jobs_resume).
+    With a shared queue (distributed) a dial not yet sent is still some worker's (queued, claimed,
+    or resumed when its claim expires): only a request sent longer than DIAL_GRACE ago is given up.
+    """
+    if call.direction == Direction.OUTBOUND and shared_queue:
+        return call.dial_requested_at is not None and current - call.dial_requested_at > DIAL_GRACE
+    return current - (call.dial_requested_at or call.started_at) > DIAL_GRACE
 
 
 def bounded_map(func, calls: list[Call], *, workers: int, budget: float | None) -> dict:

@@ -39,6 +39,12 @@ def _non_negative(value: int) -> int:
     return value
 
 
+def _positive_number(value: float) -> float:
+    if not value > 0 or value == float("inf"):
+        raise ValueError("must be a number above 0")
+    return value
+
+
 def _non_empty(value: str) -> str:
     if not value:
         raise ValueError("must not be empty")
@@ -79,6 +85,7 @@ def _secret(value: Any) -> Secret:
 
 E164 = Annotated[str, Strict(), AfterValidator(_e164)]
 PositiveInt = Annotated[int, Strict(), AfterValidator(_positive)]
+PositiveNumber = Annotated[float, Strict(), AfterValidator(_positive_number)]
 NonNegativeInt = Annotated[int, Strict(), AfterValidator(_non_negative)]
 Port = Annotated[int, Strict(), _between(1, 65535)]
 NonEmptyStr = Annotated[str, Strict(), AfterValidator(_non_empty)]
@@ -136,6 +143,10 @@ class TelnyxConfig(Section):
     against; required unless skipSignatureVerification. Env fallback: TELNYX_PUBLIC_KEY."""
     base_url: HttpUrl | None = None
     """REST base URL (default https://api.telnyx.com/v2); tests point it at a local fake."""
+    calls_per_second: PositiveNumber = 1.0
+    """Outbound dials per second on this connection, shared by every gateway process and worker (through Redis
+    in the distributed mode). Telnyx publishes no account-wide rate for Call Control dials; 1 is a cautious
+    start, raise it to what your account allows."""
 
 
 class TwilioConfig(Section):
@@ -148,6 +159,9 @@ class TwilioConfig(Section):
     """Twilio region whose REST host is used: us1 (api.twilio.com), ie1 or au1."""
     base_url: HttpUrl | None = None
     """REST host, e.g. https://api.twilio.com (overrides region); tests point it at a local fake."""
+    calls_per_second: PositiveNumber = 1.0
+    """Outbound dials per second on this account, shared by every gateway process and worker (through Redis in
+    the distributed mode). 1 is Twilio's default CPS for an account; set what your account's Voice settings say."""
 
 
 class PlivoConfig(Section):
@@ -157,6 +171,14 @@ class PlivoConfig(Section):
     """Auth token: authenticates REST requests and signs webhooks (V3, V2). Env fallback: PLIVO_AUTH_TOKEN."""
     base_url: HttpUrl | None = None
     """REST base URL (default https://api.plivo.com/v1); tests point it at a local fake."""
+    calls_per_second: PositiveNumber = 2.0
+    """Outbound dials per second on this account, shared by every gateway process and worker (through Redis in
+    the distributed mode). 2 is Plivo's default outbound CPS."""
+
+
+class MockConfig(Section):
+    calls_per_second: PositiveNumber | None = None
+    """Dials per second of the mock carrier (tests and rehearsals of a dial list); unset: no limit."""
 
 
 class OutboundConfig(Section):
@@ -578,6 +600,8 @@ class VoiceCallConfig(Section):
     """Twilio Programmable Voice credentials."""
     plivo: PlivoConfig | None = None
     """Plivo Voice API credentials."""
+    mock: MockConfig | None = None
+    """The mock carrier's settings."""
     from_number: E164 | None = None
     """Caller id of outbound calls; required unless provider is mock (which uses +15550000000). Twilio env
     fallback: TWILIO_FROM_NUMBER."""

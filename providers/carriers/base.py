@@ -313,5 +313,9 @@ class CarrierBackend:
     def send_dtmf(self, *, call_id: str, provider_call_id: str, digits: str) -> None:
         raise UnsupportedByCarrier(f"{self.name} does not support outbound DTMF")
 
+    def dial_account(self) -> str:
+        """The account outbound dials count against for its calls-per-second limit ("" when there is one only)."""
+        return ""
+
     def close(self) -> None:
         """Release connections (called when the runtime is replaced)."""

@@ -5,12 +5,14 @@ import base64
 import logging
 import time
 from collections.abc import Callable, Iterable
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
 import httpx
 
-from core.errors import CarrierError
+from core.errors import CarrierError, CarrierUnreachable
 from core.redact import redact, remember_secret
 
 from ..tls import http_tls
@@ -22,13 +24,41 @@ TIMEOUT = httpx.Timeout(10.0, connect=5.0)
 UNKNOWN_STATUS = ProviderCallStatus(status="unknown", is_terminal=False, is_unknown=True)
 
 
-class CarrierHttpError(CarrierError):
-    """The carrier answered with an error status; `code` is the carrier's own error code, if any."""
+# httpx errors raised before any byte of the request was sent: the carrier cannot have acted on it.
+UNSENT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
 
-    def __init__(self, message: str, *, status: int, code: str | None = None) -> None:
+
+class CarrierHttpError(CarrierError):
+    """The carrier answered with an error status; `code` is the carrier's own error code, if any.
+
+    `retry_after`: the seconds the carrier asked to wait (its Retry-After header), when it said.
+    """
+
+    def __init__(self, message: str, *, status: int, code: str | None = None, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
+        self.retry_after = retry_after
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """A Retry-After header in seconds (delta-seconds or an HTTP date); None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        pass
+    else:
+        return max(0.0, seconds) if seconds == seconds and seconds != float("inf") else None
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when is None or when.tzinfo is None:
+        return None
+    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
 
 
 def segment(value: str) -> str:
@@ -101,6 +131,8 @@ class CarrierHttp:
                 time.sleep(delay)
             try:
                 response = self._client.request(method, url, content=content, json=json, headers=headers)
+            except UNSENT_ERRORS as exc:
+                raise CarrierUnreachable(f"{self.carrier} {method} {path}: {type(exc).__name__}: {exc}") from exc
             except httpx.HTTPError as exc:
                 raise CarrierError(f"{self.carrier} {method} {path}: {type(exc).__name__}: {exc}") from exc
             if response.is_success:
@@ -113,6 +145,7 @@ class CarrierHttp:
                 + (f", code {code}" if code else "") + f"): {message}",
                 status=response.status_code,
                 code=code,
+                retry_after=retry_after_seconds(response.headers.get("Retry-After")),
             )
             if code is not None and code in tuple(retry_codes) and attempt < len(attempts) - 1:
                 log.info("%s; retrying", error.message)

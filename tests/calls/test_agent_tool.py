@@ -97,7 +97,8 @@ def test_tool_schema_is_valid_draft_2020_12():
         "get_status": ["action", "callId"],
     }
     initiate = branches[0]["properties"]
-    assert set(initiate) == {"action", "message", "to", "mode", "dtmfSequence", "sessionKey", "requesterSessionKey"}
+    assert set(initiate) == {"action", "message", "to", "mode", "dtmfSequence", "sessionKey", "requesterSessionKey",
+                              "idempotencyKey"}
     assert initiate["mode"]["enum"] == ["notify", "conversation"]
     legacy = branches[-1]
     assert set(legacy["properties"]) == {"mode", "to", "sid", "message", "sessionKey", "requesterSessionKey", "dtmfSequence"}
@@ -127,6 +128,7 @@ def test_openai_function_form():
     assert parameters["required"] == ["action"]
     assert set(parameters["properties"]) == {
         "action", "callId", "message", "to", "mode", "digits", "dtmfSequence", "sessionKey", "requesterSessionKey",
+        "idempotencyKey",
     }
     action_help = parameters["properties"]["action"]["description"]
     for action in tools.ACTIONS:
@@ -315,6 +317,14 @@ def test_initiate_places_a_call_with_the_given_fields(outbox):
     assert call.mode == "conversation"
     assert call.requester_session_key == "agent:main:chat"
     assert outbox[0].params["dtmf_sequence"] == "ww12#"
+
+
+def test_initiate_with_an_idempotency_key_places_one_call(outbox):
+    arguments = {"action": "initiate_call", "to": "+15550001234", "message": "Hi", "idempotencyKey": "tool-req-1"}
+    first, again = run(arguments), run(arguments)
+    assert first == again == {"callId": first["callId"], "initiated": True}
+    assert [request.action for request in outbox] == ["initiate_call"]
+    assert run({**arguments, "idempotencyKey": "x" * 256}) == {"error": "idempotencyKey: at most 255 characters"}
 
 
 def test_trusted_session_key_wins_over_the_arguments():

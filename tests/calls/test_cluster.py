@@ -5,21 +5,29 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 
 import httpx
 import psycopg
+import pytest
 
 from bench.gateway_process import free_port
-from calls.cli.cluster import NOT_INHERITED
+from calls.cli.cluster import NOT_INHERITED, port_free
 from tests.cluster import cluster_running, distributed
 from tests.faults.gateway import private_postgres
 from tests.paths import ROOT
 from tests.private_redis import PrivateRedis
 from tests.waiting import wait_until
 
-pytestmark = distributed
+def free_ports_in_a_row(count: int) -> int:
+    """A port with the `count - 1` after it free as well (the cluster command's balancer and gateways)."""
+    for _ in range(100):
+        first = free_port()
+        if first + count <= 65535 and all(port_free("127.0.0.1", first + i) for i in range(count)):
+            return first
+    raise AssertionError(f"no {count} free ports in a row")
 
 
 def group_gone(pgid: int) -> bool:
@@ -30,6 +38,7 @@ def group_gone(pgid: int) -> bool:
     return False
 
 
+@distributed
 def test_a_cluster_serves_through_the_balancer_routes_around_a_dead_node_and_leaves_nothing_running(tmp_path):
     with cluster_running(tmp_path, config={"maxConcurrentCalls": 3}) as (cluster, _redis):
         groups = [process.pid for process in cluster.processes()]
@@ -63,9 +72,10 @@ def test_a_cluster_serves_through_the_balancer_routes_around_a_dead_node_and_lea
         wait_until(lambda: group_gone(pgid), f"process group {pgid} to be gone", timeout=10)
 
 
+@distributed
 def test_the_cluster_command_runs_a_working_cluster_and_stops_every_child_on_ctrl_c(tmp_path):
-    """`manage.py voicecall cluster` as an operator runs it: a call placed by the CLI through the balancer reaches the worker."""
-    port = free_port()
+    """`manage.py voicecall cluster` as an operator runs it: a call placed by the CLI through the balancer is dialed by the worker."""
+    port = free_ports_in_a_row(3)
     (tmp_path / "voicecall.json").write_text(json.dumps({"serve": {"port": port}, "maxConcurrentCalls": 2}))
     env = {key: value for key, value in os.environ.items() if key not in NOT_INHERITED and not key.startswith("PYTEST_")}
     env.update(DJANGO_SETTINGS_MODULE="voicecall_project.settings", VOICECALL_DATA_DIR=str(tmp_path / "data"),
@@ -93,14 +103,27 @@ def test_the_cluster_command_runs_a_working_cluster_and_stops_every_child_on_ctr
             assert placed.returncode == 0, placed.stderr
             assert "running standalone" not in placed.stderr
             call_id = json.loads(placed.stdout)["callId"]
-            with psycopg.connect(database_url) as db:
-                assert db.execute("SELECT provider_call_id FROM calls_call WHERE id = %s", (call_id,)).fetchall() == [
-                    (f"mock-{call_id}",)]
+
+            def dialed() -> bool:
+                with psycopg.connect(database_url) as db:
+                    return db.execute("SELECT provider_call_id FROM calls_call WHERE id = %s", (call_id,)).fetchall() == [
+                        (f"mock-{call_id}",)]
+
+            wait_until(dialed, "the call to be dialed", timeout=30)
+            logs = tmp_path / "data" / "cluster"
+            placed_line = f"outbound call {call_id} to +15550001111 placed (mock-{call_id}, conversation)"
+            wait_until(lambda: placed_line in (logs / "worker-0.log").read_text(), "the worker to log the dial", timeout=10)
+            assert not any(placed_line in (logs / f"node-{i}.log").read_text() for i in (0, 1))
             answered = httpx.post(f"http://127.0.0.1:{port}/voice/webhook", timeout=10,
                                   json={"event": {"type": "call.answered", "callId": call_id}})
             assert answered.status_code == 200
-            worker_log = tmp_path / "data" / "cluster" / "worker-0.log"
-            wait_until(lambda: call_id in worker_log.read_text(), "the worker to run a job of the call", timeout=30)
+            greeted = f"call {call_id} answered; greeting: conversation"
+            wait_until(lambda: greeted in (logs / "worker-0.log").read_text(), "the worker to run the greeting", timeout=30)
+
+            os.kill(pids["node-1"], signal.SIGKILL)  # a child that dies is reported; the rest keep serving
+            wait_until(lambda: f"node-1 (pid {pids['node-1']}) exited with code -9; the rest keep running." in
+                       output.read_text(), "the command to report the dead node", timeout=10)
+            assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
         finally:
             command.send_signal(signal.SIGINT)  # Ctrl-C
             try:
@@ -114,6 +137,7 @@ def test_the_cluster_command_runs_a_working_cluster_and_stops_every_child_on_ctr
     assert text.rstrip().endswith("Cluster stopped."), text
 
 
+@distributed
 def test_the_cluster_command_says_what_is_missing(tmp_path):
     env = {key: value for key, value in os.environ.items() if key not in NOT_INHERITED and not key.startswith("PYTEST_")}
     env.update(DJANGO_SETTINGS_MODULE="voicecall_project.settings", VOICECALL_DATA_DIR=str(tmp_path), VOICECALL_CONFIG="")
@@ -139,3 +163,19 @@ def test_the_cluster_command_says_what_is_missing(tmp_path):
     assert no_redis.returncode == 1
     assert f"Redis at 127.0.0.1:{dead} does not answer for REDIS_URL (" in no_redis.stderr
     assert not (tmp_path / "cluster").exists() or not any((tmp_path / "cluster").glob("*.log"))
+
+
+def test_a_cluster_refuses_ports_in_use_naming_them(tmp_path):
+    from calls.cli.cluster import Cluster, ClusterError
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cluster = Cluster(tmp_path, database_url="postgresql://postgres@127.0.0.1:1/none", redis_url="redis://127.0.0.1:1/0",
+                          node_ports=[port, free_port()], workers=0, beat=False)
+        with pytest.raises(ClusterError) as refused:
+            cluster.start()
+    assert str(refused.value) == (f"port in use, for node-0 127.0.0.1:{port}: stop what listens there, or choose "
+                                  "another serve.port (the gateways take the ports after it)")
+    assert all(process.process is None for process in cluster.processes())

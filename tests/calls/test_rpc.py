@@ -366,6 +366,38 @@ def test_initiate_and_start_pass_every_param_through(rpc, outbox, configure):
     assert call.mode == "conversation"
 
 
+def test_an_idempotency_key_places_one_call(rpc, outbox, configure):
+    configure({"maxConcurrentCalls": 1})
+    first = result_of(rpc("voicecall.initiate", {"to": TO, "message": "Hi", "idempotencyKey": "order-42"}))
+    # A retried request (its answer was lost) gets the same call; no second dial, no second admission.
+    again = result_of(rpc("voicecall.start", {"to": TO, "message": "Hi", "idempotencyKey": "order-42"}))
+    assert again == first == {"callId": first["callId"], "initiated": True}
+    assert [request.action for request in outbox] == ["initiate_call"]
+    error = error_of(rpc("voicecall.initiate", {"to": "+15550002222", "message": "Hi", "idempotencyKey": "order-42"}))
+    assert error["message"] == "idempotencyKey: already used for a call to another number"
+
+
+def test_a_dial_the_carrier_has_not_accepted_within_the_wait_is_said_to_be_queued(rpc, outbox, settings, configure):
+    from calls import background
+    from providers.carriers import mock
+
+    settings.VOICECALL_DIAL_WAIT_SECONDS = 0.2
+    background.set_mode("thread")
+    release = threading.Event()
+    placed = mock.MockCarrier.initiate_call
+    original, mock.MockCarrier.initiate_call = mock.MockCarrier.initiate_call, lambda self, dial: (release.wait(10), placed(self, dial))[1]
+    try:
+        result = result_of(rpc("voicecall.initiate", {"to": TO, "message": "Hi"}))
+        assert result["initiated"] is False and result["queued"] is True
+        assert result["status"].startswith("queued: ")
+        release.set()
+        wait_until(lambda: Call.objects.filter(pk=result["callId"], provider_call_id__isnull=False).exists(), "the dial")
+    finally:
+        release.set()
+        mock.MockCarrier.initiate_call = original
+        background.drain()
+
+
 def test_operational_failures_are_unavailable_with_the_service_message(rpc, configure):
     error = error_of(rpc("voicecall.start", {"to": TO, "mode": "notify", "dtmfSequence": "1"}))
     assert error == {"code": -32000, "message": "dtmfSequence requires conversation mode", "data": {"code": "UNAVAILABLE"}}

@@ -60,11 +60,13 @@ class Command(BaseCommand):
         p.add_argument("-m", "--message", required=True, help="Message to speak when the call connects")
         p.add_argument("-t", "--to", help="Number to call (E.164; default: toNumber)")
         p.add_argument("--mode", default="conversation", help="notify (hang up after the message) or conversation")
+        p.add_argument("--idempotency-key", help="Your id for this request: repeated, it returns the same call (places one)")
 
         p = sub.add_parser("start", help="Place an outbound call (alias of call)")
         p.add_argument("--to", required=True, help="Number to call (E.164)")
         p.add_argument("--message", help="Message to speak when the call connects")
         p.add_argument("--mode", default="conversation", help="notify or conversation")
+        p.add_argument("--idempotency-key", help="Your id for this request: repeated, it returns the same call (places one)")
 
         p = sub.add_parser("continue", help="Speak, then wait for and print the caller's answer")
         p.add_argument("--call-id", required=True)
@@ -174,25 +176,37 @@ class Command(BaseCommand):
                 self.stderr.write(redact(f"voicecall: {exc}; running standalone"))  # the URL may hold a password
             return standalone()
 
-    def place_call(self, method: str, *, to, message, mode) -> str:
+    def place_call(self, method: str, *, to, message, mode, idempotency_key=None) -> str:
+        return self.placed(method, to=to, message=message, mode=mode, idempotency_key=idempotency_key)["callId"]
+
+    def placed(self, method: str, *, to, message, mode, idempotency_key=None) -> dict:
+        """The gateway's (or the standalone runtime's) answer to placing a call: callId, initiated, ..."""
         from calls import services
         from calls.cli.gateway import placement_timeout_s, rpc_call
 
         mode = mode if mode in CallMode.values else None  # the reference: an unknown mode means the default
-        result = self.delegate(
-            lambda: rpc_call(method, {"to": to, "message": message, "mode": mode}, timeout=placement_timeout_s()),
-            lambda: services.call_initiate_request(to=to, message=message, mode=mode).as_dict(),
+        params = {"to": to, "message": message, "mode": mode, "idempotencyKey": idempotency_key}
+        return self.delegate(
+            lambda: rpc_call(method, params, timeout=placement_timeout_s()),
+            lambda: services.call_initiate_request(to=to, message=message, mode=mode,
+                                                   idempotency_key=idempotency_key).as_dict(),
         )
-        return result["callId"]
 
-    def cmd_call(self, *, message, to, mode, **_) -> None:
+    def placed_out(self, result: dict) -> None:
+        """The call's id; a call that is only queued says so (the carrier has not accepted its dial yet)."""
+        if result.get("initiated") is False:
+            self.out({"callId": result["callId"], "queued": result.get("queued", True), "status": result.get("status", "")})
+        else:
+            self.out({"callId": result["callId"]})
+
+    def cmd_call(self, *, message, to, mode, idempotency_key=None, **_) -> None:
         to = to or get_config().config.to_number
         if not to:
             raise InvalidRequest("Missing --to and no toNumber configured")
-        self.out({"callId": self.place_call("voicecall.initiate", to=to, message=message, mode=mode)})
+        self.placed_out(self.placed("voicecall.initiate", to=to, message=message, mode=mode, idempotency_key=idempotency_key))
 
-    def cmd_start(self, *, to, message, mode, **_) -> None:
-        self.out({"callId": self.place_call("voicecall.start", to=to, message=message, mode=mode)})
+    def cmd_start(self, *, to, message, mode, idempotency_key=None, **_) -> None:
+        self.placed_out(self.placed("voicecall.start", to=to, message=message, mode=mode, idempotency_key=idempotency_key))
 
     def cmd_continue(self, *, call_id, message, **_) -> None:
         from calls import services

@@ -114,6 +114,9 @@ class PlivoCarrier(CarrierBackend):
             body["send_digits"] = with_w_pauses(dial.dtmf_sequence)
         return DialResult(provider_call_id=self.rest.make_call(body))
 
+    def dial_account(self) -> str:
+        return (self.config.plivo.auth_id or "") if self.config.plivo else ""
+
     def hangup_call(self, *, call_id: str, provider_call_id: str, reason: str) -> None:
         self.rest.hangup(provider_call_id)
 

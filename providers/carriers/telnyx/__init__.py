@@ -112,6 +112,9 @@ class TelnyxCarrier(CarrierBackend):
             **self.stream_fields(call_id),
         })
 
+    def dial_account(self) -> str:
+        return self.connection_id or ""
+
     def hangup_call(self, *, call_id: str, provider_call_id: str, reason: str) -> None:
         self.rest.command(provider_call_id, "hangup", ended_ok=True)
 

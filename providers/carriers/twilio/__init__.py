@@ -134,6 +134,9 @@ class TwilioCarrier(CarrierBackend):
         status = "queued" if data.get("status") == "queued" else "initiated"
         return DialResult(provider_call_id=data["sid"], status=status)
 
+    def dial_account(self) -> str:
+        return (self.config.twilio.account_sid or "") if self.config.twilio else ""
+
     def hangup_call(self, *, call_id: str, provider_call_id: str, reason: str) -> None:
         self.rest.hangup(provider_call_id)
 

@@ -468,6 +468,14 @@ def test_smoke_text_variants(outbox):
 
 
 @pytest.mark.django_db
+def test_call_and_start_with_an_idempotency_key_place_one_call(outbox):
+    first = run_json("call", "-m", "Hello there", "-t", TO, "--idempotency-key", "cli-1")
+    again = run_json("start", "--to", TO, "--message", "Hello there", "--idempotency-key", "cli-1")
+    assert first == again == {"callId": str(Call.objects.get().pk)}
+    assert actions(outbox) == ["initiate_call"]
+
+
+@pytest.mark.django_db
 def test_call_places_a_call_and_prints_its_id(outbox):
     out, err = run("call", "-m", "Hello there", "-t", TO)
     call = Call.objects.get()
