@@ -152,22 +152,7 @@ async def test_commands_on_node_a_act_on_the_stream_held_by_node_b(cluster, twil
         raise
 
 
-def dialing_is_a_job() -> bool:
-    from calls import background
-
-    background.load_jobs()
-    return "calls.dial" in background.JOBS
-
-
-@pytest.fixture
-def dial_jobs():
-    if not dialing_is_a_job():
-        pytest.skip("needs outbound dialing as a queued job (the `calls.dial` background job is not registered): "
-                    "until then node B dials in its own RPC request")
-
-
-def test_an_outbound_call_started_on_node_b_is_dialed_by_the_worker(dial_jobs, cluster, twilio):
-    a, b = cluster.nodes
+def test_an_outbound_call_started_on_node_b_is_dialed_by_the_worker(cluster, twilio):
     before = len(twilio.dials())
     placed = result_of(cluster.rpc("voicecall.initiate", {"to": CALLEE, "message": "Your car is ready.",
                                                           "mode": "notify"}, node=1), cluster)
