@@ -9,7 +9,7 @@ then, through the balancer as a carrier would:
   straight to the nodes (call n to node n mod N), which tells the balancer's share; requests per
   second, latency p50 / p99, the gateways' and the balancer's CPU per request;
 - streams: at each --levels, that many simultaneous streamed calls from the carrier simulator
-  (signed ring webhook, TwiML, media stream; the greeting, two lines and two scripted replies, the
+  (signed ring webhook through the balancer, TwiML, the media stream of call n to node n mod N; the greeting, two lines and two scripted replies, the
   replies made by the Celery worker and played by whichever node holds the stream), against the
   instant cloud speech fakes (bench/cloud_fakes.py); failed calls, unanswered turns, and from the
   gateways' own stream counters the worst inbound lag and pacing p99.
@@ -147,13 +147,26 @@ def measure_webhooks(cluster, route: str, args) -> dict:
 
 
 async def streamed_calls(cluster, rest, calls: int) -> dict:
-    from calls.simulator.call import Gateway, Line
+    """Webhooks through the balancer; call n's media stream straight to node n mod N. (Round robin per
+    connection sends every stream to the same node when each call opens its two connections in turn,
+    webhook then stream, as calls placed at an even pace do.)"""
+    import dataclasses
+    import itertools
+
+    from calls.simulator.call import Gateway, Line, SimulatedCall
     from calls.simulator.run import simulate
+
+    turn = itertools.count()
+    bases = [node.base for node in cluster.nodes]
+
+    class OnNextNode(SimulatedCall):
+        def __init__(self, gateway, **kwargs) -> None:
+            super().__init__(dataclasses.replace(gateway, stream_base_url=bases[next(turn) % len(bases)]), **kwargs)
 
     gateway = Gateway(base_url=cluster.base, webhook_url=f"{cluster.base}/voice/webhook", account_sid=ACCOUNT,
                       auth_token=TOKEN)
     report = await simulate(gateway, [Line(text) for text in LINES], calls=calls, ramp_ms=min(150, 5000 // calls),
-                            listen=False, rest=rest, max_seconds=90, callee=CLINIC)
+                            listen=False, rest=rest, max_seconds=90, callee=CLINIC, call_class=OnNextNode)
     return report.summary()
 
 
@@ -231,7 +244,8 @@ def print_tables(results: list[dict], args) -> None:
         for w in r["webhooks"]:
             print(f"| {r['nodes']} | {w['route']} | {w['requests']} | {w['per_second']:.0f} | {w['p50']:.1f} | {w['p99']:.1f} "
                   f"| {w['cpuMsPerRequest']:.2f} | {w['balancerMsPerRequest']:.2f} | {w['load']:.1f} |")
-    print("\nmedia streams: simultaneous streamed calls (greeting, two lines, two scripted replies), through the balancer")
+    print("\nmedia streams: simultaneous streamed calls (greeting, two lines, two scripted replies); webhooks through "
+          "the balancer, call n's stream to node n mod N")
     print("| nodes | calls | streams per node | failed / unanswered turns | frames unhandled | inbound lag p99 (ms) "
           "| pacing late p99 (ms) | heard turn p50 / p95 (ms) | simulator late p99 (ms) | load |")
     print("|---:|---:|---|---|---|---:|---:|---|---:|---:|")
