@@ -23,6 +23,7 @@ RUNS = [
     ("media path, offline", ["media_streams.py", "--engine", "local", "--levels", "4"]),
     ("realtime bridge, instant fake", ["realtime_bridge.py", "--levels", "1,10", "--server", "daphne,uvicorn"]),
     ("webhooks", ["webhook_events.py", "--calls", "60"]),
+    ("cluster, one node and two", ["cluster.py", "--calls", "30", "--levels", "5"]),
     ("codecs", ["codecs.py", "--frames", "1000", "--repeat", "2"]),
     ("CLI start-up", ["cli_startup.py", "--runs", "3"]),
     ("memory", ["memory.py", "--calls", "120", "--concurrency", "8"]),

@@ -82,12 +82,15 @@ def start_gateway(env: dict[str, str], port: int, server: str = "daphne") -> sub
 # --- the webhooks of one call ---------------------------------------------------------------
 
 
-def twilio_requests(n: int, run: str) -> list[tuple[str, str, dict[str, str], str]]:
-    """(kind, path with query, headers, body) of one signed inbound Twilio call."""
+def twilio_requests(n: int, run: str, *, public: str | None = None, token: str = TOKEN,
+                    account: str = ACCOUNT) -> list[tuple[str, str, dict[str, str], str]]:
+    """(kind, path with query, headers, body) of one signed inbound Twilio call, signed for `public` (the webhook URL)."""
+    from urllib.parse import urlsplit
+
     from providers.carriers.twilio.webhook import signature
 
-    public = CONFIGS["twilio"]["publicUrl"]
-    base = {"CallSid": f"CA{run}{n:024x}", "AccountSid": ACCOUNT, "From": f"+1555{n % 10_000_000:07d}",
+    public = public or CONFIGS["twilio"]["publicUrl"]
+    base = {"CallSid": f"CA{run}{n:024x}", "AccountSid": account, "From": f"+1555{n % 10_000_000:07d}",
             "To": "+15550000001", "Direction": "inbound", "ApiVersion": "2010-04-01"}
     steps = [("ring", "", {**base, "CallStatus": "ringing"})]
     steps += [("speech", "", {**base, "CallStatus": "in-progress", "SpeechResult": f"utterance {t}", "Confidence": "0.9"})
@@ -96,8 +99,8 @@ def twilio_requests(n: int, run: str) -> list[tuple[str, str, dict[str, str], st
     requests = []
     for kind, query, params in steps:
         url = public + (f"?{query}" if query else "")
-        headers = {"X-Twilio-Signature": signature(TOKEN, url, list(params.items())),
-                   "Content-Type": "application/x-www-form-urlencoded", "Host": "gw.example.com"}
+        headers = {"X-Twilio-Signature": signature(token, url, list(params.items())),
+                   "Content-Type": "application/x-www-form-urlencoded", "Host": urlsplit(public).netloc}
         requests.append((kind, f"/voice/webhook?{query}" if query else "/voice/webhook", headers, urlencode(params)))
     return requests
 

@@ -84,6 +84,8 @@ class Gateway:
     webhook_url: str  # the public URL the gateway verifies signatures against
     account_sid: str
     auth_token: str
+    # Where the media stream connects, when not base_url: in a cluster, another node than the webhook's.
+    stream_base_url: str | None = None
 
 
 class SimulatedCall:
@@ -144,7 +146,7 @@ class SimulatedCall:
                 self.report.outcome = "refused"
                 self.report.error = answer[:300]
                 return
-            target = urlsplit(self.gateway.base_url)
+            target = urlsplit(self.gateway.stream_base_url or self.gateway.base_url)
             path = urlsplit(stream_url)
             ws_url = f"ws://{target.netloc}{path.path}" + (f"?{path.query}" if path.query else "")
             # No permessage-deflate: carriers' media streams are not compressed.
