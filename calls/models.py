@@ -113,6 +113,8 @@ class Call(models.Model):
     # The outbound dial, a queued job (calls/services/dial_job.py). The key a client sent makes a
     # repeated request return this call instead of placing another.
     idempotency_key = models.CharField(max_length=255, null=True, blank=True, unique=True)
+    # When its dial job was queued (last queued again by resume): a call without it was never queued.
+    dial_queued_at = models.DateTimeField(null=True, blank=True)
     # The dial job's claim (a lease renewed while it runs) and the token that says whose it is.
     dial_claimed_at = models.DateTimeField(null=True, blank=True)
     dial_claim_token = models.UUIDField(null=True, blank=True)

@@ -30,6 +30,11 @@ class Migration(migrations.Migration):
         ),
         migrations.AddField(
             model_name='call',
+            name='dial_queued_at',
+            field=models.DateTimeField(blank=True, null=True),
+        ),
+        migrations.AddField(
+            model_name='call',
             name='dial_requested_at',
             field=models.DateTimeField(blank=True, null=True, verbose_name='dial request sent'),
         ),

@@ -12,6 +12,7 @@ from core.phone import E164, E164_MESSAGE
 from core.states import CallState
 
 from .. import background
+from ..clock import now
 from ..models import Call, CallMode, Direction, GatewayLock
 from ..runtime import get_runtime
 from ..selectors import call_find
@@ -84,7 +85,7 @@ def call_initiate(
             call = Call(
                 provider=runtime.carrier.name, direction=Direction.OUTBOUND, from_number=from_number, to_number=to,
                 agent_id=agent, mode=mode, initial_message=message or "", requester_session_key=requester_session_key or "",
-                idempotency_key=key,
+                idempotency_key=key, dial_queued_at=now(),
                 # Digits travel with the dial where the carrier can; otherwise they are sent once the call is answered.
                 dial_dtmf=dtmf_sequence or "" if runtime.carrier.dials_with_dtmf else "",
                 pending_dtmf="" if runtime.carrier.dials_with_dtmf else dtmf_sequence or "",

@@ -76,22 +76,27 @@ def _dials_resume(at: datetime, claims_before: datetime, *, sole_restart: bool) 
     count = 0
     waiting = Call.objects.filter(undialed())
     abandoned = list(waiting.filter(dial_claimed_at__lte=claims_before).values_list("pk", "dial_claimed_at"))
-    never_claimed = waiting.filter(dial_claimed_at__isnull=True, started_at__lte=at - DIAL_QUEUE_GRACE)
+    # Calls never queued (written before dials were queued) are left to restore: they may be mid-dial.
+    never_claimed = waiting.filter(dial_claimed_at__isnull=True, dial_queued_at__lte=at - DIAL_QUEUE_GRACE)
     if sole_restart:
         never_claimed = never_claimed.filter(started_at__gt=at - DIAL_GRACE)
     never_claimed = list(never_claimed.values_list("pk", flat=True))
     for call_id, claimed in abandoned:
         # Only that very claim is released (a newer one taken meanwhile stays), then queued again.
-        if Call.objects.filter(pk=call_id, dial_claimed_at=claimed).update(dial_claimed_at=None, dial_claim_token=None):
+        if Call.objects.filter(pk=call_id, dial_claimed_at=claimed).update(dial_claimed_at=None, dial_claim_token=None,
+                                                                          dial_queued_at=at):
             log.warning("call %s: its dial was claimed by a process that is gone before it asked the carrier; "
                         "queueing it again", call_id)
             background.submit("calls.dial", call_id=str(call_id))
             count += 1
     for call_id in never_claimed:
-        # A job still waiting in the broker makes this one a duplicate, which its claim turns into nothing.
-        log.warning("call %s: queued and never picked up by a worker; queueing its dial again", call_id)
-        background.submit("calls.dial", call_id=str(call_id))
-        count += 1
+        # A job still waiting in the broker makes this one a duplicate, which its claim turns into nothing;
+        # the new queue time keeps a long queue from being queued again at every sweep.
+        if Call.objects.filter(pk=call_id, dial_claimed_at__isnull=True).update(dial_queued_at=at):
+            log.warning("call %s: queued and not picked up by a worker within %d s; queueing its dial again",
+                        call_id, DIAL_QUEUE_GRACE.total_seconds())
+            background.submit("calls.dial", call_id=str(call_id))
+            count += 1
     in_flight = (
         Call.objects.live().filter(direction=Direction.OUTBOUND, provider_call_id__isnull=True, dialed_at__isnull=True,
                                    dial_claimed_at__lte=claims_before, dial_requested_at__lte=at - DIAL_GRACE)

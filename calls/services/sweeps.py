@@ -210,11 +210,12 @@ def _dial_unfinished(call: Call, current: datetime, *, shared_queue: bool) -> bo
 
     With one gateway (embedded) its dial job died with the process: a call waiting longer than
     DIAL_GRACE is failed rather than dialed late (a newer one is queued again by lost_jobs_resume).
-    With a shared queue (distributed) a dial not yet sent is still some worker's (queued, claimed,
-    or resumed when its claim expires): only a request sent longer than DIAL_GRACE ago is given up.
+    With a shared queue (distributed) a queued dial not yet sent is still some worker's (queued,
+    claimed, or resumed when its claim expires): only a request sent longer than DIAL_GRACE ago, or
+    a call never queued, is given up.
     """
-    if call.direction == Direction.OUTBOUND and shared_queue:
-        return call.dial_requested_at is not None and current - call.dial_requested_at > DIAL_GRACE
+    if shared_queue and call.dial_queued_at is not None and call.dial_requested_at is None:
+        return False
     return current - (call.dial_requested_at or call.started_at) > DIAL_GRACE
 
 

@@ -30,6 +30,7 @@ TO = "+15550001111"
 
 def queued_call(**extra) -> Call:
     """A call as call_initiate writes it, its dial job not run yet."""
+    extra.setdefault("dial_queued_at", extra.get("started_at") or now())
     return Call.objects.create(provider="mock", direction="outbound", from_number="+15550000000", to_number=TO,
                                mode="notify", initial_message="Hi", **extra)
 
@@ -393,10 +394,24 @@ def test_a_pre_assigned_call_id_becomes_the_calls_id():
 def test_a_dial_never_picked_up_is_queued_again(outbox):
     call = queued_call(started_at=now() - DIAL_QUEUE_GRACE - timedelta(seconds=1))
     fresh = queued_call()
+    never_queued = queued_call(started_at=now() - DIAL_QUEUE_GRACE - timedelta(seconds=1), dial_queued_at=None)
     assert lost_jobs_resume() == 1
     assert dials() == [f"mock-{call.pk}"]
     fresh.refresh_from_db()
     assert dial_status(fresh) == "queued"
+    never_queued.refresh_from_db()  # written before dials were queued: maybe mid-dial, left to restore
+    assert dial_status(never_queued) == "queued"
+
+
+def test_a_long_queue_is_queued_again_once_per_grace(monkeypatch):
+    background.set_mode("thread")  # submitted, never run: the workers are busy
+    submitted = []
+    monkeypatch.setattr(background, "submit", lambda name, **kwargs: submitted.append(kwargs["call_id"]))
+    call = queued_call(started_at=now() - DIAL_QUEUE_GRACE * 3)
+    assert lost_jobs_resume() == 1
+    assert lost_jobs_resume() == 0
+    assert lost_jobs_resume(at=now() + DIAL_QUEUE_GRACE + timedelta(seconds=1)) == 1
+    assert submitted == [str(call.pk)] * 2
 
 
 def test_an_abandoned_claim_is_released_and_queued_again(outbox):
@@ -405,7 +420,8 @@ def test_an_abandoned_claim_is_released_and_queued_again(outbox):
     assert dials() == [f"mock-{call.pk}"]
 
 
-def test_after_a_restart_an_old_queued_call_fails_and_a_recent_one_is_dialed(outbox):
+def test_after_a_restart_an_old_queued_call_fails_and_a_recent_one_is_dialed(outbox, settings):
+    settings.VOICECALL_MODE = "embedded"  # the one gateway restarted: its queue died with it
     started = now()
     old = queued_call(started_at=started - DIAL_GRACE - timedelta(seconds=5))
     recent = queued_call(started_at=started - DIAL_QUEUE_GRACE - timedelta(seconds=1))
@@ -420,7 +436,8 @@ def test_restore_with_a_shared_queue_leaves_queued_dials_to_the_workers(settings
     queued = queued_call(started_at=now() - DIAL_GRACE * 3)
     lost = queued_call(started_at=now() - DIAL_GRACE * 3, dial_requested_at=now() - DIAL_GRACE * 2,
                        dial_claimed_at=now() - DIAL_GRACE * 2, dial_attempts=1)
-    assert calls_restore().failed_dials == [str(lost.pk)]
+    never_queued = queued_call(started_at=now() - DIAL_GRACE * 3, dial_queued_at=None)
+    assert sorted(calls_restore().failed_dials) == sorted([str(lost.pk), str(never_queued.pk)])
     queued.refresh_from_db()
     assert not queued.is_terminal
 
