@@ -135,6 +135,12 @@ class GatewayNodeAdmin(admin.ModelAdmin):
     def open_streams(self, node: GatewayNode) -> int:
         return node.media_streams.filter(closed_at__isnull=True).count()
 
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
 
 class DialListUploadForm(forms.Form):
     file = forms.FileField(
@@ -230,8 +236,6 @@ class PendingDialAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None) -> bool:
         return False
-
-
 
     def has_delete_permission(self, request, obj=None) -> bool:
         return False

@@ -175,7 +175,7 @@ if VOICECALL_NODE_TIMEOUT_SECONDS < 2 * VOICECALL_NODE_HEARTBEAT_SECONDS:
 # the call is queued (the dial job goes on in the background); a request's own `wait` overrides it.
 VOICECALL_DIAL_WAIT_SECONDS = env.float("VOICECALL_DIAL_WAIT_SECONDS", default=15.0)
 if not 0 <= VOICECALL_DIAL_WAIT_SECONDS < float("inf"):
-    raise ImproperlyConfigured(f"VOICECALL_DIAL_WAIT_SECONDS must be a finite number of seconds, 0 or more")
+    raise ImproperlyConfigured("VOICECALL_DIAL_WAIT_SECONDS must be a finite number of seconds, 0 or more")
 # Start the gateway's background services on the first ASGI request when the server did not.
 VOICECALL_AUTOSTART_SERVICES = env.bool("VOICECALL_AUTOSTART_SERVICES", default=True)
 
