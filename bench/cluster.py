@@ -235,7 +235,7 @@ def run_nodes(nodes: int, args, fakes: dict, rest, data_dir: Path) -> dict:
 
 
 def print_tables(results: list[dict], args) -> None:
-    print(f"\nCelery worker pool: {args.worker_pool or 'prefork:2'}; load average {Path('/proc/loadavg').read_text().split()[0]} at the end")
+    print(f"\nCelery worker pool: {args.worker_pool or 'threads:32 (the settings)'}; load average {Path('/proc/loadavg').read_text().split()[0]} at the end")
     print(f"\nwebhooks: {args.calls} signed Twilio calls of 5 requests, {args.concurrency} in flight")
     print("| nodes | to | requests | requests/s | p50 ms | p99 ms | gateways' CPU per request (ms) "
           "| balancer's CPU per request (ms) | load |")
@@ -264,7 +264,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--levels", default="10,25", help="Simultaneous streamed calls, comma-separated")
     parser.add_argument("--worker-pool", default="", metavar="POOL:N",
-                        help="The Celery worker's pool and its size, e.g. threads:64 (default: the cluster's, prefork:2)")
+                        help="The Celery worker's pool and its size, e.g. threads:64 (default: the settings', 32 threads)")
     parser.add_argument("--summary", metavar="FILE", help="Write the headline figures for `make bench` to FILE")
     args = parser.parse_args()
     args.levels = [int(x) for x in args.levels.split(",") if x]

@@ -143,6 +143,11 @@ if REDIS_URL:
 # it cannot be acknowledged on that connection, so the broker hands it out again later, and a job
 # claims its work first or asks the carrier for something idempotent (calls/services/resume.py).
 CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
+# Jobs that speak (a greeting, a reply) hold their worker while the playback runs, seconds each, so a
+# worker runs jobs on threads sized for calls, not cores (as the embedded job pool is); a worker's
+# --pool and --concurrency options still win.
+CELERY_WORKER_POOL = "threads"
+CELERY_WORKER_CONCURRENCY = positive_int_env("VOICECALL_WORKER_THREADS", 32)
 
 # How background jobs run: "thread" (embedded: a pool inside the gateway), "celery"
 # (distributed), or "inline" (run on commit in the caller; CLI standalone runtime and tests).

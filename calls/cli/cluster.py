@@ -179,7 +179,7 @@ class Cluster:
     and publicUrl defaulting to the balancer's address; with no `config`, `config_path` (the operator's
     file, used as it is) or none at all. Logs and beat's schedule are in data_dir/cluster/.
     Node ports: `node_ports`, else consecutive after `port` when that is given, else free ports.
-    `worker_args` replaces the workers' pool options (default: prefork, 2 processes); `prefix` puts a
+    `worker_args` are added to each worker's command line (default: none, so the settings' pool: 32 threads); `prefix` puts a
     command before a process's own, by name ({"node-0": ["taskset", "-c", "0"]}).
     """
 
@@ -208,7 +208,7 @@ class Cluster:
         self.server = server
         self.secret_key = secret_key or secret_file(self.data_dir / "secret_key", 50)
         self.name = "cluster-" + secrets.token_hex(4)  # Celery node names: unique on a shared broker
-        self.worker_args = worker_args if worker_args is not None else ["--concurrency", "2"]
+        self.worker_args = worker_args if worker_args is not None else []
         self.prefix = prefix or {}
         if config is not None:
             self.config_path: Path | None = self.dir / "voicecall.json"
