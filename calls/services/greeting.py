@@ -31,6 +31,8 @@ class GreetingDecision:
     spoken_by_carrier: bool = False
     # Nothing can speak it (realtime without a stream that reaches the call): logged as a warning.
     unreachable: bool = False
+    # Said once the call's media stream is listening (its readiness queues the greeting job).
+    on_stream: bool = False
 
 
 def greeting_decision(*, call: Call) -> GreetingDecision:
@@ -52,7 +54,7 @@ def greeting_decision(*, call: Call) -> GreetingDecision:
         return GreetingDecision(False, "not spoken: realtime is on but no realtime stream can reach this call "
                                        "(it needs publicUrl and a carrier with media streams)", unreachable=True)
     if config.streaming.enabled and carrier.supports_media_streams:
-        return GreetingDecision(False, "spoken when the media stream's transcription is ready")
+        return GreetingDecision(False, "spoken when the media stream's transcription is ready", on_stream=True)
     return in_answer if carrier.greets_in_answer else GreetingDecision(True, "conversation")
 
 

@@ -139,6 +139,12 @@ def _greetings_resume(claims_before: datetime, answered_before: datetime) -> int
             log.warning("call %s: answered but never greeted; greeting it now", call.pk)
             background.submit("calls.call_answered", call_id=str(call.pk))
             count += 1
+        elif decision.on_stream and MediaStream.objects.open().filter(call=call, opened_at__lte=answered_before).exists():
+            # Its stream has long been up, but the greeting job its readiness queued never ran (lost with
+            # its worker, or never queued while the broker was away).
+            log.warning("call %s: its media stream is up but the greeting was never said; saying it now", call.pk)
+            background.submit("calls.greeting", call_id=str(call.pk))
+            count += 1
     return count
 
 

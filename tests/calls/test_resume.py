@@ -97,6 +97,35 @@ def test_an_answered_call_whose_answer_job_was_lost_is_greeted(outbox):
     assert (call.pending_dtmf, call.initial_message) == ("", "")
 
 
+def test_a_streamed_call_whose_greeting_job_was_lost_is_greeted_on_its_stream(outbox, monkeypatch):
+    """The stream's readiness queued the greeting, and the job never ran (its worker died, or Redis was away)."""
+    from calls.models import MediaStream
+    from calls.services import GreetingDecision
+
+    waits = GreetingDecision(False, "spoken when the media stream's transcription is ready", on_stream=True)
+    monkeypatch.setattr("calls.services.resume.greeting_decision", lambda call: waits)
+    spoken_on_stream: list[str] = []
+    monkeypatch.setattr("calls.services.greeting.call_speak", lambda **kwargs: spoken_on_stream.append(kwargs["text"]))
+    call = answered_call(answered_ago=ANSWER_GRACE.total_seconds() + 5)
+    stream = MediaStream.objects.create(call=call, stream_id="MZjust", carrier="mock")
+    assert lost_jobs_resume() == 0  # a stream that just opened: its own readiness greets
+    assert spoken_on_stream == []
+    MediaStream.objects.filter(pk=stream.pk).update(opened_at=timezone.now() - ANSWER_GRACE - timedelta(seconds=1))
+    assert lost_jobs_resume() == 1
+    assert spoken_on_stream == [HELLO]
+    assert lost_jobs_resume() == 0  # said: nothing left to resume
+
+
+def test_a_streamed_call_without_a_stream_waits_for_one(outbox, monkeypatch):
+    from calls.services import GreetingDecision
+
+    waits = GreetingDecision(False, "spoken when the media stream's transcription is ready", on_stream=True)
+    monkeypatch.setattr("calls.services.resume.greeting_decision", lambda call: waits)
+    answered_call(answered_ago=ANSWER_GRACE.total_seconds() + 5)
+    assert lost_jobs_resume() == 0
+    assert spoken(outbox) == []
+
+
 def test_a_just_answered_call_is_left_to_its_own_answer_job(outbox):
     answered_call(answered_ago=1)
     assert lost_jobs_resume() == 0
