@@ -256,6 +256,7 @@ def test_restore_in_the_embedded_mode_closes_every_older_stream_and_marks_other_
 def test_nodes_gone_spares_the_node_named():
     own, other = node_register(host="a", pid=1), node_register(host="b", pid=2)
     assert nodes_gone(except_node=own.pk) == 1
+    assert GatewayNode.objects.get(pk=other.pk).stopped_at is not None
     assert list(GatewayNode.objects.filter(stopped_at__isnull=True).values_list("pk", flat=True)) == [own.pk]
 
 
