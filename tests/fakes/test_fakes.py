@@ -349,6 +349,32 @@ def test_twilio_application_errors_stream_and_reject(twilio_fake, gateway):
 # --------------------------------------------------------------------------- Telnyx
 
 
+
+def test_twilio_update_during_a_stream_ends_the_stream(gateway):
+    """As on Twilio: a REST update of the call's TwiML ends the running <Connect><Stream> (its socket
+    gets a stop) without requesting the Connect action; the call's end stops it too."""
+    stopped: list[tuple[str, str]] = []
+    with FakeTwilio(on_stream_stop=lambda call, stream: stopped.append((call.sid, stream["stopped"]))) as fake:
+        client = _twilio_client(fake)
+        calls = f"/Accounts/{fake.account_sid}/Calls"
+        streamed = ('<Response><Connect action="{}"><Stream url="wss://gw.example.com/media"><Parameter name="token" '
+                    'value="{}"/></Stream></Connect></Response>')
+        call = fake.ring_inbound(FROM, TO, gateway.xml("/voice", streamed.format(gateway.url("/action"), "one")))
+        assert call.blocked_on == "stream" and [s["parameters"]["token"] for s in call.streams] == ["one"]
+        gateway.xml("/again", streamed.format(gateway.url("/action"), "two"))
+        update = client.post(f"{calls}/{call.sid}.json",
+                             data={"Twiml": f'<Response><Play digits="12"/><Redirect>{gateway.url("/again")}</Redirect></Response>'})
+        assert update.status_code == 200
+        fake.wait_idle()
+        assert stopped == [(call.sid, "replaced")]
+        assert [s.get("stopped") for s in call.streams] == ["replaced", None]
+        assert call.played_digits == ["12"] and call.stream["parameters"] == {"token": "two"}
+        assert call.blocked_on == "stream" and gateway.to("/action") == []
+        assert client.post(f"{calls}/{call.sid}.json", data={"Status": "completed"}).status_code == 200
+        fake.wait_idle()
+        assert stopped[-1] == (call.sid, "ended") and call.streams[-1]["stopped"] == "ended"
+        assert fake.errors == []
+
 def _telnyx_client(fake: FakeTelnyx, key: str | None = None) -> httpx.Client:
     return httpx.Client(base_url=fake.api_url, headers={"Authorization": f"Bearer {key or fake.api_key}"})
 

@@ -54,6 +54,8 @@ class FakeTwilioCall:
     paused: list[float] = field(default_factory=list)
     gather: dict[str, str] | None = None  # the <Gather> waiting for caller input
     stream: dict[str, Any] | None = None  # last <Connect><Stream>: {url, name, track, parameters, ...}
+    # Every <Connect><Stream> run, in order; "stopped" says why each one ended (replaced, ended, closed).
+    streams: list[dict[str, Any]] = field(default_factory=list)
     forks: list[dict[str, Any]] = field(default_factory=list)  # <Start><Stream> forks
     enqueued: str | None = None
     rejected: str | None = None  # <Reject reason>
@@ -87,7 +89,10 @@ class FakeTwilio(FakeServer):
 
     Knobs: sign_with_port (sign the URL with :443/:80 added when it has no port), signing_token
     (sign with another token, for negative tests), wait_blocks_at (a <Pause> at least this long parks
-    the document, as a keep-alive, until elapse() or a REST redirect; shorter ones take no time).
+    the document, as a keep-alive, until elapse() or a REST redirect; shorter ones take no time),
+    on_stream_stop (called on the worker with the call and its stream record when Twilio ends a
+    running <Connect><Stream> itself: a REST update of the call's TwiML or the call's end; a test
+    holding the stream's socket sends Twilio's stop frame and closes it there).
     """
 
     def __init__(
@@ -98,8 +103,10 @@ class FakeTwilio(FakeServer):
         sign_with_port: bool = False,
         signing_token: str | None = None,
         wait_blocks_at: float = 10.0,
+        on_stream_stop: Callable[[FakeTwilioCall, dict[str, Any]], None] | None = None,
     ) -> None:
         super().__init__()
+        self.on_stream_stop = on_stream_stop
         self.account_sid = account_sid
         self.auth_token = auth_token
         self.sign_with_port = sign_with_port
@@ -227,7 +234,9 @@ class FakeTwilio(FakeServer):
         return Reply(200, self._call_json(call))
 
     def _replace_document(self, call: FakeTwilioCall, url: str | None, method: str, twiml: str | None) -> None:
-        # the running document (and any Gather, Pause or stream it waits on) is abandoned right away
+        # the running document (and any Gather, Pause or stream it waits on) is abandoned right away:
+        # a running <Connect><Stream> ends (its socket gets a stop) and its Connect action is not requested
+        self._stop_stream(call, "replaced")
         self._unblock(call)
         call.generation += 1
         generation = call.generation
@@ -369,6 +378,9 @@ class FakeTwilio(FakeServer):
         call = self._expect(sid, ("in-progress",), "end_stream")
         if call.blocked_on != "stream":
             raise RuntimeError(f"call {sid} has no open <Connect><Stream> (blocked on {call.blocked_on})")
+        with self.lock:
+            if call.streams and "stopped" not in call.streams[-1]:
+                call.streams[-1]["stopped"] = "closed"
         self.submit(lambda: self._after_stream(call), wait)
         return call
 
@@ -439,11 +451,22 @@ class FakeTwilio(FakeServer):
         """Final status; the completed status callback follows on the worker. Caller holds the lock."""
         if call.ended:
             return
+        self._stop_stream(call, "ended")
         self._unblock(call)
         call.generation += 1
         call.status = status
         call.end_time = call.date_updated = now_utc()
         self.schedule(lambda: self._status_callback(call, "completed", status))
+
+    def _stop_stream(self, call: FakeTwilioCall, why: str) -> None:
+        """Twilio ends the running stream itself; the hook runs before anything the change schedules. Caller holds the lock."""
+        if call.blocked_on != "stream" or not call.streams or "stopped" in call.streams[-1]:
+            return
+        record = call.streams[-1]
+        record["stopped"] = why
+        if self.on_stream_stop is not None:
+            hook = self.on_stream_stop
+            self.schedule(lambda: hook(call, record))
 
     def _unblock(self, call: FakeTwilioCall) -> None:
         call.gather = None
@@ -664,6 +687,7 @@ class FakeTwilio(FakeServer):
                 call.skipped.extend(f"Connect/{child.tag}" for child in el)
             else:
                 call.stream = _stream_record(stream)
+                call.streams.append(call.stream)
             if el.get("action"):
                 action = resolve_url(rest.document_url, el.get("action", ""))
                 call.connect_action = (action, el.get("method", "POST").upper())

@@ -81,16 +81,12 @@ class TwilioCarrier(CarrierBackend):
         if call.ended:
             return self._xml(twiml.hangup())
         cid = call.call_id
-        if kind == "voice" and call.mode == "conversation" and realtime_streams_on(self.config):
-            # The realtime model speaks the greeting as its first turn, over the stream.
-            target = self.stream_target(cid)
-            if target is not None:
-                return self._xml(twiml.stream(target[0], token=target[1]))
-        stream_url = self.stream_url()
-        if stream_url and kind == "voice" and call.stream_token:
-            if call.direction == "inbound" and call.media_streams_active >= self.config.max_concurrent_calls:
-                return self._xml(twiml.hold(self.hold_music_url()))
-            return self._xml(twiml.stream(stream_url, token=call.stream_token))
+        if kind in ("voice", "resume"):
+            # A resume reconnects the stream the digits' update ended; the call keeps the place it
+            # already had, so only a new inbound call may be put on hold.
+            streamed = self._stream_answer(call, may_hold=kind == "voice")
+            if streamed is not None:
+                return streamed
         if parsed.facts.get("answering") and call.initial_message and call.mode == "conversation":
             document = twiml.listen(
                 self._url(cid, turnToken=call.pending_turn_token or None), language=None,
@@ -98,6 +94,25 @@ class TwilioCarrier(CarrierBackend):
             )
             return WebhookAnswer(body=document, content_type=XML, greeting_delivered=True)
         return self._xml(self._idle(call))
+
+    def _stream_answer(self, call: CallView, *, may_hold: bool) -> WebhookAnswer | None:
+        """The call's audio on a stream: the realtime bridge for a conversation when realtime is
+        on, else the media stream when streaming is on; None when the call does not stream."""
+        if call.mode == "conversation" and realtime_streams_on(self.config):
+            # The realtime model speaks the greeting as its first turn, over the stream.
+            target = self.stream_target(call.call_id)
+            if target is not None:
+                return self._xml(twiml.stream(target[0], token=target[1]))
+        stream_url = self.stream_url()
+        if stream_url and call.stream_token:
+            if may_hold and call.direction == "inbound" and call.media_streams_active >= self.config.max_concurrent_calls:
+                return self._xml(twiml.hold(self.hold_music_url()))
+            return self._xml(twiml.stream(stream_url, token=call.stream_token))
+        return None
+
+    def _streams(self) -> bool:
+        """Whether calls answered by this carrier get their audio over a stream."""
+        return bool(self.stream_url() or realtime_streams_on(self.config))
 
     def _idle(self, call: CallView) -> str:
         """While nothing is being said: listen if the call is listening, else hold the line."""
@@ -162,7 +177,11 @@ class TwilioCarrier(CarrierBackend):
         """Nothing to do: a <Gather> ends by itself with the caller's answer."""
 
     def send_dtmf(self, *, call_id: str, provider_call_id: str, digits: str) -> None:
-        self.rest.update_twiml(provider_call_id, twiml.play_digits(twilio_digits(digits), then=self._url(call_id, flow="keepalive")))
+        # Updating a call's TwiML ends its running <Connect><Stream>: with streaming on, the
+        # redirect after the digits asks for the stream again (flow=resume), so the call keeps its
+        # audio on a new stream; the old stream's close then falls within the disconnect grace.
+        flow = "resume" if self._streams() else "keepalive"
+        self.rest.update_twiml(provider_call_id, twiml.play_digits(twilio_digits(digits), then=self._url(call_id, flow=flow)))
 
     def get_call_status(self, provider_call_id: str) -> ProviderCallStatus:
         return self.rest.status(provider_call_id)

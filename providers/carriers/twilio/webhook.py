@@ -26,7 +26,8 @@ STATUS_EVENTS = {"initiated": CallInitiated, "ringing": CallRinging, "in-progres
 END_REASONS = {"completed": "completed", "busy": "busy", "no-answer": "no-answer", "failed": "failed", "canceled": "hangup-bot"}
 DIRECTIONS = {"inbound": "inbound", "outbound-api": "outbound", "outbound-dial": "outbound"}
 # Requests the gateway itself scheduled (redirects) that only fetch TwiML: no status events.
-FETCH_FLOWS = ("keepalive", "relisten")
+# "resume" follows digits sent on a streamed call: the update that played them ended its stream.
+FETCH_FLOWS = ("keepalive", "relisten", "resume")
 
 
 def _canonical(params: list[tuple[str, str]]) -> str:
@@ -79,7 +80,7 @@ def _confidence(raw: str | None) -> float:
 
 
 def request_kind(query: dict[str, str], params: dict[str, str]) -> str:
-    """status | amd | keepalive | relisten | gather (an input result) | voice (a TwiML fetch)."""
+    """status | amd | keepalive | relisten | resume | gather (an input result) | voice (a TwiML fetch)."""
     if query.get("type") in ("status", "amd"):
         return query["type"]
     if query.get("flow") in FETCH_FLOWS:

@@ -260,8 +260,40 @@ def test_twilio_outbound_call_is_not_held_while_streams_are_active(streaming_twi
 
 @pytest.mark.parametrize("name", ["gather_speech", "keepalive_fetch"])
 def test_twilio_streaming_is_only_answered_to_voice_requests(streaming_twilio, name):
+    # Keep-alive and gather requests come from TwiML the gateway pushed to speak or listen without a
+    # stream: they never start one. Only the answer and the resume after digits do (see below).
     answer = streaming_twilio.answer_webhook(parsed_fixture(streaming_twilio, name), call=view(stream_token="tok"))
     assert tags(xml(answer)) == ["Pause", "Redirect"]
+
+
+@pytest.mark.parametrize("direction", ["inbound", "outbound"])
+def test_twilio_resume_after_dtmf_connects_the_stream_again(streaming_twilio, direction):
+    # Digits sent on a streamed call ended its stream; the redirect after them gets it back, and an
+    # inbound call is not put on hold for streams of other calls: it had its place already.
+    answer = streaming_twilio.answer_webhook(
+        parsed_fixture(streaming_twilio, "resume_fetch"),
+        call=view(direction=direction, state="listening", stream_token="tok", media_streams_active=99),
+    )
+    root = xml(answer)
+    assert tags(root) == ["Connect"]
+    stream = root[0][0]
+    assert stream.get("url") == "wss://gw.example.com/voice/stream"
+    assert [(p.tag, p.attrib) for p in stream] == [("Parameter", {"name": "token", "value": "tok"})]
+    assert answer.greeting_delivered is False
+
+
+@pytest.mark.parametrize("call", [view(state="active"), view(state="listening", pending_turn_token="turn-2")],
+                         ids=["active", "listening"])
+def test_twilio_resume_without_streaming_is_the_keepalive_answer(twilio, call):
+    resumed = twilio.answer_webhook(parsed_fixture(twilio, "resume_fetch"), call=call)
+    kept = twilio.answer_webhook(parsed_fixture(twilio, "keepalive_fetch"), call=call)
+    assert resumed.body == kept.body
+
+
+def test_twilio_resume_of_an_ended_call_hangs_up(streaming_twilio):
+    answer = streaming_twilio.answer_webhook(parsed_fixture(streaming_twilio, "resume_fetch"),
+                                             call=view(state="completed", ended=True, stream_token="tok"))
+    assert tags(xml(answer)) == ["Hangup"]
 
 
 def test_twilio_streaming_needs_a_public_url():

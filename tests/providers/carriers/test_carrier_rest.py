@@ -272,6 +272,23 @@ def test_twilio_send_dtmf_plays_digits_then_redirects(fake_twilio, twilio):
     assert call.played_digits == ["12#w3ww*"]
 
 
+@pytest.mark.parametrize("extra", [{"streaming": {"enabled": True, "provider": "openai"}},
+                                   {"realtime": {"enabled": True, "provider": "openai"}, "inboundPolicy": "open"}],
+                         ids=["media", "realtime"])
+def test_twilio_send_dtmf_on_streamed_calls_redirects_to_resume_the_stream(fake_twilio, extra):
+    # The update ends the call's running stream: the redirect after the digits asks for it again.
+    settings = {"accountSid": fake_twilio.account_sid, "authToken": fake_twilio.auth_token, "baseUrl": fake_twilio.base_url}
+    backend = TwilioCarrier(make_config("twilio", settings, **extra), transport=transport())
+    try:
+        call = live_twilio_call(fake_twilio)
+        backend.send_dtmf(call_id=CALL_ID, provider_call_id=call.sid, digits="12")
+    finally:
+        backend.close()
+    root = twiml_of(fake_twilio.requests_to("POST", rf"/Calls/{call.sid}\.json$")[0])
+    assert [el.tag for el in root] == ["Play", "Redirect"]
+    assert base_of(root[1].text) == PUBLIC_URL and query_of(root[1].text) == {"callId": CALL_ID, "flow": "resume"}
+
+
 def test_twilio_live_update_retries_21220_then_succeeds(fake_twilio, twilio, sleeps):
     call = live_twilio_call(fake_twilio)
     status, body, times = twilio_21220(2)

@@ -100,3 +100,17 @@ def test_telnyx_notify_dial_has_no_realtime_stream(fake_telnyx, make_telnyx):  #
     backend.realtime_token = lambda call_id: pytest.fail("no token for a notify call")
     backend.initiate_call(dial(mode="notify", message="Your order is ready."))
     assert not {key for key in dial_body(fake_telnyx) if key.startswith("stream_")}
+
+
+def test_twilio_resume_after_dtmf_connects_the_realtime_stream_with_a_new_token():
+    # The digits' update ended the realtime stream; the stream's tokens are used once, so a new one.
+    backend = carrier(TwilioCarrier, "twilio")
+    try:
+        answer = backend.answer_webhook(parsed_fixture(backend, "resume_fetch"),
+                                        call=view(state="listening", stream_token="classic"))
+    finally:
+        backend.close()
+    root = xml(answer)
+    assert tags(root) == ["Connect"]
+    (call_id, token), = backend.issued
+    assert call_id == CALL_ID and root[0][0].get("url") == STREAM_PREFIX + token
