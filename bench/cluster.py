@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 from bench.gateway_process import LOAD_CORE, loadavg, on_core, pinned, proc_cpu_seconds, start_helper, stop_helper  # noqa: E402
 from bench.report import figure, write_summary  # noqa: E402
 from bench.webhook_events import summary as latency_summary  # noqa: E402
-from bench.webhook_events import twilio_requests  # noqa: E402
+from bench.webhook_events import send_calls, twilio_requests  # noqa: E402
 
 ACCOUNT = "AC" + "c" * 32
 TOKEN = "bench-cluster-token"
@@ -97,34 +97,9 @@ def cpu(pid: int | None) -> float:
 async def webhooks(bases: list[str], public: str, calls: int, concurrency: int, warm) -> tuple[list[float], float]:
     """`calls` signed inbound calls, `concurrency` requests in flight, after a warm-up (then `warm()` runs:
     the CPU readings start there). Call n goes to bases[n % len(bases)]: the balancer, or each node directly."""
-    import httpx
-
     run = uuid.uuid4().hex[:8]
-    latencies: list[float] = []
-    semaphore = asyncio.Semaphore(concurrency)
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    # A connection goes to one node (the balancer routes per connection): several spread the load.
-    clients = [httpx.AsyncClient(base_url=base, timeout=30, limits=limits) for base in bases]
-    try:
-        async def one_call(n: int, record: bool) -> None:
-            client = clients[n % len(clients)]
-            for _, path, headers, body in twilio_requests(n, run, public=public, token=TOKEN, account=ACCOUNT):
-                async with semaphore:
-                    started = time.perf_counter()
-                    response = await client.post(path, content=body, headers=headers)
-                    if record:
-                        latencies.append((time.perf_counter() - started) * 1000)
-                if response.status_code != 200:
-                    raise SystemExit(f"{path}: {response.status_code} {response.text[:200]}")
-
-        await asyncio.gather(*(one_call(calls + n, False) for n in range(concurrency)))
-        warm()
-        started = time.perf_counter()
-        await asyncio.gather(*(one_call(n, True) for n in range(calls)))
-        return latencies, time.perf_counter() - started
-    finally:
-        for client in clients:
-            await client.aclose()
+    return await send_calls(
+        bases, lambda n: twilio_requests(n, run, public=public, token=TOKEN, account=ACCOUNT), calls, concurrency, warm)
 
 
 def measure_webhooks(cluster, route: str, args) -> dict:

@@ -123,14 +123,18 @@ REQUESTS = {"twilio": twilio_requests, "mock": mock_requests}
 # --- load ---------------------------------------------------------------------------------
 
 
-async def load(url: str, carrier: str, calls: int, concurrency: int, run: str) -> tuple[list[float], float]:
+async def send_calls(bases: list[str], requests_for, calls: int, concurrency: int, warm=None) -> tuple[list[float], float]:
+    """`calls` calls of `requests_for(n)`'s requests, `concurrency` in flight, after a warm-up (then `warm()`
+    runs, if given). Call n goes to bases[n % len(bases)]: one client per base, since a connection
+    stays with one server. Returns each measured request's latency (ms) and the measured seconds."""
     latencies: list[float] = []
     semaphore = asyncio.Semaphore(concurrency)
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as client:
-
+    clients = [httpx.AsyncClient(base_url=base, timeout=30, limits=limits) for base in bases]
+    try:
         async def one_call(n: int, record: bool) -> None:
-            for _, path, headers, body in REQUESTS[carrier](n, run):
+            client = clients[n % len(clients)]
+            for _, path, headers, body in requests_for(n):
                 async with semaphore:
                     started = time.perf_counter()
                     response = await client.post(path, content=body, headers=headers)
@@ -141,9 +145,18 @@ async def load(url: str, carrier: str, calls: int, concurrency: int, run: str) -
 
         # Warm up: connections open, code paths imported, caches filled.
         await asyncio.gather(*(one_call(calls + n, False) for n in range(concurrency)))
+        if warm is not None:
+            warm()
         started = time.perf_counter()
         await asyncio.gather(*(one_call(n, True) for n in range(calls)))
         return latencies, time.perf_counter() - started
+    finally:
+        for client in clients:
+            await client.aclose()
+
+
+async def load(url: str, carrier: str, calls: int, concurrency: int, run: str) -> tuple[list[float], float]:
+    return await send_calls([url], lambda n: REQUESTS[carrier](n, run), calls, concurrency)
 
 
 def cpu_seconds(pid: int) -> float:
