@@ -510,7 +510,7 @@ def test_the_account_names_the_limit(configure):
     from calls.runtime import get_runtime
 
     configure({"provider": "twilio", "fromNumber": "+15550000000", "publicUrl": "https://voice.example.com/voice/webhook",
-               "twilio": {"accountSid": "AC123", "authToken": "secret", "callsPerSecond": 3}})
+               "twilio": {"accountSid": "AC123", "authToken": "rate-limit-token", "callsPerSecond": 3}})
     carrier = get_runtime().carrier
     assert dial_rate.account_key(carrier) == "twilio:AC123"
     assert dial_rate.calls_per_second(get_runtime().config, "twilio") == 3
