@@ -25,6 +25,7 @@ RUNS = [
     ("webhooks", ["webhook_events.py", "--calls", "60"]),
     ("cluster, one node and two", ["cluster.py", "--calls", "30", "--levels", "5"]),
     ("codecs", ["codecs.py", "--frames", "1000", "--repeat", "2"]),
+    ("local recording", ["recording.py", "--seconds", "60", "--repeat", "2"]),
     ("CLI start-up", ["cli_startup.py", "--runs", "3"]),
     ("memory", ["memory.py", "--calls", "120", "--concurrency", "8"]),
     ("soak", ["soak.py", "--calls", "50", "--every", "20"]),

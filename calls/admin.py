@@ -1,4 +1,7 @@
-"""Admin: call records, read-only, with transcript, turns, replies and events; conversation sessions; dial lists; gateway nodes."""
+"""Admin: call records, read-only, with transcript, turns, replies, media streams and events; conversation sessions; dial lists; gateway nodes.
+
+The media streams' own pages are in admin_streams.
+"""
 from __future__ import annotations
 
 from django import forms
@@ -10,12 +13,17 @@ from django.urls import reverse
 
 from core.errors import VoiceCallError
 
+from .admin_call_list import LiveFilter, call_duration, error_cell, party_cell, short_id, started_cell, with_duration
 from .admin_login import ThrottledAdminAuthenticationForm
+from .admin_readonly import ReadOnlyInline, ReadOnlyModelAdmin
+from .admin_recordings import RecordingInline
+from .admin_streams import MediaStreamInline
 from .dial_progress import dial_list_progress
 from .dial_rows import COLUMNS, MAX_BYTES, MAX_ROWS
+from .formatting import duration as human_duration
 from .models import (
     Call, CallEvent, CallTurn, ConversationSession, DialList, GatewayNode, PendingDial, PendingDialStatus, ReplyTurn,
-    SessionMessage, TranscriptEntry,
+    SessionMessage, TranscriptEntry, Transfer,
 )
 from .selectors import call_timeline
 
@@ -24,19 +32,8 @@ from .selectors import call_timeline
 admin.site.login_form = ThrottledAdminAuthenticationForm
 
 
-class ReadOnlyInline(admin.TabularInline):
-    extra = 0
-    can_delete = False
-    show_change_link = False
-
-    def has_add_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-
 class TranscriptInline(ReadOnlyInline):
+    empty_text = "No transcript yet."
     model = TranscriptEntry
     fields = ("timestamp", "speaker", "text", "is_final")
     readonly_fields = fields
@@ -44,65 +41,103 @@ class TranscriptInline(ReadOnlyInline):
 
 
 class TurnInline(ReadOnlyInline):
+    empty_text = "No turns."
     model = CallTurn
     fields = ("started_at", "prompt", "status", "transcript", "turn_latency_ms", "listen_wait_ms", "error")
     readonly_fields = fields
 
 
 class ReplyInline(ReadOnlyInline):
+    empty_text = "No automatic replies."
     model = ReplyTurn
     fields = ("heard_at", "transcript", "status", "reply", "first_text_ms", "first_audio_ms", "total_ms", "error")
     readonly_fields = fields
     verbose_name_plural = "automatic replies (latencies in ms from the caller's last word)"
 
 
+class TransferInline(ReadOnlyInline):
+    empty_text = "No transfers."
+    model = Transfer
+    fields = ("requested_at", "kind", "target", "requested_by", "status", "summary", "provider_ref", "error", "finished_at")
+    readonly_fields = fields
+    verbose_name_plural = "transfers (status: requested, dialing, connected or failed)"
+
+
 class EventInline(ReadOnlyInline):
+    empty_text = "No events."
     model = CallEvent
     fields = ("occurred_at", "type", "dedupe_key", "payload")
     readonly_fields = fields
 
 
 @admin.register(Call)
-class CallAdmin(admin.ModelAdmin):
-    list_display = ("id", "started_at", "direction", "mode", "from_number", "to_number", "state", "end_reason", "provider")
+class CallAdmin(ReadOnlyModelAdmin):
+    # One line per call at 1366 px: the other party's number with the direction as an arrow, and no end reason
+    # column (an ended call's state is its end reason); the filters still have both.
+    list_display = ("call_id", "started", "party", "mode", "state", "duration", "error", "provider")
     list_filter = (
-        "state", "direction", "mode", "end_reason", "provider", "answered_by", "rejection_reason", "pairing",
+        LiveFilter, "state", "direction", "mode", "end_reason", "provider", "answered_by", "rejection_reason", "pairing",
         ("started_at", admin.DateFieldListFilter),
     )
     date_hierarchy = "started_at"
     search_fields = ("id", "provider_call_id", "from_number", "to_number", "session_key", "requester_session_key")
     ordering = ("-started_at",)
-    inlines = (TranscriptInline, TurnInline, ReplyInline, EventInline)
+    inlines = (TranscriptInline, TurnInline, ReplyInline, MediaStreamInline, TransferInline, RecordingInline, EventInline)
     fieldsets = (
         (None, {"fields": ("id", "provider", "provider_call_id", "direction", "mode", "state")}),
         ("Parties", {"fields": ("from_number", "to_number", "agent_id", "session_key", "requester_session_key", "route_key", "route")}),
         ("To say and key in", {"fields": ("initial_message", "pending_dtmf")}),
-        ("How it went", {"fields": ("answered_by", "answered_by_first", "turn_count", "end_reason", "hangup_reason", "last_error",
+        ("How it went", {"fields": ("amd_mode", "answered_by", "answered_by_first", "turn_count", "end_reason", "hangup_reason", "last_error",
                                     "end_attempts", "end_retry_at")}),
         ("Inbound policy", {"fields": ("rejection_reason", "pairing", "pairing_attempts", "pairing_digits", "paired_code")}),
         ("Times", {"fields": ("started_at", "answered_at", "ended_at", "max_duration_deadline", "notify_hangup_at")}),
         ("Carrier extras", {"fields": ("metadata",)}),
     )
 
+    @admin.display(description="id", ordering="id")
+    def call_id(self, call: Call) -> str:
+        return short_id(call)
+
+    @admin.display(description="started", ordering="started_at")
+    def started(self, call: Call) -> str:
+        return started_cell(call)
+
+    @admin.display(description="other party")
+    def party(self, call: Call) -> str:
+        return party_cell(call)
+
+    @admin.display(description="duration", ordering="duration_sort")
+    def duration(self, call: Call) -> str:
+        span = call_duration(call)
+        return "" if span is None else human_duration(span.total_seconds())
+
+    @admin.display(description="error")
+    def error(self, call: Call) -> str:
+        return error_cell(call)
+
+    def get_queryset(self, request):
+        return with_duration(super().get_queryset(request))
+
     def change_view(self, request, object_id, form_url="", extra_context=None):
+        # Imported here: the admin is loaded by every command (autodiscover), the call services only when needed.
+        from .console.actions import PERMISSION as ACT_ON_CALL
+        from .console.actions import action_url_template, action_urls
+
         call = self.get_object(request, object_id)
         extra_context = {**(extra_context or {}), "timeline": call_timeline(call=call) if call else []}
+        if call is not None and not call.is_terminal and request.user.has_perm(ACT_ON_CALL):
+            # Only operators see the action forms, and only while there is a call to act on.
+            extra_context["call_actions"] = {
+                "call_id": call.pk, "urls": action_urls(call.pk), "url_template": action_url_template(),
+            }
         return super().change_view(request, object_id, form_url, extra_context)
 
     def get_readonly_fields(self, request, obj=None):
         return [field.name for field in Call._meta.fields]
 
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False  # records are written by the gateway only; the page is view-only
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
-
 
 class SessionMessageInline(ReadOnlyInline):
+    empty_text = "Nothing remembered yet."
     model = SessionMessage
     fields = ("spoken_at", "role", "text", "call")
     readonly_fields = fields
@@ -220,7 +255,7 @@ class DialListAdmin(admin.ModelAdmin):
 
 
 @admin.register(PendingDial)
-class PendingDialAdmin(admin.ModelAdmin):
+class PendingDialAdmin(ReadOnlyModelAdmin):
     """Scheduled calls and dial-list rows not placed yet (and what became of them), read-only."""
 
     list_display = ("id", "due_at", "to_number", "status", "dial_list", "row", "error")
@@ -230,12 +265,3 @@ class PendingDialAdmin(admin.ModelAdmin):
 
     def get_readonly_fields(self, request, obj=None):
         return [field.name for field in PendingDial._meta.fields]
-
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False

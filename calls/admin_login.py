@@ -10,6 +10,7 @@ from django.contrib.admin.forms import AdminAuthenticationForm
 from django.core.exceptions import ValidationError
 
 from .clock import now
+from .metrics import recorders as metrics
 from .models import AdminLoginFailure
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,7 @@ class ThrottledAdminAuthenticationForm(AdminAuthenticationForm):
         remaining = locked_for(username, address, at=at)
         if remaining is not None:
             log.warning("admin login for %r from %s refused: locked out after repeated failures", username, address)
+            metrics.refused("admin_lockout")
             raise ValidationError(locked_message(remaining), code="locked_out")
         try:
             cleaned = super().clean()

@@ -26,6 +26,7 @@ from routing.routes import call_route
 
 from . import background
 from .clock import from_ms, now, to_ms
+from .metrics import recorders as metrics
 from .models import Call, ReplyStatus, ReplyTurn
 from .runtime import get_runtime
 from .selectors import (
@@ -297,11 +298,15 @@ def _settle(reply: ReplyTurn, status: str, voice: Voice | None = None, *, text: 
     Returns the status.
     """
     first_audio_at = voice.first_audio_at if voice else None
-    return reply_settle(
+    first_audio_ms = _ms_between(reply.heard_at, first_audio_at)
+    settled = reply_settle(
         reply_id=reply.pk, status=status, reply=text, error=error, first_text_ms=first_text_ms,
-        first_audio_ms=_ms_between(reply.heard_at, first_audio_at), total_ms=_since(to_ms(reply.heard_at)), force=force,
+        first_audio_ms=first_audio_ms, total_ms=_since(to_ms(reply.heard_at)), force=force,
         heard=heard,
     )
+    if first_audio_ms is not None:  # the caller heard it: the turn's latency is to its first audio
+        metrics.turn_completed("reply", first_audio_ms / 1000)
+    return settled
 
 
 def _ms_between(start: datetime, end: datetime | None) -> int | None:

@@ -17,13 +17,15 @@ from urllib.parse import unquote
 
 from twisted.web import http
 
-from core.errors import VoiceCallError
 
 from . import http_limits
+from .metrics import recorders as metrics
 
 log = logging.getLogger(__name__)
 
 connections = http_limits.PerIpCount()  # open HTTP connections per client address
+# The refusal reason (calls/metrics/recorders.py) of each answer the checks at the end of a head give.
+HEAD_REFUSALS = {401: "webhook_signature", 429: "webhook_in_flight", 413: "body_too_large"}
 webhooks_in_flight = http_limits.PerIpCount()  # webhook requests from the end of their head to their answer
 
 
@@ -79,13 +81,13 @@ class GuardedChannel(http.HTTPChannel):
     def _head_expired(self) -> None:
         self._deadline = None
         if self.requests:  # a request line came: tell the client why
-            self._refuse(408, "request head not complete in time")
+            self._refuse(408, "request head not complete in time", "head_timeout")
         else:
             self.transport.loseConnection()  # idle: nothing to answer
 
     def _body_expired(self) -> None:
         self._deadline = None
-        self._refuse(408, "request body not complete in time")
+        self._refuse(408, "request body not complete in time", "body_timeout")
 
     def requestDone(self, request):
         # Before the base class replays pipelined bytes (which may hold a whole next head).
@@ -101,7 +103,7 @@ class GuardedChannel(http.HTTPChannel):
         path = unquote(self._path.split(b"?", 1)[0].decode("latin-1"))
         status = self._check_head(request, path)
         if status:
-            self._refuse(status, "refused at the end of the request head")
+            self._refuse(status, "refused at the end of the request head", HEAD_REFUSALS[status])
             return
         super().allHeadersReceived()
         if self.length != 0:  # a body follows (None: chunked)
@@ -120,18 +122,18 @@ class GuardedChannel(http.HTTPChannel):
         return None
 
     def _check_webhook(self, request) -> int | None:
-        from .runtime import get_runtime
+        from .runtime import webhook_gate
 
-        try:
-            runtime = get_runtime()
-        except VoiceCallError:
+        gate = webhook_gate()
+        if gate is None:
             return None  # the application answers 503 with the reason
+        config, carrier = gate
         headers = {name.decode("latin-1").lower(): b", ".join(values).decode("latin-1")
                    for name, values in request.requestHeaders.getAllRawHeaders()}
-        if not runtime.config.skip_signature_verification and not runtime.carrier.has_signature_headers(headers):
+        if not config.skip_signature_verification and not carrier.has_signature_headers(headers):
             return 401
         host = getattr(self.transport.getPeer(), "host", None) or "unknown"
-        if not webhooks_in_flight.take(host, runtime.config.serve.max_in_flight_per_ip):
+        if not webhooks_in_flight.take(host, config.serve.max_in_flight_per_ip):
             return 429
         self._webhook_host = host
         return None
@@ -142,7 +144,7 @@ class GuardedChannel(http.HTTPChannel):
             return False
         self._body_seen += size
         if self._body_seen > self._body_cap:
-            self._refuse(413, "request body over its cap")
+            self._refuse(413, "request body over its cap", "body_too_large")
             return False
         return True
 
@@ -154,8 +156,9 @@ class GuardedChannel(http.HTTPChannel):
 
     # --- a refused connection ---------------------------------------------------------------------
 
-    def _refuse(self, status: int, why: str) -> None:
-        """Answer `status` now, stop reading requests, and close (see the module's docstring)."""
+    def _refuse(self, status: int, why: str, reason: str) -> None:
+        """Answer `status` now, stop reading requests, and close (see the module's docstring); counted under `reason`."""
+        metrics.refused(reason)
         self._refused = True
         self._disarm()
         self.release_webhook()
@@ -214,6 +217,7 @@ def _guarded_factory_class():
             host = getattr(addr, "host", None)
             if host is not None and not connections.take(host, http_limits.max_connections_per_ip()):
                 http_limits.note_connection_refused(log, host)
+                metrics.refused("connections_per_ip")
                 return None  # Twisted closes the accepted socket at once
             try:
                 protocol = super().buildProtocol(addr)

@@ -6,9 +6,10 @@ and change the state through it, so nothing else keeps process state in module g
 
 Lifecycle: `start()` once per serving process (the `gateway` command, the ASGI lifespan, or the
 first request under a plain ASGI server) reports the config, registers the process as a gateway
-node with a heartbeat (calls/nodes.py), starts restoring live calls on a thread of its own
-(bounded in time; the server listens meanwhile) and starts the embedded sweeper; `stop()` stops
-the sweeper and the job threads and marks the node stopped. Processes that only run jobs
+node with a heartbeat (calls/nodes.py), starts the configured tunnel (calls/exposure.py) and
+restoring live calls, each on a thread of its own (the server listens meanwhile), and starts the
+embedded sweeper; `stop()` stops the sweeper and the job threads, closes the tunnel and marks the
+node stopped. Processes that only run jobs
 or commands (Celery workers, the CLI) never start it and use the config and runtime lazily.
 """
 from __future__ import annotations
@@ -41,6 +42,7 @@ class Gateway:
 
     def __init__(self) -> None:
         from .background import JobExecutor
+        from .exposure import Exposure
         from .leases import LeaseKeeper
         from .nodes import NodeHeartbeat
         from .restoring import Restore
@@ -52,6 +54,8 @@ class Gateway:
         self.restore = Restore()
         # This serving process as a node other processes can see die (calls/nodes.py).
         self.node = NodeHeartbeat()
+        # The tunnel to the public internet (ngrok, Tailscale) this process runs, or reads of another's.
+        self.exposure = Exposure()
         # Told when a deadline is written (the embedded sweeper wakes up for it).
         self.deadline_listeners: list[Callable[[datetime], None]] = []
         # The event loop media streams run on here (the in-memory channel layer is bound to it).
@@ -159,6 +163,8 @@ class Gateway:
         # Registered before restore and before the server listens: every stream it opens names it.
         self.node.start()
         if loaded.ok:
+            # On a thread of its own: the tunnel takes seconds to open and the server listens meanwhile.
+            self.exposure.start(loaded.config)
             self._restore_start()
         else:
             self.restore.skip("voice calls are disabled or their setup is incomplete")
@@ -199,6 +205,7 @@ class Gateway:
                 self.sweeper.stop()
                 self.sweeper = None
             self.jobs.shutdown()
+            self.exposure.stop()
             self.stop_node()
             self.started = False
             from .restoring import Restore

@@ -15,6 +15,7 @@ from django.conf import settings
 
 from core.config.schema import normalize_path
 
+from .metrics import recorders as metrics
 from .services import WebhookReply
 
 WEBHOOK_MAX_BODY_BYTES = 64 * 1024
@@ -29,6 +30,9 @@ MAX_HEAD_BYTES = 16 * 1024
 # Connections the kernel queues before the server accepts them (uvicorn's default). Twisted's own 50
 # drops a burst's handshakes, and each dropped client is accepted only seconds later on a retry.
 LISTEN_BACKLOG = 2048
+
+# The refusal reason (calls/metrics/recorders.py) of each answer a body that cannot be read gets.
+BODY_REFUSALS = {400: "bad_request", 408: "body_timeout", 413: "body_too_large"}
 
 REASONS = {400: b"Bad Request", 401: b"Unauthorized", 408: b"Request Timeout", 413: b"Payload Too Large",
            429: b"Too Many Requests", 431: b"Request Header Fields Too Large"}
@@ -196,6 +200,7 @@ class BodyGuard:
         try:
             body = await read_body(receive, headers, body_limits(scope["path"]))
         except BodyError as exc:
+            metrics.refused(BODY_REFUSALS[exc.answer.status])
             return await send_answer(send, exc.answer)
         delivered = False
 

@@ -9,6 +9,8 @@ from django.utils import timezone
 
 from core.states import END_REASONS, FORWARD_ORDER, TERMINAL_STATES, CallState
 
+from .console.pokes import changed
+
 STATE_CHOICES = [(state.value, state.value) for state in (*FORWARD_ORDER, *sorted(TERMINAL_STATES))]
 END_REASON_CHOICES = [(reason.value, reason.value) for reason in sorted(END_REASONS)]
 
@@ -39,13 +41,44 @@ class PairingStatus(models.TextChoices):
     FAILED = "failed"
 
 
-class CallQuerySet(models.QuerySet):
+class PokingQuerySet(models.QuerySet):
+    """Rows written through this queryset poke the live console once committed (calls/console/pokes.py).
+
+    With the models' `save`, these are the ways the gateway writes calls, their transcript and their
+    streams, so the console hears of every change from here rather than from each service.
+    """
+
+    def update(self, **kwargs) -> int:
+        rows = super().update(**kwargs)
+        if rows:
+            changed()
+        return rows
+
+    def bulk_create(self, objs, *args, **kwargs):
+        created = super().bulk_create(objs, *args, **kwargs)
+        if created:
+            changed()
+        return created
+
+
+class PokingModel(models.Model):
+    """A saved row pokes the live console once committed (see PokingQuerySet)."""
+
+    class Meta:
+        abstract = True
+
+    def save(self, *args, **kwargs) -> None:
+        super().save(*args, **kwargs)
+        changed()
+
+
+class CallQuerySet(PokingQuerySet):
     def live(self) -> CallQuerySet:
         """Calls not yet in a terminal state (they count against maxConcurrentCalls)."""
         return self.exclude(state__in=[s.value for s in TERMINAL_STATES])
 
 
-class Call(models.Model):
+class Call(PokingModel):
     """One phone call. Written before the carrier is contacted; never deleted by the gateway."""
 
     id = models.UUIDField("call id", primary_key=True, default=uuid.uuid4, editable=False)
@@ -82,6 +115,12 @@ class Call(models.Model):
     answered_by = models.CharField(max_length=64, blank=True, default="", help_text="The latest answering-machine verdict.")
     answered_by_first = models.CharField(max_length=64, blank=True, default="", help_text="The first verdict; later ones refine it.")
     turn_count = models.PositiveIntegerField("continue turns", default=0)
+    # Answering-machine detection asked for this call (off, detect: hang up on a machine, voicemail:
+    # leave the message after the beep), resolved from the request and the config when it is created.
+    amd_mode = models.CharField("answering-machine detection", max_length=10, blank=True, default="")
+    # Recordings asked for this call, resolved from the request, its route and the config at creation.
+    record_carrier = models.BooleanField("carrier recording", default=False)
+    record_local = models.BooleanField("local recording", default=False, help_text="A two-channel WAV of the media stream, written by the gateway.")
     hangup_reason = models.CharField(
         max_length=16, choices=END_REASON_CHOICES, blank=True, default="",
         help_text="The reason of our own hang-up request, kept if the carrier's end arrives first.",
@@ -134,6 +173,11 @@ class Call(models.Model):
 
     class Meta:
         ordering = ["-started_at"]
+        # The operator console's own permissions (beyond view_call, which its read-only pages need).
+        permissions = [
+            ("act_on_call", "Can speak on, send DTMF to, transfer and end live calls from the console"),
+            ("view_setup", "Can view the setup checks and the loaded config (secrets shown only by their source)"),
+        ]
         constraints = [
             models.UniqueConstraint(
                 fields=["provider", "provider_call_id"],
@@ -150,6 +194,7 @@ class Call(models.Model):
             models.Index(fields=["updated_at"], name="call_updated_at"),
             # Recent failed pairings lock pairing (calls/services/pairing.py).
             models.Index(fields=["rejection_reason", "started_at"], name="call_rejection_started"),
+            models.Index(fields=["started_at"], name="call_started_at"),  # a time window's calls (dashboard, CSV)
         ]
 
     def __str__(self) -> str:
@@ -172,12 +217,14 @@ class CallEvent(models.Model):
 
     class Meta:
         ordering = ["id"]
+        # The latency dashboard reads one type's events of a time window (realtime turns).
+        indexes = [models.Index(fields=["type", "occurred_at"], name="event_type_occurred")]
 
     def __str__(self) -> str:
         return f"{self.type} @ {self.occurred_at:%H:%M:%S}"
 
 
-class TranscriptEntry(models.Model):
+class TranscriptEntry(PokingModel):
     """One thing said on the call: by the bot (after it was played) or by the caller (final text)."""
 
     call = models.ForeignKey(Call, on_delete=models.CASCADE, related_name="transcript_entries")
@@ -185,6 +232,8 @@ class TranscriptEntry(models.Model):
     speaker = models.CharField(max_length=4, choices=Speaker.choices)
     text = models.TextField()
     is_final = models.BooleanField(default=True)
+
+    objects = PokingQuerySet.as_manager()
 
     class Meta:
         ordering = ["id"]
@@ -309,12 +358,12 @@ class GatewayNode(models.Model):
         return f"{self.host} pid {self.pid}"
 
 
-class MediaStreamQuerySet(models.QuerySet):
+class MediaStreamQuerySet(PokingQuerySet):
     def open(self):
         return self.filter(closed_at__isnull=True)
 
 
-class MediaStream(models.Model):
+class MediaStream(PokingModel):
     """One media WebSocket of a call: registered on `start`, closed on `stop` or disconnect."""
 
     call = models.ForeignKey(Call, on_delete=models.CASCADE, related_name="media_streams")
@@ -340,6 +389,86 @@ class MediaStream(models.Model):
 
     def __str__(self) -> str:
         return f"stream {self.stream_id} of {self.call_id}"
+
+
+class TransferKind(models.TextChoices):
+    COLD = "cold"
+    WARM = "warm"
+
+
+class TransferStatus(models.TextChoices):
+    REQUESTED = "requested"  # stored, the carrier not asked yet
+    DIALING = "dialing"  # the carrier accepted; the target's phone rings
+    CONNECTED = "connected"  # the caller is with the target
+    FAILED = "failed"  # see error
+
+
+class Transfer(models.Model):
+    """A hand-off of a call to another number or SIP address, and how it went."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    call = models.ForeignKey(Call, on_delete=models.CASCADE, related_name="transfers")
+    target = models.CharField(max_length=255, help_text="E.164 number or SIP URI.")
+    kind = models.CharField(max_length=4, choices=TransferKind.choices, default=TransferKind.COLD)
+    status = models.CharField(max_length=10, choices=TransferStatus.choices, default=TransferStatus.REQUESTED)
+    requested_by = models.CharField(max_length=150, blank=True, default="", help_text="rpc, tool, cli, realtime, or the staff user.")
+    summary = models.TextField(blank=True, default="", help_text="Warm: what the agent said to the person answering first.")
+    provider_ref = models.CharField("carrier reference", max_length=128, blank=True, default="", help_text="The carrier's id of the new leg or conference.")
+    error = models.TextField(blank=True, default="")
+    requested_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["requested_at"]
+
+    def __str__(self) -> str:
+        return f"{self.kind} transfer of {self.call_id} to {self.target}"
+
+
+class RecordingSource(models.TextChoices):
+    CARRIER = "carrier"  # recorded by the carrier; its URL (and the fetched file, when configured)
+    LOCAL = "local"  # a two-channel WAV the gateway wrote from the media stream
+
+
+class RecordingStatus(models.TextChoices):
+    IN_PROGRESS = "in-progress"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    DELETED = "deleted"  # its file removed by the retention sweep (the row is kept)
+
+
+class Recording(models.Model):
+    """One recording of a call: where it is, how long, and when it expires."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    call = models.ForeignKey(Call, on_delete=models.CASCADE, related_name="recordings")
+    source = models.CharField(max_length=8, choices=RecordingSource.choices)
+    provider_recording_id = models.CharField("carrier recording id", max_length=128, blank=True, default="")
+    status = models.CharField(max_length=12, choices=RecordingStatus.choices, default=RecordingStatus.IN_PROGRESS)
+    url = models.URLField("carrier URL", max_length=1024, blank=True, default="")
+    file = models.CharField(max_length=1024, blank=True, default="", help_text="The stored file, relative to the recordings directory.")
+    content_type = models.CharField(max_length=64, blank=True, default="")
+    size_bytes = models.PositiveBigIntegerField(null=True, blank=True)
+    duration_seconds = models.FloatField(null=True, blank=True)
+    channels = models.PositiveSmallIntegerField(default=1)
+    started_at = models.DateTimeField(default=timezone.now)
+    completed_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True, help_text="When the retention sweep deletes its file (empty: kept).")
+    deleted_at = models.DateTimeField(null=True, blank=True)
+    error = models.TextField(blank=True, default="")
+
+    class Meta:
+        ordering = ["started_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["call", "provider_recording_id"], condition=~models.Q(provider_recording_id=""),
+                name="recording_carrier_id_once",
+            ),
+        ]
+        indexes = [models.Index(fields=["expires_at"], name="recording_expiry")]
+
+    def __str__(self) -> str:
+        return f"{self.source} recording of {self.call_id}"
 
 
 class ConversationSession(models.Model):
@@ -406,7 +535,10 @@ class ReplyTurn(models.Model):
 
     class Meta:
         ordering = ["heard_at", "id"]
-        indexes = [models.Index(fields=["call", "status"])]
+        indexes = [
+            models.Index(fields=["call", "status"]),
+            models.Index(fields=["heard_at"], name="reply_heard_at"),  # the latency dashboard's window
+        ]
 
     def __str__(self) -> str:
         return f"reply {self.pk} on {self.call_id}: {self.status}"

@@ -30,7 +30,9 @@ from voicecall_project.rpc_tokens import RpcToken
 
 from . import selectors, services, tools
 from .config import get_config
+from .metrics import recorders as metrics
 from .rpc_tokens import AuthError, authenticate
+from .call_options import AMD_MODES
 from .services import MODES, InputRejected
 
 log = logging.getLogger(__name__)
@@ -83,6 +85,13 @@ def _mode(params: dict[str, Any]) -> str | None:
     return mode
 
 
+def _amd(params: dict[str, Any]) -> str | None:
+    amd = params.get("amd")
+    if amd is not None and amd not in AMD_MODES:
+        raise invalid_params(f"amd must be off, detect or voicemail, got {amd!r}")
+    return amd
+
+
 def _agent(params: dict[str, Any]) -> str | None:
     agent = params.get("agentId")
     if agent is None:
@@ -99,7 +108,7 @@ def _initiate(p: dict[str, Any]) -> dict[str, Any]:
     return services.call_initiate_request(
         to=p.get("to"), message=p["message"], mode=_mode(p), dtmf_sequence=p.get("dtmfSequence"),
         session_key=p.get("sessionKey"), requester_session_key=p.get("requesterSessionKey"),
-        idempotency_key=p.get("idempotencyKey"), at=p.get("at"),
+        idempotency_key=p.get("idempotencyKey"), at=p.get("at"), record=p.get("record"), amd=_amd(p),
     ).as_dict()
 
 
@@ -109,7 +118,7 @@ def _start(p: dict[str, Any]) -> dict[str, Any]:
     return services.call_initiate_request(
         to=p["to"], message=p.get("message"), mode=_mode(p), dtmf_sequence=p.get("dtmfSequence"),
         session_key=p.get("sessionKey"), requester_session_key=p.get("requesterSessionKey"), agent_id=agent,
-        idempotency_key=p.get("idempotencyKey"), at=p.get("at"),
+        idempotency_key=p.get("idempotencyKey"), at=p.get("at"), record=p.get("record"), amd=_amd(p),
     ).as_dict()
 
 
@@ -117,6 +126,8 @@ _CALL_MESSAGE = {"callId": str, "message": str}
 _INITIATE = {
     "to": str, "message": str, "mode": str, "dtmfSequence": str, "sessionKey": str, "requesterSessionKey": str,
     "idempotencyKey": str, "at": str,  # at: a scheduled call (calls/dial_time.py)
+    "record": bool,  # carrier recording for this call (calls/call_options.py)
+    "amd": str,  # answering-machine detection: off, detect or voicemail (calls/call_options.py)
 }
 
 METHODS: dict[str, Method] = {
@@ -149,6 +160,13 @@ METHODS: dict[str, Method] = {
         "write", {"callId": str, "digits": str},
         lambda p: services.call_send_dtmf_request(call_id=p.get("callId"), digits=p.get("digits")).as_dict(),
         "dtmf failed",
+    ),
+    "voicecall.transfer": Method(
+        "write", {"callId": str, "to": str, "mode": str, "summary": str},
+        lambda p: services.call_transfer_request(
+            call_id=p.get("callId"), to=p.get("to"), mode=p.get("mode"), summary=p.get("summary"), requested_by="rpc",
+        ).as_dict(),
+        "transfer failed",
     ),
     "voicecall.end": Method(
         "write", {"callId": str}, lambda p: services.call_end_request(call_id=p.get("callId")).as_dict(), "end failed"
@@ -284,6 +302,7 @@ async def rpc_view(request: HttpRequest) -> HttpResponse:
     try:
         token = authenticate(request.headers.get("Authorization"))  # in memory: no thread needed
     except AuthError as exc:
+        metrics.refused("rpc_auth")
         return _error_reply(
             UNAUTHENTICATED, f"Unauthorized: {exc}", "UNAUTHORIZED", 401,
             WWW_Authenticate='Bearer realm="voicecall", error="invalid_token"',

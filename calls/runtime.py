@@ -28,7 +28,15 @@ class CallRuntime:
     def config(self) -> VoiceCallConfig:
         return self.loaded.config
 
-    def webhook_url(self) -> str:
+    def webhook_url(self, *, reachable: bool = False) -> str:
+        """The webhook URL carriers are given. `reachable`: refuse (SetupIncomplete) while the configured
+        tunnel is not up, rather than hand the carrier a local address it cannot call."""
+        if reachable:
+            from .exposure import exposure_problem
+
+            problem = exposure_problem(self.config)
+            if problem:
+                raise SetupIncomplete([problem])
         return webhook_url(self.config)
 
 
@@ -50,6 +58,25 @@ def build_runtime(loaded: LoadedConfig) -> CallRuntime:
 
     carrier.realtime_token = realtime_token_issue
     return CallRuntime(loaded=loaded, carrier=carrier)
+
+
+def webhook_gate() -> tuple[VoiceCallConfig, type[CarrierBackend]] | None:
+    """The config and the carrier class a webhook's head is checked against; None when calls cannot run.
+
+    Without building the runtime: on a server's event loop, the first request after a config change
+    would otherwise build it there (the carrier's HTTP client and its TLS context are too much for it).
+    """
+    gateway = get_gateway()
+    runtime = gateway.current_runtime()
+    if runtime is not None:
+        return runtime.config, type(runtime.carrier)
+    loaded = gateway.config()
+    if not loaded.enabled or loaded.errors:
+        return None
+    try:
+        return loaded.config, carrier_class(loaded.config.provider)
+    except KeyError:
+        return None
 
 
 def get_runtime() -> CallRuntime:

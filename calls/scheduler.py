@@ -59,7 +59,8 @@ class Sweeper(threading.Thread):
         """One pass; returns how long to sleep before the next."""
         from .gateway import get_gateway
         from .services import (
-            REAP_INTERVAL_SECONDS, dead_nodes_sweep, deadlines_sweep, dials_advance, lost_jobs_resume, next_deadline,
+            REAP_INTERVAL_SECONDS, dead_nodes_sweep, deadlines_sweep, dials_advance, local_recordings_reap, lost_jobs_resume,
+            next_deadline,
             processed_webhooks_purge,
             stale_calls_reap,
         )
@@ -71,6 +72,7 @@ class Sweeper(threading.Thread):
             if clock >= self._next_reap:
                 self._next_reap = clock + REAP_INTERVAL_SECONDS
                 stale_calls_reap()
+                local_recordings_reap()  # recordings a dead process left in progress
             if clock >= self._next_resume:
                 self._next_resume = clock + settings.VOICECALL_RESUME_SECONDS
                 lost_jobs_resume()  # jobs whose claim expired: their process died (calls/services/resume.py)

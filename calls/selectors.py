@@ -4,6 +4,7 @@ Selectors never write. Projections are in the reference's JSON shapes (camelCase
 """
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import datetime, timezone as dt_timezone
 from typing import Any
@@ -12,11 +13,12 @@ from django.db import connection, router
 from django.db.models import Count, Exists, OuterRef, QuerySet, Subquery
 from django.db.models.functions import Coalesce
 
-from core.errors import CallHasEnded, CallNotConnected, CallNotFound
+from core.errors import CallHasEnded, CallNotConnected, CallNotFound, InvalidRequest
 from providers.carriers.base import CallView
 from providers.responders.base import HistoryMessage
 from routing.routes import call_route, effective_tts, preferred_voice
 
+from .amd_verdicts import amd_holds
 from .clock import to_ms
 from .dial_progress import pending_dial_find, pending_dial_summary
 from .documents import document_for, stream_token
@@ -58,6 +60,32 @@ def call_find(*, ref: str | None, for_update: bool = False, with_stream: bool = 
     if call is None:
         call = calls.filter(provider_call_id=ref).order_by("-started_at").first()
     return call
+
+
+SHORT_REF = re.compile(r"[0-9a-f]{8}(?:-?[0-9a-f]{1,4}){0,6}", re.IGNORECASE)  # a prefix of a UUID, at least 8 hex digits
+
+
+def call_ref_expanded(ref: str) -> str:
+    """A call id shortened to its first 8+ hex digits (as `status` and the admin show it) made whole again.
+
+    Anything else (a whole id, a carrier's id, a prefix matching no call) comes back as it is, so it is
+    looked up, or reported not found, as before. A prefix that matches several calls is an error
+    naming them: acting on the wrong call would be worse than asking for more digits.
+    """
+    text = ref.strip()
+    try:
+        uuid.UUID(text)
+        return ref  # whole
+    except ValueError:
+        pass
+    if not SHORT_REF.fullmatch(text) or Call.objects.filter(provider_call_id=ref).exists():
+        return ref
+    matches = [str(pk) for pk in Call.objects.filter(pk__startswith=text.lower()).order_by("pk").values_list("pk", flat=True)[:5]]
+    if len(matches) > 1:
+        shown = ", ".join(matches[:4]) + (", …" if len(matches) > 4 else "")
+        raise InvalidRequest(f"The short id {text} matches {'5 or more' if len(matches) > 4 else len(matches)} calls "
+                             f"({shown}): give more of its digits")
+    return matches[0] if matches else ref
 
 
 def call_find_locked(*, ref: str | None) -> Call | None:
@@ -297,6 +325,7 @@ def call_view(*, call: Call | None, rejected: bool, document_token: str | None) 
         stream_token=stream_token(call_id),
         # Streams of other calls: with as many as calls allowed, a new caller waits on hold.
         media_streams_active=MediaStream.objects.open().exclude(call=call).count() if streams else 0,
+        held=amd_holds(call),
     )
 
 
@@ -318,6 +347,15 @@ def call_record(call: Call) -> dict[str, Any]:
             ],
             "processedEventIds": [key for key in call.events.values_list("dedupe_key", flat=True) if key],
             "metadata": call_metadata(call),
+            # Only on a call that has been handed off (or tried to be): where to, and how it went.
+            "transfers": [
+                _without_none({
+                    "transferId": str(t.pk), "to": t.target, "mode": t.kind, "status": t.status,
+                    "requestedBy": t.requested_by or None, "error": t.error or None,
+                    "requestedAt": to_ms(t.requested_at), "finishedAt": to_ms(t.finished_at) if t.finished_at else None,
+                })
+                for t in call.transfers.all()
+            ] or None,
         }
     )
     return _without_none(record)
@@ -326,12 +364,14 @@ def call_record(call: Call) -> dict[str, Any]:
 def call_metadata(call: Call) -> dict[str, Any]:
     """The call's facts under the reference's metadata keys, over the carrier extras kept in `metadata`.
 
-    A key is present only when the reference would have it: `mode` on calls the gateway placed,
+    A key is present only when the reference would have it: `mode` on calls the gateway placed (and
+    `amd` when it asked for answering-machine detection),
     `pairing` while the caller is asked for a code, `turnCount` and the last turn's latencies once
     a `continue` turn completed. `lastError` is this gateway's own: the error that ended the call.
     """
     facts: dict[str, Any] = {
         "mode": call.mode if call.direction == Direction.OUTBOUND else None,
+        "amd": call.amd_mode if call.amd_mode in ("detect", "voicemail") else None,
         "dtmfSequence": call.pending_dtmf,
         "initialMessage": call.initial_message,
         "requesterSessionKey": call.requester_session_key,
@@ -418,6 +458,8 @@ def call_timeline(*, call: Call) -> list[dict]:
              if r.first_audio_ms is not None else (r.error or ""))
         for r in call.replies.all()
     ]
+    rows += [_row(t.finished_at or t.requested_at, "transfer", f"transfer {t.status}", _transfer_detail(t))
+             for t in call.transfers.all()]
     rows.sort(key=lambda row: row["at"])
     for row in rows:
         row["offset"] = (row["at"] - call.started_at).total_seconds()
@@ -431,12 +473,37 @@ def _row(at: datetime, kind: str, label: str, detail: str) -> dict:
 def _event_detail(payload: dict, kind: str = "") -> str:
     if kind.startswith("realtime."):
         return _realtime_detail(payload, kind)
+    if kind.startswith("operator."):
+        return _operator_detail(payload, kind)
+    if kind == "call.transfer":
+        return str(payload.get("outcome") or "") + (f": {payload['error']}" if payload.get("error") else "")
     for key in ("transcript", "digits", "reason", "error", "text"):
         if payload.get(key):
             return str(payload[key])
     if payload.get("latencyMs") is not None:  # a realtime turn: caller's speech end to the model's first audio
         return f"latency {payload['latencyMs']} ms"
     return ""
+
+
+def _operator_detail(payload: dict, kind: str) -> str:
+    """An operator's action from the console: who did what, and how it went."""
+    action = kind.removeprefix("operator.")
+    said = {"speak": payload.get("text"), "dtmf": payload.get("digits")}.get(action)
+    if action == "transfer":
+        said = f"{payload.get('mode') or 'cold'} to {payload.get('to') or 'the configured transferTo'}"
+    detail = f"{action} by {payload.get('user') or 'unknown user'}" + (f": {said}" if said else "")
+    if payload.get("ok") is False:
+        return f"{detail} (failed: {payload.get('error') or 'no reason given'})"
+    if payload.get("ok") is None:
+        return f"{detail} (no outcome recorded)"
+    return detail
+
+
+def _transfer_detail(transfer) -> str:
+    """A transfer of the call: where to, how, asked by whom, and why it failed if it did."""
+    who = f", asked by {transfer.requested_by}" if transfer.requested_by else ""
+    detail = f"{transfer.kind} to {transfer.target}{who}"
+    return f"{detail}: {transfer.error}" if transfer.error else detail
 
 
 def _realtime_detail(payload: dict, kind: str) -> str:

@@ -39,8 +39,9 @@ def sweep_deadlines_task() -> int:
 
 @shared_task(name="calls.reap_stale_calls")
 def reap_stale_calls_task() -> int:
-    from .services import stale_calls_reap
+    from .services import local_recordings_reap, stale_calls_reap
 
+    _when_ready(local_recordings_reap)  # recordings a dead process left in progress
     return _when_ready(stale_calls_reap)
 
 

@@ -11,7 +11,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed, JsonR
 
 from core.errors import VoiceCallError
 from core.redact import redact
-from core.phone import E164
+from core.phone import E164, SIP_URI
 
 from . import selectors, services
 from .services import DTMF_PATTERN, MODES
@@ -23,11 +23,11 @@ TOOL_DESCRIPTION = (
     "Make phone calls and have voice conversations. Start with initiate_call (mode notify to say a "
     "message and hang up, mode conversation to keep the line open); on a conversation call use "
     "continue_call to say something and wait for the caller's reply, speak_to_user to say something "
-    "without waiting, send_dtmf to press keypad digits, get_status to check the call and end_call to "
+    "without waiting, send_dtmf to press keypad digits, transfer_call to hand the caller to a person, get_status to check the call and end_call to "
     "hang up. Every result is JSON; failures come back as {\"error\": \"...\"}."
 )
 
-ACTIONS = ("initiate_call", "continue_call", "speak_to_user", "send_dtmf", "end_call", "get_status")
+ACTIONS = ("initiate_call", "continue_call", "speak_to_user", "send_dtmf", "transfer_call", "end_call", "get_status")
 READ_ACTIONS = ("get_status",)
 LEGACY_MODES = ("call", "status")
 CALL_ID_PLACEHOLDER = "CALL_ID"
@@ -38,16 +38,19 @@ ACTION_DESCRIPTIONS = {
     "continue_call": "Say a message on a live call and wait for the caller's spoken reply (returned as transcript).",
     "speak_to_user": "Say a message on a live call without waiting for a reply.",
     "send_dtmf": "Press keypad digits on a live call (e.g. to navigate a phone menu).",
+    "transfer_call": "Hand a live call to another number or SIP address (the call's configured transferTo when none is "
+                     "given); the gateway leaves the call. Warm: the person answering first hears the summary.",
     "end_call": "Hang up a call.",
     "get_status": "Look up a call's state (no transcript).",
 }
 
 # What each action needs, in the words the flattened (OpenAI) form gives the model.
 ACTION_FIELDS = {
-    "initiate_call": "message (required); to, mode, dtmfSequence, sessionKey, requesterSessionKey, idempotencyKey, at optional",
+    "initiate_call": "message (required); to, mode, dtmfSequence, sessionKey, requesterSessionKey, idempotencyKey, at, record, amd optional",
     "continue_call": "callId and message",
     "speak_to_user": "callId and message",
     "send_dtmf": "callId and digits",
+    "transfer_call": "callId; transferTo, transferMode, summary optional (summary required when warm)",
     "end_call": "callId",
     "get_status": "callId",
 }
@@ -72,6 +75,12 @@ FIELDS: dict[str, dict[str, Any]] = {
         "pause); only with mode conversation",
         pattern=DTMF_PATTERN.pattern,
     ),
+    "amd": _string(
+        "Answering-machine detection for this call: off; detect (hang up on a machine, never start a "
+        "conversation with one); voicemail (wait for the beep, leave the message, hang up). Defaults to the "
+        "configured amd",
+        enum=["off", "detect", "voicemail"],
+    ),
     "sessionKey": _string(
         "Conversation session to attach the call to, e.g. my-thread; defaults to one per phone "
         "number or per call as configured",
@@ -91,8 +100,27 @@ FIELDS: dict[str, dict[str, Any]] = {
         "or a delay like +15m or +2h. The result says scheduled and when; end_call cancels it until then",
         minLength=1,
     ),
+    "record": {
+        "type": "boolean",
+        "description": "true: the carrier records the call; false: no recording at all. Defaults to the configured recording",
+    },
     "callId": _string(
         "The callId returned by initiate_call (the carrier's call id is accepted too)",
+        minLength=1,
+    ),
+    "transferTo": _string(
+        "Where to hand the call: an E.164 number (+15550001234) or a SIP URI (sip:desk@example.com); defaults to the "
+        "transferTo configured for the call's number or agent",
+        pattern=f"{E164.pattern}|{SIP_URI.pattern}",
+    ),
+    "transferMode": _string(
+        "cold (default): connect the caller to the target at once; warm: call the target first and say the summary "
+        "to them, then join the caller (not every carrier supports it)",
+        enum=["cold", "warm"],
+    ),
+    "summary": _string(
+        "Warm transfer: what to tell the person answering before the caller joins, e.g. Caller wants to move "
+        "their Tuesday appointment",
         minLength=1,
     ),
     "digits": _string(
@@ -161,12 +189,20 @@ def tool_schema() -> dict[str, Any]:
                     "requesterSessionKey": FIELDS["requesterSessionKey"],
                     "idempotencyKey": FIELDS["idempotencyKey"],
                     "at": FIELDS["at"],
+                    "record": FIELDS["record"],
+                    "amd": FIELDS["amd"],
                 },
                 ["message"],
             ),
             _action_object("continue_call", {"callId": FIELDS["callId"], "message": _message("continue_call")}, ["callId", "message"]),
             _action_object("speak_to_user", {"callId": FIELDS["callId"], "message": _message("speak_to_user")}, ["callId", "message"]),
             _action_object("send_dtmf", {"callId": FIELDS["callId"], "digits": FIELDS["digits"]}, ["callId", "digits"]),
+            _action_object(
+                "transfer_call",
+                {"callId": FIELDS["callId"], "transferTo": FIELDS["transferTo"], "transferMode": FIELDS["transferMode"],
+                 "summary": FIELDS["summary"]},
+                ["callId"],
+            ),
             _action_object("end_call", {"callId": FIELDS["callId"]}, ["callId"]),
             _action_object("get_status", {"callId": FIELDS["callId"]}, ["callId"]),
             _legacy_object(),
@@ -195,11 +231,16 @@ def openai_function() -> dict[str, Any]:
                     "to": FIELDS["to"],
                     "mode": FIELDS["mode"],
                     "digits": FIELDS["digits"],
+                    "transferTo": FIELDS["transferTo"],
+                    "transferMode": FIELDS["transferMode"],
+                    "summary": FIELDS["summary"],
                     "dtmfSequence": FIELDS["dtmfSequence"],
                     "sessionKey": FIELDS["sessionKey"],
                     "requesterSessionKey": FIELDS["requesterSessionKey"],
                     "idempotencyKey": FIELDS["idempotencyKey"],
                     "at": FIELDS["at"],
+                    "record": FIELDS["record"],
+                    "amd": FIELDS["amd"],
                 },
                 "required": ["action"],
                 "additionalProperties": False,
@@ -245,6 +286,11 @@ EXAMPLES: list[dict[str, Any]] = [
     {
         "title": "Leave a one-way message on the configured number, then hang up",
         "arguments": {"action": "initiate_call", "message": "Reminder: your appointment is tomorrow at 10am.", "mode": "notify"},
+    },
+    {
+        "title": "Hand the caller to the front desk, telling them first what it is about",
+        "arguments": {"action": "transfer_call", "callId": CALL_ID_PLACEHOLDER, "transferTo": "+15550009876",
+                      "transferMode": "warm", "summary": "The caller wants to move their Tuesday appointment."},
     },
 ]
 
@@ -321,6 +367,7 @@ def _verb(action: str) -> str:
         "continue_call": "continue",
         "speak_to_user": "speak",
         "send_dtmf": "dtmf",
+        "transfer_call": "transfer",
         "end_call": "end",
         "get_status": "status",
     }.get(action, "voice_call")
@@ -350,6 +397,8 @@ def _initiate(arguments: dict[str, Any], *, session_key: str | None, agent_id: s
         idempotency_key=_text(arguments, "idempotencyKey"),
         missing_to=missing_to,
         at=_text(arguments, "at"),
+        record=arguments.get("record"),  # not a boolean: refused, naming it
+        amd=arguments.get("amd"),  # checked by call_initiate: anything but off, detect or voicemail is refused
     ).as_dict()
 
 
@@ -369,6 +418,13 @@ def _speak_to_user(arguments: dict[str, Any], **_: Any) -> dict[str, Any]:
 
 def _send_dtmf(arguments: dict[str, Any], **_: Any) -> dict[str, Any]:
     return services.call_send_dtmf_request(call_id=_text(arguments, "callId"), digits=_text(arguments, "digits")).as_dict()
+
+
+def _transfer_call(arguments: dict[str, Any], **_: Any) -> dict[str, Any]:
+    return services.call_transfer_request(
+        call_id=_text(arguments, "callId"), to=_text(arguments, "transferTo") or _text(arguments, "to"),
+        mode=_text(arguments, "transferMode"), summary=_text(arguments, "summary"), requested_by="tool",
+    ).as_dict()
 
 
 def _end_call(arguments: dict[str, Any], **_: Any) -> dict[str, Any]:
@@ -397,6 +453,7 @@ _HANDLERS: dict[str, Callable[..., dict[str, Any]]] = {
     "continue_call": _continue_call,
     "speak_to_user": _speak_to_user,
     "send_dtmf": _send_dtmf,
+    "transfer_call": _transfer_call,
     "end_call": _end_call,
     "get_status": _get_status,
 }

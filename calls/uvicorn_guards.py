@@ -15,6 +15,7 @@ import logging
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from . import http_limits
+from .metrics import recorders as metrics
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         host = self.client[0] if self.client else None
         if host is not None and not connections.take(host, http_limits.max_connections_per_ip()):
             http_limits.note_connection_refused(log, host)
+            metrics.refused("connections_per_ip")
             transport.abort()
             return
         self._host = host
@@ -63,6 +65,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             return
         if self._begun:
             log.info("HTTP 408 to %s: request head not complete in time", self._host)
+            metrics.refused("head_timeout")
             self.transport.write(http_limits.refusal_bytes(408))
         self.transport.close()
 
@@ -82,6 +85,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def _count_head(self, size: int) -> None:
         self._head_bytes += size
         if self._head_bytes > http_limits.MAX_HEAD_BYTES:
+            if self._head_bytes - size <= http_limits.MAX_HEAD_BYTES:  # counted as the cap is first passed
+                metrics.refused("head_too_large")
             raise HeadTooLarge
 
     def on_headers_complete(self) -> None:

@@ -9,7 +9,9 @@ it first, calls/daphne_guards.py makes the same ones in Twisted before that (doc
 """
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections import defaultdict
 
 from asgiref.sync import sync_to_async
@@ -19,7 +21,9 @@ from core.errors import VoiceCallError
 from providers.carriers.base import WebhookRequest
 
 from . import services
-from .http_limits import BodyError, read_body, refusal, scope_headers, send_answer, webhook_body_limits
+from .gateway import get_gateway
+from .http_limits import BODY_REFUSALS, BodyError, read_body, refusal, scope_headers, send_answer, webhook_body_limits
+from .metrics import recorders as metrics
 from .runtime import get_runtime
 from .services import WebhookReply
 
@@ -39,7 +43,12 @@ class WebhookApp:
         self.in_flight: dict[str, int] = defaultdict(int)
 
     async def __call__(self, scope, receive, send) -> None:
-        await self._send(send, await self._answer(scope, receive))
+        started = time.perf_counter()
+        answer = await self._answer(scope, receive)
+        await self._send(send, answer)
+        runtime = get_gateway().current_runtime()
+        metrics.webhook_answered(runtime.carrier.name if runtime is not None else "none", answer.status,
+                                 time.perf_counter() - started)
 
     _send = staticmethod(send_answer)
 
@@ -53,15 +62,18 @@ class WebhookApp:
         if scope["method"] != "POST":
             return Answer(405, "Method Not Allowed", headers={"Allow": "POST"})
         try:
-            runtime = get_runtime()
+            # Built off the loop when the config changed (its carrier client and TLS context take a while).
+            runtime = get_gateway().current_runtime() or await asyncio.to_thread(get_runtime)
         except VoiceCallError as exc:
             return Answer(503, exc.message)
         headers = scope_headers(scope)
         # Refused before the body is read, so the connection closes after the answer.
         if not runtime.config.skip_signature_verification and not runtime.carrier.has_signature_headers(headers):
+            metrics.refused("webhook_signature")
             return refusal(401, "Unauthorized")
         client = (scope.get("client") or ("unknown", 0))[0] or "unknown"
         if self.in_flight[client] >= runtime.config.serve.max_in_flight_per_ip:
+            metrics.refused("webhook_in_flight")
             return refusal(429, "Too Many Requests")
         self.in_flight[client] += 1
         try:
@@ -77,6 +89,7 @@ class WebhookApp:
             )
             return await sync_to_async(_process_in_thread, thread_sensitive=False)(request)
         except BodyError as exc:
+            metrics.refused(BODY_REFUSALS[exc.answer.status])
             return exc.answer
         except Exception:
             log.exception("webhook failed")

@@ -109,6 +109,7 @@ class CallDtmf(NormalizedEvent):
 class CallEnded(NormalizedEvent):
     type: ClassVar[str] = "call.ended"
     reason: str = "completed"
+    detail: str = ""  # the carrier's own words for why (its cause, SIP code): a failed call's error
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -133,6 +134,52 @@ class CallAmd(NormalizedEvent):
     answered_by: str = "unknown"
 
 
+@dataclass(frozen=True, kw_only=True)
+class CallRecording(NormalizedEvent):
+    """A carrier recording of the call changed: started, ready (with its URL and length), or failed.
+
+    Applied to calls that already ended too: carriers report a recording once the call is over.
+    """
+
+    type: ClassVar[str] = "call.recording"
+    recording_id: str = ""  # the carrier's id of the recording
+    status: str = "completed"  # in-progress | completed | failed
+    url: str | None = None  # where the carrier keeps the file (may need the carrier's credentials)
+    duration_seconds: float | None = None
+    channels: int | None = None
+    error: str | None = None  # why it failed (absent: no audio)
+
+
+RECORDING_STATUSES = ("in-progress", "completed", "failed")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CallStreamFailed(NormalizedEvent):
+    """The carrier could not open (or keep) the call's media stream; `error` is its reason."""
+
+    type: ClassVar[str] = "call.stream_failed"
+    error: str = "unknown"
+
+
+TRANSFER_OUTCOMES = ("connected", "failed")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CallTransfer(NormalizedEvent):
+    """How a transfer of the call went (the carrier's word on the new leg): connected or failed.
+
+    Applied even to a call that has ended: a cold transfer ends the gateway's part of the call
+    before the target answers. `hangup_caller`: the caller's leg is still up at the carrier after a
+    failure (nothing else ends it).
+    """
+
+    type: ClassVar[str] = "call.transfer"
+    transfer_id: str = ""
+    outcome: str = "connected"
+    error: str = ""
+    hangup_caller: bool = False
+
+
 EVENT_TYPES: dict[str, type[NormalizedEvent]] = {
     cls.type: cls
     for cls in (
@@ -148,6 +195,9 @@ EVENT_TYPES: dict[str, type[NormalizedEvent]] = {
         CallError,
         CallSpoken,
         CallAmd,
+        CallRecording,
+        CallStreamFailed,
+        CallTransfer,
     )
 }
 
@@ -161,6 +211,10 @@ _CAMEL = {
     "is_final": "isFinal",
     "duration_ms": "durationMs",
     "answered_by": "answeredBy",
+    "recording_id": "recordingId",
+    "duration_seconds": "durationSeconds",
+    "transfer_id": "transferId",
+    "hangup_caller": "hangupCaller",
 }
 _SNAKE = {camel: snake for snake, camel in _CAMEL.items()}
 _OPTIONAL_STRINGS = ("id", "providerCallId", "dedupeKey", "turnToken", "from", "to")
@@ -241,8 +295,26 @@ def _type_fields(cls: type[NormalizedEvent], data: dict[str, Any], where: str) -
         if not isinstance(reason, str) or reason not in END_REASONS:  # an object is not hashable: `in` would raise
             raise EventFormatError(f"{where}.reason: must be one of {', '.join(sorted(END_REASONS))}")
         out["reason"] = reason
+        if "detail" in data:
+            out["detail"] = _string(data["detail"], f"{where}.detail")
+            if len(out["detail"]) > 200:  # it becomes a failed call's error: a line, as carriers' parsers keep it
+                raise EventFormatError(f"{where}.detail: at most 200 characters")
     elif cls is CallAmd and "answeredBy" in data:
         out["answered_by"] = _string(data["answeredBy"], f"{where}.answeredBy") or "unknown"
+    elif cls is CallRecording:
+        out.update(_recording_fields(data, where))
+    elif cls is CallTransfer:
+        out["transfer_id"] = _string(data.get("transferId"), f"{where}.transferId")
+        if "outcome" in data:
+            if data["outcome"] not in TRANSFER_OUTCOMES:
+                raise EventFormatError(f"{where}.outcome: must be one of {', '.join(TRANSFER_OUTCOMES)}")
+            out["outcome"] = data["outcome"]
+        if "error" in data:
+            out["error"] = _string(data["error"], f"{where}.error")
+        if "hangupCaller" in data:
+            if not isinstance(data["hangupCaller"], bool):
+                raise EventFormatError(f"{where}.hangupCaller: must be true or false")
+            out["hangup_caller"] = data["hangupCaller"]
     elif cls is CallError:
         if "error" in data:
             out["error"] = _string(data["error"], f"{where}.error") or "unknown error"
@@ -250,6 +322,33 @@ def _type_fields(cls: type[NormalizedEvent], data: dict[str, Any], where: str) -
             if not isinstance(data["retryable"], bool):
                 raise EventFormatError(f"{where}.retryable: must be true or false")
             out["retryable"] = data["retryable"]
+    return out
+
+
+def _recording_fields(data: dict[str, Any], where: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if "recordingId" in data:
+        out["recording_id"] = _string(data["recordingId"], f"{where}.recordingId")
+        if len(out["recording_id"]) > 128:
+            raise EventFormatError(f"{where}.recordingId: longer than 128 characters")
+    if "status" in data:
+        if data["status"] not in RECORDING_STATUSES:
+            raise EventFormatError(f"{where}.status: must be one of {', '.join(RECORDING_STATUSES)}")
+        out["status"] = data["status"]
+    for name in ("url", "error"):
+        if data.get(name) is not None:
+            out[name] = _string(data[name], f"{where}.{name}")
+    if out.get("url") and (not out["url"].lower().startswith(("http://", "https://")) or len(out["url"]) > 1024):
+        raise EventFormatError(f"{where}.url: must be an http(s) URL of at most 1024 characters")
+    if data.get("durationSeconds") is not None:
+        duration = data["durationSeconds"]
+        if not _is_number(duration) or not 0 <= duration < 10**7:
+            raise EventFormatError(f"{where}.durationSeconds: must be a number of seconds")
+        out["duration_seconds"] = float(duration)
+    if data.get("channels") is not None:
+        if data["channels"] not in (1, 2) or isinstance(data["channels"], bool):
+            raise EventFormatError(f"{where}.channels: must be 1 or 2")
+        out["channels"] = data["channels"]
     return out
 
 

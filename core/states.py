@@ -20,6 +20,7 @@ class CallState(StrEnum):
     NO_ANSWER = "no-answer"
     BUSY = "busy"
     VOICEMAIL = "voicemail"
+    TRANSFERRED = "transferred"  # handed to another number or SIP address; the gateway is out of it
 
 
 # Non-terminal states in their forward order; speaking and listening alternate at the end.
@@ -42,6 +43,7 @@ TERMINAL_STATES = frozenset(
         CallState.NO_ANSWER,
         CallState.BUSY,
         CallState.VOICEMAIL,
+        CallState.TRANSFERRED,
     }
 )
 # End reasons are exactly the terminal state names.

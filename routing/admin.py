@@ -6,6 +6,7 @@ from django.contrib import admin
 
 from .models import AllowedCaller, NumberRoute, PairingCode
 from .routes import validate_route_tts
+from .validators import EXAMPLE, to_e164
 
 
 class NumberRouteForm(forms.ModelForm):
@@ -42,11 +43,42 @@ class NumberRouteAdmin(admin.ModelAdmin):
         return super().changelist_view(request, extra_context)
 
 
+class E164FormField(forms.CharField):
+    """A phone number in any common notation, cleaned to E.164 (what is stored and compared)."""
+
+    def to_python(self, value):
+        text = super().to_python(value)
+        return to_e164(text) if text else text
+
+
+class AllowedCallerForm(forms.ModelForm):
+    number = E164FormField(
+        max_length=32, help_text=f"With its country code, in any common notation (+1 (555) 000-3333, 0015550003333); "
+                                 f"stored as {EXAMPLE}.")
+
+    class Meta:
+        model = AllowedCaller
+        fields = "__all__"
+
+
 @admin.register(AllowedCaller)
 class AllowedCallerAdmin(admin.ModelAdmin):
+    """Callers let in; the config file's allowFrom numbers are shown beside them, read-only."""
+
+    form = AllowedCallerForm
     list_display = ("number", "label", "enabled", "created_at")
     list_filter = ("enabled",)
     search_fields = ("number", "label")
+
+    def changelist_view(self, request, extra_context=None):
+        from calls.config import get_config
+        from core.phone import digits_only
+
+        admin_digits = {digits_only(number) for number in AllowedCaller.objects.values_list("number", flat=True)}
+        config_callers = [{"number": number, "also_here": digits_only(number) in admin_digits}
+                          for number in get_config().config.allow_from]
+        extra_context = {**(extra_context or {}), "config_callers": config_callers}
+        return super().changelist_view(request, extra_context)
 
 
 class UsableFilter(admin.SimpleListFilter):

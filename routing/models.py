@@ -23,6 +23,11 @@ class NumberRoute(models.Model):
     response_system_prompt = models.TextField(blank=True, default="")
     response_timeout_ms = models.PositiveIntegerField(null=True, blank=True)
     tts = models.JSONField(default=dict, blank=True, help_text="Deep-merged over the global tts config")
+    # Unset (None): the config's recording.carrier / recording.local.
+    record_carrier = models.BooleanField("carrier recording", null=True, blank=True,
+                                         help_text="The carrier records calls to this number; unknown: recording.carrier")
+    record_local = models.BooleanField("local recording", null=True, blank=True,
+                                       help_text="A local WAV of streamed calls to this number; unknown: recording.local")
     enabled = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -43,6 +48,9 @@ class NumberRoute(models.Model):
             "responseTimeoutMs": self.response_timeout_ms,
             "tts": self.tts or None,
         }
+        recording = {"carrier": self.record_carrier, "local": self.record_local}
+        if any(value is not None for value in recording.values()):
+            data["recording"] = {key: value for key, value in recording.items() if value is not None}
         return {key: value for key, value in data.items() if value is not None}
 
 

@@ -8,12 +8,19 @@ readiness) that `loop` runs, on the thread that runs it. A callback is reported 
   preempted or waits for the GIL, so a busy machine does not make a callback look heavy. Time the
   same thread spends in the cyclic garbage collector is subtracted (from the CPU and the wall time
   alike), since a collection runs in whichever thread happens to allocate and is not the callback's
-  work: a full collection late in a long test run can take a second by itself;
+  work: a full collection late in a long test run can take a second by itself. So is the wall
+  time spent starting a thread (`Thread.start` waits until the new thread has run its first
+  lines): asgiref starts an executor thread for every request's first `sync_to_async`, and how
+  long the handshake takes is how long the OS takes to schedule a new thread, which on a busy
+  machine can be half a second;
 - or its wall time exceeds `wall_limit` (500 ms) while it used less than half of that in CPU: a
   blocking sleep, socket or database call. A blocking call lets the other threads of the process
   run; when instead the whole process was starved (the machine too busy to run it, or a thread
   preempted while it held the GIL), the watch's own sampler thread was held up as well, and the
-  time it lost is not counted against the callback.
+  time it lost is not counted against the callback. Nor is time the callback's own thread spent
+  waiting for the GIL while other threads of the process ran (a test's browser driver, say): a
+  thread waiting for the GIL wakes once every switch interval (5 ms) to ask for it, so its
+  voluntary context switches times that interval bound the wait. A blocking call sleeps once.
 
 Reports name the callback (`repr`, and for a task step the coroutine and where it is suspended
 now), the stack it was busy in (a sampler thread looks at callbacks still running after the CPU
@@ -23,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import resource
 import sys
 import threading
 import time
@@ -37,6 +45,8 @@ _original_run = asyncio.Handle._run
 _watches: dict[asyncio.AbstractEventLoop, LoopWatch] = {}
 _gc_seconds: dict[int, tuple[float, float]] = {}  # thread id -> (CPU, wall) seconds spent collecting, cumulative
 _gc_started: dict[int, tuple[float, float]] = {}
+_thread_start_seconds: dict[int, float] = {}  # thread id -> wall seconds spent in Thread.start, cumulative
+_original_thread_start = threading.Thread.start
 _running: dict[int, tuple[float, asyncio.Handle]] = {}  # thread id -> (wall start, callback) being timed
 _busy_in: dict[int, tuple[asyncio.Handle, str]] = {}  # thread id -> (callback, stack sampled while it ran long)
 _installed = threading.Lock()
@@ -108,11 +118,12 @@ class LoopWatch:
         if slow:
             raise AssertionError(f"{len(slow)} callback(s) blocked the event loop:\n" + "\n".join(map(str, slow)))
 
-    def _judge(self, handle: asyncio.Handle, cpu: float, wall: float, busy_in: str, started: float) -> None:
+    def _judge(self, handle: asyncio.Handle, cpu: float, wall: float, busy_in: str, started: float, sleeps: int) -> None:
         if cpu > self.cpu_limit:
             self.slow.append(SlowCallback(describe(handle), cpu, wall, _scheduled_at(handle), busy_in))
         elif wall > self.wall_limit and cpu < wall / 2:
-            blocked = wall - starved_seconds(started, started + wall)
+            gil_wait = sleeps * sys.getswitchinterval()
+            blocked = wall - max(starved_seconds(started, started + wall), gil_wait)
             if blocked > self.wall_limit:
                 self.slow.append(SlowCallback(describe(handle), cpu, wall, _scheduled_at(handle), busy_in, "blocking"))
 
@@ -123,6 +134,8 @@ def _timed_run(handle: asyncio.Handle) -> None:
         return _original_run(handle)
     thread = threading.get_ident()
     gc_cpu_before, gc_wall_before = _gc_seconds.get(thread, (0.0, 0.0))
+    starting_before = _thread_start_seconds.get(thread, 0.0)
+    sleeps = _voluntary_switches()
     cpu, wall = time.thread_time(), time.perf_counter()
     started = wall
     _running[thread] = (wall, handle)
@@ -130,11 +143,26 @@ def _timed_run(handle: asyncio.Handle) -> None:
         return _original_run(handle)
     finally:
         gc_cpu, gc_wall = _gc_seconds.get(thread, (0.0, 0.0))
-        wall = time.perf_counter() - wall - (gc_wall - gc_wall_before)
+        starting = _thread_start_seconds.get(thread, 0.0) - starting_before
+        wall = time.perf_counter() - wall - (gc_wall - gc_wall_before) - starting
         cpu = time.thread_time() - cpu - (gc_cpu - gc_cpu_before)
         _running.pop(thread, None)
         sampled, busy_in = _busy_in.pop(thread, (None, ""))
-        watch._judge(handle, cpu, wall, busy_in if sampled is handle else "", started)
+        sleeps = _voluntary_switches() - sleeps if wall > watch.wall_limit else 0
+        watch._judge(handle, cpu, wall, busy_in if sampled is handle else "", started, sleeps)
+
+
+def _timed_thread_start(self: threading.Thread) -> None:
+    thread, started = threading.get_ident(), time.perf_counter()
+    try:
+        _original_thread_start(self)
+    finally:
+        _thread_start_seconds[thread] = _thread_start_seconds.get(thread, 0.0) + time.perf_counter() - started
+
+
+def _voluntary_switches() -> int:
+    """How many times the calling thread has gone to sleep (a blocking call, or a wait for the GIL)."""
+    return resource.getrusage(resource.RUSAGE_THREAD).ru_nvcsw
 
 
 def _sample() -> None:
@@ -179,6 +207,7 @@ def _install() -> None:
         if not _patched:
             asyncio.Handle._run = _timed_run  # TimerHandle inherits it
             gc.callbacks.append(_gc_phase)
+            threading.Thread.start = _timed_thread_start
             threading.Thread(target=_sample, name="loop-watch-sampler", daemon=True).start()
             _patched = True
 

@@ -177,10 +177,10 @@ def sampler_ran(monkeypatch, start: float, gaps: list[float]) -> None:
     monkeypatch.setattr(loop_watch, "_sampler_wakes", deque(wakes, maxlen=4000))
 
 
-def judge_a_callback(watch: LoopWatch, *, cpu: float, wall: float, started: float) -> None:
+def judge_a_callback(watch: LoopWatch, *, cpu: float, wall: float, started: float, sleeps: int = 1) -> None:
     loop = asyncio.new_event_loop()
     try:
-        watch._judge(asyncio.Handle(lambda: None, (), loop), cpu, wall, "", started)
+        watch._judge(asyncio.Handle(lambda: None, (), loop), cpu, wall, "", started, sleeps)
     finally:
         loop.close()
 
@@ -207,3 +207,83 @@ def test_a_sampler_still_held_up_when_the_callback_ends_counts_as_starved(monkey
     start = time.perf_counter() + 1000
     sampler_ran(monkeypatch, start, [0.005] * 4)  # and then nothing until after the callback
     assert loop_watch.starved_seconds(start, start + 0.7) == pytest.approx(0.7 - 0.02 - 0.05, abs=0.001)
+
+
+def test_a_wait_for_the_gil_is_not_reported_as_blocking(monkeypatch):
+    start = time.perf_counter() + 1000
+    sampler_ran(monkeypatch, start, [0.005] * 160)  # the process ran all along: another thread held the GIL
+    watch = LoopWatch()
+    judge_a_callback(watch, cpu=0.0001, wall=0.8, started=start, sleeps=160)  # woke every 5 ms to ask for it
+    assert watch.take() == []
+
+
+def test_a_blocking_call_is_reported_even_when_it_also_waited_for_the_gil(monkeypatch):
+    start = time.perf_counter() + 1000
+    sampler_ran(monkeypatch, start, [0.005] * 160)
+    watch = LoopWatch()
+    judge_a_callback(watch, cpu=0.0001, wall=0.8, started=start, sleeps=11)  # one sleep, then 50 ms for the GIL
+    [slow] = watch.take()
+    assert slow.kind == "blocking"
+
+
+def test_a_callback_kept_from_the_gil_by_busy_threads_passes_the_check():
+    stop = threading.Event()
+
+    def hold_the_gil():
+        while not stop.is_set():
+            sum(range(20000))
+
+    hogs = [threading.Thread(target=hold_the_gil, daemon=True) for _ in range(3)]
+    for hog in hogs:
+        hog.start()
+    watch = LoopWatch(wall_limit=0.05)  # a GIL-starved run of sleeps easily adds up to this
+
+    def many_short_gil_waits():
+        started = time.perf_counter()
+        while time.perf_counter() - started < 0.2:
+            time.sleep(0)  # gives up the GIL; getting it back means waiting for a busy thread
+
+    try:
+        run_on_new_loop(watch, lambda: a_callback_that(many_short_gil_waits))
+    finally:
+        stop.set()
+        for hog in hogs:
+            hog.join()
+    assert [slow for slow in watch.take() if slow.kind == "blocking"] == []
+
+
+class SlowToStartThread(threading.Thread):
+    """A thread the OS is slow to run: its start handshake takes 0.7 s, as on a very busy machine."""
+
+    def _bootstrap_inner(self) -> None:
+        time.sleep(0.7)
+        super()._bootstrap_inner()
+
+
+def test_waiting_for_a_new_thread_to_start_is_not_reported_as_blocking():
+    started: list[float] = []
+
+    def start_a_thread() -> None:
+        began = time.perf_counter()
+        thread = SlowToStartThread(target=lambda: None)
+        thread.start()
+        started.append(time.perf_counter() - began)
+        thread.join(10)
+
+    watch = LoopWatch()
+    run_on_new_loop(watch, lambda: a_callback_that(start_a_thread))
+    assert started[0] >= 0.7  # the callback did wait that long
+    assert watch.take() == []
+
+
+def test_a_blocking_call_after_starting_a_thread_is_still_reported():
+    def start_a_thread_then_sleep() -> None:
+        thread = SlowToStartThread(target=lambda: None)
+        thread.start()
+        thread.join(10)
+        time.sleep(0.7)
+
+    watch = LoopWatch()
+    run_on_new_loop(watch, lambda: a_callback_that(start_a_thread_then_sleep))
+    [slow] = watch.take()
+    assert str(slow).startswith("blocking callback") and slow.wall >= 0.7

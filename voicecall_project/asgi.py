@@ -16,6 +16,7 @@ from django.conf import settings  # noqa: E402
 from asgiref.sync import sync_to_async  # noqa: E402
 
 from calls.config import get_config  # noqa: E402
+from calls.console.socket import SOCKET_PATH as CONSOLE_SOCKET_PATH  # noqa: E402
 from calls.gateway import get_gateway  # noqa: E402
 from core.config.schema import normalize_path  # noqa: E402
 from calls.http_limits import BodyGuard  # noqa: E402
@@ -58,18 +59,22 @@ class Lifespan:
 
 class GatewayWebsocket:
     """Media streams at streaming.streamPath, realtime streams at <realtime stream path>/<token> (read
-    per connection, so config reloads apply); others refused."""
+    per connection, so config reloads apply), the console's live calls socket; others refused."""
 
     def __init__(self) -> None:
+        from calls.console.socket import live_calls_socket
         from calls.streams.media import MediaStreamConsumer
         from calls.streams.realtime import RealtimeStreamConsumer
 
         self.media = MediaStreamConsumer.as_asgi()
         self.realtime = RealtimeStreamConsumer.as_asgi()
+        self.console = live_calls_socket()
 
     async def __call__(self, scope, receive, send) -> None:
         config = get_config().config
         path = normalize_path(scope["path"])
+        if path == CONSOLE_SOCKET_PATH:  # checked first: carrier stream paths are configurable
+            return await self.console(scope, receive, send)
         if path == normalize_path(config.streaming.stream_path):
             return await self.media(scope, receive, send)
         prefix = normalize_path(config.realtime_stream_path()) + "/"

@@ -187,6 +187,8 @@ VOICECALL_AUTOSTART_SERVICES = env.bool("VOICECALL_AUTOSTART_SERVICES", default=
 # Bearer tokens for POST /voice/rpc: comma-separated "scope:token" entries, scope read or write
 # (write includes read). Checked here so a bad entry stops every process with a message naming it.
 VOICECALL_RPC_TOKENS = parse_rpc_tokens(env("VOICECALL_RPC_TOKENS", default=""))
+# Bearer token GET /metrics asks for (docs/console.md, Metrics); unset means the endpoint is open.
+VOICECALL_METRICS_TOKEN = env("VOICECALL_METRICS_TOKEN", default="").strip()
 # Where the CLI finds the running gateway's RPC (default: http://<serve.bind>:<serve.port>).
 VOICECALL_GATEWAY_URL = env("VOICECALL_GATEWAY_URL", default="")
 # The token the CLI sends; default: the first write token above, else the local token file.
@@ -223,6 +225,14 @@ LOG_FORMAT = env("LOG_FORMAT", default="text").strip().lower() or "text"
 if LOG_FORMAT not in ("text", "json"):
     raise ImproperlyConfigured(f"LOG_FORMAT must be text or json, got {LOG_FORMAT!r}")
 
+# Level of the project's loggers (calls, routing, providers); VOICECALL_LOG_LEVEL is its older name.
+# `manage.py gateway --verbose` is LOG_LEVEL=DEBUG for one run. Other libraries log warnings only.
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_LEVEL = (env("LOG_LEVEL", default="") or env("VOICECALL_LOG_LEVEL", default="") or "INFO").strip().upper()
+if LOG_LEVEL not in LOG_LEVELS:
+    _name = "LOG_LEVEL" if env("LOG_LEVEL", default="") else "VOICECALL_LOG_LEVEL"
+    raise ImproperlyConfigured(f"{_name} must be one of {', '.join(LOG_LEVELS)}, got {env(_name)!r}")
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -241,10 +251,14 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": "WARNING"},
     "loggers": {
         **{
-            name: {"level": env("VOICECALL_LOG_LEVEL", default="INFO")}
+            name: {"level": LOG_LEVEL}
             for name in ("calls", "routing", "providers")
         },
         # At DEBUG the WebSocket client logs every request's headers, the providers' API keys among them.
         "websockets": {"level": "INFO"},
+        # The servers' start-up lines (HTTP/2 support, endpoints, "Listening on ...") repeat the
+        # gateway's own banner; their warnings and errors still show.
+        "daphne": {"level": "WARNING"},
+        "uvicorn": {"level": "WARNING"},
     },
 }

@@ -22,6 +22,8 @@ from typing import Any, Callable
 
 import httpx
 
+from calls.free_ports import free_port
+from calls.metrics import multiproc
 from voicecall_project.secret_files import secret_file
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -36,12 +38,6 @@ STOP_GRACE_S = 15.0
 
 class ClusterError(Exception):
     """The cluster could not start: the message says which process and where its log is."""
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
 
 
 def port_free(host: str, port: int) -> bool:
@@ -135,6 +131,8 @@ class Process:
             return
         self.signal_group(signal.SIGKILL)
         self.process.wait(10)
+        if metrics_dir := multiproc.directory(self.env):
+            multiproc.process_exited(self.process.pid, Path(metrics_dir))
 
     def stop(self, grace: float = STOP_GRACE_S) -> None:
         """SIGTERM (a clean stop), SIGKILL after `grace`; then anything left in its group is killed too."""
@@ -233,7 +231,11 @@ class Cluster:
             VOICECALL_CONFIG=str(self.config_path or ""), PYTHONUNBUFFERED="1",
         )
         self.env.setdefault("VOICECALL_LOG_LEVEL", "INFO")
+        # prometheus_client's multiprocess mode: every gateway and worker writes its counters here, and
+        # a scrape of any gateway (through the balancer) sums the whole cluster's (docs/console.md, Metrics).
+        self.env[multiproc.ENV] = str(self.dir / "metrics")
         self.env.update(extra)
+        self.metrics_dir = Path(self.env[multiproc.ENV])
         self.env["VOICECALL_RPC_TOKENS"] = tokens
         self.nodes = [self._node(i, node_port) for i, node_port in enumerate(node_ports)]
         backends = [arg for node in self.nodes for arg in ("--backend", f"127.0.0.1:{node.port}")]
@@ -319,6 +321,7 @@ class Cluster:
             raise ClusterError(f"port in use, for {', '.join(taken)}: stop what listens there, or choose another "
                                "serve.port (the gateways take the ports after it)")
         try:
+            multiproc.fresh(self.metrics_dir)  # an earlier run's counters would be summed in too
             self.migrate()
             for process in self.processes():
                 process.spawn()

@@ -5,20 +5,41 @@ import json
 import os
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 
+from ..clock import to_ms
 from ..models import Call
 from ..selectors import call_record, calls_last_update, calls_recently_updated, calls_updated_since
+from .human import tail_line
 
 Write = Callable[[str], None]
 Stop = Callable[[], bool]
 
 
-def follow_calls(write: Write, *, since: int, poll_ms: int, stop: Stop) -> None:
-    """Print the last `since` call records, then each record again whenever it changes."""
-    for call in calls_recently_updated(limit=since):
-        write(_line(call))
-    # Start from the newest record even when none was printed (--since 0): only changes follow.
+def json_line(call: Call) -> str:
+    """The call's full record as one JSON line (what `status --json` prints for it)."""
+    return json.dumps(call_record(call), ensure_ascii=False)
+
+
+def human_line(call: Call) -> str:
+    return tail_line(call_record(call), to_ms(call.updated_at), int(time.time() * 1000))
+
+
+def follow_calls(write: Write, *, last: int | None, poll_ms: int, stop: Stop,
+                 changed_since: datetime | None = None, render: Callable[[Call], str] = json_line) -> None:
+    """Print the calls changed since `changed_since` (the last `last` of them), then each call whenever it changes.
+
+    Without `changed_since`: the last `last` changed calls. Each call is printed with `render`.
+    """
+    if changed_since is not None:
+        backlog = calls_updated_since(mark=changed_since)
+        backlog = backlog[len(backlog) - last:] if last is not None and last < len(backlog) else backlog
+    else:
+        backlog = calls_recently_updated(limit=last or 0)
+    for call in backlog:
+        write(render(call))
+    # Start from the newest record even when none was printed (--last 0): only changes follow.
     mark, seen = calls_last_update()
     while not stop():
         time.sleep(poll_ms / 1000)
@@ -27,17 +48,27 @@ def follow_calls(write: Write, *, since: int, poll_ms: int, stop: Stop) -> None:
                 continue
             seen.add((call.pk, call.updated_at))
             mark = call.updated_at
-            write(_line(call))
+            write(render(call))
         if mark is not None:
             seen = {entry for entry in seen if entry[1] >= mark}
 
 
-def _line(call: Call) -> str:
-    return json.dumps(call_record(call), ensure_ascii=False)
+def human_file_line(line: str) -> str:
+    """A calls.jsonl line as `tail` shows a record; a line that is not a call record as it is."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return line
+    if isinstance(record, dict) and isinstance(record.get("call"), dict):
+        record = record["call"]
+    if not (isinstance(record, dict) and isinstance(record.get("callId"), str)):
+        return line
+    return tail_line(record, None, None)  # a line read back is as of when it was written: no counting to now
 
 
-def follow_file(path: Path, write: Write, *, since: int, poll_ms: int, stop: Stop) -> None:
-    """Print the last `since` lines, then complete new lines as they are appended.
+def follow_file(path: Path, write: Write, *, last: int, poll_ms: int, stop: Stop,
+                render: Callable[[str], str] = lambda line: line) -> None:
+    """Print the last `last` lines, then complete new lines as they are appended (each through `render`).
 
     Partial lines wait for their newline (so a UTF-8 character split across writes is never
     cut), and a file that shrinks or is replaced (rotation) is read again from the start.
@@ -47,8 +78,8 @@ def follow_file(path: Path, write: Write, *, since: int, poll_ms: int, stop: Sto
         inode = os.fstat(handle.fileno()).st_ino
     complete, _, partial = data.rpartition(b"\n")
     lines = [line for line in complete.split(b"\n") if line.strip()] if complete else []
-    for line in lines[len(lines) - since:] if since else []:
-        write(line.decode("utf-8", errors="replace"))
+    for line in lines[len(lines) - last:] if last else []:
+        write(render(line.decode("utf-8", errors="replace")))
     offset = len(data) - len(partial)
     pending = b""
     while not stop():
@@ -70,4 +101,4 @@ def follow_file(path: Path, write: Write, *, since: int, poll_ms: int, stop: Sto
         *ready, pending = pending.split(b"\n")
         for line in ready:
             if line.strip():
-                write(line.decode("utf-8", errors="replace"))
+                write(render(line.decode("utf-8", errors="replace")))

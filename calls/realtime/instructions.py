@@ -8,7 +8,7 @@ from providers.realtime.base import SessionSetup
 from routing.routes import call_route
 
 from ..models import Call
-from .tools import CONSULT_TOOL, END_CALL_TOOL, tool_specs
+from .tools import CONSULT_TOOL, END_CALL_TOOL, TRANSFER_TOOL, tool_specs
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,11 @@ ALWAYS_POLICY = (
     "greetings, acknowledgements, checks that you can hear the caller, and short filler while you wait."
 )
 
+TRANSFER_POLICY = (
+    f"When the caller asks for a person, or needs what you cannot give, tell them you are transferring them, "
+    f"then call {TRANSFER_TOOL} with a short summary of who they are and what they need."
+)
+
 CAPSULE_HEADER = "OpenClaw agent voice context"
 CAPSULE_GUIDANCE = (
     "Match this agent's personality and voice. For anything this context does not cover, "
@@ -50,14 +55,20 @@ def session_setup(*, config, call_id: str) -> SessionSetup:
     realtime = config.realtime
     call = Call.objects.filter(pk=call_id).first()
     agent_id = (call.agent_id if call is not None else "") or config.resolved_agent_id()
+    route = None
     if call is not None:
         route = call_route(config, call)
         if route is not None and route.agent_id:
             agent_id = route.agent_id
+    # The transfer tool only where the route or the agent names where to transfer to.
+    agent = config.agents.get(agent_id)
+    transfer = bool((route is not None and route.transfer_to) or (agent is not None and agent.transfer_to))
     parts = [base_instructions(realtime)]
     policy = consult_policy_text(realtime)
     if policy:
         parts.append(policy)
+    if transfer:
+        parts.append(TRANSFER_POLICY)
     if realtime.agent_context.enabled:
         capsule = agent_context_capsule(config, agent_id)
         if capsule:
@@ -67,7 +78,7 @@ def session_setup(*, config, call_id: str) -> SessionSetup:
         block = realtime.providers[realtime.provider].model_dump(by_alias=True, exclude_none=True)
     return SessionSetup(
         instructions="\n\n".join(parts),
-        tools=tool_specs(realtime),
+        tools=tool_specs(realtime, transfer=transfer),
         language=block.get("language") or None,
         voice=block.get("voice") or None,
     )

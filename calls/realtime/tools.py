@@ -18,7 +18,8 @@ log = logging.getLogger(__name__)
 
 END_CALL_TOOL = "openclaw_end_call"
 CONSULT_TOOL = "openclaw_agent_consult"
-BUILT_IN_TOOLS = (END_CALL_TOOL, CONSULT_TOOL)
+TRANSFER_TOOL = "openclaw_transfer_call"
+BUILT_IN_TOOLS = (END_CALL_TOOL, CONSULT_TOOL, TRANSFER_TOOL)
 
 CONSULT_REASONS = (
     "explicit_agent_request",
@@ -41,6 +42,25 @@ END_CALL_SPEC = ToolSpec(
     name=END_CALL_TOOL,
     description="End the phone call. Say your final words to the caller first, then call this.",
     parameters={"type": "object", "properties": {}},
+)
+
+TRANSFER_SPEC = ToolSpec(
+    name=TRANSFER_TOOL,
+    description=(
+        "Hand the caller to a person at the number this line transfers to, when they ask for one or you cannot "
+        "help. Tell the caller you are transferring them first, then call this; once handed over, the call "
+        "leaves you."
+    ),
+    parameters={
+        "type": "object",
+        "properties": {
+            "summary": {
+                "type": "string",
+                "description": "Who is calling and what they need, in a sentence or two: said to the person answering "
+                               "before the caller joins, where the carrier can.",
+            },
+        },
+    },
 )
 
 CONSULT_SPEC = ToolSpec(
@@ -85,15 +105,20 @@ class ConsultRequest:
 
 @dataclass(frozen=True)
 class ToolOutcome:
-    """A tool call's result for the model; `end_call`: hang up once the model's last words played."""
+    """A tool call's result for the model; `end_call`: hang up once the model's last words played;
+    `transferred`: the call was handed over (the bridge leaves it without hanging up)."""
 
     output: dict[str, Any]
     end_call: bool = False
+    transferred: bool = False
 
 
-def tool_specs(realtime) -> tuple[ToolSpec, ...]:
-    """End call first, then consult (unless toolPolicy none), then the configured tools, built-ins never replaced."""
+def tool_specs(realtime, *, transfer: bool = False) -> tuple[ToolSpec, ...]:
+    """End call first, then transfer (when the call's route or agent has transferTo), then consult (unless
+    toolPolicy none), then the configured tools, built-ins never replaced."""
     specs = [END_CALL_SPEC]
+    if transfer:
+        specs.append(TRANSFER_SPEC)
     if realtime.tool_policy != "none":
         specs.append(CONSULT_SPEC)
     seen = {spec.name for spec in specs}
@@ -108,6 +133,11 @@ def tool_specs(realtime) -> tuple[ToolSpec, ...]:
         specs.append(ToolSpec(name=tool.name, description=tool.description or "",
                               parameters=tool.parameters.model_dump(exclude_none=True)))
     return tuple(specs)
+
+
+def tool_waits_for_words(name: str) -> bool:
+    """Whether what the model is saying must finish playing before the tool runs (the transfer cuts the audio)."""
+    return name == TRANSFER_TOOL
 
 
 def tool_is_slow(name: str) -> bool:
@@ -173,6 +203,8 @@ def tool_run(*, call_id: str, call: ToolCall, partial: str = "") -> ToolOutcome:
         payload["output"] = _clip(json.dumps(outcome.output, ensure_ascii=False))
     if outcome.end_call:
         payload["endCall"] = True
+    if outcome.transferred:
+        payload["transferred"] = True
     _record(call_id, "realtime.tool_result", call.call_id, payload)
     return outcome
 
@@ -181,6 +213,8 @@ def _dispatch(call_id: str, call: ToolCall, partial: str) -> ToolOutcome:
     realtime = get_runtime().config.realtime
     if call.name == END_CALL_TOOL:
         return ToolOutcome({"ok": True}, end_call=True)
+    if call.name == TRANSFER_TOOL:
+        return _transfer(call_id, parse_arguments(call.arguments))
     consulting = call.name == CONSULT_TOOL and realtime.tool_policy != "none"
     custom = call.name not in BUILT_IN_TOOLS and call.name in {tool.name for tool in realtime.tools}
     if not (consulting or custom):
@@ -196,6 +230,27 @@ def _dispatch(call_id: str, call: ToolCall, partial: str) -> ToolOutcome:
     from .consult import custom_tool_run
 
     return ToolOutcome(custom_tool_run(call_id=call_id, name=call.name, arguments=arguments))
+
+
+def _transfer(call_id: str, arguments: dict[str, Any]) -> ToolOutcome:
+    """Hand the call to its route's or agent's transferTo; warm with the model's summary where the carrier can."""
+    from core.errors import VoiceCallError
+
+    from ..models import Call
+    from ..services import call_transfer, transfer_default_target
+
+    call = Call.objects.filter(pk=call_id).first()
+    if call is None or not transfer_default_target(call):
+        return ToolOutcome({"error": "transfers are not offered on this call"})
+    summary = arguments.get("summary")
+    summary = summary.strip() if isinstance(summary, str) else ""
+    warm = bool(summary) and get_runtime().carrier.supports_warm_transfer
+    try:
+        result = call_transfer(call_id=call_id, mode="warm" if warm else "cold", summary=summary if warm else None,
+                               requested_by="realtime")
+    except VoiceCallError as exc:
+        return ToolOutcome({"error": f"the transfer failed: {exc}"})
+    return ToolOutcome({"ok": True, "status": "transferring", "mode": result.kind}, transferred=True)
 
 
 def _record(call_id: str, kind: str, tool_call_id: str, payload: dict[str, Any]) -> None:

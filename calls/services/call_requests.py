@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import timezone as dt_timezone
 from typing import Any
 
-from core.errors import InvalidRequest, VoiceCallError
+from core.errors import CallNotFound, InvalidRequest, VoiceCallError
 from ..clock import now
 from ..dial_time import due_time_parse
 from ..runtime import get_runtime
@@ -22,6 +22,7 @@ from .dialing import call_initiate
 from .dtmf import call_send_dtmf
 from .ending import call_end
 from .speech import call_speak
+from .transfer import TransferResult, call_transfer
 from .turns import call_continue
 
 CALL_AND_MESSAGE = "callId and message required"
@@ -123,16 +124,21 @@ def call_initiate_request(
     """Place a call to `to`, or to the configured toNumber when none is given; at `at` when given (a scheduled call).
 
     `options` are call_initiate's other keywords (message, mode, dtmf_sequence, session keys, agent_id,
-    idempotency_key, call_id, wait).
+    idempotency_key, call_id, wait, record, amd).
     """
     config = get_runtime().config
     to = input_required(to or config.to_number, message=missing_to)
+    if at and options.get("amd") is not None:
+        raise InputRejected("amd: a scheduled call (at) uses the configured amd; leave amd out")
+    options = {name: value for name, value in options.items() if not (name == "amd" and value is None)}
     if at:
         try:
             due_at = due_time_parse(at, now=now(), param="at")
         except InvalidRequest as exc:
             raise InputRejected(exc.message) from None
         options.pop("wait", None)  # nothing is dialed now: there is no dial to wait for
+        if options.pop("record", None) is not None:
+            raise InputRejected("record: not available with at (a scheduled call records as the config and route say)")
         dial = call_schedule(to=to, due_at=due_at, **options)
         return CallScheduled(call_id=str(dial.pk), due_at=dial.due_at)
     call = call_initiate(to=to, **options)
@@ -181,3 +187,16 @@ def call_end_request(*, call_id: str | None) -> ActionResult:
         return ActionResult()  # a scheduled call or dial-list row not placed yet: cancelled, nothing to hang up
     call_end(call_id=call_id)
     return ActionResult()
+
+
+def call_transfer_request(*, call_id: str | None, to: str | None = None, mode: str | None = None,
+                          summary: str | None = None, requested_by: str = "") -> TransferResult:
+    """Hand a live call to `to` (else its route's or agent's transferTo); a bad request is the caller's to change."""
+    input_required(call_id, message="callId required")
+    get_runtime()
+    try:
+        return call_transfer(call_id=call_id, to=to, mode=mode, summary=summary, requested_by=requested_by)
+    except InputRejected:
+        raise
+    except (InvalidRequest, CallNotFound) as exc:
+        raise InputRejected(exc.message) from None

@@ -12,6 +12,7 @@ from core.errors import CarrierError, VoiceCallError
 from core.states import TERMINAL_STATES, CallState, next_state
 
 from .. import background
+from ..amd_verdicts import amd_end_reason
 from ..clock import now
 from ..log_limit import warn_limited
 from ..models import Call, CallTurn, Speaker, TranscriptEntry, TurnStatus
@@ -86,6 +87,7 @@ def finalize(
     """
     if call.is_terminal:
         return False
+    reason = amd_end_reason(call, reason)
     call.state = next_state(call.state, reason).value
     call.end_reason = reason
     if error:

@@ -79,6 +79,7 @@ def _dial_tries(runtime: CallRuntime, call_id: str, token: uuid.UUID, sleep: Cal
         call_id=str(call.pk), from_number=call.from_number, to_number=call.to_number,
         webhook_url=runtime.webhook_url(), mode=call.mode, initial_message=call.initial_message or None,
         voice=call_voice(call=call), dtmf_sequence=call.dial_dtmf or None,
+        amd=call.amd_mode or "off", amd_timeout_ms=runtime.config.amd_timeout_ms, record=call.record_carrier,
     )
     for attempt in range(1, DIAL_TRIES + 1):
         dial_rate.slot_wait(runtime.config, runtime.carrier, sleep=sleep)

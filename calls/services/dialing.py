@@ -12,6 +12,7 @@ from core.phone import E164, E164_MESSAGE
 from core.states import CallState
 
 from .. import background
+from ..call_options import amd_mode_for, first_words, recording_for
 from ..clock import now
 from ..models import Call, CallMode, Direction, GatewayLock
 from ..runtime import get_runtime
@@ -39,6 +40,8 @@ def call_initiate(
     idempotency_key: str | None = None,
     call_id: str | None = None,
     wait: float | None = None,
+    amd: str | None = None,
+    record: bool | None = None,
 ) -> Call:
     """Place an outbound call: the record is written (and counted), the dial job queued, its outcome awaited.
 
@@ -46,7 +49,8 @@ def call_initiate(
     places nothing. `call_id`: the id the new call gets (a scheduled or listed dial chose it before).
     `wait`: seconds to wait for the carrier to accept the dial (settings.VOICECALL_DIAL_WAIT_SECONDS
     when None); the call returned may still be queued (see dial_job.dial_status). With 0 it returns
-    the call as written, once the job is queued, and never raises CallFailed. Raises InvalidRequest,
+    the call as written, once the job is queued, and never raises CallFailed. `amd` (off, detect,
+    voicemail) and `record` (carrier recording) override the config for this call (calls/call_options.py). Raises InvalidRequest,
     CapacityReached, SetupIncomplete..., or CallFailed when the dial failed within the wait (record
     kept, failed). Background jobs run inline (the CLI's standalone runtime, tests): the dial is
     done before this returns.
@@ -61,10 +65,13 @@ def call_initiate(
             raise InvalidRequest("dtmfSequence requires conversation mode")
     if not to or not E164.fullmatch(to):
         raise InvalidRequest(f"to: {E164_MESSAGE}")
+    amd_mode = amd_mode_for(config, amd)
+    record_carrier, record_local = recording_for(config, None, record)  # outbound calls have no number route
+    opening = first_words(config, message or "", recorded=record_carrier or record_local)
     key = idempotency_key_checked(idempotency_key)
     new_id = call_id_checked(call_id)
     wait = dial_wait_checked(wait)
-    runtime.webhook_url()  # a gateway without a usable webhook URL refuses now, not in the job
+    runtime.webhook_url(reachable=True)  # a gateway without a usable webhook URL refuses now, not in the job
     from_number = config.effective_from_number()
     if not from_number:
         raise InvalidRequest("fromNumber not configured")
@@ -84,8 +91,9 @@ def call_initiate(
                 raise CapacityReached(config.max_concurrent_calls)
             call = Call(
                 provider=runtime.carrier.name, direction=Direction.OUTBOUND, from_number=from_number, to_number=to,
-                agent_id=agent, mode=mode, initial_message=message or "", requester_session_key=requester_session_key or "",
+                agent_id=agent, mode=mode, initial_message=opening, requester_session_key=requester_session_key or "",
                 idempotency_key=key, dial_queued_at=now(),
+                amd_mode=amd_mode, record_carrier=record_carrier, record_local=record_local,
                 # Digits travel with the dial where the carrier can; otherwise they are sent once the call is answered.
                 dial_dtmf=dtmf_sequence or "" if runtime.carrier.dials_with_dtmf else "",
                 pending_dtmf="" if runtime.carrier.dials_with_dtmf else dtmf_sequence or "",

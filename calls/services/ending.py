@@ -9,6 +9,7 @@ from core.errors import CallNotFound, CarrierError
 from core.states import CallState
 
 from .. import background
+from ..amd_verdicts import amd_end_reason
 from ..clock import now
 from ..models import Call
 from ..runtime import get_runtime
@@ -18,8 +19,12 @@ from .dialing import DIAL_GRACE
 from .hangup_retry import hangup_failed
 
 
-def call_end(*, call_id: str, reason: str = CallState.HANGUP_BOT.value) -> None:
-    """Hang up and finalize. Ending an ended call succeeds; concurrent ends hang up once."""
+def call_end(*, call_id: str, reason: str = CallState.HANGUP_BOT.value, error: str = "") -> None:
+    """Hang up and finalize. Ending an ended call succeeds; concurrent ends hang up once.
+
+    `error`: what went wrong, when that is why the call ends; kept as `last_error` before the hang-up,
+    so it stays even when the carrier's end arrives first.
+    """
     runtime = get_runtime()
     give_up = time.monotonic() + CLAIM_TTL.total_seconds()
     while True:
@@ -29,6 +34,10 @@ def call_end(*, call_id: str, reason: str = CallState.HANGUP_BOT.value) -> None:
                 raise CallNotFound()
             if call.is_terminal:
                 return
+            reason = amd_end_reason(call, reason)  # a machine's call ends as voicemail, hang-up reason included
+            if error and call.last_error != error:
+                call.last_error = error
+                call.save(update_fields=["last_error", "updated_at"])
             if not call.provider_call_id and (call.dial_requested_at is None or now() - call.dial_requested_at > DIAL_GRACE):
                 # Still queued (no request to the carrier in flight; the dial job will find the call
                 # ended and dial nothing), or a dial that never completed: nothing to hang up.
@@ -79,10 +88,10 @@ def carrier_hangup(*, call_id: str, reason: str) -> None:
         hangup_failed(call.pk, reason, exc)
 
 
-def call_end_or_retry(*, call_id: str, reason: str) -> None:
+def call_end_or_retry(*, call_id: str, reason: str, error: str = "") -> None:
     """End the call; if the carrier fails the hang-up, it is tried again later with backoff."""
     try:
-        call_end(call_id=call_id, reason=reason)
+        call_end(call_id=call_id, reason=reason, error=error)
     except CarrierError as exc:
         hangup_failed(call_id, reason, exc)
 

@@ -19,11 +19,14 @@ from core.events import (
     CallEnded,
     CallError,
     CallInitiated,
+    CallRecording,
     CallRinging,
     CallSilence,
     CallSpeaking,
     CallSpeech,
     CallSpoken,
+    CallStreamFailed,
+    CallTransfer,
     NormalizedEvent,
 )
 from core.states import CallState
@@ -31,15 +34,20 @@ from routing.policy import inbound_decision
 from routing.routes import all_routes, greeting_for, match_route, route_snapshot
 
 from .. import background
+from ..call_options import first_words, recording_for
 from ..clock import from_ms, now, to_ms
+from ..metrics import recorders as metrics
 from ..models import Call, CallEvent, CallMode, CallTurn, Direction, PairingStatus, Speaker, TranscriptEntry, TurnStatus
 from ..runtime import CallRuntime, get_runtime
 from ..selectors import call_find_locked, call_pending_turn
 from ..session_keys import session_key_for_call
+from .amd import amd_answered, amd_verdict_applied
 from .common import CLAIM_TTL, finalize, log, move_to, set_answered, turn_changed
 from .greeting import greeting_decision
 from .pairing import PAIRING_PROMPT, pairing_admission, pairing_input
+from .recordings import recording_event_apply, recording_on_answer
 from .replies import conversational, replies_requested
+from .transfer import transfer_outcome_apply
 
 FIELD_LIMIT = Call._meta.get_field("from_number").max_length
 # Keys or refs per preload statement: well under every database's limit on bound parameters.
@@ -175,7 +183,8 @@ class EventBatch:
         call = self.call(event.call_id)
         if call is None and event.provider_call_id and event.provider_call_id != event.call_id:
             call = self.call(event.provider_call_id)
-        if call is None and event.provider_call_id and event.direction:
+        # A verdict alone never creates a call: for a call we do not know it is a logged no-op.
+        if call is None and event.provider_call_id and event.direction and not isinstance(event, CallAmd):
             call, rejected = _create_webhook_call(self.runtime, event, self.routes)
             bind_call_id(call.pk)
             call.pending_turn_id, call.replay_keys = None, 0  # new: no turn, no remembered answers
@@ -190,6 +199,12 @@ class EventBatch:
             log.warning("event %s for unknown call %s ignored", event.type, event.call_id)
             return EventOutcome.UNKNOWN_CALL
         bind_call_id(call.pk)
+        if isinstance(event, CallAmd) and call.is_terminal:
+            # A late verdict (the call ended first) changes nothing on the call (not even its updated_at); like every accepted
+            # event it is kept in the call's timeline.
+            log.info("answering-machine verdict %s for ended call %s ignored", event.answered_by, call.pk)
+            self._record(call, event)
+            return EventOutcome.PROCESSED
 
         if call.pk in self.unsaved and not isinstance(event, _ROW_ONLY):
             self._insert(call)
@@ -197,7 +212,12 @@ class EventBatch:
             _rekey(call, event.provider_call_id)
             self._hold(call)
         self._record(call, event)
-        if not call.is_terminal:
+        if isinstance(event, CallRecording):  # carriers report recordings once the call is over, too
+            recording_event_apply(call=call, event=event, config=self.runtime.config)
+        elif isinstance(event, CallTransfer):
+            # A transfer's outcome arrives after the gateway's part of the call ended (transferred).
+            transfer_outcome_apply(call, event)
+        elif not call.is_terminal:
             _apply(self, call, event)
         self.changed.add(call.pk)
         return EventOutcome.PROCESSED
@@ -312,6 +332,8 @@ def _create_webhook_call(runtime: CallRuntime, event: NormalizedEvent, routes: C
         if route_key:
             call.route_key = route_key
             call.route = route_snapshot(route)
+        call.record_carrier, call.record_local = recording_for(config, route)
+        call.initial_message = first_words(config, call.initial_message, recorded=call.record_carrier or call.record_local)
     else:
         call.mode = ""  # an outbound call the gateway did not place: no mode, no automatic replies
     call.session_key = session_key_for_call(
@@ -338,9 +360,12 @@ def _apply(batch: EventBatch, call: Call, event: NormalizedEvent) -> None:
     elif isinstance(event, CallRinging):
         move_to(call, CallState.RINGING)
     elif isinstance(event, CallAnswered):
+        first_answer = call.answered_at is None
         set_answered(call, from_ms(event.timestamp), config.max_duration_seconds)
         move_to(call, CallState.ANSWERED)
         _after_answer(call)
+        if first_answer:
+            recording_on_answer(call=call, carrier=runtime.carrier)
     elif isinstance(event, CallActive):
         move_to(call, CallState.ACTIVE)
     elif isinstance(event, CallSpeaking):
@@ -349,7 +374,8 @@ def _apply(batch: EventBatch, call: Call, event: NormalizedEvent) -> None:
     elif isinstance(event, CallSpeech):
         _apply_speech(batch, call, event)
     elif isinstance(event, CallEnded):
-        finalize(call, _end_reason(call, event), ended_at=from_ms(event.timestamp), save=False)
+        reason = _end_reason(call, event)
+        finalize(call, reason, ended_at=from_ms(event.timestamp), save=False, error=_carrier_end_error(call, reason, event.detail))
     elif isinstance(event, CallError):
         if not event.retryable:
             finalize(call, CallState.ERROR, error=event.error, turn_error=f"Call error: {event.error}", save=False)
@@ -357,17 +383,23 @@ def _apply(batch: EventBatch, call: Call, event: NormalizedEvent) -> None:
         _notify_message_played(config, call)
     elif isinstance(event, CallAmd):
         # The first verdict is kept apart: later ones (e.g. end of greeting) refine but do not replace it.
+        previous = call.answered_by
         call.answered_by = event.answered_by[:VERDICT_LIMIT]
         call.answered_by_first = call.answered_by_first or call.answered_by
+        if call.answered_by != previous:
+            amd_verdict_applied(runtime, call, previous)
     elif isinstance(event, CallDtmf):
         if call.pairing == PairingStatus.WAITING:
             pairing_input(call, digits=event.digits)
     elif isinstance(event, CallSilence):
         pass  # recorded only
+    elif isinstance(event, CallStreamFailed):
+        background.submit("calls.stream_failed", call_id=str(call.pk), error=event.error)
 
 
 def _after_answer(call: Call) -> None:
     """The answer's follow-up (dial digits, the greeting) runs as a job, unless it has nothing to do."""
+    amd_answered(call)
     decision = greeting_decision(call=call)
     if call.pending_dtmf or decision.speak or decision.spoken_by_carrier:
         background.submit("calls.call_answered", call_id=str(call.pk))
@@ -382,6 +414,15 @@ def _end_reason(call: Call, event: CallEnded) -> str:
     if claim is not None and requested and now() - claim < CLAIM_TTL:
         return requested
     return event.reason
+
+
+def _carrier_end_error(call: Call, reason: str, detail: str) -> str:
+    """A failure the carrier reports: in its own words when it gave any (none kept already)."""
+    if reason not in (CallState.FAILED, CallState.ERROR) or call.last_error:
+        return ""
+    if detail:
+        return f"The carrier ended the call as {reason}: {detail}."
+    return f"The carrier ended the call as {reason} and gave no reason (see its call log for {call.provider_call_id or 'this call'})."
 
 
 def _notify_message_played(config, call: Call) -> None:
@@ -427,6 +468,9 @@ def _complete_turn(call: Call, turn: CallTurn, text: str) -> None:
     turn.listen_wait_ms = max(0, to_ms(finished) - to_ms(listen_from))
     turn.deadline = None
     turn.save()
+    # Once the batch is stored: a batch rolled back (and applied again event by event) is one turn.
+    latency = turn.turn_latency_ms / 1000
+    transaction.on_commit(lambda: metrics.turn_completed("continue", latency))
     call.pending_turn_id = None  # it no longer waits
     call.turn_count += 1
     turn_changed()

@@ -13,6 +13,8 @@ from core.urls import realtime_streams_on
 from providers.carriers.base import Prompt
 
 from .. import background
+from ..call_options import consent_first
+from ..amd_verdicts import amd_holds, amd_on
 from ..clock import now
 from ..gateway import get_gateway
 from ..log_limit import warn_limited
@@ -40,11 +42,13 @@ def greeting_decision(*, call: Call) -> GreetingDecision:
     runtime = get_runtime()
     if not call.initial_message:
         return GreetingDecision(False, "nothing to say")
+    if amd_holds(call):
+        return GreetingDecision(False, "held until the answering-machine verdict")
     config = runtime.config
     carrier = runtime.carrier
     in_answer = GreetingDecision(False, "the answer to the carrier's answer webhook carries it")
     if call.mode == CallMode.NOTIFY:
-        if carrier.notify_in_dial:
+        if carrier.notify_in_dial and not amd_on(call):
             return GreetingDecision(False, "sent with the dial request", spoken_by_carrier=True)
         return in_answer if carrier.greets_in_answer else GreetingDecision(True, "notify")
     if config.realtime.enabled:
@@ -115,11 +119,15 @@ def initial_message_taken(call: Call) -> str | None:
     return message
 
 
-def initial_message_speak(*, call_id: str) -> bool:
-    """Speak the stored initial message once; keep it for a retry if playback fails."""
+def initial_message_speak(*, call_id: str, without_stream: bool = False) -> bool:
+    """Speak the stored initial message once; keep it for a retry if playback fails.
+
+    `without_stream`: the call's media stream failed, so the carrier says it and listens, as with
+    streaming off.
+    """
     runtime = get_runtime()
     call = call_find(ref=call_id)
-    if call is None or call.is_terminal or not call.initial_message:
+    if call is None or call.is_terminal or not call.initial_message or amd_holds(call):
         return False
     # The claim is one conditional UPDATE: of two triggers at once only one finds it unclaimed
     # (or its claim abandoned); the other one is not speaking it.
@@ -134,16 +142,17 @@ def initial_message_speak(*, call_id: str) -> bool:
     call.greeting_claimed_at = at
     # Held as a lease while it plays: renewed, so only a claim whose process died expires.
     with get_gateway().leases.hold("greeting_claimed_at", call.pk, at):
-        return _greeting_speak(runtime, call, call_id)
+        return _greeting_speak(runtime, call, call_id, streaming=runtime.config.streaming.enabled and not without_stream)
 
 
-def _greeting_speak(runtime: CallRuntime, call: Call, call_id: str) -> bool:
+def _greeting_speak(runtime: CallRuntime, call: Call, call_id: str, *, streaming: bool) -> bool:
     message = call.initial_message
     conversation = call.mode != CallMode.NOTIFY
-    if conversation and runtime.carrier.listens_with_prompt and not runtime.config.streaming.enabled:
+    if conversation and runtime.carrier.listens_with_prompt and not streaming:
         return _greet_and_listen(runtime, call, message)
-    # An outbound conversation's greeting is not cut by the callee's "hello?" (docs/compatibility.md, Barge-in and automatic replies).
-    interruptible = not (conversation and call.direction == Direction.OUTBOUND)
+    # An outbound conversation's greeting is not cut by the callee's "hello?" (docs/compatibility.md, Barge-in and automatic replies),
+    # nor is a recording's consent announcement by anyone.
+    interruptible = not (conversation and call.direction == Direction.OUTBOUND) and not consent_first(runtime.config, message)
     try:
         call_speak(call_id=call_id, text=message, interruptible=interruptible)
     except VoiceCallError as exc:
@@ -165,7 +174,7 @@ def _greeting_speak(runtime: CallRuntime, call: Call, call_id: str) -> bool:
         Call.objects.filter(pk=call.pk).update(**said)
     elif "notify_hangup_at" in next_step:
         background.deadline_set(next_step["notify_hangup_at"])
-    listen = bool(live) and call.mode != CallMode.NOTIFY and not runtime.config.streaming.enabled
+    listen = bool(live) and call.mode != CallMode.NOTIFY and not streaming
     if listen:
         try:
             runtime.carrier.start_listening(call_id=call_id, provider_call_id=call.provider_call_id, turn_token=None, language=None)

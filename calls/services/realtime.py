@@ -77,6 +77,7 @@ class RealtimeCall:
     agent_id: str = ""
     route_key: str = ""
     language: str | None = None
+    record_local: bool = False  # the gateway writes a WAV of the stream (calls/streams/recording.py)
 
 
 def realtime_stream_open(*, call_id: str, provider_call_id: str | None, stream_id: str) -> RealtimeCall:
@@ -121,6 +122,7 @@ def realtime_stream_open(*, call_id: str, provider_call_id: str | None, stream_i
         direction=call.direction, mode=call.mode or CallMode.CONVERSATION, greeting=greeting,
         agent_id=call.agent_id, route_key=call.route_key,
         language=getattr(route, "language", None) if route is not None else None,
+        record_local=call.record_local,
     )
 
 

@@ -103,6 +103,7 @@ def reply_settle(*, reply_id: int, status: str, reply: str = "", error: str = ""
         "total_ms": total_ms, "completed_at": now(),
     }
     with transaction.atomic():
+        _call_locked(reply_id)
         if heard is not None:
             _heard_record(heard)
         replies = ReplyTurn.objects.filter(pk=reply_id)
@@ -114,6 +115,15 @@ def reply_settle(*, reply_id: int, status: str, reply: str = "", error: str = ""
         # Superseded (or settled) meanwhile: that status stays.
         replies.update(**fields)
         return replies.values_list("status", flat=True).get()
+
+
+def _call_locked(reply_id: int) -> None:
+    """Lock the reply's call row before its reply, the order an event batch takes them in (the call, then
+    the replies it supersedes). In the other order PostgreSQL deadlocks the two: the bot's transcript
+    line checks its call at commit (a deferred foreign key) while the batch, holding the call, waits
+    for this reply. SQLite takes one writer at a time: nothing to lock there."""
+    if connection.features.has_select_for_update:
+        list(Call.objects.select_for_update(of=("self",)).filter(replies__pk=reply_id).values_list("pk", flat=True))
 
 
 def _heard_record(heard: ReplyHeard) -> None:

@@ -12,6 +12,7 @@ from core.states import TERMINAL_STATES, CallState
 from providers.carriers.base import Prompt
 
 from ..clock import now
+from ..console.pokes import changed
 from ..models import Call, ReplyStatus, ReplyTurn
 from ..prepared import PreparedUpdate
 from ..runtime import CallRuntime, get_runtime
@@ -73,6 +74,7 @@ def reply_speaking_begin(*, call_id: str, reply_id: int) -> bool:
     False when the reply was superseded; the call's error when it is not live.
     """
     if _SPEAKING_IF_CURRENT.run(call=uuid.UUID(str(call_id)), reply=int(reply_id), at=now(), using=router.db_for_write(Call)):
+        changed()  # written past the queryset, which would have poked the console itself
         return True
     # Nothing changed: say why (this is rare, so the reads can come now).
     if not reply_is_current(reply_id=reply_id):

@@ -40,6 +40,7 @@ class StreamCall:
     mode: str
     tts: dict[str, Any] = field(default_factory=dict)
     language: str | None = None
+    record_local: bool = False  # the gateway writes a WAV of the stream (calls/streams/recording.py)
 
 
 def stream_open(*, provider_call_id: str, stream_id: str, token: str | None) -> StreamCall:
@@ -70,6 +71,7 @@ def stream_open(*, provider_call_id: str, stream_id: str, token: str | None) -> 
     return StreamCall(
         call_id=str(call.pk), stream_pk=stream.pk, provider_call_id=call.provider_call_id or provider_call_id,
         direction=call.direction, mode=call.mode, tts=effective_tts(runtime.config, route),
+        record_local=call.record_local,
     )
 
 

@@ -17,6 +17,7 @@ from ..clock import now
 from ..config import get_config
 from ..models import Call, CallTurn, CarrierDocument, ContinueOperation, Direction, OperationStatus, ProcessedWebhook, TurnStatus
 from ..runtime import get_runtime
+from .amd import amd_next_deadline, amd_overdue
 from .common import finalize_by_id, log
 from .dialing import DIAL_GRACE
 from .ending import call_end_or_retry
@@ -52,6 +53,7 @@ def deadlines_sweep(*, at: datetime | None = None) -> int:
     for call_id in retries_due(at=at):
         acted += 1
         background.submit("calls.hangup_retry", call_id=call_id)
+    acted += amd_overdue(at=at)
     timeout_ms = _transcript_timeout_ms()
     for turn_id in list(CallTurn.objects.filter(status=TurnStatus.PENDING, deadline__lte=at).values_list("pk", flat=True)):
         acted += turn_timeout(turn_id=turn_id, timeout_ms=timeout_ms)
@@ -70,7 +72,7 @@ def next_deadline() -> datetime | None:
     # Hang-up retries are due on ended calls too (a refused caller's line).
     retry = Call.objects.aggregate(retry=Min("end_retry_at"))
     turn = CallTurn.objects.filter(status=TurnStatus.PENDING).aggregate(turn=Min("deadline"))
-    candidates = [value for value in (*live.values(), retry["retry"], turn["turn"]) if value is not None]
+    candidates = [value for value in (*live.values(), retry["retry"], turn["turn"], amd_next_deadline()) if value is not None]
     return min(candidates) if candidates else None
 
 
@@ -109,9 +111,9 @@ OPERATION_TTL = timedelta(minutes=5)
 
 
 def processed_webhooks_purge(*, at: datetime | None = None) -> int:
-    """Forget expired replay records, old carrier documents and finished continue operations.
+    """Forget expired replay records, old carrier documents and finished continue operations; delete expired recordings.
 
-    Returns how many rows went. A continue operation is kept 5 minutes after it finished (or,
+    Returns how many rows went (recordings count as they are marked deleted). A continue operation is kept 5 minutes after it finished (or,
     abandoned while pending, after its deadline) so a slow poller still reads its result.
     """
     moment = at or now()
@@ -123,8 +125,12 @@ def processed_webhooks_purge(*, at: datetime | None = None) -> int:
     )
     finished, _ = operations.delete()
     from .realtime import realtime_tokens_purge
+    from .recordings import recordings_expire, recordings_fetch_resume
 
-    return deleted + documents + finished + realtime_tokens_purge(at=moment)
+    config = get_config().config
+    expired = recordings_expire(config=config, at=moment)
+    recordings_fetch_resume(config=config, at=moment)
+    return deleted + documents + finished + realtime_tokens_purge(at=moment) + expired
 
 
 @dataclass

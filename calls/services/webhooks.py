@@ -18,6 +18,7 @@ from django.db import IntegrityError, OperationalError, connection, transaction
 from providers.carriers.base import ParsedWebhook, WebhookAnswer, WebhookParseError, WebhookRequest, WebhookVerification
 
 from .. import background
+from ..metrics import recorders as metrics
 from ..clock import now
 from ..models import Call, ProcessedWebhook
 from ..runtime import CallRuntime, get_runtime
@@ -65,6 +66,7 @@ def webhook_process(*, request: WebhookRequest) -> WebhookReply:
             "%s webhook from %s refused: %s", carrier.name, request.remote_addr or "unknown",
             verification.reason or "no request key",
         )
+        metrics.refused("webhook_signature")
         return WebhookReply(401, "Unauthorized")
     key = verification.request_key
     try:
@@ -74,6 +76,7 @@ def webhook_process(*, request: WebhookRequest) -> WebhookReply:
         if (first := _first_answer(key)) is not None:
             return first  # a replay is answered as the first time, parsed or not
         log.warning("%s webhook refused as malformed: %s", carrier.name, exc)
+        metrics.refused("webhook_malformed")
         return WebhookReply(400, str(exc))
     try:
         with _writer_turn(), transaction.atomic():

@@ -1,4 +1,8 @@
-"""One simulated inbound Twilio call: webhook, TwiML, media stream, caller script, playback, ears."""
+"""One simulated call, carrier-neutral: its start (webhooks or a dial), media stream, caller script, playback, ears.
+
+What differs between carriers (signatures, how the stream is handed over, frame shapes, REST) is
+the carrier side's (calls/simulator/carrier.py and one module per carrier).
+"""
 from __future__ import annotations
 
 import asyncio
@@ -6,16 +10,21 @@ import base64
 import json
 import secrets
 import time
-import xml.etree.ElementTree as ET
 from collections import deque
 from dataclasses import dataclass, field
-from urllib.parse import urlencode, urlsplit
+from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
 
 from core.audio import FRAME_BYTES, SILENCE_FRAME, Pacer, rms, ulaw_to_samples
-from providers.carriers.twilio.webhook import signature
+
+from .carrier import Dial, Refused
+from .rest import carrier_side
+from .twilio import parse_stream
+
+__all__ = ["CallReport", "Gateway", "Line", "SimulatedCall", "TimedText", "parse_stream", "percentile"]
 
 
 SPEECH_RMS = 200.0  # a played frame louder than this is gateway speech, not silence
@@ -59,6 +68,9 @@ class CallReport:
     unanswered_turns: int = 0  # lines after which the gateway said nothing for REPLY_TIMEOUT (or hung up)
     jitter_ms: list[float] = field(default_factory=list)
     frames_sent: int = 0
+    # frames_sent when the gateway's first audio frame arrived: the gateway speaks only once its
+    # transcription is ready, so every frame sent from then on must reach the recognizer.
+    frames_sent_before_gateway_audio: int | None = None
     frames_received: int = 0
     marks_received: int = 0
     marks_echoed: int = 0
@@ -78,29 +90,46 @@ class CallReport:
 
 @dataclass
 class Gateway:
-    """Where the gateway is and how to sign for it."""
+    """Where the gateway is, which carrier the simulator plays, and how to sign for it."""
 
     base_url: str  # http://host:port the simulator connects to
     webhook_url: str  # the public URL the gateway verifies signatures against
-    account_sid: str
-    auth_token: str
+    account_sid: str = ""  # Twilio's account SID, Plivo's auth ID, Telnyx's connection id
+    auth_token: str = ""  # Twilio's and Plivo's auth token (their webhooks' HMAC key)
     # Where the media stream connects, when not base_url: in a cluster, another node than the webhook's.
     stream_base_url: str | None = None
+    carrier: str = "twilio"  # twilio | telnyx | plivo
+    telnyx_private_key: Any = None  # Ed25519PrivateKey whose public key is the gateway's telnyx.publicKey
 
 
 class SimulatedCall:
+    """One call: inbound (the carrier's first webhook) or, given the gateway's `dial`, outbound (the callee answers).
+
+    `swap_every` n > 0 sends every n-th media frame after the one following it (a carrier that
+    does not keep order).
+    """
+
     def __init__(self, gateway: Gateway, *, caller: str, callee: str, lines: list[Line], audio: dict[str, bytes],
-                 ears=None, hangup_after_ms: int = 1500, max_seconds: float = 60.0, jitter_ms: int = JITTER_MS) -> None:
+                 ears=None, hangup_after_ms: int = 1500, max_seconds: float = 60.0, jitter_ms: int = JITTER_MS,
+                 dial: Dial | None = None, swap_every: int = 0) -> None:
         self.gateway = gateway
+        self.side = carrier_side(gateway.carrier, gateway)
+        self.dial = dial
+        self.swap_every = swap_every
         self.caller, self.callee = caller, callee
         self.lines = lines
         self.audio = audio  # caller line text → μ-law, made before the call starts
         self.ears = ears  # a transcription provider for what the caller hears, or None
         self.hangup_after_ms = hangup_after_ms
         self.max_seconds = max_seconds
-        self.sid = "CA" + secrets.token_hex(16)
+        self.sid = dial.sid if dial is not None else self.side.new_sid()
         self.report = CallReport(self.sid)
-        self.stream_sid = "MZ" + secrets.token_hex(16)
+        self.stream_sid = self.side.new_stream_id()
+        self.leg_id = secrets.token_hex(16)
+        self._held: str | None = None  # a media frame kept back to go after the next one (swap_every)
+        self.sequence = 1  # the stream's message count (the start frame is 1; Telnyx numbers its marks too)
+        self.client_state = dial.body.get("client_state") if dial is not None else None  # Telnyx echoes it
+        self._commands: asyncio.Queue[tuple[str, dict]] = asyncio.Queue()  # what the gateway asked over REST
         self.hung_up_by_gateway = asyncio.Event()
         self.stream_closed = asyncio.Event()  # the gateway closed the media WebSocket
         self._t0 = time.monotonic()
@@ -140,25 +169,21 @@ class SimulatedCall:
 
         async with httpx.AsyncClient(timeout=10) as http:
             self._http = http
-            answer = await self._webhook({"CallStatus": "ringing"})
-            stream_url, token = parse_stream(answer)
-            if not stream_url:
+            try:
+                plan = await (self.side.begin_outbound(self) if self.dial is not None else self.side.begin_inbound(self))
+            except Refused as exc:
                 self.report.outcome = "refused"
-                self.report.error = answer[:300]
+                self.report.error = str(exc)[:300]
                 return
             target = urlsplit(self.gateway.stream_base_url or self.gateway.base_url)
-            path = urlsplit(stream_url)
+            path = urlsplit(plan.url)
             ws_url = f"ws://{target.netloc}{path.path}" + (f"?{path.query}" if path.query else "")
             # No permessage-deflate: carriers' media streams are not compressed.
-            async with connect(ws_url, max_size=2**20, open_timeout=10, compression=None) as ws:
+            async with connect(ws_url, max_size=2**20, open_timeout=10, compression=None,
+                               additional_headers=plan.headers or None) as ws:
                 self.ws = ws
-                await ws.send(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
-                await ws.send(json.dumps({
-                    "event": "start", "sequenceNumber": "1", "streamSid": self.stream_sid,
-                    "start": {"accountSid": self.gateway.account_sid, "streamSid": self.stream_sid, "callSid": self.sid,
-                              "tracks": ["inbound"], "customParameters": {"token": token},
-                              "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}},
-                }))
+                for frame in self.side.opening(self, plan):
+                    await ws.send(frame)
                 self.ear = self._ear = None
                 if self.ears is not None:
                     self._ear = _Ear(self)
@@ -172,33 +197,39 @@ class SimulatedCall:
                     receiver.cancel()
                     if self.ear is not None:
                         await self.ear.close()
+                stop = self.side.stop(self)
                 try:
-                    await ws.send(json.dumps({"event": "stop", "sequenceNumber": "0", "streamSid": self.stream_sid,
-                                              "stop": {"accountSid": self.gateway.account_sid, "callSid": self.sid}}))
+                    if stop is not None:
+                        await ws.send(stop)
                 except Exception:
                     pass
-            await self._webhook({"CallStatus": "completed", "CallDuration": str(int(self._now()))})
+            await self.side.end(self, int(self._now()))
             if self.report.outcome == "pending":
                 gateway_ended = self.hung_up_by_gateway.is_set() or self.stream_closed.is_set()
                 self.report.outcome = "hangup-bot" if gateway_ended else "completed"
 
-    async def _webhook(self, params: dict[str, str]) -> str:
-        body = {
-            "CallSid": self.sid, "AccountSid": self.gateway.account_sid, "From": self.caller, "To": self.callee,
-            "Caller": self.caller, "Called": self.callee, "Direction": "inbound", "ApiVersion": "2010-04-01", **params,
-        }
-        sig = signature(self.gateway.auth_token, self.gateway.webhook_url, list(body.items()))
-        public = urlsplit(self.gateway.webhook_url)
-        target = self.gateway.base_url.rstrip("/") + public.path + (f"?{public.query}" if public.query else "")
-        response = await self._http.post(target, content=urlencode(body), headers={
-            "Content-Type": "application/x-www-form-urlencoded", "X-Twilio-Signature": sig,
-            "I-Twilio-Idempotency-Token": secrets.token_hex(8),
-        })
-        if response.status_code >= 400:
-            raise RuntimeError(f"webhook answered {response.status_code}: {response.text[:200]}")
-        return response.text
+    @property
+    def http(self) -> httpx.AsyncClient:
+        """The call's HTTP client for its webhooks (set while the call runs)."""
+        return self._http
 
-    # --- 20 ms clock: the caller's mouth and Twilio's playout -----------------------------------
+    async def _webhook(self, params: dict[str, str]) -> str:
+        """A Twilio webhook to the gateway's webhook URL (Twilio's side only); the TwiML it answers."""
+        return await self.side.post(self, self.gateway.webhook_url, params)
+
+    async def command(self, *actions: str, timeout: float = 15.0) -> tuple[str, dict]:
+        """The next of these REST commands the gateway sent for this call (a hang-up ends the wait too)."""
+        async with asyncio.timeout(timeout):
+            while True:
+                action, body = await self._commands.get()
+                if action in actions or action == "hangup":
+                    return action, body
+
+    def on_command(self, action: str, body: dict) -> None:
+        """The gateway asked something of this call over REST (on the call's loop)."""
+        self._commands.put_nowait((action, body))
+
+    # --- 20 ms clock: the caller's mouth and the carrier's playout --------------------------------
 
     async def _clock(self, ws) -> None:
         pacer = Pacer()
@@ -207,6 +238,9 @@ class SimulatedCall:
         try:
             await self._speak_and_listen(ws, pacer, lines)
         finally:
+            if self._held is not None:  # a frame kept back to go out of order still goes
+                await self._send(self._held)
+                self._held = None
             if self._awaiting_reply:
                 self._unanswered()  # the call ended while the caller still waited for an answer
 
@@ -217,7 +251,6 @@ class SimulatedCall:
     async def _speak_and_listen(self, ws, pacer: Pacer, lines: list[Line]) -> None:
         from websockets.exceptions import ConnectionClosed
 
-        sequence = 1
         timestamp = 0
         done_at: float | None = None
         while not self.hung_up_by_gateway.is_set() and not self.stream_closed.is_set():
@@ -234,15 +267,20 @@ class SimulatedCall:
             if not self._mouth and self._line_end_at is None and self.report.transcript and frame is not SILENCE_FRAME:
                 self._line_end_at = now + 0.02
                 self._awaiting_reply = True
-            sequence += 1
+            self.sequence += 1
+            sequence = self.sequence
             timestamp += 20
             if self.stream_closed.is_set():
                 return
             try:
-                await ws.send('{"event":"media","sequenceNumber":"%d","streamSid":"%s","media":{"track":"inbound",'
-                              '"chunk":"%d","timestamp":"%d","payload":"%s"}}'
-                              % (sequence, self.stream_sid, sequence - 1, timestamp,
-                                 base64.b64encode(self._sending(frame)).decode()))
+                text = self.side.media(self, sequence, timestamp, base64.b64encode(self._sending(frame)).decode())
+                if self.swap_every and sequence % self.swap_every == 0:
+                    self._held = text  # sent after the next frame
+                else:
+                    await ws.send(text)
+                    if self._held is not None:
+                        held, self._held = self._held, None
+                        await ws.send(held)
             except ConnectionClosed:
                 return  # the gateway closed the stream between two frames: the receiver notes it
             self.report.frames_sent += 1
@@ -320,9 +358,11 @@ class SimulatedCall:
         asyncio.ensure_future(self._send_mark(name))
 
     async def _send_mark(self, name: str) -> None:
+        await self._send(self.side.mark_echo(self, name))
+
+    async def _send(self, text: str) -> None:
         try:
-            await self.ws.send(json.dumps({"event": "mark", "sequenceNumber": "0", "streamSid": self.stream_sid,
-                                           "mark": {"name": name}}))
+            await self.ws.send(text)
         except Exception:
             pass
 
@@ -338,9 +378,10 @@ class SimulatedCall:
         self.stream_closed.set()
 
     async def _receive(self, ws) -> None:
+        events = self.side.outbound_events
         async for raw in ws:
             message = json.loads(raw)
-            event = message.get("event")
+            event = events.get(message.get("event"))
             if event == "media":
                 arrived = time.monotonic()
                 if self._last_arrival is not None and arrived - self._last_arrival < 0.1:
@@ -351,14 +392,16 @@ class SimulatedCall:
                     if not self._playing and self._ran_dry_at is not None and arrived - self._ran_dry_at < UNDERRUN_WINDOW_S:
                         self.report.underruns += 1
                         self._jitter_s = min(2 * self._jitter_s, MAX_JITTER_MS / 1000)
-                frame = base64.b64decode(message["media"]["payload"])
+                frame = base64.b64decode(self.side.payload(message))
                 self._received(frame, arrived)
                 self._playout.append(frame)
                 self._buffered += 1
+                if not self.report.frames_received:
+                    self.report.frames_sent_before_gateway_audio = self.report.frames_sent
                 self.report.frames_received += 1
             elif event == "mark":
                 self.report.marks_received += 1
-                self._playout.append(message["mark"]["name"])
+                self._playout.append(self.side.mark_name(message))
             elif event == "clear":
                 self.report.clears += 1
                 self.report.clear_at.append(self._now())
@@ -370,9 +413,13 @@ class SimulatedCall:
                 self._ran_dry_at = None
                 for name in marks:  # Twilio returns the cleared marks at once
                     self._echo_mark(name)
+                cleared = self.side.cleared(self)
+                if cleared is not None:
+                    asyncio.ensure_future(self._send(cleared))
 
     def gateway_hung_up(self) -> None:
         self.hung_up_by_gateway.set()
+        self._commands.put_nowait(("hangup", {}))
 
     async def _ears_settle(self) -> None:
         """Before hanging up, the caller's ears finish what they heard (a loaded decoder lags behind)."""
@@ -419,22 +466,6 @@ class _Ear:
 def _frames(audio: bytes):
     for start in range(0, len(audio), FRAME_BYTES):
         yield audio[start:start + FRAME_BYTES].ljust(FRAME_BYTES, b"\xff")
-
-
-def parse_stream(twiml: str) -> tuple[str | None, str | None]:
-    """The <Connect><Stream url> and its token <Parameter>, if the TwiML connects a stream."""
-    try:
-        root = ET.fromstring(twiml)
-    except ET.ParseError:
-        return None, None
-    stream = root.find("./Connect/Stream")
-    if stream is None:
-        return None, None
-    token = None
-    for parameter in stream.findall("Parameter"):
-        if parameter.get("name") == "token":
-            token = parameter.get("value")
-    return stream.get("url"), token
 
 
 def percentile(values: list[float], p: float) -> float:

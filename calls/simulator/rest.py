@@ -1,26 +1,53 @@
-"""The slice of Twilio's REST API a gateway uses on inbound streamed calls: hang up and status."""
+"""The slice of a carrier's REST API a gateway uses on streamed calls: dial, answer, hang up, status.
+
+One loopback HTTP server; the simulated carrier (calls/simulator/twilio.py, telnyx.py, plivo.py)
+answers each request. Point the gateway's `<carrier>.baseUrl` at it. What the gateway asks of a
+call reaches the simulation through three callbacks, run on the server's thread: `on_hangup(sid)`,
+`on_command(sid, action, body)` (e.g. Telnyx's answer) and `on_dial(dial)` (an outbound call).
+"""
 from __future__ import annotations
 
 import json
 import logging
-import re
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 from urllib.parse import parse_qs
+
+from .carrier import CarrierSide, Dial
 
 log = logging.getLogger(__name__)
 
-CALL_PATH = re.compile(r"^/2010-04-01/Accounts/(?P<account>[^/]+)/Calls/(?P<sid>[^/]+)\.json$")
+
+def carrier_side(carrier: str | CarrierSide, gateway=None) -> CarrierSide:
+    """The simulated carrier by name (twilio, telnyx, plivo), or the one given."""
+    if isinstance(carrier, CarrierSide):
+        return carrier
+    from .plivo import PlivoSide
+    from .telnyx import TelnyxSide
+    from .twilio import TwilioSide
+
+    sides = {"twilio": TwilioSide, "telnyx": TelnyxSide, "plivo": PlivoSide}
+    if carrier not in sides:
+        raise ValueError(f"the simulator plays {', '.join(sides)}, not {carrier!r}")
+    return sides[carrier](gateway)
 
 
-class TwilioRestStub:
-    """A loopback HTTP server; `on_hangup(call_sid)` runs (on its thread) when the gateway hangs up."""
+class RestStub:
+    """A loopback HTTP server answering the gateway's REST requests as `carrier` would."""
 
-    def __init__(self, on_hangup: Callable[[str], None], *, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, carrier: str | CarrierSide = "twilio", *, on_hangup: Callable[[str], None] = lambda sid: None,
+                 on_command: Callable[[str, str, dict], None] | None = None,
+                 on_dial: Callable[[Dial], None] | None = None, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.side = carrier_side(carrier)
         self.on_hangup = on_hangup
-        self.status: dict[str, str] = {}
-        self.requests: list[tuple[str, str, dict[str, list[str]]]] = []
+        self.on_command = on_command or (lambda sid, action, body: None)
+        self.on_dial = on_dial
+        self.status: dict[str, str] = {}  # call sid → in-progress | completed (unknown calls are 404s)
+        self.aliases: dict[str, str] = {}  # another id the gateway may name a call by (Plivo's request UUID) → sid
+        self.requests: list[tuple[str, str, dict[str, Any]]] = []
+        self.lock = threading.Lock()
         stub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -28,23 +55,24 @@ class TwilioRestStub:
                 pass
 
             def do_GET(self) -> None:
-                stub._handle(self, "GET", {})
+                stub._handle(self, "GET")
 
             def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                form = parse_qs(self.rfile.read(length).decode("utf-8", "replace"), keep_blank_values=True)
-                stub._handle(self, "POST", form)
+                stub._handle(self, "POST")
+
+            def do_DELETE(self) -> None:
+                stub._handle(self, "DELETE")
 
         self.server = ThreadingHTTPServer((host, port), Handler)
         self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, name="sim-twilio-rest", daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, name=f"sim-{self.side.name}-rest", daemon=True)
 
     @property
     def base_url(self) -> str:
         host, port = self.server.server_address[:2]
         return f"http://{host}:{port}"
 
-    def start(self) -> TwilioRestStub:
+    def start(self) -> RestStub:
         self.thread.start()
         return self
 
@@ -52,26 +80,68 @@ class TwilioRestStub:
         self.server.shutdown()
         self.server.server_close()
 
-    def _handle(self, handler: BaseHTTPRequestHandler, method: str, form: dict[str, list[str]]) -> None:
+    # --- what the carrier's answers do (on the server's thread) ---------------------------------
+
+    def live(self, sid: str) -> bool:
+        return self.status.get(sid) == "in-progress"
+
+    def hang_up(self, sid: str) -> None:
+        """The gateway hung the call up: once, whatever it asks twice."""
+        with self.lock:
+            if self.status.get(sid) != "in-progress":
+                return
+            self.status[sid] = "completed"
+        self.on_hangup(sid)
+
+    def command(self, sid: str, action: str, body: dict[str, Any]) -> None:
+        self.on_command(sid, action, body)
+
+    def dialled(self, dial: Dial) -> bool:
+        """An outbound call: False when nobody here places calls (the dial is refused)."""
+        if self.on_dial is None:
+            return False
+        self.status[dial.sid] = "in-progress"
+        if dial.request_id:
+            self.aliases[dial.request_id] = dial.sid
+        self.on_dial(dial)
+        return True
+
+    # --- HTTP ---------------------------------------------------------------------------------
+
+    def _handle(self, handler: BaseHTTPRequestHandler, method: str) -> None:
         path = handler.path.split("?", 1)[0]
-        self.requests.append((method, path, form))
-        match = CALL_PATH.match(path)
-        if not match:
-            return self._reply(handler, 404, {"code": 20404, "message": "The requested resource was not found", "status": 404})
-        sid = match["sid"]
-        if sid not in self.status:
-            return self._reply(handler, 404, {"code": 20404, "message": f"Call {sid} not found", "status": 404})
-        if method == "POST" and form.get("Status", [""])[0] == "completed":
-            if self.status[sid] != "completed":
-                self.status[sid] = "completed"
-                self.on_hangup(sid)
-        return self._reply(handler, 200, {"sid": sid, "status": self.status[sid]})
+        length = int(handler.headers.get("Content-Length") or 0)
+        raw = handler.rfile.read(length).decode("utf-8", "replace") if length else ""
+        if "json" in (handler.headers.get("Content-Type") or ""):
+            try:
+                body = json.loads(raw) if raw else {}
+            except ValueError:
+                body = {}
+        else:
+            body = parse_qs(raw, keep_blank_values=True)
+        self.requests.append((method, path, body))
+        try:
+            answer = self.side.rest(self, method, path, body if isinstance(body, dict) else {})
+        except Exception as exc:  # a simulator bug answers 500 rather than hanging the gateway's request
+            log.exception("simulated %s REST %s %s failed", self.side.name, method, path)
+            return self._reply(handler, 500, {"error": str(exc)})
+        return self._reply(handler, answer.status, answer.body)
 
     @staticmethod
-    def _reply(handler: BaseHTTPRequestHandler, status: int, body: dict) -> None:
-        data = json.dumps(body).encode()
+    def _reply(handler: BaseHTTPRequestHandler, status: int, body: Any) -> None:
+        data = b"" if body is None else json.dumps(body).encode()
         handler.send_response(status)
-        handler.send_header("Content-Type", "application/json")
+        if data:
+            handler.send_header("Content-Type", "application/json")
         handler.send_header("Content-Length", str(len(data)))
         handler.end_headers()
-        handler.wfile.write(data)
+        if data:
+            handler.wfile.write(data)
+
+
+class TwilioRestStub(RestStub):
+    """The Twilio REST stub (kept by this name for the tests and benchmarks that start one)."""
+
+    def __init__(self, on_hangup: Callable[[str], None] = lambda sid: None, *, host: str = "127.0.0.1", port: int = 0,
+                 **kwargs) -> None:
+        super().__init__("twilio", on_hangup=on_hangup, host=host, port=port, **kwargs)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,7 +12,8 @@ from providers.tts.base import TtsChain
 from providers.tts.local import LocalTts
 
 from .call import JITTER_MS, CallReport, Gateway, Line, SimulatedCall, percentile
-from .rest import TwilioRestStub
+from .carrier import Dial
+from .rest import RestStub
 
 
 @dataclass
@@ -53,27 +55,55 @@ async def caller_audio(lines: list[Line]) -> dict[str, bytes]:
 
 
 async def simulate(gateway: Gateway, lines: list[Line], *, calls: int = 1, ramp_ms: int = 200, listen: bool = True,
-                   rest: TwilioRestStub | None = None, caller: str = "+15550100001", callee: str = "+15550100000",
+                   rest: RestStub | None = None, caller: str = "+15550100001", callee: str = "+15550100000",
                    hangup_after_ms: int = 1500, max_seconds: float = 60.0, jitter_ms: int = JITTER_MS,
-                   audio: dict[str, bytes] | None = None, call_class: type[SimulatedCall] = SimulatedCall) -> SimulationReport:
-    """Place `calls` simulated inbound calls, `ramp_ms` apart, each speaking `lines`; each caller's
-    playout starts `jitter_ms` into a talkspurt (a carrier's jitter buffer, deepened by underruns).
+                   audio: dict[str, bytes] | None = None, call_class: type[SimulatedCall] = SimulatedCall,
+                   outbound: bool = False, place: Callable[[int], Any] | None = None, swap_every: int = 0,
+                   dial_timeout: float = 30.0) -> SimulationReport:
+    """Play `calls` simulated calls, `ramp_ms` apart, each speaking `lines`; each caller's playout
+    starts `jitter_ms` into a talkspurt (a carrier's jitter buffer, deepened by underruns).
 
-    `audio` (line text → μ-law) replaces the offline voice; `call_class` a SimulatedCall subclass.
+    Inbound, the carrier calls the gateway. `outbound`: the gateway dials (its carrier's baseUrl is
+    `rest`, the simulated carrier's REST API) and the callee answers and speaks `lines`; `place(n)`
+    (run on a thread, `ramp_ms` apart) asks the gateway for the n-th call, or, without it, the
+    calls placed some other way are awaited (`dial_timeout` seconds for each to arrive).
+    `audio` (line text → μ-law) replaces the offline voice; `call_class` a SimulatedCall subclass;
+    `swap_every` sends every n-th media frame out of order.
     """
     audio = audio if audio is not None else await caller_audio(lines)
     ears = LocalTranscription({"silenceDurationMs": 600}) if listen else None
     loop = asyncio.get_running_loop()
-    sims = [call_class(gateway, caller=caller, callee=callee, lines=lines, audio=audio, ears=ears,
-                          hangup_after_ms=hangup_after_ms, max_seconds=max_seconds, jitter_ms=jitter_ms) for _ in range(calls)]
-    by_sid = {sim.sid: sim for sim in sims}
-    if rest is not None:
-        def hung_up(sid: str) -> None:
-            sim = by_sid.get(sid)
-            if sim is not None:
-                loop.call_soon_threadsafe(sim.gateway_hung_up)
+    by_sid: dict[str, SimulatedCall] = {}
+    extra = {"swap_every": swap_every} if swap_every else {}
 
-        rest.on_hangup = hung_up
+    def make(dial: Dial | None = None) -> SimulatedCall:
+        ends = {"caller": dial.from_, "callee": dial.to, "dial": dial} if dial is not None else {"caller": caller, "callee": callee}
+        sim = call_class(gateway, lines=lines, audio=audio, ears=ears, hangup_after_ms=hangup_after_ms,
+                         max_seconds=max_seconds, jitter_ms=jitter_ms, **ends, **extra)
+        by_sid[sim.sid] = sim
+        return sim
+
+    def hung_up(sid: str) -> None:
+        sim = by_sid.get(sid)
+        if sim is not None:
+            sim.gateway_hung_up()
+
+    def commanded(sid: str, action: str, body: dict) -> None:
+        sim = by_sid.get(sid)
+        if sim is not None:
+            sim.on_command(action, body)
+
+    if rest is not None:
+        rest.on_hangup = lambda sid: loop.call_soon_threadsafe(hung_up, sid)
+        rest.on_command = lambda sid, action, body: loop.call_soon_threadsafe(commanded, sid, action, body)
+    started = time.monotonic()
+    if outbound:
+        if rest is None:
+            raise ValueError("outbound calls need the simulated carrier's REST API (rest) for the gateway to dial")
+        return await _outbound(rest, make, calls=calls, ramp_ms=ramp_ms, place=place, dial_timeout=dial_timeout,
+                               started=started)
+    sims = [make() for _ in range(calls)]
+    if rest is not None:
         for sid in by_sid:
             rest.status[sid] = "in-progress"
 
@@ -81,6 +111,49 @@ async def simulate(gateway: Gateway, lines: list[Line], *, calls: int = 1, ramp_
         await asyncio.sleep(index * ramp_ms / 1000)
         return await sim.run()
 
-    started = time.monotonic()
     reports = await asyncio.gather(*(staggered(i, sim) for i, sim in enumerate(sims)))
     return SimulationReport(calls=list(reports), seconds=time.monotonic() - started)
+
+
+async def _outbound(rest: RestStub, make: Callable[..., SimulatedCall], *, calls: int, ramp_ms: int,
+                    place: Callable[[int], Any] | None, dial_timeout: float, started: float) -> SimulationReport:
+    """Answer the gateway's dials as their callees; place them first when `place` is given."""
+    loop = asyncio.get_running_loop()
+    runs: list[asyncio.Task[CallReport]] = []
+    arrived = asyncio.Event()
+
+    def dialled(dial: Dial) -> None:  # on the loop, before any later request for the call is handed over
+        runs.append(asyncio.create_task(make(dial).run()))
+        arrived.set()
+
+    rest.on_dial = lambda dial: loop.call_soon_threadsafe(dialled, dial)
+    failures: list[str] = []
+
+    async def placing(index: int) -> None:
+        await asyncio.sleep(index * ramp_ms / 1000)
+        try:
+            await asyncio.to_thread(place, index)
+        except Exception as exc:  # reported with the calls, not raised past the ones that did start
+            failures.append(f"placing call {index + 1} failed: {exc}")
+            arrived.set()
+
+    placers = [asyncio.create_task(placing(i)) for i in range(calls)] if place is not None else []
+    try:
+        while len(runs) < calls:
+            arrived.clear()
+            if placers and all(p.done() for p in placers) and len(runs) + len(failures) >= calls:
+                break
+            try:
+                async with asyncio.timeout(dial_timeout):
+                    await arrived.wait()
+            except TimeoutError:
+                failures.append(f"the gateway dialled {len(runs)} of {calls} calls within {dial_timeout:g} s "
+                                f"(is its carrier baseUrl {rest.base_url}?)")
+                break
+        await asyncio.gather(*placers)
+        reports = list(await asyncio.gather(*runs))
+    finally:
+        rest.on_dial = None
+    for failure in failures:
+        reports.append(CallReport(call_sid="", outcome="error", error=failure))
+    return SimulationReport(calls=reports, seconds=time.monotonic() - started)

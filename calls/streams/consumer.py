@@ -18,9 +18,14 @@ from providers.carriers.media import FrameError, StreamMark, StreamMedia, Stream
 from providers.carriers.public_url import ip_in, normalize_ip
 
 from .. import services
+from ..console.pokes import CONSOLE_GROUP
 from ..gateway import get_gateway
+from ..log_limit import warn_limited
+from ..metrics import recorders as metrics
 from . import commands, outage
+from .recording import start_recording
 from .limits import TOO_MANY_CONNECTIONS, limits
+from .reorder import Reorder
 from .stats import StreamStats
 
 log = logging.getLogger("calls.streams.media")
@@ -28,6 +33,8 @@ log = logging.getLogger("calls.streams.media")
 MAX_MESSAGE_BYTES = 64 * 1024
 MAX_SEND_BUFFER = 1024 * 1024
 CLOSE_NORMAL, CLOSE_POLICY, CLOSE_TOO_BIG, CLOSE_ERROR, CLOSE_TRY_LATER = 1000, 1008, 1009, 1011, 1013
+# How often a started stream publishes its health to the live console.
+STATS_TICK_SECONDS = 1.0
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -185,12 +192,14 @@ class CarrierStreamConsumer(AsyncWebsocketConsumer):
         self.closing = False
         self.call = None
         self.playback = None
+        self.recording = None  # the local WAV, when the call records (calls/streams/recording.py)
         self.group: str | None = None
         self.tasks: set[asyncio.Task] = set()
         self.reports: set[asyncio.Task] = set()
         self.admitted = False
         self.admitting = False  # a start is being admitted (its frame checked, the call not yet joined)
         self.close_reason = "disconnected"
+        self.reorder: Reorder | None = None
 
     async def _admit(self, config) -> bool:
         """Count this socket against the caps (accepting it unless the total cap is reached); once
@@ -201,6 +210,8 @@ class CarrierStreamConsumer(AsyncWebsocketConsumer):
             self.ip, max_connections=streaming.max_connections, max_pending=streaming.max_pending_connections,
             max_pending_per_ip=streaming.max_pending_connections_per_ip,
         )
+        if refusal:
+            metrics.refused("stream_connections" if refusal == TOO_MANY_CONNECTIONS else "stream_pending")
         if refusal == TOO_MANY_CONNECTIONS:
             log.warning("%s from %s refused: %s", self.kind, self.ip, refusal)
             await self.close()  # before accept: the upgrade is refused with an HTTP error
@@ -232,6 +243,9 @@ class CarrierStreamConsumer(AsyncWebsocketConsumer):
         self.stream_id = stream_id
         self._mark_started()
         self.frames = self.codec.outbound(stream_id)
+        self.recording = start_recording(config=self.config, call=call, stream_id=stream_id)
+        if self.codec.reorder_window:  # a carrier that does not promise order: its sequence numbers restore it
+            self.reorder = Reorder(self.codec.reorder_window, self._in_order, self.stats)
         self.group = commands.call_group(call.call_id)
         # An older stream of this call (a reconnect) stops playing and closes.
         await self._layer("replacing an older stream",
@@ -239,9 +253,47 @@ class CarrierStreamConsumer(AsyncWebsocketConsumer):
         # Kept even when the layer is down now: its group is joined again once it is back.
         outage.groups.joined(self.channel_name, self.group)
         await self._layer("joining the call's group", self.channel_layer.group_add(self.group, self.channel_name))
+        self._spawn(self._ticking())
+
+    async def _ticking(self) -> None:
+        """Once a second while the stream is up: `_stats_tick()` (cancelled with the stream's tasks)."""
+        while not self.closing:
+            await asyncio.sleep(STATS_TICK_SECONDS)
+            if self.closing:
+                return
+            try:
+                await self._stats_tick()
+            except Exception:  # the stream's audio goes on whatever a tick does
+                log.exception("%s %s: stats tick failed", self.kind, getattr(self, "stream_id", "-"))
+
+    async def _stats_tick(self) -> None:
+        """The stream's health to the live console (calls/console/socket.py) and its new lag and pacing
+        counts to the metrics, never raising into the stream."""
+        self._flush_metrics()
+        counters, lag = self.stats.counters, self.stats.inbound_lag
+        health = {
+            "type": "console.stream", "callId": self.call.call_id,
+            "stats": {
+                "framesIn": counters["frames_in"], "framesOut": counters["frames_out"], "dropped": counters["dropped"],
+                "lagP50Ms": lag.percentile(50), "lagP99Ms": lag.percentile(99),
+            },
+        }
+        try:
+            async with asyncio.timeout(outage.LAYER_TIMEOUT):
+                await self.channel_layer.group_send(CONSOLE_GROUP, health)
+        except Exception as exc:  # an outage of the layer: the console waits, the call does not
+            warn_limited(log, ("stream health", type(exc).__name__), "%s health not published: %s",
+                         self.kind, outage.describe(exc))
+
+    def _flush_metrics(self) -> None:
+        """The stream's lag and pacing counts not yet in the process's Prometheus histograms go there now."""
+        config = getattr(self, "config", None)
+        metrics.stream_metrics_flush(self.stats, config.provider if config is not None else "none")
 
     async def _record_closed(self) -> None:
         """The end of this stream in the database (reason and stats), once its call is known."""
+        if hasattr(self, "stats"):
+            self._flush_metrics()
         if self.call is None or getattr(self, "end_recorded", False):
             return
         self.end_recorded = True
@@ -258,6 +310,7 @@ class CarrierStreamConsumer(AsyncWebsocketConsumer):
     async def _start_timeout(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
         if not self.started and not self.closing:
+            metrics.refused("stream_start_timeout")
             await self._close(CLOSE_POLICY, "Start timeout")
 
     async def websocket_disconnect(self, message) -> None:
@@ -286,6 +339,8 @@ class CarrierStreamConsumer(AsyncWebsocketConsumer):
             limits.closed(self.ip, was_pending=not self.started)
         if self.playback is not None:
             await self.playback.close()  # settles every entry, so each waiting speak gets its answer
+        if self.recording is not None:
+            self.recording.close()  # its last chunk and its row are finished in the background
         current = asyncio.current_task()
         for task in list(self.tasks):
             if task is not current:
@@ -317,6 +372,8 @@ class CarrierStreamConsumer(AsyncWebsocketConsumer):
             if self.playback is not None:
                 self.playback.on_mark(frame.name)
         elif isinstance(frame, StreamStop):
+            if self.reorder is not None:
+                self.reorder.flush()
             self.close_reason = "stop"
             await self._close(CLOSE_NORMAL, "stop")
         else:
@@ -330,6 +387,15 @@ class CarrierStreamConsumer(AsyncWebsocketConsumer):
             self._drop("empty", "media without audio")
             return
         self.stats.counters["frames_in"] += 1
+        if self.reorder is not None:
+            self.reorder.push(frame)
+        else:
+            self._in_order(frame)
+
+    def _in_order(self, frame: StreamMedia) -> None:
+        """A caller frame in the carrier's order: recorded, then heard."""
+        if self.recording is not None:
+            self.recording.inbound(frame.payload, frame.timestamp_ms)
         self._caller_audio(frame)
 
     def _caller_audio(self, frame: StreamMedia) -> None:
@@ -359,10 +425,21 @@ class CarrierStreamConsumer(AsyncWebsocketConsumer):
             message = jsonsafe.loads(text_data)  # a ValueError naming the problem, never a RecursionError
             if not isinstance(message, dict):
                 raise FrameError("a frame must be a JSON object")
-            return self.codec.parse(message)
+            frame = self.codec.parse(message)
         except (ValueError, FrameError) as exc:
             self._drop("malformed", str(exc))
             return None
+        if self.reorder is not None and not isinstance(frame, StreamMedia):
+            self._sequence_used(message)
+        return frame
+
+    def _sequence_used(self, message: dict) -> None:
+        """A message that is not media took a number of the sequence the media is ordered by."""
+        value = message.get(self.codec.sequence_key)
+        if isinstance(value, str) and value.isdigit() and len(value) < 19:
+            self.reorder.skip(int(value))
+        elif isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63:
+            self.reorder.skip(value)
 
     def _drop(self, cause: str, detail: str) -> None:
         self.stats.drop(cause)

@@ -96,8 +96,11 @@ class Playback:
     """The FIFO and its player task. `send` writes one text frame to the carrier."""
 
     def __init__(self, *, send: Callable[[str], Awaitable[None]], frames, synthesize: Synthesizer,
-                 stats: StreamStats, synthesis_timeout: float = 8.0, first_audio_timeout: float | None = None) -> None:
+                 stats: StreamStats, synthesis_timeout: float = 8.0, first_audio_timeout: float | None = None,
+                 tap=None) -> None:
         self.send = send
+        # Told of every audio frame sent and of every clear (the stream's local recording), or None.
+        self.tap = tap
         self.frames = frames
         self.synthesize = synthesize
         self.stats = stats
@@ -207,6 +210,8 @@ class Playback:
                 self.stats.counters["clears"] += 1
             except Exception as exc:
                 log.info("sending clear failed: %s", exc)
+            if self.tap is not None:
+                self.tap.cleared()
         return cleared
 
     def _remember_cleared_group(self, group: str | None) -> None:
@@ -272,6 +277,8 @@ class Playback:
             if covered:
                 await pacer.wait()
                 await self.send(self.frames.media(SILENCE_FRAME))
+                if self.tap is not None:
+                    self.tap.outbound(SILENCE_FRAME)
             while True:
                 if entry.aborted.is_set():
                     return self._interrupted(entry, sent, synth)
@@ -288,6 +295,8 @@ class Playback:
                         return self._interrupted(entry, sent, synth)
                     self.stats.pacing.add(lag * 1000)
                     await self.send(self.frames.media(frame))
+                    if self.tap is not None:
+                        self.tap.outbound(frame)
                     if audio_started_at is None:
                         audio_started_at = time.monotonic()
                         self.stats.reply_audio_sent(audio_started_at)
@@ -314,6 +323,8 @@ class Playback:
                     if entry.aborted.is_set():
                         return self._interrupted(entry, sent, synth)
                     await self.send(self.frames.media(SILENCE_FRAME))
+                    if self.tap is not None:
+                        self.tap.outbound(SILENCE_FRAME)
                 else:
                     # Synthesis is slower than real time: wait for audio, then restart the clock.
                     await synth.wait(FRAME_SECONDS)
@@ -340,6 +351,8 @@ class Playback:
                     await self.send(self.frames.clear())
                 except Exception:
                     pass
+                if self.tap is not None:
+                    self.tap.cleared()
             self._forget_marks_of(entry)
             self.stats.counters["playback_failures"] += 1
             return PlaybackResult(Outcome.FAILED, error=str(exc) or type(exc).__name__,

@@ -15,6 +15,7 @@ from providers.realtime.base import RealtimeError, ToolCall
 
 from .. import services
 from ..gateway import get_gateway
+from ..metrics import recorders as metrics
 from ..runtime import get_runtime
 from .consumer import (
     CLOSE_ERROR,
@@ -253,18 +254,21 @@ class RealtimeStreamConsumer(CarrierStreamConsumer):
             await service(services.stream_closed)(stream_pk=call.stream_pk, reason="disconnected", stats={})
             return
         await self._join_call(call, frame.stream_id)
-        self.playback = Playback(send=self._send_frame, frames=self.frames, synthesize=self._no_synthesis, stats=self.stats)
+        self.playback = Playback(send=self._send_frame, frames=self.frames, synthesize=self._no_synthesis, stats=self.stats,
+                                 tap=self.recording)
         try:
             # On a worker thread: the provider's module may be imported now, and the setup reads the database.
             provider, setup = await service(_prepare)(config=self.config, call_id=call.call_id)
         except RealtimeError as exc:
             log.error("call %s: realtime provider unavailable: %s", call.call_id, exc)
             self.stats.counters["provider_failures"] += 1
-            await self._end_call(CallState.ERROR.value, "Realtime provider unavailable", code=CLOSE_ERROR)
+            await self._end_call(CallState.ERROR.value, "Realtime provider unavailable", code=CLOSE_ERROR,
+                                 error=f"Realtime provider unavailable: {exc}")
             return
-        except Exception:
+        except Exception as exc:
             log.exception("call %s: realtime session setup failed", call.call_id)
-            await self._end_call(CallState.ERROR.value, "Realtime setup failed", code=CLOSE_ERROR)
+            await self._end_call(CallState.ERROR.value, "Realtime setup failed", code=CLOSE_ERROR,
+                                 error=f"Realtime setup failed: {str(exc) or type(exc).__name__}")
             return
         self.provider = provider
         if not provider.handles_barge_in:
@@ -274,7 +278,8 @@ class RealtimeStreamConsumer(CarrierStreamConsumer):
             self.forced = self._forced_consult()
         except Exception as exc:
             log.error("call %s: opening a realtime session with %s failed: %s", call.call_id, provider.name, exc)
-            await self._end_call(CallState.ERROR.value, "Realtime setup failed", code=CLOSE_ERROR)
+            await self._end_call(CallState.ERROR.value, "Realtime setup failed", code=CLOSE_ERROR,
+                                 error=f"Opening a realtime session with {provider.name} failed: {exc}")
             return
         # Frames held during admission, in order; the session queues caller audio until it connects.
         while self.buffered:
@@ -302,7 +307,8 @@ class RealtimeStreamConsumer(CarrierStreamConsumer):
                 reason = f"no answer within {CONNECT_TIMEOUT:g} s"
             log.error("call %s: the realtime provider %s did not connect: %s", self.call.call_id, self.provider.name, reason)
             self.stats.counters["provider_failures"] += 1
-            await self._end_call(CallState.ERROR.value, "Realtime connection failed", code=CLOSE_ERROR)
+            await self._end_call(CallState.ERROR.value, "Realtime connection failed", code=CLOSE_ERROR,
+                                 error=f"The realtime provider {self.provider.name} did not connect: {reason}")
             return
         self.stats.counters["provider_ready"] += 1
         if greeting and not self.closing:
@@ -403,6 +409,7 @@ class RealtimeStreamConsumer(CarrierStreamConsumer):
         latency_ms = int((at - self.turn_started_at) * 1000)
         self.turn_started_at = None
         self.turns += 1
+        metrics.turn_completed("realtime", latency_ms / 1000)
         self._record(services.realtime_event, call_id=self.call.call_id, type="realtime.turn",
                      payload={"turn": self.turns, "itemId": item.item_id, "latencyMs": latency_ms},
                      dedupe_key=f"realtime-turn-{self.stream_id}-{self.turns}"[:255])
@@ -492,7 +499,8 @@ class RealtimeStreamConsumer(CarrierStreamConsumer):
             self._spawn(self._end_call(CallState.COMPLETED.value, "Realtime session ended"))
         else:
             log.warning("call %s: the realtime session was lost: %s", self.call.call_id, error)
-            self._spawn(self._end_call(CallState.ERROR.value, "Realtime session lost", code=CLOSE_ERROR))
+            self._spawn(self._end_call(CallState.ERROR.value, "Realtime session lost", code=CLOSE_ERROR,
+                                       error=f"Realtime session lost: {error}"))
 
     # --- barge-in --------------------------------------------------------------------------
 
@@ -537,9 +545,11 @@ class RealtimeStreamConsumer(CarrierStreamConsumer):
     # --- tools ------------------------------------------------------------------------------
 
     async def _run_tool(self, call: ToolCall) -> None:
-        from ..realtime.tools import ToolOutcome, tool_is_slow, tool_run
+        from ..realtime.tools import ToolOutcome, tool_is_slow, tool_run, tool_waits_for_words
 
         await self._transcript_written()  # a tool (the consult) may read it
+        if tool_waits_for_words(call.name):
+            await self._queued_audio_played()
         slow = tool_is_slow(call.name)
         if slow:
             self.consults += 1
@@ -567,6 +577,15 @@ class RealtimeStreamConsumer(CarrierStreamConsumer):
         if outcome.end_call:
             await self._last_words_played(answered)
             await self._end_call(CallState.COMPLETED.value, "Ended by the model")
+        elif outcome.transferred:
+            # The carrier has the caller now: the bridge leaves without hanging up.
+            await self._close(CLOSE_NORMAL, "Transferred")
+
+    async def _queued_audio_played(self) -> None:
+        """Wait (bounded) until the audio the model produced so far has played to the caller."""
+        pending = [item.future for item in self.items.values() if item.future is not None and not item.future.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=LAST_WORDS_TIMEOUT)
 
     async def _checking_notice(self) -> None:
         """The model says it is checking while the consult runs (its own response, out of band)."""
@@ -629,13 +648,17 @@ class RealtimeStreamConsumer(CarrierStreamConsumer):
                 return
             await asyncio.sleep(max(0.05, seconds - idle) if not busy else min(seconds, 1.0))
 
-    async def _end_call(self, reason: str, close_reason: str, *, code: int = CLOSE_NORMAL) -> None:
-        """End the carrier call (the services close this stream through the call's group), then close."""
+    async def _end_call(self, reason: str, close_reason: str, *, code: int = CLOSE_NORMAL, error: str = "") -> None:
+        """End the carrier call (the services close this stream through the call's group), then close.
+
+        `error`: what went wrong, kept on the call's record (last_error); the close reason stands in for it.
+        """
         if self.ending or self.call is None:
             return
         self.ending = True
         try:
-            await service(services.call_end)(call_id=self.call.call_id, reason=reason)
+            error = error or (close_reason if reason == CallState.ERROR.value else "")
+            await service(services.call_end)(call_id=self.call.call_id, reason=reason, error=error)
         except Exception as exc:
             log.warning("call %s: ending the call (%s) failed: %s", self.call.call_id, reason, exc)
         await self._close(code, close_reason)

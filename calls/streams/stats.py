@@ -1,19 +1,29 @@
 """Per-stream counters and a fixed-size latency histogram (no per-frame allocation)."""
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import Counter
 
 BUCKET_MS = 0.5
 MAX_MS = 2000.0
+# Upper bounds (ms) of the Prometheus buckets the inbound lag and the outbound pacing are also
+# counted in (calls/metrics): one bisect on a dozen numbers per frame, handed to Prometheus in
+# bulk (stream_metrics_flush), never a Prometheus call per frame.
+EXPORT_BOUNDS_MS = (1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 60.0, 100.0, 250.0, 500.0, 1000.0, 2000.0)
 
 
 class LatencyHistogram:
     """Milliseconds in 0.5 ms buckets up to 2 s (anything above lands in the last bucket)."""
 
-    def __init__(self) -> None:
+    def __init__(self, export_bounds: tuple[float, ...] = ()) -> None:
         self.counts = [0] * (int(MAX_MS / BUCKET_MS) + 1)
         self.total = 0
         self.max_ms = 0.0
+        # Counts per export bucket (value <= bound; the last one is above every bound) and their sum;
+        # what the last flush handed over is the exporter's to keep (calls/metrics).
+        self.export_bounds = export_bounds
+        self.export_counts = [0] * (len(export_bounds) + 1) if export_bounds else []
+        self.export_sum_ms = 0.0
 
     def add(self, ms: float) -> None:
         index = int(ms / BUCKET_MS) if ms > 0 else 0
@@ -21,6 +31,10 @@ class LatencyHistogram:
         self.total += 1
         if ms > self.max_ms:
             self.max_ms = ms
+        if self.export_bounds:
+            self.export_counts[bisect_left(self.export_bounds, ms)] += 1
+            if ms > 0:
+                self.export_sum_ms += ms
 
     def percentile(self, p: float) -> float:
         """Upper edge of the bucket holding the p-th percentile (0 when empty)."""
@@ -43,8 +57,8 @@ class StreamStats:
 
     def __init__(self) -> None:
         self.counters: Counter[str] = Counter()
-        self.inbound_lag = LatencyHistogram()  # how far behind real time inbound audio was handled
-        self.pacing = LatencyHistogram()  # how late each outbound frame left, against its 20 ms slot
+        self.inbound_lag = LatencyHistogram(EXPORT_BOUNDS_MS)  # how far behind real time inbound audio was handled
+        self.pacing = LatencyHistogram(EXPORT_BOUNDS_MS)  # how late each outbound frame left, against its 20 ms slot
         # A turn as the gateway sees it: final transcript to the first reply audio frame sent; and
         # the same less the time spent waiting for the speech service's first audio (the
         # gateway's own share, whatever the TTS service's speed).

@@ -5,6 +5,8 @@ import base64
 import binascii
 from typing import TYPE_CHECKING
 
+from .errors import ConfigError
+
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -42,12 +44,12 @@ def b64decode(text: str) -> bytes:
     return base64.b64decode(cleaned, validate=True)
 
 
-def key_errors(config) -> list[str]:
+def key_errors(config) -> list[ConfigError]:
     """Keys that must parse before any webhook arrives (a bad one would refuse every request)."""
     if config.provider != "telnyx" or not config.telnyx or not config.telnyx.public_key:
         return []
     try:
         load_public_key(config.telnyx.public_key.reveal())
     except PublicKeyError as exc:
-        return [f"telnyx.publicKey: {str(exc).removeprefix('telnyx.publicKey ')}"]
+        return [ConfigError(("telnyx", "publicKey"), str(exc).removeprefix("telnyx.publicKey "))]
     return []

@@ -11,6 +11,8 @@ from typing import Any
 import json5
 from pydantic import BaseModel, ValidationError
 
+from .errors import ConfigError, dotted, file_error, split_prefix
+from .identifiers import identifier_warnings
 from .keys import key_errors
 from .legacy import migrate_block, migrate_tts
 from .merge import deep_merge
@@ -20,6 +22,7 @@ from .unbuilt import unbuilt_settings
 from .validation import cross_field_errors
 
 WRAPPER_PREFIX = "plugins.entries.voice-call.config."
+ENTRY_PATH = ("plugins", "entries", "voice-call")
 ENTRY_KEYS = {"enabled", "config"}
 
 # Environment fallbacks per carrier: (config block, key, variable).
@@ -47,13 +50,19 @@ class LoadedConfig:
     """The config in force and what is wrong with it.
 
     `config` is always usable for serving (defaults when the file could not be read);
-    `errors` lists why the call runtime cannot start ("setup incomplete").
+    `errors` lists why the call runtime cannot start ("setup incomplete"): ConfigErrors, lines that
+    also carry their key path; `env_fallbacks` maps the keys filled from the environment (camelCase
+    path in the block) to the variable each came from. `stand_in` is true when `config` is not what
+    the file says but defaults standing in for a file that could not be read, parsed or validated:
+    nothing about the file's settings (carrier, exposure, mode) can be judged from it.
     """
 
     config: VoiceCallConfig
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     path: str | None = None
+    env_fallbacks: dict[str, str] = field(default_factory=dict)
+    stand_in: bool = False
 
     @property
     def enabled(self) -> bool:
@@ -72,13 +81,13 @@ def load_config_file(path: str | os.PathLike | None, environ: Mapping[str, str] 
     try:
         text = file.read_text(encoding="utf-8")
     except FileNotFoundError:
-        return _unusable(f"VOICECALL_CONFIG: no config file at {file}", str(file))
+        return _unusable(file_error(f"VOICECALL_CONFIG: no config file at {file}"), str(file))
     except OSError as exc:
-        return _unusable(f"VOICECALL_CONFIG: cannot read {file}: {exc.strerror or exc}", str(file))
+        return _unusable(file_error(f"VOICECALL_CONFIG: cannot read {file}: {exc.strerror or exc}"), str(file))
     try:
         data = json5.loads(text)
     except ValueError as exc:
-        return _unusable(f"VOICECALL_CONFIG: {file} is not valid JSON or JSON5: {exc}", str(file))
+        return _unusable(file_error(f"VOICECALL_CONFIG: {file} is not valid JSON or JSON5: {exc}"), str(file))
     return load_config_data(data, environ=environ, path=str(file))
 
 
@@ -89,7 +98,7 @@ def load_config_data(
     environ = os.environ if environ is None else environ
     warnings: list[str] = []
     if not isinstance(data, dict):
-        return _unusable("config: must be a JSON object", path)
+        return _unusable(ConfigError((), "must be a JSON object", text="config: must be a JSON object"), path)
 
     block, core_tts, entry_enabled, prefix, errors = _unwrap(data, warnings)
     if errors:
@@ -118,28 +127,34 @@ def load_config_data(
         config = VoiceCallConfig.model_validate(block)
     except ValidationError as exc:
         errors += format_validation_errors(exc, prefix, env_sources)
-        config = _fallback_config(block)
+        config, stand_in = _fallback_config(block), True
+    else:
+        stand_in = False
     disabled = not entry_enabled or block.get("enabled") is False
     if disabled:
         config = config.model_copy(update={"enabled": False})
     elif not config.provider:
         config = config.model_copy(update={"provider": "mock"})
     if errors:
-        return LoadedConfig(config=config, errors=errors, warnings=warnings, path=path)
+        return LoadedConfig(
+            config=config, errors=errors, warnings=warnings, path=path, env_fallbacks=env_sources, stand_in=stand_in,
+        )
 
-    errors += [prefix + message for message in cross_field_errors(config, environ)]
+    errors += [error.under(prefix) for error in cross_field_errors(config, environ)]
     if config.enabled:
         secret_errors = resolve_secrets(config, environ)
-        errors += [prefix + message for message in secret_errors]
+        errors += [error.under(prefix) for error in secret_errors]
         if not secret_errors:
-            errors += [prefix + message for message in key_errors(config)]
+            errors += [error.under(prefix) for error in key_errors(config)]
     if config.skip_signature_verification:
         warnings.append(
             "SECURITY WARNING: skipSignatureVerification is on; webhooks are accepted without "
             "checking the carrier's signature. Use this for local testing only."
         )
     warnings += unbuilt_settings(config, prefix)
-    return LoadedConfig(config=config, errors=errors, warnings=warnings, path=path)
+    if config.enabled:
+        warnings += identifier_warnings(config, environ, env_sources, prefix)
+    return LoadedConfig(config=config, errors=errors, warnings=warnings, path=path, env_fallbacks=env_sources)
 
 
 def _unwrap(data: dict[str, Any], warnings: list[str]):
@@ -151,16 +166,16 @@ def _unwrap(data: dict[str, Any], warnings: list[str]):
     entries = entries.get("entries") if isinstance(entries, dict) else None
     entry = entries.get("voice-call") if isinstance(entries, dict) else None
     if not isinstance(entry, dict):
-        return {}, None, True, WRAPPER_PREFIX, ['plugins.entries.voice-call: missing (expected an object)']
+        return {}, None, True, WRAPPER_PREFIX, [ConfigError(ENTRY_PATH, "missing (expected an object)")]
     unknown_entry = sorted(set(entry) - ENTRY_KEYS)
     if unknown_entry:
-        errors.append(f"plugins.entries.voice-call: unknown key(s): {', '.join(unknown_entry)}")
+        errors.append(ConfigError(ENTRY_PATH, f"unknown key(s): {', '.join(unknown_entry)}"))
     enabled = entry.get("enabled", True)
     if not isinstance(enabled, bool):
-        errors.append("plugins.entries.voice-call.enabled: must be true or false")
+        errors.append(ConfigError((*ENTRY_PATH, "enabled"), "must be true or false"))
     block = entry.get("config", {})
     if not isinstance(block, dict):
-        errors.append("plugins.entries.voice-call.config: must be an object")
+        errors.append(ConfigError((*ENTRY_PATH, "config"), "must be an object"))
     ignored = sorted(set(data) - {"plugins", "tts"})
     if ignored:
         warnings.append(f"ignoring top-level keys outside plugins.entries.voice-call: {', '.join(ignored)}")
@@ -187,29 +202,26 @@ def _apply_env_fallbacks(block: dict[str, Any], environ: Mapping[str, str]) -> d
     return used
 
 
-def format_validation_errors(exc: ValidationError, prefix: str = "", env_sources: dict[str, str] | None = None) -> list[str]:
+def format_validation_errors(
+    exc: ValidationError, prefix: str = "", env_sources: dict[str, str] | None = None
+) -> list[ConfigError]:
     """Pydantic errors as "<path>: <message>" lines, paths in the file's own camelCase."""
     lines = []
     for error in exc.errors(include_url=False):
-        path = _format_loc(error["loc"])
+        parts = _loc_parts(error["loc"])
         message = _message(error)
-        variable = (env_sources or {}).get(path)
+        variable = (env_sources or {}).get(dotted(parts))
         if variable:
             message += f" (from {variable})"
-        lines.append(f"{prefix}{path}: {message}" if path else f"{prefix.rstrip('.') or 'config'}: {message}")
+        if parts:
+            lines.append(ConfigError(parts, message).under(prefix))
+        else:
+            lines.append(ConfigError(split_prefix(prefix), message, text=f"{prefix.rstrip('.') or 'config'}: {message}"))
     return lines
 
 
-def _format_loc(loc: tuple) -> str:
-    path = ""
-    for part in loc:
-        if isinstance(part, int):
-            path += f"[{part}]"
-        elif part == "[key]":
-            continue
-        else:
-            path += ("." if path else "") + str(part)
-    return path
+def _loc_parts(loc: tuple) -> tuple[str | int, ...]:
+    return tuple(part if isinstance(part, int) else str(part) for part in loc if part != "[key]")
 
 
 def _message(error: dict[str, Any]) -> str:
@@ -236,31 +248,30 @@ def _message(error: dict[str, Any]) -> str:
     return msg.replace("Input should be", "must be").replace("List should have", "must have")
 
 
-def resolve_secrets(config: BaseModel, environ: Mapping[str, str] | None = None) -> list[str]:
+def resolve_secrets(config: BaseModel, environ: Mapping[str, str] | None = None) -> list[ConfigError]:
     """Resolve every credential now so a missing variable or file is reported with its path."""
-    errors: list[str] = []
-    for path, secret in iter_secrets(config):
+    errors: list[ConfigError] = []
+    for parts, secret in iter_secret_parts(config):
         try:
             secret.resolve(environ)
         except SecretError as exc:
-            errors.append(f"{path}: {exc}")
+            errors.append(ConfigError(parts, str(exc)))
     return errors
 
 
-def iter_secrets(node: Any, path: str = ""):
-    """Yield (camelCase path, Secret) for every credential in a config model."""
+def iter_secret_parts(node: Any, path: tuple[str | int, ...] = ()):
+    """Yield (key path parts, Secret) for every credential in a config model."""
     if isinstance(node, Secret):
         yield path, node
     elif isinstance(node, BaseModel):
         for name, info in type(node).model_fields.items():
-            key = info.alias or name
-            yield from iter_secrets(getattr(node, name), f"{path}.{key}" if path else key)
+            yield from iter_secret_parts(getattr(node, name), (*path, info.alias or name))
     elif isinstance(node, dict):
         for key, value in node.items():
-            yield from iter_secrets(value, f"{path}.{key}" if path else str(key))
+            yield from iter_secret_parts(value, (*path, str(key)))
     elif isinstance(node, list):
         for index, value in enumerate(node):
-            yield from iter_secrets(value, f"{path}[{index}]")
+            yield from iter_secret_parts(value, (*path, index))
 
 
 def _validation_errors(model: type[BaseModel], data: Any, prefix: str) -> list[str]:
@@ -280,10 +291,11 @@ def _fallback_config(block: dict[str, Any]) -> VoiceCallConfig:
         return VoiceCallConfig()
 
 
-def _unusable(errors: str | list[str], path: str | None, warnings: list[str] | None = None) -> LoadedConfig:
+def _unusable(errors: ConfigError | list[ConfigError], path: str | None, warnings: list[str] | None = None) -> LoadedConfig:
     return LoadedConfig(
         config=VoiceCallConfig(),
         errors=[errors] if isinstance(errors, str) else errors,
         warnings=warnings or [],
         path=path,
+        stand_in=True,
     )

@@ -78,6 +78,46 @@ gateway names each one you set in a startup warning (see
 [compatibility](compatibility.md#accepted-but-not-built-yet)). Deployment settings that are not
 part of this file (database, Redis, tokens) are environment variables: see
 [operations](operations.md#environment-variables).
+
+## Checking a config: setup and doctor
+
+`python manage.py voicecall setup` (and `smoke`, and the admin's setup page) checks the config in
+force: plugin-enabled, provider, provider-config, webhook-exposure, mode, then a `WARN` line for
+each warning. When the file cannot be used (it is missing, unreadable, not JSON/JSON5, or fails
+validation) the gateway serves on defaults, so the other checks would judge those defaults, not
+your file: setup then prints the file's errors first, each with its key path and the file's path,
+and marks the other checks `SKIP <id>: not checked until the config file is valid`:
+
+```text
+Voice Call setup: needs attention
+FAIL provider-config: The config file /etc/voicecall.json5 is invalid (1 error): fromNumber: Expected E.164 format, e.g. +15550001234
+SKIP plugin-enabled: not checked until the config file is valid
+SKIP provider: not checked until the config file is valid
+SKIP webhook-exposure: not checked until the config file is valid
+SKIP mode: not checked until the config file is valid
+```
+
+What to do about each failing check is on stderr (`FIX <id>: …`). With `--json` the same report
+is `{{"ok": false, "checks": [...], "configFile": …, "configErrors": [{{"path", "message"}}], "fixes":
+{{…}}, "warnings": [...]}}`; a skipped check is `{{"ok": false, "skipped": true}}`, and `path` is null
+for an error about the file as a whole. A file that validates but lacks something (a credential
+whose variable is not set, a cross-field rule) runs every check against what it says. `setup` and
+`smoke` exit 1 whenever a check fails or is skipped; warnings alone never fail them.
+
+Carrier identifiers of the wrong shape are warnings (the config still loads; the carrier would
+refuse them at the first call): `twilio.accountSid` (AC and 32 hex digits), `twilio.authToken` (32
+hex digits), `telnyx.connectionId` (digits), `telnyx.apiKey` (starts with KEY), `plivo.authId` (MA
+or SA and 18 uppercase letters or digits), whether the value is in the file, a `${{VAR}}`
+reference or an environment fallback (`TWILIO_ACCOUNT_SID`, …); the warning names the variable it
+came from. A credential's value is never printed, only its length. The gateway logs every config
+warning when it starts.
+
+`python manage.py voicecall doctor` reads the file named by `VOICECALL_CONFIG`, lists its legacy
+keys (`--fix` rewrites them, keeping a `.bak` copy) and, first, every error that keeps the file from loading,
+reading variables from its own environment as the gateway would. Like a linter, it exits 0 when
+there is nothing left to do, and 1 when the file cannot be read or parsed, has errors, or has
+legacy keys that `--fix` was not given to rewrite. Without `VOICECALL_CONFIG` there is nothing to
+check (exit 0).
 """
 
 

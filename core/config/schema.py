@@ -17,7 +17,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from core.phone import E164 as E164_PATTERN
-from core.phone import E164_MESSAGE
+from core.phone import E164_MESSAGE, transfer_target
 
 from .secrets import Secret, parse_secret
 
@@ -25,6 +25,10 @@ def _e164(value: str) -> str:
     if not E164_PATTERN.fullmatch(value):
         raise ValueError(E164_MESSAGE)
     return value
+
+
+def _transfer_target(value: str) -> str:
+    return transfer_target(value)
 
 
 def _positive(value: int) -> int:
@@ -91,6 +95,8 @@ Port = Annotated[int, Strict(), _between(1, 65535)]
 NonEmptyStr = Annotated[str, Strict(), AfterValidator(_non_empty)]
 Unit = Annotated[float, Strict(), _between(0, 1)]
 Flag = Annotated[bool, Strict()]
+# An E.164 number or a SIP URI (sip:user@host), where a call may be handed off to.
+TransferTarget = Annotated[str, Strict(), AfterValidator(_transfer_target)]
 Temperature = Annotated[float, Strict(), _between(0, 2)]
 Sensitivity = Annotated[str, Strict(), AfterValidator(_sensitivity)]
 HttpUrl = Annotated[str, Strict(), AfterValidator(_http_url)]
@@ -136,8 +142,8 @@ class TelnyxConfig(Section):
     api_key: Credential | None = None
     """Telnyx API v2 key for Call Control requests. Env fallback: TELNYX_API_KEY."""
     connection_id: NonEmptyStr | None = None
-    """Call Control application (connection) id that outbound calls are placed on. Env fallback:
-    TELNYX_CONNECTION_ID."""
+    """Call Control application (connection) id that outbound calls are placed on, digits (another shape is a
+    setup warning). Env fallback: TELNYX_CONNECTION_ID."""
     public_key: Credential | None = None
     """The account's Ed25519 public key (base64, base64url, PEM or DER) that webhook signatures are checked
     against; required unless skipSignatureVerification. Env fallback: TELNYX_PUBLIC_KEY."""
@@ -151,7 +157,7 @@ class TelnyxConfig(Section):
 
 class TwilioConfig(Section):
     account_sid: NonEmptyStr | None = None
-    """Account SID (AC…). Env fallback: TWILIO_ACCOUNT_SID."""
+    """Account SID: AC and 32 hex digits (another shape is a setup warning). Env fallback: TWILIO_ACCOUNT_SID."""
     auth_token: Credential | None = None
     """Auth token: authenticates REST requests and signs webhooks (HMAC-SHA1). Env fallback:
     TWILIO_AUTH_TOKEN."""
@@ -166,7 +172,8 @@ class TwilioConfig(Section):
 
 class PlivoConfig(Section):
     auth_id: NonEmptyStr | None = None
-    """Auth ID (MA…). Env fallback: PLIVO_AUTH_ID."""
+    """Auth ID: MA or SA and 18 uppercase letters or digits (another shape is a setup warning). Env fallback:
+    PLIVO_AUTH_ID."""
     auth_token: Credential | None = None
     """Auth token: authenticates REST requests and signs webhooks (V3, V2). Env fallback: PLIVO_AUTH_TOKEN."""
     base_url: HttpUrl | None = None
@@ -210,23 +217,27 @@ class ServeConfig(Section):
 
 class TailscaleConfig(Section):
     mode: Literal["off", "serve", "funnel"] = "off"
-    """Tailscale exposure as in the OpenClaw plugin (off, serve, funnel). Accepted, no effect yet: the gateway
-    does not run tailscale serve or funnel; expose it yourself and set publicUrl."""
+    """Tailscale exposure as in the OpenClaw plugin (off, serve, funnel): the gateway runs `tailscale serve`
+    (your tailnet only) or `tailscale funnel` (the internet) through the tailscale CLI (1.52 or later) when
+    it starts, and removes the handlers when it stops. Ignored when publicUrl or tunnel.provider is set."""
     path: NonEmptyStr = "/voice/webhook"
-    """Path tailscale would serve. Accepted, no effect yet."""
+    """Public path tailscale serves the webhook at (proxied to serve.path); media and realtime stream
+    paths are served at their own paths."""
     port: Port = 443
-    """Port tailscale would serve on; with mode funnel it must be 443, 8443 or 10000. Accepted, no effect
-    yet."""
+    """HTTPS port tailscale serves on (left out of the public URL when 443); with mode funnel it must be
+    443, 8443 or 10000."""
 
 
 class TunnelConfig(Section):
     provider: Literal["none", "ngrok", "tailscale-serve", "tailscale-funnel"] = "none"
-    """Tunnel as in the OpenClaw plugin (none, ngrok, tailscale-serve, tailscale-funnel). The gateway does not
-    start one: run it yourself and set publicUrl. ngrok also enables allowNgrokFreeTierLoopbackBypass."""
+    """Tunnel as in the OpenClaw plugin (none, ngrok, tailscale-serve, tailscale-funnel), started by the
+    gateway to serve.port and closed when it stops; carriers are given its URL while it is up. Ignored
+    when publicUrl is set. ngrok uses the ngrok Python SDK (no agent binary); tailscale-* as tailscale.mode."""
     ngrok_auth_token: Credential | None = None
-    """ngrok auth token. Accepted, no effect yet (no tunnel is started). Env fallback: NGROK_AUTHTOKEN."""
+    """ngrok auth token (required for ngrok). Env fallback: NGROK_AUTHTOKEN."""
     ngrok_domain: NonEmptyStr | None = None
-    """ngrok domain. Accepted, no effect yet (no tunnel is started). Env fallback: NGROK_DOMAIN."""
+    """ngrok domain to use (a reserved or custom one); unset: ngrok assigns one. Env fallback:
+    NGROK_DOMAIN."""
     allow_ngrok_free_tier_loopback_bypass: Flag = False
     """With tunnel.provider ngrok and a loopback serve.bind, trust forwarded headers from a loopback peer
     when rebuilding the signed URL. Never skips the signature check."""
@@ -503,6 +514,38 @@ class TtsConfig(Section):
     """Core TTS setting of the host app. Accepted, no effect yet."""
 
 
+class RecordingConfig(Section):
+    """recording: keeping calls' audio (carrier-side, and a local WAV of streamed calls)."""
+
+    carrier: Flag = False
+    """Ask the carrier to record every call from its answer (Twilio, Telnyx, Plivo); the recording's URL and
+    duration arrive on a signed callback and are stored with the call."""
+    fetch: Flag = False
+    """Download each carrier recording once it is ready and keep the file under directory (else only its URL
+    is kept, and the file stays at the carrier)."""
+    local: Flag = False
+    """Write a two-channel WAV (left: the caller, right: the gateway) of every streamed call, without the
+    carrier."""
+    consent_message: str | None = None
+    """Said first on every recorded call, before the greeting or the message (e.g. "This call is recorded.").
+    Unset: nothing is announced."""
+    directory: NonEmptyStr | None = None
+    """Where recording files are kept (~ expanded); unset: recordings/ in the data directory
+    (VOICECALL_DATA_DIR)."""
+    retention_days: NonNegativeInt = 0
+    """Days a recording file is kept; the sweep deletes older files (the record stays, marked deleted). 0: kept
+    forever."""
+
+
+class RouteRecording(Section):
+    """numbers.<number>.recording: this number's recording choices over the global recording."""
+
+    carrier: Flag | None = None
+    """Carrier recording for calls to this number; unset: recording.carrier."""
+    local: Flag | None = None
+    """Local WAV recording for calls to this number; unset: recording.local."""
+
+
 class NumberRoute(Section):
     """Overrides for calls dialed to one of our numbers (inbound only)."""
 
@@ -518,6 +561,11 @@ class NumberRoute(Section):
     """System prompt for replies on this number."""
     response_timeout_ms: PositiveInt | None = None
     """Reply timeout on this number."""
+    transfer_to: TransferTarget | None = None
+    """Where calls to this number may be handed off (an E.164 number or a SIP URI): offered to the realtime
+    model as a transfer tool, and the default target of a transfer that names none. Unset: the agent's."""
+    recording: RouteRecording | None = None
+    """Recording choices for calls to this number, over the global recording."""
 
 
 class AgentIdentity(OpenSection):
@@ -567,6 +615,9 @@ class AgentConfig(Section):
     responder: ResponderConfig | None = None
     """How this agent's replies are made. Unset: an llm responder when responseModel (or the route's) is set,
     else calls only listen and whoever drives them with continue does the talking."""
+    transfer_to: TransferTarget | None = None
+    """Where this agent's calls may be handed off (an E.164 number or a SIP URI), unless the number route
+    names one: offered to the realtime model as a transfer tool, and the default target of a transfer."""
 
 
 class ModelProviderConfig(Section):
@@ -635,20 +686,31 @@ class VoiceCallConfig(Section):
     ring_timeout_ms: PositiveInt = 30000
     """Plivo: ring time before giving up (hangup_on_ring, in whole seconds). Also sets the CLI's wait when
     it places a call through the gateway. Twilio and Telnyx dial with a fixed 30 s."""
+    amd: Literal["off", "detect", "voicemail"] = "off"
+    """Answering-machine detection on outbound calls (a call's request may choose its own): off; detect (a
+    machine is hung up on, and a conversation is never started against one); voicemail (wait for the beep,
+    leave the call's message, hang up)."""
+    amd_timeout_ms: Annotated[int, Strict(), _between(2000, 60000)] = 30000
+    """How long the carrier may listen before giving its verdict (Twilio MachineDetectionTimeout, Telnyx
+    answering_machine_detection_config.total_analysis_time_millis, Plivo machine_detection_time, at most
+    10 s). The gateway holds a call's start at most this long (+5 s) after the answer, then goes on as
+    with a person."""
+    recording: RecordingConfig = Field(default_factory=RecordingConfig)
+    """Carrier and local recording of calls, consent announcement and retention."""
     max_concurrent_calls: PositiveInt = 1
     """Outbound admission limit (live calls); Twilio also puts inbound streamed calls on hold when other
     calls' streams fill it."""
     serve: ServeConfig = Field(default_factory=ServeConfig)
     """Where the gateway listens and the webhook path."""
     tailscale: TailscaleConfig = Field(default_factory=TailscaleConfig)
-    """Tailscale exposure (accepted, not started by the gateway)."""
+    """Tailscale serve or funnel, run by the gateway (docs/telephony.md, Public exposure)."""
     tunnel: TunnelConfig = Field(default_factory=TunnelConfig)
-    """Tunnel settings (accepted; no tunnel is started)."""
+    """The tunnel the gateway starts (ngrok, or Tailscale) when no publicUrl is set."""
     webhook_security: WebhookSecurityConfig = Field(default_factory=WebhookSecurityConfig)
     """Which forwarded headers count when rebuilding the URL the carrier signed."""
     public_url: HttpUrl | None = None
     """The public URL carriers call and sign (its path, or serve.path when it has none). Behind a proxy,
-    set it."""
+    set it. Set, it wins over tunnel and tailscale (no tunnel is started)."""
     skip_signature_verification: Flag = False
     """Accept webhooks without checking signatures; local testing only. Logs a security warning, and is
     refused with a public URL unless VOICECALL_UNSAFE_ALLOW_SKIP_SIGNATURE_VERIFICATION=1."""

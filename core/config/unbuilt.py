@@ -21,14 +21,6 @@ RULES: tuple[tuple[tuple[str, ...], str], ...] = (
         "agent consults run the agent's responder, which has no thinking level or fast mode",
     ),
     (
-        ("tunnel.provider", "tunnel.ngrokAuthToken", "tunnel.ngrokDomain"),
-        "the gateway does not start a tunnel; run it yourself and set publicUrl",
-    ),
-    (
-        ("tailscale.*",),
-        "the gateway does not run tailscale serve or funnel; expose it yourself and set publicUrl",
-    ),
-    (
         ("silenceTimeoutMs",),
         "end of speech is set per transcription provider (streaming.providers.<id>.silenceDurationMs)",
     ),
@@ -59,8 +51,6 @@ def unbuilt_settings(config: BaseModel, prefix: str = "") -> list[str]:
     """One warning per reason, naming each key set to a non-default value that has no effect yet."""
     found: dict[str, list[str]] = {}
     for path in set_paths(config):
-        if path == "tunnel.provider" and _ngrok_loopback_rule(config):
-            continue
         if path.startswith("agents.") and ".identity." in path and _identity_in_realtime(config):
             continue
         reason = _reason(path)
@@ -73,12 +63,6 @@ def unbuilt_settings(config: BaseModel, prefix: str = "") -> list[str]:
             verbs = "is accepted but has" if len(paths) == 1 else "are accepted but have"
             lines.append(f"{', '.join(paths)} {verbs} no effect yet: {reason}")
     return lines
-
-
-def _ngrok_loopback_rule(config: Any) -> bool:
-    """tunnel.provider "ngrok" does count when it switches on the ngrok loopback rule."""
-    tunnel = getattr(config, "tunnel", None)
-    return bool(tunnel and tunnel.provider == "ngrok" and tunnel.allow_ngrok_free_tier_loopback_bypass)
 
 
 def _identity_in_realtime(config: Any) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
+from .errors import ConfigError
 from .models import KNOWN_PROVIDERS, model_problem
 from .schema import VoiceCallConfig
 
@@ -14,17 +15,17 @@ LOOPBACK_BINDS = ("127.0.0.1", "::1", "localhost")
 UNSAFE_SKIP_ENV = "VOICECALL_UNSAFE_ALLOW_SKIP_SIGNATURE_VERIFICATION"
 
 
-def cross_field_errors(cfg: VoiceCallConfig, environ: Mapping[str, str] | None = None) -> list[str]:
+def cross_field_errors(cfg: VoiceCallConfig, environ: Mapping[str, str] | None = None) -> list[ConfigError]:
     """Every rule the config breaks, as "<path>: <message>" lines (empty when disabled)."""
     if not cfg.enabled:
         return []
-    errors: list[str] = []
+    errors: list[ConfigError] = []
     provider = cfg.provider
     if not provider:
-        errors.append("provider: required when enabled (telnyx, twilio, plivo or mock)")
+        errors.append(ConfigError(("provider",), "required when enabled (telnyx, twilio, plivo or mock)"))
     if not cfg.from_number and provider != "mock":
         hint = " (or set TWILIO_FROM_NUMBER)" if provider == "twilio" else ""
-        errors.append(f"fromNumber: required{hint}")
+        errors.append(ConfigError(("fromNumber",), f"required{hint}"))
 
     required = {
         "telnyx": [("apiKey", "TELNYX_API_KEY"), ("connectionId", "TELNYX_CONNECTION_ID")],
@@ -36,60 +37,62 @@ def cross_field_errors(cfg: VoiceCallConfig, environ: Mapping[str, str] | None =
     block = getattr(cfg, provider, None) if provider in required else None
     for key, env_name in required.get(provider or "", []):
         if block is None or _get_camel(block, key) is None:
-            errors.append(f"{provider}.{key}: required (or set {env_name})")
+            errors.append(ConfigError((provider, key), f"required (or set {env_name})"))
 
     if cfg.realtime.enabled:
         if cfg.inbound_policy == "disabled":
-            errors.append('realtime.enabled: requires an inboundPolicy other than "disabled"')
+            errors.append(ConfigError(("realtime", "enabled"), 'requires an inboundPolicy other than "disabled"'))
         if cfg.streaming.enabled:
-            errors.append("realtime.enabled: cannot be used together with streaming.enabled")
+            errors.append(ConfigError(("realtime", "enabled"), "cannot be used together with streaming.enabled"))
         if provider and provider not in REALTIME_CARRIERS:
-            errors.append(f"realtime.enabled: requires provider {_or(REALTIME_CARRIERS)}")
+            errors.append(ConfigError(("realtime", "enabled"), f"requires provider {_or(REALTIME_CARRIERS)}"))
     if cfg.streaming.enabled and provider and provider not in STREAMING_CARRIERS:
-        errors.append(f"streaming.enabled: requires provider {_or(STREAMING_CARRIERS)}")
-    if cfg.tailscale.mode == "funnel" and cfg.tailscale.port not in FUNNEL_PORTS:
-        errors.append(f"tailscale.port: funnel accepts only {_or(tuple(map(str, FUNNEL_PORTS)))}")
+        errors.append(ConfigError(("streaming", "enabled"), f"requires provider {_or(STREAMING_CARRIERS)}"))
+    funnel = cfg.tailscale.mode == "funnel" or cfg.tunnel.provider == "tailscale-funnel"
+    if funnel and cfg.tailscale.port not in FUNNEL_PORTS:
+        errors.append(ConfigError(("tailscale", "port"), f"funnel accepts only {_or(tuple(map(str, FUNNEL_PORTS)))}"))
     errors.extend(_conversation_errors(cfg))
     if cfg.skip_signature_verification and not _skip_allowed(cfg, os.environ if environ is None else environ):
-        errors.append(
-            "skipSignatureVerification: only allowed with a loopback serve.bind and no "
-            f"publicUrl, tunnel or tailscale (or set {UNSAFE_SKIP_ENV}=1)"
-        )
+        errors.append(ConfigError(
+            ("skipSignatureVerification",),
+            "only allowed with a loopback serve.bind and no "
+            f"publicUrl, tunnel or tailscale (or set {UNSAFE_SKIP_ENV}=1)",
+        ))
     return errors
 
 
-def _conversation_errors(cfg: VoiceCallConfig) -> list[str]:
+def _conversation_errors(cfg: VoiceCallConfig) -> list[ConfigError]:
     """Agents, responders and models must name things that exist."""
-    errors: list[str] = []
+    errors: list[ConfigError] = []
     agents = sorted(cfg.agents)
     if cfg.agent_id is None and len(agents) > 1:
-        errors.append(f"agentId: required when several agents are configured ({', '.join(agents)})")
-    owners = [("agentId", cfg.agent_id)] + [(f"numbers.{key}.agentId", route.agent_id) for key, route in cfg.numbers.items()]
+        errors.append(ConfigError(("agentId",), f"required when several agents are configured ({', '.join(agents)})"))
+    owners = [(("agentId",), cfg.agent_id)] + [(("numbers", key, "agentId"), route.agent_id) for key, route in cfg.numbers.items()]
     for path, agent_id in owners:
         if agents and agent_id and agent_id not in cfg.agents:
-            errors.append(f"{path}: no agent {agent_id!r} in agents ({', '.join(agents)})")
-    models = [("responseModel", cfg.response_model)]
-    models += [(f"numbers.{key}.responseModel", route.response_model) for key, route in cfg.numbers.items()]
+            errors.append(ConfigError(path, f"no agent {agent_id!r} in agents ({', '.join(agents)})"))
+    models = [(("responseModel",), cfg.response_model)]
+    models += [(("numbers", key, "responseModel"), route.response_model) for key, route in cfg.numbers.items()]
     for agent_id, agent in cfg.agents.items():
         responder = agent.responder
         if responder is None:
             continue
-        path = f"agents.{agent_id}.responder"
-        models.append((f"{path}.model", responder.model))
+        path = ("agents", agent_id, "responder")
+        models.append(((*path, "model"), responder.model))
         if responder.type == "webhook":
             if not responder.url:
-                errors.append(f"{path}.url: required for a webhook responder")
+                errors.append(ConfigError((*path, "url"), "required for a webhook responder"))
             if responder.secret is None:
-                errors.append(f"{path}.secret: required for a webhook responder (its requests are signed with it)")
+                errors.append(ConfigError((*path, "secret"), "required for a webhook responder (its requests are signed with it)"))
         if responder.type == "scripted" and not responder.replies:
-            errors.append(f"{path}.replies: a scripted responder needs at least one reply")
+            errors.append(ConfigError((*path, "replies"), "a scripted responder needs at least one reply"))
     for path, value in models:
         problem = model_problem(value, cfg.models.providers) if value else None
         if problem:
-            errors.append(f"{path}: {problem}")
+            errors.append(ConfigError(path, problem))
     for provider_id, block in cfg.models.providers.items():
         if not block.base_url and provider_id not in KNOWN_PROVIDERS:
-            errors.append(f"models.providers.{provider_id}.baseUrl: required (no default for {provider_id!r})")
+            errors.append(ConfigError(("models", "providers", provider_id, "baseUrl"), f"required (no default for {provider_id!r})"))
     return errors
 
 

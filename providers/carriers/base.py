@@ -101,6 +101,9 @@ class CallView:
     document: str | None = None  # the stored document named by ParsedWebhook.document_token
     stream_token: str | None = None  # authenticates this call's media stream connection
     media_streams_active: int = 0  # media streams open on the gateway (for the hold answer)
+    # Answering-machine detection holds the call's start (greeting, stream, listening) until its
+    # verdict: the answer only keeps the line (start_held_call later starts what it would have).
+    held: bool = False
 
 
 @dataclass
@@ -160,6 +163,9 @@ class DialRequest:
     initial_message: str | None = None
     voice: str | None = None
     dtmf_sequence: str | None = None
+    amd: str = "off"  # off | detect | voicemail (the call's amd_mode)
+    amd_timeout_ms: int = 30000
+    record: bool = False  # carrier recording from the answer (the call's record_carrier)
 
 
 @dataclass(frozen=True)
@@ -183,6 +189,25 @@ TERMINAL_PROVIDER_STATUSES = {
     "no-answer": "no-answer",
     "canceled": "hangup-bot",
 }
+
+
+END_DETAIL_CHARS = 200
+SAYS_NOTHING = {"", "unspecified", "unknown", "0"}  # note values carriers send when they have nothing to say
+
+
+def end_detail(cause: object, *notes: tuple[str, object]) -> str:
+    """What a carrier said of why a call ended, as one printable line: `cause (note value, ...)`.
+
+    It becomes the call's error when the call failed, so it is bounded and cleaned: it is the
+    carrier's text, in a webhook anyone may try to forge before the signature is checked.
+    """
+    def clean(value: object) -> str:
+        text = value if isinstance(value, str) else str(value) if type(value) is int else ""
+        return " ".join("".join(ch if ch.isprintable() else " " for ch in text).split())
+
+    said = [f"{label} {clean(value)}" for label, value in notes if clean(value).lower() not in SAYS_NOTHING]
+    head = clean(cause) or (said.pop(0) if said else "")
+    return (head + (f" ({', '.join(said)})" if said else ""))[:END_DETAIL_CHARS]
 
 
 def normalize_provider_status(raw: object) -> ProviderCallStatus:
@@ -218,6 +243,17 @@ class CarrierBackend:
     # Digits to dial after connecting (dtmfSequence) travel with the dial request; otherwise they
     # are sent with send_dtmf once the call is answered.
     dials_with_dtmf: ClassVar[bool] = False
+    # Cold transfer (transfer_call); warm transfer needs conferences (warm_transfer).
+    supports_transfer: ClassVar[bool] = False
+    supports_warm_transfer: ClassVar[bool] = False
+    # Carrier-side recording started on a live call (start_recording) and downloaded (fetch_recording).
+    supports_recording: ClassVar[bool] = False
+    # An outbound call's recording is asked for with its dial (DialRequest.record); otherwise it is
+    # started with start_recording once the call is answered.
+    records_in_dial: ClassVar[bool] = False
+    # In voicemail mode the machine verdict comes at the end of the greeting (or a later event reports
+    # it); otherwise the message waits for the beep itself (leave_message with wait_for_beep).
+    reports_greeting_end: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -249,10 +285,12 @@ class CarrierBackend:
             return None
         return url, self.stream_token(call_id)
 
-    def has_signature_headers(self, headers: dict[str, str]) -> bool:
-        if not self.signature_header_groups:
+    @classmethod
+    def has_signature_headers(cls, headers: dict[str, str]) -> bool:
+        # A class method: a server checks a request's head before the runtime (this backend) is built.
+        if not cls.signature_header_groups:
             return True
-        return any(all(headers.get(h) for h in group) for group in self.signature_header_groups)
+        return any(all(headers.get(h) for h in group) for group in cls.signature_header_groups)
 
     # --- webhooks -------------------------------------------------------------------------
 
@@ -312,6 +350,34 @@ class CarrierBackend:
 
     def send_dtmf(self, *, call_id: str, provider_call_id: str, digits: str) -> None:
         raise UnsupportedByCarrier(f"{self.name} does not support outbound DTMF")
+
+    def start_held_call(self, *, call_id: str, provider_call_id: str, mode: str) -> None:
+        """Answering-machine detection found a person (or nothing): start what the call's answer held back
+        (the answer document, the media stream). The greeting itself follows as after any answer."""
+
+    def leave_message(self, *, call_id: str, provider_call_id: str, text: str, voice: str | None,
+                      wait_for_beep: bool) -> None:
+        """Say `text` to an answering machine (after its beep when `wait_for_beep`); the gateway hangs up after."""
+        self.play_tts(call_id=call_id, provider_call_id=provider_call_id, text=text, voice=voice, locale=None)
+
+    def transfer_call(self, *, call_id: str, provider_call_id: str, target: str, transfer_id: str = "") -> str:
+        """Cold transfer: connect the caller to `target` (E.164 or SIP URI), leaving the gateway out of the
+        call; returns the carrier's reference of the new leg ("" when it gives none). The outcome arrives
+        later as a `call.transfer` event naming `transfer_id`."""
+        raise UnsupportedByCarrier(f"transfer is not supported by {self.name}")
+
+    def warm_transfer(self, *, call_id: str, provider_call_id: str, target: str, summary: str,
+                      transfer_id: str = "") -> str:
+        """Warm transfer: call `target`, say `summary` to whoever answers, then join the caller."""
+        raise UnsupportedByCarrier(f"warm transfer is not supported by {self.name}")
+
+    def start_recording(self, *, call_id: str, provider_call_id: str) -> str:
+        """Start recording a live call at the carrier; returns the carrier's recording id ("" when later)."""
+        raise UnsupportedByCarrier(f"recording is not supported by {self.name}")
+
+    def fetch_recording(self, url: str) -> tuple[bytes, str]:
+        """Download a recording the carrier made (authenticated): its bytes and content type."""
+        raise UnsupportedByCarrier(f"recording is not supported by {self.name}")
 
     def dial_account(self) -> str:
         """The account outbound dials count against for its calls-per-second limit ("" when there is one only)."""

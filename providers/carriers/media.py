@@ -219,6 +219,9 @@ class MediaCodec:
     carrier: ClassVar[str] = ""
     # Query parameter / header that may carry the stream token (besides the start frame).
     token_header: ClassVar[str | None] = None
+    # Inbound media frames held back (at most this many) to put them in sequence order; 0: taken as they come.
+    reorder_window: ClassVar[int] = 0
+    sequence_key: ClassVar[str] = "sequenceNumber"  # where a frame's sequence number is, at its top level
 
     def parse(self, message: dict[str, Any]) -> Frame:
         raise NotImplementedError

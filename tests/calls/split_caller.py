@@ -18,6 +18,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from calls.port_holder import pid_holding, socket_inodes
 from tests.calls.realtime_caller import RealtimeCaller
 from tests.fakes.base import Recorded
 from tests.fakes.twilio import FakeTwilio, FakeTwilioCall
@@ -91,33 +92,7 @@ class SplitCaller(RealtimeCaller):
 
 def pid_of_local_port(port: int) -> int | None:
     """The process holding the loopback TCP socket whose local port is `port` (/proc/net/tcp), if any."""
-    inode = None
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[9] != "0":
-                inode = fields[9]
-                break
-        if inode:
-            break
-    if inode is None:
-        return None
-    target = f"socket:[{inode}]"
-    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
-        try:
-            for fd in fd_dir.iterdir():
-                try:
-                    if str(fd.readlink()) == target:
-                        return int(fd_dir.parent.name)
-                except OSError:
-                    continue
-        except OSError:
-            continue
-    return None
+    return pid_holding(socket_inodes(port, listening=False))
 
 
 def ancestors(pid: int) -> list[int]:

@@ -67,7 +67,7 @@ def test_number_route_validation(staff):
 
 def test_allowed_caller_validation(staff):
     url = reverse("admin:routing_allowedcaller_add")
-    assert "Expected E.164" in staff.post(url, {"number": "+0123", "enabled": "on"}).content.decode()
+    assert "Enter the number in international form" in staff.post(url, {"number": "+0123", "enabled": "on"}).content.decode()
     assert staff.post(url, {"number": "+15557654321", "label": "Alice", "enabled": "on"}).status_code == 302
     assert AllowedCaller.objects.get().label == "Alice"
 

@@ -93,12 +93,13 @@ def test_tool_schema_is_valid_draft_2020_12():
         "continue_call": ["action", "callId", "message"],
         "speak_to_user": ["action", "callId", "message"],
         "send_dtmf": ["action", "callId", "digits"],
+        "transfer_call": ["action", "callId"],
         "end_call": ["action", "callId"],
         "get_status": ["action", "callId"],
     }
     initiate = branches[0]["properties"]
     assert set(initiate) == {"action", "message", "to", "mode", "dtmfSequence", "sessionKey", "requesterSessionKey",
-                              "idempotencyKey", "at"}
+                              "idempotencyKey", "at", "record", "amd"}
     assert initiate["mode"]["enum"] == ["notify", "conversation"]
     legacy = branches[-1]
     assert set(legacy["properties"]) == {"mode", "to", "sid", "message", "sessionKey", "requesterSessionKey", "dtmfSequence"}
@@ -128,7 +129,7 @@ def test_openai_function_form():
     assert parameters["required"] == ["action"]
     assert set(parameters["properties"]) == {
         "action", "callId", "message", "to", "mode", "digits", "dtmfSequence", "sessionKey", "requesterSessionKey",
-        "idempotencyKey", "at",
+        "idempotencyKey", "at", "record", "amd", "transferTo", "transferMode", "summary",
     }
     action_help = parameters["properties"]["action"]["description"]
     for action in tools.ACTIONS:
@@ -234,7 +235,7 @@ def test_view_through_a_url(client):
 
 @pytest.mark.django_db(transaction=True)
 def test_examples_run_in_order_on_the_mock_carrier(configure, outbox):
-    configure({"toNumber": "+15550009999"})
+    configure({"toNumber": "+15550009999", "maxConcurrentCalls": 3})
     call_id = None
     for example in tools.tool_document()["examples"]:
         arguments = json.loads(json.dumps(example["arguments"]).replace('"CALL_ID"', json.dumps(call_id)))
@@ -243,6 +244,11 @@ def test_examples_run_in_order_on_the_mock_carrier(configure, outbox):
             caller = reply_when_listening(call_id, "Yes, Tuesday works.")
             details = run(arguments)
             caller.join(5)
+        elif action == "transfer_call":
+            # The example's call was hung up by then: a new conversation, answered, is handed off.
+            arguments["callId"] = run({"action": "initiate_call", "message": "Hello."})["callId"]
+            event_process(event=CallAnswered(call_id=arguments["callId"]))
+            details = run(arguments)
         else:
             details = run(arguments)
 
@@ -269,6 +275,11 @@ def test_examples_run_in_order_on_the_mock_carrier(configure, outbox):
         elif action == "end_call":
             assert details == {"success": True}
             assert outbox[-1].action == "hangup_call"
+        elif action == "transfer_call":
+            assert details["success"] is True and details["status"] == "dialing" and details["mode"] == "warm"
+            assert (outbox[-1].action, outbox[-1].params["target"]) == ("warm_transfer", "+15550009876")
+            assert outbox[-1].params["summary"] == "The caller wants to move their Tuesday appointment."
+            assert Call.objects.get(pk=arguments["callId"]).end_reason == "transferred"
         else:
             assert arguments == {"mode": "status", "sid": call_id}
             assert details["found"] is True

@@ -144,7 +144,7 @@ def test_cli_schedules_shows_and_cancels():
     placed = json.loads(out.getvalue())
     assert placed["scheduled"] is True and set(placed) == {"callId", "scheduled", "scheduledAt", "status"}
     out = io.StringIO()
-    call_command("voicecall", "status", "--call-id", placed["callId"], stdout=out)
+    call_command("voicecall", "status", "--call-id", placed["callId"], "--json", stdout=out)
     assert json.loads(out.getvalue())["state"] == "scheduled"
     out = io.StringIO()
     call_command("voicecall", "end", "--call-id", placed["callId"], stdout=out)

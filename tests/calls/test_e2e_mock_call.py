@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -18,6 +17,7 @@ import httpx
 import pytest
 from asgiref.sync import sync_to_async
 
+from calls.free_ports import free_port
 from calls.models import Call
 from calls.services import call_continue, call_end, call_initiate
 from providers.carriers import mock
@@ -103,12 +103,6 @@ class asyncio_thread:
 
 
 # --- the real thing: a gateway process on a socket, the CLI in other processes ----------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
@@ -208,13 +202,13 @@ def test_readme_flow_on_a_real_gateway(gateway):
     assert ready == {"ready": True, "provider": "mock"}
 
     call_id = gw.cli("call", "--to", "+15550001111", "--message", "Hello")["callId"]
-    status = gw.cli("status", "--call-id", call_id)
+    status = gw.cli("status", "--call-id", call_id, "--json")
     assert (status["state"], status["to"], status["metadata"]["initialMessage"]) == ("initiated", "+15550001111", "Hello")
 
     gw.post({"type": "call.answered", "callId": call_id})
     # The greeting is spoken by the gateway's background worker right after the answer.
-    gw.wait(lambda: gw.cli("status", "--call-id", call_id)["transcript"], "the greeting in the transcript")
-    assert gw.cli("status", "--call-id", call_id)["transcript"][0]["text"] == "Hello"
+    gw.wait(lambda: gw.cli("status", "--call-id", call_id, "--json")["transcript"], "the greeting in the transcript")
+    assert gw.cli("status", "--call-id", call_id, "--json")["transcript"][0]["text"] == "Hello"
 
     # `continue` in one process; the caller's answer arrives through the gateway's webhook.
     waiting = subprocess.Popen(
@@ -228,23 +222,23 @@ def test_readme_flow_on_a_real_gateway(gateway):
     assert json.loads(out) == {"success": True, "transcript": "No, thank you."}
 
     assert gw.cli("end", "--call-id", call_id) == {"success": True}
-    final = gw.cli("status", "--call-id", call_id)
+    final = gw.cli("status", "--call-id", call_id, "--json")
     assert (final["state"], final["endReason"]) == ("hangup-bot", "hangup-bot")
     assert [t["speaker"] for t in final["transcript"]] == ["bot", "bot", "user"]
-    latency = gw.cli("latency")
+    latency = gw.cli("latency", "--json")
     assert latency["turnsScanned"] == 1 and latency["turnLatency"]["count"] == 1
 
     # A notify call: the gateway's embedded sweeper hangs up notifyHangupDelaySec after the message.
     notify_id = gw.cli("call", "--to", "+15550002222", "--message", "Your order shipped", "--mode", "notify")["callId"]
     gw.post({"type": "call.answered", "callId": notify_id})
-    gw.wait(lambda: gw.cli("status", "--call-id", notify_id)["state"] == "hangup-bot", "the notify hang-up")
+    gw.wait(lambda: gw.cli("status", "--call-id", notify_id, "--json")["state"] == "hangup-bot", "the notify hang-up")
 
 
 def test_json_log_lines_of_a_call_name_it(json_log_gateway):
     gw = json_log_gateway
     call_id = gw.cli("call", "--to", "+15550002222", "--message", "Your order shipped", "--mode", "notify")["callId"]
     gw.post({"type": "call.answered", "callId": call_id})
-    gw.wait(lambda: gw.cli("status", "--call-id", call_id)["state"] == "hangup-bot", "the notify hang-up")
+    gw.wait(lambda: gw.cli("status", "--call-id", call_id, "--json")["state"] == "hangup-bot", "the notify hang-up")
     gw.wait(lambda: f"call {call_id} ended" in gw.log(), "the end of the call to be logged")
     # Daphne's access lines go through the same handler: JSON, and redacted.
     assert httpx.get(f"{gw.base}/healthz?token=query-token-123456").status_code == 200

@@ -346,6 +346,8 @@ def test_event_from_dict_defaults_and_errors():
         ({"type": "call.ringing"}, "events[0].callId: required"),
         ({"type": "call.nope", "callId": "c"}, "events[0].type: unknown event type 'call.nope'"),
         ({"type": "call.ended", "callId": "c", "reason": "bored"}, "events[0].reason: must be one of"),
+        ({"type": "call.ended", "callId": "c", "reason": "failed", "detail": 404}, "events[0].detail: must be a string"),
+        ({"type": "call.ended", "callId": "c", "reason": "failed", "detail": "x" * 201}, "events[0].detail: at most 200"),
         ({"type": "call.speech", "callId": "c", "isFinal": "yes"}, "events[0].isFinal: must be true or false"),
         ({"type": "call.speech", "callId": "c", "confidence": 2}, "events[0].confidence: must be a number between 0 and 1"),
         ({"type": "call.ringing", "callId": "c", "direction": "sideways"}, 'events[0].direction: must be "inbound" or "outbound"'),

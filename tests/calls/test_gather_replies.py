@@ -100,6 +100,9 @@ def test_gather_path_answers_at_once_and_speaks_the_reply_when_ready(carrier):
         assert time.monotonic() - started < SLOW_SECONDS - 0.5
         wait_until(lambda: carrier.said(fake_call)[-1:] == [f"Reply number {turn}."], timeout=15)
         carrier.fake.wait_idle()
+        # The reply job records its outcome (the bot's line) just after the carrier request: the next
+        # question waits for it, or on a busy machine it lands first and supersedes a reply already said.
+        wait_until(lambda: ReplyTurn.objects.filter(call=call, status=ReplyStatus.SPOKEN).count() == turn, timeout=15)
 
     background.drain(10)  # the reply job records its outcome just after the carrier request
     call.refresh_from_db()

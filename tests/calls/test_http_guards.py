@@ -227,3 +227,18 @@ def test_a_deadline_that_is_not_a_positive_number_stops_the_process(value):
                             capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
     assert "VOICECALL_HTTP_HEAD_TIMEOUT" in result.stderr or "could not convert string to float" in result.stderr
+
+
+def test_a_webhook_head_is_checked_without_building_the_runtime(configure):
+    """The first request after a config change is checked on the server's loop: only the config and
+    the carrier's class are needed there; the runtime (its HTTP client, a TLS context) is built off it."""
+    from calls.gateway import get_gateway
+    from calls.runtime import webhook_gate
+
+    configure(TWILIO)
+    config, carrier = webhook_gate()
+    assert (config.provider, carrier.name) == ("twilio", "twilio")
+    assert not carrier.has_signature_headers({}) and carrier.has_signature_headers({"x-twilio-signature": "x"})
+    assert get_gateway().current_runtime() is None
+    configure({**TWILIO, "enabled": False})
+    assert webhook_gate() is None  # the application answers 503 with the reason

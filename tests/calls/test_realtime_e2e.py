@@ -420,3 +420,31 @@ async def test_speak_is_said_by_the_model_and_refused_once_the_stream_is_gone(ga
     report = await finished(task)
     assert report.outcome == "completed", report
     assert len([i for i in conn.instructions if "Are you still there?" in i]) == 0
+
+
+# --- transfer -------------------------------------------------------------------------------------
+
+
+async def test_the_model_hands_the_caller_to_a_person(gateway, rest_stub, model):
+    model.script.turns = [Turn(transcript="Can I talk to a person?", tool=ToolScript("openclaw_transfer_call", {}),
+                               say_first="Of course, transferring you now.", reply="")]
+    sim, task = start_call(gateway(agents={"main": {"transferTo": "sip:desk@bakery.example.com"}}), [Line("person")],
+                           rest=rest_stub)
+    report = await finished(task)
+    conn = model.last
+    assert "openclaw_transfer_call" in [tool["name"] for tool in conn.session.get("tools", [])]
+    assert conn.responses[1].text == "Of course, transferring you now."
+    # The carrier got the call's new TwiML (the <Dial>) and never a hang-up.
+    path = f"/2010-04-01/Accounts/{ACCOUNT}/Calls/{report.call_sid}.json"
+    updates = [form for method, where, form in rest_stub.requests if (method, where) == ("POST", path)]
+    assert len(updates) == 1 and "<Sip" in updates[0]["Twiml"][0] and "sip:desk@bakery.example.com" in updates[0]["Twiml"][0]
+    assert rest_stub.status[report.call_sid] == "in-progress"
+    # Its last words played before the hand-over.
+    greeting, last_words = conn.responses[0], conn.responses[1]
+    assert report.frames_played * FRAME_MS >= greeting.audio_ms_sent + last_words.audio_ms_sent, report
+    call = await await_until(lambda: ended(report.call_sid), "the call to end")
+    assert call.end_reason == "transferred"
+    (result,) = await events(report.call_sid, "realtime.tool_result")
+    assert result["name"] == "openclaw_transfer_call" and result["transferred"] is True
+    transfer = await sync_to_async(lambda: call.transfers.get())()
+    assert (transfer.target, transfer.kind, transfer.requested_by) == ("sip:desk@bakery.example.com", "cold", "realtime")

@@ -124,6 +124,7 @@ def test_a_bearer_scheme_in_any_case_is_accepted(live_gateway):
         ("voicecall.continue.start", {"callId": "x", "message": "Hi"}),
         ("voicecall.speak", {"callId": "x", "message": "Hi"}),
         ("voicecall.dtmf", {"callId": "x", "digits": "1"}),
+        ("voicecall.transfer", {"callId": "x", "to": TO}),
         ("voicecall.end", {"callId": "x"}),
     ],
 )
@@ -701,3 +702,24 @@ def test_speak_with_realtime_on_and_no_fallback_reports_the_missing_bridge(rpc, 
     # Fallback allowed (the default): the carrier's own TTS says it.
     assert result_of(rpc("voicecall.speak", {"callId": call_id, "message": "Hi"})) == {"success": True}
     assert [r.action for r in outbox] == ["play_tts"]
+
+
+def test_transfer(rpc, outbox):
+    from calls.models import Transfer
+
+    call_id = answered_call(rpc)
+    bad = error_of(rpc("voicecall.transfer", {"callId": call_id, "to": "front desk"}))
+    assert (bad["code"], bad["data"]) == (-32602, {"code": "INVALID_REQUEST"})
+    assert bad["message"].startswith("to: 'front desk' is not a transfer target. Expected an E.164 number")
+    assert error_of(rpc("voicecall.transfer", {"callId": call_id, "to": TO, "mode": "warm"}))["message"].startswith(
+        "summary required")
+    assert error_of(rpc("voicecall.transfer", {"to": TO}))["message"] == "callId required"
+    assert error_of(rpc("voicecall.transfer", {"callId": str(uuid.uuid4()), "to": TO}))["message"] == "Call not found"
+    assert not Transfer.objects.exists()
+
+    result = result_of(rpc("voicecall.transfer", {"callId": call_id, "to": "sip:desk@pbx.example.com"}))
+    assert result["success"] is True and result["status"] == "dialing" and result["mode"] == "cold"
+    assert [r.action for r in outbox][-1] == "transfer_call"
+    assert Transfer.objects.get(pk=result["transferId"]).requested_by == "rpc"
+    ended = error_of(rpc("voicecall.transfer", {"callId": call_id, "to": TO}))
+    assert ended["code"] == -32602 and "has already ended (transferred)" in ended["message"]

@@ -22,7 +22,8 @@ SKIP_GATE_ERROR = (
 TWILIO_OK = {
     "provider": "twilio",
     "fromNumber": "+15550001234",
-    "twilio": {"accountSid": "AC123", "authToken": "tok"},
+    # Well-formed fakes: a malformed identifier is a warning (tests/core/test_config_identifiers.py).
+    "twilio": {"accountSid": "AC" + "0" * 31 + "1", "authToken": "0123456789abcdef" * 2},
 }
 TELNYX_OK = {
     "provider": "telnyx",
@@ -859,6 +860,10 @@ def test_tailscale_funnel_refuses_other_ports():
     assert errors_of({"tailscale": {"mode": "funnel", "port": 8080}}) == [
         "tailscale.port: funnel accepts only 443, 8443 or 10000"
     ]
+    assert errors_of({"tunnel": {"provider": "tailscale-funnel"}, "tailscale": {"port": 8080}}) == [
+        "tailscale.port: funnel accepts only 443, 8443 or 10000"
+    ]
+    assert errors_of({"tunnel": {"provider": "tailscale-serve"}, "tailscale": {"port": 8080}}) == []
 
 
 def test_tailscale_port_rule_only_applies_to_funnel():

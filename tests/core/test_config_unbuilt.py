@@ -71,10 +71,9 @@ def test_each_reason_gets_its_own_line_in_rule_order():
         "tailscale": {"mode": "funnel"},
         "publicUrl": "https://voice.example.com/voice/webhook",
     })
-    assert [line.split(" ", 1)[0] for line in lines] == ["tunnel.provider,", "tailscale.mode", "silenceTimeoutMs", "store"]
-    assert lines[0].startswith("tunnel.provider, tunnel.ngrokDomain are accepted but have no effect yet: "
-                               "the gateway does not start a tunnel; run it yourself and set publicUrl")
-    assert lines[3] == ("store is accepted but has no effect yet: calls are kept in the database "
+    # tunnel and tailscale are built (calls/exposure.py): not named.
+    assert [line.split(" ", 1)[0] for line in lines] == ["silenceTimeoutMs", "store"]
+    assert lines[1] == ("store is accepted but has no effect yet: calls are kept in the database "
                         "(DATABASE_URL), not in a store directory")
 
 
@@ -113,10 +112,9 @@ def test_the_gateway_logs_them_at_startup(caplog):
     assert any(r.getMessage().startswith("store is accepted but has no effect yet") for r in caplog.records)
 
 
-def test_tunnel_provider_ngrok_counts_when_it_switches_on_the_loopback_rule():
-    assert unbuilt({"tunnel": {"provider": "ngrok", "allowNgrokFreeTierLoopbackBypass": True}}) == []
-    (line,) = unbuilt({"tunnel": {"provider": "ngrok"}})
-    assert line.startswith("tunnel.provider is accepted but has no effect yet")
+def test_tunnel_and_tailscale_settings_are_built_and_never_named():
+    assert unbuilt({"tunnel": {"provider": "ngrok", "ngrokAuthToken": "2fAkE0123456789abcdef", "ngrokDomain": "x.ngrok.app"}}) == []
+    assert unbuilt({"tunnel": {"provider": "tailscale-serve"}, "tailscale": {"mode": "funnel", "port": 8443, "path": "/hook"}}) == []
 
 
 def test_a_tts_language_is_named():

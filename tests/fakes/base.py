@@ -30,6 +30,7 @@ __all__ = [
     "parse_document",
     "resolve_url",
     "rfc2822",
+    "small_wav",
 ]
 
 
@@ -126,6 +127,27 @@ def now_utc() -> datetime:
 def rfc2822(moment: datetime | None) -> str | None:
     """Twilio's date format, e.g. "Tue, 01 Jan 2026 12:00:00 +0000"."""
     return format_datetime(moment) if moment else None
+
+
+def small_wav(seconds: float = 1.0, channels: int = 2, rate: int = 8000) -> bytes:
+    """A real WAV file (16-bit PCM, a 440 Hz tone on the left, 660 Hz on the right): what a carrier's recording URL serves."""
+    import io
+    import math
+    import struct
+    import wave
+
+    frames = bytearray()
+    for n in range(int(seconds * rate)):
+        for channel in range(channels):
+            frequency = 440 if channel == 0 else 660
+            frames += struct.pack("<h", int(8000 * math.sin(2 * math.pi * frequency * n / rate)))
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(channels)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes(bytes(frames))
+    return buffer.getvalue()
 
 
 def first(values: dict[str, list[str]] | None, name: str, default: str | None = None) -> str | None:

@@ -17,6 +17,7 @@ from plivo.utils.signature_v3 import construct_get_url, construct_post_url, get_
 
 from .base import (
     Delivery, FakeServer, Recorded, Reply, add_query, basic_credentials, now_utc, parse_document, resolve_url,
+    small_wav,
 )
 
 __all__ = ["FakePlivo", "FakePlivoCall"]
@@ -66,12 +67,17 @@ class FakePlivoCall:
     said: list[dict[str, str | None]] = field(default_factory=list)  # <Speak>: {text, voice, language}
     played: list[str] = field(default_factory=list)
     waits: list[float] = field(default_factory=list)
+    beep_waits: list[float] = field(default_factory=list)  # <Wait beep="true"> lengths (a machine beeps at once)
+    machine: bool | None = None  # who answered, as machine detection reported it (answer(machine=...))
     get_input: dict[str, str] | None = None  # the <GetInput> waiting for caller input
     dtmf_sent: list[str] = field(default_factory=list)  # DTMF API and <DTMF> digits sent to the caller
     speak_requests: list[dict[str, Any]] = field(default_factory=list)  # Speak API bodies
     play_requests: list[dict[str, Any]] = field(default_factory=list)  # Play API bodies
     streams: list[dict[str, Any]] = field(default_factory=list)  # <Stream> elements and Stream API bodies
     transfers: list[dict[str, Any]] = field(default_factory=list)  # transfer API bodies
+    dial: dict[str, Any] | None = None  # the running <Dial>: its attributes, targets [(User|Number, text)], b_leg
+    dials: list[dict[str, Any]] = field(default_factory=list)  # every <Dial> run, in order
+    conference: dict[str, Any] | None = None  # the <Conference> room the call is in: its attributes and "room"
     documents: list[str] = field(default_factory=list)  # every XML document executed, in order
     skipped: list[str] = field(default_factory=list)  # elements the interpreter does not know
     hangup_reason: str | None = None  # <Hangup reason>
@@ -85,6 +91,7 @@ class FakePlivoCall:
     end_time: datetime | None = None
     generation: int = field(default=0, repr=False)
     resume: _Resume | None = field(default=None, repr=False)
+    recordings: list[str] = field(default_factory=list)  # ids of this call's Record API recordings
 
     @property
     def ended(self) -> bool:
@@ -103,6 +110,8 @@ class FakePlivo(FakeServer):
     Knobs: extra_signatures (bogus signatures put before the real one, comma-separated),
     signing_token (sign with another token), use_v2 (send the deprecated V2 headers instead of V3),
     wait_blocks_at (a <Wait> at least this long parks the document until elapse() or a transfer).
+    A Record API recording ends with its call (or its time_limit): its signed callback follows the
+    hangup webhook, and its URL serves a small real WAV behind the account's basic auth.
     """
 
     def __init__(
@@ -123,9 +132,13 @@ class FakePlivo(FakeServer):
         self.use_v2 = use_v2
         self.wait_blocks_at = wait_blocks_at
         self.calls: list[FakePlivoCall] = []
+        self.recordings: dict[str, dict[str, Any]] = {}  # recording_id -> {id, call_uuid, body, started, ended}
+        self.recording_audio = small_wav()
         account = r"^/v1/Account/(?P<account>[^/]+)"
         live = account + r"/Call/(?P<call_uuid>[^/]+)"
         self.routes = [
+            ("POST", re.compile(live + r"/Record/$"), self._start_recording),
+            ("GET", re.compile(account + r"/Recording/(?P<recording_id>[^/.]+)\.(?P<ext>wav|mp3)$"), self._recording_media),
             ("POST", re.compile(account + r"/Call/$"), self._make_call),
             ("GET", re.compile(live + r"/$"), self._get_call),
             ("POST", re.compile(live + r"/$"), self._transfer),
@@ -148,7 +161,10 @@ class FakePlivo(FakeServer):
             "Hangup": self._el_hangup,
             "Stream": self._el_stream,
             "DTMF": self._el_dtmf,
+            "Dial": self._el_dial,
+            "Conference": self._el_conference,
         }
+        self.conferences: dict[str, list[str]] = {}  # room name → call UUIDs in it, in the order they joined
 
     # ------------------------------------------------------------------ public helpers
 
@@ -345,6 +361,57 @@ class FakePlivo(FakeServer):
         call.streams.append({**body, "stream_id": stream_id, "source": "api"})
         return self._accepted("audio streaming started", stream_id=stream_id)
 
+    def _start_recording(self, record: Recorded, account: str, call_uuid: str) -> Reply:
+        call = self._find_live(account, call_uuid, ("in-progress",))
+        if call is None:
+            return self.not_found()
+        body = _body(record)
+        file_format = body.get("file_format", "mp3")
+        if file_format not in ("mp3", "wav"):
+            return self._bad_request("file_format must be mp3 or wav")
+        recording_id = str(uuid.uuid4())
+        self.recordings[recording_id] = {"id": recording_id, "call_uuid": call.call_uuid, "body": body,
+                                         "format": file_format, "started": now_utc(), "ended": None}
+        call.recordings.append(recording_id)
+        return self._accepted("call recording started", recording_id=recording_id, url=self.recording_url(recording_id))
+
+    def recording_url(self, recording_id: str) -> str:
+        recording = self.recordings[recording_id]
+        return f"{self.api_url}/Recording/{recording_id}.{recording['format']}"
+
+    def _recording_media(self, record: Recorded, account: str, recording_id: str, ext: str) -> Reply:
+        recording = self.recordings.get(recording_id)
+        if account != self.auth_id or recording is None or recording["ended"] is None or ext != recording["format"]:
+            return self.not_found()
+        if ext == "mp3":
+            return Reply(200, b"ID3" + bytes(64), "audio/mpeg")
+        return Reply(200, self.recording_audio, "audio/wav")
+
+    def _finish_recordings(self, call: FakePlivoCall) -> None:
+        """The call ended: its recordings stop, each callback signed and sent after the hangup webhook. Caller holds the lock."""
+        for recording_id in call.recordings:
+            recording = self.recordings[recording_id]
+            if recording["ended"] is not None:
+                continue
+            recording["ended"] = now_utc()
+            url = recording["body"].get("callback_url")
+            if not url:
+                continue
+            start_ms = int(recording["started"].timestamp() * 1000)
+            end_ms = int(recording["ended"].timestamp() * 1000)
+            params = {
+                "api_id": str(uuid.uuid4()),
+                "call_uuid": call.call_uuid or "",
+                "recording_id": recording_id,
+                "record_url": self.recording_url(recording_id),
+                "recording_duration": str((end_ms - start_ms) // 1000),
+                "recording_duration_ms": f"{end_ms - start_ms}.00000",
+                "recording_start_ms": f"{start_ms}.00000",
+                "recording_end_ms": f"{end_ms}.00000",
+            }
+            method = _method(recording["body"].get("callback_method"))
+            self.schedule(lambda url=url, method=method, params=params: self._send_webhook(url, method, params))
+
     def _replace_document(self, call: FakePlivoCall, url: str, method: str) -> None:
         # whatever the call was doing (GetInput, Wait, Stream) is abandoned for the new document
         self._unblock(call)
@@ -375,8 +442,13 @@ class FakePlivo(FakeServer):
         self.submit(lambda: self._ring(call), wait)
         return call
 
-    def answer(self, request_uuid: str, wait: bool = True) -> FakePlivoCall:
-        """The callee picks up an outbound call: answer_url gets Event=StartApp and its XML runs."""
+    def answer(self, request_uuid: str, wait: bool = True, machine: bool | None = None) -> FakePlivoCall:
+        """The callee picks up an outbound call: answer_url gets Event=StartApp and its XML runs.
+
+        `machine`: who picked up. A call dialed with machine_detection=true then gets its verdict on
+        machine_detection_url (Event=MachineDetection, Machine=true|false); with machine_detection=hangup
+        a machine is hung up on by Plivo.
+        """
         call = self._expect(request_uuid, ("queued", "ringing"), "answer")
 
         def run() -> None:
@@ -386,7 +458,18 @@ class FakePlivo(FakeServer):
                 if call.status != "ringing":
                     return  # canceled meanwhile
                 call.status, call.answer_time = "in-progress", now_utc()
+                call.machine = machine
             self._start_app(call)
+            detection = str(call.params.get("machine_detection", "")).lower()
+            if machine is None or detection not in ("true", "hangup") or call.ended:
+                return
+            if detection == "hangup" and machine:
+                self._end_call_locked(call, "completed", "normal", "Machine")
+                return
+            url = call.params.get("machine_detection_url")
+            if url:
+                extra = {"Event": "MachineDetection", "Machine": "true" if machine else "false", "IfMachine": "continue"}
+                self._webhook(call, url, _method(call.params.get("machine_detection_method")), extra)
 
         self.submit(run, wait)
         return call
@@ -459,6 +542,62 @@ class FakePlivo(FakeServer):
 
     # ------------------------------------------------------------------ call progress (worker)
 
+    def dial_answer(self, call_uuid: str, wait: bool = True) -> FakePlivoCall:
+        """The <Dial>'s target picks up: its callbackUrl hears DialAction=answer; the legs are bridged."""
+        call = self._dialing(call_uuid)
+
+        def run() -> None:
+            with self.lock:
+                dial = call.dial
+                dial["answered"] = True
+            if dial.get("callbackUrl"):
+                self._webhook(call, dial["callbackUrl"], dial.get("callbackMethod", "POST"), {
+                    "DialAction": "answer", "DialALegUUID": call.call_uuid or "", "DialBLegUUID": dial["b_leg"],
+                    "DialBLegStatus": "answer", "DialBLegTo": dial["targets"][0][1], "DialBLegFrom": dial.get("callerId", call.from_),
+                })
+
+        self.submit(run, wait)
+        return call
+
+    def dial_end(self, call_uuid: str, status: str = "completed", wait: bool = True) -> FakePlivoCall:
+        """The <Dial> ends: completed (the target answered and hung up), or busy, no-answer, timeout, failed.
+
+        Its action hears DialStatus; with redirect (the default) its answer runs next, else the
+        document goes on after the <Dial>.
+        """
+        call = self._dialing(call_uuid)
+
+        def run() -> None:
+            with self.lock:
+                dial, generation = call.dial, call.generation
+                call.dial, call.blocked_on = None, None
+                resume, call.resume = call.resume, None
+            if not dial.get("action"):
+                with self.lock:
+                    call.resume = resume
+                self._continue(call)
+                return
+            delivery = self._webhook(call, dial["action"], dial.get("method", "POST"), {
+                "DialStatus": status, "DialALegUUID": call.call_uuid or "", "DialBLegUUID": dial["b_leg"],
+                "DialHangupCause": "NORMAL_CLEARING" if status == "completed" else status.upper().replace("-", "_"),
+            })
+            if dial.get("redirect", "true").lower() == "true":
+                self._run_answer(call, generation, delivery, dial["action"], 0)
+            else:
+                with self.lock:
+                    call.resume = resume
+                self._continue(call)
+
+        self.submit(run, wait)
+        return call
+
+    def _dialing(self, call_uuid: str) -> FakePlivoCall:
+        call = self.call(call_uuid)
+        with self.lock:
+            if call.dial is None or call.ended:
+                raise RuntimeError(f"call {call_uuid} has no <Dial> running")
+        return call
+
     def _expect(self, call_id: str, statuses: tuple[str, ...], action: str) -> FakePlivoCall:
         call = self.call(call_id)
         if call.status not in statuses:
@@ -499,6 +638,7 @@ class FakePlivo(FakeServer):
         call.status, call.end_time = status, now_utc()
         call.hangup_cause, call.hangup_source = cause, source
         if not call.hangup_url:
+            self._finish_recordings(call)
             return
         params = {
             **self._call_params(call),
@@ -516,9 +656,16 @@ class FakePlivo(FakeServer):
         }
         url, method = call.hangup_url, call.hangup_method
         self.schedule(lambda: self._send_webhook(url, method, params))
+        self._finish_recordings(call)
 
     def _unblock(self, call: FakePlivoCall) -> None:
+        if call.conference is not None:
+            room = self.conferences.get(call.conference["room"], [])
+            if call.call_uuid in room:
+                room.remove(call.call_uuid)  # leaving the room (a hang-up or a transfer)
+        call.conference = None
         call.get_input = None
+        call.dial = None
         call.resume = None
         call.blocked_on = None
 
@@ -658,6 +805,10 @@ class FakePlivo(FakeServer):
     def _el_wait(self, call: FakePlivoCall, generation: int, el: ET.Element, rest: _Resume, depth: int) -> bool:
         length = float(el.get("length", "1"))
         with self.lock:
+            if el.get("beep", "").lower() == "true":
+                call.beep_waits.append(length)
+                if call.machine:
+                    return False  # the machine's beep ends the wait at once
             call.waits.append(length)
             if length < self.wait_blocks_at:
                 return False  # short waits take no (real) time
@@ -699,6 +850,36 @@ class FakePlivo(FakeServer):
                 return False  # the stream runs alongside; the document goes on
             call.blocked_on, call.resume = "stream", rest
         return True
+
+    def _el_dial(self, call: FakePlivoCall, generation: int, el: ET.Element, rest: _Resume, depth: int) -> bool:
+        """Ring the <Number>/<User> targets; the document waits for dial_answer / dial_end."""
+        targets = [(child.tag, (child.text or "").strip()) for child in el if child.tag in ("Number", "User")]
+        dial: dict[str, Any] = {**el.attrib, "targets": targets, "b_leg": str(uuid.uuid4()), "answered": False}
+        for name in ("action", "callbackUrl"):
+            if dial.get(name):
+                dial[name] = resolve_url(rest.document_url, dial[name])
+        with self.lock:
+            if not targets:
+                call.skipped.append("Dial (no Number or User)")
+                return False
+            call.dial = dial
+            call.dials.append(dial)
+            call.blocked_on, call.resume = "dial", rest
+        return True
+
+    def _el_conference(self, call: FakePlivoCall, generation: int, el: ET.Element, rest: _Resume, depth: int) -> bool:
+        """Join the named room; the document waits there (until a transfer or a hang-up)."""
+        room = (el.text or "").strip()
+        with self.lock:
+            call.conference = {**el.attrib, "room": room}
+            self.conferences.setdefault(room, []).append(call.call_uuid or "")
+            call.blocked_on, call.resume = "conference", rest
+        return True
+
+    def conference_members(self, room: str) -> list[str]:
+        """The call UUIDs in the conference room, in the order they joined."""
+        with self.lock:
+            return list(self.conferences.get(room, []))
 
     def _el_dtmf(self, call: FakePlivoCall, generation: int, el: ET.Element, rest: _Resume, depth: int) -> bool:
         with self.lock:

@@ -16,9 +16,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from nacl.signing import SigningKey
 
-from .base import Delivery, FakeServer, Recorded, Reply, now_utc
+from .base import Delivery, FakeServer, Recorded, Reply, now_utc, small_wav
 
 __all__ = ["FakeTelnyx", "FakeTelnyxCall"]
+
+E164 = re.compile(r"^\+[1-9]\d{1,14}$")
 
 # action slug -> fields the command must carry
 ACTIONS: dict[str, tuple[str, ...]] = {
@@ -84,6 +86,10 @@ class FakeTelnyxCall:
     answered_at: datetime | None = None
     end_time: datetime | None = None
     command_ids: set[str] = field(default_factory=set, repr=False)
+    record_on_answer: dict[str, Any] | None = None  # the dial's record fields (record-from-answer)
+    recordings: list[str] = field(default_factory=list)  # ids of this call's recordings
+    transfer_of: str | None = None  # a transfer's new leg: the caller's leg it is bridged to once answered
+    transfers: list[str] = field(default_factory=list)  # the new legs transfer commands on this leg created
 
     @property
     def call_duration(self) -> int:
@@ -97,7 +103,9 @@ class FakeTelnyx(FakeServer):
 
     Knobs: timestamp_offset (seconds added to telnyx-timestamp: stale/future signatures),
     tamper (change one byte of the body after signing), webhook_url (the connection's default
-    webhook URL, for dials without webhook_url).
+    webhook URL, for dials without webhook_url). A recording (record: "record-from-answer" on the
+    dial, or record_start) ends with its call: call.recording.saved follows call.hangup, with a
+    pre-signed URL on the fake that serves a small real WAV (no API key needed, a wrong signature 403).
     """
 
     def __init__(
@@ -116,7 +124,10 @@ class FakeTelnyx(FakeServer):
         self.timestamp_offset = timestamp_offset
         self.tamper = tamper
         self.calls: dict[str, FakeTelnyxCall] = {}
+        self.recordings: dict[str, dict[str, Any]] = {}  # recording_id -> {id, call, channels, format, started, ended, token}
+        self.recording_audio = small_wav()
         self.routes = [
+            ("GET", re.compile(r"^/recordings/(?P<recording_id>[^/.]+)\.(?P<ext>wav|mp3)$"), self._recording_media),
             ("POST", re.compile(r"^/v2/calls$"), self._dial),
             ("GET", re.compile(r"^/v2/calls/(?P<call_id>[^/]+)$"), self._retrieve),
             ("POST", re.compile(r"^/v2/calls/(?P<call_id>[^/]+)/actions/(?P<action>[^/]+)$"), self._command),
@@ -135,6 +146,8 @@ class FakeTelnyx(FakeServer):
             "playback_start": self._do_playback_start,
             "streaming_start": self._do_streaming_start,
             "streaming_stop": self._do_streaming_stop,
+            "record_start": self._do_record_start,
+            "transfer": self._do_transfer,
         }
 
     # ------------------------------------------------------------------ public helpers
@@ -182,6 +195,8 @@ class FakeTelnyx(FakeServer):
     # ------------------------------------------------------------------ REST
 
     def authorized(self, record: Recorded) -> bool:
+        if record.method == "GET" and record.path.startswith("/recordings/"):
+            return True  # pre-signed: the URL's own signature is checked instead
         return record.headers.get("authorization", "") == f"Bearer {self.api_key}"
 
     def unauthorized(self) -> Reply:
@@ -219,6 +234,8 @@ class FakeTelnyx(FakeServer):
         )
         if body.get("command_id"):
             call.command_ids.add(body["command_id"])
+        if body.get("record") == "record-from-answer":
+            call.record_on_answer = {"channels": body.get("record_channels", "single"), "format": body.get("record_format", "mp3")}
         self.calls[call.call_control_id] = call
         self._emit(call, "call.initiated")
         data = {
@@ -374,6 +391,71 @@ class FakeTelnyx(FakeServer):
                 )
         return None
 
+    def _do_record_start(self, call: FakeTelnyxCall, body: dict[str, Any]) -> Reply | None:
+        if call.state != "answered":
+            return Reply(422, self.error_body("90034", "Call not answered", "The call must be answered to record."))
+        self._begin_recording(call, {"channels": body["channels"], "format": body["format"]})
+        return None
+
+    def _begin_recording(self, call: FakeTelnyxCall, settings: dict[str, Any]) -> None:
+        recording = {"id": str(uuid.uuid4()), "call": call.call_control_id, "started": now_utc(), "ended": None,
+                     "token": secrets.token_hex(16), **settings}
+        self.recordings[recording["id"]] = recording
+        call.recordings.append(recording["id"])
+
+    def recording_url(self, recording_id: str, ext: str = "wav") -> str:
+        recording = self.recordings[recording_id]
+        return f"{self.base_url}/recordings/{recording_id}.{ext}?X-Amz-Signature={recording['token']}"
+
+    def _recording_media(self, record: Recorded, recording_id: str, ext: str) -> Reply:
+        recording = self.recordings.get(recording_id)
+        if recording is None or recording["ended"] is None:
+            return self.not_found()
+        if record.query.get("X-Amz-Signature", [""])[0] != recording["token"] or "authorization" in record.headers:
+            return Reply(403, b"<Error><Code>AccessDenied</Code></Error>", "application/xml")
+        if ext == "mp3":
+            return Reply(200, b"ID3" + bytes(64), "audio/mpeg")
+        return Reply(200, self.recording_audio, "audio/wav")
+
+    def _finish_recordings(self, call: FakeTelnyxCall) -> None:
+        for recording_id in call.recordings:
+            recording = self.recordings[recording_id]
+            if recording["ended"] is not None:
+                continue
+            recording["ended"] = now_utc()
+            self._emit(
+                call, "call.recording.saved", recording_id=recording_id, channels=recording["channels"],
+                recording_started_at=_iso(recording["started"]), recording_ended_at=_iso(recording["ended"]),
+                recording_urls={"wav": self.recording_url(recording_id), "mp3": self.recording_url(recording_id, "mp3")},
+                public_recording_urls={}, start_time=_iso(call.start_time), end_time=_iso(call.end_time),
+            )
+
+    def _do_transfer(self, call: FakeTelnyxCall, body: dict[str, Any]) -> Reply | None:
+        """A new outgoing leg to `to`, bridged to this one once answered; this leg stays up if it fails.
+
+        The new leg's webhooks carry target_leg_client_state and go to the command's webhook_url.
+        """
+        to = str(body["to"])
+        if not (E164.match(to) or to.startswith(("sip:", "sips:"))):
+            return self._invalid("to", "The 'to' parameter must be an E.164 number or a SIP URI.")
+        state = body.get("target_leg_client_state")
+        if state is not None:
+            try:
+                base64.b64decode(state, validate=True)
+            except (binascii.Error, ValueError, TypeError):
+                return self._invalid("target_leg_client_state", "target_leg_client_state must be a valid Base64 string.")
+        leg = FakeTelnyxCall(
+            call_control_id="v3:" + secrets.token_urlsafe(30), call_leg_id=str(uuid.uuid4()),
+            call_session_id=call.call_session_id, connection_id=call.connection_id,
+            from_=body.get("from") or call.to, to=to, direction="outgoing", state="bridging",
+            client_state=state, webhook_url=body.get("webhook_url") or call.webhook_url, dial=body,
+            transfer_of=call.call_control_id,
+        )
+        self.calls[leg.call_control_id] = leg
+        call.transfers.append(leg.call_control_id)
+        self._emit(leg, "call.initiated")
+        return None
+
     def _start_stream(self, call: FakeTelnyxCall, body: dict[str, Any]) -> None:
         stream = {**body, "stream_id": str(uuid.uuid4())}
         call.streams.append(stream)
@@ -383,6 +465,13 @@ class FakeTelnyx(FakeServer):
         call.state = "answered"
         call.answered_at = now_utc()
         self._emit(call, "call.answered", start_time=_iso(call.start_time))
+        if call.record_on_answer is not None:
+            self._begin_recording(call, call.record_on_answer)
+        caller = self.calls.get(call.transfer_of) if call.transfer_of else None
+        if caller is not None and caller.is_alive:
+            # the transfer's leg answered: the two legs are bridged, and each says so
+            self._emit(call, "call.bridged")
+            self._emit(caller, "call.bridged")
 
     def _hang_up(self, call: FakeTelnyxCall, cause: str, source: str) -> None:
         call.state, call.is_alive, call.end_time = "hangup", False, now_utc()
@@ -392,6 +481,7 @@ class FakeTelnyx(FakeServer):
             call, "call.hangup", hangup_cause=cause, hangup_source=source,
             sip_hangup_cause=SIP_CAUSES.get(cause, "unspecified"), start_time=_iso(call.start_time),
         )
+        self._finish_recordings(call)
 
     # ------------------------------------------------------------------ webhooks
 
@@ -455,12 +545,27 @@ class FakeTelnyx(FakeServer):
         self._act(lambda: self._emit(call, "call.initiated"), wait)
         return call
 
-    def answer(self, call_id: str, wait: bool = True) -> FakeTelnyxCall:
-        """The callee picks up an outgoing call: call.answered."""
+    def answer(self, call_id: str, wait: bool = True, answered_by: str | None = None,
+               greeting: str | None = None) -> FakeTelnyxCall:
+        """The callee picks up an outgoing call: call.answered.
+
+        `answered_by` (human, machine, not_sure): a call dialed with answering_machine_detection then gets
+        call.machine.detection.ended with that result; `greeting` (beep_detected, ended, not_sure): a call
+        dialed with detect_beep then gets call.machine.greeting.ended, as Telnyx sends them.
+        """
         call = self._live(call_id)
         if call.direction != "outgoing" or call.state != "bridging":
             raise RuntimeError(f"call {call_id} is not an outgoing call waiting to be answered")
-        self._act(lambda: self._answered(call), wait)
+
+        def run() -> None:
+            self._answered(call)
+            detection = call.dial.get("answering_machine_detection")
+            if answered_by is not None and detection in ("detect", "detect_beep", "premium"):
+                self._emit(call, "call.machine.detection.ended", result=answered_by)
+                if greeting is not None and detection == "detect_beep" and answered_by == "machine":
+                    self._emit(call, "call.machine.greeting.ended", result=greeting)
+
+        self._act(run, wait)
         return call
 
     def say(

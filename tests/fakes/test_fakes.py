@@ -677,3 +677,114 @@ def test_plivo_outbound_answer_outcomes_and_errors(plivo_fake, gateway):
     failing = plivo_fake.answer(boom.json()["request_uuid"])
     assert failing.status == "completed" and "500" in failing.error
     assert gateway.to("/hangup")[-1].params["HangupSource"] == "Error"
+
+
+# --------------------------------------------------------------------------- transfers
+
+
+def test_twilio_dial_from_sdk_twiml_reports_answer_and_end(twilio_fake, gateway):
+    from twilio.twiml.voice_response import Dial, VoiceResponse
+
+    document = VoiceResponse()
+    dial = Dial(action="/dialed", timeout=30)
+    dial.number("+15550002222", status_callback="/answered", status_callback_event="answered")
+    document.append(dial)
+    gateway.xml("/voice", str(document))
+    gateway.xml("/dialed", "<Response><Say>The desk hung up.</Say><Hangup/></Response>")
+    gateway.xml("/answered", "<Response/>")
+
+    call = twilio_fake.ring_inbound(FROM, TO, gateway.url("/voice"))
+    assert call.blocked_on == "dial" and call.dial["target"] == "+15550002222" and call.dial["noun"] == "Number"
+    twilio_fake.dial_answer(call.sid)
+    (answered,) = gateway.to("/answered")
+    assert has(answered.params, {"CallStatus": "in-progress", "ParentCallSid": call.sid, "Direction": "outbound-dial",
+                                 "To": "+15550002222"})
+    assert answered.params["CallSid"] == call.dial["child_sid"] != call.sid
+    assert RequestValidator(twilio_fake.auth_token).validate(answered.url, answered.params, answered.headers["X-Twilio-Signature"])
+    twilio_fake.dial_end(call.sid, "completed")
+    (dialed,) = gateway.to("/dialed")
+    assert has(dialed.params, {"DialCallStatus": "completed", "DialCallSid": call.dials[-1]["child_sid"], "CallSid": call.sid})
+    assert call.said[-1]["text"] == "The desk hung up." and call.status == "completed"
+
+
+def test_twilio_conference_rooms(twilio_fake, gateway):
+    gateway.xml("/room", '<Response><Dial><Conference startConferenceOnEnter="false">room-1</Conference></Dial></Response>')
+    gateway.xml("/moved", "<Response><Say>Moved</Say></Response>")
+    first = twilio_fake.ring_inbound(FROM, TO, gateway.url("/room"))
+    second = twilio_fake.ring_inbound("+15551230003", TO, gateway.url("/room"))
+    assert first.blocked_on == second.blocked_on == "conference"
+    assert twilio_fake.conference("room-1") == [first.sid, second.sid]
+    with pytest.raises(RuntimeError):
+        twilio_fake.dial_end(first.sid)  # a room is left by new TwiML or a hang-up, not dial_end
+    httpx.post(f"{twilio_fake.api_url}/Accounts/{twilio_fake.account_sid}/Calls/{first.sid}.json",
+               data={"Url": gateway.url("/moved")}, auth=(twilio_fake.account_sid, twilio_fake.auth_token))
+    twilio_fake.wait_idle()
+    assert twilio_fake.conference("room-1") == [second.sid]
+    twilio_fake.hang_up(second.sid)
+    assert twilio_fake.conference("room-1") == []
+
+
+def test_telnyx_transfer_with_the_official_client(telnyx_fake, gateway):
+    import telnyx
+
+    client = telnyx.Telnyx(api_key=telnyx_fake.api_key, base_url=telnyx_fake.api_url, max_retries=0)
+    caller = telnyx_fake.ring_inbound(FROM, TO, gateway.url("/telnyx"), client_state="Y2FsbGVy")
+    client.calls.actions.answer(caller.call_control_id)
+    with pytest.raises(telnyx.UnprocessableEntityError):
+        client.calls.actions.transfer(caller.call_control_id, to="front desk")
+    state = base64.b64encode(b"transfer:1:2").decode()
+    client.calls.actions.transfer(caller.call_control_id, to="sip:desk@pbx.example.com", from_=TO,
+                                  target_leg_client_state=state, webhook_url=gateway.url("/leg"))
+    telnyx_fake.wait_idle()
+    (leg_id,) = caller.transfers
+    leg = telnyx_fake.call(leg_id)
+    assert (leg.to, leg.from_, leg.direction, leg.client_state) == ("sip:desk@pbx.example.com", TO, "outgoing", state)
+    assert [hit.json["data"]["event_type"] for hit in gateway.to("/leg")] == ["call.initiated"]
+    telnyx_fake.answer(leg_id)
+    telnyx_fake.wait_idle()
+    assert [hit.json["data"]["event_type"] for hit in gateway.to("/leg")] == ["call.initiated", "call.answered", "call.bridged"]
+    assert {hit.json["data"]["payload"]["client_state"] for hit in gateway.to("/leg")} == {state}
+    assert _events(telnyx_fake)[-1] == "call.bridged"  # the caller's leg hears it too
+    assert telnyx_fake.deliveries[-1].json["data"]["payload"]["client_state"] == "Y2FsbGVy"
+
+    # Another transfer that nobody answers: the new leg hangs up, the caller's leg stays up.
+    client.calls.actions.transfer(caller.call_control_id, to="+15550002222", target_leg_client_state=state)
+    telnyx_fake.wait_idle()
+    telnyx_fake.no_answer(caller.transfers[-1])
+    assert telnyx_fake.call(caller.transfers[-1]).hangup_cause == "no_answer" and caller.is_alive
+
+
+def test_plivo_dial_from_sdk_xml_reports_answer_and_end(plivo_fake, gateway):
+    from plivo import plivoxml
+
+    document = plivoxml.ResponseElement()
+    dial = plivoxml.DialElement(action=gateway.url("/dialed"), callback_url=gateway.url("/progress"))
+    dial.add(plivoxml.UserElement("sip:desk@pbx.example.com"))
+    document.add(dial)
+    gateway.xml("/answer", document.to_string())
+    gateway.xml("/dialed", "<Response><Speak>Nobody is free.</Speak><Hangup/></Response>")
+    call = plivo_fake.ring_inbound(FROM, TO, gateway.url("/answer"))
+    assert call.blocked_on == "dial" and call.dial["targets"] == [("User", "sip:desk@pbx.example.com")]
+    plivo_fake.dial_answer(call.call_uuid)
+    (progress,) = gateway.to("/progress")
+    assert has(progress.params, {"DialAction": "answer", "DialBLegStatus": "answer", "CallUUID": call.call_uuid})
+    assert _plivo_valid(plivo_fake, progress)
+    plivo_fake.dial_end(call.call_uuid, "busy")
+    (dialed,) = gateway.to("/dialed")
+    assert has(dialed.params, {"DialStatus": "busy", "DialALegUUID": call.call_uuid})
+    assert call.said[-1]["text"] == "Nobody is free." and call.ended
+
+
+def test_plivo_conference_rooms(plivo_fake, gateway):
+    gateway.xml("/room", '<Response><Conference startConferenceOnEnter="false">room-2</Conference></Response>')
+    gateway.xml("/moved", "<Response><Speak>Moved</Speak></Response>")
+    first = plivo_fake.ring_inbound(FROM, TO, gateway.url("/room"))
+    second = plivo_fake.ring_inbound("+15551230003", TO, gateway.url("/room"))
+    assert first.blocked_on == second.blocked_on == "conference" and first.conference["startConferenceOnEnter"] == "false"
+    assert plivo_fake.conference_members("room-2") == [first.call_uuid, second.call_uuid]
+    httpx.post(f"{plivo_fake.api_url}/Call/{first.call_uuid}/", json={"legs": "aleg", "aleg_url": gateway.url("/moved")},
+               auth=(plivo_fake.auth_id, plivo_fake.auth_token))
+    plivo_fake.wait_idle()
+    assert plivo_fake.conference_members("room-2") == [second.call_uuid] and first.said[-1]["text"] == "Moved"
+    plivo_fake.hang_up(second.call_uuid)
+    assert plivo_fake.conference_members("room-2") == []

@@ -14,6 +14,7 @@ from twilio.request_validator import RequestValidator
 
 from .base import (
     FakeServer, Recorded, Reply, add_query, basic_credentials, first, now_utc, parse_document, resolve_url, rfc2822,
+    small_wav,
 )
 
 __all__ = ["FakeTwilio", "FakeTwilioCall"]
@@ -72,6 +73,13 @@ class FakeTwilioCall:
     sequence: int = field(default=0, repr=False)  # SequenceNumber of the next status callback
     resume: _Resume | None = field(default=None, repr=False)
     connect_action: tuple[str, str] | None = field(default=None, repr=False)  # <Connect action method>
+    record_on_answer: dict[str, str] | None = None  # Record=true on create: the recording's callback settings
+    recordings: list[str] = field(default_factory=list)  # sids of this call's recordings, in order
+    answered_by: str | None = None  # the AsyncAmd verdict sent (answer(answered_by=...), amd_result)
+    # The running <Dial>: its attributes, noun (Number | Sip | Conference), target, the noun's attributes,
+    # and the child leg's sid; every <Dial> run is kept in `dials`.
+    dial: dict[str, Any] | None = None
+    dials: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def ended(self) -> bool:
@@ -92,7 +100,11 @@ class FakeTwilio(FakeServer):
     the document, as a keep-alive, until elapse() or a REST redirect; shorter ones take no time),
     on_stream_stop (called on the worker with the call and its stream record when Twilio ends a
     running <Connect><Stream> itself: a REST update of the call's TwiML or the call's end; a test
-    holding the stream's socket sends Twilio's stop frame and closes it there).
+    holding the stream's socket sends Twilio's stop frame and closes it there), recording_status
+    (the RecordingStatus a finished recording reports: completed, or absent for one with no audio).
+    A recording (Record=true on create, or POST .../Recordings.json on a live call) ends with its
+    call; its status callback follows the call's completed callback, and its URL serves a small
+    real WAV behind the account's basic auth.
     """
 
     def __init__(
@@ -113,8 +125,14 @@ class FakeTwilio(FakeServer):
         self.signing_token = signing_token
         self.wait_blocks_at = wait_blocks_at
         self.calls: dict[str, FakeTwilioCall] = {}
+        self.recording_status = "completed"
+        self.recordings: dict[str, dict[str, Any]] = {}  # sid -> {sid, call_sid, source, callback, events, started, ended}
+        self.recording_audio = small_wav()
         calls = rf"^{API}/Accounts/(?P<account>[^/]+)/Calls"
+        recordings = rf"^{API}/Accounts/(?P<account>[^/]+)/Recordings/(?P<rsid>RE[0-9a-f]+)"
         self.routes = [
+            ("POST", re.compile(calls + r"/(?P<sid>[^/]+)/Recordings\.json$"), self._start_recording),
+            ("GET", re.compile(recordings + r"\.(?P<ext>wav|mp3)$"), self._recording_media),
             ("POST", re.compile(calls + r"\.json$"), self._create_call),
             ("GET", re.compile(calls + r"/(?P<sid>[^/]+)\.json$"), self._fetch_call),
             ("POST", re.compile(calls + r"/(?P<sid>[^/]+)\.json$"), self._update_call),
@@ -131,7 +149,9 @@ class FakeTwilio(FakeServer):
             "Start": self._verb_start,
             "Stop": self._verb_stop,
             "Enqueue": self._verb_enqueue,
+            "Dial": self._verb_dial,
         }
+        self.conferences: dict[str, list[str]] = {}  # room name → sids of the calls in it, in order
 
     # ------------------------------------------------------------------ public helpers
 
@@ -204,8 +224,73 @@ class FakeTwilio(FakeServer):
             status_callback_events=_events(form.get("StatusCallbackEvent", [])),
             params=form,
         )
+        if (first(form, "Record") or "").lower() == "true":
+            call.record_on_answer = _recording_settings(form)
         self.calls[call.sid] = call
         return Reply(201, self._call_json(call))
+
+    def _start_recording(self, record: Recorded, account: str, sid: str) -> Reply:
+        call = self.calls.get(sid)
+        if account != self.account_sid or call is None:
+            return self.not_found()
+        if call.status != "in-progress":
+            return Reply(400, self.error_body(21220, "Call is not in-progress. Cannot start recording.", 400))
+        recording = self._begin_recording(call, _recording_settings(record.form or {}), "StartCallRecordingAPI")
+        return Reply(201, self._recording_json(recording))
+
+    def _begin_recording(self, call: FakeTwilioCall, settings: dict[str, str], source: str) -> dict[str, Any]:
+        """A recording of the live call starts now (caller holds the lock)."""
+        recording = {"sid": "RE" + secrets.token_hex(16), "call_sid": call.sid, "source": source,
+                     "started": now_utc(), "ended": None, "status": "in-progress", **settings}
+        self.recordings[recording["sid"]] = recording
+        call.recordings.append(recording["sid"])
+        return recording
+
+    def _recording_json(self, recording: dict[str, Any]) -> dict[str, Any]:
+        uri = f"{API}/Accounts/{self.account_sid}/Recordings/{recording['sid']}.json"
+        return {"sid": recording["sid"], "account_sid": self.account_sid, "call_sid": recording["call_sid"],
+                "status": recording["status"], "channels": 2 if recording.get("channels") == "dual" else 1,
+                "source": recording["source"], "start_time": rfc2822(recording["started"]), "uri": uri}
+
+    def recording_url(self, sid: str) -> str:
+        return f"{self.base_url}{API}/Accounts/{self.account_sid}/Recordings/{sid}"
+
+    def _recording_media(self, record: Recorded, account: str, rsid: str, ext: str) -> Reply:
+        recording = self.recordings.get(rsid)
+        if account != self.account_sid or recording is None or recording["status"] != "completed":
+            return self.not_found()
+        if ext == "mp3":
+            return Reply(200, b"ID3" + bytes(64), "audio/mpeg")
+        return Reply(200, self.recording_audio, "audio/x-wav")
+
+    def _finish_recordings(self, call: FakeTwilioCall) -> None:
+        """The call ended: its recordings end too, each reported after the call's completed callback. Caller holds the lock."""
+        for sid in call.recordings:
+            recording = self.recordings[sid]
+            if recording["ended"] is not None:
+                continue
+            recording["ended"] = now_utc()
+            recording["status"] = self.recording_status
+            self.schedule(lambda recording=recording: self._recording_callback(call, recording))
+
+    def _recording_callback(self, call: FakeTwilioCall, recording: dict[str, Any]) -> None:
+        wanted = recording.get("events") or ["completed"]
+        if not recording.get("callback") or recording["status"] not in wanted:
+            return
+        duration = 0 if recording["status"] == "absent" else max(1, int((recording["ended"] - recording["started"]).total_seconds()))
+        params = {
+            "AccountSid": self.account_sid,
+            "CallSid": call.sid,
+            "RecordingSid": recording["sid"],
+            "RecordingUrl": self.recording_url(recording["sid"]),
+            "RecordingStatus": recording["status"],
+            "RecordingDuration": str(duration),
+            "RecordingChannels": "2" if recording.get("channels") == "dual" else "1",
+            "RecordingStartTime": rfc2822(recording["started"]) or "",
+            "RecordingSource": recording["source"],
+            "ErrorCode": "0",
+        }
+        self._send_webhook(recording["callback"], recording.get("method") or "POST", params)
 
     def _fetch_call(self, record: Recorded, account: str, sid: str) -> Reply:
         call = self.calls.get(sid)
@@ -268,7 +353,7 @@ class FakeTwilio(FakeServer):
             "from_formatted": call.from_,
             "status": call.status,
             "direction": call.direction,
-            "answered_by": None,
+            "answered_by": call.answered_by,
             "api_version": "2010-04-01",
             "caller_name": None,
             "date_created": rfc2822(call.date_created),
@@ -323,10 +408,28 @@ class FakeTwilio(FakeServer):
         self.submit(lambda: self._ring(call), wait)
         return call
 
-    def answer(self, sid: str, wait: bool = True) -> FakeTwilioCall:
-        """The callee picks up an outbound call: ring if needed, 'answered', then run its Url or Twiml."""
+    def answer(self, sid: str, wait: bool = True, answered_by: str | None = None) -> FakeTwilioCall:
+        """The callee picks up an outbound call: ring if needed, 'answered', then run its Url or Twiml.
+
+        `answered_by`: who picked up (human, machine_start, machine_end_beep, fax, ...). A call dialed with
+        AsyncAmd gets that verdict on its AsyncAmdStatusCallback once its document runs, as Twilio does.
+        """
         call = self._expect(sid, ("queued", "ringing"), "answer", outbound=True)
-        self.submit(lambda: self._answer(call), wait)
+
+        def run() -> None:
+            self._answer(call)
+            if answered_by is not None and _async_amd(call) and not call.ended:
+                self._amd_callback(call, answered_by)
+
+        self.submit(run, wait)
+        return call
+
+    def amd_result(self, sid: str, answered_by: str, wait: bool = True) -> FakeTwilioCall:
+        """Deliver an (other) AsyncAmd verdict for a call that asked for detection, e.g. after it ended."""
+        call = self.call(sid)
+        if not _async_amd(call):
+            raise RuntimeError(f"call {sid} was not dialed with AsyncAmd")
+        self.submit(lambda: self._amd_callback(call, answered_by), wait)
         return call
 
     def no_answer(self, sid: str, wait: bool = True) -> FakeTwilioCall:
@@ -393,6 +496,58 @@ class FakeTwilio(FakeServer):
 
     # ------------------------------------------------------------------ call progress (worker)
 
+    def dial_answer(self, sid: str, wait: bool = True) -> FakeTwilioCall:
+        """The <Dial>'s <Number>/<Sip> picks up: its statusCallback hears answered (the child leg's CallSid)."""
+        call = self._dialing(sid)
+
+        def run() -> None:
+            with self.lock:
+                dial = call.dial
+                dial["answered"] = True
+            noun = dial["noun_attributes"]
+            if noun.get("statusCallback") and "answered" in _events([noun.get("statusCallbackEvent", "")]):
+                params = {**self._call_params(call), "CallSid": dial["child_sid"], "ParentCallSid": call.sid,
+                          "To": dial["target"], "Called": dial["target"], "Direction": "outbound-dial",
+                          "CallStatus": "in-progress", "CallbackSource": "call-progress-events"}
+                self._send_webhook(noun["statusCallback"], noun.get("statusCallbackMethod", "POST"), params)
+
+        self.submit(run, wait)
+        return call
+
+    def dial_end(self, sid: str, status: str = "completed", wait: bool = True) -> FakeTwilioCall:
+        """The <Dial> ends with DialCallStatus `status` (completed, busy, no-answer, failed, canceled):
+        its action's TwiML runs next, or without an action the document goes on after the <Dial>."""
+        call = self._dialing(sid)
+
+        def run() -> None:
+            with self.lock:
+                dial, generation = call.dial, call.generation
+                resume = call.resume
+                self._unblock(call)
+            if not dial.get("action"):
+                with self.lock:
+                    call.resume = resume
+                self._continue(call)
+                return
+            extra = {"DialCallStatus": status, "DialCallSid": dial["child_sid"],
+                     "DialCallDuration": "5" if status == "completed" else "0"}
+            self._fetch_and_run(call, generation, dial["action"], dial.get("method", "POST").upper(), extra)
+
+        self.submit(run, wait)
+        return call
+
+    def conference(self, room: str) -> list[str]:
+        """The sids of the calls in the conference room, in the order they joined."""
+        with self.lock:
+            return list(self.conferences.get(room, []))
+
+    def _dialing(self, sid: str) -> FakeTwilioCall:
+        call = self.call(sid)
+        with self.lock:
+            if call.dial is None or call.blocked_on != "dial" or call.ended:
+                raise RuntimeError(f"call {sid} has no <Dial> ringing a number")
+        return call
+
     def _expect(self, sid: str, statuses: tuple[str, ...], action: str, outbound: bool = False) -> FakeTwilioCall:
         with self.lock:
             call = self.calls.get(sid)
@@ -419,6 +574,8 @@ class FakeTwilio(FakeServer):
             if call.status != "ringing":
                 return  # canceled through REST while ringing
             self._mark_answered(call)
+            if call.record_on_answer is not None:
+                self._begin_recording(call, call.record_on_answer, "OutboundAPI")
             generation = call.generation
         self._status_callback(call, "answered", "in-progress")
         if call.url:
@@ -457,6 +614,7 @@ class FakeTwilio(FakeServer):
         call.status = status
         call.end_time = call.date_updated = now_utc()
         self.schedule(lambda: self._status_callback(call, "completed", status))
+        self._finish_recordings(call)
 
     def _stop_stream(self, call: FakeTwilioCall, why: str) -> None:
         """Twilio ends the running stream itself; the hook runs before anything the change schedules. Caller holds the lock."""
@@ -469,6 +627,11 @@ class FakeTwilio(FakeServer):
             self.schedule(lambda: hook(call, record))
 
     def _unblock(self, call: FakeTwilioCall) -> None:
+        if call.dial is not None and call.dial.get("noun") == "Conference":
+            room = self.conferences.get(call.dial["target"], [])
+            if call.sid in room:
+                room.remove(call.sid)  # leaving the room (a hang-up or new TwiML)
+        call.dial = None
         call.gather = None
         call.resume = None
         call.blocked_on = None
@@ -492,6 +655,14 @@ class FakeTwilio(FakeServer):
         if event == "completed":
             params["CallDuration"] = str(call.duration)
         self._send_webhook(call.status_callback, call.status_callback_method, params)
+
+    def _amd_callback(self, call: FakeTwilioCall, answered_by: str) -> None:
+        with self.lock:
+            call.answered_by = answered_by
+            url = first(call.params, "AsyncAmdStatusCallback")
+            method = (first(call.params, "AsyncAmdStatusCallbackMethod") or "POST").upper()
+        params = {**self._call_params(call), "AnsweredBy": answered_by, "MachineDetectionDuration": "2150"}
+        self._send_webhook(url, method, params)
 
     # ------------------------------------------------------------------ webhooks (worker)
 
@@ -711,6 +882,33 @@ class FakeTwilio(FakeServer):
                     fork["stopped"] = True
         return False
 
+    def _verb_dial(self, call: FakeTwilioCall, generation: int, el: ET.Element, rest: _Resume, depth: int) -> bool:
+        """<Dial> a <Number>, <Sip> or <Conference>: the document waits (dial_answer / dial_end, or in the room)."""
+        noun = next((child for child in el if child.tag in ("Number", "Sip", "Conference", "Client")), None)
+        target = (noun.text if noun is not None else el.text or "").strip()
+        dial: dict[str, Any] = {
+            **el.attrib, "noun": noun.tag if noun is not None else "Number", "target": target,
+            "noun_attributes": dict(noun.attrib) if noun is not None else {}, "child_sid": "CA" + secrets.token_hex(16),
+            "answered": False,
+        }
+        if dial.get("action"):
+            dial["action"] = resolve_url(rest.document_url, dial["action"])
+        if dial["noun_attributes"].get("statusCallback"):  # relative to the document, as Twilio resolves it
+            dial["noun_attributes"]["statusCallback"] = resolve_url(rest.document_url, dial["noun_attributes"]["statusCallback"])
+        with self.lock:
+            if not target:
+                call.skipped.append("Dial (nothing to dial)")
+                return False
+            call.dial = dial
+            call.dials.append(dial)
+            if dial["noun"] == "Conference":
+                self.conferences.setdefault(target, []).append(call.sid)
+                call.blocked_on = "conference"
+            else:
+                call.blocked_on = "dial"
+            call.resume = rest
+        return True
+
     def _verb_enqueue(self, call: FakeTwilioCall, generation: int, el: ET.Element, rest: _Resume, depth: int) -> bool:
         with self.lock:
             call.enqueued = (el.text or "").strip()
@@ -719,6 +917,23 @@ class FakeTwilio(FakeServer):
 
 
 # ---------------------------------------------------------------------- module helpers
+
+
+def _recording_settings(form: dict[str, list[str]]) -> dict[str, Any]:
+    """RecordingChannels and the recording status callback of a create or Recordings request."""
+    return {
+        "channels": first(form, "RecordingChannels") or "mono",
+        "callback": first(form, "RecordingStatusCallback"),
+        "method": (first(form, "RecordingStatusCallbackMethod") or "POST").upper(),
+        "events": " ".join(form.get("RecordingStatusCallbackEvent", [])).split() or ["completed"],
+    }
+
+
+def _async_amd(call: FakeTwilioCall) -> bool:
+    """The call was dialed with asynchronous answering-machine detection and a callback for its verdict."""
+    params = call.params
+    return (first(params, "AsyncAmd") or "").lower() == "true" and bool(first(params, "AsyncAmdStatusCallback")) \
+        and first(params, "MachineDetection") in ("Enable", "DetectMessageEnd")
 
 
 def _dialable(to: str) -> bool:

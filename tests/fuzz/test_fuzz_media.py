@@ -14,6 +14,7 @@ import secrets
 
 import pytest
 from asgiref.sync import sync_to_async
+from channels.layers import DEFAULT_CHANNEL_LAYER, channel_layers
 from channels.testing import WebsocketCommunicator
 from hypothesis import given
 from hypothesis import strategies as st
@@ -144,6 +145,9 @@ def streams(request, configure, monkeypatch, loop, app_errors):
     loaded = configure(stream_config(carrier))
     assert not loaded.errors, loaded.errors
     monkeypatch.setattr(media_consumer, "transcription_provider", lambda config: QuietProvider())
+    # A layer of this test's own: channels_redis lets one loop at a time receive on a layer object, and
+    # the live gateway of this process (its loop) may still be closing sockets of an earlier test.
+    monkeypatch.setitem(channel_layers.backends, DEFAULT_CHANNEL_LAYER, channel_layers.make_backend(DEFAULT_CHANNEL_LAYER))
     bound = get_gateway().loop
     yield carrier
     get_gateway().bind_loop(bound)  # the streams bound this test's loop; a live gateway's streams rebind it anyway

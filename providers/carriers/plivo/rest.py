@@ -62,6 +62,12 @@ class PlivoRest:
         if self.http.request("DELETE", f"/Call/{segment(call_or_request_uuid)}/", tolerate=(404,)) is None:
             self.http.request("DELETE", f"/Request/{segment(call_or_request_uuid)}/", tolerate=(404,))
 
+    def record(self, call_uuid: str, body: dict[str, Any]) -> str:
+        """Start recording the live call; returns the recording's id."""
+        data = self.http.json(self.http.request("POST", f"/Call/{segment(call_uuid)}/Record/", json=body))
+        rid = data.get("recording_id")
+        return rid if isinstance(rid, str) else ""
+
     def send_dtmf(self, call_uuid: str, digits: str) -> None:
         self.http.request("POST", f"/Call/{segment(call_uuid)}/DTMF/", json={"digits": digits, "leg": "aleg"})
 

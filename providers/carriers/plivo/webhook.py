@@ -10,11 +10,12 @@ import re
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlsplit
 
-from core.events import CallAmd, CallAnswered, CallDtmf, CallEnded, CallRinging, CallSpeech
+from core.events import CallAmd, CallAnswered, CallDtmf, CallEnded, CallRecording, CallRinging, CallSpeech, CallTransfer
 from core.urls import public_webhook_url
 
-from ..base import EventList, ParsedWebhook, WebhookParseError, WebhookRequest, WebhookVerification
+from ..base import EventList, ParsedWebhook, WebhookParseError, WebhookRequest, WebhookVerification, end_detail
 from ..public_url import UntrustedHost, signed_url_candidates
+from ..recordings import recording_id, recording_url, seconds
 
 if TYPE_CHECKING:
     from core.config import VoiceCallConfig
@@ -33,7 +34,16 @@ END_REASONS = {
     "cancel": "hangup-bot",
 }
 DIRECTIONS = {"inbound": "inbound", "outbound": "outbound"}
-FETCH_FLOWS = ("xml-speak", "xml-listen", "relisten", "keepalive")
+# "start" follows a machine-detection verdict that let a held call go on: it answers as the answer would have.
+FETCH_FLOWS = ("xml-speak", "xml-listen", "xml-transfer", "relisten", "keepalive", "start")
+# How a transfer's <Dial> ended without reaching the target (DialStatus).
+TRANSFER_FAILURES = {
+    "busy": "the target's line was busy",
+    "no-answer": "the target did not answer",
+    "timeout": "the target did not answer",
+    "failed": "the call to the target could not be placed",
+    "cancel": "the call to the target was canceled",
+}
 PLAIN_DECIMAL = re.compile(r"^(?:0|1|0?\.\d+|[01]\.\d+)$")
 
 
@@ -119,6 +129,24 @@ def _confidence(raw: str | None) -> float | None:
     return None
 
 
+def _recording(params: dict[str, str]) -> dict:
+    """A recording callback's fields (Record API or <Record> names); WebhookParseError naming a bad one."""
+    def field(*names: str) -> tuple[str, str | None]:
+        return next(((name, params[name]) for name in names if params.get(name, "").strip()), (names[0], None))
+
+    id_name, rid = field("RecordingID", "recording_id")
+    url_name, url = field("RecordUrl", "record_url")
+    ms_name, milliseconds = field("RecordingDurationMs", "recording_duration_ms")
+    s_name, whole = field("RecordingDuration", "recording_duration")
+    duration = seconds(milliseconds, ms_name, scale=0.001) if milliseconds else seconds(whole, s_name)
+    return {
+        "recording_id": recording_id(rid, id_name),
+        "status": "completed",
+        "url": recording_url(url, url_name),
+        "duration_seconds": duration,
+    }
+
+
 def parse(request: WebhookRequest, *, request_key: str) -> ParsedWebhook:
     query = request.query
     try:
@@ -126,7 +154,9 @@ def parse(request: WebhookRequest, *, request_key: str) -> ParsedWebhook:
     except ValueError:
         raise WebhookParseError("body: not UTF-8 form data") from None
     params = {**query, **dict(pairs)}
-    call_uuid = params.get("CallUUID", "").strip() or None
+    recording = query.get("flow") == "recording"
+    # The Record API's callback names its fields in snake case, the <Record> element's in camel case.
+    call_uuid = (params.get("CallUUID", "") or (params.get("call_uuid", "") if recording else "")).strip() or None
     request_uuid = params.get("RequestUUID", "").strip() or None
     provider_call_id = call_uuid or request_uuid
     call_id = (query.get("callId") or "").strip() or provider_call_id
@@ -148,19 +178,28 @@ def parse(request: WebhookRequest, *, request_key: str) -> ParsedWebhook:
         turn_token=query.get("turnToken") or None,
     )
     add = events.add
+    if flow in ("transfer", "transfer-brief"):
+        return _transfer(events, query, params, call_id, flow)
 
     transcript = next((params[name].strip() for name in TRANSCRIPT_FIELDS if params.get(name, "").strip()), "")
-    answering = flow == "answer" or (flow is None and params.get("Event") == "StartApp")
-    if params.get("Digits"):
+    answering = flow in ("answer", "start") or (flow is None and params.get("Event") == "StartApp")
+    if recording:
+        add(CallRecording, **_recording(params))
+    elif params.get("Digits"):
         add(CallDtmf, digits=params["Digits"])
     elif transcript:
         add(CallSpeech, transcript=transcript, is_final=True, confidence=_confidence(params.get("SpeechConfidenceScore")))
-    elif params.get("Event") == "MachineDetection" and params.get("Machine"):
-        add(CallAmd, answered_by="machine" if params["Machine"].lower() == "true" else "human")
+    elif (params.get("Event") == "MachineDetection" or flow == "amd") and params.get("Machine", "").strip():
+        # In the verdict vocabulary calls keep: Plivo does not say when the greeting ends.
+        add(CallAmd, answered_by="machine_start" if params["Machine"].strip().lower() == "true" else "human")
+    elif flow == "amd":
+        pass  # a detection callback without a verdict says nothing
     elif flow in FETCH_FLOWS:
         pass
     elif status in END_REASONS:
-        add(CallEnded, reason=END_REASONS[status])
+        add(CallEnded, reason=END_REASONS[status], detail=end_detail(
+            params.get("HangupCauseName") or params.get("HangupCause"), ("code", params.get("HangupCauseCode")),
+            ("hung up by", params.get("HangupSource"))))
     elif answering and status in ("ringing", "in-progress", ""):
         if status == "ringing" or direction == "inbound":
             add(CallRinging)
@@ -173,3 +212,37 @@ def parse(request: WebhookRequest, *, request_key: str) -> ParsedWebhook:
         log.info("plivo CallStatus %r for %s ignored", status, call_id)
     facts = {"flow": flow, "answering": answering, "turn_token": query.get("turnToken") or None}
     return ParsedWebhook(events=events, call_ref=call_id, document_token=query.get("doc") or None, facts=facts)
+
+
+def _transfer(events: EventList, query: dict[str, str], params: dict[str, str], call_id: str, flow: str) -> ParsedWebhook:
+    """The transfer's <Dial> news: its callbackUrl (DialAction=answer: connected) or its action (DialStatus);
+    for a warm transfer, the target leg's answer (flow=transfer-brief: it fetches its document) or its
+    hang-up before answering (leg=target).
+
+    Only the transfer's event: the request also describes a leg that is not ours (the caller's, or the target's).
+    """
+    transfer_id = (query.get("transferId") or "").strip()
+    if not transfer_id:
+        raise WebhookParseError("transferId: required")
+    events = EventList(events.key_prefix, call_id=call_id)
+    dial_status = params.get("DialStatus", "").strip().lower()
+    status = params.get("CallStatus", "").strip().lower()
+    failed = False
+    if flow == "transfer-brief":
+        events.add(CallTransfer, transfer_id=transfer_id, outcome="connected")
+        facts = {"flow": flow, "answering": False, "transfer_failed": False}
+        return ParsedWebhook(events=events, call_ref=call_id, document_token=query.get("doc") or None, facts=facts)
+    if query.get("leg") == "target":
+        if status in TRANSFER_FAILURES:
+            # The caller waits in the conference room, and nothing else ends that.
+            events.add(CallTransfer, transfer_id=transfer_id, outcome="failed", error=TRANSFER_FAILURES[status],
+                       hangup_caller=True)
+    elif params.get("DialAction", "").strip().lower() == "answer":
+        events.add(CallTransfer, transfer_id=transfer_id, outcome="connected")
+    elif dial_status == "completed":
+        events.add(CallTransfer, transfer_id=transfer_id, outcome="connected")
+    elif dial_status in TRANSFER_FAILURES:
+        failed = True
+        events.add(CallTransfer, transfer_id=transfer_id, outcome="failed", error=TRANSFER_FAILURES[dial_status])
+    facts = {"flow": "transfer", "answering": False, "transfer_failed": failed, "dial_action": bool(params.get("DialAction"))}
+    return ParsedWebhook(events=events, call_ref=call_id, facts=facts)

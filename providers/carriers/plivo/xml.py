@@ -53,6 +53,13 @@ def notify(text: str, *, language: str | None, voice: str | None, hangup_delay_s
     return response(speak_element(text, language=language, voice=voice), wait, "<Hangup/>")
 
 
+def voicemail(text: str, *, language: str | None, voice: str | None, beep_wait_sec: int, hangup_delay_sec: int) -> str:
+    """A message for an answering machine: wait for its beep (at most beep_wait_sec; 0: none), say it, hang up."""
+    beep = f"<Wait{_attrs(length=beep_wait_sec, beep='true')}/>" if beep_wait_sec > 0 else ""
+    wait = f"<Wait{_attrs(length=hangup_delay_sec)}/>" if hangup_delay_sec > 0 else ""
+    return response(beep, speak_element(text, language=language, voice=voice), wait, "<Hangup/>")
+
+
 def stream(url: str, *, token: str) -> str:
     """Hand the call to a two-way μ-law media stream; the call stays up until the socket closes.
 
@@ -70,3 +77,35 @@ def reject() -> str:
 
 def hangup() -> str:
     return response("<Hangup/>")
+
+
+TRANSFER_DIAL_TIMEOUT_SECONDS = 30
+TRANSFER_FAILED_TEXT = "Sorry, the call could not be transferred. Goodbye."
+
+
+def dial(target: str, *, action: str, callback_url: str, caller_id: str | None) -> str:
+    """Transfer: connect the caller to `target` (<User> for a SIP URI, <Number> for a number).
+
+    callbackUrl hears the target answer (DialAction=answer); action hears how the dial ended (DialStatus).
+    """
+    noun = f"<User>{escape(target)}</User>" if target.startswith(("sip:", "sips:")) else f"<Number>{escape(target.lstrip('+'))}</Number>"
+    attributes = _attrs(action=action, method="POST", callbackUrl=callback_url, callbackMethod="POST",
+                        timeout=TRANSFER_DIAL_TIMEOUT_SECONDS, redirect="true", callerId=caller_id)
+    return response(f"<Dial{attributes}>{noun}</Dial>")
+
+
+def transfer_failed() -> str:
+    return response(speak_element(TRANSFER_FAILED_TEXT, language=None), "<Hangup/>")
+
+
+def conference_wait(room: str) -> str:
+    """Warm transfer, the caller's side: hold (Plivo's music) in the room until the target joins; leaving ends it."""
+    attributes = _attrs(startConferenceOnEnter="false", endConferenceOnExit="true", stayAlone="true")
+    return response(speak_element("Please hold while we connect you.", language=None),
+                    f"<Conference{attributes}>{escape(room)}</Conference>")
+
+
+def conference_brief(room: str, *, summary: str) -> str:
+    """Warm transfer, the target's side: hear the summary first, then join the caller (the room starts)."""
+    attributes = _attrs(startConferenceOnEnter="true", endConferenceOnExit="true")
+    return response(speak_element(summary, language=None), f"<Conference{attributes}>{escape(room)}</Conference>")

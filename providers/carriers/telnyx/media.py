@@ -62,12 +62,15 @@ def _error_detail(message: dict[str, Any]) -> str:
 class TelnyxMediaCodec(MediaCodec):
     carrier = "telnyx"
     token_header = AUTH_TOKEN_HEADER
+    # Telnyx does not promise order: up to 4 frames (80 ms) wait for a late one before its gap is skipped.
+    reorder_window = 4
+    sequence_key = "sequence_number"
 
     def parse(self, message: dict[str, Any]):
         event = message.get("event")
         if event == "media":
             # Telnyx does not promise order; the sequence number and timestamp travel with the audio.
-            return media_frame(message, sequence_key="sequence_number")
+            return media_frame(message, sequence_key=self.sequence_key)
         if event == "start":
             start = require_dict(message, "start")
             stream_id = optional_str(message.get("stream_id"), "stream_id")

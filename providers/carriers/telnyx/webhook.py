@@ -23,15 +23,19 @@ from core.events import (
     CallDtmf,
     CallEnded,
     CallInitiated,
+    CallRecording,
     CallRinging,
     CallSpeaking,
     CallSpeech,
     CallSpoken,
+    CallStreamFailed,
+    CallTransfer,
     NormalizedEvent,
 )
 from core.jsonsafe import JsonInputError
 
-from ..base import ParsedWebhook, WebhookParseError, WebhookRequest, WebhookVerification
+from ..base import ParsedWebhook, WebhookParseError, WebhookRequest, WebhookVerification, end_detail
+from ..recordings import recording_id, recording_url
 
 log = logging.getLogger("providers")
 
@@ -67,7 +71,24 @@ SIMPLE_EVENTS = {
     "call.bridged": CallActive,
 }
 AMD_EVENTS = ("call.machine.detection.ended", "call.machine.premium.detection.ended")
-ACKNOWLEDGED_ONLY = ("streaming.started", "streaming.stopped", "streaming.failed")
+RECORDING_EVENTS = ("call.recording.saved", "call.recording.error")
+GREETING_EVENTS = ("call.machine.greeting.ended", "call.machine.premium.greeting.ended")
+# Telnyx's results in the verdict vocabulary calls keep (Twilio's AnsweredBy): a machine is machine_start
+# until its greeting ends (greeting.ended: machine_end_*).
+AMD_RESULTS = {
+    "human": "human", "human_residence": "human", "human_business": "human",
+    "machine": "machine_start", "fax_detected": "fax", "silence": "unknown", "not_sure": "unknown",
+}
+GREETING_RESULTS = {"beep_detected": "machine_end_beep", "ended": "machine_end_other",
+                    "no_beep_detected": "machine_end_other", "not_sure": "machine_end_other"}
+ACKNOWLEDGED_ONLY = ("streaming.started", "streaming.stopped")
+# client_state of a transfer's new leg: "transfer:<our call id>:<transfer id>" (target_leg_client_state).
+TRANSFER_STATE = "transfer:"
+TRANSFER_FAILURES = {
+    "busy": "the target's line was busy",
+    "no-answer": "the target did not answer",
+    "failed": "the call to the target could not be placed",
+}
 
 
 def verify(request: WebhookRequest, public_key: Ed25519PublicKey | None, *, now: float | None = None) -> WebhookVerification:
@@ -113,6 +134,11 @@ def encode_client_state(call_id: str) -> str:
     return base64.b64encode(call_id.encode("utf-8")).decode("ascii")
 
 
+def transfer_client_state(call_id: str, transfer_id: str) -> str:
+    """The state a transfer's new leg carries, so its webhooks name our call and the transfer."""
+    return encode_client_state(f"{TRANSFER_STATE}{call_id}:{transfer_id}")
+
+
 def _timestamp_ms(value: Any) -> int | None:
     if not isinstance(value, str):
         return None
@@ -144,6 +170,8 @@ def parse(request: WebhookRequest, *, request_key: str) -> ParsedWebhook:
     payload = data.get("payload") if isinstance(data.get("payload"), dict) else {}
     control_id = _text(payload, "call_control_id")
     call_id = decode_client_state(payload.get("client_state")) or control_id
+    if call_id and call_id.startswith(TRANSFER_STATE):
+        return _transfer(request_key, data, event_type, payload, call_id)
     if not call_id:
         log.warning("telnyx %s without call_control_id acknowledged and ignored", event_type)
         return ParsedWebhook(facts={"event_type": event_type})
@@ -176,16 +204,52 @@ def _event(event_type: str, payload: dict[str, Any], common: dict[str, Any]) -> 
         cause = str(payload.get("hangup_cause") or "").lower()
         if cause not in HANGUP_CAUSES:
             log.warning("telnyx hangup_cause %r not known; call ended as completed", cause)
-        return CallEnded(**common, reason=HANGUP_CAUSES.get(cause, "completed"))
+        return CallEnded(**common, reason=HANGUP_CAUSES.get(cause, "completed"), detail=end_detail(
+            payload.get("hangup_cause"), ("SIP", payload.get("sip_hangup_cause")), ("hung up by", payload.get("hangup_source"))))
     if event_type == "call.dtmf.received":
         digit = _text(payload, "digit")
         return CallDtmf(**common, digits=digit) if digit else None
-    if event_type in AMD_EVENTS:
+    if event_type in RECORDING_EVENTS:
+        return _recording(event_type, payload, common)
+    if event_type in AMD_EVENTS or event_type in GREETING_EVENTS:
         result = _text(payload, "result")
-        return CallAmd(**common, answered_by=result) if result else None
+        if not result:
+            return None
+        results = AMD_RESULTS if event_type in AMD_EVENTS else GREETING_RESULTS
+        return CallAmd(**common, answered_by=results.get(result.lower(), result))
+    if event_type == "streaming.failed":
+        # The stream the call was answered with will never connect: the gateway must not wait for it.
+        # Never a call of its own: only a call the gateway knows has a stream to fail.
+        return CallStreamFailed(**{**common, "direction": None}, error=(_text(payload, "failure_reason") or "unknown")[:200])
     if event_type not in ACKNOWLEDGED_ONLY:
         log.info("telnyx event %s acknowledged and ignored", event_type)
     return None
+
+
+def _recording(event_type: str, payload: dict[str, Any], common: dict[str, Any]) -> CallRecording:
+    """call.recording.saved (the file is ready) or call.recording.error; WebhookParseError naming a bad field."""
+    fallback = common["dedupe_key"]
+    rid = recording_id(_text(payload, "recording_id") or fallback, "recording_id")
+    # A recording callback never creates a call: without a direction an unknown call stays unknown.
+    fields = {**common, "direction": None}
+    if event_type == "call.recording.error":
+        reason = _text(payload, "reason") or _text(payload, "error") or "unknown"
+        return CallRecording(**fields, recording_id=rid, status="failed", error=f"the carrier's recording failed: {reason}"[:500])
+    url = None
+    for name in ("recording_urls", "public_recording_urls"):
+        urls = payload.get(name)
+        if urls is not None and not isinstance(urls, dict):
+            raise WebhookParseError(f"{name}: expected an object")
+        for kind in ("wav", "mp3"):
+            if url is None and isinstance(urls, dict) and isinstance(urls.get(kind), str) and urls[kind].strip():
+                url = recording_url(urls[kind], f"{name}.{kind}")
+    if url is None:
+        raise WebhookParseError("recording_urls: required (a wav or mp3 URL)")
+    started = _timestamp_ms(payload.get("recording_started_at"))
+    ended = _timestamp_ms(payload.get("recording_ended_at"))
+    duration = (ended - started) / 1000 if started is not None and ended is not None and ended >= started else None
+    channels = {"single": 1, "dual": 2}.get(str(payload.get("channels") or "").lower())
+    return CallRecording(**fields, recording_id=rid, status="completed", url=url, duration_seconds=duration, channels=channels)
 
 
 def _speech(payload: dict[str, Any], common: dict[str, Any]) -> CallSpeech | None:
@@ -199,3 +263,29 @@ def _speech(payload: dict[str, Any], common: dict[str, Any]) -> CallSpeech | Non
         confidence = None
     return CallSpeech(**common, transcript=transcript, is_final=is_final if isinstance(is_final, bool) else True,
                       confidence=None if confidence is None else float(confidence))
+
+
+def _transfer(request_key: str, data: dict[str, Any], event_type: str, payload: dict[str, Any], state: str) -> ParsedWebhook:
+    """A webhook of a transfer's new leg: answered (or bridged to the caller) is connected; hung up first is failed.
+
+    Telnyx leaves the caller's leg up when the transfer fails, so the failure asks for it to be hung
+    up. The new leg's call_control_id is not ours: it never re-keys our call.
+    """
+    call_id, _, transfer_id = state[len(TRANSFER_STATE):].partition(":")
+    if not call_id or not transfer_id:
+        log.warning("telnyx transfer client_state %r without a call and transfer id ignored", state[:80])
+        return ParsedWebhook(facts={"event_type": event_type})
+    key = f"telnyx:event:{data['id']}" if isinstance(data.get("id"), str) and data["id"] else f"{request_key}:0"
+    common: dict[str, Any] = {"call_id": call_id, "dedupe_key": key, "transfer_id": transfer_id}
+    occurred = _timestamp_ms(data.get("occurred_at"))
+    if occurred is not None:
+        common["timestamp"] = occurred
+    event = None
+    if event_type in ("call.answered", "call.bridged"):
+        event = CallTransfer(**common, outcome="connected")
+    elif event_type == "call.hangup":
+        cause = str(payload.get("hangup_cause") or "").lower()
+        reason = HANGUP_CAUSES.get(cause, "failed")
+        error = TRANSFER_FAILURES.get(reason, f"the target's leg ended ({cause or 'no cause given'})")
+        event = CallTransfer(**common, outcome="failed", error=error, hangup_caller=True)
+    return ParsedWebhook(events=[event] if event else [], call_ref=call_id, facts={"event_type": event_type})

@@ -19,6 +19,19 @@ STATUS_CALLBACK_EVENTS = ("initiated", "ringing", "answered", "completed")
 DIAL_TIMEOUT_SECONDS = 30
 NOT_IN_PROGRESS = "21220"  # the call cannot be modified (not in progress yet, or over)
 LIVE_UPDATE_RETRY_DELAYS = (0.25, 0.75)
+# An inbound call is in progress only once Twilio runs the answer's TwiML: a start right after it may be early.
+RECORDING_START_RETRY_DELAYS = (0.5, 1.0, 2.0)
+RECORDING_CALLBACK_EVENTS = "completed absent"  # one field, space separated
+
+
+def recording_form(callback: str) -> list[tuple[str, str]]:
+    """The fields that ask for a dual-channel recording and its status callbacks (dial and live call alike)."""
+    return [
+        ("RecordingChannels", "dual"),
+        ("RecordingStatusCallback", callback),
+        ("RecordingStatusCallbackMethod", "POST"),
+        ("RecordingStatusCallbackEvent", RECORDING_CALLBACK_EVENTS),
+    ]
 
 
 def read_error(response: httpx.Response) -> tuple[str, str | None]:
@@ -46,10 +59,14 @@ class TwilioRest:
         )
 
     def create_call(self, *, to: str, from_: str, status_callback: str, url: str | None = None,
-                    twiml: str | None = None) -> dict[str, Any]:
+                    twiml: str | None = None, recording_callback: str | None = None,
+                    extra: list[tuple[str, str]] = ()) -> dict[str, Any]:
         form = [("To", to), ("From", from_), ("StatusCallback", status_callback)]
         form += [("StatusCallbackEvent", event) for event in STATUS_CALLBACK_EVENTS]
         form.append(("Timeout", str(DIAL_TIMEOUT_SECONDS)))
+        if recording_callback:
+            form += [("Record", "true"), *recording_form(recording_callback)]
+        form += extra
         form.append(("Twiml", twiml) if twiml is not None else ("Url", url or ""))
         response = self.http.request("POST", "/Calls.json", form=form)
         data = self.http.json(response)
@@ -63,6 +80,15 @@ class TwilioRest:
             "POST", f"/Calls/{segment(call_sid)}.json", form=[("Twiml", twiml)],
             retry_codes=(NOT_IN_PROGRESS,), retry_delays=LIVE_UPDATE_RETRY_DELAYS,
         )
+
+    def start_recording(self, call_sid: str, recording_callback: str) -> str:
+        """Record the live call from now (both parties, one channel each); returns the recording's sid."""
+        response = self.http.request(
+            "POST", f"/Calls/{segment(call_sid)}/Recordings.json", form=recording_form(recording_callback),
+            retry_codes=(NOT_IN_PROGRESS,), retry_delays=RECORDING_START_RETRY_DELAYS,
+        )
+        sid = self.http.json(response).get("sid")
+        return sid if isinstance(sid, str) else ""
 
     def hangup(self, call_sid: str) -> None:
         try:

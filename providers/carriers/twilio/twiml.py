@@ -99,3 +99,39 @@ def reject() -> str:
 
 def hangup() -> str:
     return response("<Hangup/>")
+
+
+# --- transfers -------------------------------------------------------------------------------
+TRANSFER_DIAL_TIMEOUT_SECONDS = 30
+TRANSFER_FAILED_TEXT = "Sorry, the call could not be transferred. Goodbye."
+
+
+def _dial_noun(target: str, **attributes: str | None) -> str:
+    """<Sip> for a SIP URI, <Number> for an E.164 number."""
+    noun = "Sip" if target.startswith(("sip:", "sips:")) else "Number"
+    return f"<{noun}{_attrs(**attributes)}>{escape(target)}</{noun}>"
+
+
+def dial(target: str, *, action: str, status_callback: str) -> str:
+    """Cold transfer: connect the caller to `target`; its answer is reported to status_callback, and the
+    dial's end (DialCallStatus) to action."""
+    attributes = _attrs(action=action, method="POST", timeout=TRANSFER_DIAL_TIMEOUT_SECONDS)
+    noun = _dial_noun(target, statusCallbackEvent="answered", statusCallback=status_callback, statusCallbackMethod="POST")
+    return response(f"<Dial{attributes}>{noun}</Dial>")
+
+
+def conference_wait(room: str, *, wait_url: str) -> str:
+    """Warm transfer, the caller's side: hold (music) in the room until the target joins; their leaving ends it."""
+    conference = f"<Conference{_attrs(waitUrl=wait_url, waitMethod='GET', startConferenceOnEnter='false', endConferenceOnExit='true', beep='false')}>{escape(room)}</Conference>"
+    return response(f"<Say{_attrs(voice='alice')}>Please hold while we connect you.</Say>", f"<Dial>{conference}</Dial>")
+
+
+def conference_brief(room: str, *, summary: str, voice: str | None) -> str:
+    """Warm transfer, the target's side: hear the summary first, then join the caller (the room starts)."""
+    conference = f"<Conference{_attrs(startConferenceOnEnter='true', endConferenceOnExit='true', beep='false')}>{escape(room)}</Conference>"
+    return response(say(summary, voice=voice, language=None), f"<Dial>{conference}</Dial>")
+
+
+def transfer_failed() -> str:
+    """The answer to a dial that did not reach the target: the caller hears why, then the call ends."""
+    return response(say(TRANSFER_FAILED_TEXT, voice=None, language=None), "<Hangup/>")

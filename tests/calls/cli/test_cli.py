@@ -29,15 +29,19 @@ from calls.models import Call, CallTurn, TurnStatus
 from calls.selectors import call_metadata
 from calls.services import call_speak, event_process
 
+from core.config.loader import load_config_file
 from core.events import CallAnswered, CallEnded, CallRinging, CallSpeech, event_from_dict
 from tests.paths import ROOT as MAIN
 from tests.waiting import wait_until
 TO = "+15550001111"
 TO_2 = "+15550002222"
+# Well-formed fakes: a malformed identifier would add a WARN line to setup's output.
+TWILIO_SID = "AC" + "0" * 31 + "1"
+TWILIO_TOKEN = "0123456789abcdef" * 2
 TWILIO_OK = {
     "provider": "twilio",
     "fromNumber": "+15550009999",
-    "twilio": {"accountSid": "AC0123", "authToken": "token"},
+    "twilio": {"accountSid": TWILIO_SID, "authToken": TWILIO_TOKEN},
 }
 TWILIO_MISSING_ERRORS = (
     "fromNumber: required (or set TWILIO_FROM_NUMBER); "
@@ -154,8 +158,8 @@ def test_setup_disabled_config_needs_attention_and_exits_1(configure):
 
 
 def test_setup_names_settings_that_are_accepted_but_not_built(configure):
-    loaded = configure({"silenceTimeoutMs": 1500, "tunnel": {"provider": "ngrok"}})
-    unbuilt = [w for w in loaded.warnings if "silenceTimeoutMs" in w or "tunnel.provider" in w]
+    loaded = configure({"silenceTimeoutMs": 1500, "store": "~/calls"})
+    unbuilt = [w for w in loaded.warnings if "silenceTimeoutMs" in w or "store" in w]
     assert len(unbuilt) == 2
     out, _ = run("setup")  # warnings never fail setup
     lines = out.rstrip("\n").split("\n")
@@ -210,6 +214,149 @@ def test_setup_incomplete_text_output(configure):
         (True, "mode", "Notify/conversation calls use normal TTS/STT flow"),
         ok=False,
     ) + "\n"
+
+
+def test_setup_names_the_fix_for_each_failing_check(configure):
+    configure({"provider": "twilio"})
+    data = json.loads(run_fail("setup", "--json")[0])
+    file = "a config file (none is loaded: write one and set VOICECALL_CONFIG to its path)"
+    assert data["fixes"]["provider-config"] == [
+        f"Set fromNumber in {file}, or the environment variable TWILIO_FROM_NUMBER of every gateway and worker process.",
+        f"Set twilio.accountSid in {file}, or the environment variable TWILIO_ACCOUNT_SID of every gateway and worker process.",
+        f"Set twilio.authToken in {file}, or the environment variable TWILIO_AUTH_TOKEN of every gateway and worker process.",
+    ]
+    assert set(data["fixes"]) == {"provider-config", "webhook-exposure"}
+    assert data["fixes"]["webhook-exposure"][0].startswith(f"Set publicUrl in {file} to the public https address")
+    # Text: the report on stdout as before, the fixes on stderr for the person reading it.
+    out, err = run_fail("setup")
+    assert "FIX" not in out
+    assert err.splitlines() == [f"FIX {cid}: {fix}" for cid, fixes in data["fixes"].items() for fix in fixes]
+
+
+def test_setup_fix_names_the_loaded_file_and_the_missing_variable(configure, tmp_path):
+    path = tmp_path / "voicecall.json5"
+    path.write_text(json.dumps({**TWILIO_OK, "publicUrl": "https://voice.example.com",
+                                "twilio": {"accountSid": TWILIO_SID, "authToken": "${TWILIO_TOKEN_UNSET_X}"}}))
+    configure(load_config_file(path, environ={}))
+    data = json.loads(run_fail("setup", "--json")[0])
+    assert data["fixes"] == {"provider-config": [
+        "Set the environment variable TWILIO_TOKEN_UNSET_X (it holds twilio.authToken) for every gateway and worker "
+        f"process, or change twilio.authToken in the config file {path}.",
+    ]}
+    _, err = run_fail("smoke")
+    assert err.startswith("FIX provider-config: Set the environment variable TWILIO_TOKEN_UNSET_X")
+
+
+SKIPPED = "not checked until the config file is valid"
+SKIPPED_LINES = [f"SKIP {check}: {SKIPPED}" for check in ("plugin-enabled", "provider", "webhook-exposure", "mode")]
+
+
+def invalid_file(tmp_path, content: str | None):
+    """A config file (None: none at the path) loaded as the gateway would."""
+    path = tmp_path / "voicecall.json5"
+    if content is not None:
+        path.write_text(content, encoding="utf-8")
+    return path, load_config_file(path, environ={})
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('{provider: "twilio", publicUrl: "https://voice.example.com"',
+         "VOICECALL_CONFIG: {path} is not valid JSON or JSON5: <string>:1 Unexpected end of input at column 60"),
+        (None, "VOICECALL_CONFIG: no config file at {path}"),
+        ("[1, 2]", "The config file {path} is invalid (1 error): config: must be a JSON object"),
+    ],
+    ids=["syntax", "missing", "not-an-object"],
+)
+def test_setup_on_an_unusable_file_reports_it_first_and_skips_the_rest(configure, tmp_path, content, message):
+    path, loaded = invalid_file(tmp_path, content)
+    configure(loaded)
+    out, err = run_fail("setup")
+    assert out.splitlines() == [
+        "Voice Call setup: needs attention", f"FAIL provider-config: {message.format(path=path)}", *SKIPPED_LINES,
+    ]
+    assert err.startswith("FIX provider-config: ")
+
+
+def test_setup_on_a_file_that_fails_validation_names_each_key_and_the_file(configure, tmp_path):
+    path, loaded = invalid_file(tmp_path, json.dumps({
+        **TWILIO_OK, "publicUrl": "https://voice.example.com", "fromNumber": "555", "maxConcurrentCalls": "two",
+    }))
+    configure(loaded)
+    out, err = run_fail("setup")
+    # Not "OK provider: Provider: mock" nor "OK webhook-exposure": the defaults standing in are not judged.
+    assert out.splitlines() == [
+        "Voice Call setup: needs attention",
+        f"FAIL provider-config: The config file {path} is invalid (2 errors): "
+        "fromNumber: Expected E.164 format, e.g. +15550001234; maxConcurrentCalls: must be an integer",
+        *SKIPPED_LINES,
+    ]
+    assert err.splitlines() == [
+        f"FIX provider-config: Change fromNumber in the config file {path}: Expected E.164 format, e.g. +15550001234.",
+        f"FIX provider-config: Change maxConcurrentCalls in the config file {path}: must be an integer.",
+    ]
+
+
+def test_setup_json_on_an_invalid_file(configure, tmp_path):
+    path, loaded = invalid_file(tmp_path, json.dumps({"provider": "twilio", "fromNumber": "555"}))
+    configure(loaded)
+    data = json.loads(run_fail("setup", "--json")[0])
+    assert data["ok"] is False
+    assert data["configFile"] == str(path)
+    assert data["configErrors"] == [{"path": "fromNumber", "message": "Expected E.164 format, e.g. +15550001234"}]
+    assert data["checks"][0] == {
+        "id": "provider-config", "ok": False,
+        "message": f"The config file {path} is invalid (1 error): fromNumber: Expected E.164 format, e.g. +15550001234",
+    }
+    assert data["checks"][1:] == [
+        {"id": check, "ok": False, "message": SKIPPED, "skipped": True}
+        for check in ("plugin-enabled", "provider", "webhook-exposure", "mode")
+    ]
+    assert list(data["fixes"]) == ["provider-config"]
+
+
+def test_setup_json_on_a_syntax_error_has_a_file_error_without_key_path(configure, tmp_path):
+    path, loaded = invalid_file(tmp_path, "{oops")
+    configure(loaded)
+    data = json.loads(run_fail("setup", "--json")[0])
+    [error] = data["configErrors"]
+    assert error["path"] is None and error["message"].startswith(f"VOICECALL_CONFIG: {path} is not valid JSON or JSON5")
+
+
+def test_setup_with_errors_in_a_valid_file_still_runs_every_check(configure):
+    # The file validates and only a credential is missing: the checks judge what the file says.
+    configure({**TWILIO_OK, "twilio": {"accountSid": TWILIO_SID}})
+    data = json.loads(run_fail("setup", "--json")[0])
+    assert [c.get("skipped", False) for c in data["checks"]] == [False] * 5
+    assert checks_by_id(data)["provider"]["message"] == "Provider: twilio"
+    assert data["configErrors"] == [{"path": "twilio.authToken", "message": "required (or set TWILIO_AUTH_TOKEN)"}]
+
+
+def test_setup_warns_about_malformed_carrier_identifiers_without_failing(configure):
+    token = "fake-twilio-token-9931"
+    loaded = configure({**TWILIO_OK, "publicUrl": "https://voice.example.com",
+                        "twilio": {"accountSid": "AC123", "authToken": token}})
+    out, err = run("setup")
+    lines = out.splitlines()
+    assert lines[0] == "Voice Call setup: OK"
+    assert lines[-2:] == [
+        'WARN twilio.accountSid: "AC123" does not look like a Twilio Account SID (AC followed by 32 hex digits)',
+        "WARN twilio.authToken: the value (22 characters, not shown) does not look like a Twilio auth token (32 hex digits)",
+    ]
+    assert token not in out and err == ""
+    data = run_json("setup", "--json")
+    assert data["ok"] is True and data["warnings"] == loaded.warnings == [line[5:] for line in lines[-2:]]
+
+
+def test_setup_warns_about_identifiers_from_the_environment(configure):
+    configure({"provider": "plivo", "fromNumber": "+15550009999", "publicUrl": "https://voice.example.com"},
+              env={"PLIVO_AUTH_ID": "MA-not-an-id", "PLIVO_AUTH_TOKEN": "fake-plivo-token-2207"})
+    out, _ = run("setup")
+    assert out.splitlines()[-1] == (
+        'WARN plivo.authId (from PLIVO_AUTH_ID): "MA-not-an-id" does not look like a Plivo Auth ID '
+        "(MA or SA followed by 18 uppercase letters or digits)"
+    )
 
 
 @pytest.mark.parametrize(
@@ -280,17 +427,21 @@ def test_setup_webhook_exposure_refuses_shorthand_ipv4_literals(configure, publi
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        ({"tunnel": {"provider": "ngrok"}}, "Webhooks exposed through tunnel ngrok"),
-        ({"tunnel": {"provider": "tailscale-funnel"}}, "Webhooks exposed through tunnel tailscale-funnel"),
-        ({"tailscale": {"mode": "serve"}}, "Webhooks exposed through tailscale serve"),
-        ({"tailscale": {"mode": "funnel"}}, "Webhooks exposed through tailscale funnel"),
+        ({"tunnel": {"provider": "ngrok"}}, "Webhooks not exposed: ngrok is down: no ngrok authtoken"),
+        ({"tunnel": {"provider": "ngrok", "ngrokAuthToken": "2fAkE0123456789abcdef"}},
+         "Webhooks not exposed: ngrok is down: not running: the ngrok tunnel lives inside the gateway process"),
+        ({"tunnel": {"provider": "tailscale-funnel"}}, "Webhooks not exposed: tailscale-funnel is down: "),
+        ({"tailscale": {"mode": "serve"}}, "Webhooks not exposed: tailscale-serve is down: "),
     ],
 )
-def test_setup_webhook_exposure_tunnel_or_tailscale(configure, extra, message):
-    configure({**TWILIO_OK, **extra})
-    data = run_json("setup", "--json")
-    assert data["ok"] is True
-    assert checks_by_id(data)["webhook-exposure"] == {"id": "webhook-exposure", "ok": True, "message": message}
+def test_setup_webhook_exposure_fails_while_the_tunnel_is_not_up(configure, extra, message, settings, tmp_path):
+    """A configured tunnel is no exposure until it is up (tests/calls/test_exposure.py starts them)."""
+    settings.DATA_DIR = tmp_path
+    configure({**TWILIO_OK, **extra}, env={})
+    out, err = run_fail("setup", "--json")
+    check = checks_by_id(json.loads(out))["webhook-exposure"]
+    assert check["ok"] is False and check["message"].startswith(message)
+    assert "FIX webhook-exposure: " in run_fail("setup")[1]
 
 
 def test_setup_mode_fails_when_realtime_and_streaming_are_both_enabled(configure):
@@ -377,6 +528,17 @@ def test_setup_mode_fails_naming_what_realtime_lacks(configure, tiny, realtime, 
         assert "realtime.providers.tiny.apiKey" in mode["message"]
 
 
+def test_startup_logs_malformed_carrier_identifiers(configure, caplog):
+    from calls.gateway import report_config
+
+    loaded = configure({**TWILIO_OK, "publicUrl": "https://voice.example.com", "twilio": {**TWILIO_OK["twilio"], "accountSid": "AC1"}})
+    with caplog.at_level("WARNING", logger="calls.gateway"):
+        report_config(loaded)
+    assert 'twilio.accountSid: "AC1" does not look like a Twilio Account SID (AC followed by 32 hex digits)' in [
+        r.getMessage() for r in caplog.records
+    ]
+
+
 def test_startup_warns_when_realtime_cannot_run(configure, tiny, caplog):
     from calls.gateway import report_config
 
@@ -410,6 +572,19 @@ def test_smoke_not_ok_text(configure):
     out, _ = run_fail("smoke")
     assert out.startswith("Voice Call setup: needs attention\nFAIL plugin-enabled:")
     assert "live-call" not in out
+
+
+def test_smoke_on_an_invalid_file_reports_it_and_places_nothing(configure, tmp_path, outbox):
+    path, loaded = invalid_file(tmp_path, '{provider: "twilio"')
+    configure(loaded)
+    out, _ = run_fail("smoke", "--to", TO, "--yes")
+    lines = out.splitlines()
+    assert lines[0] == "Voice Call setup: needs attention"
+    assert lines[1].startswith(f"FAIL provider-config: VOICECALL_CONFIG: {path} is not valid JSON or JSON5: ")
+    assert lines[2:] == SKIPPED_LINES
+    data = json.loads(run_fail("smoke", "--json")[0])
+    assert data["ok"] is False and data["setup"]["configFile"] == str(path)
+    assert outbox == []
 
 
 @pytest.mark.django_db
@@ -488,6 +663,13 @@ def test_call_places_a_call_and_prints_its_id(outbox):
     assert call_metadata(call) == {"mode": "conversation", "initialMessage": "Hello there"}  # CLI default mode
     assert actions(outbox) == ["initiate_call"]
     assert outbox[0].params["to"] == TO
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("command", ["call", "start"])
+def test_quiet_prints_only_the_call_id(command, outbox):
+    out, err = run(command, "--message", "Hello", "--to", TO, "-q")
+    assert out == f"{Call.objects.get().pk}\n" and err == ""
 
 
 @pytest.mark.django_db
@@ -585,7 +767,7 @@ def test_start_to_is_required():
 @pytest.mark.django_db
 def test_status_by_call_id_and_by_provider_id():
     call_id = start_call(TO, "--message", "Hi")
-    by_id = run_json("status", "--call-id", call_id)
+    by_id = run_json("status", "--call-id", call_id, "--json")
     by_provider = run_json("status", "--call-id", f"mock-{call_id}", "--json")
     assert by_id == by_provider
     assert by_id["callId"] == call_id
@@ -601,7 +783,7 @@ def test_status_record_fields():
         {"type": "call.speech", "callId": call_id, "transcript": "Fine, thanks", "dedupeKey": "speech-1"}
     ))
     call = Call.objects.get(pk=call_id)
-    record = run_json("status", "--call-id", call_id)
+    record = run_json("status", "--call-id", call_id, "--json")
     assert set(record) == {
         "callId", "providerCallId", "provider", "direction", "state", "startedAt", "answeredAt",
         "from", "to", "sessionKey", "agentId", "transcript", "processedEventIds", "metadata",
@@ -631,7 +813,7 @@ def test_status_record_fields():
 def test_status_of_an_ended_call_has_end_fields():
     call_id = start_call(TO)
     event_process(event=CallEnded(call_id=call_id, reason="hangup-user"))
-    record = run_json("status", "--call-id", call_id)
+    record = run_json("status", "--call-id", call_id, "--json")
     assert record["state"] == "hangup-user"
     assert record["endReason"] == "hangup-user"
     assert record["endedAt"] == to_ms(Call.objects.get(pk=call_id).ended_at)
@@ -640,7 +822,10 @@ def test_status_of_an_ended_call_has_end_fields():
 @pytest.mark.django_db
 @pytest.mark.parametrize("ref", ["no-such-call", "00000000-0000-4000-8000-000000000000", "mock-nothing"])
 def test_status_unknown_call(ref):
-    assert run_json("status", "--call-id", ref) == {"found": False}
+    out, err = run_fail("status", "--call-id", ref, "--json")
+    assert json.loads(out) == {"found": False}
+    assert err == f"Call not found: {ref}\n"
+    assert run_fail("status", "--call-id", ref) == ("", f"Call not found: {ref}\n")
 
 
 @pytest.mark.django_db
@@ -650,30 +835,30 @@ def test_status_without_id_lists_live_calls_only(configure):
     ended = start_call(TO_2)
     third = start_call("+15550003333")
     run("end", "--call-id", ended)
-    data = run_json("status")
+    data = run_json("status", "--json")
     assert data["found"] is True
     assert [c["callId"] for c in data["calls"]] == [first, third]
-    assert data["calls"][0] == run_json("status", "--call-id", first)
+    assert data["calls"][0] == run_json("status", "--call-id", first, "--json")
 
 
 @pytest.mark.django_db
 def test_status_prints_non_ascii_text_as_is():
     call_id = start_call(TO, "--message", "Grüße, café ☎")
-    out, _ = run("status", "--call-id", call_id)
+    out, _ = run("status", "--call-id", call_id, "--json")
     assert '"initialMessage": "Grüße, café ☎"' in out
     assert json.loads(out)["metadata"]["initialMessage"] == "Grüße, café ☎"
 
 
 @pytest.mark.django_db
 def test_status_without_calls():
-    assert run_json("status") == {"found": True, "calls": []}
+    assert run_json("status", "--json") == {"found": True, "calls": []}
 
 
 @pytest.mark.django_db
 def test_status_works_with_an_incomplete_setup(configure):
     call_id = start_call(TO)
     configure({"provider": "twilio"})
-    assert run_json("status", "--call-id", call_id)["callId"] == call_id
+    assert run_json("status", "--call-id", call_id, "--json")["callId"] == call_id
 
 
 # --- speak / dtmf / end ------------------------------------------------------------------
@@ -717,8 +902,11 @@ def test_dtmf_sends_digits(outbox):
 def test_dtmf_rejects_invalid_digits(digits, outbox):
     call_id = start_call(TO)
     outbox.clear()
-    assert run_error("dtmf", "--call-id", call_id, "--digits", digits) == (
-        "digits may only contain digits, *, #, comma, w, p"
+    with pytest.raises(CommandError) as exc:
+        run("dtmf", "--call-id", call_id, "--digits", digits)
+    assert str(exc.value) == (
+        f"Error: argument --digits: --digits may only contain 0-9, *, # and the pauses w, p or comma (e.g. 1234#), "
+        f"got {digits!r}"
     )
     assert outbox == []
 
@@ -727,9 +915,8 @@ def test_dtmf_rejects_invalid_digits(digits, outbox):
 def test_dtmf_rejects_digits_with_a_trailing_newline(outbox):
     call_id = start_call(TO)
     outbox.clear()
-    assert run_error("dtmf", "--call-id", call_id, "--digits", "12\n") == (
-        "digits may only contain digits, *, #, comma, w, p"
-    )
+    with pytest.raises(CommandError, match=r"argument --digits: .* got '12\\n'"):
+        run("dtmf", "--call-id", call_id, "--digits", "12\n")
     assert outbox == []
 
 
@@ -776,7 +963,7 @@ def test_end_of_a_call_the_caller_hung_up_succeeds(outbox):
 )
 def test_unknown_call_is_not_found(args, outbox):
     command, *rest = args
-    assert run_error(command, "--call-id", "no-such-call", *rest) == "Call not found"
+    assert run_error(command, "--call-id", "no-such-call", *rest) == "Call not found: no-such-call"
     assert outbox == []
 
 
@@ -982,7 +1169,7 @@ ZERO = _summary(0, 0, 0, 0, 0, 0, 0, 0)
 def test_latency_from_the_database_percentiles():
     call = make_call(provider_call_id="mock-lat")
     _turns(call, list(range(1, 101)), [v * 2 for v in range(1, 101)])
-    data = run_json("latency")
+    data = run_json("latency", "--json")
     assert data == {
         "turnsScanned": 100,
         "turnLatency": _summary(100, 1, 100, 50.5, 50, 90, 95, 99),
@@ -994,7 +1181,7 @@ def test_latency_from_the_database_percentiles():
 def test_latency_from_the_database_unsorted_small_series():
     call = make_call(provider_call_id="mock-lat")
     _turns(call, [300, 100, 200, 400], [30, None, 10, 20])
-    data = run_json("latency")
+    data = run_json("latency", "--json")
     assert data["turnsScanned"] == 4
     # n=4: p50 -> rank 2, p90/p95/p99 -> rank 4
     assert data["turnLatency"] == _summary(4, 100, 400, 250.0, 200, 400, 400, 400)
@@ -1005,7 +1192,7 @@ def test_latency_from_the_database_unsorted_small_series():
 def test_latency_last_uses_the_newest_turns():
     call = make_call(provider_call_id="mock-lat")
     _turns(call, list(range(1, 101)))
-    data = run_json("latency", "--last", "10")
+    data = run_json("latency", "--last", "10", "--json")
     assert data["turnsScanned"] == 10
     assert data["turnLatency"] == _summary(10, 91, 100, 95.5, 95, 99, 100, 100)
     assert data["listenWait"] == ZERO
@@ -1017,14 +1204,14 @@ def test_latency_counts_completed_turns_only():
     _turns(call, [5000], status=TurnStatus.TIMEOUT)
     _turns(call, [7000], status=TurnStatus.FAILED)
     _turns(call, [120])
-    data = run_json("latency")
+    data = run_json("latency", "--json")
     assert data["turnsScanned"] == 1
     assert data["turnLatency"] == _summary(1, 120, 120, 120.0, 120, 120, 120, 120)
 
 
 @pytest.mark.django_db
 def test_latency_empty_is_all_zeros():
-    out, _ = run("latency")
+    out, _ = run("latency", "--json")
     expected = {"turnsScanned": 0, "turnLatency": ZERO, "listenWait": ZERO}
     assert out == json.dumps(expected, indent=2) + "\n"
 
@@ -1053,7 +1240,7 @@ def test_latency_from_a_calls_jsonl_file(tmp_path):
         _record("f", 250.5),
     ]
     log.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    data = run_json("latency", "--file", str(log))
+    data = run_json("latency", "--file", str(log), "--json")
     assert data == {
         "recordsScanned": 9,  # blank lines are not records
         "turnLatency": _summary(4, 100, 300, 187.6, 100, 300, 300, 300),
@@ -1064,7 +1251,7 @@ def test_latency_from_a_calls_jsonl_file(tmp_path):
 def test_latency_file_last_limits_the_window(tmp_path):
     log = tmp_path / "calls.jsonl"
     log.write_text("\n".join(_record(f"c{i}", i, i * 10) for i in range(1, 21)) + "\n", encoding="utf-8")
-    data = run_json("latency", "--file", str(log), "--last", "5")
+    data = run_json("latency", "--file", str(log), "--json", "--last", "5")
     assert data["recordsScanned"] == 5
     assert data["turnLatency"] == _summary(5, 16, 20, 18.0, 18, 20, 20, 20)
     assert data["listenWait"] == _summary(5, 160, 200, 180.0, 180, 200, 200, 200)
@@ -1073,7 +1260,7 @@ def test_latency_file_last_limits_the_window(tmp_path):
 def test_latency_file_without_turns_is_zeros(tmp_path):
     log = tmp_path / "calls.jsonl"
     log.write_text(_record("x") + "\n garbage\n", encoding="utf-8")
-    assert run_json("latency", "--file", str(log)) == {"recordsScanned": 2, "turnLatency": ZERO, "listenWait": ZERO}
+    assert run_json("latency", "--file", str(log), "--json") == {"recordsScanned": 2, "turnLatency": ZERO, "listenWait": ZERO}
 
 
 def test_latency_missing_file(tmp_path):
@@ -1105,17 +1292,17 @@ class Steps:
         return False
 
 
-def _follow_calls(since: int, *steps) -> list[dict]:
+def _follow_calls(last: int, *steps) -> list[dict]:
     lines: list[str] = []
     stop = Steps(*steps)
-    follow_calls(lines.append, since=since, poll_ms=1, stop=stop)
+    follow_calls(lines.append, last=last, poll_ms=1, stop=stop)
     assert stop.polls == len(steps)
     return [json.loads(line) for line in lines]
 
 
-def _follow_file(path: Path, since: int, *steps) -> list[str]:
+def _follow_file(path: Path, last: int, *steps) -> list[str]:
     lines: list[str] = []
-    follow_file(path, lines.append, since=since, poll_ms=1, stop=Steps(*steps))
+    follow_file(path, lines.append, last=last, poll_ms=1, stop=Steps(*steps))
     return lines
 
 
@@ -1169,14 +1356,14 @@ def test_follow_calls_prints_new_calls():
 
 
 @pytest.mark.django_db
-def test_follow_calls_since_larger_than_history_prints_everything_oldest_first():
+def test_follow_calls_last_larger_than_history_prints_everything_oldest_first():
     made = [make_call(provider_call_id=f"mock-h{i}") for i in range(3)]
     records = _follow_calls(25, None)
     assert [r["callId"] for r in records] == [str(c.pk) for c in made]
 
 
 @pytest.mark.django_db
-def test_follow_calls_since_zero_prints_only_changes():
+def test_follow_calls_last_zero_prints_only_changes():
     old = [make_call(provider_call_id=f"mock-old{i}") for i in range(2)]
     records = _follow_calls(0, None, lambda: event_process(event=CallRinging(call_id=str(old[0].pk))))
     assert [(r["callId"], r["state"]) for r in records] == [(str(old[0].pk), "ringing")]
@@ -1208,7 +1395,7 @@ def test_follow_calls_prints_the_bot_line_of_a_speak(monkeypatch):
 
     def follow() -> None:
         try:
-            follow_calls(write, since=0, poll_ms=20, stop=stop)
+            follow_calls(write, last=0, poll_ms=20, stop=stop)
         finally:
             connections.close_all()
 
@@ -1231,7 +1418,7 @@ def test_follow_calls_prints_the_bot_line_of_a_speak(monkeypatch):
     assert [(e["speaker"], e["text"]) for e in last["transcript"]] == [("bot", "Thanks for waiting")]
 
 
-def test_follow_file_prints_the_last_since_lines(tmp_path):
+def test_follow_file_prints_the_last_n_lines(tmp_path):
     log = tmp_path / "custom.jsonl"
     log.write_bytes(b"one\n\ntwo\nthree\n  \nfour\nfive\n")
     assert _follow_file(log, 2) == ["four", "five"]
@@ -1272,7 +1459,7 @@ def test_follow_file_holds_partial_lines_until_the_newline(tmp_path):
         _append(log, b"\": 2}\n"),
         None,
     )
-    follow_file(log, seen.append, since=10, poll_ms=1, stop=stop)
+    follow_file(log, seen.append, last=10, poll_ms=1, stop=stop)
     assert seen == ["first", '{"half": 1}', '{"next": 2}']
 
 
@@ -1358,7 +1545,7 @@ def test_doctor_reports_legacy_keys(settings, tmp_path):
     original = json.dumps({"provider": "log", "twilio": {"from": "+15550001234"}, "stt": {"provider": "openai"}})
     path.write_text(original, encoding="utf-8")
     settings.VOICECALL_CONFIG = str(path)
-    out, _ = run("doctor")
+    out, _ = run_fail("doctor")  # something to fix and no --fix: exit 1, as a linter
     assert out == "\n".join([
         f"Legacy config keys in {path}:",
         '  - provider: rewrote "log" to "mock"',
@@ -1432,6 +1619,65 @@ def test_doctor_errors_exit_1(settings, tmp_path, content, message):
     assert err.startswith(message.format(path=path))
 
 
+def test_doctor_on_a_file_that_fails_validation_reports_the_errors_and_exits_1(settings, tmp_path):
+    path = tmp_path / "voicecall.json"
+    path.write_text(json.dumps({"provider": "mock", "fromNumber": "555", "strayKey": 1}), encoding="utf-8")
+    settings.VOICECALL_CONFIG = str(path)
+    out, _ = run_fail("doctor")
+    assert out.splitlines() == [  # the errors only: "no legacy keys" beside them would read as a clean bill
+        f"2 config errors in {path} (the gateway does not start calls until they are fixed; "
+        "`python manage.py voicecall setup` says how):",
+        "  - fromNumber: Expected E.164 format, e.g. +15550001234",
+        "  - strayKey: unknown key",
+    ]
+
+
+def test_doctor_shows_legacy_keys_and_errors_together(settings, tmp_path):
+    path = tmp_path / "voicecall.json"
+    path.write_text(json.dumps({"provider": "log", "maxConcurrentCalls": "two"}), encoding="utf-8")
+    settings.VOICECALL_CONFIG = str(path)
+    out, _ = run_fail("doctor", "--fix")  # rewritten, but an error is left
+    lines = out.splitlines()
+    assert lines[:2] == [  # errors first
+        f"1 config error in {path} (the gateway does not start calls until they are fixed; "
+        "`python manage.py voicecall setup` says how):",
+        "  - maxConcurrentCalls: must be an integer",
+    ]
+    assert lines[2:4] == [f"Legacy config keys in {path}:", '  - provider: rewrote "log" to "mock"']
+
+
+def test_doctor_fix_that_leaves_a_valid_file_exits_0(settings, tmp_path):
+    path = tmp_path / "voicecall.json"
+    path.write_text(json.dumps({"provider": "log"}), encoding="utf-8")
+    settings.VOICECALL_CONFIG = str(path)
+    run_fail("doctor")  # legacy keys and no --fix: something to do
+    run("doctor", "--fix")
+    out, _ = run("doctor")
+    assert out == f"No legacy config keys in {path}.\n"
+
+
+def test_doctor_on_a_syntax_error_exits_1_naming_the_file(settings, tmp_path):
+    path = tmp_path / "voicecall.json5"
+    path.write_text('{provider: "twilio", publicUrl: "https://voice.example.com"', encoding="utf-8")
+    settings.VOICECALL_CONFIG = str(path)
+    out, err = run_fail("doctor")
+    assert out == "" and "No legacy config keys" not in err
+    assert err.startswith(f"{path} is not valid JSON or JSON5: <string>:1 Unexpected end of input at column 60")
+
+
+def test_setup_and_doctor_exit_codes_in_a_subprocess(tmp_path):
+    path = tmp_path / "voicecall.json5"
+    path.write_text('{provider: "twilio", fromNumber: "555"}', encoding="utf-8")
+    env = {**os.environ, "VOICECALL_DATA_DIR": str(tmp_path), "VOICECALL_CONFIG": str(path)}
+    env.pop("DJANGO_SETTINGS_MODULE", None)  # the project's settings read VOICECALL_CONFIG; the tests' clear it
+    for args in (["setup"], ["setup", "--json"], ["doctor"]):
+        result = subprocess.run([sys.executable, "manage.py", "voicecall", *args], cwd=MAIN, env=env,
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 1, (args, result.stdout, result.stderr)
+        assert "fromNumber: Expected E.164 format" in result.stdout
+        assert "OK " not in result.stdout
+
+
 # --- argument errors ---------------------------------------------------------------------
 
 
@@ -1440,10 +1686,10 @@ def test_doctor_errors_exit_1(settings, tmp_path, content, message):
     [
         (("bogus",), "argument <command>: invalid choice: 'bogus'"),
         (("status", "--bogus"), "unrecognized arguments: --bogus"),
-        (("tail", "--since", "0x10"), "argument --since: Invalid numeric value for --since: 0x10"),
-        (("tail", "--since", "1e3"), "argument --since: Invalid numeric value for --since: 1e3"),
-        (("tail", "--since", "2.5"), "argument --since: Invalid numeric value for --since: 2.5"),
-        (("tail", "--since", "-1"), "argument --since: Invalid numeric value for --since: -1"),
+        (("tail", "--last", "0x10"), "argument --last: Invalid numeric value for --last: 0x10"),
+        (("tail", "--last", "1e3"), "argument --last: Invalid numeric value for --last: 1e3"),
+        (("tail", "--last", "2.5"), "argument --last: Invalid numeric value for --last: 2.5"),
+        (("tail", "--last", "-1"), "argument --last: Invalid numeric value for --last: -1"),
         (("tail", "--poll", "10"), "argument --poll: --poll must be at least 50, got 10"),
         (("tail", "--poll", "fast"), "argument --poll: Invalid numeric value for --poll: fast"),
         (("latency", "--last", "0"), "argument --last: --last must be at least 1, got 0"),
@@ -1470,19 +1716,19 @@ def test_numeric_options_accept_plain_ascii_digits_only(value):
 def test_numeric_options_accept_plain_decimals(tmp_path):
     log = tmp_path / "calls.jsonl"
     log.write_text(_record("a", 10) + "\n" + _record("b", 20) + "\n")
-    assert run_json("latency", "--file", str(log), "--last", "1")["turnLatency"]["count"] == 1
-    assert run_json("latency", "--file", str(log), "--last", "007")["recordsScanned"] == 2
+    assert run_json("latency", "--file", str(log), "--json", "--last", "1")["turnLatency"]["count"] == 1
+    assert run_json("latency", "--file", str(log), "--json", "--last", "007")["recordsScanned"] == 2
 
 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (("tail", "--since", "0x10"), "Invalid numeric value for --since: 0x10"),
+        (("tail", "--last", "0x10"), "Invalid numeric value for --last: 0x10"),
         (("tail", "--poll", "10"), "--poll must be at least 50, got 10"),
         (("speak", "--message", "Hi"), "the following arguments are required: --call-id"),
         (("nonsense",), "invalid choice: 'nonsense'"),
     ],
-    ids=["since-hex", "poll-too-small", "missing-call-id", "unknown-command"],
+    ids=["last-hex", "poll-too-small", "missing-call-id", "unknown-command"],
 )
 def test_argument_errors_subprocess(tmp_path, args, message):
     result = run_subprocess(tmp_path, *args)

@@ -20,6 +20,7 @@ from django.core.management import call_command
 
 from calls import rpc, services
 from calls.cli import gateway
+from calls.free_ports import free_port
 from calls.models import Call, CallTurn, TurnStatus
 from calls.selectors import call_metadata
 from calls.services import call_requests
@@ -58,13 +59,6 @@ def pretty(data) -> str:
 
 def actions(outbox) -> list[str]:
     return [request.action for request in outbox]
-
-
-def closed_port() -> int:
-    """A loopback port nothing listens on (bound, read, closed)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Recorder:
@@ -277,6 +271,21 @@ def test_speak_dtmf_end_go_through_the_gateway(via_gateway, recorder, outbox):
 
 
 @pytest.mark.django_db(transaction=True)
+def test_transfer_goes_through_the_gateway(via_gateway, recorder, outbox):
+    call_id = start_call()
+    event_process(event=CallAnswered(call_id=call_id))
+    outbox.clear()
+    out, err = run("transfer", "--call-id", call_id, "--to", "sip:desk@pbx.example.com", "--warm", "--summary", "Billing")
+    result = json.loads(out)
+    assert err == "" and (result["mode"], result["to"], result["status"]) == ("warm", "sip:desk@pbx.example.com", "dialing")
+    assert recorder.methods == ["voicecall.start", "voicecall.transfer"]
+    assert actions(outbox) == ["warm_transfer"]
+    assert Call.objects.get(pk=call_id).transfers.get().requested_by == "rpc"
+    out, err = run_fail("transfer", "--call-id", call_id, "--to", "+15550002222")
+    assert out == "" and "has already ended (transferred)" in err
+
+
+@pytest.mark.django_db(transaction=True)
 def test_default_url_from_serve_config_reaches_the_gateway(live_gateway, settings, configure, recorder):
     settings.VOICECALL_GATEWAY_URL = ""
     port = int(live_gateway.rsplit(":", 1)[1])
@@ -373,7 +382,7 @@ def test_continue_transcript_timeout_exits_1(via_gateway, recorder, fast_poll, c
 @pytest.mark.django_db(transaction=True)
 def test_continue_refused_at_start_is_reported_without_polling(via_gateway, recorder, outbox):
     out, err = run_fail("continue", "--call-id", "no-such-call", "--message", "Hi")
-    assert (out, err.strip()) == ("", "Call not found")
+    assert (out, err.strip()) == ("", "Call not found: no-such-call")
     assert recorder.methods == ["voicecall.continue.start"]
     assert recorder.standalone == []
     assert outbox == []
@@ -405,7 +414,7 @@ def test_continue_falls_back_to_blocking_continue_on_an_older_gateway(via_gatewa
 def test_gateway_error_is_final_no_standalone_retry(via_gateway, recorder, outbox):
     out, err = run_fail("speak", "--call-id", "no-such-call", "--message", "Hi")
     assert out == ""
-    assert err.strip() == "Call not found"
+    assert err.strip() == "Call not found: no-such-call"
     assert recorder.methods == ["voicecall.speak"]
     assert recorder.over_rpc == ["speak"]
     assert recorder.standalone == []
@@ -506,7 +515,7 @@ def test_wrong_path_on_the_gateway_host_is_an_error_not_a_fallback(live_gateway,
 
 @pytest.mark.django_db(transaction=True)
 def test_gateway_down_runs_standalone_with_a_note(settings, recorder, outbox):
-    port = closed_port()
+    port = free_port()
     settings.VOICECALL_GATEWAY_URL = f"http://127.0.0.1:{port}"
     out, err = run("start", "--to", TO)
     call = Call.objects.get()
@@ -530,7 +539,7 @@ def test_delegation_off_runs_standalone_silently(settings, recorder, outbox):
 
 @pytest.mark.django_db(transaction=True)
 def test_standalone_fallback_never_binds_a_socket(settings, monkeypatch, recorder, outbox):
-    settings.VOICECALL_GATEWAY_URL = f"http://127.0.0.1:{closed_port()}"
+    settings.VOICECALL_GATEWAY_URL = f"http://127.0.0.1:{free_port()}"
     cli_thread = threading.get_ident()
     bound: list[str] = []
     real_bind, real_listen = socket.socket.bind, socket.socket.listen

@@ -9,6 +9,7 @@ from calls.cli.doctor import DoctorError, doctor, doctor_text
 from core.config.loader import load_config_file
 
 PREFIX = "plugins.entries.voice-call.config."
+TWILIO = {"accountSid": "AC" + "0" * 31 + "1", "authToken": "0123456789abcdef" * 2}
 
 
 def write(tmp_path, content, name="voicecall.json"):
@@ -282,7 +283,7 @@ def test_fixed_file_loads_with_no_warnings(tmp_path):
         tmp_path,
         {
             "provider": "twilio",
-            "twilio": {"accountSid": "AC1", "authToken": "tok", "from": "+15550001234"},
+            "twilio": {"accountSid": "AC" + "0" * 31 + "1", "authToken": "0123456789abcdef" * 2, "from": "+15550001234"},
             "inboundPolicy": "allowlist",
             "streaming": {
                 "enabled": True,
@@ -367,7 +368,8 @@ def test_json5_report_only_has_no_comments_note(tmp_path):
     "content",
     [
         {},
-        {"provider": "twilio", "fromNumber": "+15550001234", "streaming": {"providers": {"openai": {"model": "m"}}}},
+        {"provider": "twilio", "fromNumber": "+15550001234", "twilio": TWILIO,
+         "streaming": {"providers": {"openai": {"model": "m"}}}},
         wrap({"provider": "mock"}),
         "// comment only change\n{provider: 'mock',}",
     ],

@@ -127,3 +127,15 @@ def test_spoken_instruction_texts():
     assert rt.speak_instructions("We open at nine.").startswith("Say exactly this to the caller")
     assert rt.speak_instructions("We open at nine.").endswith(": We open at nine.")
     assert "checking" in rt.checking_instructions()
+
+
+def test_the_transfer_tool_is_offered_only_where_a_route_or_agent_transfers(configure):
+    setup = setup_for(configure, {})
+    assert rt.TRANSFER_TOOL not in [tool.name for tool in setup.tools] and rt.TRANSFER_POLICY not in setup.instructions
+
+    setup = setup_for(configure, {}, numbers={LINE: {"transferTo": "+15550002222"}})
+    assert [tool.name for tool in setup.tools] == [END_CALL_TOOL, rt.TRANSFER_TOOL, CONSULT_TOOL]
+    assert setup.instructions == rt.DEFAULT_INSTRUCTIONS + "\n\n" + rt.TRANSFER_POLICY
+
+    setup = setup_for(configure, {}, agents={"main": {"transferTo": "sip:desk@pbx.example.com"}})
+    assert rt.TRANSFER_TOOL in [tool.name for tool in setup.tools]

@@ -212,3 +212,63 @@ def test_custom_tools_without_an_agent_webhook_get_a_clear_error(configure):
     call = ring()
     outcome = tool_run(call_id=str(call.pk), call=ToolCall("fc-7", "lookup_order", '{"order": "A-17"}'))
     assert outcome.output == {"error": "no agent webhook is configured to run tool lookup_order"}
+
+
+# --- transfer -------------------------------------------------------------------------------------
+
+
+@db
+def test_transfer_hands_the_call_to_the_routes_target(configure):
+    from calls.models import Call
+    from providers.carriers import mock
+
+    from .helpers import LINE
+
+    configure(base_config(numbers={LINE: {"transferTo": "+15550002222"}}))
+    call = ring()
+    outcome = tool_run(call_id=str(call.pk), call=ToolCall("fc-t", tools.TRANSFER_TOOL, json.dumps({"summary": "Wants a refund."})))
+    # The mock carrier has conferences: with a summary the transfer is warm.
+    assert outcome == tools.ToolOutcome({"ok": True, "status": "transferring", "mode": "warm"}, transferred=True)
+    assert mock.outbox[-1].action == "warm_transfer" and mock.outbox[-1].params["summary"] == "Wants a refund."
+    transfer = call.transfers.get()
+    assert (transfer.target, transfer.requested_by) == ("+15550002222", "realtime")
+    assert Call.objects.get(pk=call.pk).end_reason == "transferred"
+    (result,) = events_of(call, "realtime.tool_result")
+    assert result["transferred"] is True
+
+
+@db
+def test_transfer_without_a_summary_or_warm_support_is_cold(configure, monkeypatch):
+    from providers.carriers import mock
+
+    configure(base_config(agents={"main": {"transferTo": "sip:desk@pbx.example.com"}}))
+    monkeypatch.setattr(mock.MockCarrier, "supports_warm_transfer", False)
+    call = ring()
+    outcome = tool_run(call_id=str(call.pk), call=ToolCall("fc-t", tools.TRANSFER_TOOL, '{"summary": "Billing."}'))
+    assert outcome.transferred and outcome.output["mode"] == "cold"
+    assert mock.outbox[-1].action == "transfer_call" and mock.outbox[-1].params["target"] == "sip:desk@pbx.example.com"
+
+
+@db
+def test_transfer_where_none_is_configured_is_an_error_result(configure):
+    configure(base_config())
+    call = ring()
+    outcome = tool_run(call_id=str(call.pk), call=ToolCall("fc-t", tools.TRANSFER_TOOL, "{}"))
+    assert outcome == tools.ToolOutcome({"error": "transfers are not offered on this call"})
+    assert not call.transfers.exists()
+
+
+@db
+def test_a_refused_transfer_is_told_to_the_model(configure, monkeypatch):
+    from providers.carriers import mock
+
+    configure(base_config(agents={"main": {"transferTo": "+15550002222"}}))
+
+    def refuse(self, **kwargs):
+        raise RuntimeError("carrier says no")
+
+    monkeypatch.setattr(mock.MockCarrier, "transfer_call", refuse)
+    call = ring()
+    outcome = tool_run(call_id=str(call.pk), call=ToolCall("fc-t", tools.TRANSFER_TOOL, "{}"))
+    assert outcome == tools.ToolOutcome({"error": "the transfer failed: carrier says no"})
+    assert call.transfers.get().status == "failed"

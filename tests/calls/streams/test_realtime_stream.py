@@ -397,6 +397,7 @@ async def test_the_provider_closing_ends_the_call(gateway, rest_stub, error, rea
     on_loop(session.listener.on_closed, error)
     done = await await_until(lambda: ended(call), "the call to end")
     assert done.end_reason == reason
+    assert done.last_error == ("" if error is None else "Realtime session lost: socket lost")
     assert await close_code(ws) in (1000, 1011, 4011)
 
 
@@ -410,6 +411,7 @@ async def test_a_provider_that_never_connects_ends_the_call_with_a_reason(gatewa
     await ws.send(start_frame(call, new_sid()))
     done = await await_until(lambda: ended(call), "the call to end")
     assert done.end_reason == "error"
+    assert done.last_error.startswith("The realtime provider ") and "did not connect: no answer within 0.3 s" in done.last_error
     assert await close_code(ws) in (1011, 4011)
     assert "did not connect" in caplog.text
 
@@ -424,6 +426,7 @@ async def test_an_unregistered_provider_ends_the_call_naming_the_key(gateway, re
     done = await await_until(lambda: ended(call), "the call to end")
     assert done.end_reason == "error"
     assert "realtime.provider" in caplog.text
+    assert done.last_error.startswith("Realtime provider unavailable: ") and "realtime.provider" in done.last_error
 
 
 @live

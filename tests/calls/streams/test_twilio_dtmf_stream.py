@@ -144,3 +144,34 @@ async def test_a_streamed_call_keeps_its_audio_on_a_new_stream_after_dtmf(twilio
     await asyncio.to_thread(fake.wait_idle)
     assert fake_call.streams[1]["stopped"] == "ended"
     await new.stop()
+
+
+async def test_a_streamed_call_transferred_leaves_its_stream_without_hanging_up(twilio, live_gateway):
+    from calls.services import call_transfer
+
+    fake, streams = twilio
+    fake_call = await asyncio.to_thread(fake.ring_inbound, CALLER, FROM, f"{live_gateway}/voice/webhook")
+    call = await await_until(sync_to_async(lambda: _call_of(fake_call.sid)))
+    first = fake_call.streams[0]
+    ws, sid = await streams.connect(call, fake_call, first)
+    listener = Listener(ws, echo=True)
+
+    result = await sync_to_async(call_transfer, thread_sensitive=False)(call_id=str(call.pk), to="+15550002222")
+    assert result.status == "dialing"
+    await asyncio.to_thread(fake.wait_idle)
+    assert first["stopped"] == "replaced"  # the <Dial> took the call's audio from the stream
+    assert fake_call.blocked_on == "dial" and fake_call.dial["target"] == "+15550002222"
+    ended = await fetch_call(call)
+    assert ended.end_reason == "transferred"
+    await await_until(sync_to_async(lambda: MediaStream.objects.get(stream_id=sid).closed_at is not None),
+                      "the stream recorded as closed")
+
+    # Past the disconnect grace nothing hangs the caller up: they are with the target now.
+    past_grace = timezone.now() + DISCONNECT_GRACE + timedelta(seconds=1)
+    await sync_to_async(deadlines_sweep, thread_sensitive=False)(at=past_grace)
+    await asyncio.to_thread(fake.wait_idle)
+    assert fake_call.status == "in-progress" and fake_call.blocked_on == "dial"
+    updates = fake.requests_to("POST", rf"/Calls/{fake_call.sid}\.json$")
+    assert [list(r.form) for r in updates] == [["Twiml"]]  # the transfer only: no Status=completed
+    assert (await fetch_call(call)).end_reason == "transferred"
+    await listener.stop()

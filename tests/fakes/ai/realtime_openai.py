@@ -524,11 +524,13 @@ class FakeOpenAIRealtime(FakeWebsocketServer):
         await self._emit(conn, {"type": "response.created", "response": {
             "id": record.id, "object": "realtime.response", "status": "in_progress", "output": []}})
         # The rest streams from a task, so caller audio (and barge-in) is heard while the model talks.
-        conn.streaming = self._spawn(self._guarded(self._stream(conn, record, turn, text, ms)))
+        conn.streaming = self._spawn(self._guarded(lambda: self._stream(conn, record, turn, text, ms)))
 
-    async def _guarded(self, coro) -> None:
+    async def _guarded(self, make) -> None:
+        # The coroutine is made here, in the task: a task cancelled before its first step (the fake
+        # stopping) would otherwise leave it never awaited, and Python warns about that.
         try:
-            await coro
+            await make()
         except (ConnectionClosed, asyncio.CancelledError):
             raise
         except Exception as exc:  # a bug in the fake: recorded for the test

@@ -191,9 +191,17 @@ def test_twilio_gather_result_is_not_the_answering_request(twilio):
     assert tags(xml(answer)) == ["Pause", "Redirect"]
 
 
-def test_twilio_notify_message_is_not_greeted_in_the_answer(twilio):
-    """A notify call's message went with the dial request (inline TwiML)."""
+def test_twilio_notify_message_not_sent_with_the_dial_is_said_in_the_answer(twilio):
+    """With answering-machine detection a notify call's message stays off the dial: the answer says it, then hangs up."""
     answer = twilio.answer_webhook(parsed_fixture(twilio, "outbound_url_fetch"), call=view(mode="notify", initial_message="Hi"))
+    assert answer.greeting_delivered is True
+    assert tags(xml(answer))[0] == "Say" and tags(xml(answer))[-1] == "Hangup"
+
+
+def test_twilio_held_call_only_keeps_the_line(twilio):
+    """Detection still listens: no greeting, no stream, no listening in the answer."""
+    answer = twilio.answer_webhook(parsed_fixture(twilio, "outbound_url_fetch"),
+                                   call=view(mode="conversation", initial_message="Hi", held=True))
     assert answer.greeting_delivered is False
     assert tags(xml(answer)) == ["Pause", "Redirect"]
 
@@ -402,7 +410,7 @@ def test_plivo_listening_call_gets_getinput_without_a_prompt(plivo):
     assert query_of(root[0].get("action")) == {"provider": ["plivo"], "flow": ["getinput"], "callId": [CALL_ID]}
 
 
-@pytest.mark.parametrize("name", ["keepalive_fetch", "getinput_dtmf", "ring_url", "machine_detection_human"])
+@pytest.mark.parametrize("name", ["keepalive_fetch", "getinput_dtmf", "ring_url"])
 def test_plivo_otherwise_keeps_the_line_alive(plivo, name):
     answer = plivo.answer_webhook(parsed_fixture(plivo, name), call=view(state="active"))
     root = xml(answer)
@@ -533,3 +541,70 @@ def test_plivo_inbound_greeting_is_spoken_by_the_answer_and_recorded(configure, 
     assert (call.direction, call.provider_call_id, call.state) == ("inbound", "3a2e4c5d-7b8f-4e1a-9c0d-2b3f4e5a6b7c", "listening")
     assert list(TranscriptEntry.objects.values_list("speaker", "text")) == [("bot", "Welcome to Plivo.")]
     assert carrier_requests == []
+
+
+@pytest.mark.parametrize("name", ["machine_detection_human", "machine_detection_machine"])
+def test_plivo_machine_detection_callback_gets_an_empty_answer(plivo, name):
+    """Plivo runs nothing from the detection callback's answer: the verdict's effect comes by REST."""
+    answer = plivo.answer_webhook(parsed_fixture(plivo, name), call=view(state="active"))
+    assert tags(xml(answer)) == []
+
+
+def test_plivo_held_call_only_keeps_the_line(plivo):
+    answer = plivo.answer_webhook(parsed_fixture(plivo, "answer_outbound"),
+                                  call=view(mode="conversation", initial_message="Hi", held=True))
+    assert tags(xml(answer)) == ["Wait", "Redirect"]
+    assert answer.greeting_delivered is False
+# --- transfers ---------------------------------------------------------------------------------
+
+
+def test_twilio_transfer_news_is_answered_empty_or_with_the_failure_said(twilio):
+    assert tags(xml(twilio.answer_webhook(parsed_fixture(twilio, "transfer_number_answered"), call=view(ended=True)))) == []
+    failed = xml(twilio.answer_webhook(parsed_fixture(twilio, "transfer_dial_busy"), call=view(ended=True)))
+    assert tags(failed) == ["Say", "Hangup"]
+    assert failed[0].text == "Sorry, the call could not be transferred. Goodbye."
+
+
+def test_twilio_dial_twiml_escapes_the_target_and_names_sip():
+    from providers.carriers.twilio import twiml
+
+    root = ET.fromstring(twiml.dial("sip:a&b@pbx.example.com;transport=tls", action="https://x/?a=1&b=2", status_callback="https://x/cb"))
+    (dial,) = root
+    assert dial.tag == "Dial" and dial.get("action") == "https://x/?a=1&b=2" and dial.get("timeout") == "30"
+    (sip,) = dial
+    assert (sip.tag, sip.text, sip.get("statusCallbackEvent")) == ("Sip", "sip:a&b@pbx.example.com;transport=tls", "answered")
+    (number,) = ET.fromstring(twiml.dial("+15550002222", action="https://x/", status_callback="https://x/"))[0]
+    assert (number.tag, number.text) == ("Number", "+15550002222")
+    waiting = ET.fromstring(twiml.conference_wait("voicecall-transfer-1", wait_url="https://x/voice/hold-music"))
+    assert [child.tag for child in waiting] == ["Say", "Dial"]
+    room = waiting[1][0]
+    assert (room.tag, room.text, room.get("startConferenceOnEnter"), room.get("endConferenceOnExit")) == (
+        "Conference", "voicecall-transfer-1", "false", "true")
+    brief = ET.fromstring(twiml.conference_brief("voicecall-transfer-1", summary=NASTY, voice=None))
+    assert brief[0].text == NASTY and brief[1][0].get("startConferenceOnEnter") == "true"
+
+
+def test_plivo_serves_the_transfer_document_to_an_ended_call(plivo):
+    parsed = parsed_fixture(plivo, "transfer_document_fetch")
+    document = '<?xml version="1.0" encoding="UTF-8"?><Response><Dial><Number>15550002222</Number></Dial></Response>'
+    answer = plivo.answer_webhook(parsed, call=view(ended=True, document=document))
+    assert answer.body == document
+    # Without its document (another call's token, or none stored) the ended call is hung up.
+    assert tags(xml(plivo.answer_webhook(parsed, call=view(ended=True)))) == ["Hangup"]
+
+
+def test_plivo_transfer_news_is_answered_empty_or_with_the_failure_said(plivo):
+    assert tags(xml(plivo.answer_webhook(parsed_fixture(plivo, "transfer_dial_answered"), call=view(ended=True)))) == []
+    failed = xml(plivo.answer_webhook(parsed_fixture(plivo, "transfer_dial_timeout"), call=view(ended=True)))
+    assert tags(failed) == ["Speak", "Hangup"]
+
+
+def test_plivo_dial_xml_users_for_sip_and_digits_for_numbers():
+    from providers.carriers.plivo import xml as plivo_xml
+
+    (dial,) = ET.fromstring(plivo_xml.dial("sip:desk@pbx.example.com", action="https://x/a", callback_url="https://x/c",
+                                           caller_id="+15105550100"))
+    assert (dial[0].tag, dial[0].text) == ("User", "sip:desk@pbx.example.com")
+    assert (dial.get("callbackUrl"), dial.get("callerId"), dial.get("redirect")) == ("https://x/c", "+15105550100", "true")
+    (dial,) = ET.fromstring(plivo_xml.dial("+15550002222", action="https://x/a", callback_url="https://x/c", caller_id=None))
+    assert (dial[0].tag, dial[0].text, dial.get("callerId")) == ("Number", "15550002222", None)

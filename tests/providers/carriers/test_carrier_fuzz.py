@@ -280,7 +280,7 @@ SHAPED = {"twilio": twilio_shaped, "plivo": plivo_shaped}
 TELNYX_EVENT_TYPES = ["call.initiated", "call.ringing", "call.answered", "call.bridged", "call.speak.started",
                       "call.speak.ended", "call.transcription", "call.hangup", "call.dtmf.received",
                       "call.machine.detection.ended", "call.machine.premium.detection.ended", "streaming.started",
-                      "streaming.stopped", "call.recording.saved", "call.unknown.thing"]
+                      "streaming.stopped", "streaming.failed", "call.recording.saved", "call.unknown.thing"]
 client_states = st.sampled_from([base64.b64encode(i.encode()).decode() for i in SEED_IDS]
                                 + ["not base64!!", "//4A", "", base64.b64encode(b"unknown-call").decode()])
 # occurred_at: realistic timestamps, the calendar's edges, odd ISO forms and junk.
@@ -311,6 +311,7 @@ telnyx_payload = st.fixed_dictionaries({}, optional={
     "text": mostly(any_text),
     "transcription_data": mostly(transcription_data),
     "transcription": mostly(any_text),
+    "failure_reason": mostly(st.sampled_from(["connection_failed", ""]) | any_text),
 })
 telnyx_data = st.fixed_dictionaries({}, optional={
     "event_type": mostly(st.sampled_from(TELNYX_EVENT_TYPES)),

@@ -165,8 +165,8 @@ def test_every_telnyx_hangup_cause_has_a_fixture_with_the_tables_reason():
     seen = {}
     for case, events in _events_of("telnyx"):
         payload = case["request"]["body"].get("data", {}).get("payload", {})
-        if case["request"]["body"]["data"].get("event_type") == "call.hangup":
-            seen[payload["hangup_cause"]] = events[0]["reason"]
+        if case["request"]["body"]["data"].get("event_type") == "call.hangup" and events[0]["type"] == "call.ended":
+            seen[payload["hangup_cause"]] = events[0]["reason"]  # (a transfer leg's hang-up is a call.transfer)
     for cause, reason in telnyx_webhook.HANGUP_CAUSES.items():
         assert seen.get(cause) == reason, cause
     unknown = [c for c in seen if c.lower() not in telnyx_webhook.HANGUP_CAUSES]
@@ -357,3 +357,14 @@ def test_percent_encoded_non_utf8_is_not_an_error():
     """%E9 in a form body decodes with replacement characters; it is not a reason to refuse."""
     parsed = twilio_webhook.parse(_request(b"CallSid=CA1&CallStatus=ringing&Direction=inbound&From=%E9"), request_key="k")
     assert parsed.events[0].from_number == "\ufffd"
+
+
+def test_an_end_detail_is_one_bounded_printable_line_without_empty_notes():
+    from providers.carriers.base import END_DETAIL_CHARS, end_detail
+
+    assert end_detail("USER_BUSY", ("code", "3010"), ("hung up by", "Callee")) == "USER_BUSY (code 3010, hung up by Callee)"
+    assert end_detail(None, ("SIP response", "404")) == "SIP response 404"
+    assert end_detail("not_found", ("SIP", "unspecified"), ("hung up by", "")) == "not_found"
+    assert end_detail("busy\r\nSet-Cookie: x\x00", ("SIP", 486)) == "busy Set-Cookie: x (SIP 486)"
+    assert end_detail({"a": 1}, ("SIP", ["486"]), ("by", True)) == ""  # nothing of a shape a carrier sends
+    assert len(end_detail("x" * 1000)) == END_DETAIL_CHARS

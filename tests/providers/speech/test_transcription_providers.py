@@ -143,6 +143,17 @@ def fast_reconnect(monkeypatch):
     monkeypatch.setattr(base, "RECONNECT_BASE_DELAY", 0.001)
 
 
+async def all_audio_received(conn: Any, frames: list[bytes]) -> None:
+    """Wait until the fake connection `conn` holds all of `frames`, in order, and nothing else.
+
+    A final transcript is no sign that the audio is all there: the fake ends an utterance after the
+    configured silence, while the rest of the utterance's trailing silence may still be on its way.
+    """
+    fed = b"".join(frames)
+    await await_until(lambda: len(conn.audio) >= len(fed), f"the fake to receive all {len(frames)} frames fed")
+    assert bytes(conn.audio) == fed
+
+
 def assert_one_utterance(listener: Recorder, said: str = SAID) -> None:
     """Speech start first, then growing partials that lead to exactly one final with the scripted text."""
     assert listener.errors == []
@@ -167,7 +178,7 @@ async def test_speech_yields_start_partials_and_one_final(stack):
     await listener.wait(lambda r: r.finals)
     await listener.only(lambda r: len(r.finals) == 1)  # no duplicate final shows up
     assert_one_utterance(listener)
-    assert stack.audio() == b"".join(utterance())
+    await all_audio_received(stack.fake.last, utterance())
     assert stack.fake.last.audio_frames == len(utterance())
 
 
@@ -241,7 +252,7 @@ async def test_server_failure_mid_stream_reconnects_and_resends_setup(stack, fas
     assert_one_utterance(listener)
     assert session.reconnects == 1
     assert len(fake.connections) == 2
-    assert stack.audio(1) == b"".join(utterance())
+    await all_audio_received(second, utterance())
 
 
 async def test_reconnects_exhausted_reports_one_error(stack, fast_reconnect):
@@ -540,7 +551,10 @@ async def test_elevenlabs_session_time_limit_starts_a_new_session(elevenlabs_sta
     feed(session, utterance())
     await listener.wait(lambda r: r.finals)
     assert_one_utterance(listener)
-    assert len(fake.connections[1].audio) == len(b"".join(utterance()))
+    first, second = fake.connections
+    await all_audio_received(second, utterance())
+    assert first.audio == b""  # nothing fed after the renewal went to the spent session
+    assert session.reconnects == 1
 
 
 async def test_elevenlabs_other_errors_are_logged_only(elevenlabs_stack, caplog):
