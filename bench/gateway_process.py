@@ -21,12 +21,6 @@ ROOT = Path(__file__).resolve().parent.parent
 GATEWAY_CORE, LOAD_CORE = 0, 1
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def wait_serving(process: subprocess.Popen, port: int, *, timeout: float = 60.0, log: str = "",
                  healthz: bool = False) -> subprocess.Popen:
     """Return `process` once its port accepts connections (with `healthz`, once /healthz answers 200).

@@ -36,7 +36,6 @@ sys.path.insert(0, str(ROOT))
 
 from bench.gateway_process import (  # noqa: E402
     LOAD_CORE,
-    free_port,
     loadavg,
     pinned,
     proc_cpu_seconds,
@@ -50,6 +49,7 @@ from bench.gateway_process import (  # noqa: E402
     worst,
 )
 from bench.report import figure, write_summary  # noqa: E402
+from calls.free_ports import free_port  # noqa: E402
 
 ACCOUNT = "AC" + "b" * 32
 TOKEN = "bench-token"

@@ -32,7 +32,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.gateway_process import GATEWAY_CORE, free_port, on_core, wait_serving  # noqa: E402
+from bench.gateway_process import GATEWAY_CORE, on_core, wait_serving  # noqa: E402
+from calls.free_ports import free_port  # noqa: E402
 from bench.report import figure, write_summary  # noqa: E402
 
 ACCOUNT = "AC" + "c" * 32

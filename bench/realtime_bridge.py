@@ -37,7 +37,6 @@ sys.path.insert(0, str(ROOT))
 
 from bench.gateway_process import (  # noqa: E402
     LOAD_CORE,
-    free_port,
     loadavg,
     pinned,
     proc_cpu_seconds,
@@ -54,6 +53,7 @@ from bench.gateway_process import (  # noqa: E402
 )
 from bench.report import figure, write_summary  # noqa: E402
 from bench.stamps import CALLER, FIRST, read_stamp, stamp  # noqa: E402
+from calls.free_ports import free_port  # noqa: E402
 
 ACCOUNT = "AC" + "c" * 32
 TOKEN = "bench-token"

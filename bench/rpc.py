@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from calls.rpc_tokens import local_token  # noqa: E402  (standard library only)
-from bench.gateway_process import free_port, wait_serving  # noqa: E402
+from bench.gateway_process import wait_serving  # noqa: E402
+from calls.free_ports import free_port  # noqa: E402
 
 
 def start_gateway(data_dir: str, port: int) -> subprocess.Popen:

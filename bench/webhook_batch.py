@@ -25,7 +25,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.gateway_process import free_port  # noqa: E402
+from calls.free_ports import free_port  # noqa: E402
 from bench.webhook_events import gateway_env, start_gateway  # noqa: E402
 
 

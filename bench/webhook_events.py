@@ -33,7 +33,8 @@ sys.path.insert(0, str(ROOT))
 
 from bench.report import figure, write_summary  # noqa: E402
 
-from bench.gateway_process import free_port, wait_serving  # noqa: E402
+from bench.gateway_process import wait_serving  # noqa: E402
+from calls.free_ports import free_port  # noqa: E402
 
 GATEWAY_CORE, LOAD_CORE = 0, 1
 TOKEN = "bench-token"

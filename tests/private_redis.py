@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.gateway_process import free_port
+from calls.free_ports import free_port
 from tests.waiting import wait_until
 
 

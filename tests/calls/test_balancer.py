@@ -12,8 +12,8 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import serve
 
-from bench.gateway_process import free_port
 from calls.balancer import NO_BACKEND, Backend, Balancer, parse_address
+from calls.free_ports import free_port
 from tests.paths import ROOT
 
 

@@ -13,21 +13,13 @@ import httpx
 import psycopg
 import pytest
 
-from bench.gateway_process import free_port
-from calls.cli.cluster import NOT_INHERITED, port_free
+from calls.cli.cluster import NOT_INHERITED
+from calls.free_ports import free_port
 from tests.cluster import cluster_running, distributed
 from tests.faults.gateway import private_postgres
 from tests.paths import ROOT
 from tests.private_redis import PrivateRedis
 from tests.waiting import wait_until
-
-def free_ports_in_a_row(count: int) -> int:
-    """A port with the `count - 1` after it free as well (the cluster command's balancer and gateways)."""
-    for _ in range(100):
-        first = free_port()
-        if first + count <= 65535 and all(port_free("127.0.0.1", first + i) for i in range(count)):
-            return first
-    raise AssertionError(f"no {count} free ports in a row")
 
 
 def group_gone(pgid: int) -> bool:
@@ -75,7 +67,7 @@ def test_a_cluster_serves_through_the_balancer_routes_around_a_dead_node_and_lea
 @distributed
 def test_the_cluster_command_runs_a_working_cluster_and_stops_every_child_on_ctrl_c(tmp_path):
     """`manage.py voicecall cluster` as an operator runs it: a call placed by the CLI through the balancer is dialed by the worker."""
-    port = free_ports_in_a_row(3)
+    port = free_port(count=3)
     (tmp_path / "voicecall.json").write_text(json.dumps({"serve": {"port": port}, "maxConcurrentCalls": 2}))
     env = {key: value for key, value in os.environ.items() if key not in NOT_INHERITED and not key.startswith("PYTEST_")}
     env.update(DJANGO_SETTINGS_MODULE="voicecall_project.settings", VOICECALL_DATA_DIR=str(tmp_path / "data"),

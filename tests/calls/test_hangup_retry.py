@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import logging
-import socket
 from datetime import timedelta
 
 import pytest
 
+from calls.free_ports import free_port
 from calls.models import Call
 from calls.services import call_initiate, deadlines_sweep, next_deadline
 from calls.services.ending import carrier_hangup
@@ -156,12 +156,6 @@ def test_the_dial_racing_an_end_hangs_up_with_backoff(monkeypatch):
 # --- through a fake carrier's REST API and the real gateway ------------------------------------
 
 
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def twilio(live_gateway, configure):
     with FakeTwilio() as fake:
@@ -206,7 +200,7 @@ def test_a_carrier_refusing_connections_is_given_up(twilio, configure):
         call = answered_call(twilio, clock)
         configure({"enabled": True, "provider": "twilio", "fromNumber": "+15550000001",
                    "publicUrl": "https://gw.example.com/voice/webhook",
-                   "twilio": {**twilio.block, "baseUrl": f"http://127.0.0.1:{closed_port()}"}})
+                   "twilio": {**twilio.block, "baseUrl": f"http://127.0.0.1:{free_port()}"}})
         deadlines_sweep()
         assert run_retries(clock, call) == SCHEDULE
     call.refresh_from_db()

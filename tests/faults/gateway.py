@@ -22,7 +22,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bench.gateway_process import free_port, wait_serving
+from bench.gateway_process import wait_serving
+from calls.free_ports import free_port
 from tests.paths import ROOT
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"

@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 
-from bench.gateway_process import free_port
+from calls.free_ports import free_port
 from tests.faults.gateway import private_postgres
 from tests.paths import ROOT
 from tests.waiting import wait_until

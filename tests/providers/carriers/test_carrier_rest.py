@@ -7,7 +7,6 @@ are listed in docs/compatibility.md, Carrier requests).
 from __future__ import annotations
 
 import base64
-import socket
 import ssl
 import xml.etree.ElementTree as ET
 from types import SimpleNamespace
@@ -16,6 +15,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
+from calls.free_ports import free_port
 from core.config import load_config_data
 from core.errors import CarrierError
 from providers.carriers import http as carrier_http
@@ -32,13 +32,6 @@ FROM = "+15550000001"
 TO = "+15550001111"
 CALL_ID = "7f3e2a1c-5b9d-4e8f-a2c4-6d1b3e5f7a90"
 TELNYX_PUBLIC_KEY = "A6EHv/POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg="
-
-
-def closed_port() -> int:
-    """A loopback port nothing listens on (connection refused at once)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # One TLS context for every backend's client: building one per test would dominate the run time.
@@ -83,7 +76,7 @@ def sleeps(monkeypatch):
 def serve(fake_class):
     """A module-wide fake; webhooks it sends back (to the public URL) fail at once, never leave the machine."""
     with fake_class() as fake:
-        fake.reroute = {"https://gw.example.com": f"http://127.0.0.1:{closed_port()}"}
+        fake.reroute = {"https://gw.example.com": f"http://127.0.0.1:{free_port()}"}
         yield fake
 
 
@@ -400,7 +393,7 @@ def test_twilio_status_non_json_is_unknown(fake_twilio, twilio):
 
 def test_twilio_status_connection_error_is_unknown():
     config = make_config("twilio", {"accountSid": "AC" + "2" * 32, "authToken": "tok",
-                                    "baseUrl": f"http://127.0.0.1:{closed_port()}"})
+                                    "baseUrl": f"http://127.0.0.1:{free_port()}"})
     backend = TwilioCarrier(config, transport=transport())
     try:
         status = backend.get_call_status("CA1")
@@ -897,7 +890,7 @@ def test_carrier_ids_are_quoted_so_they_cannot_change_the_host(fake_twilio, twil
 
 
 def test_connection_errors_do_not_leak_credentials():
-    port = closed_port()
+    port = free_port()
     config = make_config("plivo", {"authId": "MAID0001", "authToken": "plivo-secret-connection",
                                    "baseUrl": f"http://127.0.0.1:{port}/v1"})
     backend = PlivoCarrier(config, transport=transport())

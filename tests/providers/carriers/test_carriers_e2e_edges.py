@@ -9,13 +9,13 @@ Expected values come from docs/compatibility.md, Restore after restart; Greeting
 from __future__ import annotations
 
 import re
-import socket
 import threading
 import xml.etree.ElementTree as ET
 from urllib.parse import urlsplit
 
 import pytest
 
+from calls.free_ports import free_port
 from calls.models import Call
 from calls.runtime import get_runtime
 from calls.services import call_continue, call_end, call_initiate, call_speak, calls_restore
@@ -29,18 +29,12 @@ TO = "+15550001111"
 ALLOWED_ONLY = "+15550009999"
 
 
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def lost_webhooks(fake, live_gateway: str):
     """While active, the fake's webhooks to the gateway go nowhere (the gateway is 'down')."""
 
     class _Lost:
         def __enter__(self):
-            fake.reroute = {live_gateway: f"http://127.0.0.1:{closed_port()}"}
+            fake.reroute = {live_gateway: f"http://127.0.0.1:{free_port()}"}
 
         def __exit__(self, *exc):
             fake.wait_idle()

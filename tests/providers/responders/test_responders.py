@@ -6,7 +6,6 @@ import hmac
 import json
 import logging
 import re
-import socket
 import threading
 import time
 from types import SimpleNamespace
@@ -15,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
+from calls.free_ports import free_port
 from core.config.models import ResolvedModel
 from core.config.schema import ResponderConfig
 from providers.responders import RESPONDERS, responder_for
@@ -71,13 +71,6 @@ def model_for(fake: FakeChatCompletions, api_key: str | None = API_KEY, model: s
 
 def collect(responder: Any, turn: Turn) -> list[str | Hangup]:
     return list(responder.respond(turn))
-
-
-def free_port() -> int:
-    """A port nothing listens on (bound, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture
