@@ -14,8 +14,7 @@ from calls.call_options import consent_first, first_words
 from calls.models import Call
 from calls.services import call_initiate
 from core.config.schema import VoiceCallConfig
-from tests.fakes import FakePlivo, FakeTelnyx, FakeTwilio
-from tests.providers.carriers.test_carriers_e2e import CALLER, FROM, carrier_config, said_texts, transcript
+from tests.providers.carriers.test_carriers_e2e import CALLER, FROM, configured_carrier, said_texts, transcript
 from tests.waiting import wait_until
 
 CONSENT = "This call is recorded for quality."
@@ -55,12 +54,8 @@ def test_an_outbound_call_recorded_by_request_or_config_keeps_the_consent_with_i
 
 @pytest.fixture
 def twilio(live_gateway, configure):
-    with FakeTwilio() as fake:
-        configure(carrier_config("twilio", live_gateway, {
-            "accountSid": fake.account_sid, "authToken": fake.auth_token, "baseUrl": fake.base_url,
-        }, recording=RECORDED))
+    with configured_carrier("twilio", live_gateway, configure, recording=RECORDED) as fake:
         yield fake
-        assert not fake.errors
 
 
 def test_twilio_a_recorded_notify_call_says_the_consent_first_in_the_dials_twiml(twilio):
@@ -83,14 +78,10 @@ def test_twilio_a_recorded_inbound_call_hears_the_consent_before_the_greeting(tw
 
 
 def test_twilio_a_call_not_recorded_hears_no_consent(live_gateway, configure):
-    with FakeTwilio() as fake:
-        configure(carrier_config("twilio", live_gateway, {
-            "accountSid": fake.account_sid, "authToken": fake.auth_token, "baseUrl": fake.base_url,
-        }, recording={"consentMessage": CONSENT}))
+    with configured_carrier("twilio", live_gateway, configure, recording={"consentMessage": CONSENT}) as fake:
         fake_call = fake.ring_inbound(CALLER, FROM, f"{live_gateway}/voice/webhook")
         wait_until(lambda: Call.objects.filter(provider_call_id=fake_call.sid).exists())
         assert said_texts(fake_call) == [GREETING]
-        assert not fake.errors
 
 
 # --- Telnyx: the greeting service speaks it by command ---------------------------------------------
@@ -98,12 +89,8 @@ def test_twilio_a_call_not_recorded_hears_no_consent(live_gateway, configure):
 
 @pytest.fixture
 def telnyx(live_gateway, configure):
-    with FakeTelnyx(webhook_url=f"{live_gateway}/voice/webhook") as fake:
-        configure(carrier_config("telnyx", live_gateway, {
-            "apiKey": fake.api_key, "connectionId": "conn-123", "publicKey": fake.public_key_b64, "baseUrl": fake.api_url,
-        }, recording=RECORDED))
+    with configured_carrier("telnyx", live_gateway, configure, recording=RECORDED) as fake:
         yield fake
-        assert not fake.errors
 
 
 def test_telnyx_a_recorded_inbound_call_is_greeted_with_the_consent_first(telnyx):
@@ -128,12 +115,8 @@ def test_telnyx_a_recorded_notify_call_speaks_the_consent_first(telnyx):
 
 @pytest.fixture
 def plivo(live_gateway, configure):
-    with FakePlivo() as fake:
-        configure(carrier_config("plivo", live_gateway, {
-            "authId": fake.auth_id, "authToken": fake.auth_token, "baseUrl": fake.base_url + "/v1",
-        }, recording=RECORDED))
+    with configured_carrier("plivo", live_gateway, configure, recording=RECORDED) as fake:
         yield fake
-        assert not fake.errors
 
 
 def test_plivo_recorded_calls_say_the_consent_first_inbound_and_outbound(plivo, live_gateway):

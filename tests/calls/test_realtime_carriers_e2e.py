@@ -26,6 +26,7 @@ from core.audio import FRAME_BYTES, SILENCE_FRAME, samples_to_ulaw
 from providers.carriers.plivo.media import extra_headers, header_value
 from tests.fakes import FakePlivo, FakeTelnyx
 from tests.fakes.ai.realtime_openai import FakeOpenAIRealtime, Script, Turn
+from tests.providers.carriers.test_carriers_e2e import carrier_block
 from tests.waiting import await_until, wait_until
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
@@ -218,9 +219,7 @@ class Ringing:
 @pytest.fixture
 def telnyx(live_gateway, configure, model):
     with FakeTelnyx(webhook_url=f"{live_gateway}/voice/webhook") as fake:
-        loaded = configure(gateway_config("telnyx", live_gateway, {
-            "apiKey": fake.api_key, "connectionId": "conn-123", "publicKey": fake.public_key_b64,
-            "baseUrl": fake.api_url}, model))
+        loaded = configure(gateway_config("telnyx", live_gateway, carrier_block("telnyx", fake), model))
         assert not loaded.errors, loaded.errors
         background.set_mode("thread")
         yield fake
@@ -231,8 +230,7 @@ def telnyx(live_gateway, configure, model):
 @pytest.fixture
 def plivo(live_gateway, configure, model):
     with FakePlivo() as fake:
-        loaded = configure(gateway_config("plivo", live_gateway, {
-            "authId": fake.auth_id, "authToken": fake.auth_token, "baseUrl": fake.base_url + "/v1"}, model))
+        loaded = configure(gateway_config("plivo", live_gateway, carrier_block("plivo", fake), model))
         assert not loaded.errors, loaded.errors
         background.set_mode("thread")
         yield fake

@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import uuid
 from datetime import timedelta
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
@@ -16,30 +15,17 @@ from calls.models import Call, Recording
 from calls.recording_files import file_path
 from calls.services import call_initiate, processed_webhooks_purge
 from calls.services import recordings as recording_service
-from tests.fakes import FakePlivo, FakeTelnyx, FakeTwilio
+from tests.providers.carriers.test_carriers_e2e import (
+    CALLER, FROM, carrier_block, carrier_config, configured_carrier, query_of,
+)
 from tests.waiting import wait_until
 
-FROM = "+15550000001"
-CALLER = "+15557654321"
+RECORDING = {"fetch": True, "retentionDays": 30}
 
 
-def carrier_config(provider: str, gateway: str, block: dict, recording: dict | None = None) -> dict:
-    return {
-        "enabled": True,
-        "provider": provider,
-        "fromNumber": FROM,
-        "publicUrl": f"{gateway}/voice/webhook",
-        "inboundPolicy": "open",
-        "inboundGreeting": "Thanks for calling the clinic.",
-        "maxConcurrentCalls": 5,
-        "outbound": {"notifyHangupDelaySec": 1},
-        "recording": {"fetch": True, "retentionDays": 30, **(recording or {})},
-        provider: block,
-    }
-
-
-def query_of(url: str) -> dict[str, str]:
-    return {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
+def recording_config(provider: str, gateway: str, fake, recording: dict) -> dict:
+    """The carrier's config for `fake`, recordings fetched and kept 30 days, with `recording`'s keys on top."""
+    return carrier_config(provider, gateway, carrier_block(provider, fake), recording={**RECORDING, **recording})
 
 
 def basic(user: str, password: str) -> str:
@@ -70,12 +56,8 @@ def quick_retries(monkeypatch):
 
 @pytest.fixture
 def twilio(live_gateway, configure):
-    with FakeTwilio() as fake:
-        configure(carrier_config("twilio", live_gateway, {
-            "accountSid": fake.account_sid, "authToken": fake.auth_token, "baseUrl": fake.base_url,
-        }))
+    with configured_carrier("twilio", live_gateway, configure, recording=RECORDING) as fake:
         yield fake
-        assert not fake.errors
 
 
 def test_twilio_outbound_call_recorded_from_its_dial_and_fetched(twilio, live_gateway):
@@ -111,9 +93,7 @@ def test_twilio_outbound_call_recorded_from_its_dial_and_fetched(twilio, live_ga
 
 
 def test_twilio_inbound_call_recorded_once_answered(twilio, live_gateway, configure):
-    configure(carrier_config("twilio", live_gateway, {
-        "accountSid": twilio.account_sid, "authToken": twilio.auth_token, "baseUrl": twilio.base_url,
-    }, recording={"carrier": True}))
+    configure(recording_config("twilio", live_gateway, twilio, {"carrier": True}))
     background.set_mode("thread")  # the start waits for Twilio to run the answer, as in production
     twilio.recording_status = "absent"
     fake_call = twilio.ring_inbound(CALLER, FROM, f"{live_gateway}/voice/webhook", wait=False)
@@ -179,12 +159,8 @@ def test_twilio_failed_downloads_are_retried_then_kept_as_an_error(twilio, live_
 
 @pytest.fixture
 def telnyx(live_gateway, configure):
-    with FakeTelnyx(webhook_url=f"{live_gateway}/voice/webhook") as fake:
-        configure(carrier_config("telnyx", live_gateway, {
-            "apiKey": fake.api_key, "connectionId": "conn-123", "publicKey": fake.public_key_b64, "baseUrl": fake.api_url,
-        }))
+    with configured_carrier("telnyx", live_gateway, configure, recording=RECORDING) as fake:
         yield fake
-        assert not fake.errors
 
 
 def test_telnyx_outbound_call_recorded_from_its_dial(telnyx, live_gateway):
@@ -215,9 +191,7 @@ def test_telnyx_outbound_call_recorded_from_its_dial(telnyx, live_gateway):
 
 
 def test_telnyx_inbound_call_recorded_with_record_start(telnyx, live_gateway, configure):
-    configure(carrier_config("telnyx", live_gateway, {
-        "apiKey": telnyx.api_key, "connectionId": "conn-123", "publicKey": telnyx.public_key_b64, "baseUrl": telnyx.api_url,
-    }, recording={"carrier": True}))
+    configure(recording_config("telnyx", live_gateway, telnyx, {"carrier": True}))
     fake_call = telnyx.ring_inbound(CALLER, FROM)
     wait_until(lambda: telnyx.requests_to("POST", r"/actions/record_start$"), "record_start")
     start = telnyx.requests_to("POST", r"/actions/record_start$")[0]
@@ -253,12 +227,8 @@ def test_telnyx_recording_saved_for_an_unknown_call_or_without_urls_changes_noth
 
 @pytest.fixture
 def plivo(live_gateway, configure):
-    with FakePlivo() as fake:
-        configure(carrier_config("plivo", live_gateway, {
-            "authId": fake.auth_id, "authToken": fake.auth_token, "baseUrl": f"{fake.base_url}/v1",
-        }))
+    with configured_carrier("plivo", live_gateway, configure, recording=RECORDING) as fake:
         yield fake
-        assert not fake.errors
 
 
 def test_plivo_outbound_call_recorded_with_the_record_api(plivo, live_gateway):

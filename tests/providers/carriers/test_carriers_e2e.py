@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import base64
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -34,6 +36,30 @@ def carrier_config(provider: str, gateway: str, block: dict, **extra) -> dict:
         provider: block,
         **extra,
     }
+
+
+def carrier_block(provider: str, fake) -> dict:
+    """The carrier's config block that points the gateway at `fake` (its credentials and API address)."""
+    if provider == "twilio":
+        return {"accountSid": fake.account_sid, "authToken": fake.auth_token, "baseUrl": fake.base_url}
+    if provider == "telnyx":
+        return {"apiKey": fake.api_key, "connectionId": "conn-123", "publicKey": fake.public_key_b64,
+                "baseUrl": fake.api_url}
+    return {"authId": fake.auth_id, "authToken": fake.auth_token, "baseUrl": fake.base_url + "/v1"}
+
+
+@contextmanager
+def configured_carrier(provider: str, gateway: str, configure, **extra) -> Iterator:
+    """The carrier's fake, running, with the gateway configured for it (carrier_config's keys plus `extra`);
+    anything the fake found wrong in what the gateway sent fails the test at the end."""
+    if provider == "telnyx":
+        fake = FakeTelnyx(webhook_url=f"{gateway}/voice/webhook")
+    else:
+        fake = {"twilio": FakeTwilio, "plivo": FakePlivo}[provider]()
+    with fake:
+        configure(carrier_config(provider, gateway, carrier_block(provider, fake), **extra))
+        yield fake
+        assert not fake.errors
 
 
 class Background:
@@ -79,12 +105,8 @@ def transcript(call: Call) -> list[tuple[str, str]]:
 
 @pytest.fixture
 def twilio(live_gateway, configure):
-    with FakeTwilio() as fake:
-        configure(carrier_config("twilio", live_gateway, {
-            "accountSid": fake.account_sid, "authToken": fake.auth_token, "baseUrl": fake.base_url,
-        }))
+    with configured_carrier("twilio", live_gateway, configure) as fake:
         yield fake
-        assert not fake.errors
 
 
 def test_twilio_outbound_notify_call(twilio, live_gateway):
@@ -173,12 +195,8 @@ def said_texts(fake_call) -> list[str]:
 
 @pytest.fixture
 def telnyx(live_gateway, configure):
-    with FakeTelnyx(webhook_url=f"{live_gateway}/voice/webhook") as fake:
-        configure(carrier_config("telnyx", live_gateway, {
-            "apiKey": fake.api_key, "connectionId": "conn-123", "publicKey": fake.public_key_b64, "baseUrl": fake.api_url,
-        }))
+    with configured_carrier("telnyx", live_gateway, configure) as fake:
         yield fake
-        assert not fake.errors
 
 
 def test_telnyx_outbound_notify_call(telnyx, live_gateway):
@@ -258,12 +276,8 @@ def test_telnyx_inbound_conversation(telnyx, live_gateway):
 
 @pytest.fixture
 def plivo(live_gateway, configure):
-    with FakePlivo() as fake:
-        configure(carrier_config("plivo", live_gateway, {
-            "authId": fake.auth_id, "authToken": fake.auth_token, "baseUrl": fake.base_url + "/v1",
-        }))
+    with configured_carrier("plivo", live_gateway, configure) as fake:
         yield fake
-        assert not fake.errors
 
 
 def test_plivo_outbound_notify_call(plivo, live_gateway):

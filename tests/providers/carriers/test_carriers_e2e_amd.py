@@ -16,8 +16,7 @@ import pytest
 from calls.clock import now
 from calls.models import Call, CallEvent
 from calls.services import call_initiate, deadlines_sweep
-from tests.fakes import FakePlivo, FakeTelnyx, FakeTwilio
-from tests.providers.carriers.test_carriers_e2e import carrier_config, query_of, transcript
+from tests.providers.carriers.test_carriers_e2e import configured_carrier, query_of, transcript
 from tests.waiting import wait_until
 
 TO = "+15550001111"
@@ -32,12 +31,8 @@ def ended(call_id) -> Call:
 
 @pytest.fixture
 def twilio(live_gateway, configure):
-    with FakeTwilio() as fake:
-        configure(carrier_config("twilio", live_gateway, {
-            "accountSid": fake.account_sid, "authToken": fake.auth_token, "baseUrl": fake.base_url,
-        }, amdTimeoutMs=8000))
+    with configured_carrier("twilio", live_gateway, configure, amdTimeoutMs=8000) as fake:
         yield fake
-        assert not fake.errors
 
 
 def test_twilio_person_hears_the_greeting_only_after_the_verdict(twilio):
@@ -137,12 +132,8 @@ def test_twilio_verdict_for_an_unknown_call_is_acknowledged(twilio, live_gateway
 
 @pytest.fixture
 def telnyx(live_gateway, configure):
-    with FakeTelnyx(webhook_url=f"{live_gateway}/voice/webhook") as fake:
-        configure(carrier_config("telnyx", live_gateway, {
-            "apiKey": fake.api_key, "connectionId": "conn-123", "publicKey": fake.public_key_b64, "baseUrl": fake.api_url,
-        }, amd="voicemail", amdTimeoutMs=7000))
+    with configured_carrier("telnyx", live_gateway, configure, amd="voicemail", amdTimeoutMs=7000) as fake:
         yield fake
-        assert not fake.errors
 
 
 def test_telnyx_voicemail_waits_for_the_beep_then_leaves_the_message(telnyx):
@@ -210,12 +201,8 @@ def test_telnyx_no_verdict_within_the_bound_lets_the_call_go_on(telnyx):
 
 @pytest.fixture
 def plivo(live_gateway, configure):
-    with FakePlivo() as fake:
-        configure(carrier_config("plivo", live_gateway, {
-            "authId": fake.auth_id, "authToken": fake.auth_token, "baseUrl": fake.base_url + "/v1",
-        }, amdTimeoutMs=30000))
+    with configured_carrier("plivo", live_gateway, configure, amdTimeoutMs=30000) as fake:
         yield fake
-        assert not fake.errors
 
 
 def test_plivo_machine_is_hung_up_on_in_detect_mode(plivo):

@@ -22,7 +22,9 @@ from calls.services import call_continue, call_end, call_initiate, call_speak, c
 from core.errors import CarrierError
 from tests.conftest import hold_hangup_until_seen
 from tests.fakes import FakePlivo, FakeTelnyx, FakeTwilio
-from tests.providers.carriers.test_carriers_e2e import CALLER, FROM, Background, carrier_config, query_of, transcript
+from tests.providers.carriers.test_carriers_e2e import (
+    CALLER, FROM, Background, carrier_block, carrier_config, query_of, transcript,
+)
 from tests.waiting import wait_until
 
 TO = "+15550001111"
@@ -65,9 +67,7 @@ def placed(call: Call) -> Call:
 @pytest.fixture
 def twilio(live_gateway, configure):
     with FakeTwilio() as fake:
-        fake.setup = lambda **extra: configure(carrier_config("twilio", live_gateway, {
-            "accountSid": fake.account_sid, "authToken": fake.auth_token, "baseUrl": fake.base_url,
-        }, **extra))
+        fake.setup = lambda **extra: configure(carrier_config("twilio", live_gateway, carrier_block("twilio", fake), **extra))
         fake.setup()
         yield fake
         fake.wait_idle()
@@ -77,10 +77,7 @@ def twilio(live_gateway, configure):
 @pytest.fixture
 def telnyx(live_gateway, configure):
     with FakeTelnyx(webhook_url=f"{live_gateway}/voice/webhook") as fake:
-        fake.setup = lambda **extra: configure(carrier_config("telnyx", live_gateway, {
-            "apiKey": fake.api_key, "connectionId": "conn-123", "publicKey": fake.public_key_b64,
-            "baseUrl": fake.api_url,
-        }, **extra))
+        fake.setup = lambda **extra: configure(carrier_config("telnyx", live_gateway, carrier_block("telnyx", fake), **extra))
         fake.setup()
         yield fake
         fake.wait_idle()
@@ -90,9 +87,7 @@ def telnyx(live_gateway, configure):
 @pytest.fixture
 def plivo(live_gateway, configure):
     with FakePlivo() as fake:
-        fake.setup = lambda **extra: configure(carrier_config("plivo", live_gateway, {
-            "authId": fake.auth_id, "authToken": fake.auth_token, "baseUrl": fake.base_url + "/v1",
-        }, **extra))
+        fake.setup = lambda **extra: configure(carrier_config("plivo", live_gateway, carrier_block("plivo", fake), **extra))
         fake.setup()
         yield fake
         fake.wait_idle()

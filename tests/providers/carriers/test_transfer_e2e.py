@@ -9,8 +9,7 @@ import pytest
 from calls.models import Call, Transfer
 from calls.services import call_transfer
 from core.errors import UnsupportedByCarrier
-from tests.fakes import FakePlivo, FakeTelnyx, FakeTwilio
-from tests.providers.carriers.test_carriers_e2e import CALLER, FROM, carrier_config, query_of
+from tests.providers.carriers.test_carriers_e2e import CALLER, FROM, configured_carrier, query_of
 from tests.waiting import wait_until
 
 DESK = "+15550002222"
@@ -36,12 +35,8 @@ def answered_inbound(fake_call_ref: str) -> Call:
 
 @pytest.fixture
 def twilio(live_gateway, configure):
-    with FakeTwilio() as fake:
-        configure(carrier_config("twilio", live_gateway, {
-            "accountSid": fake.account_sid, "authToken": fake.auth_token, "baseUrl": fake.base_url,
-        }))
+    with configured_carrier("twilio", live_gateway, configure) as fake:
         yield fake
-        assert not fake.errors
 
 
 def test_twilio_cold_transfer_to_a_number(twilio, live_gateway):
@@ -153,12 +148,8 @@ def test_twilio_warm_transfer_target_busy_hangs_up_the_waiting_caller(twilio, li
 
 @pytest.fixture
 def telnyx(live_gateway, configure):
-    with FakeTelnyx(webhook_url=f"{live_gateway}/voice/webhook") as fake:
-        configure(carrier_config("telnyx", live_gateway, {
-            "apiKey": fake.api_key, "connectionId": "conn-123", "publicKey": fake.public_key_b64, "baseUrl": fake.api_url,
-        }))
+    with configured_carrier("telnyx", live_gateway, configure) as fake:
         yield fake
-        assert not fake.errors
 
 
 def telnyx_answered(telnyx, live_gateway) -> tuple[Call, str]:
@@ -219,12 +210,8 @@ def test_telnyx_has_no_warm_transfer(telnyx, live_gateway):
 
 @pytest.fixture
 def plivo(live_gateway, configure):
-    with FakePlivo() as fake:
-        configure(carrier_config("plivo", live_gateway, {
-            "authId": fake.auth_id, "authToken": fake.auth_token, "baseUrl": fake.base_url + "/v1",
-        }))
+    with configured_carrier("plivo", live_gateway, configure) as fake:
         yield fake
-        assert not fake.errors
 
 
 def plivo_answered(plivo, live_gateway) -> tuple[Call, str]:
